@@ -1,0 +1,79 @@
+"""User access tokens: EdDSA-signed JWTs."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+AUDIENCE = "bitinglip"
+ISSUER = "bitinglip-operator"
+ALGORITHM = "EdDSA"
+
+
+class TokenError(Exception):
+    """A token that must be refused; the message says why, for the user."""
+
+
+@dataclass(frozen=True)
+class Claims:
+    sub: str
+    jti: str
+    scope: str
+    exp: float
+
+
+def issue(key: Ed25519PrivateKey, user: str, ttl: float, scope: str = "inference") -> str:
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "sub": user,
+        "iat": now,
+        "nbf": now,
+        "exp": now + int(ttl),
+        "aud": AUDIENCE,
+        "iss": ISSUER,
+        "jti": uuid.uuid4().hex,
+        "scope": scope,
+    }
+    return jwt.encode(claims, key, algorithm=ALGORITHM)
+
+
+def verify(token: str, key: Ed25519PublicKey) -> Claims:
+    """Verify signature, algorithm, expiry, audience and issuer."""
+    try:
+        body = jwt.decode(
+            token,
+            key,
+            algorithms=[ALGORITHM],  # a fixed list: no "none", no HS256 with the public key
+            audience=AUDIENCE,
+            issuer=ISSUER,
+            options={"require": ["exp", "iat", "sub", "aud", "iss", "jti"]},
+            leeway=5,
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise TokenError("token has expired") from exc
+    except jwt.InvalidAudienceError as exc:
+        raise TokenError("token is for another audience") from exc
+    except jwt.InvalidTokenError as exc:
+        raise TokenError(f"invalid token: {exc}") from exc
+    return Claims(str(body["sub"]), str(body["jti"]), str(body.get("scope", "")), float(body["exp"]))
+
+
+def parse_ttl(text: str) -> float:
+    """Parse ``90``, ``30s``, ``15m``, ``1h``, ``7d`` into seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip().lower()
+    try:
+        if text and text[-1] in units:
+            value = float(text[:-1]) * units[text[-1]]
+        else:
+            value = float(text)
+    except ValueError as exc:
+        raise ValueError(f"not a duration: {text!r} (try 30m, 1h or 7d)") from exc
+    if value <= 0:
+        raise ValueError("a duration must be positive")
+    return value

@@ -1,0 +1,84 @@
+"""Admission and accounting of work on one node.
+
+``capacity`` calls run at once; up to ``max_queue`` more wait in line; past that a call
+is refused with OVERLOADED so the gateway can try another peer at once instead of
+queueing behind a busy one. Every change bumps ``version`` so watchers see load move.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+
+class Overloaded(Exception):
+    pass
+
+
+class Draining(Exception):
+    pass
+
+
+class Scheduler:
+    def __init__(self, capacity: int, max_queue: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self.max_queue = max_queue
+        self.inflight = 0
+        self.queued = 0
+        self.draining = False
+        self.tokens_per_s = 0.0
+        self.version = 0
+        self._slots = trio.Semaphore(capacity)
+        self._changed = trio.Event()
+
+    def _bump(self) -> None:
+        self.version += 1
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_changed(self, seen: int) -> None:
+        """Return once ``version`` differs from ``seen``."""
+        while self.version == seen:
+            await self._changed.wait()
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the node's slots for the duration of a call."""
+        if self.draining:
+            raise Draining("node is draining")
+        if self._slots.value == 0 and self.queued >= self.max_queue:
+            raise Overloaded(f"node is full ({self.inflight} running, {self.queued} queued)")
+        self.queued += 1
+        self._bump()
+        try:
+            await self._slots.acquire()
+        finally:
+            self.queued -= 1
+        self.inflight += 1
+        self._bump()
+        try:
+            yield
+        finally:
+            self.inflight -= 1
+            self._slots.release()
+            self._bump()
+
+    def record_speed(self, tokens: int, seconds: float) -> None:
+        """Fold one call's decode speed into an exponentially weighted average."""
+        if tokens <= 0 or seconds <= 0:
+            return
+        rate = tokens / seconds
+        self.tokens_per_s = rate if self.tokens_per_s == 0 else 0.8 * self.tokens_per_s + 0.2 * rate
+
+    def drain(self) -> None:
+        self.draining = True
+        self._bump()
+
+    async def wait_idle(self) -> None:
+        """Return once no call is running or queued."""
+        while self.inflight or self.queued:
+            await self.wait_changed(self.version)

@@ -1,0 +1,81 @@
+"""Sans-IO wire protocols of BitingLip Swarm: framing, RPC frames, signed records.
+
+Nothing here does I/O or imports trio, libp2p or torch: bytes in, values out.
+"""
+
+from protocols.errors import (
+    ErrorCode,
+    FrameTooLarge,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+)
+from protocols.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
+from protocols.generation import ChatMessage, GenerateParams
+from protocols.identity import peer_id_of
+from protocols.records import (
+    DHT_NAMESPACE,
+    Certificate,
+    Hardware,
+    Load,
+    ModelInfo,
+    NodeRecord,
+    issue_certificate,
+    model_key,
+    node_key,
+    record_seq,
+    sign_record,
+    verify_certificate,
+    verify_record,
+)
+from protocols.rpc import (
+    RPC_PROTOCOL,
+    Cancel,
+    Chunk,
+    End,
+    Error,
+    Hello,
+    Message,
+    MessageDecoder,
+    Request,
+    decode,
+    encode,
+)
+
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "DHT_NAMESPACE",
+    "RPC_PROTOCOL",
+    "Cancel",
+    "Certificate",
+    "ChatMessage",
+    "Chunk",
+    "End",
+    "Error",
+    "ErrorCode",
+    "FrameDecoder",
+    "FrameTooLarge",
+    "GenerateParams",
+    "Hardware",
+    "Hello",
+    "Load",
+    "LocalProtocolError",
+    "Message",
+    "MessageDecoder",
+    "ModelInfo",
+    "NodeRecord",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "Request",
+    "decode",
+    "encode",
+    "encode_frame",
+    "issue_certificate",
+    "model_key",
+    "node_key",
+    "peer_id_of",
+    "record_seq",
+    "sign_record",
+    "verify_certificate",
+    "verify_record",
+]

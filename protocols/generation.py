@@ -1,0 +1,99 @@
+"""Parameters of a text-generation call, as they travel from gateway to node."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from protocols.errors import RemoteProtocolError
+
+ROLES = ("system", "user", "assistant")
+MAX_PROMPT_CHARS = 200_000
+MAX_NEW_TOKENS = 8192
+MAX_STOP_SEQUENCES = 4
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerateParams:
+    """One generation: either chat ``messages`` or a raw ``prompt``."""
+
+    model: str
+    messages: list[ChatMessage] | None = None
+    prompt: str | None = None
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        problem = self._problem()
+        if problem:
+            raise ValueError(problem)
+
+    def _problem(self) -> str | None:
+        if (self.messages is None) == (self.prompt is None):
+            return "give exactly one of messages or prompt"
+        if self.messages is not None:
+            if not self.messages:
+                return "messages must not be empty"
+            if any(m.role not in ROLES for m in self.messages):
+                return f"message roles must be one of {', '.join(ROLES)}"
+        if self.prompt_chars() > MAX_PROMPT_CHARS:
+            return f"prompt is longer than {MAX_PROMPT_CHARS} characters"
+        if not 1 <= self.max_tokens <= MAX_NEW_TOKENS:
+            return f"max_tokens must be between 1 and {MAX_NEW_TOKENS}"
+        if not 0.0 <= self.temperature <= 2.0:
+            return "temperature must be between 0 and 2"
+        if not 0.0 < self.top_p <= 1.0:
+            return "top_p must be in (0, 1]"
+        if len(self.stop) > MAX_STOP_SEQUENCES or any(not s for s in self.stop):
+            return f"stop takes at most {MAX_STOP_SEQUENCES} non-empty strings"
+        return None
+
+    def prompt_chars(self) -> int:
+        if self.messages is not None:
+            return sum(len(m.content) for m in self.messages)
+        return len(self.prompt or "")
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> GenerateParams:
+        """Parse and validate parameters sent by a peer."""
+        try:
+            messages = body.get("messages")
+            return cls(
+                model=_typed(body, "model", str),
+                messages=None
+                if messages is None
+                else [ChatMessage(_typed(m, "role", str), _typed(m, "content", str)) for m in messages],
+                prompt=body.get("prompt"),
+                max_tokens=_typed(body, "max_tokens", int),
+                temperature=float(_typed(body, "temperature", (int, float))),
+                top_p=float(_typed(body, "top_p", (int, float))),
+                stop=[_check_str(s) for s in _typed(body, "stop", list)],
+                seed=body.get("seed"),
+            )
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise RemoteProtocolError(f"bad generate params: {exc}") from exc
+
+
+def _typed(body: Any, name: str, kind: type | tuple[type, ...]) -> Any:
+    value = body[name] if isinstance(body, dict) and name in body else None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise TypeError(f"{name} is missing or has the wrong type")
+    return value
+
+
+def _check_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("stop sequences must be strings")
+    return value

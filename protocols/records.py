@@ -1,0 +1,205 @@
+"""Signed self-descriptions and membership certificates.
+
+A node publishes a ``NodeRecord`` in the DHT under ``node_key(peer_id)``. The value is a
+``SignedEnvelope``: the record's msgpack bytes, the node's Ed25519 signature over them,
+and the operator-signed ``Certificate`` that admits the node to the swarm. A verifier
+needs only the operator's public key: the certificate binds the peer id to a role, the
+record's public key must hash to the same peer id, and the record must not be expired.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from protocols.codec import pack, unpack_map
+from protocols.errors import RemoteProtocolError
+from protocols.identity import peer_id_of
+
+NODE_KEY_PREFIX = "/bitinglip/node/"
+MODEL_KEY_PREFIX = "/bitinglip/model/"
+DHT_NAMESPACE = "bitinglip"
+
+ROLES = ("node", "gateway", "client")
+TASKS = ("text-generation", "text-to-image")
+MODEL_STATES = ("loading", "ready", "draining")
+
+
+def node_key(peer_id: str) -> str:
+    return NODE_KEY_PREFIX + peer_id
+
+
+def model_key(model_id: str) -> str:
+    return MODEL_KEY_PREFIX + model_id
+
+
+@dataclass(frozen=True)
+class Hardware:
+    backend: str  # cuda | directml | mps | cpu
+    device_name: str
+    vram_total: int
+    vram_free: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    task: str
+    dtype: str
+    context_length: int
+    max_batch: int
+    state: str
+
+
+@dataclass(frozen=True)
+class Load:
+    """Live load: how busy a node is right now."""
+
+    inflight: int
+    queued: int
+    capacity: int
+    tokens_per_s: float
+    vram_free: int
+    draining: bool = False
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    peer_id: str
+    public_key: bytes
+    role: str
+    version: str
+    addrs: list[str]
+    hardware: Hardware
+    models: list[ModelInfo]
+    load: Load
+    seq: int
+    issued_at: float
+    ttl: float
+
+    @property
+    def expires_at(self) -> float:
+        return self.issued_at + self.ttl
+
+    def ready_models(self) -> list[str]:
+        return [m.id for m in self.models if m.state == "ready"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> NodeRecord:
+        try:
+            record = cls(
+                peer_id=str(body["peer_id"]),
+                public_key=bytes(body["public_key"]),
+                role=str(body["role"]),
+                version=str(body["version"]),
+                addrs=[str(a) for a in body["addrs"]],
+                hardware=Hardware(**body["hardware"]),
+                models=[ModelInfo(**m) for m in body["models"]],
+                load=Load(**body["load"]),
+                seq=int(body["seq"]),
+                issued_at=float(body["issued_at"]),
+                ttl=float(body["ttl"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RemoteProtocolError(f"malformed node record: {exc}") from exc
+        if record.role not in ROLES or any(
+            m.task not in TASKS or m.state not in MODEL_STATES for m in record.models
+        ):
+            raise RemoteProtocolError("node record has an unknown role, task or state")
+        return record
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """The operator's statement that ``peer_id`` may join the swarm as ``role``."""
+
+    peer_id: str
+    role: str
+    issued_at: float
+    expires_at: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _sign(key: Ed25519PrivateKey, body: bytes) -> bytes:
+    return pack({"body": body, "sig": key.sign(body)})
+
+
+def _open(blob: bytes, public_key: bytes) -> bytes:
+    envelope = unpack_map(blob)
+    body, sig = envelope.get("body"), envelope.get("sig")
+    if not isinstance(body, bytes) or not isinstance(sig, bytes):
+        raise RemoteProtocolError("malformed signed envelope")
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(sig, body)
+    except (InvalidSignature, ValueError) as exc:
+        raise RemoteProtocolError("bad signature") from exc
+    return body
+
+
+def issue_certificate(operator: Ed25519PrivateKey, cert: Certificate) -> bytes:
+    """Sign a membership certificate with the operator key."""
+    return _sign(operator, pack(asdict(cert)))
+
+
+def verify_certificate(blob: bytes, operator_public: bytes, now: float) -> Certificate:
+    """Check a certificate's signature and validity window; return it."""
+    body = unpack_map(_open(blob, operator_public))
+    try:
+        cert = Certificate(**body)
+    except TypeError as exc:
+        raise RemoteProtocolError("malformed certificate") from exc
+    if cert.role not in ROLES:
+        raise RemoteProtocolError(f"certificate for unknown role {cert.role!r}")
+    if not cert.issued_at - 300 <= now <= cert.expires_at:
+        raise RemoteProtocolError("certificate is expired or not yet valid")
+    return cert
+
+
+def sign_record(node_key_: Ed25519PrivateKey, record: NodeRecord, certificate: bytes) -> bytes:
+    """Build the DHT value of a node record: signed by the node, carrying its certificate."""
+    return pack({"record": _sign(node_key_, pack(record.to_dict())), "cert": certificate})
+
+
+def verify_record(
+    blob: bytes, operator_public: bytes, now: float, key: str | None = None
+) -> NodeRecord:
+    """Verify a DHT value built by ``sign_record``; return the record it carries.
+
+    Raises ``RemoteProtocolError`` unless the record is signed by the key of the peer it
+    names, that peer holds a valid certificate for the same role, the record has not
+    expired, and (when given) ``key`` is that peer's DHT key.
+    """
+    outer = unpack_map(blob)
+    signed, cert_blob = outer.get("record"), outer.get("cert")
+    if not isinstance(signed, bytes) or not isinstance(cert_blob, bytes):
+        raise RemoteProtocolError("malformed record envelope")
+    inner = unpack_map(signed).get("body")
+    if not isinstance(inner, bytes):
+        raise RemoteProtocolError("malformed record envelope")
+    claimed = NodeRecord.from_dict(unpack_map(inner))
+    _open(signed, claimed.public_key)
+    if peer_id_of(claimed.public_key) != claimed.peer_id:
+        raise RemoteProtocolError("record public key does not match its peer id")
+    cert = verify_certificate(cert_blob, operator_public, now)
+    if cert.peer_id != claimed.peer_id or cert.role != claimed.role:
+        raise RemoteProtocolError("certificate does not admit this peer in this role")
+    if key is not None and key != node_key(claimed.peer_id):
+        raise RemoteProtocolError("record stored under another peer's key")
+    if now > claimed.expires_at:
+        raise RemoteProtocolError("record has expired")
+    return claimed
+
+
+def record_seq(blob: bytes) -> int:
+    """The seq of a record without verifying it (for picking the newest of valid values)."""
+    try:
+        signed = unpack_map(unpack_map(blob)["record"])
+        return int(unpack_map(signed["body"])["seq"])
+    except (KeyError, TypeError, ValueError, RemoteProtocolError):
+        return -1
