@@ -32,7 +32,6 @@ class Scheduler:
         self.draining = False
         self.tokens_per_s = 0.0
         self.version = 0
-        self._slots = trio.Semaphore(capacity)
         self._changed = trio.Event()
 
     def _bump(self) -> None:
@@ -50,12 +49,13 @@ class Scheduler:
         """Hold one of the node's slots for the duration of a call."""
         if self.draining:
             raise Draining("node is draining")
-        if self._slots.value == 0 and self.queued >= self.max_queue:
+        if self.inflight >= self.capacity and self.queued >= self.max_queue:
             raise Overloaded(f"node is full ({self.inflight} running, {self.queued} queued)")
         self.queued += 1
         self._bump()
         try:
-            await self._slots.acquire()
+            while self.inflight >= self.capacity:
+                await self.wait_changed(self.version)
         finally:
             self.queued -= 1
         self.inflight += 1
@@ -64,7 +64,6 @@ class Scheduler:
             yield
         finally:
             self.inflight -= 1
-            self._slots.release()
             self._bump()
 
     def record_speed(self, tokens: int, seconds: float) -> None:
@@ -73,6 +72,10 @@ class Scheduler:
             return
         rate = tokens / seconds
         self.tokens_per_s = rate if self.tokens_per_s == 0 else 0.8 * self.tokens_per_s + 0.2 * rate
+
+    def set_capacity(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self._bump()
 
     def drain(self) -> None:
         self.draining = True

@@ -33,14 +33,21 @@ class NodeService:
         runners: Mapping[str, Runner],
         scheduler: Scheduler,
         vram_free: Callable[[], int],
+        signed_record: Callable[[], tuple[int, bytes]] = lambda: (0, b""),
     ) -> None:
         self.runners = dict(runners)
         self.scheduler = scheduler
         self._vram_free = vram_free
+        self._signed_record = signed_record
 
     @property
     def handlers(self) -> dict[str, Handler]:
-        return {"generate": self.rpc_generate, "status": self.rpc_status, "watch": self.rpc_watch}
+        return {
+            "generate": self.rpc_generate,
+            "status": self.rpc_status,
+            "watch": self.rpc_watch,
+            "record": self.rpc_record,
+        }
 
     def load(self) -> Load:
         s = self.scheduler
@@ -51,10 +58,15 @@ class NodeService:
     async def rpc_status(self, params: dict[str, Any], caller: Caller, emit: Emit) -> dict[str, Any]:
         return asdict(self.load())
 
+    async def rpc_record(self, params: dict[str, Any], caller: Caller, emit: Emit) -> dict[str, Any]:
+        """The node's current signed DHT record, fresher than any DHT copy."""
+        seq, signed = self._signed_record()
+        return {"seq": seq, "record": signed}
+
     async def rpc_watch(self, params: dict[str, Any], caller: Caller, emit: Emit) -> dict[str, Any]:
         while True:
             seen = self.scheduler.version
-            await emit(asdict(self.load()))
+            await emit(asdict(self.load()) | {"record_seq": self._signed_record()[0]})
             with trio.move_on_after(WATCH_INTERVAL):
                 await self.scheduler.wait_changed(seen)
                 await trio.sleep(WATCH_COALESCE)  # many changes in a burst: one update

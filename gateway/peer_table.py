@@ -1,0 +1,97 @@
+"""What a gateway knows about the nodes of the swarm, and how it ranks them.
+
+Fed by verified DHT records (what a node has) and by each node's live load stream (how
+busy it is). No I/O here: ``Tracker`` feeds the table, ``Router`` reads it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from protocols import Load, NodeRecord
+
+SUSPECT_AFTER = 3.0  # seconds without a load update: three missed heartbeats
+
+
+@dataclass
+class PeerEntry:
+    record: NodeRecord
+    load: Load
+    last_seen: float
+    connected: bool = False
+    rtt: float = 0.0
+    # This gateway's calls started minus calls ended since the node's last load update.
+    # Counted at once, so a burst between two updates does not herd onto one node, and
+    # a call that just ended frees its slot before the node says so.
+    local_delta: int = 0
+
+    @property
+    def peer_id(self) -> str:
+        return self.record.peer_id
+
+    def suspect(self, now: float) -> bool:
+        return not self.connected or now - self.last_seen > SUSPECT_AFTER
+
+    def expected_wait(self) -> float:
+        """Work ahead of a new call, per slot, scaled down for faster nodes."""
+        load = self.load
+        ahead = max(0, load.inflight + load.queued + self.local_delta) + 1
+        speed = 1.0 + load.tokens_per_s / 100.0
+        return ahead / max(1, load.capacity) / speed
+
+
+@dataclass
+class PeerTable:
+    entries: dict[str, PeerEntry] = field(default_factory=dict)
+
+    def upsert(self, record: NodeRecord, now: float | None = None) -> PeerEntry:
+        """Add or refresh a node from a verified record; never go back to an older seq."""
+        now = time.time() if now is None else now
+        entry = self.entries.get(record.peer_id)
+        if entry is None:
+            entry = PeerEntry(record, record.load, now)
+            self.entries[record.peer_id] = entry
+        elif record.seq >= entry.record.seq:
+            entry.record = record
+        return entry
+
+    def update_load(self, peer_id: str, load: Load, now: float | None = None) -> None:
+        entry = self.entries.get(peer_id)
+        if entry is not None:
+            entry.load = load
+            entry.last_seen = time.time() if now is None else now
+            entry.connected = True
+            entry.local_delta = 0
+
+    def remove(self, peer_id: str) -> None:
+        self.entries.pop(peer_id, None)
+
+    def expire(self, now: float) -> list[str]:
+        """Drop nodes whose record passed its TTL; return their ids."""
+        gone = [p for p, e in self.entries.items() if now > e.record.expires_at]
+        for peer_id in gone:
+            del self.entries[peer_id]
+        return gone
+
+    def models(self) -> dict[str, list[PeerEntry]]:
+        """Every advertised model id, with the entries that list it."""
+        found: dict[str, list[PeerEntry]] = {}
+        for entry in self.entries.values():
+            for model in entry.record.models:
+                found.setdefault(model.id, []).append(entry)
+        return found
+
+    def candidates(
+        self, model: str, now: float, exclude: frozenset[str] | set[str] = frozenset()
+    ) -> list[PeerEntry]:
+        """Healthy nodes with ``model`` ready, best first."""
+        ready = [
+            e
+            for e in self.entries.values()
+            if e.peer_id not in exclude
+            and not e.load.draining
+            and not e.suspect(now)
+            and any(m.id == model and m.state == "ready" for m in e.record.models)
+        ]
+        return sorted(ready, key=lambda e: (e.expected_wait(), e.rtt, e.peer_id))

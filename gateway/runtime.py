@@ -1,0 +1,66 @@
+"""A gateway process: one trio run holding its libp2p peer and its hypercorn server."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from functools import partial
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+import keys
+from gateway.app import create_app
+from gateway.peer_table import PeerTable
+from gateway.router import Router
+from gateway.tracker import Tracker
+from node.config import GatewayConfig
+from node.readiness import StatusFile
+from node.swarm import Swarm
+
+logger = logging.getLogger(__name__)
+
+
+async def run_gateway(config: GatewayConfig) -> None:
+    status = StatusFile(config.ready_file)
+    status.update(role="gateway", state="starting", pid=os.getpid())
+    identity = keys.identity(config.data_dir)
+    certificate = keys.certificate(config.data_dir, "gateway")
+    operator_public = keys.operator_public(config.data_dir)
+    jwt_public = keys.jwt_keys(config.data_dir).public
+
+    swarm = Swarm(identity, operator_public)
+    table = PeerTable()
+    tracker = Tracker(swarm, table, certificate, operator_public)
+    router = Router(table, tracker)
+    app = create_app(
+        router,
+        jwt_public,
+        peer_id=swarm.peer_id,
+        max_body_bytes=config.max_body_bytes,
+        request_timeout=config.request_timeout,
+        health=lambda: {"nodes": len(tracker.clients), "routing_retries": router.retries},
+    )
+    http = HypercornConfig()
+    http.bind = [f"{config.host}:{config.port}"]
+    http.accesslog = None
+    http.errorlog = logging.getLogger("hypercorn.error")
+    http.graceful_timeout = 5
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with swarm.running(config.listen, config.bootstrap), trio.open_nursery() as nursery:
+            await nursery.start(tracker.run)
+            stop = trio.Event()
+            async with trio.open_nursery() as web:
+                binds = await web.start(partial(serve, app, http, shutdown_trigger=stop.wait))
+                url = binds[0] if binds else f"http://{config.host}:{config.port}"
+                status.update(state="ready", peer_id=swarm.peer_id, addrs=swarm.addrs(), url=url)
+                logger.info("gateway %s serving %s", swarm.peer_id, url)
+                async for _ in signals:
+                    break
+                status.update(state="stopping")
+                stop.set()  # hypercorn finishes open responses, then returns
+            nursery.cancel_scope.cancel()
+    status.update(state="stopped")
