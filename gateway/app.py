@@ -1,13 +1,14 @@
 """The gateway's HTTP API: an ASGI app, OpenAI-compatible, authenticated with JWTs."""
 
-from __future__ import annotations
+# No "from __future__ import annotations": FastAPI must evaluate the dependency
+# annotations of endpoints defined inside create_app, which name local functions.
 
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
-from typing import Any, Protocol, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import Depends, FastAPI, Request
@@ -41,7 +42,9 @@ class Backend(Protocol):
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, code: str | None = None, param: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.body = oa.error_body(status, message, code, param)
@@ -126,7 +129,9 @@ def create_app(
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(401, "missing bearer token: send 'Authorization: Bearer <token>'", "invalid_api_key")
+            raise ApiError(
+                401, "missing bearer token: send 'Authorization: Bearer <token>'", "invalid_api_key"
+            )
         try:
             return keys.verify(token.strip(), jwt_public)
         except keys.TokenError as exc:
@@ -137,11 +142,17 @@ def create_app(
         return {"status": "ok", "peer_id": peer_id, "models": sorted(backend.serving())} | health()
 
     @app.get("/v1/models")
-    async def list_models(claims: keys.Claims = Depends(user)) -> dict[str, Any]:
+    async def list_models(claims: Annotated[keys.Claims, Depends(user)]) -> dict[str, Any]:
         return {
             "object": "list",
             "data": [
-                {"id": model, "object": "model", "created": 0, "owned_by": "bitinglip", "peers": peers}
+                {
+                    "id": model,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "bitinglip",
+                    "peers": peers,
+                }
                 for model, peers in sorted(backend.serving().items())
             ],
         }
@@ -152,12 +163,14 @@ def create_app(
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": oa.ChatCompletionRequest.model_json_schema()}},
+                "content": {
+                    "application/json": {"schema": oa.ChatCompletionRequest.model_json_schema()}
+                },
             }
         },
     )
     async def chat_completions(
-        request: Request, claims: keys.Claims = Depends(user)
+        request: Request, claims: Annotated[keys.Claims, Depends(user)]
     ) -> JSONResponse | StreamingResponse:
         body = await _parse(request, oa.ChatCompletionRequest)
         params = _params(body)
@@ -175,10 +188,15 @@ def create_app(
                     text = await generation.text()
             except UpstreamError as exc:
                 raise _routing_error(exc) from exc
-            return JSONResponse(oa.chat_completion(id_, body.model, text, generation.usage, created), headers=headers)
+            return JSONResponse(
+                oa.chat_completion(id_, body.model, text, generation.usage, created),
+                headers=headers,
+            )
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         events = _stream(generation, stack, id_, body.model, created, include_usage)
-        return StreamingResponse(events, media_type="text/event-stream", headers=headers | {"Cache-Control": "no-cache"})
+        return StreamingResponse(
+            events, media_type="text/event-stream", headers=headers | {"Cache-Control": "no-cache"}
+        )
 
     return BodyLimit(app, max_body_bytes)
 
@@ -197,12 +215,16 @@ async def _parse(request: Request, model: type[M]) -> M:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
-        raise ApiError(400, f"{where}: {first.get('msg')}", "invalid_request", where or None) from exc
+        raise ApiError(
+            400, f"{where}: {first.get('msg')}", "invalid_request", where or None
+        ) from exc
 
 
 def _params(body: oa.ChatCompletionRequest) -> GenerateParams:
     # "developer" is OpenAI's newer name for the system role.
-    messages = [ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in body.messages]
+    messages = [
+        ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in body.messages
+    ]
     try:
         return GenerateParams(
             model=body.model,
@@ -218,7 +240,12 @@ def _params(body: oa.ChatCompletionRequest) -> GenerateParams:
 
 
 async def _stream(
-    generation: Generation, stack: AsyncExitStack, id_: str, model: str, created: int, include_usage: bool
+    generation: Generation,
+    stack: AsyncExitStack,
+    id_: str,
+    model: str,
+    created: int,
+    include_usage: bool,
 ) -> AsyncIterator[bytes]:
     async with stack:  # leaving early (client gone) cancels the generation on the node
         yield oa.sse(oa.chunk(id_, model, created, {"role": "assistant", "content": ""}))

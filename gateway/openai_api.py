@@ -62,7 +62,11 @@ def completion_id() -> str:
 def usage(result: dict[str, Any]) -> dict[str, int]:
     prompt = int(result.get("prompt_tokens", 0))
     completion = int(result.get("completion_tokens", 0))
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 def chat_completion(
@@ -97,9 +101,9 @@ def chunk(
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": [] if usage_ is not None else [
-            {"index": 0, "delta": delta, "finish_reason": finish_reason}
-        ],
+        "choices": []
+        if usage_ is not None
+        else [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
     }
     if usage_ is not None:
         body["usage"] = usage_
@@ -122,7 +126,9 @@ ERROR_TYPES = {
 }
 
 
-def error_body(status: int, message: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+def error_body(
+    status: int, message: str, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
     return {
         "error": {
             "message": message,

@@ -105,7 +105,11 @@ class Router:
             if model not in self.table.models():
                 raise UnknownModel(model, self.models())
         now = time.time()
-        return [e.peer_id for e in self.table.candidates(model, now, tried) if e.peer_id in self.tracker.clients]
+        return [
+            e.peer_id
+            for e in self.table.candidates(model, now, tried)
+            if e.peer_id in self.tracker.clients
+        ]
 
     def _why_none(self, model: str) -> str:
         states = [

@@ -6,10 +6,12 @@ import logging
 import os
 import signal
 from functools import partial
+from typing import cast
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
+from hypercorn.typing import ASGIFramework
 
 import keys
 from gateway.app import create_app
@@ -54,7 +56,8 @@ async def run_gateway(config: GatewayConfig) -> None:
             await nursery.start(tracker.run)
             stop = trio.Event()
             async with trio.open_nursery() as web:
-                binds = await web.start(partial(serve, app, http, shutdown_trigger=stop.wait))
+                asgi = cast(ASGIFramework, app)
+                binds = await web.start(partial(serve, asgi, http, shutdown_trigger=stop.wait))
                 url = binds[0] if binds else f"http://{config.host}:{config.port}"
                 status.update(state="ready", peer_id=swarm.peer_id, addrs=swarm.addrs(), url=url)
                 logger.info("gateway %s serving %s", swarm.peer_id, url)

@@ -18,7 +18,15 @@ import trio
 from gateway.peer_table import PeerTable
 from node.rpc_client import CallFailed, RpcClient
 from node.swarm import Swarm
-from protocols import RPC_PROTOCOL, Load, NodeRecord, RemoteProtocolError, model_key, node_key, verify_record
+from protocols import (
+    RPC_PROTOCOL,
+    Load,
+    NodeRecord,
+    RemoteProtocolError,
+    model_key,
+    node_key,
+    verify_record,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +151,9 @@ class Tracker:
                     return
                 if not entry.connected:
                     entry.rtt = time.monotonic() - started
-                    logger.info("node %s joined: %s", peer[-8:], ", ".join(entry.record.ready_models()))
+                    logger.info(
+                        "node %s joined: %s", peer[-8:], ", ".join(entry.record.ready_models())
+                    )
                 self.table.update_load(peer, _load(update))
                 if int(update.get("record_seq", 0)) > entry.record.seq:
                     await self._refresh_record(peer, client)

@@ -60,7 +60,9 @@ def verify(token: str, key: Ed25519PublicKey) -> Claims:
         raise TokenError("token is for another audience") from exc
     except jwt.InvalidTokenError as exc:
         raise TokenError(f"invalid token: {exc}") from exc
-    return Claims(str(body["sub"]), str(body["jti"]), str(body.get("scope", "")), float(body["exp"]))
+    return Claims(
+        str(body["sub"]), str(body["jti"]), str(body.get("scope", "")), float(body["exp"])
+    )
 
 
 def parse_ttl(text: str) -> float:
@@ -68,10 +70,8 @@ def parse_ttl(text: str) -> float:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     text = text.strip().lower()
     try:
-        if text and text[-1] in units:
-            value = float(text[:-1]) * units[text[-1]]
-        else:
-            value = float(text)
+        unit = units.get(text[-1:], 0)
+        value = float(text[:-1]) * unit if unit else float(text)
     except ValueError as exc:
         raise ValueError(f"not a duration: {text!r} (try 30m, 1h or 7d)") from exc
     if value <= 0:

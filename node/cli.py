@@ -32,18 +32,30 @@ def _peer_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bitinglip", description="A peer-to-peer swarm serving AI models.")
+    parser = argparse.ArgumentParser(
+        prog="bitinglip", description="A peer-to-peer swarm serving AI models."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    node = commands.add_parser("node", help="run a GPU node").add_subparsers(dest="action", required=True)
+    node = commands.add_parser("node", help="run a GPU node").add_subparsers(
+        dest="action", required=True
+    )
     start = node.add_parser("start", help="join the swarm and serve models")
     _peer_flags(start)
-    start.add_argument("--model", action="append", dest="models", help="model id or path (repeatable)")
-    start.add_argument("--model-store", type=Path, help="directory for converted models (default: data dir)")
-    start.add_argument("--capacity", type=int, help="concurrent calls (default: the models' batch sizes)")
+    start.add_argument(
+        "--model", action="append", dest="models", help="model id or path (repeatable)"
+    )
+    start.add_argument(
+        "--model-store", type=Path, help="directory for converted models (default: data dir)"
+    )
+    start.add_argument(
+        "--capacity", type=int, help="concurrent calls (default: the models' batch sizes)"
+    )
     start.add_argument("--echo-delay", type=float, help="seconds per token for echo models")
 
-    gateway = commands.add_parser("gateway", help="run an HTTP gateway").add_subparsers(dest="action", required=True)
+    gateway = commands.add_parser("gateway", help="run an HTTP gateway").add_subparsers(
+        dest="action", required=True
+    )
     gstart = gateway.add_parser("start", help="serve the HTTP API and route to nodes")
     _peer_flags(gstart)
     gstart.add_argument("--host", help="HTTP address to bind (default 127.0.0.1)")
@@ -52,17 +64,23 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="start a local swarm: one gateway and N nodes")
     up.add_argument("--port", type=int, default=8080)
     up.add_argument("--nodes", type=int, default=2)
-    up.add_argument("--model", default=None, help="model id (default: the bundled SmolLM2-135M-Instruct)")
+    up.add_argument(
+        "--model", default=None, help="model id (default: the bundled SmolLM2-135M-Instruct)"
+    )
     up.add_argument("--data-dir", type=Path)
     up.add_argument("--json", action="store_true", help="print the ready line as JSON")
 
-    tokens = commands.add_parser("tokens", help="user access tokens").add_subparsers(dest="action", required=True)
+    tokens = commands.add_parser("tokens", help="user access tokens").add_subparsers(
+        dest="action", required=True
+    )
     issue = tokens.add_parser("issue", help="print a signed token for a user")
     issue.add_argument("--user", required=True)
     issue.add_argument("--ttl", default="1h", help="lifetime: 30m, 1h, 7d")
     issue.add_argument("--data-dir", type=Path)
 
-    keys_ = commands.add_parser("keys", help="operator keys and admission").add_subparsers(dest="action", required=True)
+    keys_ = commands.add_parser("keys", help="operator keys and admission").add_subparsers(
+        dest="action", required=True
+    )
     init = keys_.add_parser("init", help="create the operator and token keys")
     init.add_argument("--data-dir", type=Path)
     admit = keys_.add_parser("admit", help="issue a membership certificate for a peer")
@@ -86,7 +104,20 @@ def _node_start(args: argparse.Namespace) -> int:
     config = load(
         NodeConfig,
         "node",
-        _overrides(args, ["data_dir", "listen", "bootstrap", "models", "model_store", "capacity", "echo_delay", "ready_file", "log_level"]),
+        _overrides(
+            args,
+            [
+                "data_dir",
+                "listen",
+                "bootstrap",
+                "models",
+                "model_store",
+                "capacity",
+                "echo_delay",
+                "ready_file",
+                "log_level",
+            ],
+        ),
         args.config,
     )
     _setup_logging(config.log_level)
@@ -107,7 +138,9 @@ def _gateway_start(args: argparse.Namespace) -> int:
     config = load(
         GatewayConfig,
         "gateway",
-        _overrides(args, ["data_dir", "listen", "bootstrap", "host", "port", "ready_file", "log_level"]),
+        _overrides(
+            args, ["data_dir", "listen", "bootstrap", "host", "port", "ready_file", "log_level"]
+        ),
         args.config,
     )
     _setup_logging(config.log_level)
@@ -121,7 +154,9 @@ def _tokens_issue(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or keys.default_data_dir()
     signing = keys.jwt_keys(data_dir).private
     if signing is None:
-        print(f"error: no token signing key in {data_dir}; run `bitinglip keys init`", file=sys.stderr)
+        print(
+            f"error: no token signing key in {data_dir}; run `bitinglip keys init`", file=sys.stderr
+        )
         return 1
     print(keys.issue(signing, args.user, keys.parse_ttl(args.ttl)))
     return 0

@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import trio
@@ -146,13 +146,13 @@ class RpcClient:
             return
         if not isinstance(message, Chunk | End | Error):
             return
-        send = self._calls.get(message.id)
-        if send is None:
+        target = self._calls.get(message.id)
+        if target is None:
             return  # a reply to a call we already gave up on
-        send.send_nowait(message)
+        target.send_nowait(message)
         if isinstance(message, End | Error):
             self._calls.pop(message.id, None)
-            send.close()
+            target.close()
 
     async def _send(self, message: Message) -> None:
         async with self._lock:
@@ -178,11 +178,8 @@ class RpcClient:
             yield call
         finally:
             if self._calls.pop(call_id, None) is not None and not self._closed:
-                with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    try:
-                        await self._send(Cancel(call_id))
-                    except StreamBroken:
-                        pass
+                with trio.CancelScope(shield=True), trio.move_on_after(1), suppress(StreamBroken):
+                    await self._send(Cancel(call_id))
 
     async def call(
         self, method: str, params: dict[str, Any], timeout: float | None = None

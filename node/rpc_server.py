@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,9 +102,7 @@ class RpcServer:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.close()
 
-    async def _read_loop(
-        self, conn: _Connection, remote_peer: str, nursery: trio.Nursery
-    ) -> None:
+    async def _read_loop(self, conn: _Connection, remote_peer: str, nursery: trio.Nursery) -> None:
         decoder = MessageDecoder(self._max_frame)
         caller: Caller | None = None
         while True:
@@ -137,10 +136,8 @@ class RpcServer:
 
     async def _refuse(self, conn: _Connection, code: ErrorCode, message: str) -> None:
         logger.info("closing rpc stream: %s %s", code.value, message)
-        try:
+        with suppress(StreamBroken, ProtocolError):
             await conn.send(Error(0, code, message))
-        except (StreamBroken, ProtocolError):
-            pass
 
     async def _start(
         self, conn: _Connection, caller: Caller, request: Request, nursery: trio.Nursery

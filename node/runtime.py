@@ -65,7 +65,9 @@ class Node:
 
     def _record(self, seq: int, now: float) -> NodeRecord:
         draining = self.scheduler.draining
-        models = [replace(r.info, state="draining") if draining else r.info for r in self.runners.values()]
+        models = [
+            replace(r.info, state="draining") if draining else r.info for r in self.runners.values()
+        ]
         models += [
             ModelInfo(m, "text-generation", "", 0, 0, "loading")
             for m, state in self.loading.items()
@@ -126,10 +128,17 @@ class Node:
             await rpc.serve(stream, stream.remote_peer)
 
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with self.swarm.running(config.listen, config.bootstrap), trio.open_nursery() as nursery:
+            async with (
+                self.swarm.running(config.listen, config.bootstrap),
+                trio.open_nursery() as nursery,
+            ):
                 self.swarm.set_handler(RPC_PROTOCOL, serve)
-                self.status.update(peer_id=self.swarm.peer_id, addrs=self.swarm.addrs(), state="loading")
-                logger.info("node %s listening on %s", self.swarm.peer_id, " ".join(self.swarm.addrs()))
+                self.status.update(
+                    peer_id=self.swarm.peer_id, addrs=self.swarm.addrs(), state="loading"
+                )
+                logger.info(
+                    "node %s listening on %s", self.swarm.peer_id, " ".join(self.swarm.addrs())
+                )
                 nursery.start_soon(self.advertiser.run)
                 nursery.start_soon(self._refresh_hardware)
                 async with trio.open_nursery() as loaders:

@@ -52,13 +52,22 @@ class NodeService:
     def load(self) -> Load:
         s = self.scheduler
         return Load(
-            s.inflight, s.queued, s.capacity, round(s.tokens_per_s, 2), self._vram_free(), s.draining
+            s.inflight,
+            s.queued,
+            s.capacity,
+            round(s.tokens_per_s, 2),
+            self._vram_free(),
+            s.draining,
         )
 
-    async def rpc_status(self, params: dict[str, Any], caller: Caller, emit: Emit) -> dict[str, Any]:
+    async def rpc_status(
+        self, params: dict[str, Any], caller: Caller, emit: Emit
+    ) -> dict[str, Any]:
         return asdict(self.load())
 
-    async def rpc_record(self, params: dict[str, Any], caller: Caller, emit: Emit) -> dict[str, Any]:
+    async def rpc_record(
+        self, params: dict[str, Any], caller: Caller, emit: Emit
+    ) -> dict[str, Any]:
         """The node's current signed DHT record, fresher than any DHT copy."""
         seq, signed = self._signed_record()
         return {"seq": seq, "record": signed}
@@ -91,7 +100,9 @@ class NodeService:
         except Draining as exc:
             raise RpcError(ErrorCode.UNAVAILABLE, str(exc)) from exc
 
-    async def _generate(self, runner: Runner, request: GenerateParams, emit: Emit) -> dict[str, Any]:
+    async def _generate(
+        self, runner: Runner, request: GenerateParams, emit: Emit
+    ) -> dict[str, Any]:
         cancelled = threading.Event()
         try:
             deltas = runner.generate(request, cancelled)

@@ -31,7 +31,7 @@ class TrioByteStream:
 
     async def read(self, max_bytes: int) -> bytes:
         try:
-            return await self._stream.receive_some(max_bytes)
+            return bytes(await self._stream.receive_some(max_bytes))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise StreamBroken(str(exc)) from exc
 

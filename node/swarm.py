@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from libp2p.records.validator import Validator
 
 from keys.store import raw_private
 from node.streams import Libp2pByteStream
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 MAINTAIN_INTERVAL = 15.0
 
 
-class RecordValidator:
+class RecordValidator(Validator):
     """DHT validator for ``/bitinglip/...`` keys: signed, admitted, unexpired, newest wins."""
 
     def __init__(self, operator_public: bytes) -> None:

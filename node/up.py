@@ -63,9 +63,8 @@ class LocalSwarm:
             for name in names:
                 status = self.status(name)
                 if self.procs[name].poll() is not None or status.get("state") == "failed":
-                    raise RuntimeError(
-                        f"{name} stopped: {status.get('message', 'see ' + str(self.data_dir / 'logs' / name) + '.log')}"
-                    )
+                    log = self.data_dir / "logs" / f"{name}.log"
+                    raise RuntimeError(f"{name} stopped: {status.get('message', f'see {log}')}")
                 message = str(status.get("message") or status.get("state") or "starting")
                 if shown.get(name) != message:
                     shown[name] = message
@@ -129,7 +128,10 @@ def run_up(port: int, nodes: int, model: str | None, data_dir: Path | None, as_j
     swarm = LocalSwarm(data_dir)
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
-        print(f"starting a gateway and {nodes} node(s) serving {model} (logs: {data_dir / 'logs'})", file=sys.stderr)
+        print(
+            f"starting a gateway and {nodes} node(s) serving {model} (logs: {data_dir / 'logs'})",
+            file=sys.stderr,
+        )
         swarm.spawn("gateway", "gateway", ["--port", str(port)])
         swarm.wait(["gateway"], "ready", 60)
         gateway = swarm.status("gateway")
@@ -164,7 +166,12 @@ def _announce(url: str, model: str, nodes: int, token: str, as_json: bool) -> No
     if as_json:
         print(json.dumps({"url": url, "model": model, "nodes": nodes, "token": token}), flush=True)
         return
-    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+    body = json.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        }
+    )
     print(
         f"ready: {url} ({nodes} nodes serving {model})\n"
         f"token: {token}\n"

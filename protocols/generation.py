@@ -74,7 +74,9 @@ class GenerateParams:
                 model=_typed(body, "model", str),
                 messages=None
                 if messages is None
-                else [ChatMessage(_typed(m, "role", str), _typed(m, "content", str)) for m in messages],
+                else [
+                    ChatMessage(_typed(m, "role", str), _typed(m, "content", str)) for m in messages
+                ],
                 prompt=body.get("prompt"),
                 max_tokens=_typed(body, "max_tokens", int),
                 temperature=float(_typed(body, "temperature", (int, float))),

@@ -24,7 +24,9 @@ class Swarm:
         self.data_dir = data_dir
         keys.init_operator(data_dir)
 
-    def start_gateway(self, name: str = "gateway", bootstrap: list[str] | None = None) -> dict[str, object]:
+    def start_gateway(
+        self, name: str = "gateway", bootstrap: list[str] | None = None
+    ) -> dict[str, object]:
         extra = ["--port", "0"] + [x for b in bootstrap or [] for x in ("--bootstrap", b)]
         self.local.spawn(name, "gateway", extra)
         self.local.wait([name], "ready", 60)

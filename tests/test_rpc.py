@@ -122,13 +122,14 @@ async def test_deadline_exceeded() -> None:
 async def test_overloaded_when_queue_full() -> None:
     service = make_service(delay=0.05, capacity=1, max_queue=1)
     async with connected(service) as (client, nursery):
+
         async def hold() -> None:
             await client.call("generate", params("w " * 20))
 
         nursery.start_soon(hold)
         nursery.start_soon(hold)
         while service.scheduler.queued < 1:
-            await trio.sleep(0.01)
+            await service.scheduler.wait_changed(service.scheduler.version)
         with pytest.raises(RemoteError) as info:
             await client.call("generate", params("x"))
         assert info.value.code is ErrorCode.OVERLOADED
@@ -136,15 +137,14 @@ async def test_overloaded_when_queue_full() -> None:
 
 async def test_watch_reports_load_changes() -> None:
     service = make_service(delay=0.05)
-    async with connected(service) as (client, nursery):
-        async with client.open_call("watch", {}) as watch:
-            first = await watch.__anext__()
-            assert first["inflight"] == 0
-            nursery.start_soon(client.call, "generate", params("a b c d"))
-            with trio.fail_after(2):
-                async for update in watch:
-                    if update["inflight"] == 1:
-                        break
+    async with connected(service) as (client, nursery), client.open_call("watch", {}) as watch:
+        first = await watch.__anext__()
+        assert first["inflight"] == 0
+        nursery.start_soon(client.call, "generate", params("a b c d"))
+        with trio.fail_after(2):
+            async for update in watch:
+                if update["inflight"] == 1:
+                    break
 
 
 @pytest.mark.parametrize(

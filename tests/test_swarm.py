@@ -66,7 +66,11 @@ def test_busy_node_is_passed_over_and_dead_node_drops_out(swarm: Swarm) -> None:
     first_token = threading.Event()
 
     def long_call() -> None:
-        body = {"model": "echo", "stream": True, "messages": [{"role": "user", "content": "w " * 60}]}
+        body = {
+            "model": "echo",
+            "stream": True,
+            "messages": [{"role": "user", "content": "w " * 60}],
+        }
         with httpx.stream(
             "POST", f"{url}/v1/chat/completions", json=body,
             headers={"Authorization": f"Bearer {token}"}, timeout=30,

@@ -23,7 +23,9 @@ class EchoRunner:
 
     @property
     def info(self) -> ModelInfo:
-        return ModelInfo(self._model_id, "text-generation", "none", 1 << 20, self._max_batch, "ready")
+        return ModelInfo(
+            self._model_id, "text-generation", "none", 1 << 20, self._max_batch, "ready"
+        )
 
     def generate(self, params: GenerateParams, cancelled: threading.Event) -> Iterator[Delta]:
         if params.messages is not None:
