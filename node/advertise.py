@@ -67,7 +67,8 @@ class Advertiser:
 
     async def run(self) -> None:
         while True:
-            await self.publish()
+            with trio.move_on_after(self.ttl / 3):  # unreachable peers: keep the cadence
+                await self.publish()
             with trio.move_on_after(self.ttl / 3):
                 await self._wake.wait()
             self._wake = trio.Event()
