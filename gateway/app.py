@@ -160,14 +160,7 @@ def create_app(
     @app.post(
         "/v1/chat/completions",
         response_model=None,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": oa.ChatCompletionRequest.model_json_schema()}
-                },
-            }
-        },
+        openapi_extra=_json_body(app, oa.ChatCompletionRequest),
     )
     async def chat_completions(
         request: Request, claims: Annotated[keys.Claims, Depends(user)]
@@ -199,6 +192,23 @@ def create_app(
         )
 
     return BodyLimit(app, max_body_bytes)
+
+
+def _json_body(app: FastAPI, model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a body parsed by hand: the model's schema, its parts in components."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    parts = schema.pop("$defs", {})
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        fresh = app.openapi_schema is None
+        document = original()  # cached by FastAPI after the first call
+        if fresh:
+            document.setdefault("components", {}).setdefault("schemas", {}).update(parts)
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 async def _parse(request: Request, model: type[M]) -> M:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -74,6 +75,6 @@ def parse_ttl(text: str) -> float:
         value = float(text[:-1]) * unit if unit else float(text)
     except ValueError as exc:
         raise ValueError(f"not a duration: {text!r} (try 30m, 1h or 7d)") from exc
-    if value <= 0:
-        raise ValueError("a duration must be positive")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("a duration must be a positive number")
     return value

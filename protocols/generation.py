@@ -77,12 +77,12 @@ class GenerateParams:
                 else [
                     ChatMessage(_typed(m, "role", str), _typed(m, "content", str)) for m in messages
                 ],
-                prompt=body.get("prompt"),
+                prompt=None if body.get("prompt") is None else _typed(body, "prompt", str),
                 max_tokens=_typed(body, "max_tokens", int),
                 temperature=float(_typed(body, "temperature", (int, float))),
                 top_p=float(_typed(body, "top_p", (int, float))),
                 stop=[_check_str(s) for s in _typed(body, "stop", list)],
-                seed=body.get("seed"),
+                seed=None if body.get("seed") is None else _typed(body, "seed", int),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             raise RemoteProtocolError(f"bad generate params: {exc}") from exc

@@ -9,8 +9,9 @@ record's public key must hash to the same peer id, and the record must not be ex
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -18,6 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from protocols.codec import pack, unpack_map
 from protocols.errors import RemoteProtocolError
 from protocols.identity import peer_id_of
+
+T = TypeVar("T")
 
 NODE_KEY_PREFIX = "/bitinglip/node/"
 MODEL_KEY_PREFIX = "/bitinglip/model/"
@@ -94,25 +97,64 @@ class NodeRecord:
     def from_dict(cls, body: dict[str, Any]) -> NodeRecord:
         try:
             record = cls(
-                peer_id=str(body["peer_id"]),
-                public_key=bytes(body["public_key"]),
-                role=str(body["role"]),
-                version=str(body["version"]),
-                addrs=[str(a) for a in body["addrs"]],
-                hardware=Hardware(**body["hardware"]),
-                models=[ModelInfo(**m) for m in body["models"]],
-                load=Load(**body["load"]),
-                seq=int(body["seq"]),
-                issued_at=float(body["issued_at"]),
-                ttl=float(body["ttl"]),
+                peer_id=_typed(body["peer_id"], str),
+                public_key=_typed(body["public_key"], bytes),
+                role=_typed(body["role"], str),
+                version=_typed(body["version"], str),
+                addrs=[_typed(a, str) for a in body["addrs"]],
+                hardware=_build(Hardware, body["hardware"]),
+                models=[_build(ModelInfo, m) for m in body["models"]],
+                load=_build(Load, body["load"]),
+                seq=_typed(body["seq"], int),
+                issued_at=_finite(body["issued_at"]),
+                ttl=_finite(body["ttl"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise RemoteProtocolError(f"malformed node record: {exc}") from exc
         if record.role not in ROLES or any(
             m.task not in TASKS or m.state not in MODEL_STATES for m in record.models
         ):
             raise RemoteProtocolError("node record has an unknown role, task or state")
         return record
+
+
+def _typed(value: Any, kind: type[T]) -> T:
+    # Peer input: never coerce (bytes(2**64) would allocate, int(inf) would overflow).
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+_SCALARS: dict[str, type | tuple[type, ...]] = {
+    "str": str,
+    "int": int,
+    "float": (int, float),
+    "bool": bool,
+}
+
+
+def _build(cls: type[T], body: Any) -> T:
+    """Build a flat dataclass of scalars from a peer's map, checking every field's type."""
+    if not isinstance(body, dict):
+        raise TypeError(f"{cls.__name__} must be a map")
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.name not in body:
+            if f.default is MISSING:
+                raise TypeError(f"{cls.__name__}.{f.name} is missing")
+            continue
+        value = body[f.name]
+        kind = _SCALARS[str(f.type)]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise TypeError(f"{cls.__name__}.{f.name} has the wrong type")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{cls.__name__}.{f.name} is not finite")
+    return cls(**body)
+
+
+def _finite(value: Any) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise ValueError("expected a finite number")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -200,6 +242,6 @@ def record_seq(blob: bytes) -> int:
     """The seq of a record without verifying it (for picking the newest of valid values)."""
     try:
         signed = unpack_map(unpack_map(blob)["record"])
-        return int(unpack_map(signed["body"])["seq"])
+        return _typed(unpack_map(signed["body"])["seq"], int)
     except (KeyError, TypeError, ValueError, RemoteProtocolError):
         return -1

@@ -102,7 +102,9 @@ def decode(payload: bytes) -> Message:
         return Hello(_field(body, "cert", bytes))
     if kind == "req":
         timeout = body.get("to")
-        if timeout is not None and (not isinstance(timeout, int) or timeout <= 0):
+        if timeout is not None and (
+            not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0
+        ):
             raise RemoteProtocolError("field 'to' must be a positive integer")
         return Request(_id(body), _field(body, "m", str), _field(body, "p", dict), timeout)
     if kind == "chunk":

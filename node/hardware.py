@@ -1,0 +1,140 @@
+"""What accelerator this node has and how much of its memory is free.
+
+The node advertises the result in its record, so the probe must work on any host: a CUDA
+or ROCm GPU, a DirectML GPU on Windows, Apple silicon, or a plain CPU, including a host
+where torch is not installed at all (then only the CPU path runs, without importing it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import psutil  # type: ignore[import-untyped]
+
+from protocols import Hardware
+
+logger = logging.getLogger(__name__)
+
+# DirectML reports memory use only as fractions, so the total has to come from the operator.
+VRAM_TOTAL_ENV = "BITINGLIP_VRAM_TOTAL"
+
+
+def probe() -> Hardware:
+    """Detect the best backend torch can use here, with its total and free memory."""
+    if importlib.util.find_spec("torch") is None:
+        return _cpu()
+    import torch
+
+    if torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info(0)
+        return Hardware("cuda", torch.cuda.get_device_name(0), total, free)
+    if importlib.util.find_spec("torch_directml") is not None:
+        import torch_directml
+
+        if torch_directml.is_available():
+            total = _env_vram_total()
+            name = str(torch_directml.device_name(torch_directml.default_device()))
+            return Hardware("directml", name, total, _directml_free(total))
+    if torch.backends.mps.is_available():
+        total, free = _mps_memory()
+        return Hardware("mps", _cpu_name(), total, free)
+    return _cpu()
+
+
+def device_for(backend: str) -> str:
+    """The torch device string for a backend reported by ``probe``."""
+    if backend == "directml":
+        import torch_directml
+
+        return str(torch_directml.device(torch_directml.default_device()))
+    if backend in ("cuda", "mps", "cpu"):
+        return backend
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+def refresh_free(hw: Hardware) -> Hardware:
+    """``hw`` with its free memory read again (cheap: no device enumeration)."""
+    if hw.backend == "cuda":
+        import torch
+
+        free = int(torch.cuda.mem_get_info(0)[0])
+    elif hw.backend == "directml":
+        free = _directml_free(hw.vram_total)
+    elif hw.backend == "mps":
+        free = _mps_memory()[1]
+    else:
+        free = int(psutil.virtual_memory().available)
+    return dataclasses.replace(hw, vram_free=free)
+
+
+def _cpu() -> Hardware:
+    memory = psutil.virtual_memory()
+    return Hardware("cpu", _cpu_name(), int(memory.total), int(memory.available))
+
+
+def _cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip()
+    if platform.system() == "Darwin":
+        # platform.processor() only says "arm" on Apple silicon; sysctl has the chip name.
+        try:
+            out = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"],
+                capture_output=True,
+                text=True,
+                timeout=2,
+                check=True,
+            )
+            if out.stdout.strip():
+                return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            logger.debug("sysctl gave no CPU name", exc_info=True)
+    return platform.processor() or platform.machine() or "unknown cpu"
+
+
+def _env_vram_total() -> int:
+    raw = os.environ.get(VRAM_TOTAL_ENV, "").strip()
+    if not raw:
+        return 0
+    try:
+        return max(0, int(raw))
+    except ValueError:
+        logger.warning("ignoring %s=%r: not a number of bytes", VRAM_TOTAL_ENV, raw)
+        return 0
+
+
+def _directml_free(total: int) -> int:
+    """Free DirectML memory: the operator's total less the used fraction the driver reports."""
+    if total == 0:
+        return 0
+    import torch_directml
+
+    used: Any = torch_directml.gpu_memory(torch_directml.default_device())
+    fractions = [float(f) for f in used] if isinstance(used, list | tuple) else []
+    if not fractions:
+        return total
+    used_fraction = min(1.0, max(0.0, sum(fractions) / len(fractions)))
+    return int(total * (1.0 - used_fraction))
+
+
+def _mps_memory() -> tuple[int, int]:
+    """(total, free) for Apple MPS: unified memory, bounded by what Metal recommends."""
+    import torch
+
+    total = int(psutil.virtual_memory().total)
+    recommended = getattr(torch.mps, "recommended_max_memory", None)
+    if recommended is not None:
+        total = int(recommended())
+    allocated = getattr(torch.mps, "current_allocated_memory", None)
+    used = int(allocated()) if allocated is not None else 0
+    return total, max(0, total - used)

@@ -1,0 +1,251 @@
+"""The gateway's peer table: ranking, health, freshness. Pure: times are passed in."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from gateway.peer_table import SUSPECT_AFTER, PeerEntry, PeerTable
+from protocols import Hardware, Load, ModelInfo, NodeRecord
+
+T0 = 1_000_000.0
+
+
+def load(
+    inflight: int = 0,
+    queued: int = 0,
+    capacity: int = 1,
+    tokens_per_s: float = 0.0,
+    draining: bool = False,
+) -> Load:
+    return Load(inflight, queued, capacity, tokens_per_s, vram_free=0, draining=draining)
+
+
+def record(
+    peer: str,
+    models: dict[str, str] | None = None,
+    seq: int = 1,
+    issued_at: float = T0,
+    ttl: float = 60.0,
+    load_: Load | None = None,
+) -> NodeRecord:
+    states = {"m": "ready"} if models is None else models
+    return NodeRecord(
+        peer_id=peer,
+        public_key=b"\x00" * 32,
+        role="node",
+        version="0.1.0",
+        addrs=[],
+        hardware=Hardware("cpu", "test", 0, 0),
+        models=[ModelInfo(m, "text-generation", "float32", 2048, 1, s) for m, s in states.items()],
+        load=load_ or load(),
+        seq=seq,
+        issued_at=issued_at,
+        ttl=ttl,
+    )
+
+
+def live(
+    table: PeerTable,
+    peer: str,
+    load_: Load,
+    *,
+    models: dict[str, str] | None = None,
+    seq: int = 1,
+    ttl: float = 60.0,
+) -> PeerEntry:
+    """Add a node and give it a fresh load update, as a connected tracker would."""
+    entry = table.upsert(record(peer, models, seq=seq, ttl=ttl), now=T0)
+    table.update_load(peer, load_, now=T0)
+    return entry
+
+
+def ranked(
+    table: PeerTable, model: str = "m", now: float = T0, exclude: frozenset[str] = frozenset()
+) -> list[str]:
+    return [e.peer_id for e in table.candidates(model, now, exclude)]
+
+
+def test_new_entry_takes_the_record_load_and_is_not_connected() -> None:
+    table = PeerTable()
+    entry = table.upsert(record("a", load_=load(inflight=2)), now=T0)
+    assert entry.load == load(inflight=2)
+    assert (entry.last_seen, entry.connected, entry.local_delta) == (T0, False, 0)
+    assert entry.peer_id == "a"
+
+
+def test_ranking_by_work_ahead_per_slot() -> None:
+    table = PeerTable()
+    live(table, "busy", load(inflight=3, capacity=2))  # (3 + 1) / 2 = 2
+    live(table, "idle", load(capacity=1))  # 1 / 1 = 1
+    live(table, "queued", load(inflight=1, queued=4, capacity=2))  # 6 / 2 = 3
+    live(table, "wide", load(inflight=2, capacity=8))  # 3 / 8
+    assert ranked(table) == ["wide", "idle", "busy", "queued"]
+
+
+def test_expected_wait_formula() -> None:
+    table = PeerTable()
+    entry = live(table, "a", load(inflight=2, queued=1, capacity=2, tokens_per_s=100.0))
+    entry.local_delta = 1
+    assert entry.expected_wait() == pytest.approx((2 + 1 + 1 + 1) / 2 / 2.0)
+
+
+def test_zero_capacity_counts_as_one_slot() -> None:
+    table = PeerTable()
+    entry = live(table, "a", load(inflight=1, capacity=0))
+    assert entry.expected_wait() == pytest.approx(2.0)
+
+
+def test_faster_node_wins_at_equal_load() -> None:
+    table = PeerTable()
+    live(table, "slow", load(inflight=1, capacity=1, tokens_per_s=10.0))
+    live(table, "fast", load(inflight=1, capacity=1, tokens_per_s=200.0))
+    assert ranked(table) == ["fast", "slow"]
+
+
+def test_local_delta_counts_calls_started_since_the_last_update() -> None:
+    table = PeerTable()
+    a = live(table, "a", load(capacity=1))
+    live(table, "b", load(inflight=1, capacity=1))
+    assert ranked(table) == ["a", "b"]
+    a.local_delta += 2  # two calls sent to a since its last load update
+    assert ranked(table) == ["b", "a"]
+
+
+def test_negative_local_delta_never_makes_work_negative() -> None:
+    table = PeerTable()
+    a = live(table, "a", load(capacity=1))
+    a.local_delta = -5
+    assert a.expected_wait() == pytest.approx(1.0)
+
+
+def test_load_update_resets_local_delta_and_marks_seen() -> None:
+    table = PeerTable()
+    entry = live(table, "a", load())
+    entry.local_delta = 3
+    table.update_load("a", load(inflight=3), now=T0 + 2)
+    assert entry.local_delta == 0
+    assert entry.load == load(inflight=3)
+    assert entry.last_seen == T0 + 2
+    assert entry.connected
+
+
+def test_load_update_for_unknown_peer_is_ignored() -> None:
+    table = PeerTable()
+    table.update_load("ghost", load(), now=T0)
+    assert table.entries == {}
+
+
+def test_ties_break_on_rtt_then_peer_id() -> None:
+    table = PeerTable()
+    live(table, "c", load())
+    live(table, "b", load())
+    live(table, "a", load()).rtt = 0.5
+    assert ranked(table) == ["b", "c", "a"]
+
+
+def test_draining_node_is_excluded() -> None:
+    table = PeerTable()
+    live(table, "a", load(draining=True))
+    live(table, "b", load(inflight=5))
+    assert ranked(table) == ["b"]
+
+
+def test_node_without_a_load_update_is_suspect() -> None:
+    table = PeerTable()
+    table.upsert(record("a"), now=T0)
+    assert ranked(table) == []
+
+
+def test_node_silent_past_suspect_after_is_excluded() -> None:
+    table = PeerTable()
+    entry = live(table, "a", load())
+    assert ranked(table, now=T0 + SUSPECT_AFTER) == ["a"]
+    assert ranked(table, now=T0 + SUSPECT_AFTER + 0.01) == []
+    assert entry.suspect(T0 + SUSPECT_AFTER + 0.01)
+    table.update_load("a", load(), now=T0 + 10)
+    assert ranked(table, now=T0 + 10) == ["a"]
+
+
+def test_disconnected_node_is_excluded_even_when_fresh() -> None:
+    table = PeerTable()
+    live(table, "a", load()).connected = False
+    assert ranked(table) == []
+
+
+def test_exclude_set_is_honoured() -> None:
+    table = PeerTable()
+    for peer in ("a", "b", "c"):
+        live(table, peer, load())
+    assert ranked(table, exclude=frozenset({"a", "c"})) == ["b"]
+    assert [e.peer_id for e in table.candidates("m", T0, {"b"})] == ["a", "c"]
+
+
+@pytest.mark.parametrize("state", ["loading", "draining"])
+def test_model_not_ready_is_excluded(state: str) -> None:
+    table = PeerTable()
+    live(table, "a", load(), models={"m": state, "other": "ready"})
+    live(table, "b", load(inflight=9), models={"m": "ready"})
+    assert ranked(table) == ["b"]
+    assert ranked(table, "other") == ["a"]
+
+
+def test_unknown_model_has_no_candidates() -> None:
+    table = PeerTable()
+    live(table, "a", load())
+    assert ranked(table, "nope") == []
+
+
+def test_models_lists_every_advertised_model_whatever_its_state() -> None:
+    table = PeerTable()
+    live(table, "a", load(), models={"m": "ready", "x": "loading"})
+    live(table, "b", load(), models={"m": "ready"})
+    found = {model: sorted(e.peer_id for e in entries) for model, entries in table.models().items()}
+    assert found == {"m": ["a", "b"], "x": ["a"]}
+
+
+def test_upsert_never_goes_back_to_an_older_seq() -> None:
+    table = PeerTable()
+    entry = live(table, "a", load(), seq=5)
+    table.upsert(record("a", seq=4, models={"old": "ready"}), now=T0 + 1)
+    assert entry.record.seq == 5
+    assert [m.id for m in entry.record.models] == ["m"]
+    newer = record("a", seq=6, models={"new": "ready"})
+    assert table.upsert(newer, now=T0 + 1) is entry
+    assert entry.record == newer
+
+
+def test_upsert_keeps_live_load_and_health() -> None:
+    table = PeerTable()
+    entry = live(table, "a", load(inflight=2))
+    entry.local_delta = 1
+    table.upsert(record("a", seq=2, load_=load(inflight=9)), now=T0 + 1)
+    assert entry.load == load(inflight=2)
+    assert (entry.connected, entry.last_seen, entry.local_delta) == (True, T0, 1)
+
+
+def test_expire_drops_records_past_their_ttl() -> None:
+    table = PeerTable()
+    live(table, "short", load(), ttl=10)
+    live(table, "long", load(), ttl=100)
+    assert table.expire(T0 + 10) == []
+    assert table.expire(T0 + 10.5) == ["short"]
+    assert set(table.entries) == {"long"}
+    assert table.expire(T0 + 101) == ["long"]
+    assert table.entries == {}
+
+
+def test_refreshed_record_extends_life() -> None:
+    table = PeerTable()
+    entry = live(table, "a", load(), ttl=10)
+    table.upsert(replace(entry.record, seq=2, issued_at=T0 + 8), now=T0 + 8)
+    assert table.expire(T0 + 15) == []
+
+
+def test_remove_is_idempotent() -> None:
+    table = PeerTable()
+    live(table, "a", load())
+    table.remove("a")
+    table.remove("a")
+    assert table.entries == {}
