@@ -15,8 +15,10 @@ from hypercorn.typing import ASGIFramework
 
 import keys
 from gateway.app import create_app
+from gateway.auth import Authenticator
 from gateway.peer_table import PeerTable
 from gateway.router import Router
+from gateway.services import Services
 from gateway.tracker import Tracker
 from node.config import GatewayConfig
 from node.readiness import StatusFile
@@ -37,14 +39,14 @@ async def run_gateway(config: GatewayConfig) -> None:
     table = PeerTable()
     tracker = Tracker(swarm, table, certificate, operator_public)
     router = Router(table, tracker)
-    app = create_app(
-        router,
-        jwt_public,
+    services = Services(
+        backend=router,
+        auth=Authenticator(jwt_public),
         peer_id=swarm.peer_id,
-        max_body_bytes=config.max_body_bytes,
         request_timeout=config.request_timeout,
         health=lambda: {"nodes": len(tracker.clients), "routing_retries": router.retries},
     )
+    app = create_app(services, max_body_bytes=config.max_body_bytes)
     http = HypercornConfig()
     http.bind = [f"{config.host}:{config.port}"]
     http.accesslog = None

@@ -23,8 +23,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.types import ASGIApp
 
 import keys
-from gateway.app import NODE_HEADER, create_app
+from gateway.app import create_app
+from gateway.auth import Authenticator
+from gateway.chat import NODE_HEADER
 from gateway.router import Generation, NoPeerReady, UnknownModel, UpstreamError
+from gateway.services import Services
 from keys.tokens import ALGORITHM, ISSUER
 from node.rpc_client import Call
 from protocols import Chunk, End, Error, ErrorCode, GenerateParams, Message
@@ -101,14 +104,14 @@ class FakeBackend:
 
 
 def make_app(backend: FakeBackend, max_body_bytes: int = 1 << 20) -> ASGIApp:
-    return create_app(
-        backend,
-        KEY.public_key(),
+    services = Services(
+        backend=backend,
+        auth=Authenticator(KEY.public_key()),
         peer_id=GATEWAY,
-        max_body_bytes=max_body_bytes,
         request_timeout=TIMEOUT,
         health=lambda: {"nodes": 1},
     )
+    return create_app(services, max_body_bytes=max_body_bytes)
 
 
 @asynccontextmanager
