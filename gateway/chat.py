@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -14,6 +15,7 @@ from gateway import openai_api as oa
 from gateway.auth import User
 from gateway.bodies import json_body, parse
 from gateway.errors import ApiError, routing_error
+from gateway.metering import Outcome, metered, rate_headers
 from gateway.router import Generation, NoPeerReady, UnknownModel, UpstreamError
 from gateway.services import services
 from protocols import ChatMessage, GenerateParams
@@ -51,29 +53,44 @@ def install(app: FastAPI) -> None:
         params = _params(body)
         stack = AsyncExitStack()
         try:
-            generation = await stack.enter_async_context(
-                s.backend.generate(params, s.request_timeout)
-            )
-        except (UnknownModel, NoPeerReady, UpstreamError) as exc:
-            await stack.aclose()
-            raise routing_error(exc) from exc
-        headers = {NODE_HEADER: generation.peer_id}
+            outcome = await stack.enter_async_context(metered(s.meters, claims, body.model, "chat"))
+            try:
+                generation = await stack.enter_async_context(
+                    s.backend.generate(params, s.request_timeout)
+                )
+            except (UnknownModel, NoPeerReady, UpstreamError) as exc:
+                raise routing_error(exc) from exc
+        except BaseException:
+            await stack.__aexit__(*sys.exc_info())
+            raise
+        outcome.peer_id = generation.peer_id
+        headers = {NODE_HEADER: generation.peer_id} | rate_headers(s.meters, claims)
         id_, created = oa.completion_id(), int(time.time())
         if not body.stream:
             try:
                 async with stack:
-                    text = await generation.text()
-            except UpstreamError as exc:
-                raise routing_error(exc) from exc
+                    try:
+                        text = await generation.text()
+                    except UpstreamError as exc:
+                        raise routing_error(exc) from exc
+                    _count(outcome, generation)
+            except ApiError as exc:
+                exc.headers.update(headers)
+                raise
             return JSONResponse(
                 oa.chat_completion(id_, body.model, text, generation.usage, created),
                 headers=headers,
             )
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        events = _stream(generation, stack, id_, body.model, created, include_usage)
+        events = _stream(generation, outcome, stack, id_, body.model, created, include_usage)
         return StreamingResponse(
             events, media_type="text/event-stream", headers=headers | {"Cache-Control": "no-cache"}
         )
+
+
+def _count(outcome: Outcome, generation: Generation) -> None:
+    outcome.prompt_tokens = int(generation.usage.get("prompt_tokens", 0))
+    outcome.completion_tokens = int(generation.usage.get("completion_tokens", 0))
 
 
 def _params(body: oa.ChatCompletionRequest) -> GenerateParams:
@@ -97,6 +114,7 @@ def _params(body: oa.ChatCompletionRequest) -> GenerateParams:
 
 async def _stream(
     generation: Generation,
+    outcome: Outcome,
     stack: AsyncExitStack,
     id_: str,
     model: str,
@@ -110,9 +128,11 @@ async def _stream(
                 if piece:
                     yield oa.sse(oa.chunk(id_, model, created, {"content": piece}))
         except UpstreamError as exc:
+            outcome.status = 502
             yield oa.sse(oa.error_body(502, str(exc), exc.code.value.lower()))
             yield oa.sse("[DONE]")
             return
+        _count(outcome, generation)
         reason = str(generation.usage.get("finish_reason", "stop"))
         yield oa.sse(oa.chunk(id_, model, created, {}, reason))
         if include_usage:

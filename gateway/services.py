@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from fastapi import Request
 
 from gateway.auth import Authenticator
+from gateway.metering import Meter
 from gateway.router import Generation
 from protocols import GenerateParams
 
@@ -37,6 +38,7 @@ class Services:
     peer_id: str = ""
     request_timeout: float = 300.0
     health: Callable[[], dict[str, Any]] = field(default=dict)
+    meters: list[Meter] = field(default_factory=list)
 
 
 def services(request: Request) -> Services:

@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--capacity", type=int, help="concurrent calls (default: the models' batch sizes)"
     )
     start.add_argument("--echo-delay", type=float, help="seconds per token for echo models")
+    start.set_defaults(func=_node_start)
 
     gateway = commands.add_parser("gateway", help="run an HTTP gateway").add_subparsers(
         dest="action", required=True
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     _peer_flags(gstart)
     gstart.add_argument("--host", help="HTTP address to bind (default 127.0.0.1)")
     gstart.add_argument("--port", type=int, help="HTTP port (default 8080; 0 picks one)")
+    gstart.set_defaults(func=_gateway_start)
 
     up = commands.add_parser("up", help="start a local swarm: one gateway and N nodes")
     up.add_argument("--port", type=int, default=8080)
@@ -69,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--data-dir", type=Path)
     up.add_argument("--json", action="store_true", help="print the ready line as JSON")
+    up.set_defaults(func=_up)
 
     tokens = commands.add_parser("tokens", help="user access tokens").add_subparsers(
         dest="action", required=True
@@ -77,18 +80,35 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--user", required=True)
     issue.add_argument("--ttl", default="1h", help="lifetime: 30m, 1h, 7d")
     issue.add_argument("--data-dir", type=Path)
+    issue.set_defaults(func=_tokens_issue)
 
     keys_ = commands.add_parser("keys", help="operator keys and admission").add_subparsers(
         dest="action", required=True
     )
     init = keys_.add_parser("init", help="create the operator and token keys")
     init.add_argument("--data-dir", type=Path)
+    init.set_defaults(func=_keys)
     admit = keys_.add_parser("admit", help="issue a membership certificate for a peer")
     admit.add_argument("peer_id")
     admit.add_argument("--role", choices=["node", "gateway", "client"], default="node")
     admit.add_argument("--data-dir", type=Path)
     admit.add_argument("--out", type=Path, required=True, help="certificate file to write")
+    admit.set_defaults(func=_keys)
+
+    for extension in _extensions():
+        extension.register(commands)
     return parser
+
+
+def _extensions() -> list[Any]:
+    """Modules that add their own subcommands with ``register(commands)``."""
+    return []
+
+
+def _up(args: argparse.Namespace) -> int:
+    from node.up import run_up
+
+    return run_up(args.port, args.nodes, args.model, args.data_dir, args.json)
 
 
 def _overrides(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
@@ -179,17 +199,8 @@ def _keys(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "node":
-            return _node_start(args)
-        if args.command == "gateway":
-            return _gateway_start(args)
-        if args.command == "up":
-            from node.up import run_up
-
-            return run_up(args.port, args.nodes, args.model, args.data_dir, args.json)
-        if args.command == "tokens":
-            return _tokens_issue(args)
-        return _keys(args)
+        result: int = args.func(args)
+        return result
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a person reads this: one line, no traceback

@@ -1,0 +1,84 @@
+"""The hook every inference route goes through: admit, then record the outcome.
+
+A ``Meter`` sees each call twice: ``admit`` before any work (raise ``ApiError`` 429 to
+refuse) and ``record`` once the outcome is known (before the response completes, so a
+durable meter loses nothing). Limits, the usage store and metrics are all meters.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+import keys
+
+
+@dataclass
+class Outcome:
+    """What one inference call did; routes fill it in as they learn it."""
+
+    user: str
+    key_id: str
+    model: str
+    kind: str  # "chat" | "completion" | "image"
+    peer_id: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    images: int = 0
+    status: int = 200
+    started: float = field(default_factory=time.monotonic)
+    latency: float = 0.0
+
+
+class Meter(Protocol):
+    async def admit(self, claims: keys.Claims, outcome: Outcome) -> None:
+        """Refuse (raise ``ApiError``) or let the call start."""
+        ...
+
+    async def record(self, claims: keys.Claims, outcome: Outcome) -> None:
+        """The call ended (successfully or not); ``outcome`` is final."""
+        ...
+
+    def headers(self, claims: keys.Claims) -> dict[str, str]:
+        """Headers to add to every response for this caller (rate-limit state)."""
+        ...
+
+
+@asynccontextmanager
+async def metered(
+    meters: list[Meter], claims: keys.Claims, model: str, kind: str
+) -> AsyncIterator[Outcome]:
+    """Run a call through every meter; the outcome is recorded however the call ends."""
+    outcome = Outcome(claims.sub, claims.jti, model, kind)
+    admitted: list[Meter] = []
+    try:
+        for meter in meters:
+            await meter.admit(claims, outcome)
+            admitted.append(meter)
+        yield outcome
+    except BaseException as exc:
+        if outcome.status < 400:
+            outcome.status = getattr(exc, "status", 499 if _cancelled(exc) else 500)
+        raise
+    finally:
+        outcome.latency = time.monotonic() - outcome.started
+        # Shielded: a client that hung up must still be charged and counted.
+        with trio.CancelScope(shield=True):
+            for meter in admitted:
+                await meter.record(claims, outcome)
+
+
+def _cancelled(exc: BaseException) -> bool:
+    return isinstance(exc, trio.Cancelled)
+
+
+def rate_headers(meters: list[Meter], claims: keys.Claims) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for meter in meters:
+        headers.update(meter.headers(claims))
+    return headers
