@@ -8,12 +8,12 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
-from gateway import chat
+from gateway import chat, completions
 from gateway.errors import BodyLimit, install_error_handlers
 from gateway.services import Services
 
 # The API's areas, in the order their routes are matched.
-AREAS = [chat]
+AREAS = [chat, completions]
 
 
 def create_app(services: Services, *, max_body_bytes: int = 1 << 20) -> ASGIApp:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,13 +12,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from gateway import openai_api as oa
 from gateway.auth import User
 from gateway.bodies import json_body, parse
-from gateway.errors import ApiError, routing_error
-from gateway.metering import Outcome, metered, rate_headers
-from gateway.router import Generation, NoPeerReady, UnknownModel, UpstreamError
+from gateway.errors import ApiError
+from gateway.inference import collect, start, stream
 from gateway.services import services
 from protocols import ChatMessage, GenerateParams
-
-NODE_HEADER = "X-BitingLip-Node"
 
 
 def install(app: FastAPI) -> None:
@@ -48,49 +43,42 @@ def install(app: FastAPI) -> None:
         openapi_extra=json_body(app, oa.ChatCompletionRequest),
     )
     async def chat_completions(request: Request, claims: User) -> JSONResponse | StreamingResponse:
-        s = services(request)
         body = await parse(request, oa.ChatCompletionRequest)
-        params = _params(body)
-        stack = AsyncExitStack()
-        try:
-            outcome = await stack.enter_async_context(metered(s.meters, claims, body.model, "chat"))
-            try:
-                generation = await stack.enter_async_context(
-                    s.backend.generate(params, s.request_timeout)
-                )
-            except (UnknownModel, NoPeerReady, UpstreamError) as exc:
-                raise routing_error(exc) from exc
-        except BaseException:
-            await stack.__aexit__(*sys.exc_info())
-            raise
-        outcome.peer_id = generation.peer_id
-        headers = {NODE_HEADER: generation.peer_id} | rate_headers(s.meters, claims)
+        started = await start(request, claims, _params(body), "chat")
         id_, created = oa.completion_id(), int(time.time())
         if not body.stream:
-            try:
-                async with stack:
-                    try:
-                        text = await generation.text()
-                    except UpstreamError as exc:
-                        raise routing_error(exc) from exc
-                    _count(outcome, generation)
-            except ApiError as exc:
-                exc.headers.update(headers)
-                raise
+            text = await collect(started)
             return JSONResponse(
-                oa.chat_completion(id_, body.model, text, generation.usage, created),
-                headers=headers,
+                oa.chat_completion(id_, body.model, text, started.generation.usage, created),
+                headers=started.headers,
             )
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        events = _stream(generation, outcome, stack, id_, body.model, created, include_usage)
+        render = _ChatChunks(id_, body.model, created, include_usage)
         return StreamingResponse(
-            events, media_type="text/event-stream", headers=headers | {"Cache-Control": "no-cache"}
+            stream(started, render),
+            media_type="text/event-stream",
+            headers=started.headers | {"Cache-Control": "no-cache"},
         )
 
 
-def _count(outcome: Outcome, generation: Generation) -> None:
-    outcome.prompt_tokens = int(generation.usage.get("prompt_tokens", 0))
-    outcome.completion_tokens = int(generation.usage.get("completion_tokens", 0))
+@dataclass
+class _ChatChunks:
+    id: str
+    model: str
+    created: int
+    include_usage: bool
+
+    def opening(self) -> list[dict[str, Any]]:
+        return [oa.chunk(self.id, self.model, self.created, {"role": "assistant", "content": ""})]
+
+    def piece(self, text: str) -> dict[str, Any]:
+        return oa.chunk(self.id, self.model, self.created, {"content": text})
+
+    def closing(self, finish_reason: str, usage: dict[str, int]) -> list[dict[str, Any]]:
+        events = [oa.chunk(self.id, self.model, self.created, {}, finish_reason)]
+        if self.include_usage:
+            events.append(oa.chunk(self.id, self.model, self.created, {}, usage_=usage))
+        return events
 
 
 def _params(body: oa.ChatCompletionRequest) -> GenerateParams:
@@ -110,31 +98,3 @@ def _params(body: oa.ChatCompletionRequest) -> GenerateParams:
         )
     except ValueError as exc:
         raise ApiError(400, str(exc), "invalid_request") from exc
-
-
-async def _stream(
-    generation: Generation,
-    outcome: Outcome,
-    stack: AsyncExitStack,
-    id_: str,
-    model: str,
-    created: int,
-    include_usage: bool,
-) -> AsyncIterator[bytes]:
-    async with stack:  # leaving early (client gone) cancels the generation on the node
-        yield oa.sse(oa.chunk(id_, model, created, {"role": "assistant", "content": ""}))
-        try:
-            async for piece in generation.deltas():
-                if piece:
-                    yield oa.sse(oa.chunk(id_, model, created, {"content": piece}))
-        except UpstreamError as exc:
-            outcome.status = 502
-            yield oa.sse(oa.error_body(502, str(exc), exc.code.value.lower()))
-            yield oa.sse("[DONE]")
-            return
-        _count(outcome, generation)
-        reason = str(generation.usage.get("finish_reason", "stop"))
-        yield oa.sse(oa.chunk(id_, model, created, {}, reason))
-        if include_usage:
-            yield oa.sse(oa.chunk(id_, model, created, {}, usage_=oa.usage(generation.usage)))
-        yield oa.sse("[DONE]")

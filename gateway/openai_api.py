@@ -55,6 +55,51 @@ class ChatCompletionRequest(BaseModel):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
+class CompletionRequest(BaseModel):
+    """The legacy ``/v1/completions`` request: one raw prompt, no chat template."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, max_length=256)
+    prompt: str | list[str]
+    max_tokens: int = Field(default=16, ge=1, le=MAX_NEW_TOKENS)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=0, lt=2**63)
+    n: int = Field(default=1, ge=1, le=1)
+    echo: bool = False
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    def text(self) -> str:
+        if isinstance(self.prompt, str):
+            return self.prompt
+        if len(self.prompt) != 1:
+            raise ValueError("prompt: give one prompt (batches of prompts are not supported)")
+        return self.prompt[0]
+
+    def stops(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+def text_completion(
+    id_: str, model: str, text: str, finish_reason: str | None, usage_: dict[str, int] | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": id_,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}],
+    }
+    if usage_ is not None:
+        body["usage"] = usage_
+    return body
+
+
 def completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex[:24]}"
 

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp
 import keys
 from gateway.app import create_app
 from gateway.auth import Authenticator
-from gateway.chat import NODE_HEADER
+from gateway.inference import NODE_HEADER
 from gateway.router import Generation, NoPeerReady, UnknownModel, UpstreamError
 from gateway.services import Services
 from keys.tokens import ALGORITHM, ISSUER
@@ -65,8 +65,9 @@ class FakeBackend:
         }
 
     def _frames(self, params: GenerateParams) -> list[Message]:
-        assert params.messages is not None
-        words = params.messages[-1].content.split(" ")
+        source = params.messages[-1].content if params.messages else params.prompt
+        assert source is not None
+        words = source.split(" ")
         pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
         chunks: list[Message] = [Chunk(1, {"text": p}) for p in pieces]
         usage = {"prompt_tokens": params.prompt_chars(), "completion_tokens": len(pieces)}
