@@ -17,9 +17,13 @@ import keys
 from gateway.app import create_app
 from gateway.auth import Authenticator
 from gateway.peer_table import PeerTable
+from gateway.peering import GATEWAY_RECORD_TTL, gateway_record, serve_rpc
 from gateway.router import Router
 from gateway.services import Services
+from gateway.sharing import Sharing
+from gateway.sync import GatewaySync
 from gateway.tracker import Tracker
+from node.advertise import Advertiser
 from node.config import GatewayConfig
 from node.readiness import StatusFile
 from node.swarm import Swarm
@@ -39,6 +43,7 @@ async def run_gateway(config: GatewayConfig) -> None:
     table = PeerTable()
     tracker = Tracker(swarm, table, certificate, operator_public)
     router = Router(table, tracker)
+    share = Sharing()
     services = Services(
         backend=router,
         auth=Authenticator(jwt_public),
@@ -47,6 +52,12 @@ async def run_gateway(config: GatewayConfig) -> None:
         health=lambda: {"nodes": len(tracker.clients), "routing_retries": router.retries},
     )
     app = create_app(services, max_body_bytes=config.max_body_bytes)
+    sync = GatewaySync(swarm, certificate, apply=share.apply, forget=tracker.forget_gateway)
+    tracker.on_gateway = sync.connect_soon
+    share.publish = sync.publish
+    advertiser = Advertiser(
+        swarm, identity, certificate, gateway_record(swarm, identity), GATEWAY_RECORD_TTL
+    )
     http = HypercornConfig()
     http.bind = [f"{config.host}:{config.port}"]
     http.accesslog = None
@@ -55,7 +66,10 @@ async def run_gateway(config: GatewayConfig) -> None:
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with swarm.running(config.listen, config.bootstrap), trio.open_nursery() as nursery:
+            serve_rpc(swarm, operator_public, {"events": sync.rpc_events})
+            await nursery.start(sync.run)
             await nursery.start(tracker.run)
+            nursery.start_soon(advertiser.run)
             stop = trio.Event()
             async with trio.open_nursery() as web:
                 asgi = cast(ASGIFramework, app)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -46,6 +47,10 @@ class Tracker:
         self._connecting: set[str] = set()
         self._not_nodes: dict[str, float] = {}  # peers with no node record, and when we looked
         self._nursery: trio.Nursery | None = None
+        # Other gateways are handed to ``on_gateway`` (usage and revocation sharing) and
+        # skipped by discovery until ``forget_gateway`` says their connection ended.
+        self.on_gateway: Callable[[NodeRecord], None] | None = None
+        self.gateways: set[str] = set()
         self.changed = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -63,7 +68,7 @@ class Tracker:
         except RemoteProtocolError as exc:
             logger.warning("ignoring a record that does not verify: %s", exc)
             return None
-        return record if record.role == "node" else None
+        return record if record.role in ("node", "gateway") else None
 
     async def discover(self) -> None:
         """Look up every known peer we do not track yet."""
@@ -73,6 +78,7 @@ class Tracker:
             for p in self.swarm.known_peers()
             if p not in self.clients
             and p not in self._connecting
+            and p not in self.gateways
             and now - self._not_nodes.get(p, -FORGET_FAILED_AFTER) >= FORGET_FAILED_AFTER
         ]
         for peer in fresh:
@@ -91,6 +97,11 @@ class Tracker:
             self._not_nodes[peer] = time.time()
             return False
         self._not_nodes.pop(peer, None)
+        if record.role == "gateway":
+            if self.on_gateway is not None:
+                self.gateways.add(peer)
+                self.on_gateway(record)
+            return False
         self.table.upsert(record)
         self._connect_soon(record)
         return True
@@ -106,6 +117,9 @@ class Tracker:
         for peer in providers - set(self.clients) - self._connecting:
             self._not_nodes.pop(peer, None)
             await self.lookup(peer)
+
+    def forget_gateway(self, peer: str) -> None:
+        self.gateways.discard(peer)
 
     def _connect_soon(self, record: NodeRecord) -> None:
         if record.peer_id in self.clients or record.peer_id in self._connecting:
