@@ -76,9 +76,12 @@ class NodeService:
         while True:
             seen = self.scheduler.version
             await emit(asdict(self.load()) | {"record_seq": self._signed_record()[0]})
+            sent = trio.current_time()
             with trio.move_on_after(WATCH_INTERVAL):
                 await self.scheduler.wait_changed(seen)
-                await trio.sleep(WATCH_COALESCE)  # many changes in a burst: one update
+                # The first change goes out at once; a burst right after it is folded
+                # into one update per WATCH_COALESCE.
+                await trio.sleep_until(sent + WATCH_COALESCE)
 
     async def rpc_generate(
         self, params: dict[str, Any], caller: Caller, emit: Emit
