@@ -19,6 +19,9 @@ import keys
 from node.readiness import read_status
 
 READY_TIMEOUT = 600.0
+# Where a running local swarm can be found, and the identity `bitinglip peers` joins it as.
+SWARM_FILE = "swarm.json"
+CLIENT_DIR = Path("peers") / "cli"
 
 
 class _Stop(Exception):
@@ -145,6 +148,7 @@ def run_up(port: int, nodes: int, model: str | None, data_dir: Path | None, as_j
         url = str(gateway["url"])
         _wait_routable(url, model, nodes, 60)
         token = keys.issue(keys.jwt_keys(data_dir).private, "local", 7 * 86400)  # type: ignore[arg-type]
+        _write_swarm_file(swarm, ["gateway", *names], url)
         _announce(url, model, nodes, token, as_json)
         while all(p.poll() is None for p in swarm.procs.values()):
             time.sleep(0.5)
@@ -157,21 +161,29 @@ def run_up(port: int, nodes: int, model: str | None, data_dir: Path | None, as_j
         return 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        (data_dir / SWARM_FILE).unlink(missing_ok=True)
         swarm.stop()
         signal.signal(signal.SIGTERM, previous)
         print("swarm stopped", file=sys.stderr)
+
+
+def _write_swarm_file(swarm: LocalSwarm, names: list[str], url: str) -> None:
+    """Tell `bitinglip peers` where this swarm is, and give it a client identity to join as."""
+    keys.provision(swarm.data_dir / CLIENT_DIR, swarm.data_dir, "client")
+    addrs = [swarm.status(name).get("addrs") for name in names]
+    bootstrap = [str(a[0]) for a in addrs if isinstance(a, list) and a]
+    path = swarm.data_dir / SWARM_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"gateway": url, "bootstrap": bootstrap}, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def _announce(url: str, model: str, nodes: int, token: str, as_json: bool) -> None:
     if as_json:
         print(json.dumps({"url": url, "model": model, "nodes": nodes, "token": token}), flush=True)
         return
-    body = json.dumps(
-        {
-            "model": model,
-            "messages": [{"role": "user", "content": "What is the capital of France?"}],
-        }
-    )
+    question = {"role": "user", "content": "What is the capital of France?"}
+    body = json.dumps({"model": model, "messages": [question], "temperature": 0})
     print(
         f"ready: {url} ({nodes} nodes serving {model})\n"
         f"token: {token}\n"
