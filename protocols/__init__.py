@@ -11,7 +11,7 @@ from protocols.errors import (
     RemoteProtocolError,
 )
 from protocols.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
-from protocols.generation import ChatMessage, GenerateParams
+from protocols.generation import ChatMessage, GenerateParams, ImageParams
 from protocols.identity import peer_id_of
 from protocols.records import (
     DHT_NAMESPACE,
@@ -58,6 +58,7 @@ __all__ = [
     "GenerateParams",
     "Hardware",
     "Hello",
+    "ImageParams",
     "Load",
     "LocalProtocolError",
     "Message",

@@ -1,4 +1,4 @@
-"""Parameters of a text-generation call, as they travel from gateway to node."""
+"""Parameters of generation calls (text and images), as they travel from gateway to node."""
 
 from __future__ import annotations
 
@@ -11,6 +11,13 @@ ROLES = ("system", "user", "assistant")
 MAX_PROMPT_CHARS = 200_000
 MAX_NEW_TOKENS = 8192
 MAX_STOP_SEQUENCES = 4
+MAX_IMAGES = 4
+MAX_IMAGE_PROMPT_CHARS = 4000
+# 1024x1024 keeps even an incompressible RGB PNG (~3.2 MB) inside one 4 MiB RPC frame.
+MIN_IMAGE_SIDE, MAX_IMAGE_SIDE, IMAGE_SIDE_STEP = 64, 1024, 8
+MAX_IMAGE_STEPS = 100
+MAX_GUIDANCE = 30.0
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,72 @@ class GenerateParams:
             )
         except (TypeError, ValueError, AttributeError) as exc:
             raise RemoteProtocolError(f"bad generate params: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class ImageParams:
+    """One text-to-image call: ``n`` images of ``width`` x ``height`` from ``prompt``."""
+
+    model: str
+    prompt: str
+    n: int = 1
+    width: int = 512
+    height: int = 512
+    steps: int = 30
+    guidance: float = 7.5
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        problem = self._problem()
+        if problem:
+            raise ValueError(problem)
+
+    def _problem(self) -> str | None:
+        if not self.prompt:
+            return "prompt must not be empty"
+        if len(self.prompt) > MAX_IMAGE_PROMPT_CHARS:
+            return f"prompt is longer than {MAX_IMAGE_PROMPT_CHARS} characters"
+        if not 1 <= self.n <= MAX_IMAGES:
+            return f"n must be between 1 and {MAX_IMAGES}"
+        for name, side in (("width", self.width), ("height", self.height)):
+            if (why := side_problem(side)) is not None:
+                return f"{name} {why}"
+        if not 1 <= self.steps <= MAX_IMAGE_STEPS:
+            return f"steps must be between 1 and {MAX_IMAGE_STEPS}"
+        if not 0.0 <= self.guidance <= MAX_GUIDANCE:
+            return f"guidance must be between 0 and {MAX_GUIDANCE:g}"
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            return f"seed must be between 0 and {MAX_SEED}"
+        return None
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> ImageParams:
+        """Parse and validate parameters sent by a peer."""
+        try:
+            return cls(
+                model=_typed(body, "model", str),
+                prompt=_typed(body, "prompt", str),
+                n=_typed(body, "n", int),
+                width=_typed(body, "width", int),
+                height=_typed(body, "height", int),
+                steps=_typed(body, "steps", int),
+                guidance=float(_typed(body, "guidance", (int, float))),
+                seed=None if body.get("seed") is None else _typed(body, "seed", int),
+            )
+        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+            raise RemoteProtocolError(f"bad image params: {exc}") from exc
+
+
+def side_problem(side: int) -> str | None:
+    """Why ``side`` cannot be an image's width or height, or ``None`` if it can."""
+    if not MIN_IMAGE_SIDE <= side <= MAX_IMAGE_SIDE or side % IMAGE_SIDE_STEP:
+        return (
+            f"must be a multiple of {IMAGE_SIDE_STEP} between {MIN_IMAGE_SIDE} and {MAX_IMAGE_SIDE}"
+        )
+    return None
 
 
 def _typed(body: Any, name: str, kind: type | tuple[type, ...]) -> Any:

@@ -117,3 +117,92 @@ def converted_default_model(tmp_path_factory: pytest.TempPathFactory) -> Convert
                 took = time.monotonic() - started
             _converted.append(Converted(path, base / "data", events, took))
         return _converted[0]
+
+
+def build_tiny_sd(path: Path) -> Path:
+    """Save a tiny random Stable Diffusion pipeline under ``path``; return ``path``.
+
+    Every part is the real class at a toy size: a UNet with two blocks, a VAE that
+    scales by 8 like the real one, a one-layer CLIP text encoder and a CLIP tokenizer
+    whose BPE vocabulary is just the letters (written here, so nothing is downloaded).
+    64x64 images take about 0.1 s in two steps.
+    """
+    import json
+    import tempfile
+
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for token in letters + [f"{c}</w>" for c in letters]:
+        vocab[token] = len(vocab)
+    with tempfile.TemporaryDirectory() as sources:
+        vocab_file, merges_file = Path(sources, "vocab.json"), Path(sources, "merges.txt")
+        vocab_file.write_text(json.dumps(vocab))
+        merges_file.write_text("#version: 0.2\n")
+        tokenizer = CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
+
+    torch.manual_seed(0)  # the random weights, hence the images, are the same every run
+    unet = UNet2DConditionModel(  # type: ignore[no-untyped-call]
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16,
+        attention_head_dim=2,
+        norm_num_groups=4,
+    )
+    vae = AutoencoderKL(  # type: ignore[no-untyped-call]
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(4, 4, 4, 4),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=2,
+        sample_size=64,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(vocab),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            projection_dim=16,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+    scheduler = DDIMScheduler(  # type: ignore[no-untyped-call]
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipeline = StableDiffusionPipeline(  # type: ignore[no-untyped-call]
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(path)  # type: ignore[attr-defined]
+    return path

@@ -4,23 +4,60 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from node.runners.base import Delta, Progress, Runner, no_progress
+from node.runners.base import (
+    Delta,
+    GenerationCancelled,
+    ImageRunner,
+    ModelRunner,
+    Progress,
+    Runner,
+    no_progress,
+)
 from node.runners.echo import EchoRunner
 
-__all__ = ["Delta", "EchoRunner", "Progress", "Runner", "load_runner", "no_progress"]
+__all__ = [
+    "Delta",
+    "EchoRunner",
+    "GenerationCancelled",
+    "ImageRunner",
+    "ModelRunner",
+    "Progress",
+    "Runner",
+    "load_runner",
+    "no_progress",
+    "task_of",
+]
 
 
 def load_runner(
     model_id: str, data_dir: Path, backend: str, progress: Progress, echo_delay: float = 0.0
-) -> Runner:
-    """Load ``model_id``: ``echo`` (or ``echo-*``) needs no torch; anything else is a
-    transformers causal LM resolved from a local path, the Hugging Face cache, or the
-    bundled default model."""
+) -> ModelRunner:
+    """Load ``model_id``: ``echo`` (or ``echo-*``) needs no torch; anything else is
+    resolved from a local path, the Hugging Face cache, or the bundled default model.
+    A diffusers pipeline (it has a ``model_index.json``) becomes a text-to-image
+    runner, anything else a transformers causal LM."""
     if model_id == "echo" or model_id.startswith("echo-"):
         return EchoRunner(model_id, delay=echo_delay)
     from node.hardware import device_for
     from node.models import resolve
-    from node.runners.text import TextRunner
 
     path = resolve(model_id, data_dir, progress)
-    return TextRunner.load(model_id, path, device_for(backend), None, 1, progress)
+    device = device_for(backend)
+    if _is_pipeline(path):
+        from node.runners.image import DiffusersRunner
+
+        return DiffusersRunner.load(model_id, path, device, progress)
+    from node.runners.text import TextRunner
+
+    return TextRunner.load(model_id, path, device, None, 1, progress)
+
+
+def task_of(model_id: str) -> str:
+    """The task ``model_id`` will serve, as far as can be told before it is loaded
+    (only a local directory shows that it holds a diffusers pipeline)."""
+    local = Path(model_id).expanduser()
+    return "text-to-image" if _is_pipeline(local) else "text-generation"
+
+
+def _is_pipeline(path: Path) -> bool:
+    return (path / "model_index.json").is_file()

@@ -3,6 +3,9 @@
 A runner is synchronous: the scheduler calls ``generate`` in a worker thread and relays
 the deltas into trio. ``cancelled`` is set when the caller goes away; a runner checks it
 between tokens and stops early, so a disconnected client stops the work on the node.
+
+A text model is a ``Runner``; an image model is an ``ImageRunner``, which checks
+``cancelled`` between denoising steps and raises ``GenerationCancelled`` when it is set.
 """
 
 from __future__ import annotations
@@ -10,9 +13,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from protocols import GenerateParams, ModelInfo
+from protocols import GenerateParams, ImageParams, ModelInfo
 
 # Progress of long work (download, conversion, loading): a message and a fraction or None.
 Progress = Callable[[str, float | None], None]
@@ -36,6 +39,7 @@ class Delta:
     finish_reason: str | None = None
 
 
+@runtime_checkable
 class Runner(Protocol):
     @property
     def info(self) -> ModelInfo:
@@ -49,3 +53,30 @@ class Runner(Protocol):
     def close(self) -> None:
         """Release the model's memory."""
         ...
+
+
+class GenerationCancelled(Exception):
+    """The caller went away and the runner stopped before finishing."""
+
+
+@runtime_checkable
+class ImageRunner(Protocol):
+    @property
+    def info(self) -> ModelInfo:
+        """What the node advertises about this model."""
+        ...
+
+    def generate_images(self, params: ImageParams, cancelled: threading.Event) -> list[bytes]:
+        """Generate ``params.n`` images, each as PNG bytes.
+
+        Raises ``GenerationCancelled`` once ``cancelled`` is set.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the model's memory."""
+        ...
+
+
+# Whatever a node can serve under a model id.
+ModelRunner = Runner | ImageRunner

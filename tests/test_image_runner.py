@@ -1,0 +1,250 @@
+"""The diffusers runner on a tiny random Stable Diffusion, and the node's ``generate_image``.
+
+The runner is loaded through ``load_runner`` and the real ``from_pretrained``; the RPC
+tests run the node service over in-memory streams, with the real runner and with a
+torch-free one that lets cancellation be timed.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import torch
+import trio
+import trio.testing
+from PIL import Image
+
+from node.rpc_client import RemoteError, RpcClient
+from node.rpc_server import Caller, RpcError, RpcServer
+from node.runners import (
+    EchoRunner,
+    GenerationCancelled,
+    ImageRunner,
+    ModelRunner,
+    Runner,
+    load_runner,
+    no_progress,
+    task_of,
+)
+from node.runners.image import DiffusersRunner
+from node.scheduler import Scheduler
+from node.service import NodeService
+from node.streams import TrioByteStream
+from protocols import ErrorCode, GenerateParams, ImageParams, ModelInfo
+from tests.tiny_models import build_tiny_sd
+
+
+@pytest.fixture(scope="module")
+def sd_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.set_num_threads(1)
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd"))
+
+
+@pytest.fixture(scope="module")
+def runner(sd_path: Path) -> Iterator[DiffusersRunner]:
+    loaded = load_runner(str(sd_path), sd_path.parent, "cpu", no_progress)
+    assert isinstance(loaded, DiffusersRunner)
+    yield loaded
+    loaded.close()
+
+
+def params(**kw: object) -> ImageParams:
+    values: dict[str, object] = {
+        "model": "tiny-sd",
+        "prompt": "a red cat",
+        "width": 64,
+        "height": 64,
+        "steps": 2,
+        "seed": 7,
+    }
+    return ImageParams(**values | kw)  # type: ignore[arg-type]
+
+
+def decode(png: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(png))
+    assert image.format == "PNG"
+    return image
+
+
+# --- the runner ------------------------------------------------------------------------------
+
+
+def test_info_and_protocol(runner: DiffusersRunner, sd_path: Path) -> None:
+    assert runner.info == ModelInfo(str(sd_path), "text-to-image", "float32", 77, 1, "ready")
+    assert isinstance(runner, ImageRunner)
+    assert not isinstance(runner, Runner)
+    assert task_of(str(sd_path)) == "text-to-image"
+    assert task_of("echo") == "text-generation"
+
+
+def test_images_decode_at_the_requested_size(runner: DiffusersRunner) -> None:
+    images = runner.generate_images(params(n=2, width=96, height=64), threading.Event())
+    assert len(images) == 2
+    for png in images:
+        image = decode(png)
+        assert (image.size, image.mode) == ((96, 64), "RGB")
+    assert images[0] != images[1]  # one seed, but each image of a batch has its own noise
+
+
+def test_same_seed_same_bytes(runner: DiffusersRunner) -> None:
+    first = runner.generate_images(params(seed=11), threading.Event())
+    assert first == runner.generate_images(params(seed=11), threading.Event())
+    assert first != runner.generate_images(params(seed=12), threading.Event())
+    unseeded = [runner.generate_images(params(seed=None), threading.Event()) for _ in range(2)]
+    assert unseeded[0] != unseeded[1]
+
+
+class CancelAfter(threading.Event):
+    """An event that reads as set from its ``checks``-th look on, counting the looks."""
+
+    def __init__(self, checks: int) -> None:
+        super().__init__()
+        self.checks = checks
+        self.looks = 0
+
+    def is_set(self) -> bool:
+        self.looks += 1
+        return self.looks >= self.checks
+
+
+def test_cancellation_stops_between_steps(runner: DiffusersRunner) -> None:
+    cancelled = CancelAfter(4)
+    started = time.monotonic()
+    with pytest.raises(GenerationCancelled, match="after 3 of 100 steps"):
+        runner.generate_images(params(steps=100), cancelled)
+    assert cancelled.looks == 4  # once before the first step, then once per step
+    assert time.monotonic() - started < 2
+    # The runner is free again at once.
+    assert len(runner.generate_images(params(), threading.Event())) == 1
+
+
+def test_cancelled_before_start(runner: DiffusersRunner) -> None:
+    cancelled = threading.Event()
+    cancelled.set()
+    with pytest.raises(GenerationCancelled, match="before the first step"):
+        runner.generate_images(params(), cancelled)
+
+
+def test_closed_runner_refuses(sd_path: Path) -> None:
+    own = DiffusersRunner.load("own", sd_path, "cpu", no_progress)
+    own.close()
+    own.close()  # twice is fine
+    with pytest.raises(RuntimeError, match="closed"):
+        own.generate_images(params(), threading.Event())
+
+
+# --- generate_image over RPC -----------------------------------------------------------------
+
+
+class SlowImages:
+    """A torch-free image model: ``delay`` seconds per step, images named by seed."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.stopped = threading.Event()
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo("slow", "text-to-image", "none", 77, 1, "ready")
+
+    def generate_images(self, params: ImageParams, cancelled: threading.Event) -> list[bytes]:
+        for _ in range(params.steps):
+            if cancelled.is_set():
+                self.stopped.set()
+                raise GenerationCancelled("cancelled")
+            time.sleep(self.delay)
+        return [f"{params.seed}/{i}".encode() for i in range(params.n)]
+
+    def close(self) -> None:
+        pass
+
+
+def authorize(cert: bytes, peer: str) -> Caller:
+    if cert in (b"gateway", b"client"):
+        return Caller(peer, cert.decode())
+    raise RpcError(ErrorCode.UNAUTHORIZED, "not admitted")
+
+
+@asynccontextmanager
+async def node(
+    runners: dict[str, ModelRunner], cert: bytes = b"gateway"
+) -> AsyncIterator[tuple[RpcClient, NodeService]]:
+    service = NodeService(runners, Scheduler(1, 1), lambda: 0)
+    left, right = trio.testing.memory_stream_pair()
+    server = RpcServer(service.handlers, authorize)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.serve, TrioByteStream(right), "gateway-peer")
+        client = RpcClient(TrioByteStream(left), cert)
+        await nursery.start(client.run)
+        yield client, service
+        nursery.cancel_scope.cancel()
+
+
+def wire(model: str = "slow", **kw: object) -> dict[str, object]:
+    return params(model=model, **kw).to_wire()
+
+
+async def test_rpc_sends_each_image_as_a_chunk(runner: DiffusersRunner) -> None:
+    async with node({"tiny-sd": runner}) as (client, _):
+        async with client.open_call("generate_image", wire("tiny-sd", n=2)) as call:
+            chunks = [chunk async for chunk in call]
+        assert [decode(c["image"]).size for c in chunks] == [(64, 64), (64, 64)]
+        assert call.result == {"images": 2, "seed": 7}
+
+
+async def test_rpc_picks_and_reports_a_seed() -> None:
+    async with node({"slow": SlowImages()}) as (client, _):
+        async with client.open_call("generate_image", wire(seed=None)) as call:
+            chunks = [chunk async for chunk in call]
+        assert call.result is not None
+        seed = call.result["seed"]
+        assert isinstance(seed, int)
+        assert chunks == [{"image": f"{seed}/0".encode()}]
+
+
+async def test_rpc_refusals() -> None:
+    runners: dict[str, ModelRunner] = {"slow": SlowImages(), "echo": EchoRunner()}
+    async with node(runners) as (client, _):
+        for method, body in [
+            ("generate_image", wire("echo")),  # a text model
+            ("generate_image", wire("absent")),
+            ("generate", GenerateParams(model="slow", prompt="hi").to_wire()),  # an image model
+        ]:
+            with pytest.raises(RemoteError) as info:
+                await client.call(method, body)
+            assert info.value.code is ErrorCode.MODEL_NOT_FOUND
+        for bad in [wire() | {"width": 65}, wire() | {"n": 5}, wire() | {"prompt": 3}, {}]:
+            with pytest.raises(RemoteError) as info:
+                await client.call("generate_image", bad)
+            assert info.value.code is ErrorCode.BAD_REQUEST
+    async with node(runners, cert=b"client") as (client, _):
+        with pytest.raises(RemoteError) as info:
+            await client.call("generate_image", wire())
+        assert info.value.code is ErrorCode.UNAUTHORIZED
+
+
+async def test_leaving_the_call_stops_the_model_before_freeing_the_slot() -> None:
+    model = SlowImages(delay=0.05)
+    async with node({"slow": model}) as (client, service):
+        with trio.move_on_after(0.3):
+            await client.call("generate_image", wire(steps=100))
+        with trio.fail_after(5):
+            await service.scheduler.wait_idle()
+        # The slot came free only once the model had stopped, not when the caller left.
+        assert model.stopped.is_set()
+
+
+async def test_deadline_stops_the_model() -> None:
+    model = SlowImages(delay=0.05)
+    async with node({"slow": model}) as (client, service):
+        with pytest.raises(RemoteError) as info:
+            await client.call("generate_image", wire(steps=100), timeout=0.2)
+        assert info.value.code is ErrorCode.DEADLINE_EXCEEDED
+        assert model.stopped.is_set()
+        assert service.scheduler.inflight == 0
