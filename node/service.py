@@ -1,36 +1,44 @@
-"""The node's RPC methods: generate, status, watch.
+"""The node's RPC methods: generate, generate_image, status, watch.
 
-``generate`` streams text deltas as chunks and ends with usage; ``watch`` streams the
-node's live load whenever it changes (coalesced) and at least every second, which is
-how gateways see load far fresher than the DHT record can carry it.
+``generate`` streams text deltas as chunks and ends with usage; ``generate_image`` sends
+each image as its own chunk (one PNG per frame keeps frames under the size cap) and ends
+with the count and the seed used; ``watch`` streams the node's live load whenever it
+changes (coalesced) and at least every second, which is how gateways see load far
+fresher than the DHT record can carry it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict
-from typing import Any
+from dataclasses import asdict, replace
+from typing import Any, TypeVar
 
 import trio
 
 from node.rpc_server import Caller, Emit, Handler, RpcError
-from node.runners.base import Delta, Runner
+from node.runners.base import Delta, ImageRunner, ModelRunner, Runner
 from node.scheduler import Draining, Overloaded, Scheduler
-from protocols import ErrorCode, GenerateParams, Load, RemoteProtocolError
+from protocols import ErrorCode, GenerateParams, ImageParams, Load, RemoteProtocolError
+from protocols.generation import MAX_SEED
 
 logger = logging.getLogger(__name__)
 
 WATCH_INTERVAL = 1.0
 WATCH_COALESCE = 0.05
 
+T = TypeVar("T")
+
 
 class NodeService:
     def __init__(
         self,
-        runners: Mapping[str, Runner],
+        runners: Mapping[str, ModelRunner],
         scheduler: Scheduler,
         vram_free: Callable[[], int],
         signed_record: Callable[[], tuple[int, bytes]] = lambda: (0, b""),
@@ -44,6 +52,7 @@ class NodeService:
     def handlers(self) -> dict[str, Handler]:
         return {
             "generate": self.rpc_generate,
+            "generate_image": self.rpc_generate_image,
             "status": self.rpc_status,
             "watch": self.rpc_watch,
             "record": self.rpc_record,
@@ -93,8 +102,10 @@ class NodeService:
         except RemoteProtocolError as exc:
             raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
         runner = self.runners.get(request.model)
-        if runner is None:
-            raise RpcError(ErrorCode.MODEL_NOT_FOUND, f"this node does not serve {request.model!r}")
+        if not isinstance(runner, Runner):  # absent, or an image model
+            raise RpcError(
+                ErrorCode.MODEL_NOT_FOUND, f"this node does not serve {request.model!r} for text"
+            )
         try:
             async with self.scheduler.slot():
                 return await self._generate(runner, request, emit)
@@ -112,17 +123,23 @@ class NodeService:
         except ValueError as exc:
             raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
         started = time.monotonic()
+        send, receive = trio.open_memory_channel[Delta | Exception](math.inf)
         last: Delta | None = None
         try:
-            while True:
-                delta = await trio.to_thread.run_sync(_next_delta, deltas)
-                if delta is None:
-                    break
-                last = delta
-                if delta.text:
-                    await emit({"text": delta.text})
-                if delta.finish_reason is not None:
-                    break
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_pump, deltas, send, cancelled)
+                async for first in receive:
+                    # Deltas that arrived while the last chunk was being written go
+                    # out together: one frame instead of one per token.
+                    batch = [first, *_drain(receive)]
+                    for item in batch:
+                        if isinstance(item, Exception):
+                            raise item
+                    pieces = [d for d in batch if isinstance(d, Delta)]
+                    last = pieces[-1]
+                    text = "".join(d.text for d in pieces)
+                    if text:
+                        await emit({"text": text})
         finally:
             # Tells the runner to stop between tokens when the caller has gone away.
             cancelled.set()
@@ -135,11 +152,102 @@ class NodeService:
             "completion_tokens": last.completion_tokens,
         }
 
+    async def rpc_generate_image(
+        self, params: dict[str, Any], caller: Caller, emit: Emit
+    ) -> dict[str, Any]:
+        if caller.role != "gateway":
+            raise RpcError(ErrorCode.UNAUTHORIZED, "only gateways may run inference")
+        try:
+            request = ImageParams.from_wire(params)
+        except RemoteProtocolError as exc:
+            raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
+        runner = self.runners.get(request.model)
+        if not isinstance(runner, ImageRunner):  # absent, or a text model
+            raise RpcError(
+                ErrorCode.MODEL_NOT_FOUND, f"this node does not serve {request.model!r} for images"
+            )
+        if request.seed is None:  # chosen here so the caller learns it and can repeat the images
+            request = replace(request, seed=secrets.randbelow(MAX_SEED + 1))
+        try:
+            async with self.scheduler.slot():
+                images = await _in_thread(lambda flag: runner.generate_images(request, flag))
+        except Overloaded as exc:
+            raise RpcError(ErrorCode.OVERLOADED, str(exc)) from exc
+        except Draining as exc:
+            raise RpcError(ErrorCode.UNAVAILABLE, str(exc)) from exc
+        except ValueError as exc:
+            raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
+        for image in images:
+            await emit({"image": image})
+        return {"images": len(images), "seed": request.seed}
 
-def _next_delta(deltas: Iterator[Delta]) -> Delta | None:
-    try:
-        return next(deltas)
-    except ValueError as exc:
-        raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
-    except StopIteration:
-        return None
+
+async def _in_thread(work: Callable[[threading.Event], T]) -> T:
+    """Run ``work(cancelled)`` in a worker thread and return what it returns.
+
+    If this task is cancelled, ``cancelled`` is set and the task still waits for ``work``
+    to return: the scheduler slot is freed only once the model has really stopped.
+    """
+    cancelled = threading.Event()
+    results: list[T] = []
+    failures: list[Exception] = []
+
+    def run() -> None:
+        try:
+            results.append(work(cancelled))
+        except Exception as exc:  # raised below: inside the nursery it would be grouped
+            failures.append(exc)
+
+    async def flag_when_cancelled() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            cancelled.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flag_when_cancelled)
+        await trio.to_thread.run_sync(run)
+        nursery.cancel_scope.cancel()
+    if failures:
+        raise failures[0]
+    return results[0]
+
+
+async def _pump(
+    deltas: Iterator[Delta],
+    send: trio.MemorySendChannel[Delta | Exception],
+    cancelled: threading.Event,
+) -> None:
+    """Run a runner's generator in one worker thread for the whole call (not a thread
+    hop per token), handing each delta to trio as it comes."""
+    token = trio.lowlevel.current_trio_token()
+
+    def forward(item: Delta | Exception) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            send.send_nowait(item)
+
+    def pump() -> None:
+        try:
+            for delta in deltas:
+                trio.from_thread.run_sync(forward, delta, trio_token=token)
+                if delta.finish_reason is not None or cancelled.is_set():
+                    break
+        except ValueError as exc:  # the runner refused the request (e.g. too long)
+            error = RpcError(ErrorCode.BAD_REQUEST, str(exc))
+            trio.from_thread.run_sync(forward, error, trio_token=token)
+        except Exception as exc:
+            trio.from_thread.run_sync(forward, exc, trio_token=token)
+        finally:
+            trio.from_thread.run_sync(send.close, trio_token=token)
+
+    # Abandoned on cancel: the runner sees ``cancelled`` and stops at its next token.
+    await trio.to_thread.run_sync(pump, abandon_on_cancel=True)
+
+
+def _drain(receive: trio.MemoryReceiveChannel[Delta | Exception]) -> list[Delta | Exception]:
+    items: list[Delta | Exception] = []
+    while True:
+        try:
+            items.append(receive.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return items
