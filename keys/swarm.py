@@ -2,7 +2,9 @@
 
 An operator's directory holds ``operator.key`` (admits peers) and ``jwt.key`` (signs user
 tokens). A peer's directory holds its own ``identity.key``, its ``membership.cert``, and
-the public halves it verifies with: ``operator.pub`` and, on gateways, ``jwt.pub``.
+the public halves it verifies with: ``operator.pub`` and ``jwt.pub``. Gateways issue tokens
+to their users, so they also hold a copy of ``jwt.key``. After a rotation the previous token
+keys stay as ``jwt.<kid>.pub``: tokens they signed verify until they expire.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from keys.store import (
@@ -21,6 +24,7 @@ from keys.store import (
     write_private,
     write_public,
 )
+from keys.tokens import KeySet, fingerprint
 from protocols import Certificate, issue_certificate, peer_id_of
 
 IDENTITY = "identity.key"
@@ -28,6 +32,7 @@ OPERATOR_KEY = "operator.key"
 OPERATOR_PUB = "operator.pub"
 JWT_KEY = "jwt.key"
 JWT_PUB = "jwt.pub"
+JWT_RETIRED = "jwt.*.pub"  # jwt.<kid>.pub: token keys kept after a rotation
 CERTIFICATE = "membership.cert"
 CERT_LIFETIME = 365 * 24 * 3600.0
 
@@ -64,9 +69,13 @@ def provision(peer_dir: Path, operator_dir: Path, role: str) -> str:
     init_operator(operator_dir)
     peer = peer_id(peer_dir)
     write_public(peer_dir / CERTIFICATE, admit(operator_dir, peer, role))
-    for name in (OPERATOR_PUB, JWT_PUB):
-        if peer_dir.resolve() != operator_dir.resolve():
-            write_public(peer_dir / name, (operator_dir / name).read_bytes())
+    if peer_dir.resolve() == operator_dir.resolve():
+        return peer
+    retired = [p.name for p in operator_dir.glob(JWT_RETIRED)]
+    for name in (OPERATOR_PUB, JWT_PUB, *retired):
+        write_public(peer_dir / name, (operator_dir / name).read_bytes())
+    if role == "gateway":  # gateways issue tokens to their users
+        write_private(peer_dir / JWT_KEY, (operator_dir / JWT_KEY).read_bytes())
     return peer
 
 
@@ -111,3 +120,24 @@ def jwt_keys(data_dir: Path) -> JwtKeys:
 
 def write_certificate(data_dir: Path, blob: bytes) -> None:
     write_private(data_dir / CERTIFICATE, blob)
+
+
+def jwt_keyset(data_dir: Path) -> KeySet:
+    """Every key a token may be verified with here: the current one and the retired ones."""
+    retired = [load_public_pem(path) for path in sorted(data_dir.glob(JWT_RETIRED))]
+    return KeySet.of(jwt_keys(data_dir).public, *retired)
+
+
+def rotate_jwt(data_dir: Path) -> str:
+    """Sign new tokens with a fresh key, keeping the old public half; return the new kid."""
+    old = jwt_keys(data_dir)
+    if old.private is None:
+        raise NotAdmitted(f"no {JWT_KEY} in {data_dir}: rotate on the operator's machine")
+    write_public(data_dir / f"jwt.{fingerprint(old.public)}.pub", public_pem(old.private))
+    new = Ed25519PrivateKey.generate()
+    pem = new.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    write_private(data_dir / JWT_KEY, pem)
+    write_public(data_dir / JWT_PUB, public_pem(new))
+    return fingerprint(new)

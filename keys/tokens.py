@@ -1,15 +1,23 @@
-"""User access tokens: EdDSA-signed JWTs."""
+"""User access tokens: EdDSA-signed JWTs, named by the ``kid`` of the key that signed them.
+
+Verification takes one public key or a ``KeySet``: the current key plus those kept after a
+rotation, so tokens signed before it stay valid until they expire.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from keys.store import raw_public
 
 AUDIENCE = "bitinglip"
 ISSUER = "bitinglip-operator"
@@ -28,7 +36,43 @@ class Claims:
     exp: float
 
 
-def issue(key: Ed25519PrivateKey, user: str, ttl: float, scope: str = "inference") -> str:
+def fingerprint(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    """A short name for a token key, carried as ``kid`` in the tokens it signs."""
+    return hashlib.sha256(raw_public(key)).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class KeySet:
+    """Token verification keys by ``kid``; ``current`` checks tokens that name no key."""
+
+    keys: Mapping[str, Ed25519PublicKey]
+    current: str
+
+    @classmethod
+    def of(cls, current: Ed25519PublicKey, *retired: Ed25519PublicKey) -> KeySet:
+        found = {fingerprint(k): k for k in retired} | {fingerprint(current): current}
+        return cls(found, fingerprint(current))
+
+    def pick(self, token: str) -> Ed25519PublicKey:
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.InvalidTokenError as exc:
+            raise TokenError(f"invalid token: {exc}") from exc
+        if kid is None:
+            return self.keys[self.current]
+        key = self.keys.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise TokenError("invalid token: signed by an unknown key")
+        return key
+
+
+def issue(
+    key: Ed25519PrivateKey,
+    user: str,
+    ttl: float,
+    scope: str = "inference",
+    jti: str | None = None,
+) -> str:
     now = int(time.time())
     claims: dict[str, Any] = {
         "sub": user,
@@ -37,14 +81,16 @@ def issue(key: Ed25519PrivateKey, user: str, ttl: float, scope: str = "inference
         "exp": now + int(ttl),
         "aud": AUDIENCE,
         "iss": ISSUER,
-        "jti": uuid.uuid4().hex,
+        "jti": jti or uuid.uuid4().hex,
         "scope": scope,
     }
-    return jwt.encode(claims, key, algorithm=ALGORITHM)
+    return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": fingerprint(key)})
 
 
-def verify(token: str, key: Ed25519PublicKey) -> Claims:
+def verify(token: str, key: Ed25519PublicKey | KeySet) -> Claims:
     """Verify signature, algorithm, expiry, audience and issuer."""
+    if isinstance(key, KeySet):
+        key = key.pick(token)
     try:
         body = jwt.decode(
             token,

@@ -120,7 +120,11 @@ def test_provision_writes_a_certificate_that_verifies(tmp_path: Path, role: str)
     ).read_bytes()
     assert (peer_dir / ks.JWT_PUB).read_bytes() == (operator_dir / ks.JWT_PUB).read_bytes()
     assert not (peer_dir / ks.OPERATOR_KEY).exists()
-    assert not (peer_dir / ks.JWT_KEY).exists()
+    # Gateways issue tokens to their users; other peers only verify.
+    assert (peer_dir / ks.JWT_KEY).exists() == (role == "gateway")
+    if role == "gateway":
+        assert (peer_dir / ks.JWT_KEY).read_bytes() == (operator_dir / ks.JWT_KEY).read_bytes()
+        assert _mode(peer_dir / ks.JWT_KEY) == 0o600
 
     blob = keys.certificate(peer_dir, role)
     assert blob == (peer_dir / ks.CERTIFICATE).read_bytes()
@@ -177,7 +181,7 @@ def test_operator_public_and_jwt_keys_need_their_files(tmp_path: Path) -> None:
 
 def test_jwt_keys_private_on_operator_public_on_peer(tmp_path: Path) -> None:
     operator_dir, peer_dir = tmp_path / "operator", tmp_path / "peer"
-    keys.provision(peer_dir, operator_dir, "gateway")
+    keys.provision(peer_dir, operator_dir, "node")
     signing = keys.jwt_keys(operator_dir)
     checking = keys.jwt_keys(peer_dir)
     assert signing.private is not None
@@ -331,6 +335,93 @@ def test_token_without_scope_has_an_empty_scope() -> None:
 def test_malformed_token_is_refused(token: str) -> None:
     with pytest.raises(keys.TokenError):
         keys.verify(token, PUBLIC)
+
+
+# --- token keys: kid and rotation ---------------------------------------------------------
+
+RETIRED = Ed25519PrivateKey.generate()
+KEYSET = keys.KeySet.of(PUBLIC, RETIRED.public_key())
+
+
+def test_tokens_name_their_key() -> None:
+    header = jwt.get_unverified_header(keys.issue(KEY, "alice", 60))
+    assert header["kid"] == keys.fingerprint(KEY) == keys.fingerprint(PUBLIC)
+    assert len(header["kid"]) == 16
+    assert keys.fingerprint(RETIRED) != keys.fingerprint(KEY)
+
+
+def test_keyset_picks_the_key_by_kid() -> None:
+    assert keys.verify(keys.issue(KEY, "alice", 60), KEYSET).sub == "alice"
+    assert keys.verify(keys.issue(RETIRED, "bob", 60), KEYSET).sub == "bob"
+    # Tokens from before kids were issued are checked against the current key.
+    assert keys.verify(jwt.encode(_claims(), KEY, algorithm=ALGORITHM), KEYSET).sub == "alice"
+    with pytest.raises(keys.TokenError):
+        keys.verify(jwt.encode(_claims(), RETIRED, algorithm=ALGORITHM), KEYSET)
+
+
+@pytest.mark.parametrize("kid", ["0123456789abcdef", "", 7, None, ["x"]])
+def test_unknown_or_odd_kid_is_refused(kid: object) -> None:
+    # Signed by the current key itself: only the kid is wrong.
+    unsigned = _unsigned_parts({"alg": ALGORITHM, "typ": "JWT", "kid": kid}, _claims())
+    token = unsigned + "." + _b64(KEY.sign(unsigned.encode()))
+    with pytest.raises(keys.TokenError):
+        keys.verify(token, KEYSET)
+
+
+def test_kid_of_one_key_with_the_signature_of_another_is_refused() -> None:
+    token = jwt.encode(_claims(), RETIRED, ALGORITHM, {"kid": keys.fingerprint(KEY)})
+    with pytest.raises(keys.TokenError):
+        keys.verify(token, KEYSET)
+
+
+@pytest.mark.parametrize("alg", ["none", "HS256"])
+def test_keyset_keeps_refusing_other_algorithms(alg: str) -> None:
+    header = {"alg": alg, "typ": "JWT", "kid": keys.fingerprint(KEY)}
+    unsigned = _unsigned_parts(header, _claims())
+    mac = hmac.new(raw_public(PUBLIC), unsigned.encode(), hashlib.sha256).digest()
+    for token in (unsigned + ".", unsigned + "." + _b64(mac)):
+        with pytest.raises(keys.TokenError):
+            keys.verify(token, KEYSET)
+
+
+@pytest.mark.parametrize("token", ["", "abc", "a.b.c", "..."])
+def test_keyset_refuses_malformed_tokens(token: str) -> None:
+    with pytest.raises(keys.TokenError):
+        keys.verify(token, KEYSET)
+
+
+def test_rotation_keeps_old_tokens_valid_and_reaches_gateways(tmp_path: Path) -> None:
+    operator_dir, gateway_dir = tmp_path / "operator", tmp_path / "gateway"
+    keys.init_operator(operator_dir)
+    old = keys.jwt_keys(operator_dir).private
+    assert old is not None
+    before = keys.issue(old, "alice", 600)
+
+    kid = keys.rotate_jwt(operator_dir)
+    new = keys.jwt_keys(operator_dir).private
+    assert new is not None and kid == keys.fingerprint(new) != keys.fingerprint(old)
+    assert (operator_dir / f"jwt.{keys.fingerprint(old)}.pub").exists()
+    assert _mode(operator_dir / ks.JWT_KEY) == 0o600
+    after = keys.issue(new, "bob", 600)
+
+    keys.provision(gateway_dir, operator_dir, "gateway")
+    assert keys.jwt_keys(gateway_dir).private is not None
+    assert keys.fingerprint(keys.jwt_keys(gateway_dir).public) == kid
+    keyset = keys.jwt_keyset(gateway_dir)
+    assert keyset.current == kid
+    assert set(keyset.keys) == {kid, keys.fingerprint(old)}
+    assert keys.verify(before, keyset).sub == "alice"
+    assert keys.verify(after, keyset).sub == "bob"
+    # Deleting a retired key is how its tokens are refused before they expire.
+    (gateway_dir / f"jwt.{keys.fingerprint(old)}.pub").unlink()
+    with pytest.raises(keys.TokenError):
+        keys.verify(before, keys.jwt_keyset(gateway_dir))
+
+
+def test_rotation_needs_the_signing_key(tmp_path: Path) -> None:
+    keys.provision(tmp_path / "node", tmp_path / "operator", "node")
+    with pytest.raises(keys.NotAdmitted, match="operator"):
+        keys.rotate_jwt(tmp_path / "node")
 
 
 # --- durations ----------------------------------------------------------------------------

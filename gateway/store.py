@@ -1,0 +1,322 @@
+"""The gateway's own database: users, API keys, revoked token ids and usage, in SQLite.
+
+One file, ``<data_dir>/gateway.db``, in WAL mode with ``synchronous=FULL``: a write that
+returned is on disk and survives the process being killed. Methods are plain blocking
+calls, safe from any thread (one connection behind a lock), so the operator's CLI uses
+them as they are; the gateway runs them with ``call``, on a worker thread, so its event
+loop never waits on a disk flush. The schema is versioned with ``PRAGMA user_version``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import astuple, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import trio
+
+logger = logging.getLogger(__name__)
+
+FILENAME = "gateway.db"
+USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{2,31}")
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# Each entry takes the schema from the version before it to its own index + 1.
+_MIGRATIONS = [
+    """
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY COLLATE NOCASE,
+        password TEXT,
+        plan TEXT NOT NULL,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        created REAL NOT NULL
+    );
+    CREATE TABLE api_keys (
+        jti TEXT PRIMARY KEY,
+        user TEXT NOT NULL COLLATE NOCASE REFERENCES users(name),
+        name TEXT NOT NULL,
+        created REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        revoked_at REAL
+    );
+    CREATE INDEX api_keys_by_user ON api_keys(user);
+    CREATE TABLE revocations (
+        jti TEXT PRIMARY KEY,
+        expires_at REAL,
+        revoked_at REAL NOT NULL
+    );
+    CREATE TABLE usage (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        day TEXT NOT NULL,
+        user TEXT NOT NULL COLLATE NOCASE,
+        key_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        images INTEGER NOT NULL,
+        status INTEGER NOT NULL,
+        latency_ms INTEGER NOT NULL
+    );
+    CREATE INDEX usage_by_day ON usage(day, user);
+    CREATE INDEX usage_by_user ON usage(user, day);
+    """,
+]
+
+
+class StoreError(Exception):
+    """The database refused an operation."""
+
+
+class UserExists(StoreError):
+    pass
+
+
+class SchemaTooNew(StoreError):
+    """The file was written by a newer version of the gateway."""
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    name: str
+    password: str | None  # the scrypt hash; None: the user cannot log in
+    plan: str
+    disabled: bool
+    created: float
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    jti: str
+    user: str
+    name: str
+    created: float
+    expires_at: float
+    revoked_at: float | None
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """One inference call, as billed."""
+
+    ts: float
+    day: str  # UTC, YYYY-MM-DD
+    user: str
+    key_id: str
+    model: str
+    peer: str
+    kind: str
+    prompt_tokens: int
+    completion_tokens: int
+    images: int
+    status: int
+    latency_ms: int
+
+
+@dataclass(frozen=True)
+class UsageTotal:
+    day: str
+    user: str
+    model: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    images: int
+
+
+def check_username(name: str) -> None:
+    """Raise ``ValueError`` for a name no user may have."""
+    if not USERNAME.fullmatch(name):
+        raise ValueError(
+            "username must be 3-32 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Created owner-only before SQLite opens it; the WAL files inherit the mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        self._workers = trio.CapacityLimiter(1)
+        self._db.execute("PRAGMA busy_timeout = 10000")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = FULL")
+        self._db.execute("PRAGMA foreign_keys = ON")
+        try:
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
+
+    @classmethod
+    def open(cls, data_dir: Path) -> Store:
+        return cls(data_dir / FILENAME)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one of this store's methods on a worker thread."""
+        return await trio.to_thread.run_sync(partial(fn, *args, **kwargs), limiter=self._workers)
+
+    def _migrate(self) -> None:
+        # One transaction, the version read inside it: two processes opening a new file at
+        # once cannot both create the tables.
+        with self._transaction() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(_MIGRATIONS):
+                raise SchemaTooNew(
+                    f"{self.path} has schema {version}; this gateway knows {len(_MIGRATIONS)}"
+                )
+            for target, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+                for statement in filter(str.strip, script.split(";")):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {target}")
+                logger.info("%s: schema version %d", self.path, target)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _write(self, sql: str, params: Iterable[object] = ()) -> int:
+        with self._transaction() as db:
+            return db.execute(sql, tuple(params)).rowcount
+
+    def _read(self, sql: str, params: Iterable[object] = ()) -> list[Any]:
+        with self._lock:
+            return self._db.execute(sql, tuple(params)).fetchall()
+
+    def data_version(self) -> int:
+        """Changes whenever another connection (the operator's CLI) commits."""
+        return int(self._read("PRAGMA data_version")[0][0])
+
+    # --- users ---------------------------------------------------------------------------
+
+    def add_user(self, name: str, password: str | None, plan: str, now: float) -> UserRecord:
+        check_username(name)
+        try:
+            self._write("INSERT INTO users VALUES (?, ?, ?, 0, ?)", (name, password, plan, now))
+        except sqlite3.IntegrityError as exc:
+            raise UserExists(f"user {name!r} already exists") from exc
+        return UserRecord(name, password, plan, False, now)
+
+    def user(self, name: str) -> UserRecord | None:
+        rows = self._read("SELECT * FROM users WHERE name = ?", (name,))
+        return _user(rows[0]) if rows else None
+
+    def users(self) -> list[UserRecord]:
+        return [_user(row) for row in self._read("SELECT * FROM users ORDER BY name")]
+
+    def set_disabled(self, name: str, disabled: bool) -> bool:
+        """False if there is no such user."""
+        return self._write("UPDATE users SET disabled = ? WHERE name = ?", (disabled, name)) > 0
+
+    def set_plan(self, name: str, plan: str) -> bool:
+        return self._write("UPDATE users SET plan = ? WHERE name = ?", (plan, name)) > 0
+
+    # --- API keys and revocations --------------------------------------------------------
+
+    def add_key(self, key: KeyRecord) -> None:
+        self._write("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?)", astuple(key))
+
+    def keys(self, user: str | None = None) -> list[KeyRecord]:
+        where, params = ("WHERE user = ?", (user,)) if user is not None else ("", ())
+        rows = self._read(f"SELECT * FROM api_keys {where} ORDER BY created, jti", params)
+        return [KeyRecord(*row) for row in rows]
+
+    def key(self, jti: str) -> KeyRecord | None:
+        rows = self._read("SELECT * FROM api_keys WHERE jti = ?", (jti,))
+        return KeyRecord(*rows[0]) if rows else None
+
+    def revoke(self, jti: str, expires_at: float | None, now: float) -> None:
+        """Refuse token ``jti`` from now on; ``expires_at`` None keeps the entry forever."""
+        with self._transaction() as db:
+            db.execute("INSERT OR IGNORE INTO revocations VALUES (?, ?, ?)", (jti, expires_at, now))
+            db.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE jti = ? AND revoked_at IS NULL",
+                (now, jti),
+            )
+
+    def revocations(self, now: float) -> dict[str, float | None]:
+        """Revoked token ids that could still verify, with their expiry; expired ones go."""
+        self._write("DELETE FROM revocations WHERE expires_at < ?", (now,))
+        rows = self._read("SELECT jti, expires_at FROM revocations")
+        return {str(jti): expires for jti, expires in rows}
+
+    # --- usage ---------------------------------------------------------------------------
+
+    def add_usage(self, records: list[UsageRecord]) -> None:
+        """Write ``records`` in one transaction: one flush to disk for all of them."""
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO usage (ts, day, user, key_id, model, peer, kind, prompt_tokens,"
+                " completion_tokens, images, status, latency_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [astuple(r) for r in records],
+            )
+
+    def usage(self, since_day: str, user: str | None = None) -> list[UsageTotal]:
+        """Calls per day, user and model from ``since_day`` on, newest day first."""
+        where, params = "day >= ?", [since_day]
+        if user is not None:
+            where, params = where + " AND user = ?", [since_day, user]
+        rows = self._read(
+            "SELECT day, user, model, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens),"
+            f" SUM(images) FROM usage WHERE {where}"
+            " GROUP BY day, user, model ORDER BY day DESC, user, model",
+            params,
+        )
+        return [UsageTotal(*row) for row in rows]
+
+    def day_totals(self, day: str) -> dict[str, tuple[int, int]]:
+        """User → (tokens, images) used on ``day``."""
+        rows = self._read(
+            "SELECT user, SUM(prompt_tokens + completion_tokens), SUM(images) FROM usage"
+            " WHERE day = ? GROUP BY user",
+            (day,),
+        )
+        return {str(u): (int(t), int(i)) for u, t, i in rows}
+
+    def usage_records(self, user: str | None = None) -> list[UsageRecord]:
+        """Every call, oldest first (for audits and tests; ``usage`` sums them)."""
+        where, params = ("WHERE user = ?", (user,)) if user is not None else ("", ())
+        rows = self._read(
+            "SELECT ts, day, user, key_id, model, peer, kind, prompt_tokens, completion_tokens,"
+            f" images, status, latency_ms FROM usage {where} ORDER BY id",
+            params,
+        )
+        return [UsageRecord(*row) for row in rows]
+
+
+def _user(row: Any) -> UserRecord:
+    name, password, plan, disabled, created = row
+    return UserRecord(name, password, plan, bool(disabled), created)
