@@ -12,11 +12,10 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from libp2p.records.validator import Validator
 
 from keys.store import raw_private
 from node.streams import Libp2pByteStream
@@ -27,12 +26,15 @@ from protocols import (
     verify_record,
 )
 
+if TYPE_CHECKING:
+    from libp2p.records.validator import Validator
+
 logger = logging.getLogger(__name__)
 
 MAINTAIN_INTERVAL = 15.0
 
 
-class RecordValidator(Validator):
+class RecordValidator:
     """DHT validator for ``/bitinglip/...`` keys: signed, admitted, unexpired, newest wins."""
 
     def __init__(self, operator_public: bytes) -> None:
@@ -99,7 +101,8 @@ class Swarm:
         self.host = _make_host(identity)
         # Every peer on one machine shares a subnet: lift the per-subnet cap for local swarms.
         self.dht = KadDHT(self.host, DHTMode.SERVER, max_peers_per_subnet=0)
-        self.dht.register_validator(DHT_NAMESPACE, RecordValidator(operator_public))
+        validator = cast("Validator", RecordValidator(operator_public))  # duck-typed by libp2p
+        self.dht.register_validator(DHT_NAMESPACE, validator)
         self.peer_id = str(self.host.get_id())
         self._bootstrap: list[str] = []
 

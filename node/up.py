@@ -148,7 +148,7 @@ def run_up(port: int, nodes: int, model: str | None, data_dir: Path | None, as_j
         url = str(gateway["url"])
         _wait_routable(url, model, nodes, 60)
         token = keys.issue(keys.jwt_keys(data_dir).private, "local", 7 * 86400)  # type: ignore[arg-type]
-        _write_swarm_file(swarm, ["gateway", *names], url)
+        write_swarm_file(swarm, ["gateway", *names], url)
         _announce(url, model, nodes, token, as_json)
         while all(p.poll() is None for p in swarm.procs.values()):
             time.sleep(0.5)
@@ -167,7 +167,7 @@ def run_up(port: int, nodes: int, model: str | None, data_dir: Path | None, as_j
         print("swarm stopped", file=sys.stderr)
 
 
-def _write_swarm_file(swarm: LocalSwarm, names: list[str], url: str) -> None:
+def write_swarm_file(swarm: LocalSwarm, names: list[str], url: str) -> None:
     """Tell `bitinglip peers` where this swarm is, and give it a client identity to join as."""
     keys.provision(swarm.data_dir / CLIENT_DIR, swarm.data_dir, "client")
     addrs = [swarm.status(name).get("addrs") for name in names]
