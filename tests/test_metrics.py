@@ -1,0 +1,323 @@
+"""Prometheus metrics: the gateway's ``/metrics`` in-process, a node's metrics server alone,
+then both scraped from real processes, and the Grafana dashboard checked against them."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+import keys
+from gateway.app import create_app
+from gateway.auth import Authenticator
+from gateway.errors import ApiError
+from gateway.metering import Outcome
+from gateway.peer_table import PeerTable
+from gateway.services import Services
+from node.cli import build_parser
+from node.config import NodeConfig, load
+from node.metrics import NodeMetrics
+from node.rpc_server import Caller, Emit, RpcError
+from protocols import ErrorCode, Hardware, Load
+from tests.conftest import Swarm
+from tests.test_http import AUTH, KEY, FakeBackend, chat, http
+from tests.test_peer_table import record
+from tests.test_swarm import wait_nodes
+
+DASHBOARD = Path(__file__).parent.parent / "docs" / "grafana-dashboard.json"
+GIB = 1 << 30
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    """Every sample of an exposition, by name and labels."""
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+# --- the gateway, in-process --------------------------------------------------------------
+
+
+class Refuser:
+    """A meter that refuses one user, as a rate limiter would."""
+
+    async def admit(self, claims: keys.Claims, outcome: Outcome) -> None:
+        if claims.sub == "greedy":
+            raise ApiError(429, "slow down", "rate_limited", headers={"Retry-After": "7"})
+
+    async def record(self, claims: keys.Claims, outcome: Outcome) -> None:
+        return None
+
+    def headers(self, claims: keys.Claims) -> dict[str, str]:
+        return {}
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[tuple[httpx.AsyncClient, PeerTable]]:
+    services = Services(
+        backend=FakeBackend(), auth=Authenticator(KEY.public_key()), meters=[Refuser()]
+    )
+    table = PeerTable()
+    now = time.time()
+    busy = Load(inflight=2, queued=1, capacity=4, tokens_per_s=12.5, vram_free=3 * GIB)
+    table.upsert(record("12D3KooWBusy", issued_at=now), now=now)
+    table.update_load("12D3KooWBusy", busy, now=now)
+    table.upsert(record("12D3KooWDrains", issued_at=now), now=now)
+    table.update_load("12D3KooWDrains", Load(0, 0, 1, 0.0, 0, draining=True), now=now)
+    table.upsert(record("12D3KooWSilent", issued_at=now), now=now)  # no load update yet
+    services.metrics.observe_swarm(table, lambda: 3)
+    async with http(create_app(services)) as client:
+        yield client, table
+
+
+async def scrape(client: httpx.AsyncClient) -> Samples:
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return parse(response.text)
+
+
+async def test_gateway_counts_requests_calls_tokens_and_refusals(
+    gateway: tuple[httpx.AsyncClient, PeerTable],
+) -> None:
+    client, _ = gateway
+    greedy = {"Authorization": f"Bearer {keys.issue(KEY, 'greedy', 60)}"}
+    for _ in range(2):
+        assert (await client.post("/v1/chat/completions", json=chat(), headers=AUTH)).is_success
+    streamed = await client.post("/v1/chat/completions", json=chat(stream=True), headers=AUTH)
+    assert streamed.status_code == 200
+    unknown = await client.post("/v1/chat/completions", json=chat("x" * 200), headers=AUTH)
+    assert unknown.status_code == 404
+    refused = await client.post("/v1/chat/completions", json=chat(), headers=greedy)
+    assert refused.status_code == 429
+    assert (await client.get("/v1/not/a/route/42")).status_code == 404
+    for page in ("/", "/static/app.js", "/openapi.json"):
+        assert (await client.get(page)).status_code == 200
+
+    samples = await scrape(client)
+    http_count = "bitinglip_gateway_http_request_duration_seconds_count"
+    chat_route = {"route": "/v1/chat/completions", "method": "POST"}
+    assert value(samples, http_count, **chat_route, status="200") == 3
+    assert value(samples, http_count, **chat_route, status="404") == 1
+    assert value(samples, http_count, **chat_route, status="429") == 1
+    # A made-up path is one series, not one per path.
+    assert value(samples, http_count, route="unmatched", method="GET", status="404") == 1
+    assert not any("/v1/not" in str(labels) for _, labels in samples)
+    for route in ("/", "/static", "/openapi.json"):
+        assert value(samples, http_count, route=route, method="GET", status="200") == 1
+    assert value(samples, "bitinglip_gateway_rate_limited_total", route=chat_route["route"]) == 1
+
+    calls = "bitinglip_gateway_inference_duration_seconds_count"
+    assert value(samples, calls, kind="chat", model="echo", status="200") == 3
+    assert value(samples, calls, kind="chat", model="echo", status="429") == 1
+    # A model nobody serves is "other": clients cannot mint label values.
+    assert value(samples, calls, kind="chat", model="other", status="404") == 1
+    assert value(samples, "bitinglip_gateway_completion_tokens_total", model="echo") == 9
+    assert value(samples, "bitinglip_gateway_prompt_tokens_total", model="echo") == 3 * 17
+    sums = value(samples, "bitinglip_gateway_inference_duration_seconds_sum", kind="chat",
+                 model="echo", status="200")  # fmt: skip
+    assert 0 < sums < 5
+
+
+async def test_gateway_reads_the_swarm_at_scrape_time(
+    gateway: tuple[httpx.AsyncClient, PeerTable],
+) -> None:
+    client, table = gateway
+    samples = await scrape(client)
+    assert value(samples, "bitinglip_gateway_routing_retries_total") == 3
+    assert value(samples, "bitinglip_gateway_peers", state="healthy") == 1
+    assert value(samples, "bitinglip_gateway_peers", state="draining") == 1
+    assert value(samples, "bitinglip_gateway_peers", state="suspect") == 1
+    busy = {"peer": "12D3KooWBusy"}
+    assert value(samples, "bitinglip_gateway_peer_inflight", **busy) == 2
+    assert value(samples, "bitinglip_gateway_peer_queued", **busy) == 1
+    assert value(samples, "bitinglip_gateway_peer_capacity", **busy) == 4
+    assert value(samples, "bitinglip_gateway_peer_tokens_per_second", **busy) == 12.5
+    assert value(samples, "bitinglip_gateway_peer_vram_free_bytes", **busy) == 3 * GIB
+
+    table.remove("12D3KooWBusy")
+    later = await scrape(client)
+    assert ("bitinglip_gateway_peer_inflight", frozenset(busy.items())) not in later
+    assert value(later, "bitinglip_gateway_peers", state="healthy") == 0
+
+
+async def test_each_app_has_its_own_registry() -> None:
+    apps = [
+        create_app(Services(backend=FakeBackend(), auth=Authenticator(KEY.public_key())))
+        for _ in range(2)
+    ]
+    async with http(apps[0]) as first, http(apps[1]) as second:
+        await first.post("/v1/chat/completions", json=chat(), headers=AUTH)
+        count = "bitinglip_gateway_inference_duration_seconds_count"
+        labels = {"kind": "chat", "model": "echo", "status": "200"}
+        assert value(await scrape(first), count, **labels) == 1
+        assert value(await scrape(second), count, **labels) == 0
+
+
+# --- a node's metrics, without a swarm ----------------------------------------------------
+
+
+def node_metrics(load: Load) -> NodeMetrics:
+    return NodeMetrics(
+        lambda: load,
+        lambda: Hardware("cuda", "Test GPU", 8 * GIB, 6 * GIB),
+        lambda: {"echo"},
+        {"peer_id": "12D3KooWNode", "version": "0.1.0"},
+    )
+
+
+async def test_node_counts_calls_by_method_and_outcome() -> None:
+    metrics = node_metrics(Load(1, 2, 4, 30.0, 6 * GIB))
+
+    async def generate(params: dict[str, Any], caller: Caller, emit: Emit) -> dict[str, Any]:
+        await emit({"text": "hi"})
+        await emit({"text": " there"})
+        return {"finish_reason": "stop", "prompt_tokens": 5, "completion_tokens": 2}
+
+    async def status(params: dict[str, Any], caller: Caller, emit: Emit) -> dict[str, Any]:
+        raise RpcError(ErrorCode.OVERLOADED, "full")
+
+    async def generate_image(params: dict[str, Any], caller: Caller, emit: Emit) -> dict[str, Any]:
+        await emit({"png": b"..."})
+        return {"images": 3, "seed": 7}
+
+    handlers = metrics.instrument(
+        {"generate": generate, "generate_image": generate_image, "status": status}
+    )
+    emitted: list[dict[str, Any]] = []
+
+    async def emit(data: dict[str, Any]) -> None:
+        emitted.append(data)
+
+    caller = Caller("12D3KooWGateway", "gateway")
+    for model in ("echo", "echo", "made-up"):
+        await handlers["generate"]({"model": model}, caller, emit)
+    await handlers["generate_image"]({"model": "echo"}, caller, emit)
+    with pytest.raises(RpcError):
+        await handlers["status"]({}, caller, emit)
+    assert len(emitted) == 7
+
+    get = metrics.registry.get_sample_value
+    assert get("bitinglip_node_requests_total", {"method": "generate", "status": "ok"}) == 3
+    assert get("bitinglip_node_requests_total", {"method": "status", "status": "overloaded"}) == 1
+    assert get("bitinglip_node_completion_tokens_total", {"model": "echo"}) == 4
+    assert get("bitinglip_node_prompt_tokens_total", {"model": "other"}) == 5
+    assert get("bitinglip_node_generation_duration_seconds_count", {"model": "echo"}) == 3
+    assert get("bitinglip_node_images_total", {"model": "echo"}) == 3
+    assert get("bitinglip_node_time_to_first_token_seconds_count", {"model": "echo"}) == 2
+    assert get("bitinglip_node_queued") == 2
+    assert get("bitinglip_node_capacity") == 4
+    assert get("bitinglip_node_tokens_per_second") == 30
+    assert get("bitinglip_node_vram_total_bytes") == 8 * GIB
+    assert get("bitinglip_node_info", {"peer_id": "12D3KooWNode", "version": "0.1.0"}) == 1
+
+
+async def test_node_metrics_server_binds_port_zero() -> None:
+    metrics = node_metrics(Load(0, 0, 1, 0.0, 0))
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(metrics.serve, "127.0.0.1", 0)
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/metrics", url)
+        async with httpx.AsyncClient() as client:
+            scraped = await client.get(url)
+            elsewhere = await client.get(url.removesuffix("metrics") + "other")
+        nursery.cancel_scope.cancel()
+    assert scraped.status_code == 200
+    assert value(parse(scraped.text), "bitinglip_node_capacity") == 1
+    assert elsewhere.status_code == 404
+
+
+def test_metrics_port_from_flag_environment_and_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert build_parser().parse_args(["node", "start", "--metrics-port", "0"]).metrics_port == 0
+    monkeypatch.delenv("BITINGLIP_NODE_METRICS_PORT", raising=False)
+    assert load(NodeConfig, "node", {}).metrics_port is None  # off unless asked for
+    monkeypatch.setenv("BITINGLIP_NODE_METRICS_PORT", "9100")
+    assert load(NodeConfig, "node", {}).metrics_port == 9100
+    file = tmp_path / "node.toml"
+    file.write_text("[node]\nmetrics_port = 9200\n")
+    monkeypatch.delenv("BITINGLIP_NODE_METRICS_PORT")
+    assert load(NodeConfig, "node", {}, file).metrics_port == 9200
+    assert load(NodeConfig, "node", {"metrics_port": 0}, file).metrics_port == 0
+
+
+# --- real processes -----------------------------------------------------------------------
+
+
+def test_gateway_and_node_metrics_from_real_processes(swarm: Swarm) -> None:
+    gateway = swarm.start_gateway()
+    boot = [str(gateway["addrs"][0])]  # type: ignore[index]
+    swarm.start_node("node-0", boot, ["echo"], ["--metrics-port", "0"])
+    swarm.wait_ready(["node-0"])
+    url, token = swarm.url(), swarm.token()
+    wait_nodes(url, 1)
+    auth = {"Authorization": f"Bearer {token}"}
+    for text in ("one two three", "four five"):
+        body = {"model": "echo", "messages": [{"role": "user", "content": text}]}
+        reply = httpx.post(f"{url}/v1/chat/completions", json=body, headers=auth, timeout=30)
+        assert reply.status_code == 200, reply.text
+
+    scraped = httpx.get(f"{url}/metrics", timeout=10)
+    assert scraped.status_code == 200
+    gw = parse(scraped.text)
+    node_id = swarm.peer_id("node-0")
+    chat_200 = {"route": "/v1/chat/completions", "method": "POST", "status": "200"}
+    assert value(gw, "bitinglip_gateway_http_request_duration_seconds_count", **chat_200) == 2
+    assert value(gw, "bitinglip_gateway_completion_tokens_total", model="echo") == 5
+    assert value(gw, "bitinglip_gateway_peers", state="healthy") == 1
+    assert value(gw, "bitinglip_gateway_peer_capacity", peer=node_id) >= 1
+    assert value(gw, "bitinglip_gateway_routing_retries_total") == 0
+    assert value(gw, "process_resident_memory_bytes") > 0
+
+    metrics_url = str(swarm.local.status("node-0")["metrics_url"])
+    node = parse(httpx.get(metrics_url, timeout=10).text)
+    assert value(node, "bitinglip_node_requests_total", method="generate", status="ok") == 2
+    assert value(node, "bitinglip_node_completion_tokens_total", model="echo") == 5
+    assert value(node, "bitinglip_node_generation_duration_seconds_count", model="echo") == 2
+    assert value(node, "bitinglip_node_capacity") >= 1
+    assert value(node, "bitinglip_node_inflight") == 0
+    assert value(node, "bitinglip_node_tokens_per_second") > 0
+    (info,) = [dict(labels) for name, labels in node if name == "bitinglip_node_info"]
+    assert info["peer_id"] == node_id
+    assert info["backend"] == "cpu"
+
+    # Every series the Grafana dashboard draws is exported under that name, even those
+    # with no samples yet (no 429 happened here): their HELP and TYPE lines are there.
+    exported = _exported(scraped.text) | _exported(httpx.get(metrics_url, timeout=10).text)
+    wanted = _dashboard_metrics()
+    missing = {m for m in wanted if re.sub(SUFFIX, "", m) not in exported and m not in exported}
+    assert wanted
+    assert not missing
+
+
+SUFFIX = r"_(total|bucket|count|sum|info)$"
+
+
+def _exported(text: str) -> set[str]:
+    return {
+        name
+        for family in text_string_to_metric_families(text)
+        for name in (family.name, *(s.name for s in family.samples))
+    }
+
+
+def _dashboard_metrics() -> set[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    return {m for e in exprs for m in re.findall(r"\bbitinglip_[a-z_]+", e)}
