@@ -8,12 +8,22 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
-from gateway import chat, completions
+from gateway import (
+    accounts,
+    api_description,
+    chat,
+    completions,
+    dashboard,
+    images,
+    metrics,
+    peers_api,
+    usage,
+)
 from gateway.errors import BodyLimit, install_error_handlers
 from gateway.services import Services
 
 # The API's areas, in the order their routes are matched.
-AREAS = [chat, completions]
+AREAS = [chat, completions, peers_api, metrics, dashboard, images, accounts, usage, api_description]
 
 
 def create_app(services: Services, *, max_body_bytes: int = 1 << 20) -> ASGIApp:

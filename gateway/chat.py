@@ -32,7 +32,14 @@ def install(app: FastAPI) -> None:
         return {
             "object": "list",
             "data": [
-                {"id": m, "object": "model", "created": 0, "owned_by": "bitinglip", "peers": peers}
+                {
+                    "id": m,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "bitinglip",
+                    "task": next((p["task"] for p in peers if "task" in p), None),
+                    "peers": peers,
+                }
                 for m, peers in sorted(serving.items())
             ],
         }

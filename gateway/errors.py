@@ -64,7 +64,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(oa.error_body(exc.status_code, str(exc.detail)), exc.status_code)
+        # Keep the exception's headers: a 405 must say which methods are allowed.
+        return JSONResponse(
+            oa.error_body(exc.status_code, str(exc.detail)), exc.status_code, headers=exc.headers
+        )
 
 
 class BodyLimit:

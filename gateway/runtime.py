@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from functools import partial
 from typing import cast
 
@@ -14,15 +15,20 @@ from hypercorn.trio import serve
 from hypercorn.typing import ASGIFramework
 
 import keys
+from gateway import peers_api
+from gateway.accounts import Accounts
 from gateway.app import create_app
 from gateway.auth import Authenticator
+from gateway.limits import Limiter, Plans
 from gateway.peer_table import PeerTable
 from gateway.peering import GATEWAY_RECORD_TTL, gateway_record, serve_rpc
 from gateway.router import Router
 from gateway.services import Services
 from gateway.sharing import Sharing
+from gateway.store import Store
 from gateway.sync import GatewaySync
 from gateway.tracker import Tracker
+from gateway.usage import UsageMeter
 from node.advertise import Advertiser
 from node.config import GatewayConfig
 from node.readiness import StatusFile
@@ -37,7 +43,20 @@ async def run_gateway(config: GatewayConfig) -> None:
     identity = keys.identity(config.data_dir)
     certificate = keys.certificate(config.data_dir, "gateway")
     operator_public = keys.operator_public(config.data_dir)
-    jwt_public = keys.jwt_keys(config.data_dir).public
+    token_keys = keys.jwt_keys(config.data_dir)
+    store = Store.open(config.data_dir)
+    plans = Plans.from_config(config.plans, config.default_plan)
+    accounts = Accounts(
+        store,
+        plans,
+        token_keys.private,
+        session_ttl=config.session_ttl,
+        registration=config.registration,
+    )
+    await accounts.load()
+    limiter = Limiter(accounts.plan_of)
+    await limiter.load(store)
+    usage = UsageMeter(store)
 
     swarm = Swarm(identity, operator_public)
     table = PeerTable()
@@ -46,15 +65,29 @@ async def run_gateway(config: GatewayConfig) -> None:
     share = Sharing()
     services = Services(
         backend=router,
-        auth=Authenticator(jwt_public),
+        auth=Authenticator(keys.jwt_keyset(config.data_dir), [accounts]),
         peer_id=swarm.peer_id,
         request_timeout=config.request_timeout,
         health=lambda: {"nodes": len(tracker.clients), "routing_retries": router.retries},
+        peers=lambda: peers_api.snapshot(table, swarm.peer_id, swarm.addrs(), time.time()),
+        image_backend=router,
+        image_dir=config.data_dir / "images",
+        meters=[limiter, usage],
+        store=store,
+        accounts=accounts,
+        limiter=limiter,
     )
+    services.metrics.observe_swarm(table, lambda: router.retries)
     app = create_app(services, max_body_bytes=config.max_body_bytes)
     sync = GatewaySync(swarm, certificate, apply=share.apply, forget=tracker.forget_gateway)
     tracker.on_gateway = sync.connect_soon
     share.publish = sync.publish
+    share.on_usage.append(limiter.note_remote)
+    share.on_revoke.append(accounts.revoke_remote)
+    usage.on_usage.append(
+        lambda r: share.usage(r.user, 1, r.prompt_tokens + r.completion_tokens, r.images)
+    )
+    accounts.on_revoke.append(share.revoked)
     advertiser = Advertiser(
         swarm, identity, certificate, gateway_record(swarm, identity), GATEWAY_RECORD_TTL
     )
@@ -70,6 +103,7 @@ async def run_gateway(config: GatewayConfig) -> None:
             await nursery.start(sync.run)
             await nursery.start(tracker.run)
             nursery.start_soon(advertiser.run)
+            nursery.start_soon(accounts.run)
             stop = trio.Event()
             async with trio.open_nursery() as web:
                 asgi = cast(ASGIFramework, app)
@@ -82,4 +116,5 @@ async def run_gateway(config: GatewayConfig) -> None:
                 status.update(state="stopping")
                 stop.set()  # hypercorn finishes open responses, then returns
             nursery.cancel_scope.cancel()
+    store.close()
     status.update(state="stopped")

@@ -9,14 +9,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi import Request
 
 from gateway.auth import Authenticator
 from gateway.metering import Meter
-from gateway.router import Generation
-from protocols import GenerateParams
+from gateway.metrics import GatewayMetrics
+from gateway.router import Generation, Images
+from protocols import GenerateParams, ImageParams
+
+if TYPE_CHECKING:  # these modules reach Services themselves
+    from gateway.accounts import Accounts
+    from gateway.limits import Limiter
+    from gateway.store import Store
 
 
 class Backend(Protocol):
@@ -31,6 +38,12 @@ class Backend(Protocol):
         ...
 
 
+class ImageBackend(Protocol):
+    """Image generation on the swarm side (a ``Router`` in production)."""
+
+    async def generate_image(self, params: ImageParams, timeout: float) -> Images: ...
+
+
 @dataclass
 class Services:
     backend: Backend
@@ -39,6 +52,17 @@ class Services:
     request_timeout: float = 300.0
     health: Callable[[], dict[str, Any]] = field(default=dict)
     meters: list[Meter] = field(default_factory=list)
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    # Every peer this gateway knows, itself included, as ``GET /v1/peers`` lists them.
+    peers: Callable[[], list[dict[str, Any]]] = field(default=list)
+    # None: this gateway answers no image generation.
+    image_backend: ImageBackend | None = None
+    # Where images asked for as URLs are kept; None: only inline (b64_json) answers.
+    image_dir: Path | None = None
+    # Users, keys, plans and usage; None: no accounts (operator-issued tokens only).
+    store: Store | None = None
+    accounts: Accounts | None = None
+    limiter: Limiter | None = None
 
 
 def services(request: Request) -> Services:

@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from node.swarm import quiet_libp2p_logs
-
 
 def _setup_logging(level: str) -> None:
+    # Imported here: libp2p takes a second to import, which client commands need not pay.
+    from node.swarm import quiet_libp2p_logs
+
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
@@ -52,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--capacity", type=int, help="concurrent calls (default: the models' batch sizes)"
     )
     start.add_argument("--echo-delay", type=float, help="seconds per token for echo models")
+    start.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics on this port (0 picks one)"
+    )
     start.set_defaults(func=_node_start)
 
     gateway = commands.add_parser("gateway", help="run an HTTP gateway").add_subparsers(
@@ -79,8 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     issue = tokens.add_parser("issue", help="print a signed token for a user")
     issue.add_argument("--user", required=True)
     issue.add_argument("--ttl", default="1h", help="lifetime: 30m, 1h, 7d")
+    issue.add_argument(
+        "--scope",
+        choices=["inference", "session", "admin"],
+        default="inference",
+        help="admin: the operator's views (GET /v1/admin/usage)",
+    )
     issue.add_argument("--data-dir", type=Path)
     issue.set_defaults(func=_tokens_issue)
+    from node import cli_admin
+
+    cli_admin.register_tokens(tokens)
 
     keys_ = commands.add_parser("keys", help="operator keys and admission").add_subparsers(
         dest="action", required=True
@@ -94,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     admit.add_argument("--data-dir", type=Path)
     admit.add_argument("--out", type=Path, required=True, help="certificate file to write")
     admit.set_defaults(func=_keys)
+    rotate = keys_.add_parser(
+        "rotate-jwt", help="sign tokens with a new key; tokens signed before stay valid"
+    )
+    rotate.add_argument("--data-dir", type=Path)
+    rotate.set_defaults(func=_keys)
 
     for extension in _extensions():
         extension.register(commands)
@@ -102,7 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Any]:
     """Modules that add their own subcommands with ``register(commands)``."""
-    return []
+    from gateway import repl, repl_login
+    from node import cli_admin, peers_cli
+
+    return [peers_cli, repl, repl_login, cli_admin]
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -134,6 +155,7 @@ def _node_start(args: argparse.Namespace) -> int:
                 "model_store",
                 "capacity",
                 "echo_delay",
+                "metrics_port",
                 "ready_file",
                 "log_level",
             ],
@@ -178,7 +200,7 @@ def _tokens_issue(args: argparse.Namespace) -> int:
             f"error: no token signing key in {data_dir}; run `bitinglip keys init`", file=sys.stderr
         )
         return 1
-    print(keys.issue(signing, args.user, keys.parse_ttl(args.ttl)))
+    print(keys.issue(signing, args.user, keys.parse_ttl(args.ttl), args.scope))
     return 0
 
 
@@ -189,6 +211,10 @@ def _keys(args: argparse.Namespace) -> int:
     if args.action == "init":
         keys.init_operator(data_dir)
         print(f"operator keys ready in {data_dir}")
+        return 0
+    if args.action == "rotate-jwt":
+        kid = keys.rotate_jwt(data_dir)
+        print(f"tokens are now signed with key {kid}; restart gateways (bitinglip up does it)")
         return 0
     cert = keys.admit(data_dir, args.peer_id, args.role)
     args.out.write_bytes(cert)

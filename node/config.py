@@ -28,6 +28,8 @@ class NodeConfig:
     echo_delay: float = 0.0
     ready_file: Path | None = None
     log_level: str = "info"
+    metrics_port: int | None = None  # Prometheus metrics over HTTP; None: off, 0: any free port
+    metrics_host: str = "127.0.0.1"
 
 
 @dataclasses.dataclass
@@ -41,6 +43,12 @@ class GatewayConfig:
     request_timeout: float = 300.0
     ready_file: Path | None = None
     log_level: str = "info"
+    # [gateway.plans.<name>] tables: requests_per_minute, tokens_per_day, images_per_day,
+    # concurrent. A plan called "default" is built in (60, 200000, 100, 4) and may be redefined.
+    plans: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    default_plan: str = "default"  # the plan new users get
+    registration: bool = True  # whether anyone may register at POST /v1/auth/register
+    session_ttl: float = 86400.0  # seconds a login token lives
 
 
 def _coerce(kind: Any, value: Any) -> Any:
@@ -49,6 +57,11 @@ def _coerce(kind: Any, value: Any) -> Any:
         return value.split(",") if isinstance(value, str) else list(value)
     if kind is Path or Path in typing.get_args(kind):
         return None if value in (None, "") else Path(value)
+    inner = [a for a in typing.get_args(kind) if a is not type(None)]
+    if type(None) in typing.get_args(kind) and len(inner) == 1:  # ``int | None`` and the like
+        return None if value in (None, "") else _coerce(inner[0], value)
+    if kind is bool and isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
     for simple in (int, float, str):
         if kind is simple:
             return simple(value)

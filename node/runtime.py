@@ -14,9 +14,10 @@ from keys.store import raw_public
 from node.admission import authorizer
 from node.advertise import Advertiser
 from node.config import NodeConfig
+from node.metrics import NodeMetrics
 from node.readiness import StatusFile
 from node.rpc_server import RpcServer
-from node.runners import Runner, load_runner
+from node.runners import ModelRunner, load_runner, task_of
 from node.scheduler import Scheduler
 from node.service import NodeService
 from node.streams import Libp2pByteStream
@@ -48,7 +49,7 @@ class Node:
         self.identity = keys.identity(config.data_dir)
         self.certificate = keys.certificate(config.data_dir, "node")
         self.swarm = Swarm(self.identity, keys.operator_public(config.data_dir))
-        self.runners: dict[str, Runner] = {}
+        self.runners: dict[str, ModelRunner] = {}
         self.loading: dict[str, str] = {m: "loading" for m in config.models}
         self.hardware = Hardware("cpu", "unknown", 0, 0)
         capacity = config.capacity or max(1, len(config.models))
@@ -69,7 +70,7 @@ class Node:
             replace(r.info, state="draining") if draining else r.info for r in self.runners.values()
         ]
         models += [
-            ModelInfo(m, "text-generation", "", 0, 0, "loading")
+            ModelInfo(m, task_of(m), "", 0, 0, "loading")
             for m, state in self.loading.items()
             if state == "loading"
         ]
@@ -122,7 +123,11 @@ class Node:
         config = self.config
         self.status.update(role="node", state="starting", pid=os.getpid())
         self.hardware = await trio.to_thread.run_sync(_probe)
-        rpc = RpcServer(self.service.handlers, authorizer(keys.operator_public(config.data_dir)))
+        metrics = self._metrics() if config.metrics_port is not None else None
+        handlers = (
+            self.service.handlers if metrics is None else metrics.instrument(self.service.handlers)
+        )
+        rpc = RpcServer(handlers, authorizer(keys.operator_public(config.data_dir)))
 
         async def serve(stream: Libp2pByteStream) -> None:
             await rpc.serve(stream, stream.remote_peer)
@@ -139,6 +144,11 @@ class Node:
                 logger.info(
                     "node %s listening on %s", self.swarm.peer_id, " ".join(self.swarm.addrs())
                 )
+                if metrics is not None:
+                    port = config.metrics_port or 0
+                    url = await nursery.start(metrics.serve, config.metrics_host, port)
+                    self.status.update(metrics_url=url)
+                    logger.info("metrics on %s", url)
                 nursery.start_soon(self.advertiser.run)
                 nursery.start_soon(self._refresh_hardware)
                 async with trio.open_nursery() as loaders:
@@ -150,6 +160,20 @@ class Node:
                     break
                 await self.drain()
                 nursery.cancel_scope.cancel()
+
+    def _metrics(self) -> NodeMetrics:
+        hw = self.hardware
+        return NodeMetrics(
+            self.service.load,
+            lambda: self.hardware,
+            lambda: self.runners,
+            {
+                "peer_id": self.swarm.peer_id,
+                "version": VERSION,
+                "backend": hw.backend,
+                "device": hw.device_name,
+            },
+        )
 
     async def drain(self) -> None:
         """Announce ``draining``, finish the calls in hand, take no new ones."""
