@@ -102,6 +102,7 @@ def _params(body: oa.ChatCompletionRequest) -> GenerateParams:
             top_p=body.top_p,
             stop=body.stops(),
             seed=body.seed,
+            stream=body.stream,
         )
     except ValueError as exc:
         raise ApiError(400, str(exc), "invalid_request") from exc

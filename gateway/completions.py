@@ -35,6 +35,7 @@ def install(app: FastAPI) -> None:
                 top_p=body.top_p,
                 stop=body.stops(),
                 seed=body.seed,
+                stream=body.stream,
             )
         except ValueError as exc:
             raise ApiError(400, str(exc), "invalid_request") from exc

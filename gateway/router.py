@@ -64,6 +64,8 @@ class Generation:
                 yield str(self.first.get("text", ""))
             async for chunk in self.call:
                 yield str(chunk.get("text", ""))
+            if self.call.result and "text" in self.call.result:
+                yield str(self.call.result["text"])  # a non-streamed answer comes whole
         except RemoteError as exc:
             raise UpstreamError(exc.code, f"node failed mid-answer: {exc.message}") from exc
         except ConnectionLost as exc:

@@ -125,6 +125,7 @@ class NodeService:
         started = time.monotonic()
         send, receive = trio.open_memory_channel[Delta | Exception](math.inf)
         last: Delta | None = None
+        whole: list[str] = []  # the answer, when the caller did not ask for a stream
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_pump, deltas, send, cancelled)
@@ -138,8 +139,10 @@ class NodeService:
                     pieces = [d for d in batch if isinstance(d, Delta)]
                     last = pieces[-1]
                     text = "".join(d.text for d in pieces)
-                    if text:
+                    if text and request.stream:
                         await emit({"text": text})
+                    elif text:
+                        whole.append(text)
         finally:
             # Tells the runner to stop between tokens when the caller has gone away.
             cancelled.set()
@@ -150,7 +153,7 @@ class NodeService:
             "finish_reason": last.finish_reason or "stop",
             "prompt_tokens": last.prompt_tokens,
             "completion_tokens": last.completion_tokens,
-        }
+        } | ({} if request.stream else {"text": "".join(whole)})
 
     async def rpc_generate_image(
         self, params: dict[str, Any], caller: Caller, emit: Emit

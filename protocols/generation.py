@@ -38,6 +38,9 @@ class GenerateParams:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    # False: the caller wants the whole answer at once; the node sends it in the end frame,
+    # one frame instead of one per burst of tokens.
+    stream: bool = True
 
     def __post_init__(self) -> None:
         problem = self._problem()
@@ -90,6 +93,7 @@ class GenerateParams:
                 top_p=float(_typed(body, "top_p", (int, float))),
                 stop=[_check_str(s) for s in _typed(body, "stop", list)],
                 seed=None if body.get("seed") is None else _typed(body, "seed", int),
+                stream=True if body.get("stream") is None else _check_bool(body["stream"]),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             raise RemoteProtocolError(f"bad generate params: {exc}") from exc
@@ -165,6 +169,12 @@ def _typed(body: Any, name: str, kind: type | tuple[type, ...]) -> Any:
     value = body[name] if isinstance(body, dict) and name in body else None
     if not isinstance(value, kind) or isinstance(value, bool):
         raise TypeError(f"{name} is missing or has the wrong type")
+    return value
+
+
+def _check_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError("stream must be a boolean")
     return value
 
 

@@ -191,3 +191,12 @@ async def test_peer_vanishing_fails_pending_calls() -> None:
         with pytest.raises(ConnectionLost) as info:
             await client.call("status", {})
         assert not info.value.started
+
+
+async def test_unstreamed_answer_comes_whole_in_the_end_frame() -> None:
+    async with connected(make_service()) as (client, _):
+        async with client.open_call("generate", params("one two three", stream=False)) as call:
+            chunks = [c async for c in call]
+        assert chunks == []
+        assert call.result is not None and call.result["text"] == "one two three"
+        assert call.result["completion_tokens"] == 3

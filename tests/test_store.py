@@ -28,7 +28,7 @@ from node.cli_admin import gateway_dir
 def test_new_database_is_private_wal_and_versioned(tmp_path: Path) -> None:
     with Store.open(tmp_path) as store:
         assert stat.S_IMODE((tmp_path / FILENAME).stat().st_mode) == 0o600
-        assert store._read("PRAGMA synchronous")[0][0] == 2  # FULL: flushed before returning
+        assert store._read("PRAGMA synchronous")[0][0] == 1  # NORMAL: survives a killed process
         assert store._read("PRAGMA foreign_keys")[0][0] == 1
     raw = sqlite3.connect(tmp_path / FILENAME)
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
