@@ -561,7 +561,7 @@ async function createKey(event) {
   if (ttl) {
     const n = Number(ttl);
     if (!Number.isInteger(n) || n < 1) {
-      show($("keys-error"), "Expiry must be a whole number of days (1 or more), or empty for never.");
+      show($("keys-error"), "Expiry must be a whole number of days from 1 to 3650 (empty: 365).");
       form.ttl_days.focus();
       return;
     }
