@@ -5,7 +5,7 @@ Each area of the API is a module with ``install(app)``; this module only compose
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp
 
 from gateway import (
@@ -27,7 +27,10 @@ AREAS = [chat, completions, peers_api, metrics, dashboard, images, accounts, usa
 
 
 def create_app(services: Services, *, max_body_bytes: int = 1 << 20) -> ASGIApp:
-    app = FastAPI(title="BitingLip Swarm gateway", version="1", docs_url="/docs")
+    # The interactive docs ship their Swagger UI and ReDoc assets: no CDN, works offline.
+    app = FastAPIOffline(
+        title="BitingLip Swarm gateway", version="1", docs_url="/docs", redoc_url="/redoc"
+    )
     app.state.services = services
     install_error_handlers(app)
     for area in AREAS:

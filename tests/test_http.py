@@ -662,3 +662,14 @@ async def test_openai_client_mid_stream_error_raises(backend: FakeBackend) -> No
         with pytest.raises(openai.APIError, match="mid-answer"):
             async for _ in stream:
                 pass
+
+
+async def test_interactive_docs_need_no_network(client: httpx.AsyncClient) -> None:
+    page = await client.get("/docs")
+    assert page.status_code == 200
+    assert "cdn." not in page.text  # every asset is served by the gateway itself
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert asset in page.text
+        served = await client.get(f"/static-offline-docs/{asset}")
+        assert served.status_code == 200 and len(served.content) > 10_000
+    assert (await client.get("/redoc")).status_code == 200
