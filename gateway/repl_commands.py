@@ -78,7 +78,10 @@ class Session:
 
     model: str | None
     system: str | None = None
-    settings: dict[str, float | int] = field(default_factory=dict)
+    # Low-temperature sampling: small chat models ramble at the API's default of 1.0.
+    settings: dict[str, float | int] = field(
+        default_factory=lambda: {"temperature": 0.2, "top_p": 0.9}
+    )
     messages: list[dict[str, str]] = field(default_factory=list)
     image_model: str | None = None
     image_dir: Path = Path()

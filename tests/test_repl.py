@@ -167,7 +167,7 @@ def test_completion_multiline_settings_and_save(live: Live, tmp_path: Path) -> N
     quit_(child)
 
     saved = json.loads((tmp_path / "chat.json").read_text())
-    assert saved["model"] == "echo" and saved["settings"] == {"temperature": 0.5}
+    assert saved["model"] == "echo" and saved["settings"] == {"temperature": 0.5, "top_p": 0.9}
     assert saved["messages"] == [
         {"role": "user", "content": "first  line \nsecond  line"},
         {"role": "assistant", "content": "first line second line"},
