@@ -229,19 +229,24 @@ async def _pump(
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             send.send_nowait(item)
 
+    def soon(callback: Callable[..., None], *args: Any) -> None:
+        # Queued on the loop without waiting for it (FIFO, so deltas keep their order);
+        # an abandoned thread may outlive the loop itself.
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(callback, *args)
+
     def pump() -> None:
         try:
             for delta in deltas:
-                trio.from_thread.run_sync(forward, delta, trio_token=token)
+                soon(forward, delta)
                 if delta.finish_reason is not None or cancelled.is_set():
                     break
         except ValueError as exc:  # the runner refused the request (e.g. too long)
-            error = RpcError(ErrorCode.BAD_REQUEST, str(exc))
-            trio.from_thread.run_sync(forward, error, trio_token=token)
+            soon(forward, RpcError(ErrorCode.BAD_REQUEST, str(exc)))
         except Exception as exc:
-            trio.from_thread.run_sync(forward, exc, trio_token=token)
+            soon(forward, exc)
         finally:
-            trio.from_thread.run_sync(send.close, trio_token=token)
+            soon(send.close)
 
     # Abandoned on cancel: the runner sees ``cancelled`` and stops at its next token.
     await trio.to_thread.run_sync(pump, abandon_on_cancel=True)
