@@ -10,6 +10,7 @@ A text model is a ``Runner``; an image model is an ``ImageRunner``, which checks
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -80,3 +81,12 @@ class ImageRunner(Protocol):
 
 # Whatever a node can serve under a model id.
 ModelRunner = Runner | ImageRunner
+
+
+def free_device_memory(device: str) -> None:
+    """After a model's last reference is dropped: collect it, and give its GPU memory back."""
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()

@@ -11,7 +11,6 @@ between denoising steps, so a caller that goes away stops the work within one st
 
 from __future__ import annotations
 
-import gc
 import io
 import logging
 import threading
@@ -19,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from node.runners.base import GenerationCancelled, Progress
+from node.runners.base import GenerationCancelled, Progress, free_device_memory
 from protocols import ImageParams, ModelInfo
 
 logger = logging.getLogger(__name__)
@@ -113,11 +112,7 @@ class DiffusersRunner:
             return
         device = str(pipeline.device)
         del pipeline
-        gc.collect()
-        if device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()
+        free_device_memory(device)
 
 
 def _png(image: Any) -> bytes:

@@ -12,7 +12,6 @@ request gives the same text even while other models sample in other threads.
 
 from __future__ import annotations
 
-import gc
 import logging
 import queue
 import threading
@@ -21,7 +20,7 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from node.runners.base import Delta, Progress
+from node.runners.base import Delta, Progress, free_device_memory
 from protocols import GenerateParams, ModelInfo
 
 if TYPE_CHECKING:
@@ -134,11 +133,7 @@ class TextRunner:
             return
         device = str(model.device)
         del model
-        gc.collect()
-        if device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()
+        free_device_memory(device)
 
     def _encode(
         self, params: GenerateParams, device: torch.device
