@@ -15,7 +15,8 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import asdict, replace
 from typing import Any, TypeVar
 
@@ -33,6 +34,7 @@ WATCH_INTERVAL = 1.0
 WATCH_COALESCE = 0.05
 
 T = TypeVar("T")
+P = TypeVar("P")
 
 
 class NodeService:
@@ -95,20 +97,21 @@ class NodeService:
     async def rpc_generate(
         self, params: dict[str, Any], caller: Caller, emit: Emit
     ) -> dict[str, Any]:
-        if caller.role != "gateway":
-            raise RpcError(ErrorCode.UNAUTHORIZED, "only gateways may run inference")
-        try:
-            request = GenerateParams.from_wire(params)
-        except RemoteProtocolError as exc:
-            raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
+        request = _inference_params(caller, GenerateParams.from_wire, params)
         runner = self.runners.get(request.model)
         if not isinstance(runner, Runner):  # absent, or an image model
             raise RpcError(
                 ErrorCode.MODEL_NOT_FOUND, f"this node does not serve {request.model!r} for text"
             )
+        async with self._slot():
+            return await self._generate(runner, request, emit)
+
+    @asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        """A scheduler slot; a full or draining node answers with an error code."""
         try:
             async with self.scheduler.slot():
-                return await self._generate(runner, request, emit)
+                yield
         except Overloaded as exc:
             raise RpcError(ErrorCode.OVERLOADED, str(exc)) from exc
         except Draining as exc:
@@ -158,12 +161,7 @@ class NodeService:
     async def rpc_generate_image(
         self, params: dict[str, Any], caller: Caller, emit: Emit
     ) -> dict[str, Any]:
-        if caller.role != "gateway":
-            raise RpcError(ErrorCode.UNAUTHORIZED, "only gateways may run inference")
-        try:
-            request = ImageParams.from_wire(params)
-        except RemoteProtocolError as exc:
-            raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
+        request = _inference_params(caller, ImageParams.from_wire, params)
         runner = self.runners.get(request.model)
         if not isinstance(runner, ImageRunner):  # absent, or a text model
             raise RpcError(
@@ -172,17 +170,25 @@ class NodeService:
         if request.seed is None:  # chosen here so the caller learns it and can repeat the images
             request = replace(request, seed=secrets.randbelow(MAX_SEED + 1))
         try:
-            async with self.scheduler.slot():
+            async with self._slot():
                 images = await _in_thread(lambda flag: runner.generate_images(request, flag))
-        except Overloaded as exc:
-            raise RpcError(ErrorCode.OVERLOADED, str(exc)) from exc
-        except Draining as exc:
-            raise RpcError(ErrorCode.UNAVAILABLE, str(exc)) from exc
         except ValueError as exc:
             raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
         for image in images:
             await emit({"image": image})
         return {"images": len(images), "seed": request.seed}
+
+
+def _inference_params(
+    caller: Caller, parse: Callable[[dict[str, Any]], P], params: dict[str, Any]
+) -> P:
+    """Only gateways run models; their parameters are checked like any peer input."""
+    if caller.role != "gateway":
+        raise RpcError(ErrorCode.UNAUTHORIZED, "only gateways may run inference")
+    try:
+        return parse(params)
+    except RemoteProtocolError as exc:
+        raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
 
 
 async def _in_thread(work: Callable[[threading.Event], T]) -> T:
