@@ -13,7 +13,7 @@ from gateway import openai_api as oa
 from gateway.auth import User
 from gateway.bodies import json_body, parse
 from gateway.errors import ApiError
-from gateway.inference import collect, start, stream
+from gateway.inference import collect, event_stream, start
 from protocols import GenerateParams
 
 
@@ -52,11 +52,7 @@ def install(app: FastAPI) -> None:
             )
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         render = _TextChunks(id_, body.model, prefix, include_usage)
-        return StreamingResponse(
-            stream(started, render),
-            media_type="text/event-stream",
-            headers=started.headers | {"Cache-Control": "no-cache"},
-        )
+        return event_stream(started, render)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fastapi import Request
+from fastapi.responses import StreamingResponse
 
 import keys
 from gateway import openai_api as oa
@@ -86,6 +87,15 @@ async def collect(started: Started) -> str:
     except ApiError as exc:
         exc.headers.update(started.headers)
         raise
+
+
+def event_stream(started: Started, render: Renderer) -> StreamingResponse:
+    """The streamed answer as a response: server-sent events, rate-limit headers included."""
+    return StreamingResponse(
+        stream(started, render),
+        media_type="text/event-stream",
+        headers=started.headers | {"Cache-Control": "no-cache"},
+    )
 
 
 async def stream(started: Started, render: Renderer) -> AsyncIterator[bytes]:
