@@ -34,6 +34,7 @@ from gateway.metering import Outcome
 from gateway.router import Generation, Images, NoPeerReady, UnknownModel, UpstreamError
 from gateway.services import ImageBackend, Services
 from protocols import ErrorCode, GenerateParams, ImageParams
+from tests.test_http import http
 
 KEY = Ed25519PrivateKey.generate()
 TOKEN = keys.issue(KEY, "alice", 3600)
@@ -110,13 +111,6 @@ def make_app(
         image_dir=image_dir,
     )
     return create_app(services)
-
-
-@asynccontextmanager
-async def http(app: ASGIApp) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        yield client
 
 
 @pytest.fixture
@@ -369,8 +363,7 @@ async def test_expired_images_are_gone(
 
 @asynccontextmanager
 async def openai_client(app: ASGIApp) -> AsyncIterator[openai.AsyncOpenAI]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http_client:
+    async with http(app) as http_client:
         # openai types http_client as its httpx2 fork's client but accepts httpx's at runtime.
         yield openai.AsyncOpenAI(
             base_url="http://test/v1",
