@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 import pytest
@@ -11,11 +14,12 @@ import trio.testing
 
 from node.rpc_client import ConnectionLost, RemoteError, RpcClient
 from node.rpc_server import Caller, RpcError, RpcServer
+from node.runners.base import Delta
 from node.runners.echo import EchoRunner
 from node.scheduler import Scheduler
 from node.service import NodeService
 from node.streams import TrioByteStream
-from protocols import ErrorCode, GenerateParams, encode_frame
+from protocols import ErrorCode, GenerateParams, ModelInfo, encode_frame
 
 CERT = b"gateway-cert"
 
@@ -101,12 +105,67 @@ async def test_unadmitted_peer_is_refused() -> None:
             await client.call("status", {})
 
 
-async def test_leaving_a_call_cancels_it_on_the_node() -> None:
-    service = make_service(delay=0.05)
+class RecordingRunner:
+    """Like a real model, produces tokens in its own thread (one per ``delay``, up to
+    1,000) and checks ``cancelled`` between them; records what it was told and did.
+
+    The scheduler slot frees itself whether or not the model stops, so only the runner
+    itself can show that leaving a call really stops the work.
+    """
+
+    def __init__(self, delay: float) -> None:
+        self._delay = delay
+        self.produced = 0
+        self.saw_cancel = threading.Event()
+        self.finished = threading.Event()
+
+    @property
+    def info(self) -> ModelInfo:
+        return EchoRunner().info
+
+    def generate(self, params: GenerateParams, cancelled: threading.Event) -> Iterator[Delta]:
+        tokens: queue.Queue[Delta] = queue.Queue()
+
+        def produce() -> None:
+            try:
+                for count in range(1, 1001):
+                    if cancelled.is_set():
+                        self.saw_cancel.set()
+                        tokens.put(Delta("", 1, count - 1, "cancelled"))
+                        return
+                    time.sleep(self._delay)
+                    self.produced = count
+                    tokens.put(Delta(" w", 1, count))
+                tokens.put(Delta("", 1, 1000, "length"))
+            finally:
+                self.finished.set()
+
+        threading.Thread(target=produce, daemon=True).start()
+        while True:
+            delta = tokens.get()
+            yield delta
+            if delta.finish_reason is not None:
+                return
+
+    def close(self) -> None:
+        pass
+
+
+async def test_leaving_a_call_stops_the_model_within_a_token() -> None:
+    runner = RecordingRunner(delay=0.02)
+    service = NodeService({"echo": runner}, Scheduler(2, 2), lambda: 0)
     async with connected(service) as (client, _):
-        async with client.open_call("generate", params("w " * 200)) as call:
+        async with client.open_call("generate", params("go")) as call:
             async for _ in call:
                 break
+        left_at = runner.produced
+        # Polls, with a generous deadline: a loaded machine may be slow, the runner not.
+        with trio.fail_after(10):
+            while not runner.finished.is_set():
+                await trio.sleep(0.01)
+        assert runner.saw_cancel.is_set()
+        # The runner checks between tokens: at most the tokens already under way follow.
+        assert runner.produced - left_at <= 3
         with trio.fail_after(5):
             await service.scheduler.wait_idle()
         assert service.scheduler.inflight == 0
