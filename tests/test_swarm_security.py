@@ -7,9 +7,13 @@ import contextlib
 import time
 
 import httpx
+import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from libp2p.kad_dht.pb.kademlia_pb2 import Record
+from libp2p.peer.id import ID as PeerID
 
+import keys
 from keys.store import raw_public
 from node.streams import Libp2pByteStream
 from node.swarm import Swarm as Peer
@@ -27,6 +31,7 @@ from protocols import (
     node_key,
     peer_id_of,
     sign_record,
+    verify_record,
 )
 from tests.conftest import Swarm
 
@@ -58,12 +63,38 @@ def forged(key: Ed25519PrivateKey, peer: str, operator: Ed25519PrivateKey) -> by
     return sign_record(key, record, cert)
 
 
+def watch_lookups(peer: Peer, monkeypatch: pytest.MonkeyPatch) -> set[bytes]:
+    """Keys other peers ask ``peer``'s DHT store for, recorded as they come."""
+    store = peer.dht.value_store
+    asked: set[bytes] = set()
+    original = store.get
+
+    def get(key: bytes) -> Record | None:
+        asked.add(key)
+        return original(key)
+
+    monkeypatch.setattr(store, "get", get)
+    return asked
+
+
+async def stored_at(peer: Peer, holder: str, key: str) -> bytes | None:
+    """What ``holder`` keeps in its own DHT store under ``key``, asked directly."""
+    value = await peer.dht.value_store._get_from_peer(PeerID.from_base58(holder), key.encode())
+    return value if isinstance(value, bytes) else None
+
+
+def operator_public(swarm: Swarm) -> bytes:
+    return keys.operator_public(swarm.data_dir)
+
+
 async def nodes_seen(url: str) -> int:
     async with httpx.AsyncClient() as client:
         return int((await client.get(f"{url}/health")).json()["nodes"])
 
 
-async def test_hostile_peer_cannot_disrupt_or_impersonate(swarm: Swarm) -> None:
+async def test_hostile_peer_cannot_disrupt_or_impersonate(
+    swarm: Swarm, monkeypatch: pytest.MonkeyPatch
+) -> None:
     gateway = swarm.start_gateway()
     boot = str(gateway["addrs"][0])  # type: ignore[index]
     swarm.start_node("node-0", [boot], ["echo"])
@@ -94,16 +125,45 @@ async def test_hostile_peer_cannot_disrupt_or_impersonate(swarm: Swarm) -> None:
         await stream.write(encode(Hello(cert)) + encode(Request(1, "status", {})))
         assert b"UNAUTHORIZED" in await read_all(stream)
 
+        # A genuine certificate, but the gateway's: replayed by another peer, it is refused.
+        stolen = keys.certificate(swarm.data_dir / "peers" / "gateway", "gateway")
+        stream = await peer.open_stream(victim, addrs, RPC_PROTOCOL)
+        await stream.write(encode(Hello(stolen)) + encode(Request(1, "status", {})))
+        refusal = await read_all(stream)
+        assert b"UNAUTHORIZED" in refusal and b"issued to another peer" in refusal
+
         # Forged records: its own, and one claiming the victim's key. Honest peers refuse
         # to store them (the put may still succeed locally, under the intruder's rules).
+        # Each is also offered straight to the gateway, so its refusal is certain to be
+        # tried, not left to which peers the DHT happens to pick.
         intruder_id = peer_id_of(raw_public(intruder))
-        for key, value in (
-            (node_key(intruder_id), forged(intruder, intruder_id, rogue_operator)),
-            (node_key(victim), forged(intruder, victim, rogue_operator)),
-        ):
+        gateway_id = swarm.peer_id("gateway")
+        asked = watch_lookups(peer, monkeypatch)
+        forgeries = {
+            node_key(intruder_id): forged(intruder, intruder_id, rogue_operator),
+            node_key(victim): forged(intruder, victim, rogue_operator),
+        }
+        for key, value in forgeries.items():
             with contextlib.suppress(Exception):  # refused outright is fine too
                 await peer.put(key, value)
-        await trio.sleep(3)  # longer than the gateway's discovery interval
+            await peer.dht.value_store._store_at_peer(
+                PeerID.from_base58(gateway_id), key.encode(), value
+            )
+
+        # Read back from the gateway's own store: no forgery is there.
+        own = await stored_at(peer, gateway_id, node_key(intruder_id))
+        assert own is None
+        theirs = await stored_at(peer, gateway_id, node_key(victim))
+        assert theirs != forgeries[node_key(victim)]
+        if theirs is not None:  # the victim's genuine record, if the gateway holds one
+            record = verify_record(theirs, operator_public(swarm), time.time())
+            assert record.peer_id == victim and record.version != "evil"
+
+        # Wait until the gateway has looked the intruder up as a node (its discovery asks
+        # the DHT, and the intruder answers with its forgery), then check routing.
+        with trio.fail_after(60):
+            while node_key(intruder_id).encode() not in asked:
+                await trio.sleep(0.2)
 
         # The gateway still routes only to the real node, which still serves.
         async with httpx.AsyncClient(timeout=30) as client:
