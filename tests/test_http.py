@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -33,8 +33,17 @@ from node.rpc_client import Call
 from protocols import Chunk, End, Error, ErrorCode, GenerateParams, Message
 
 KEY = Ed25519PrivateKey.generate()
-TOKEN = keys.issue(KEY, "alice", 3600)
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def token() -> str:
+    """A fresh token for every use: one minted at import could expire in a long run."""
+    return keys.issue(KEY, "alice", 3600)
+
+
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {token()}"}
+
+
 PEER = "12D3KooWFakeNodeForTheHttpTests"
 GATEWAY = "12D3KooWFakeGateway"
 TIMEOUT = 42.0
@@ -176,7 +185,7 @@ async def test_health_needs_no_auth(client: httpx.AsyncClient) -> None:
 
 
 async def test_models_lists_every_model_with_its_peers(client: httpx.AsyncClient) -> None:
-    response = await client.get("/v1/models", headers=AUTH)
+    response = await client.get("/v1/models", headers=auth())
     assert response.status_code == 200
     body = response.json()
     assert body["object"] == "list"
@@ -228,8 +237,8 @@ async def test_openapi_refs_resolve(client: httpx.AsyncClient) -> None:
 
 
 async def test_unknown_route_uses_the_error_shape(client: httpx.AsyncClient) -> None:
-    assert_error(await client.get("/v1/nothing", headers=AUTH), 404, "not_found_error", None)
-    response = await client.get("/v1/chat/completions", headers=AUTH)
+    assert_error(await client.get("/v1/nothing", headers=auth()), 404, "not_found_error", None)
+    response = await client.get("/v1/chat/completions", headers=auth())
     assert_error(response, 405, "server_error", None)
 
 
@@ -254,27 +263,38 @@ def _tampered(token: str) -> str:
     return f"{head}.{body}.{sig[:10]}{'A' if sig[10] != 'A' else 'B'}{sig[11:]}"
 
 
-BAD_AUTH: list[tuple[str, dict[str, str], str]] = [
-    ("missing", {}, "missing bearer token"),
-    ("malformed", {"Authorization": TOKEN}, "missing bearer token"),
-    ("wrong scheme", {"Authorization": f"Basic {TOKEN}"}, "missing bearer token"),
-    ("empty bearer", {"Authorization": "Bearer   "}, "missing bearer token"),
-    ("garbage", {"Authorization": "Bearer not.a.jwt"}, "invalid token"),
-    ("expired", {"Authorization": f"Bearer {_token(exp=int(time.time()) - 60)}"}, "expired"),
-    ("tampered", {"Authorization": f"Bearer {_tampered(TOKEN)}"}, "invalid token"),
-    ("wrong audience", {"Authorization": f"Bearer {_token(aud='elsewhere')}"}, "audience"),
+# Built when each test runs: a token made at import (even a bad one) could expire first,
+# and the test would pass for the wrong reason.
+BAD_AUTH: list[tuple[str, Callable[[], dict[str, str]], str]] = [
+    ("missing", dict, "missing bearer token"),
+    ("malformed", lambda: {"Authorization": token()}, "missing bearer token"),
+    ("wrong scheme", lambda: {"Authorization": f"Basic {token()}"}, "missing bearer token"),
+    ("empty bearer", lambda: {"Authorization": "Bearer   "}, "missing bearer token"),
+    ("garbage", lambda: {"Authorization": "Bearer not.a.jwt"}, "invalid token"),
+    (
+        "expired",
+        lambda: {"Authorization": f"Bearer {_token(exp=int(time.time()) - 60)}"},
+        "expired",
+    ),
+    ("tampered", lambda: {"Authorization": f"Bearer {_tampered(token())}"}, "invalid token"),
+    ("wrong audience", lambda: {"Authorization": f"Bearer {_token(aud='elsewhere')}"}, "audience"),
     (
         "another key",
-        {"Authorization": f"Bearer {keys.issue(Ed25519PrivateKey.generate(), 'eve', 60)}"},
+        lambda: {"Authorization": f"Bearer {keys.issue(Ed25519PrivateKey.generate(), 'eve', 60)}"},
         "invalid token",
     ),
 ]
 
 
-@pytest.mark.parametrize(("what", "headers", "says"), BAD_AUTH, ids=[b[0] for b in BAD_AUTH])
+@pytest.mark.parametrize(("what", "make_headers", "says"), BAD_AUTH, ids=[b[0] for b in BAD_AUTH])
 async def test_bad_credentials_get_401(
-    client: httpx.AsyncClient, backend: FakeBackend, what: str, headers: dict[str, str], says: str
+    client: httpx.AsyncClient,
+    backend: FakeBackend,
+    what: str,
+    make_headers: Callable[[], dict[str, str]],
+    says: str,
 ) -> None:
+    headers = make_headers()
     for response in (
         await client.post("/v1/chat/completions", json=chat(), headers=headers),
         await client.get("/v1/models", headers=headers),
@@ -291,7 +311,7 @@ async def test_auth_is_checked_before_the_body(client: httpx.AsyncClient) -> Non
 
 
 async def test_bearer_scheme_is_case_insensitive(client: httpx.AsyncClient) -> None:
-    response = await client.get("/v1/models", headers={"Authorization": f"bearer {TOKEN}"})
+    response = await client.get("/v1/models", headers={"Authorization": f"bearer {token()}"})
     assert response.status_code == 200
 
 
@@ -299,20 +319,20 @@ async def test_bearer_scheme_is_case_insensitive(client: httpx.AsyncClient) -> N
 
 
 async def test_malformed_json_is_400(client: httpx.AsyncClient, backend: FakeBackend) -> None:
-    response = await client.post("/v1/chat/completions", content=b'{"model": ', headers=AUTH)
+    response = await client.post("/v1/chat/completions", content=b'{"model": ', headers=auth())
     assert "not valid JSON" in assert_error(response, 400, "invalid_request_error", "invalid_json")
     assert backend.calls == []
 
 
 @pytest.mark.parametrize("body", [b"[1, 2]", b'"hello"', b"null", b"3"])
 async def test_non_object_json_is_400(client: httpx.AsyncClient, body: bytes) -> None:
-    response = await client.post("/v1/chat/completions", content=body, headers=AUTH)
+    response = await client.post("/v1/chat/completions", content=body, headers=auth())
     message = assert_error(response, 400, "invalid_request_error", "invalid_request")
     assert "JSON object" in message
 
 
 async def test_body_is_json_whatever_its_content_type(client: httpx.AsyncClient) -> None:
-    form = AUTH | {"Content-Type": "application/x-www-form-urlencoded"}
+    form = auth() | {"Content-Type": "application/x-www-form-urlencoded"}
     response = await client.post(
         "/v1/chat/completions", content=json.dumps(chat()).encode(), headers=form
     )
@@ -350,7 +370,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
 async def test_invalid_request_names_the_field(
     client: httpx.AsyncClient, backend: FakeBackend, what: str, body: dict[str, Any], param: str
 ) -> None:
-    response = await client.post("/v1/chat/completions", json=body, headers=AUTH)
+    response = await client.post("/v1/chat/completions", json=body, headers=auth())
     message = assert_error(response, 400, "invalid_request_error", "invalid_request")
     assert response.json()["error"]["param"] == param
     assert message.startswith(f"{param}:")
@@ -369,15 +389,17 @@ async def test_invalid_request_names_the_field(
 async def test_generation_limits_are_400(
     client: httpx.AsyncClient, body: dict[str, Any], says: str
 ) -> None:
-    response = await client.post("/v1/chat/completions", json=body, headers=AUTH)
+    response = await client.post("/v1/chat/completions", json=body, headers=auth())
     assert says in assert_error(response, 400, "invalid_request_error", "invalid_request")
 
 
 async def test_declared_oversized_body_is_413(backend: FakeBackend) -> None:
     async with http(make_app(backend, max_body_bytes=256)) as small:
-        response = await small.post("/v1/chat/completions", json=chat(text="x" * 300), headers=AUTH)
+        response = await small.post(
+            "/v1/chat/completions", json=chat(text="x" * 300), headers=auth()
+        )
         assert "256 bytes" in assert_error(response, 413, "invalid_request_error", None)
-        ok = await small.post("/v1/chat/completions", json=chat(), headers=AUTH)
+        ok = await small.post("/v1/chat/completions", json=chat(), headers=auth())
         assert ok.status_code == 200
     assert len(backend.calls) == 1
 
@@ -390,7 +412,7 @@ async def test_streamed_oversized_body_is_413(backend: FakeBackend) -> None:
             yield payload[i : i + 100]
 
     async with http(make_app(backend, max_body_bytes=256)) as small:
-        response = await small.post("/v1/chat/completions", content=chunks(), headers=AUTH)
+        response = await small.post("/v1/chat/completions", content=chunks(), headers=auth())
     assert "content-length" not in response.request.headers
     assert_error(response, 413, "invalid_request_error", None)
     assert backend.calls == []
@@ -400,7 +422,7 @@ async def test_streamed_oversized_body_is_413(backend: FakeBackend) -> None:
 
 
 async def test_unknown_model_is_404_naming_available_models(client: httpx.AsyncClient) -> None:
-    response = await client.post("/v1/chat/completions", json=chat("gpt-9"), headers=AUTH)
+    response = await client.post("/v1/chat/completions", json=chat("gpt-9"), headers=auth())
     message = assert_error(response, 404, "not_found_error", "model_not_found")
     assert response.json()["error"]["param"] == "model"
     assert "gpt-9" in message
@@ -409,7 +431,7 @@ async def test_unknown_model_is_404_naming_available_models(client: httpx.AsyncC
 
 
 async def test_no_peer_ready_is_503(client: httpx.AsyncClient) -> None:
-    response = await client.post("/v1/chat/completions", json=chat("busy"), headers=AUTH)
+    response = await client.post("/v1/chat/completions", json=chat("busy"), headers=auth())
     assert "draining" in assert_error(response, 503, "server_error", "no_peer_ready")
 
 
@@ -426,7 +448,7 @@ async def test_upstream_errors_map_to_statuses(
 ) -> None:
     for stream in (False, True):
         response = await client.post(
-            "/v1/chat/completions", json=chat(model, stream=stream), headers=AUTH
+            "/v1/chat/completions", json=chat(model, stream=stream), headers=auth()
         )
         assert_error(response, status, kind, code)
 
@@ -435,7 +457,7 @@ async def test_upstream_errors_map_to_statuses(
 
 
 async def test_completion_shape(client: httpx.AsyncClient, backend: FakeBackend) -> None:
-    response = await client.post("/v1/chat/completions", json=chat(), headers=AUTH)
+    response = await client.post("/v1/chat/completions", json=chat(), headers=auth())
     assert response.status_code == 200, response.text
     assert response.headers[NODE_HEADER] == PEER
     body = response.json()
@@ -455,7 +477,7 @@ async def test_completion_shape(client: httpx.AsyncClient, backend: FakeBackend)
 
 
 async def test_finish_reason_comes_from_the_node(client: httpx.AsyncClient) -> None:
-    response = await client.post("/v1/chat/completions", json=chat("long"), headers=AUTH)
+    response = await client.post("/v1/chat/completions", json=chat("long"), headers=auth())
     assert response.json()["choices"][0]["finish_reason"] == "length"
 
 
@@ -480,7 +502,7 @@ async def test_request_becomes_generate_params(
         "user": "ignored-extra-field",
         "logprobs": False,
     }
-    response = await client.post("/v1/chat/completions", json=body, headers=AUTH)
+    response = await client.post("/v1/chat/completions", json=body, headers=auth())
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["message"]["content"] == "hi you"
     ((params, timeout),) = backend.calls
@@ -495,8 +517,8 @@ async def test_request_becomes_generate_params(
 
 
 async def test_default_max_tokens(client: httpx.AsyncClient, backend: FakeBackend) -> None:
-    await client.post("/v1/chat/completions", json=chat(max_tokens=None), headers=AUTH)
-    await client.post("/v1/chat/completions", json=chat(max_tokens=5), headers=AUTH)
+    await client.post("/v1/chat/completions", json=chat(max_tokens=None), headers=auth())
+    await client.post("/v1/chat/completions", json=chat(max_tokens=5), headers=auth())
     assert [p.max_tokens for p, _ in backend.calls] == [256, 5]
 
 
@@ -504,7 +526,7 @@ async def test_default_max_tokens(client: httpx.AsyncClient, backend: FakeBacken
 async def test_failure_mid_answer_is_502(
     client: httpx.AsyncClient, backend: FakeBackend, model: str
 ) -> None:
-    response = await client.post("/v1/chat/completions", json=chat(model), headers=AUTH)
+    response = await client.post("/v1/chat/completions", json=chat(model), headers=auth())
     code = "internal" if model == "flaky" else "unavailable"
     assert "mid-answer" in assert_error(response, 502, "server_error", code)
     assert (backend.open, backend.closed) == (1, 1)
@@ -514,7 +536,9 @@ async def test_failure_mid_answer_is_502(
 
 
 async def _stream(client: httpx.AsyncClient, body: dict[str, Any]) -> list[Any]:
-    response = await client.post("/v1/chat/completions", json=body | {"stream": True}, headers=AUTH)
+    response = await client.post(
+        "/v1/chat/completions", json=body | {"stream": True}, headers=auth()
+    )
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/event-stream")
     assert response.headers[NODE_HEADER] == PEER
@@ -576,14 +600,14 @@ async def test_failure_mid_stream_sends_an_error_event_then_done(
 
 @asynccontextmanager
 async def openai_client(
-    backend: FakeBackend, token: str = TOKEN
+    backend: FakeBackend, api_key: str | None = None
 ) -> AsyncIterator[openai.AsyncOpenAI]:
     transport = httpx.ASGITransport(app=make_app(backend))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http_client:
         # openai types http_client as its httpx2 fork's client but accepts httpx's at runtime.
         yield openai.AsyncOpenAI(
             base_url="http://test/v1",
-            api_key=token,
+            api_key=api_key or token(),
             http_client=cast(Any, http_client),
             max_retries=0,
         )
@@ -635,7 +659,7 @@ async def test_openai_client_models(backend: FakeBackend) -> None:
 
 
 async def test_openai_client_bad_token_is_authentication_error(backend: FakeBackend) -> None:
-    async with openai_client(backend, token=_tampered(TOKEN)) as client:
+    async with openai_client(backend, api_key=_tampered(token())) as client:
         with pytest.raises(openai.AuthenticationError) as caught:
             await client.chat.completions.create(
                 model="echo", messages=[{"role": "user", "content": "hi"}]
