@@ -99,7 +99,11 @@ def event_stream(started: Started, render: Renderer) -> StreamingResponse:
 
 
 async def stream(started: Started, render: Renderer) -> AsyncIterator[bytes]:
-    """Server-sent events; leaving early (client gone) cancels the generation on the node."""
+    """Server-sent events; leaving early (client gone) cancels the generation on the node.
+
+    The call is recorded (its usage row on disk) before the closing events go out: a
+    client that has read ``[DONE]`` has been charged, even if the gateway dies next.
+    """
     async with started.stack:
         for event in render.opening():
             yield oa.sse(event)
@@ -109,11 +113,11 @@ async def stream(started: Started, render: Renderer) -> AsyncIterator[bytes]:
                     yield oa.sse(render.piece(piece))
         except UpstreamError as exc:
             started.outcome.status = 502
-            yield oa.sse(oa.error_body(502, str(exc), exc.code.value.lower()))
-            yield oa.sse("[DONE]")
-            return
-        usage = _count(started)
-        reason = str(started.generation.usage.get("finish_reason", "stop"))
-        for event in render.closing(reason, usage):
-            yield oa.sse(event)
-        yield oa.sse("[DONE]")
+            closing = [oa.error_body(502, str(exc), exc.code.value.lower())]
+        else:
+            usage = _count(started)
+            reason = str(started.generation.usage.get("finish_reason", "stop"))
+            closing = render.closing(reason, usage)
+    for event in closing:
+        yield oa.sse(event)
+    yield oa.sse("[DONE]")
