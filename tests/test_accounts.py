@@ -18,6 +18,7 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from starlette.types import ASGIApp
 
 import keys
 from gateway.accounts import Accounts
@@ -43,6 +44,7 @@ class Gateway:
     usage: UsageMeter
     backend: FakeBackend
     signer: Ed25519PrivateKey
+    app: ASGIApp
     revoked: list[tuple[str, float]] = field(default_factory=list)
 
     def operator_token(self, user: str, scope: str = "inference") -> dict[str, str]:
@@ -91,9 +93,10 @@ async def gateway(
         accounts=accounts,
         limiter=limiter,
     )
-    transport = httpx.ASGITransport(app=create_app(services))
+    app = create_app(services)
+    transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        g = Gateway(client, store, accounts, limiter, usage, backend, signer)
+        g = Gateway(client, store, accounts, limiter, usage, backend, signer, app)
         accounts.on_revoke.append(lambda jti, exp: g.revoked.append((jti, exp)))
         try:
             yield g

@@ -1,8 +1,9 @@
 """Usage is written before the answer completes, and survives the gateway being killed.
 
-The in-process tests check what each row holds and what the usage routes report; the last
-one starts a real gateway and an echo node, loads them from threads, SIGKILLs the gateway
-mid-load, and finds every call that was answered 200 in its database.
+The in-process tests check what each row holds and what the usage routes report; one serves
+the app on a real socket to show a streamed answer ends only after its row is written; the
+last starts a real gateway and an echo node, loads them from threads (plain and streamed
+calls), SIGKILLs the gateway mid-load, and finds every answered call in its database.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import keys
 from gateway.metering import Outcome
 from gateway.store import Store, UsageRecord
 from gateway.usage import UsageMeter
-from tests.conftest import Swarm
+from tests.conftest import Swarm, served
 from tests.test_accounts import Gateway, bearer, gateway
 from tests.test_http import PEER, assert_error, chat
 from tests.test_swarm import wait_nodes
@@ -78,6 +79,50 @@ async def test_rows_are_written_before_the_answer(gw: Gateway) -> None:
     response = await gw.client.post("/v1/chat/completions", json=chat(), headers=auth)
     assert response.status_code == 200
     assert written == [1]
+
+
+async def test_a_streamed_answer_ends_only_after_its_row_is_written(gw: Gateway) -> None:
+    # Over a real server and socket: an in-process transport could not show which of the
+    # row and the end of the stream came first.
+    writing, release = threading.Event(), threading.Event()
+    original = gw.store.add_usage
+
+    def held(records: list[UsageRecord]) -> None:
+        writing.set()
+        release.wait(30)  # a disk that answers when the test says so
+        original(records)
+
+    gw.store.add_usage = held  # type: ignore[method-assign]
+    body = chat(stream=True) | {"stream_options": {"include_usage": True}}
+    async with served(gw.app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        request = client.build_request(
+            "POST", "/v1/chat/completions", json=body, headers=gw.operator_token("alice")
+        )
+        response = await client.send(request, stream=True)
+        assert response.status_code == 200
+        seen: list[str] = []
+
+        async def read() -> None:
+            async for line in response.aiter_lines():
+                seen.append(line)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            with trio.fail_after(30):
+                while not writing.is_set():
+                    await trio.sleep(0.01)
+            # The write has begun and is held: whatever the server sends now came first.
+            await trio.sleep(0.5)
+            assert "data: [DONE]" not in seen
+            release.set()
+            with trio.fail_after(30):
+                while "data: [DONE]" not in seen:
+                    await trio.sleep(0.01)
+        await response.aclose()
+    events = [line for line in seen if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    assert '"usage"' in events[-2]  # the closing chunk with usage, also after the write
+    assert len(await gw.store.call(gw.store.usage_records)) == 1
 
 
 async def test_calls_ending_together_share_one_write(tmp_path: Path) -> None:
@@ -215,23 +260,30 @@ def test_every_answered_call_survives_sigkill(swarm: Swarm, tmp_path: Path) -> N
     answered: dict[str, list[int]] = defaultdict(list)
     stop = threading.Event()
 
-    def load(user: str) -> None:
+    def load(user: str, streamed: bool) -> None:
         token = swarm.token(user)
         with httpx.Client(timeout=10) as client:
             for words in range(1, 200):  # each call's length names it: completion_tokens
                 if stop.is_set():
                     return
-                body = {"model": "echo", "messages": [{"role": "user", "content": "w " * words}]}
+                body = {
+                    "model": "echo",
+                    "messages": [{"role": "user", "content": "w " * words}],
+                    "stream": streamed,
+                }
                 try:
-                    response = client.post(
-                        f"{url}/v1/chat/completions", json=body, headers=bearer(token)
-                    )
+                    with client.stream(
+                        "POST", f"{url}/v1/chat/completions", json=body, headers=bearer(token)
+                    ) as response:
+                        # A streamed call is answered once its client has read [DONE].
+                        text = "".join(response.iter_text())
                 except httpx.HTTPError:
                     return  # the gateway is gone
-                if response.status_code == 200:
+                if response.status_code == 200 and (not streamed or "data: [DONE]" in text):
                     answered[user].append(words)
 
-    threads = [threading.Thread(target=load, args=(f"user-{i}",)) for i in range(6)]
+    # Half the users stream: their rows must be on disk before [DONE], like the others'.
+    threads = [threading.Thread(target=load, args=(f"user-{i}", i % 2 == 1)) for i in range(6)]
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + 20
