@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from tests.test_http import AUTH, TOKEN, FakeBackend, http, make_app, sse_events
+from tests.test_http import FakeBackend, auth, http, make_app, sse_events, token
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def body(**extra: Any) -> dict[str, Any]:
 
 async def test_plain_completion_has_text_and_usage(backend: FakeBackend) -> None:
     async with http(make_app(backend)) as client:
-        reply = await client.post("/v1/completions", json=body(), headers=AUTH)
+        reply = await client.post("/v1/completions", json=body(), headers=auth())
     assert reply.status_code == 200, reply.text
     data = reply.json()
     assert data["object"] == "text_completion"
@@ -35,14 +35,14 @@ async def test_plain_completion_has_text_and_usage(backend: FakeBackend) -> None
 
 async def test_echo_prefixes_the_prompt(backend: FakeBackend) -> None:
     async with http(make_app(backend)) as client:
-        reply = await client.post("/v1/completions", json=body(echo=True), headers=AUTH)
+        reply = await client.post("/v1/completions", json=body(echo=True), headers=auth())
     assert reply.json()["choices"][0]["text"] == "one two three" * 2
 
 
 async def test_streamed_completion(backend: FakeBackend) -> None:
     options = {"stream": True, "stream_options": {"include_usage": True}}
     async with http(make_app(backend)) as client:
-        reply = await client.post("/v1/completions", json=body(**options), headers=AUTH)
+        reply = await client.post("/v1/completions", json=body(**options), headers=auth())
     events = sse_events(reply.text)
     assert events[-1] == "[DONE]"
     texts = [e["choices"][0]["text"] for e in events[:-3]]
@@ -64,14 +64,14 @@ async def test_bad_requests_name_the_field(
     backend: FakeBackend, extra: dict[str, Any], field: str
 ) -> None:
     async with http(make_app(backend)) as client:
-        reply = await client.post("/v1/completions", json=body(**extra), headers=AUTH)
+        reply = await client.post("/v1/completions", json=body(**extra), headers=auth())
     assert reply.status_code == 400
     assert field in reply.json()["error"]["message"]
 
 
 async def test_unknown_model_is_404(backend: FakeBackend) -> None:
     async with http(make_app(backend)) as client:
-        reply = await client.post("/v1/completions", json=body(model="nope"), headers=AUTH)
+        reply = await client.post("/v1/completions", json=body(model="nope"), headers=auth())
     assert reply.status_code == 404
 
 
@@ -80,7 +80,7 @@ async def test_openai_client_completions(backend: FakeBackend) -> None:
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http_client:
         client = openai.AsyncOpenAI(
             base_url="http://test/v1",
-            api_key=TOKEN,
+            api_key=token(),
             http_client=cast(Any, http_client),
             max_retries=0,
         )

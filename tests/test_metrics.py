@@ -28,7 +28,7 @@ from node.metrics import NodeMetrics
 from node.rpc_server import Caller, Emit, RpcError
 from protocols import ErrorCode, Hardware, Load
 from tests.conftest import Swarm
-from tests.test_http import AUTH, KEY, FakeBackend, chat, http
+from tests.test_http import KEY, FakeBackend, auth, chat, http
 from tests.test_peer_table import record
 from tests.test_swarm import wait_nodes
 
@@ -99,10 +99,10 @@ async def test_gateway_counts_requests_calls_tokens_and_refusals(
     client, _ = gateway
     greedy = {"Authorization": f"Bearer {keys.issue(KEY, 'greedy', 60)}"}
     for _ in range(2):
-        assert (await client.post("/v1/chat/completions", json=chat(), headers=AUTH)).is_success
-    streamed = await client.post("/v1/chat/completions", json=chat(stream=True), headers=AUTH)
+        assert (await client.post("/v1/chat/completions", json=chat(), headers=auth())).is_success
+    streamed = await client.post("/v1/chat/completions", json=chat(stream=True), headers=auth())
     assert streamed.status_code == 200
-    unknown = await client.post("/v1/chat/completions", json=chat("x" * 200), headers=AUTH)
+    unknown = await client.post("/v1/chat/completions", json=chat("x" * 200), headers=auth())
     assert unknown.status_code == 404
     refused = await client.post("/v1/chat/completions", json=chat(), headers=greedy)
     assert refused.status_code == 429
@@ -163,7 +163,7 @@ async def test_each_app_has_its_own_registry() -> None:
         for _ in range(2)
     ]
     async with http(apps[0]) as first, http(apps[1]) as second:
-        await first.post("/v1/chat/completions", json=chat(), headers=AUTH)
+        await first.post("/v1/chat/completions", json=chat(), headers=auth())
         count = "bitinglip_gateway_inference_duration_seconds_count"
         labels = {"kind": "chat", "model": "echo", "status": "200"}
         assert value(await scrape(first), count, **labels) == 1
