@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -69,6 +69,21 @@ class Swarm:
         proc = self.local.procs[name]
         proc.kill()
         proc.wait()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Under CI a skipped test is a failure: a missing browser or tool must not pass
+    unnoticed. Only tests marked ``gpu`` may skip there (no accelerator in CI)."""
+    report = yield
+    if os.environ.get("CI") == "true" and report.skipped and item.get_closest_marker("gpu") is None:
+        report.outcome = "failed"
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        reason = str(reason).removeprefix("Skipped: ")
+        report.longrepr = f"skipped under CI, where every required part must run: {reason}"
+    return report
 
 
 @asynccontextmanager
