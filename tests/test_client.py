@@ -1,156 +1,98 @@
-"""The gateway client's sentences, over real HTTP.
+"""The gateway client's sentences, over real HTTP, against the gateway's real answers.
 
-The gateway's own app runs on hypercorn with a scripted swarm behind it (a real
-``Generation`` around a real ``Call``) and a meter that refuses, so every error shape is the
-one the gateway really sends. Routes others are still building get a stand-in that answers
-as docs/api.md says. The client runs in a worker thread, as it is synchronous.
+In-process: the gateway's own app (``create_app``) on hypercorn, with its real accounts,
+limiter and usage meter on a SQLite file, and a real ``Router`` reaching real node
+services over in-memory streams; only the models are stand-ins (an echo, a "GPU" that
+fails mid-answer, squares for images). Every error the client turns into a sentence is
+the one the gateway really sends. Two stand-in servers play what the gateway is not: an
+older gateway and a server that is no gateway at all. Last, a real swarm in processes
+gives the texts only real peers produce: a node killed in the middle of an answer.
+The client runs in a worker thread, as it is synchronous.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import math
 import socket
-from collections.abc import AsyncIterator, Callable
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
 from hypercorn.config import Config
 from hypercorn.trio import serve
 from starlette.types import ASGIApp
 
 import keys
 from gateway import client as c
+from gateway import peers_api
+from gateway.accounts import Accounts
 from gateway.app import create_app
 from gateway.auth import Authenticator
-from gateway.errors import ApiError
-from gateway.metering import Outcome
-from gateway.router import Generation, NoPeerReady, UnknownModel
+from gateway.limits import Limiter, Plan, Plans
 from gateway.services import Services
-from node.rpc_client import Call
-from protocols import Chunk, End, Error, ErrorCode, GenerateParams, Message
+from gateway.store import Store
+from gateway.usage import UsageMeter
+from node.runners import EchoRunner
+from node.runners.base import Delta
+from protocols import GenerateParams, ModelInfo
+from tests.conftest import Swarm
+from tests.test_images_swarm import Squares, node, swarm_of
+from tests.test_swarm import wait_nodes
 
 T = TypeVar("T")
-KEY = Ed25519PrivateKey.generate()
-TOKEN = keys.issue(KEY, "alice", 3600)
-PEER = "12D3KooWScriptedNodeForClientTests"
-PNG = b"\x89PNG\r\n\x1a\nnot really an image"
+PASSWORD = "correct horse battery"
+GATEWAY_ID = "12D3KooWGatewayForClientTests"
 
 
-class Backend:
-    """``echo`` streams the last message back; ``flaky`` fails after one piece;
-    ``busy`` has no node ready; anything else is unknown."""
+class BrokenGPU:
+    """A text model whose device fails after its first word, once ``read`` is set (the
+    client has that word): the failure comes in the middle of the answer."""
 
-    def serving(self) -> dict[str, list[dict[str, Any]]]:
-        peer = {"peer_id": PEER, "state": "ready", "healthy": True, "inflight": 0}
-        return {"echo": [peer], "flaky": [peer], "sd": [peer]}
+    info = ModelInfo("flaky", "text-generation", "none", 1 << 20, 1, "ready")
 
-    @asynccontextmanager
-    async def generate(self, params: GenerateParams, timeout: float) -> AsyncIterator[Generation]:
-        if params.model == "busy":
-            raise NoPeerReady("no node can take 'busy' now (a1b2c3d4: loading)")
-        if params.model not in self.serving():
-            raise UnknownModel(params.model, sorted(self.serving()))
-        assert params.messages is not None
-        words = params.messages[-1].content.split()
-        frames: list[Message] = [Chunk(1, {"text": " " * (i > 0) + w}) for i, w in enumerate(words)]
-        if params.model == "flaky":
-            frames = [frames[0], Error(1, ErrorCode.INTERNAL, "GPU fell off the bus")]
-        else:
-            frames.append(End(1, {"prompt_tokens": 3, "completion_tokens": len(words)}))
-        send, receive = trio.open_memory_channel[Message](math.inf)
-        for frame in frames:
-            send.send_nowait(frame)
-        call = Call(1, receive)
-        yield Generation(PEER, call, await anext(call, None))
+    def __init__(self) -> None:
+        self.read = threading.Event()
 
+    def generate(self, params: GenerateParams, cancelled: threading.Event) -> Iterator[Delta]:
+        yield Delta("one", 1, 1)
+        self.read.wait(30)
+        raise RuntimeError("GPU fell off the bus")
 
-class Limiter:
-    """Refuses user ``limited`` with a 429, as a rate limit would."""
-
-    async def admit(self, claims: keys.Claims, outcome: Outcome) -> None:
-        if claims.sub == "limited":
-            raise ApiError(
-                429, "10 requests per minute", "rate_limit_exceeded", headers={"Retry-After": "7"}
-            )
-
-    async def record(self, claims: keys.Claims, outcome: Outcome) -> None:
+    def close(self) -> None:
         pass
 
-    def headers(self, claims: keys.Claims) -> dict[str, str]:
-        return {}
 
+@dataclass
+class Gateway:
+    url: str
+    signer: Ed25519PrivateKey
+    gpu: BrokenGPU
 
-def peers() -> list[dict[str, Any]]:
-    return [
-        {
-            "peer_id": PEER,
-            "role": "node",
-            "addrs": ["/ip4/127.0.0.1/tcp/4001"],
-            "version": "0.1.0",
-            "hardware": {"backend": "cpu", "device_name": "cpu", "vram_total": 0, "vram_free": 0},
-            "models": [
-                {"id": "echo", "task": "text-generation", "dtype": "none", "state": "ready"},
-                {"id": "flaky", "task": "text-generation", "dtype": "none", "state": "ready"},
-                {"id": "sd", "task": "text-to-image", "dtype": "float32", "state": "ready"},
-            ],
-            "load": {
-                "inflight": 0,
-                "queued": 0,
-                "capacity": 8,
-                "tokens_per_s": 0.0,
-                "draining": False,
-            },
-            "last_seen": 0.5,
-            "healthy": True,
-        }
-    ]
+    def token(self, user: str) -> str:
+        return keys.issue(self.signer, user, 3600)
 
+    def client(self, user: str | None = None, token: str | None = None) -> c.GatewayClient:
+        return c.GatewayClient(self.url, token or (self.token(user) if user else None))
 
-def gateway_app() -> ASGIApp:
-    services = Services(
-        backend=Backend(), auth=Authenticator(KEY.public_key()), meters=[Limiter()], peers=peers
-    )
-    return create_app(services)
-
-
-def contract_app() -> FastAPI:
-    """Routes of docs/api.md the gateway does not serve yet, answered as documented."""
-    app = FastAPI()
-
-    @app.post("/v1/auth/login")
-    async def login(request: Request) -> JSONResponse:
-        body = await request.json()
-        if body != {"username": "alice", "password": "s3cret"}:
-            error = {"message": "invalid username or password", "code": "invalid_credentials"}
-            return JSONResponse({"error": error}, 401)
-        user = {"username": "alice"}
-        return JSONResponse({"user": user, "token": "tok-alice", "expires_at": 1900000000})
-
-    @app.get("/v1/usage")
-    async def usage(days: int) -> dict[str, Any]:
-        row = {"date": "2025-01-02", "model": "echo", "requests": days, "prompt_tokens": 5}
-        return {"object": "list", "data": [row], "totals": {"requests": days}, "limits": {}}
-
-    @app.post("/v1/images/generations")
-    async def images(request: Request) -> dict[str, Any]:
-        body = await request.json()
-        assert body["response_format"] == "b64_json" and body["n"] == 1
-        return {"created": 0, "data": [{"b64_json": base64.b64encode(PNG).decode()}]}
-
-    @app.get("/v1/models")
-    async def not_a_gateway() -> PlainTextResponse:
-        return PlainTextResponse("<html>hello</html>")
-
-    return app
+    def raw_error(self, user: str, chat: dict[str, Any]) -> dict[str, Any]:
+        """The error the gateway sends for a chat call, read without the client."""
+        auth = {"Authorization": f"Bearer {self.token(user)}"}
+        url = f"{self.url}/v1/chat/completions"
+        response = httpx.post(url, json=chat, headers=auth, timeout=10)
+        assert response.status_code >= 400, response.text
+        error: dict[str, Any] = response.json()["error"]
+        return error
 
 
 @asynccontextmanager
@@ -163,6 +105,47 @@ async def served(app: ASGIApp | FastAPI) -> AsyncIterator[str]:
         binds = await nursery.start(partial(serve, app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
         yield str(binds[0])
         stop.set()
+
+
+@asynccontextmanager
+async def real_gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+    """The gateway's app around two nodes: one serving ``echo``, ``flaky`` and the image
+    model ``sd``, one serving ``busy`` but draining. ``alice`` can log in; ``limited``
+    may make one request a minute."""
+    signer = Ed25519PrivateKey.generate()
+    store = Store.open(tmp_path)
+    now = time.time()
+    store.add_user("alice", keys.hash_password(PASSWORD), "default", now)
+    store.add_user("limited", None, "tight", now)
+    plans = Plans({"tight": Plan("tight", requests_per_minute=1)})
+    accounts = Accounts(store, plans, signer)
+    await accounts.load()
+    limiter = Limiter(accounts.plan_of)
+    await limiter.load(store)
+    draining = node({"busy": EchoRunner("busy")})
+    draining.scheduler.drain()
+    gpu = BrokenGPU()
+    nodes = {
+        "12D3KooWNodeA": node({"echo": EchoRunner(), "flaky": gpu, "sd": Squares("sd")}),
+        "12D3KooWNodeZ": draining,
+    }
+    try:
+        async with swarm_of(nodes) as router:
+            services = Services(
+                backend=router,
+                auth=Authenticator(keys.KeySet.of(signer.public_key()), [accounts]),
+                peer_id=GATEWAY_ID,
+                peers=lambda: peers_api.snapshot(router.table, GATEWAY_ID, [], time.time()),
+                image_backend=router,
+                meters=[limiter, UsageMeter(store)],
+                store=store,
+                accounts=accounts,
+                limiter=limiter,
+            )
+            async with served(create_app(services)) as url:
+                yield Gateway(url, signer, gpu)
+    finally:
+        store.close()
 
 
 async def off_thread(call: Callable[[], T]) -> T:
@@ -180,75 +163,141 @@ def stream_all(client: c.GatewayClient, model: str, text: str) -> tuple[str, c.C
         return "".join(s), s
 
 
-async def test_a_streamed_answer_with_its_node_and_usage() -> None:
-    async with served(gateway_app()) as url:
-        client = c.GatewayClient(url, TOKEN)
+def read_until_broken(client: c.GatewayClient, gpu: BrokenGPU) -> None:
+    with client.chat_stream("flaky", [{"role": "user", "content": "a b c"}]) as stream:
+        for piece in stream:
+            assert piece == "one"
+            gpu.read.set()
+
+
+def chat_body(model: str) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
+async def test_a_streamed_answer_with_its_node_and_usage(tmp_path: Path) -> None:
+    async with real_gateway(tmp_path) as gw:
+        client = gw.client("alice")
         text, stream = await off_thread(lambda: stream_all(client, "echo", "one two three"))
         assert text == "one two three"
-        assert stream.node == PEER
+        assert stream.node == "12D3KooWNodeA"
         assert stream.usage["completion_tokens"] == 3 and stream.finish_reason == "stop"
-        # This gateway's /v1/models does not say what each model does: its peers do.
-        assert await off_thread(client.chat_models) == ["echo", "flaky"]
+        assert await off_thread(client.chat_models) == ["busy", "echo", "flaky"]
         assert await off_thread(client.image_models) == ["sd"]
         listed = await off_thread(client.peers)
-        assert listed[0]["peer_id"] == PEER
+        assert listed[0]["peer_id"] == GATEWAY_ID
+        assert {p["peer_id"] for p in listed[1:]} == {"12D3KooWNodeA", "12D3KooWNodeZ"}
+        assert await off_thread(lambda: client.image("sd", "a cat")) == [b"png-0"]
         client.close()
 
 
-async def test_refusals_read_as_sentences() -> None:
-    async with served(gateway_app()) as url:
-        client = c.GatewayClient(url, TOKEN)
-        limited = c.GatewayClient(url, keys.issue(KEY, "limited", 3600))
-        stranger = c.GatewayClient(url, keys.issue(Ed25519PrivateKey.generate(), "bob", 3600))
+async def test_refusals_read_as_sentences(tmp_path: Path) -> None:
+    async with real_gateway(tmp_path) as gw:
+        client = gw.client("alice")
+        stranger = gw.client(token=keys.issue(Ed25519PrivateKey.generate(), "bob", 3600))
 
         refused = await off_thread(lambda: catch(stranger.models))
-        assert isinstance(refused, c.AuthRefused)
-        assert str(refused).startswith("your token was refused (")
-        assert str(refused).endswith("); log in again with `bitinglip login`")
+        assert isinstance(refused, c.AuthRefused) and refused.code == "invalid_api_key"
+        assert refused.detail == "invalid token: signed by an unknown key"
+        assert str(refused) == (
+            "your token was refused (invalid token: signed by an unknown key); "
+            "log in again with `bitinglip login`"
+        )
 
         unknown = await off_thread(lambda: catch(lambda: stream_all(client, "nope", "hi")))
-        assert isinstance(unknown, c.UnknownModel) and unknown.available == ["echo", "flaky"]
-        assert str(unknown) == "unknown model 'nope'; available: echo, flaky"
+        sent = await off_thread(lambda: gw.raw_error("alice", chat_body("nope")))
+        assert isinstance(unknown, c.UnknownModel) and unknown.detail == sent["message"]
+        assert unknown.detail == (
+            "model 'nope' is not served by any node (available: busy, echo, flaky)"
+        )
+        assert unknown.available == ["busy", "echo", "flaky"]
+        assert str(unknown) == "unknown model 'nope'; available: busy, echo, flaky"
+
+        no_image = await off_thread(lambda: catch(lambda: client.image("echo", "a cat")))
+        assert isinstance(no_image, c.UnknownModel)
+        assert str(no_image) == (
+            "no node makes images with 'echo': "
+            "model 'echo' is not served by any node (available: sd)"
+        )
 
         busy = await off_thread(lambda: catch(lambda: stream_all(client, "busy", "hi")))
-        assert isinstance(busy, c.NoPeerReady)
-        assert (
-            str(busy)
-            == "no node has the model ready: no node can take 'busy' now (a1b2c3d4: loading)"
-        )
+        sent = await off_thread(lambda: gw.raw_error("alice", chat_body("busy")))
+        assert isinstance(busy, c.NoPeerReady) and busy.detail == sent["message"]
+        assert busy.detail == "no node can take 'busy' now (ooWNodeZ: ready (draining))"
+        assert str(busy) == f"no node has the model ready: {busy.detail}"
 
-        over = await off_thread(lambda: catch(lambda: stream_all(limited, "echo", "hi")))
-        assert isinstance(over, c.RateLimited) and over.retry_after == 7
-        assert str(over) == "you are over a rate limit (10 requests per minute); try again in 7 s"
-
-        broke = await off_thread(lambda: catch(lambda: stream_all(client, "flaky", "a b c")))
-        assert isinstance(broke, c.StreamFailed)
-        assert "GPU fell off the bus" in str(broke) and str(broke).startswith(
-            "the answer broke off"
-        )
-
-        for each in (client, limited, stranger):
+        for each in (client, stranger):
             each.close()
 
 
-async def test_documented_routes_and_a_server_that_is_not_a_gateway(tmp_path: Any) -> None:
-    async with served(contract_app()) as url:
+async def test_a_rate_limit_says_when_to_try_again(tmp_path: Path) -> None:
+    async with real_gateway(tmp_path) as gw:
+        limited = gw.client("limited")
+        assert (await off_thread(lambda: stream_all(limited, "echo", "once")))[0] == "once"
+        over = await off_thread(lambda: catch(lambda: stream_all(limited, "echo", "twice")))
+        assert isinstance(over, c.RateLimited)
+        assert over.detail == "rate limit of 1 requests per minute reached on plan 'tight'"
+        assert over.retry_after is not None and 1 <= over.retry_after <= 60
+        assert str(over) == (
+            f"you are over a rate limit ({over.detail}); try again in {over.retry_after:g} s"
+        )
+        limited.close()
+
+
+async def test_login_and_usage(tmp_path: Path) -> None:
+    async with real_gateway(tmp_path) as gw:
+        anonymous = gw.client()
+        wrong = await off_thread(lambda: catch(lambda: anonymous.login("alice", "guessing")))
+        assert isinstance(wrong, c.AuthRefused) and wrong.code == "invalid_credentials"
+        assert str(wrong) == (
+            "the gateway refused that username and password (wrong username or password)"
+        )
+        login = await off_thread(lambda: anonymous.login("alice", PASSWORD))
+        assert login["user"]["username"] == "alice"
+
+        session = gw.client(token=login["token"])
+        await off_thread(lambda: stream_all(session, "echo", "count me"))
+        usage = await off_thread(lambda: session.usage(days=7))
+        assert [(r["model"], r["requests"], r["completion_tokens"]) for r in usage["data"]] == [
+            ("echo", 1, 2)
+        ]
+        assert usage["limits"]["requests_this_minute"] == 1
+        for each in (anonymous, session):
+            each.close()
+
+
+def older_gateway() -> FastAPI:
+    """A gateway from before models told their task and before ``/v1/peers``."""
+    app = FastAPI()
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": "echo", "object": "model"}]}
+
+    return app
+
+
+def not_a_gateway() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/v1/models")
+    async def page() -> PlainTextResponse:
+        return PlainTextResponse("<html>hello</html>")
+
+    return app
+
+
+async def test_an_older_gateway_and_a_server_that_is_not_a_gateway() -> None:
+    async with served(older_gateway()) as url:
         client = c.GatewayClient(url.removeprefix("http://") + "/")  # host:port is enough
         assert client.url == url
-        login = await off_thread(lambda: client.login("alice", "s3cret"))
-        assert login["token"] == "tok-alice"
-        wrong = await off_thread(lambda: catch(lambda: client.login("alice", "guess")))
-        assert isinstance(wrong, c.AuthRefused)
-        assert str(wrong) == (
-            "the gateway refused that username and password (invalid username or password)"
-        )
-        usage = await off_thread(lambda: client.usage(days=7))
-        assert usage["data"][0]["requests"] == 7
-        assert await off_thread(lambda: client.image("sd", "a cat")) == [PNG]
+        assert await off_thread(client.chat_models) == ["echo"]  # taken to chat
         missing = await off_thread(lambda: catch(client.peers))
         assert str(missing) == (
             f"the gateway at {url} does not offer /v1/peers: it may be an older version"
         )
+        client.close()
+    async with served(not_a_gateway()) as url:
+        client = c.GatewayClient(url)
         odd = await off_thread(lambda: catch(client.models))
         assert isinstance(odd, c.BadResponse)
         assert str(odd) == f"{url} did not answer /v1/models like a BitingLip gateway"
@@ -259,12 +308,38 @@ def test_an_absent_gateway_is_named() -> None:
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    client = c.GatewayClient(f"http://127.0.0.1:{port}", TOKEN)
+    client = c.GatewayClient(f"http://127.0.0.1:{port}", "token")
     error = catch(client.models)
     assert isinstance(error, c.Unreachable)
     assert str(error) == (
         f"cannot reach the gateway at http://127.0.0.1:{port}: is `bitinglip up` running?"
     )
+
+
+@pytest.mark.integration
+def test_a_real_swarm_answers_and_a_dying_node_breaks_the_answer(swarm: Swarm) -> None:
+    gateway = swarm.start_gateway()
+    boot = [str(gateway["addrs"][0])]  # type: ignore[index]
+    swarm.start_node("node-0", boot, ["echo"], ["--echo-delay", "0.1"])
+    swarm.wait_ready(["node-0"])
+    wait_nodes(swarm.url(), 1)
+    client = c.GatewayClient(swarm.url(), swarm.token())
+    text, stream = stream_all(client, "echo", "one two")
+    assert (text, stream.node) == ("one two", swarm.peer_id("node-0"))
+    assert stream.usage["completion_tokens"] == 2
+
+    words = " ".join(f"w{i}" for i in range(100))  # 10 s at this node's pace
+    received = ""
+    messages = [{"role": "user", "content": words}]
+    with pytest.raises(c.StreamFailed) as caught, client.chat_stream("echo", messages) as pieces:
+        for piece in pieces:
+            if not received:
+                swarm.kill("node-0")
+            received += piece
+    assert received.startswith("w0") and received != words
+    broke_off = "the answer broke off: node lost mid-answer: connection to peer lost"
+    assert str(caught.value) == broke_off
+    client.close()
 
 
 def test_sse_events_across_chunks_and_the_size_cap() -> None:
@@ -287,10 +362,10 @@ def test_stream_pieces_usage_and_a_cut_off_stream() -> None:
     end = {"choices": [{"delta": {}, "finish_reason": "length"}]}
     usage = {"choices": [], "usage": {"completion_tokens": 2}}
     body = sse(piece, piece, end, usage, "[DONE]")
-    stream = c.ChatStream(httpx.Response(200, headers={c.NODE_HEADER: PEER}, content=body))
+    stream = c.ChatStream(httpx.Response(200, headers={c.NODE_HEADER: "peer"}, content=body))
     assert list(stream) == ["hi", "hi"]
     assert (stream.node, stream.finish_reason, stream.usage) == (
-        PEER,
+        "peer",
         "length",
         {"completion_tokens": 2},
     )
