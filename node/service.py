@@ -129,6 +129,7 @@ class NodeService:
         send, receive = trio.open_memory_channel[Delta | Exception](math.inf)
         last: Delta | None = None
         whole: list[str] = []  # the answer, when the caller did not ask for a stream
+        failure: Exception | None = None
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_pump, deltas, send, cancelled)
@@ -136,9 +137,12 @@ class NodeService:
                     # Deltas that arrived while the last chunk was being written go
                     # out together: one frame instead of one per token.
                     batch = [first, *_drain(receive)]
-                    for item in batch:
-                        if isinstance(item, Exception):
-                            raise item
+                    failure = next((i for i in batch if isinstance(i, Exception)), None)
+                    if failure is not None:
+                        # Raised below, outside the nursery, which would wrap it in an
+                        # exception group and hide its message and error code.
+                        nursery.cancel_scope.cancel()
+                        break
                     pieces = [d for d in batch if isinstance(d, Delta)]
                     last = pieces[-1]
                     text = "".join(d.text for d in pieces)
@@ -149,6 +153,8 @@ class NodeService:
         finally:
             # Tells the runner to stop between tokens when the caller has gone away.
             cancelled.set()
+        if failure is not None:
+            raise failure
         if last is None:
             raise RpcError(ErrorCode.INTERNAL, "the model produced nothing")
         self.scheduler.record_speed(last.completion_tokens, time.monotonic() - started)

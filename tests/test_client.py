@@ -225,6 +225,11 @@ async def test_refusals_read_as_sentences(tmp_path: Path) -> None:
         assert busy.detail == "no node can take 'busy' now (ooWNodeZ: ready (draining))"
         assert str(busy) == f"no node has the model ready: {busy.detail}"
 
+        broke = await off_thread(lambda: catch(lambda: read_until_broken(client, gw.gpu)))
+        assert isinstance(broke, c.StreamFailed) and broke.code == "internal"
+        assert str(broke) == (
+            "the answer broke off: node failed mid-answer: RuntimeError: GPU fell off the bus"
+        )
         for each in (client, stranger):
             each.close()
 
