@@ -1,14 +1,13 @@
-"""``/v1/completions`` in-process: plain, streamed, echo, errors, and the openai client."""
+"""``/v1/completions`` in-process: plain, streamed, echo, errors. The openai client against
+a real swarm is in test_openai_e2e."""
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
-import httpx
-import openai
 import pytest
 
-from tests.test_http import FakeBackend, auth, http, make_app, sse_events, token
+from tests.test_http import FakeBackend, auth, http, make_app, sse_events
 
 
 @pytest.fixture
@@ -73,24 +72,3 @@ async def test_unknown_model_is_404(backend: FakeBackend) -> None:
     async with http(make_app(backend)) as client:
         reply = await client.post("/v1/completions", json=body(model="nope"), headers=auth())
     assert reply.status_code == 404
-
-
-async def test_openai_client_completions(backend: FakeBackend) -> None:
-    transport = httpx.ASGITransport(app=make_app(backend))
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http_client:
-        client = openai.AsyncOpenAI(
-            base_url="http://test/v1",
-            api_key=token(),
-            http_client=cast(Any, http_client),
-            max_retries=0,
-        )
-        answer = await client.completions.create(model="echo", prompt="hi there", max_tokens=5)
-        assert answer.choices[0].text == "hi there"
-        pieces = [
-            c.choices[0].text
-            async for c in await client.completions.create(
-                model="echo", prompt="a b c", max_tokens=5, stream=True
-            )
-            if c.choices
-        ]
-        assert "".join(pieces) == "a b c"
