@@ -1,8 +1,10 @@
 """``/v1/images/generations`` and ``/v1/images/{name}.png``, in-process with a fake swarm.
 
 The fake backend answers like a ``Router``: real PNGs from a node that does not exist,
-or the routing errors a real one raises. The last tests use the official ``openai``
-client.
+drawn from the seed (chosen at random when the request gave none, as a node does), or the
+routing errors a real one raises. The last test checks, still in-process, that the
+request shapes of the official ``openai`` client are understood; test_images_swarm runs
+that client against a real swarm.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import base64
 import io
 import os
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -34,6 +37,7 @@ from gateway.metering import Outcome
 from gateway.router import Generation, Images, NoPeerReady, UnknownModel, UpstreamError
 from gateway.services import ImageBackend, Services
 from protocols import ErrorCode, GenerateParams, ImageParams
+from protocols.generation import MAX_SEED
 from tests.test_http import http
 
 KEY = Ed25519PrivateKey.generate()
@@ -51,11 +55,12 @@ def png(width: int, height: int, shade: int) -> bytes:
 
 
 class FakeImages:
-    """``pics`` answers with solid squares; ``busy`` has no free node; ``broken`` and
-    ``refused`` fail on the node; anything else is unknown."""
+    """``pics`` answers with solid squares whose colour follows the seed; ``busy`` has no
+    free node; ``broken`` and ``refused`` fail on the node; anything else is unknown."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[ImageParams, float]] = []
+        self.seeds: list[int] = []  # the seed each call used
 
     async def generate_image(self, params: ImageParams, timeout: float) -> Images:
         self.calls.append((params, timeout))
@@ -67,8 +72,9 @@ class FakeImages:
             raise UpstreamError(ErrorCode.BAD_REQUEST, "the pipeline refused the size")
         if params.model != "pics":
             raise UnknownModel(params.model, ["pics"])
-        seed = 1234 if params.seed is None else params.seed
-        images = [png(params.width, params.height, 10 * i) for i in range(params.n)]
+        seed = secrets.randbelow(MAX_SEED + 1) if params.seed is None else params.seed
+        self.seeds.append(seed)
+        images = [png(params.width, params.height, (seed + 10 * i) % 256) for i in range(params.n)]
         return Images(PEER, images, seed)
 
 
@@ -196,7 +202,21 @@ async def test_diffusion_knobs_pass_through(client: httpx.AsyncClient, backend: 
     assert response.status_code == 200, response.text
     params = backend.calls[0][0]
     assert (params.steps, params.guidance, params.seed) == (4, 0.0, None)
-    assert response.json()["seed"] == 1234  # the node's choice comes back
+    assert response.json()["seed"] == backend.seeds[0]  # the node's choice comes back
+
+
+async def test_the_answers_seed_makes_the_same_images_again(client: httpx.AsyncClient) -> None:
+    async def images(**extra: Any) -> tuple[int, list[str]]:
+        body = request(n=2, response_format="b64_json", **extra)
+        response = await client.post("/v1/images/generations", json=body, headers=AUTH)
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        return answer["seed"], [item["b64_json"] for item in answer["data"]]
+
+    seed, first = await images()  # no seed: the node picks one and the answer says which
+    assert await images(seed=seed) == (seed, first)
+    other = (seed + 1) % (MAX_SEED + 1)
+    assert (await images(seed=other))[1] != first
 
 
 @pytest.mark.parametrize(
@@ -358,7 +378,7 @@ async def test_expired_images_are_gone(
     assert len(left) == 2
 
 
-# --- the official client ---------------------------------------------------------------------
+# --- the official client's request shapes, in-process ----------------------------------------
 
 
 @asynccontextmanager
@@ -373,7 +393,7 @@ async def openai_client(app: ASGIApp) -> AsyncIterator[openai.AsyncOpenAI]:
         )
 
 
-async def test_openai_client(backend: FakeImages, image_dir: Path) -> None:
+async def test_openai_sdk_image_calls_in_process(backend: FakeImages, image_dir: Path) -> None:
     async with openai_client(make_app(backend, image_dir)) as client:
         inline = await client.images.generate(
             model="pics", prompt="a red square", size=cast(Any, "64x64"), n=2,
