@@ -115,11 +115,9 @@ class CancelAfter(threading.Event):
 
 def test_cancellation_stops_between_steps(runner: DiffusersRunner) -> None:
     cancelled = CancelAfter(4)
-    started = time.monotonic()
     with pytest.raises(GenerationCancelled, match="after 3 of 100 steps"):
         runner.generate_images(params(steps=100), cancelled)
     assert cancelled.looks == 4  # once before the first step, then once per step
-    assert time.monotonic() - started < 2
     # The runner is free again at once.
     assert len(runner.generate_images(params(), threading.Event())) == 1
 

@@ -48,6 +48,10 @@ def _cache_entry(cache: Path, model_id: str) -> Path:
     return snapshot
 
 
+def refuse_to_convert(*args: object) -> Path:
+    raise AssertionError("converted again")
+
+
 def test_local_directory_is_used_as_is(tmp_path: Path) -> None:
     model = build_tiny_llama(tmp_path / "my-model")
     assert resolve(str(model), tmp_path / "data", no_progress) == model
@@ -55,10 +59,8 @@ def test_local_directory_is_used_as_is(tmp_path: Path) -> None:
 
 def test_found_in_hub_cache_offline(hub_cache: Path, tmp_path: Path) -> None:
     snapshot = build_tiny_llama(_cache_entry(hub_cache, "someone/tiny-llama"))
-    started = time.monotonic()
     found = resolve("someone/tiny-llama", tmp_path / "data", no_progress)
     assert found == snapshot
-    assert time.monotonic() - started < 1.0
 
     from transformers import AutoConfig
 
@@ -99,7 +101,8 @@ def test_unreachable_hub_fails_fast(
     started = time.monotonic()
     with pytest.raises(ModelNotAvailable, match="cannot be reached"):
         resolve("nobody/no-such-model", tmp_path / "data", no_progress)
-    assert time.monotonic() - started < 5.0
+    # No retries with back-off: the error comes in seconds (a generous bound for a busy host).
+    assert time.monotonic() - started < 20.0
 
 
 def test_download_progress_reaches_the_callback() -> None:
@@ -137,9 +140,8 @@ def test_default_model_converted_once_from_bundled_gguf(
     # A later start finds the converted copy at once.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    started = time.monotonic()
+    monkeypatch.setattr(node.models, "_convert_gguf", refuse_to_convert)
     assert resolve(DEFAULT_MODEL, default_model.data_dir, no_progress) == path
-    assert time.monotonic() - started < 1.0
 
 
 def test_interrupted_conversion_leaves_nothing_behind(

@@ -179,15 +179,18 @@ def test_completion_multiline_settings_and_save(live: Live, tmp_path: Path) -> N
 def test_ctrl_c_stops_an_answer_and_clears_a_line(live: Live, tmp_path: Path) -> None:
     child = repl(tmp_path, "--gateway", live.url, "--token", live.token)
     child.expect_exact(PROMPT)
+    child.sendline("/set max_tokens 1000")
+    child.expect_exact(PROMPT)
     started = time.monotonic()
-    child.sendline("x  " * 200)  # ten seconds of answer
+    child.sendline("x  " * 1000)  # fifty seconds of answer
     child.expect_exact("x x x x")
     child.sendintr()
     child.expect_exact("stopped")
     child.expect_exact(PROMPT)
-    # Closing the stream reached the node: it is idle long before the answer would have ended.
+    # Closing the stream reached the node: its call ended long before the answer would have
+    # (that the model itself then stops is shown in test_rpc, with a recording runner).
     while live.inflight():
-        assert time.monotonic() - started < 7, "the node kept generating"
+        assert time.monotonic() - started < 25, "the node kept generating"
         time.sleep(0.05)
     child.sendline("still  here")
     child.expect_exact("still here")

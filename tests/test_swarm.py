@@ -32,6 +32,20 @@ def wait_nodes(url: str, count: int, timeout: float = 30) -> dict[str, Any]:
     raise AssertionError(f"gateway sees {health.get('nodes')} nodes, expected {count}")
 
 
+def wait_busy(url: str, token: str, peer: str, timeout: float = 30) -> None:
+    """Until the gateway's view of ``peer`` shows a call running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reply = httpx.get(
+            f"{url}/v1/peers", headers={"Authorization": f"Bearer {token}"}, timeout=5
+        ).json()
+        loads = [p["load"] for p in reply["data"] if p["peer_id"] == peer and p["load"]]
+        if loads and loads[0]["inflight"] >= 1:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the gateway never saw {peer} busy")
+
+
 def test_nodes_found_through_the_dht_and_answer(swarm: Swarm) -> None:
     # node-1 knows only node-0, and the gateway knows only node-1: no registry, no
     # full mesh of bootstrap addresses; the DHT must tie them together.
@@ -81,8 +95,8 @@ def test_busy_node_is_passed_over_and_dead_node_drops_out(swarm: Swarm) -> None:
 
     worker = threading.Thread(target=long_call)
     worker.start()
-    assert first_token.wait(10)
-    time.sleep(0.3)  # let the node's load update reach the gateway
+    assert first_token.wait(30)
+    wait_busy(url, token, busy["node"])  # the node's own load report has reached the gateway
     # ...and every short call meanwhile goes to the idle one.
     served = {chat(url, token, "quick").headers["x-bitinglip-node"] for _ in range(3)}
     worker.join()
@@ -95,5 +109,5 @@ def test_busy_node_is_passed_over_and_dead_node_drops_out(swarm: Swarm) -> None:
         reply = chat(url, token, "still there?")
         assert reply.status_code == 200, reply.text
         assert reply.headers["x-bitinglip-node"] == swarm.peer_id("node-1")
-    health = wait_nodes(url, 1, timeout=10)
+    health = wait_nodes(url, 1)
     assert health["nodes"] == 1
