@@ -134,7 +134,9 @@ def test_oversized_frame_after_good_ones_still_raises() -> None:
 
 
 def test_frame_too_large_is_a_remote_protocol_error() -> None:
-    assert issubclass(FrameTooLarge, RemoteProtocolError)
+    # Stream handlers catch RemoteProtocolError to answer the peer and close its stream.
+    with pytest.raises(RemoteProtocolError):
+        FrameDecoder(max_frame=4).feed(struct.pack(">I", 5))
 
 
 def test_encode_refuses_oversized_payload() -> None:
@@ -609,5 +611,11 @@ def test_unsigned_garbage_record_is_a_remote_protocol_error(
         verify_record(_unsigned(**_record_fields(k, **change)), k.operator_public, NOW)
 
 
-def test_default_max_frame_is_four_mebibytes() -> None:
-    assert DEFAULT_MAX_FRAME == 4 * 1024 * 1024
+def test_frames_up_to_four_mebibytes_pass_by_default() -> None:
+    limit = 4 * 1024 * 1024
+    assert FrameDecoder().feed(encode_frame(b"x" * limit)) == [b"x" * limit]
+    with pytest.raises(FrameTooLarge):
+        FrameDecoder().feed(struct.pack(">I", limit + 1))
+    with pytest.raises(LocalProtocolError):
+        encode_frame(b"x" * (limit + 1))
+    assert DEFAULT_MAX_FRAME == limit  # what the decoder and encoder above default to
