@@ -26,9 +26,11 @@ from node.cli import build_parser
 from node.config import NodeConfig, load
 from node.metrics import NodeMetrics
 from node.rpc_server import Caller, Emit, RpcError
+from node.runners import EchoRunner
 from protocols import ErrorCode, Hardware, Load
 from tests.conftest import Swarm
 from tests.test_http import KEY, FakeBackend, auth, chat, http
+from tests.test_images_swarm import node, swarm_of
 from tests.test_peer_table import record
 from tests.test_swarm import wait_nodes
 
@@ -81,7 +83,7 @@ async def gateway() -> AsyncIterator[tuple[httpx.AsyncClient, PeerTable]]:
     table.upsert(record("12D3KooWDrains", issued_at=now), now=now)
     table.update_load("12D3KooWDrains", Load(0, 0, 1, 0.0, 0, draining=True), now=now)
     table.upsert(record("12D3KooWSilent", issued_at=now), now=now)  # no load update yet
-    services.metrics.observe_swarm(table, lambda: 3)
+    services.metrics.observe_swarm(table, lambda: 0)
     async with http(create_app(services)) as client:
         yield client, table
 
@@ -140,7 +142,6 @@ async def test_gateway_reads_the_swarm_at_scrape_time(
 ) -> None:
     client, table = gateway
     samples = await scrape(client)
-    assert value(samples, "bitinglip_gateway_routing_retries_total") == 3
     assert value(samples, "bitinglip_gateway_peers", state="healthy") == 1
     assert value(samples, "bitinglip_gateway_peers", state="draining") == 1
     assert value(samples, "bitinglip_gateway_peers", state="suspect") == 1
@@ -155,6 +156,26 @@ async def test_gateway_reads_the_swarm_at_scrape_time(
     later = await scrape(client)
     assert ("bitinglip_gateway_peer_inflight", frozenset(busy.items())) not in later
     assert value(later, "bitinglip_gateway_peers", state="healthy") == 0
+
+
+async def test_routing_retries_count_the_calls_a_node_did_not_take() -> None:
+    # A real router over two real node services: peer-a ranks first (same load, lower id)
+    # but began draining after the gateway last heard its load, so it refuses every call,
+    # which then goes to peer-b.
+    draining, healthy = node({"echo": EchoRunner()}), node({"echo": EchoRunner()})
+    async with swarm_of({"peer-a": draining, "peer-b": healthy}) as router:
+        draining.scheduler.drain()
+        services = Services(backend=router, auth=Authenticator(KEY.public_key()))
+        services.metrics.observe_swarm(router.table, lambda: router.retries)  # as a gateway does
+        async with http(create_app(services)) as client:
+            retries = []
+            for _ in range(2):
+                reply = await client.post("/v1/chat/completions", json=chat(), headers=auth())
+                assert reply.status_code == 200, reply.text
+                assert reply.headers["x-bitinglip-node"] == "peer-b"
+                samples = await scrape(client)
+                retries.append(value(samples, "bitinglip_gateway_routing_retries_total"))
+    assert retries == [1, 2]
 
 
 async def test_each_app_has_its_own_registry() -> None:
