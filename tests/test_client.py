@@ -19,7 +19,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,9 +28,6 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
-from hypercorn.config import Config
-from hypercorn.trio import serve
-from starlette.types import ASGIApp
 
 import keys
 from gateway import client as c
@@ -46,7 +42,7 @@ from gateway.usage import UsageMeter
 from node.runners import EchoRunner
 from node.runners.base import Delta
 from protocols import GenerateParams, ModelInfo
-from tests.conftest import Swarm
+from tests.conftest import Swarm, served
 from tests.test_images_swarm import Squares, node, swarm_of
 from tests.test_swarm import wait_nodes
 
@@ -93,18 +89,6 @@ class Gateway:
         assert response.status_code >= 400, response.text
         error: dict[str, Any] = response.json()["error"]
         return error
-
-
-@asynccontextmanager
-async def served(app: ASGIApp | FastAPI) -> AsyncIterator[str]:
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(partial(serve, app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
-        yield str(binds[0])
-        stop.set()
 
 
 @asynccontextmanager
