@@ -1,8 +1,9 @@
 """The gateway's HTTP API, in-process over ``httpx.ASGITransport`` with a fake swarm behind it.
 
 The fake backend answers like a real ``Router``: it hands out a real ``Generation`` around a
-real ``Call`` fed from a memory channel with the frames a node would send. The last tests
-drive the app with the official ``openai`` client.
+real ``Call`` fed from a memory channel with the frames a node would send. One test drives
+the app with the official ``openai`` client in-process; tests/test_openai_e2e.py runs that
+client against real processes.
 """
 
 from __future__ import annotations
@@ -613,52 +614,7 @@ async def openai_client(
         )
 
 
-async def test_openai_client_chat(backend: FakeBackend) -> None:
-    async with openai_client(backend) as client:
-        completion = await client.chat.completions.create(
-            model="echo",
-            messages=[
-                {"role": "system", "content": "be brief"},
-                {"role": "user", "content": "Hello there"},
-            ],
-            max_tokens=16,
-        )
-    assert completion.choices[0].message.content == "Hello there"
-    assert completion.choices[0].finish_reason == "stop"
-    assert completion.usage is not None
-    assert completion.usage.total_tokens == completion.usage.prompt_tokens + 2
-
-
-async def test_openai_client_stream(backend: FakeBackend) -> None:
-    async with openai_client(backend) as client:
-        stream = await client.chat.completions.create(
-            model="echo",
-            messages=[{"role": "user", "content": "streamed words arrive"}],
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-        pieces: list[str] = []
-        finish: list[str] = []
-        usage_seen = 0
-        async for chunk in stream:
-            if chunk.usage is not None:
-                usage_seen += chunk.usage.completion_tokens
-            for choice in chunk.choices:
-                pieces.append(choice.delta.content or "")
-                if choice.finish_reason:
-                    finish.append(choice.finish_reason)
-    assert "".join(pieces) == "streamed words arrive"
-    assert finish == ["stop"]
-    assert usage_seen == 3
-
-
-async def test_openai_client_models(backend: FakeBackend) -> None:
-    async with openai_client(backend) as client:
-        page = await client.models.list()
-    assert [m.id for m in page.data] == ["echo", "flaky", "long", "vanishing", "warming"]
-
-
-async def test_openai_client_bad_token_is_authentication_error(backend: FakeBackend) -> None:
+async def test_openai_sdk_in_process_bad_token_never_reaches_a_node(backend: FakeBackend) -> None:
     async with openai_client(backend, api_key=_tampered(token())) as client:
         with pytest.raises(openai.AuthenticationError) as caught:
             await client.chat.completions.create(
@@ -666,26 +622,6 @@ async def test_openai_client_bad_token_is_authentication_error(backend: FakeBack
             )
     assert caught.value.status_code == 401
     assert backend.calls == []
-
-
-async def test_openai_client_unknown_model_is_not_found(backend: FakeBackend) -> None:
-    async with openai_client(backend) as client:
-        with pytest.raises(openai.NotFoundError) as caught:
-            await client.chat.completions.create(
-                model="gpt-9", messages=[{"role": "user", "content": "hi"}]
-            )
-    assert caught.value.code == "model_not_found"
-    assert "echo" in caught.value.message
-
-
-async def test_openai_client_mid_stream_error_raises(backend: FakeBackend) -> None:
-    async with openai_client(backend) as client:
-        stream = await client.chat.completions.create(
-            model="flaky", messages=[{"role": "user", "content": "Hello there"}], stream=True
-        )
-        with pytest.raises(openai.APIError, match="mid-answer"):
-            async for _ in stream:
-                pass
 
 
 async def test_interactive_docs_need_no_network(client: httpx.AsyncClient) -> None:

@@ -618,4 +618,4 @@ def test_frames_up_to_four_mebibytes_pass_by_default() -> None:
         FrameDecoder().feed(struct.pack(">I", limit + 1))
     with pytest.raises(LocalProtocolError):
         encode_frame(b"x" * (limit + 1))
-    assert DEFAULT_MAX_FRAME == limit  # what the decoder and encoder above default to
+    assert limit == DEFAULT_MAX_FRAME  # what the decoder and encoder above default to
