@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--capacity", type=int, help="concurrent calls (default: the models' batch sizes)"
     )
+    start.add_argument(
+        "--slots",
+        type=int,
+        help="generations one text model runs at once (default: from its size and free memory)",
+    )
     start.add_argument("--echo-delay", type=float, help="seconds per token for echo models")
     start.add_argument(
         "--metrics-port", type=int, help="serve Prometheus metrics on this port (0 picks one)"
@@ -155,6 +160,7 @@ def _node_start(args: argparse.Namespace) -> int:
                 "models",
                 "model_store",
                 "capacity",
+                "slots",
                 "echo_delay",
                 "metrics_port",
                 "ready_file",

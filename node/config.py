@@ -23,6 +23,7 @@ class NodeConfig:
     models: list[str] = dataclasses.field(default_factory=list)
     model_store: Path | None = None  # where converted models live (default: data_dir)
     capacity: int = 0  # 0: the models' own batch sizes
+    slots: int = 0  # generations per text model at once; 0: from its size and free memory
     max_queue: int = 16
     record_ttl: float = 30.0
     echo_delay: float = 0.0

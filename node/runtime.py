@@ -104,6 +104,8 @@ class Node:
                     self.hardware.backend,
                     progress,
                     self.config.echo_delay,
+                    self.config.slots,
+                    lambda: _refresh(self.hardware).vram_free,
                 )
             )
         except Exception as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from node.runners.base import (
@@ -30,12 +31,19 @@ __all__ = [
 
 
 def load_runner(
-    model_id: str, data_dir: Path, backend: str, progress: Progress, echo_delay: float = 0.0
+    model_id: str,
+    data_dir: Path,
+    backend: str,
+    progress: Progress,
+    echo_delay: float = 0.0,
+    slots: int = 0,
+    free_memory: Callable[[], int] | None = None,
 ) -> ModelRunner:
     """Load ``model_id``: ``echo`` (or ``echo-*``) needs no torch; anything else is
     resolved from a local path, the Hugging Face cache, or the bundled default model.
     A diffusers pipeline (it has a ``model_index.json``) becomes a text-to-image
-    runner, anything else a transformers causal LM."""
+    runner, anything else a transformers causal LM batching ``slots`` generations
+    (0: as many as ``free_memory`` holds key/value caches for, once it is loaded)."""
     if model_id == "echo" or model_id.startswith("echo-"):
         return EchoRunner(model_id, delay=echo_delay)
     from node.hardware import device_for
@@ -49,7 +57,7 @@ def load_runner(
         return DiffusersRunner.load(model_id, path, device, progress)
     from node.runners.text import TextRunner
 
-    return TextRunner.load(model_id, path, device, None, 1, progress)
+    return TextRunner.load(model_id, path, device, None, slots, progress, free_memory)
 
 
 def task_of(model_id: str) -> str:

@@ -1,13 +1,13 @@
 """A text-generation runner on Hugging Face transformers.
 
-``model.generate`` runs in a background thread and hands tokens to a
-``TextIteratorStreamer``; ``generate`` turns its text into deltas as it arrives. Stop
-sequences are matched on the text (holding back any tail that may be the start of one),
-and a stopping criterion ends ``model.generate`` as soon as the caller cancels or a stop
-sequence is found, so abandoned work does not keep the model busy.
+Every generation runs in the model's ``BatchEngine`` (continuous batching: concurrent
+requests share each decoding step); ``generate`` turns the tokens it hands back into
+text deltas. Stop sequences are matched on the text (holding back any tail that may be
+the start of one); a stop sequence or a caller that goes away takes the request out of
+the batch at the next step, so abandoned work does not keep the model busy.
 
 Sampling draws from a per-request ``torch.Generator`` instead of the global RNG: a seeded
-request gives the same text even while other models sample in other threads.
+request gives the same text whatever else shares its batch.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from node.runners.base import Delta, Progress, free_device_memory
+from node.runners.batch import BatchEngine, Pick
 from protocols import GenerateParams, ModelInfo
 
 if TYPE_CHECKING:
@@ -30,10 +31,15 @@ logger = logging.getLogger(__name__)
 
 # Used when a config does not say how long a context the model was trained for.
 _FALLBACK_CONTEXT = 2048
+# Default slots: each is budgeted this many tokens of key/value cache, and there are at
+# most this many (past it, a bigger batch mostly adds latency on one device).
+SLOT_TOKENS = 4096
+MAX_SLOTS = 32
 
 
 class TextRunner:
-    """One causal language model loaded on one device, serving one generation at a time."""
+    """One causal language model loaded on one device, serving up to ``max_batch``
+    generations at once in one batch."""
 
     def __init__(
         self,
@@ -55,10 +61,7 @@ class TextRunner:
         if eos is None:
             eos = tokenizer.eos_token_id
         self._eos: set[int] = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
-        pad = tokenizer.pad_token_id
-        self._pad: int | None = pad if pad is not None else min(self._eos, default=None)
-        # generate is not safe to run twice at once on one model (batching comes later).
-        self._busy = threading.Lock()
+        self._engine: BatchEngine | None = BatchEngine(model, self._eos, max_batch, model_id)
         # Fast tokenizers are Rust objects shared between request threads.
         self._encoding = threading.Lock()
 
@@ -71,11 +74,13 @@ class TextRunner:
         dtype: str | None,
         max_batch: int,
         progress: Progress,
+        free_memory: Callable[[], int] | None = None,
     ) -> TextRunner:
         """Load the tokenizer and model stored at ``path`` onto ``device``.
 
         ``dtype`` defaults to float32 on CPU and to half precision on GPUs (bfloat16
-        where CUDA supports it).
+        where CUDA supports it). ``max_batch`` 0 takes as many generations at once as half
+        of ``free_memory()`` (read once the weights are in) holds key/value caches for.
         """
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -92,6 +97,9 @@ class TextRunner:
         logger.info(
             "loaded %s on %s as %s in %.1f s", model_id, device, dtype, time.monotonic() - started
         )
+        if max_batch <= 0:
+            free = free_memory() if free_memory is not None else 0
+            max_batch = default_slots(model.config, getattr(torch, dtype).itemsize, free)
         progress(f"{model_id} ready on {device}", 1.0)
         return cls(model_id, model, tokenizer, dtype, max_batch)
 
@@ -107,11 +115,10 @@ class TextRunner:
         Raises ``ValueError`` at once (before any delta) when the prompt does not fit the
         model's context, or chat messages go to a model without a chat template.
         """
-        model = self._model
-        if model is None:
+        if self._engine is None:
             raise RuntimeError(f"{self._model_id} is closed")
-        input_ids, attention_mask = self._encode(params, model.device)
-        prompt_tokens = int(input_ids.shape[1])
+        prompt = self._encode(params)
+        prompt_tokens = len(prompt)
         if prompt_tokens == 0:
             raise ValueError("the prompt is empty")
         if prompt_tokens >= self._context:
@@ -120,24 +127,23 @@ class TextRunner:
                 f"length of {self._context} tokens"
             )
         max_new = min(params.max_tokens, self._context - prompt_tokens)
-        return self._stream(params, cancelled, input_ids, attention_mask, max_new)
+        return self._stream(params, cancelled, prompt, max_new)
 
     def close(self) -> None:
         """Drop the model so its memory can be reused; later ``generate`` calls fail.
 
-        Waits for a running generation to end (cancel it first to make that quick).
+        Generations still running or waiting end as cancelled.
         """
-        with self._busy:
-            model, self._model = self._model, None
-        if model is None:
+        engine, self._engine = self._engine, None
+        if engine is None:
             return
+        engine.close()
+        model, self._model = self._model, None
         device = str(model.device)
         del model
         free_device_memory(device)
 
-    def _encode(
-        self, params: GenerateParams, device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(self, params: GenerateParams) -> list[int]:
         tokenizer = self._tokenizer
         with self._encoding:
             if params.messages is not None:
@@ -151,191 +157,114 @@ class TextRunner:
                 )
             else:
                 encoded = tokenizer(params.prompt or "", return_tensors="pt")
-        return encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
+        return [int(i) for i in encoded["input_ids"][0]]
 
     def _stream(
-        self,
-        params: GenerateParams,
-        cancelled: threading.Event,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        max_new: int,
+        self, params: GenerateParams, cancelled: threading.Event, prompt: list[int], max_new: int
     ) -> Iterator[Delta]:
-        from transformers import LogitsProcessorList, StoppingCriteriaList
-
-        prompt_tokens = int(input_ids.shape[1])
-        halt = threading.Event()  # set on cancellation, a stop sequence, or an early exit
-        stream = _CountingStream(self._tokenizer)
-        processors = LogitsProcessorList()
-        if params.temperature > 0:
-            processors.append(_Sampler(params.temperature, params.top_p, params.seed))
-        failure: list[BaseException] = []
-
-        def work() -> None:
-            try:
-                self._model.generate(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    max_new_tokens=max_new,
-                    # Always "greedy": _Sampler has already reduced the choice to one token.
-                    do_sample=False,
-                    logits_processor=processors,
-                    stopping_criteria=StoppingCriteriaList([_Halt(cancelled, halt)]),
-                    streamer=stream,
-                    pad_token_id=self._pad,
-                )
-            except BaseException as exc:
-                failure.append(exc)
-                stream.end()
-
-        with self._busy:
-            if self._model is None:
-                raise RuntimeError(f"{self._model_id} is closed")
-            if cancelled.is_set():
-                yield Delta("", prompt_tokens, 0, "cancelled")
-                return
-            thread = threading.Thread(target=work, name=f"generate-{self._model_id}", daemon=True)
-            thread.start()
-            try:
-                final, rest = yield from self._pieces(
-                    params, cancelled, halt, stream, prompt_tokens
-                )
-            finally:
-                halt.set()
-                thread.join()
-            if failure:
-                raise failure[0]
-            if final is None:  # the stream ran out: the model is done or was cancelled
-                tokens = stream.tokens  # exact now that generate has returned
-                if cancelled.is_set():
-                    final = Delta("", prompt_tokens, tokens, "cancelled")
-                elif tokens >= max_new and stream.last_token not in self._eos:
-                    final = Delta(rest, prompt_tokens, tokens, "length")
-                else:
-                    final = Delta(rest, prompt_tokens, tokens, "stop")
-            yield final
-
-    def _pieces(
-        self,
-        params: GenerateParams,
-        cancelled: threading.Event,
-        halt: threading.Event,
-        stream: _CountingStream,
-        prompt_tokens: int,
-    ) -> Generator[Delta, None, tuple[Delta | None, str]]:
-        """Yield text as it comes.
-
-        Returns the final delta if a stop sequence ended the text, else ``None`` and the
-        text held back at the end.
-        """
+        prompt_tokens = len(prompt)
+        halt = threading.Event()  # set by a stop sequence, or when the caller stops reading
+        engine = self._engine
+        if engine is None:
+            raise RuntimeError(f"{self._model_id} is closed")
+        channel = engine.submit(prompt, max_new, _picker(params), _Either(cancelled, halt))
+        text = _TextStream(self._tokenizer)
         pending = ""  # text not yet sent: it may be the start of a stop sequence
-        while (item := stream.queue.get()) is not None:
-            text, tokens = item
-            if cancelled.is_set():
-                return None, ""
-            pending += text
-            cut = min((i for i in (pending.find(s) for s in params.stop) if i >= 0), default=-1)
-            if cut >= 0:
-                halt.set()
-                return Delta(pending[:cut], prompt_tokens, tokens, "stop"), ""
-            keep = _stop_prefix_len(pending, params.stop)
-            ready, pending = pending[: len(pending) - keep], pending[len(pending) - keep :]
-            if ready:
-                yield Delta(ready, prompt_tokens, tokens)
-        return None, pending
+        tokens = 0
+        try:
+            for token in channel:
+                tokens += 1
+                pending += text.add(token)
+                cut = min((i for i in (pending.find(s) for s in params.stop) if i >= 0), default=-1)
+                if cut >= 0:
+                    halt.set()
+                    yield Delta(pending[:cut], prompt_tokens, tokens, "stop")
+                    return
+                keep = _stop_prefix_len(pending, params.stop)
+                ready, pending = pending[: len(pending) - keep], pending[len(pending) - keep :]
+                if ready:
+                    yield Delta(ready, prompt_tokens, tokens)
+        finally:
+            halt.set()
+        finished = channel.finished
+        assert finished is not None
+        if finished.reason == "cancelled":
+            yield Delta("", prompt_tokens, finished.tokens, "cancelled")
+            return
+        rest = pending + text.flush()
+        cut = min((i for i in (rest.find(s) for s in params.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            yield Delta(rest[:cut], prompt_tokens, finished.tokens, "stop")
+        else:
+            yield Delta(rest, prompt_tokens, finished.tokens, finished.reason)
 
 
-class _CountingStream:
-    """A streamer for ``model.generate`` that pairs each piece of text with a token count.
+class _Either:
+    """Set when either event is: the engine watches one flag per request."""
 
-    It feeds the generated ids to a ``TextIteratorStreamer``, which decodes them into
-    word-sized pieces, and queues ``(text, tokens generated so far)``; ``None`` ends it.
-    """
+    def __init__(self, first: threading.Event, second: threading.Event) -> None:
+        self._first = first
+        self._second = second
+
+    def is_set(self) -> bool:
+        return self._first.is_set() or self._second.is_set()
+
+
+class _TextStream:
+    """Turns token ids into text in word-sized pieces, as ``TextIteratorStreamer`` does."""
 
     def __init__(self, tokenizer: Any) -> None:
         from transformers import TextIteratorStreamer
 
         self._text: Any = TextIteratorStreamer(
-            tokenizer, skip_prompt=True, skip_special_tokens=True
+            tokenizer, skip_prompt=False, skip_special_tokens=True
         )
-        self.queue: queue.Queue[tuple[str, int] | None] = queue.Queue()
-        self.tokens = 0
-        self.last_token: int | None = None
-        self._ended = False
 
-    def put(self, value: torch.Tensor) -> None:
-        is_prompt = self._text.next_tokens_are_prompt
-        self._text.put(value)
-        if not is_prompt:
-            self.tokens += value.numel()
-            self.last_token = int(value.reshape(-1)[-1])
-        self._forward()
+    def add(self, token: int) -> str:
+        import torch
 
-    def end(self) -> None:
-        if self._ended:
-            return
-        self._ended = True
+        self._text.put(torch.tensor([token]))
+        return self._drain()
+
+    def flush(self) -> str:
         self._text.end()
-        self._forward()
-        self.queue.put(None)
+        return self._drain()
 
-    def _forward(self) -> None:
+    def _drain(self) -> str:
+        pieces: list[str] = []
         while True:
             try:
-                text = self._text.text_queue.get_nowait()
+                piece = self._text.text_queue.get_nowait()
             except queue.Empty:
-                return
-            if text:
-                self.queue.put((text, self.tokens))
+                return "".join(pieces)
+            if isinstance(piece, str):  # the end marker is not text
+                pieces.append(piece)
 
 
-class _Halt:
-    """Stopping criterion: end ``model.generate`` when the caller cancels or a stop is hit."""
+def _picker(params: GenerateParams) -> Pick:
+    """How one request chooses its next token: greedy, or sampled with its own generator."""
+    import torch
 
-    def __init__(self, cancelled: threading.Event, halt: threading.Event) -> None:
-        self._cancelled = cancelled
-        self._halt = halt
+    if params.temperature <= 0:
+        return None  # greedy
+    temperature, top_p = params.temperature, params.top_p
+    # On the CPU: every backend can move probabilities there, not every one has generators.
+    generator = torch.Generator(device="cpu")
+    if params.seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(params.seed)
 
-    def __call__(
-        self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any
-    ) -> torch.Tensor:
-        import torch
-
-        stop = self._cancelled.is_set() or self._halt.is_set()
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
-
-
-class _Sampler:
-    """Logits processor that samples one token (temperature, top-p) with its own generator.
-
-    It leaves every other token at -inf, so the greedy step of ``generate`` picks the
-    sampled one.
-    """
-
-    def __init__(self, temperature: float, top_p: float, seed: int | None) -> None:
-        import torch
-
-        self._temperature = temperature
-        self._top_p = top_p
-        # On the CPU: every backend can move probabilities there, not every one has generators.
-        self._generator = torch.Generator(device="cpu")
-        if seed is None:
-            self._generator.seed()
-        else:
-            self._generator.manual_seed(seed)
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        probs = torch.softmax(scores.float() / self._temperature, dim=-1).cpu()
-        if self._top_p < 1.0:
+    def pick(logits: torch.Tensor) -> int:
+        probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
+        if top_p < 1.0:
             ordered, order = probs.sort(dim=-1, descending=True)
             # Drop a token when the ones above it already cover top_p; the first one stays.
-            outside = ordered.cumsum(dim=-1) - ordered >= self._top_p
+            outside = ordered.cumsum(dim=-1) - ordered >= top_p
             probs = probs.scatter(-1, order, ordered.masked_fill(outside, 0.0))
-        choice = torch.multinomial(probs, 1, generator=self._generator).to(scores.device)
-        picked = torch.full_like(scores, float("-inf"))
-        return picked.scatter(-1, choice, 0.0)
+        return int(torch.multinomial(probs, 1, generator=generator))
+
+    return pick
 
 
 def _stop_prefix_len(text: str, stops: list[str]) -> int:
@@ -347,6 +276,18 @@ def _stop_prefix_len(text: str, stops: list[str]) -> int:
                 best = size
                 break
     return best
+
+
+def default_slots(config: Any, dtype_bytes: int, free_bytes: int) -> int:
+    """Generations to batch by default: as many full-length key/value caches (up to
+    ``SLOT_TOKENS`` each) as half the free memory holds, between 1 and ``MAX_SLOTS``."""
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    context = int(getattr(config, "max_position_embeddings", None) or _FALLBACK_CONTEXT)
+    per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * dtype_bytes
+    per_slot = per_token * min(context, SLOT_TOKENS)
+    return int(max(1, min(MAX_SLOTS, free_bytes // 2 // max(1, per_slot))))
 
 
 def _default_dtype(device: str) -> str:
