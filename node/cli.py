@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="generations one text model runs at once (default: from its size and free memory)",
     )
+    start.add_argument(
+        "--max-queue", type=int, help="calls that may wait for a slot before OVERLOADED (16)"
+    )
     start.add_argument("--echo-delay", type=float, help="seconds per token for echo models")
     start.add_argument(
         "--metrics-port", type=int, help="serve Prometheus metrics on this port (0 picks one)"
@@ -161,6 +164,7 @@ def _node_start(args: argparse.Namespace) -> int:
                 "model_store",
                 "capacity",
                 "slots",
+                "max_queue",
                 "echo_delay",
                 "metrics_port",
                 "ready_file",
