@@ -1,12 +1,14 @@
 """Admission and accounting of work on one node.
 
-``capacity`` calls run at once; up to ``max_queue`` more wait in line; past that a call
-is refused with OVERLOADED so the gateway can try another peer at once instead of
-queueing behind a busy one. Every change bumps ``version`` so watchers see load move.
+``capacity`` calls run at once; up to ``max_queue`` more wait in line, first come first
+served; past that a call is refused with OVERLOADED so the gateway can try another peer at
+once instead of queueing behind a busy one. Every change bumps ``version`` so watchers see
+load move.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -33,6 +35,7 @@ class Scheduler:
         self.tokens_per_s = 0.0
         self.version = 0
         self._changed = trio.Event()
+        self._waiters: deque[trio.Event] = deque()
 
     def _bump(self) -> None:
         self.version += 1
@@ -46,25 +49,47 @@ class Scheduler:
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        """Hold one of the node's slots for the duration of a call."""
+        """Hold one of the node's slots for the duration of a call.
+
+        Calls that must wait are served first come, first served: a freed slot is handed
+        to the oldest waiter, so no call can be overtaken for ever.
+        """
         if self.draining:
             raise Draining("node is draining")
-        if self.inflight >= self.capacity and self.queued >= self.max_queue:
-            raise Overloaded(f"node is full ({self.inflight} running, {self.queued} queued)")
-        self.queued += 1
-        self._bump()
-        try:
-            while self.inflight >= self.capacity:
-                await self.wait_changed(self.version)
-        finally:
+        if self.inflight >= self.capacity or self._waiters:
+            if self.queued >= self.max_queue:
+                raise Overloaded(f"node is full ({self.inflight} running, {self.queued} queued)")
+            turn = trio.Event()
+            self._waiters.append(turn)
+            self.queued += 1
+            self._bump()
+            try:
+                await turn.wait()
+            except BaseException:
+                if turn.is_set():  # handed a slot just as it gave up: pass it on
+                    self.inflight -= 1
+                    self._hand_over()
+                else:
+                    self._waiters.remove(turn)
+                self.queued -= 1
+                self._bump()
+                raise
             self.queued -= 1
-        self.inflight += 1
+        else:
+            self.inflight += 1
         self._bump()
         try:
             yield
         finally:
             self.inflight -= 1
+            self._hand_over()
             self._bump()
+
+    def _hand_over(self) -> None:
+        """Give free slots to the oldest waiters (they count as running from now)."""
+        while self._waiters and self.inflight < self.capacity:
+            self.inflight += 1
+            self._waiters.popleft().set()
 
     def record_speed(self, tokens: int, seconds: float) -> None:
         """Fold one call's decode speed into an exponentially weighted average."""
@@ -75,6 +100,7 @@ class Scheduler:
 
     def set_capacity(self, capacity: int) -> None:
         self.capacity = max(1, capacity)
+        self._hand_over()
         self._bump()
 
     def drain(self) -> None:
