@@ -109,3 +109,13 @@ def test_costs_are_read_from_the_hash(stored: str) -> None:
         ["scrypt", "1024", "2", "1", stored.split("$")[4], base64.b64encode(digest).decode()]
     )
     assert verify_password(GOOD, cheap) is True
+
+
+def test_a_hash_made_at_twice_the_memory_cost_still_verifies(stored: str) -> None:
+    # Costs may be raised later: n = 2**15 needs more than scrypt's default 32 MiB.
+    salt = base64.b64decode(stored.split("$")[4])
+    digest = hashlib.scrypt(GOOD.encode(), salt=salt, n=2**15, r=8, p=1, maxmem=64 << 20, dklen=32)
+    raised = "$".join(
+        ["scrypt", str(2**15), "8", "1", stored.split("$")[4], base64.b64encode(digest).decode()]
+    )
+    assert verify_password(GOOD, raised) is True
