@@ -4,8 +4,11 @@ A fake wall clock drives it; nothing sleeps."""
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -21,6 +24,7 @@ from gateway.limits import (
     utc_day,
 )
 from gateway.metering import Outcome
+from gateway.store import Store
 
 # 23:00 UTC: an hour before the daily quotas start again.
 T0 = datetime(2026, 3, 14, 23, 0, tzinfo=UTC).timestamp()
@@ -396,3 +400,70 @@ async def test_each_user_gets_their_own_plan() -> None:
     assert error(await refusal(lim, user="bob"))[1] == (
         "rate limit of 2 requests per minute reached on plan 'two'"
     )
+
+
+# --- what survives a restart, other time zones, logs --------------------------------------
+
+
+class DayTotals:
+    """The part of the store ``Limiter.load`` reads: today's totals per user."""
+
+    def __init__(self, totals: dict[str, tuple[int, int]]) -> None:
+        self.totals = totals
+        self.days: list[str] = []
+
+    async def call(self, fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+    def day_totals(self, day: str) -> dict[str, tuple[int, int]]:
+        self.days.append(day)
+        return self.totals
+
+
+async def test_load_adds_todays_stored_usage_to_what_is_already_counted() -> None:
+    lim = limiter(Clock(), tokens_per_day=100)
+    lim.note_remote("ann", 0, 30, 1, T0)
+    store = DayTotals({"ann": (50, 2), "Bob": (7, 0)})
+    await lim.load(cast(Store, store))
+    assert store.days == ["2026-03-14"]
+    status = lim.status("ann")
+    assert (status["tokens_today"], status["images_today"]) == (80, 3)
+    assert lim.status("bob")["tokens_today"] == 7
+
+
+@pytest.fixture
+def far_from_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process runs in a time zone ten hours behind UTC."""
+    monkeypatch.setenv("TZ", "HST+10")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("far_from_utc")
+def test_days_and_midnight_are_utc_whatever_the_local_time_zone() -> None:
+    assert utc_day(T0) == "2026-03-14"
+    assert utc_day(T0 + 3600) == "2026-03-15"
+    assert seconds_to_midnight(T0) == 3600
+    # 02:00 UTC is still yesterday afternoon here.
+    assert utc_day(T0 + 3 * 3600) == "2026-03-15"
+    assert seconds_to_midnight(T0 + 3 * 3600) == 22 * 3600
+
+
+async def test_remote_usage_and_status_follow_the_users_own_plan() -> None:
+    plans = {"ann": Plan("one", requests_per_minute=1), "bob": Plan("two", requests_per_minute=5)}
+    lim = Limiter(lambda user: plans[user], Clock())
+    lim.note_remote("bob", 9, 0, 0, T0)
+    assert lim.status("bob")["requests_this_minute"] == 5
+    assert lim.status("ann")["name"] == "one"
+
+
+async def test_each_refusal_is_logged_at_debug_with_the_user_and_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    lim = limiter(Clock(), concurrent=1)
+    await lim.admit(claims(), chat())
+    with caplog.at_level(logging.DEBUG, logger="gateway.limits"):
+        await refusal(lim)
+    assert caplog.messages == ["refused ann: at most 1 concurrent requests on plan 'basic'"]
