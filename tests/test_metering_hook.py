@@ -38,7 +38,7 @@ class Recorder:
         self.statuses.append(outcome.status)
 
     def headers(self, claims: keys.Claims) -> dict[str, str]:
-        return {f"X-{self.name}": "1", "X-Shared": self.name}
+        return {f"X-{self.name}": claims.sub, "X-Shared": self.name}
 
 
 @pytest.fixture
@@ -133,7 +133,7 @@ async def test_a_client_that_hung_up_is_still_charged_as_499(clock: list[float])
 
 def test_rate_headers_merge_every_meter_later_ones_winning() -> None:
     chain, _, _ = meters("a", "b")
-    assert rate_headers(chain, CLAIMS) == {"X-a": "1", "X-b": "1", "X-Shared": "b"}
+    assert rate_headers(chain, CLAIMS) == {"X-a": "ann", "X-b": "ann", "X-Shared": "b"}
     assert rate_headers([], CLAIMS) == {}
 
 

@@ -77,13 +77,13 @@ async def test_each_call_writes_one_row_with_everything_it_did() -> None:
         completion_tokens=11,
         images=2,
         status=201,
-        latency=0.0126,
+        latency=1.2506,
     )
     await usage.record(claims(), done)
     assert store.batches == [
         [
             UsageRecord(
-                NOW, "2026-03-14", "ann", "key-ann", "sd", "peer-1", "image", 7, 11, 2, 201, 13
+                NOW, "2026-03-14", "ann", "key-ann", "sd", "peer-1", "image", 7, 11, 2, 201, 1251
             )
         ]
     ]
