@@ -614,3 +614,30 @@ def test_a_node_silent_for_too_long_is_not_healthy(
     add(table, tracker, "peer-a")
     monkeypatch.setattr("gateway.router.time.time", lambda: T0 + 3.5)
     assert router.serving()["m"][0]["healthy"] is False
+
+
+async def test_a_text_answer_is_every_piece_joined_as_is(
+    router: Router, table: PeerTable, tracker: FakeTracker
+) -> None:
+    add(table, tracker, "peer-a", FakeNode(answer("Hel", "lo", " world", text="!")))
+    async with router.generate(chat(), timeout=1) as generation:
+        assert await generation.text() == "Hello world!"
+
+
+async def test_a_first_reply_without_text_is_an_empty_delta(
+    router: Router, table: PeerTable, tracker: FakeTracker
+) -> None:
+    add(table, tracker, "peer-a", FakeNode([Chunk(1, {"role": "assistant"}), *answer("x")]))
+    async with router.generate(chat(), timeout=1) as generation:
+        assert [d async for d in generation.deltas()] == ["", "x"]
+
+
+async def test_an_image_call_for_a_text_model_is_an_unknown_model(
+    router: Router, table: PeerTable, tracker: FakeTracker
+) -> None:
+    node = images_node({"image": b"x"})
+    add(table, tracker, "peer-a", node, models={"sd": "ready"}, task=TEXT)
+    with pytest.raises(UnknownModel) as caught:
+        await router.generate_image(image_params(1), timeout=1)
+    assert caught.value.available == []
+    assert node.calls == []
