@@ -100,13 +100,16 @@ async def test_a_failed_call_is_recorded_with_its_status(
     assert a.statuses == [status]
 
 
-async def test_a_status_the_route_already_set_is_kept(clock: list[float]) -> None:
+@pytest.mark.parametrize("status", [400, 502])
+async def test_an_error_status_the_route_already_set_is_kept(
+    clock: list[float], status: int
+) -> None:
     chain, _, (a,) = meters("a")
     with pytest.raises(RuntimeError):
         async with metered(chain, CLAIMS, "echo", "chat") as outcome:
-            outcome.status = 502
+            outcome.status = status
             raise RuntimeError("upstream broke")
-    assert a.statuses == [502]
+    assert a.statuses == [status]
 
 
 async def test_a_status_below_400_is_replaced_by_the_failure(clock: list[float]) -> None:
