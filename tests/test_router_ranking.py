@@ -8,6 +8,7 @@ import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -124,7 +125,7 @@ def add(
 
 @pytest.fixture(autouse=True)
 def clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("gateway.router.time.time", lambda: T0)
+    monkeypatch.setattr("gateway.router.time", SimpleNamespace(time=lambda: T0))
 
 
 @pytest.fixture
@@ -612,7 +613,7 @@ def test_a_node_silent_for_too_long_is_not_healthy(
     router: Router, table: PeerTable, tracker: FakeTracker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     add(table, tracker, "peer-a")
-    monkeypatch.setattr("gateway.router.time.time", lambda: T0 + 3.5)
+    monkeypatch.setattr("gateway.router.time", SimpleNamespace(time=lambda: T0 + 3.5))
     assert router.serving()["m"][0]["healthy"] is False
 
 
