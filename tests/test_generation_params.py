@@ -1,0 +1,278 @@
+"""Generation parameters: every validation rule at its boundary, with the exact message the
+caller reads, and how peers' maps are parsed (text and images)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from protocols import ChatMessage, GenerateParams, ImageParams, RemoteProtocolError
+from protocols.generation import (
+    IMAGE_SIDE_STEP,
+    MAX_GUIDANCE,
+    MAX_IMAGE_PROMPT_CHARS,
+    MAX_IMAGE_SIDE,
+    MAX_IMAGE_STEPS,
+    MAX_IMAGES,
+    MAX_SEED,
+    MIN_IMAGE_SIDE,
+    side_problem,
+)
+
+# --- text ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "give exactly one of messages or prompt"),
+        ({"prompt": "x", "messages": [ChatMessage("user", "x")]}, "give exactly one of"),
+        ({"messages": []}, "messages must not be empty"),
+        (
+            {"messages": [ChatMessage("user", "x"), ChatMessage("tool", "x")]},
+            "message roles must be one of system, user, assistant",
+        ),
+        ({"prompt": "x" * 200_001}, "prompt is longer than 200000 characters"),
+        ({"prompt": "x", "max_tokens": 0}, "max_tokens must be between 1 and 8192"),
+        ({"prompt": "x", "max_tokens": 8193}, "max_tokens must be between 1 and 8192"),
+        ({"prompt": "x", "temperature": 2.5}, "temperature must be between 0 and 2"),
+        ({"prompt": "x", "temperature": -0.5}, "temperature must be between 0 and 2"),
+        ({"prompt": "x", "top_p": 0.0}, "top_p must be in (0, 1]"),
+        ({"prompt": "x", "stop": ["a", ""]}, "stop takes at most 4 non-empty strings"),
+        ({"prompt": "x", "stop": ["a"] * 5}, "stop takes at most 4 non-empty strings"),
+    ],
+)
+def test_generate_params_say_exactly_what_is_wrong(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        GenerateParams(model="m", **kwargs)
+    assert str(caught.value).startswith(message)
+
+
+def test_prompt_chars_count_every_message_or_the_prompt() -> None:
+    messages = [ChatMessage("system", "abc"), ChatMessage("user", "de")]
+    assert GenerateParams(model="m", messages=messages).prompt_chars() == 5
+    assert GenerateParams(model="m", prompt="four").prompt_chars() == 4
+
+
+def test_message_lengths_add_up_against_the_cap() -> None:
+    half = "x" * 100_000
+    GenerateParams(model="m", messages=[ChatMessage("user", half), ChatMessage("user", half)])
+    with pytest.raises(ValueError, match="longer than"):
+        GenerateParams(
+            model="m", messages=[ChatMessage("user", half), ChatMessage("user", half + "x")]
+        )
+
+
+def _wire(**changes: Any) -> dict[str, Any]:
+    return GenerateParams(model="m", prompt="hi").to_wire() | changes
+
+
+def test_the_wire_form_is_every_field() -> None:
+    assert GenerateParams(model="m", prompt="hi", stream=False).to_wire() == {
+        "model": "m",
+        "messages": None,
+        "prompt": "hi",
+        "max_tokens": 256,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "stop": [],
+        "seed": None,
+        "stream": False,
+    }
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_stream_travels_over_the_wire(stream: bool) -> None:
+    assert GenerateParams.from_wire(_wire(stream=stream)).stream is stream
+
+
+def test_a_peer_that_omits_stream_wants_a_stream() -> None:
+    body = _wire()
+    del body["stream"]
+    assert GenerateParams.from_wire(body).stream is True
+    assert GenerateParams.from_wire(_wire(stream=None)).stream is True
+
+
+@pytest.mark.parametrize("stream", [1, "yes", 0])
+def test_stream_must_be_a_boolean(stream: Any) -> None:
+    with pytest.raises(
+        RemoteProtocolError, match=r"^bad generate params: stream must be a boolean$"
+    ):
+        GenerateParams.from_wire(_wire(stream=stream))
+
+
+def test_from_wire_errors_name_the_field() -> None:
+    with pytest.raises(
+        RemoteProtocolError,
+        match=r"^bad generate params: max_tokens is missing or has the wrong type$",
+    ):
+        GenerateParams.from_wire(_wire(max_tokens="5"))
+    with pytest.raises(
+        RemoteProtocolError, match=r"^bad generate params: stop sequences must be strings$"
+    ):
+        GenerateParams.from_wire(_wire(stop=[1]))
+    with pytest.raises(
+        RemoteProtocolError, match=r"^bad generate params: max_tokens must be between 1 and 8192$"
+    ):
+        GenerateParams.from_wire(_wire(max_tokens=0))
+
+
+def test_from_wire_reads_messages_seed_and_integer_numbers() -> None:
+    body = _wire(
+        prompt=None,
+        messages=[{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+        seed=9,
+        temperature=1,
+        top_p=1,
+        stop=["\n"],
+    )
+    params = GenerateParams.from_wire(body)
+    assert params.messages == [ChatMessage("system", "s"), ChatMessage("user", "u")]
+    assert params.prompt is None
+    assert params.seed == 9
+    assert params.stop == ["\n"]
+    assert type(params.temperature) is float and type(params.top_p) is float
+
+
+# --- images -------------------------------------------------------------------------------
+
+
+def image(**changes: Any) -> ImageParams:
+    return ImageParams(**({"model": "sd", "prompt": "a cat"} | changes))
+
+
+def test_image_defaults() -> None:
+    params = image()
+    assert (params.n, params.width, params.height, params.steps) == (1, 512, 512, 30)
+    assert (params.guidance, params.seed) == (7.5, None)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"prompt": "x"},
+        {"prompt": "x" * MAX_IMAGE_PROMPT_CHARS},
+        {"n": 1},
+        {"n": MAX_IMAGES},
+        {"width": MIN_IMAGE_SIDE, "height": MAX_IMAGE_SIDE},
+        {"width": MAX_IMAGE_SIDE, "height": MIN_IMAGE_SIDE},
+        {"steps": 1},
+        {"steps": MAX_IMAGE_STEPS},
+        {"guidance": 0.0},
+        {"guidance": MAX_GUIDANCE},
+        {"seed": 0},
+        {"seed": MAX_SEED},
+    ],
+    ids=lambda c: ",".join(f"{k}={str(v)[:8]}" for k, v in c.items()),
+)
+def test_image_params_accept_the_edges(changes: dict[str, Any]) -> None:
+    params = image(**changes)
+    for name, value in changes.items():
+        assert getattr(params, name) == value
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"prompt": ""}, "prompt must not be empty"),
+        ({"prompt": "x" * 4001}, "prompt is longer than 4000 characters"),
+        ({"n": 0}, "n must be between 1 and 4"),
+        ({"n": 5}, "n must be between 1 and 4"),
+        ({"width": 56}, "width must be a multiple of 8 between 64 and 1024"),
+        ({"width": 1032}, "width must be a multiple of 8 between 64 and 1024"),
+        ({"width": 516}, "width must be a multiple of 8 between 64 and 1024"),
+        ({"height": 56}, "height must be a multiple of 8 between 64 and 1024"),
+        ({"height": 1025}, "height must be a multiple of 8 between 64 and 1024"),
+        ({"steps": 0}, "steps must be between 1 and 100"),
+        ({"steps": 101}, "steps must be between 1 and 100"),
+        ({"guidance": -0.5}, "guidance must be between 0 and 30"),
+        ({"guidance": 30.5}, "guidance must be between 0 and 30"),
+        ({"seed": -1}, f"seed must be between 0 and {MAX_SEED}"),
+        ({"seed": MAX_SEED + 1}, f"seed must be between 0 and {MAX_SEED}"),
+    ],
+)
+def test_image_params_say_exactly_what_is_wrong(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        image(**changes)
+    assert str(caught.value) == message
+
+
+def test_width_is_checked_before_height() -> None:
+    with pytest.raises(ValueError, match=r"^width "):
+        image(width=1, height=1)
+
+
+@pytest.mark.parametrize(
+    ("side", "ok"),
+    [
+        (MIN_IMAGE_SIDE - IMAGE_SIDE_STEP, False),
+        (MIN_IMAGE_SIDE, True),
+        (MIN_IMAGE_SIDE + 1, False),
+        (MIN_IMAGE_SIDE + IMAGE_SIDE_STEP, True),
+        (MAX_IMAGE_SIDE, True),
+        (MAX_IMAGE_SIDE + IMAGE_SIDE_STEP, False),
+    ],
+)
+def test_side_problem(side: int, ok: bool) -> None:
+    assert (side_problem(side) is None) is ok
+
+
+def test_image_params_round_trip_through_the_wire() -> None:
+    params = image(n=2, width=768, height=64, steps=4, guidance=1, seed=11)
+    assert params.to_wire() == {
+        "model": "sd",
+        "prompt": "a cat",
+        "n": 2,
+        "width": 768,
+        "height": 64,
+        "steps": 4,
+        "guidance": 1,
+        "seed": 11,
+    }
+    back = ImageParams.from_wire(params.to_wire())
+    assert back == params
+    assert type(back.guidance) is float
+
+
+def test_image_from_wire_without_a_seed() -> None:
+    body = image().to_wire()
+    del body["seed"]
+    assert ImageParams.from_wire(body).seed is None
+
+
+def _image_wire(**changes: Any) -> dict[str, Any]:
+    return image().to_wire() | changes
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (_image_wire(model=None), "model is missing or has the wrong type"),
+        (_image_wire(prompt=b"cat"), "prompt is missing or has the wrong type"),
+        (_image_wire(n="2"), "n is missing or has the wrong type"),
+        (_image_wire(n=True), "n is missing or has the wrong type"),
+        (_image_wire(width=512.0), "width is missing or has the wrong type"),
+        (_image_wire(height=None), "height is missing or has the wrong type"),
+        (_image_wire(steps=[30]), "steps is missing or has the wrong type"),
+        (_image_wire(guidance="7"), "guidance is missing or has the wrong type"),
+        (_image_wire(guidance=False), "guidance is missing or has the wrong type"),
+        (_image_wire(seed="1"), "seed is missing or has the wrong type"),
+        (_image_wire(seed=True), "seed is missing or has the wrong type"),
+        (_image_wire(n=9), "n must be between 1 and 4"),
+        (_image_wire(guidance=10**400), "int too large to convert to float"),
+    ],
+)
+def test_image_from_wire_refuses_with_the_reason(body: dict[str, Any], message: str) -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        ImageParams.from_wire(body)
+    assert str(caught.value) == f"bad image params: {message}"
+
+
+@pytest.mark.parametrize("body", [None, [], "params"])
+def test_image_from_wire_refuses_non_maps(body: Any) -> None:
+    with pytest.raises(
+        RemoteProtocolError, match=re.escape("bad image params: model is missing or has")
+    ):
+        ImageParams.from_wire(body)
