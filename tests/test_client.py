@@ -28,14 +28,14 @@ from hypercorn.trio import serve
 from starlette.types import ASGIApp
 
 import keys
-from gateway import client as c
-from gateway.app import create_app
-from gateway.auth import Authenticator
-from gateway.errors import ApiError
-from gateway.metering import Outcome
-from gateway.router import Generation, NoPeerReady, UnknownModel
-from gateway.services import Services
-from node.rpc_client import Call
+from gateway.accounts.metering import Outcome
+from gateway.api.app import create_app
+from gateway.api.auth import Authenticator
+from gateway.api.errors import ApiError
+from gateway.api.services import Services
+from gateway.client import api_client as c
+from gateway.routing.router import Generation, NoPeerReady, UnknownModel
+from node.p2p.rpc_client import Call
 from protocols import Chunk, End, Error, ErrorCode, GenerateParams, Message
 
 T = TypeVar("T")

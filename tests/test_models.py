@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import node.models
-from node.models import (
+import node.worker.models
+from node.worker.models import (
     DEFAULT_MODEL,
     ModelNotAvailable,
     bundled_gguf,
@@ -17,7 +17,7 @@ from node.models import (
     progress_tqdm,
     resolve,
 )
-from node.runners.base import no_progress
+from node.worker.runners.base import no_progress
 from tests.tiny_models import Converted, build_tiny_llama, converted_default_model
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -155,7 +155,7 @@ def test_interrupted_conversion_leaves_nothing_behind(
         (out / "model.safetensors").write_bytes(b"half a model")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(node.models, "_write_converted", crash)
+    monkeypatch.setattr(node.worker.models, "_write_converted", crash)
     with pytest.raises(KeyboardInterrupt):
         resolve(DEFAULT_MODEL, data, no_progress)
     assert list(target.parent.iterdir()) == []

@@ -10,9 +10,9 @@ import httpx
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from keys.store import raw_public
-from node.streams import Libp2pByteStream
-from node.swarm import Swarm as Peer
+from keys.files import raw_public
+from node.p2p.host import Swarm as Peer
+from node.p2p.streams import Libp2pByteStream
 from protocols import (
     RPC_PROTOCOL,
     Certificate,
