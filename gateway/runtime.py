@@ -15,24 +15,24 @@ from hypercorn.trio import serve
 from hypercorn.typing import ASGIFramework
 
 import keys
-from gateway import peers_api
-from gateway.accounts import Accounts
-from gateway.app import create_app
-from gateway.auth import Authenticator
-from gateway.limits import Limiter, Plans
-from gateway.peer_table import PeerTable
-from gateway.peering import GATEWAY_RECORD_TTL, gateway_record, serve_rpc
-from gateway.router import Router
-from gateway.services import Services
-from gateway.sharing import Sharing
-from gateway.store import Store
-from gateway.sync import GatewaySync
-from gateway.tracker import Tracker
-from gateway.usage import UsageMeter
-from node.advertise import Advertiser
-from node.config import GatewayConfig
-from node.readiness import StatusFile
-from node.swarm import Swarm
+from gateway.accounts.database import Store
+from gateway.accounts.limits import Limiter, Plans
+from gateway.accounts.usage import UsageMeter
+from gateway.accounts.users import Accounts
+from gateway.api import peers as peers_api
+from gateway.api.app import create_app
+from gateway.api.auth import Authenticator
+from gateway.api.services import Services
+from gateway.mesh.events import Sharing
+from gateway.mesh.record import GATEWAY_RECORD_TTL, gateway_record, serve_rpc
+from gateway.mesh.subscriptions import GatewaySync
+from gateway.routing.peer_table import PeerTable
+from gateway.routing.router import Router
+from gateway.routing.tracker import Tracker
+from node.p2p.advertise import Advertiser
+from node.p2p.config import GatewayConfig
+from node.p2p.host import Swarm
+from node.p2p.readiness import StatusFile
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,8 @@
 """Identities and credentials: peer identities, the operator's admission key, user tokens,
 user passwords."""
 
-from keys.passwords import WeakPassword, hash_password, verify_password
-from keys.store import default_data_dir
-from keys.swarm import (
+from keys.files import default_data_dir
+from keys.keyring import (
     JwtKeys,
     NotAdmitted,
     admit,
@@ -18,6 +17,7 @@ from keys.swarm import (
     rotate_jwt,
     write_certificate,
 )
+from keys.passwords import WeakPassword, hash_password, verify_password
 from keys.tokens import Claims, KeySet, TokenError, fingerprint, issue, parse_ttl, verify
 
 __all__ = [

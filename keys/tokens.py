@@ -17,7 +17,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from keys.store import raw_public
+from keys.files import raw_public
 
 AUDIENCE = "bitinglip"
 ISSUER = "bitinglip-operator"

@@ -15,7 +15,7 @@ from hypercorn.trio import serve
 from starlette.types import ASGIApp
 
 import keys
-from node.up import LocalSwarm
+from node.cli.up import LocalSwarm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Peer processes inherit this: one torch thread each on a 2-core machine.

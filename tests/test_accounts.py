@@ -21,13 +21,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.types import ASGIApp
 
 import keys
-from gateway.accounts import Accounts
-from gateway.app import create_app
-from gateway.auth import Authenticator
-from gateway.limits import Limiter, Plan, Plans
-from gateway.services import Services
-from gateway.store import Store
-from gateway.usage import UsageMeter
+from gateway.accounts.database import Store
+from gateway.accounts.limits import Limiter, Plan, Plans
+from gateway.accounts.usage import UsageMeter
+from gateway.accounts.users import Accounts
+from gateway.api.app import create_app
+from gateway.api.auth import Authenticator
+from gateway.api.services import Services
 from tests.test_http import FakeBackend, assert_error, chat
 
 PASSWORD = "correct horse battery"
@@ -385,7 +385,7 @@ async def test_keys_belong_to_accounts(gw: Gateway) -> None:
 
 
 async def test_live_keys_are_capped(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("gateway.accounts.MAX_KEYS", 2)
+    monkeypatch.setattr("gateway.accounts.users.MAX_KEYS", 2)
     session = (await gw.register())["token"]
     first = await gw.new_key(session)
     await gw.new_key(session)

@@ -7,9 +7,9 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from keys.store import raw_public
-from node.admission import authorizer
-from node.rpc_server import Caller, RpcError
+from keys.files import raw_public
+from node.p2p.admission import authorizer
+from node.p2p.rpc_server import Caller, RpcError
 from protocols import Certificate, ErrorCode, issue_certificate, peer_id_of
 
 OPERATOR = Ed25519PrivateKey.generate()

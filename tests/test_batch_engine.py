@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import torch
 
-from node.runners.base import Delta, no_progress
-from node.runners.batch import BatchEngine, Finished
-from node.runners.text import MAX_SLOTS, SLOT_TOKENS, TextRunner, default_slots
+from node.worker.runners.base import Delta, no_progress
+from node.worker.runners.batch import BatchEngine, Finished
+from node.worker.runners.text import MAX_SLOTS, SLOT_TOKENS, TextRunner, default_slots
 from protocols import GenerateParams
 from tests.tiny_models import build_tiny_llama
 

@@ -30,17 +30,17 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
 import keys
-from gateway import client as c
-from gateway import peers_api
-from gateway.accounts import Accounts
-from gateway.app import create_app
-from gateway.auth import Authenticator
-from gateway.limits import Limiter, Plan, Plans
-from gateway.services import Services
-from gateway.store import Store
-from gateway.usage import UsageMeter
-from node.runners import EchoRunner
-from node.runners.base import Delta
+from gateway.accounts.database import Store
+from gateway.accounts.limits import Limiter, Plan, Plans
+from gateway.accounts.usage import UsageMeter
+from gateway.accounts.users import Accounts
+from gateway.api import peers as peers_api
+from gateway.api.app import create_app
+from gateway.api.auth import Authenticator
+from gateway.api.services import Services
+from gateway.client import api_client as c
+from node.worker.runners import EchoRunner
+from node.worker.runners.base import Delta
 from protocols import GenerateParams, ModelInfo
 from tests.conftest import Swarm, served
 from tests.test_images_swarm import Squares, node, swarm_of

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from node.models import DEFAULT_MODEL
+from node.worker.models import DEFAULT_MODEL
 from tests.conftest import Swarm
 from tests.tiny_models import converted_default_model
 

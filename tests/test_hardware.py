@@ -12,7 +12,7 @@ import psutil  # type: ignore[import-untyped]
 import pytest
 import torch
 
-from node.hardware import VRAM_TOTAL_ENV, device_for, probe, refresh_free
+from node.worker.hardware import VRAM_TOTAL_ENV, device_for, probe, refresh_free
 from protocols import Hardware
 
 GiB = 1 << 30

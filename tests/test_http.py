@@ -24,13 +24,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.types import ASGIApp
 
 import keys
-from gateway.app import create_app
-from gateway.auth import Authenticator
-from gateway.inference import NODE_HEADER
-from gateway.router import Generation, NoPeerReady, UnknownModel, UpstreamError
-from gateway.services import Services
+from gateway.api.app import create_app
+from gateway.api.auth import Authenticator
+from gateway.api.inference import NODE_HEADER
+from gateway.api.services import Services
+from gateway.routing.router import Generation, NoPeerReady, UnknownModel, UpstreamError
 from keys.tokens import ALGORITHM, ISSUER
-from node.rpc_client import Call
+from node.p2p.rpc_client import Call
 from protocols import Chunk, End, Error, ErrorCode, GenerateParams, Message
 
 KEY = Ed25519PrivateKey.generate()

@@ -20,9 +20,11 @@ import trio
 import trio.testing
 from PIL import Image
 
-from node.rpc_client import RemoteError, RpcClient
-from node.rpc_server import Caller, RpcError, RpcServer
-from node.runners import (
+from node.p2p.rpc_client import RemoteError, RpcClient
+from node.p2p.rpc_server import Caller, RpcError, RpcServer
+from node.p2p.streams import TrioByteStream
+from node.worker.handlers import NodeService
+from node.worker.runners import (
     EchoRunner,
     GenerationCancelled,
     ImageRunner,
@@ -32,10 +34,8 @@ from node.runners import (
     no_progress,
     task_of,
 )
-from node.runners.image import DiffusersRunner
-from node.scheduler import Scheduler
-from node.service import NodeService
-from node.streams import TrioByteStream
+from node.worker.runners.image import DiffusersRunner
+from node.worker.scheduler import Scheduler
 from protocols import ErrorCode, GenerateParams, ImageParams, ModelInfo
 from tests.tiny_models import build_tiny_sd
 

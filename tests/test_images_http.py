@@ -28,14 +28,14 @@ from PIL import Image
 from starlette.types import ASGIApp
 
 import keys
-from gateway.app import create_app
-from gateway.auth import Authenticator
-from gateway.errors import ApiError
-from gateway.images import IMAGE_TTL
-from gateway.inference import NODE_HEADER
-from gateway.metering import Outcome
-from gateway.router import Generation, Images, NoPeerReady, UnknownModel, UpstreamError
-from gateway.services import ImageBackend, Services
+from gateway.accounts.metering import Outcome
+from gateway.api.app import create_app
+from gateway.api.auth import Authenticator
+from gateway.api.errors import ApiError
+from gateway.api.images import IMAGE_TTL
+from gateway.api.inference import NODE_HEADER
+from gateway.api.services import ImageBackend, Services
+from gateway.routing.router import Generation, Images, NoPeerReady, UnknownModel, UpstreamError
 from protocols import ErrorCode, GenerateParams, ImageParams
 from protocols.generation import MAX_SEED
 from tests.test_http import http

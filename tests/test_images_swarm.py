@@ -19,15 +19,15 @@ import trio
 import trio.testing
 from PIL import Image
 
-from gateway.peer_table import PeerTable
-from gateway.router import NoPeerReady, Router, UnknownModel, UpstreamError
-from gateway.tracker import Tracker
-from node.rpc_client import RpcClient
-from node.rpc_server import Caller, RpcServer
-from node.runners import EchoRunner, ModelRunner
-from node.scheduler import Scheduler
-from node.service import NodeService
-from node.streams import TrioByteStream
+from gateway.routing.peer_table import PeerTable
+from gateway.routing.router import NoPeerReady, Router, UnknownModel, UpstreamError
+from gateway.routing.tracker import Tracker
+from node.p2p.rpc_client import RpcClient
+from node.p2p.rpc_server import Caller, RpcServer
+from node.p2p.streams import TrioByteStream
+from node.worker.handlers import NodeService
+from node.worker.runners import EchoRunner, ModelRunner
+from node.worker.scheduler import Scheduler
 from protocols import ErrorCode, GenerateParams, Hardware, ImageParams, Load, ModelInfo, NodeRecord
 from tests.conftest import Swarm
 from tests.tiny_models import build_tiny_sd

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import keys
-from keys import swarm as ks
-from keys.store import raw_public
+from keys import keyring as ks
+from keys.files import raw_public
 from keys.tokens import ALGORITHM, AUDIENCE, ISSUER
 from protocols import peer_id_of, verify_certificate
 

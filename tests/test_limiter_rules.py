@@ -13,8 +13,8 @@ from typing import Any, cast
 import pytest
 
 import keys
-from gateway.errors import ApiError
-from gateway.limits import (
+from gateway.accounts.database import Store
+from gateway.accounts.limits import (
     DEFAULT_PLAN,
     WINDOW,
     Limiter,
@@ -23,8 +23,8 @@ from gateway.limits import (
     seconds_to_midnight,
     utc_day,
 )
-from gateway.metering import Outcome
-from gateway.store import Store
+from gateway.accounts.metering import Outcome
+from gateway.api.errors import ApiError
 
 # 23:00 UTC: an hour before the daily quotas start again.
 T0 = datetime(2026, 3, 14, 23, 0, tzinfo=UTC).timestamp()

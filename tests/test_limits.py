@@ -16,11 +16,11 @@ import pytest
 import trio
 
 import keys
-from gateway.errors import ApiError
-from gateway.limits import Limiter, Plan, Plans, seconds_to_midnight, utc_day
-from gateway.metering import Outcome
-from gateway.router import Generation
-from gateway.store import UsageRecord
+from gateway.accounts.database import UsageRecord
+from gateway.accounts.limits import Limiter, Plan, Plans, seconds_to_midnight, utc_day
+from gateway.accounts.metering import Outcome
+from gateway.api.errors import ApiError
+from gateway.routing.router import Generation
 from protocols import GenerateParams
 from tests.test_accounts import Gateway, gateway
 from tests.test_http import FakeBackend, assert_error, chat

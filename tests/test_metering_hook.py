@@ -10,8 +10,8 @@ import pytest
 import trio
 
 import keys
-from gateway.errors import ApiError
-from gateway.metering import Meter, Outcome, metered, rate_headers
+from gateway.accounts.metering import Meter, Outcome, metered, rate_headers
+from gateway.api.errors import ApiError
 
 CLAIMS = keys.Claims("ann", "key-1", "inference", 0.0)
 

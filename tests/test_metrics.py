@@ -16,17 +16,17 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 import keys
-from gateway.app import create_app
-from gateway.auth import Authenticator
-from gateway.errors import ApiError
-from gateway.metering import Outcome
-from gateway.peer_table import PeerTable
-from gateway.services import Services
-from node.cli import build_parser
-from node.config import NodeConfig, load
-from node.metrics import NodeMetrics
-from node.rpc_server import Caller, Emit, RpcError
-from node.runners import EchoRunner
+from gateway.accounts.metering import Outcome
+from gateway.api.app import create_app
+from gateway.api.auth import Authenticator
+from gateway.api.errors import ApiError
+from gateway.api.services import Services
+from gateway.routing.peer_table import PeerTable
+from node.cli.main import build_parser
+from node.p2p.config import NodeConfig, load
+from node.p2p.rpc_server import Caller, Emit, RpcError
+from node.worker.metrics import NodeMetrics
+from node.worker.runners import EchoRunner
 from protocols import ErrorCode, Hardware, Load
 from tests.conftest import Swarm
 from tests.test_http import KEY, FakeBackend, auth, chat, http

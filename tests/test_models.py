@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import node.models
-from node.models import (
+import node.worker.models
+from node.worker.models import (
     DEFAULT_MODEL,
     ModelNotAvailable,
     bundled_gguf,
@@ -17,7 +17,7 @@ from node.models import (
     progress_tqdm,
     resolve,
 )
-from node.runners.base import no_progress
+from node.worker.runners.base import no_progress
 from tests.tiny_models import Converted, build_tiny_llama, converted_default_model
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -140,7 +140,7 @@ def test_default_model_converted_once_from_bundled_gguf(
     # A later start finds the converted copy at once.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setattr(node.models, "_convert_gguf", refuse_to_convert)
+    monkeypatch.setattr(node.worker.models, "_convert_gguf", refuse_to_convert)
     assert resolve(DEFAULT_MODEL, default_model.data_dir, no_progress) == path
 
 
@@ -157,7 +157,7 @@ def test_interrupted_conversion_leaves_nothing_behind(
         (out / "model.safetensors").write_bytes(b"half a model")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(node.models, "_write_converted", crash)
+    monkeypatch.setattr(node.worker.models, "_write_converted", crash)
     with pytest.raises(KeyboardInterrupt):
         resolve(DEFAULT_MODEL, data, no_progress)
     assert list(target.parent.iterdir()) == []

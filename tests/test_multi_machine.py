@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 import keys
-from node.readiness import read_status
+from node.p2p.readiness import read_status
 from tests.conftest import Swarm
 from tests.test_swarm import wait_nodes
 

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.store import Store
+from gateway.accounts.database import Store
 from tests.conftest import Swarm
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from gateway.peer_table import SUSPECT_AFTER, PeerEntry, PeerTable
+from gateway.routing.peer_table import SUSPECT_AFTER, PeerEntry, PeerTable
 from protocols import Hardware, Load, ModelInfo, NodeRecord
 
 T0 = 1_000_000.0

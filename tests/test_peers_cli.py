@@ -22,7 +22,7 @@ import pexpect
 import pytest
 
 import keys
-from node.up import write_swarm_file
+from node.cli.up import write_swarm_file
 from tests.conftest import Swarm
 
 NODES = ("node-0", "node-1")

@@ -10,9 +10,8 @@ from dataclasses import replace
 import pytest
 from rich.console import Console
 
-from gateway.peer_table import PeerTable
-from gateway.peers_api import snapshot
-from node.peer_view import (
+from gateway.api.peers import snapshot
+from gateway.client.peer_view import (
     PeerHardware,
     PeerLoad,
     PeerModel,
@@ -29,6 +28,7 @@ from node.peer_view import (
     summary_line,
     to_json,
 )
+from gateway.routing.peer_table import PeerTable
 from protocols import Hardware, Load, ModelInfo, NodeRecord
 
 GiB = 1 << 30

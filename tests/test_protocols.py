@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from libp2p.crypto.ed25519 import Ed25519PrivateKey as Libp2pPrivateKey
 from libp2p.peer.id import ID
 
-from keys.store import raw_private, raw_public
+from keys.files import raw_private, raw_public
 from protocols import (
     DEFAULT_MAX_FRAME,
     Cancel,

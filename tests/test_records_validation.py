@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from keys.store import raw_public
+from keys.files import raw_public
 from protocols import (
     Certificate,
     Hardware,

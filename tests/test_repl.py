@@ -26,9 +26,9 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from gateway.repl_commands import SETTINGS, unchattable
-from gateway.repl_input import Assembler, candidates
-from gateway.repl_render import models_table, peers_table, stats_line, usage_table
+from gateway.client.repl_commands import SETTINGS, unchattable
+from gateway.client.repl_input import Assembler, candidates
+from gateway.client.repl_render import models_table, peers_table, stats_line, usage_table
 from tests.conftest import Swarm
 from tests.tiny_models import build_tiny_sd
 

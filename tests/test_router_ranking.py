@@ -14,8 +14,8 @@ from typing import Any, cast
 import pytest
 import trio
 
-from gateway.peer_table import PeerEntry, PeerTable
-from gateway.router import (
+from gateway.routing.peer_table import PeerEntry, PeerTable
+from gateway.routing.router import (
     MAX_ATTEMPTS,
     Images,
     NoPeerReady,
@@ -23,8 +23,8 @@ from gateway.router import (
     UnknownModel,
     UpstreamError,
 )
-from gateway.tracker import Tracker
-from node.rpc_client import Call, CallFailed, ConnectionLost
+from gateway.routing.tracker import Tracker
+from node.p2p.rpc_client import Call, CallFailed, ConnectionLost
 from protocols import (
     Chunk,
     End,

@@ -12,13 +12,13 @@ import pytest
 import trio
 import trio.testing
 
-from node.rpc_client import ConnectionLost, RemoteError, RpcClient
-from node.rpc_server import Caller, RpcError, RpcServer
-from node.runners.base import Delta
-from node.runners.echo import EchoRunner
-from node.scheduler import Scheduler
-from node.service import NodeService
-from node.streams import TrioByteStream
+from node.p2p.rpc_client import ConnectionLost, RemoteError, RpcClient
+from node.p2p.rpc_server import Caller, RpcError, RpcServer
+from node.p2p.streams import TrioByteStream
+from node.worker.handlers import NodeService
+from node.worker.runners.base import Delta
+from node.worker.runners.echo import EchoRunner
+from node.worker.scheduler import Scheduler
 from protocols import ErrorCode, GenerateParams, ModelInfo, encode_frame
 
 CERT = b"gateway-cert"

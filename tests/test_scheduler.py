@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from node.scheduler import Draining, Overloaded, Scheduler
+from node.worker.scheduler import Draining, Overloaded, Scheduler
 
 
 async def hold(scheduler: Scheduler, name: str, order: list[str], release: trio.Event) -> None:

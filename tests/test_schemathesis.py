@@ -23,9 +23,9 @@ from schemathesis.schemas import BaseSchema
 from starlette.testclient import TestClient
 
 import keys
-from gateway.app import create_app
-from gateway.auth import Authenticator
-from gateway.services import Backend, Services
+from gateway.api.app import create_app
+from gateway.api.auth import Authenticator
+from gateway.api.services import Backend, Services
 from tests.conftest import Swarm
 from tests.test_swarm import wait_nodes
 

@@ -18,9 +18,16 @@ from pathlib import Path
 import pytest
 
 import keys
-from gateway.store import FILENAME, KeyRecord, SchemaTooNew, Store, UsageRecord, UserExists
-from node.cli import main
-from node.cli_admin import gateway_dir
+from gateway.accounts.database import (
+    FILENAME,
+    KeyRecord,
+    SchemaTooNew,
+    Store,
+    UsageRecord,
+    UserExists,
+)
+from node.cli.admin import gateway_dir
+from node.cli.main import main
 
 # --- the database file --------------------------------------------------------------------
 

@@ -14,9 +14,9 @@ from libp2p.kad_dht.pb.kademlia_pb2 import Record
 from libp2p.peer.id import ID as PeerID
 
 import keys
-from keys.store import raw_public
-from node.streams import Libp2pByteStream
-from node.swarm import Swarm as Peer
+from keys.files import raw_public
+from node.p2p.host import Swarm as Peer
+from node.p2p.streams import Libp2pByteStream
 from protocols import (
     RPC_PROTOCOL,
     Certificate,

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from node.models import DEFAULT_MODEL
-from node.runners.base import Delta, no_progress
-from node.runners.text import TextRunner
+from node.worker.models import DEFAULT_MODEL
+from node.worker.runners.base import Delta, no_progress
+from node.worker.runners.text import TextRunner
 from protocols import ChatMessage, GenerateParams, ModelInfo
 from tests.tiny_models import CONTEXT_LENGTH, Converted, build_tiny_llama, converted_default_model
 

@@ -19,9 +19,9 @@ import pytest
 import trio
 
 import keys
-from gateway.metering import Outcome
-from gateway.store import Store, UsageRecord
-from gateway.usage import UsageMeter
+from gateway.accounts.database import Store, UsageRecord
+from gateway.accounts.metering import Outcome
+from gateway.accounts.usage import UsageMeter
 from tests.conftest import Swarm, served
 from tests.test_accounts import Gateway, bearer, gateway
 from tests.test_http import PEER, assert_error, chat

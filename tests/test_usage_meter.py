@@ -17,13 +17,13 @@ import trio.testing
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import keys
-from gateway.app import create_app
-from gateway.auth import Authenticator
-from gateway.limits import Plan, Plans
-from gateway.metering import Outcome
-from gateway.services import Services
-from gateway.store import Store, UsageRecord
-from gateway.usage import UsageMeter
+from gateway.accounts.database import Store, UsageRecord
+from gateway.accounts.limits import Plan, Plans
+from gateway.accounts.metering import Outcome
+from gateway.accounts.usage import UsageMeter
+from gateway.api.app import create_app
+from gateway.api.auth import Authenticator
+from gateway.api.services import Services
 from tests.test_accounts import gateway
 from tests.test_http import FakeBackend, assert_error
 

@@ -103,7 +103,7 @@ def converted_default_model(tmp_path_factory: pytest.TempPathFactory) -> Convert
     Runs ``resolve`` offline against an empty Hugging Face cache, so it takes the GGUF
     path; later calls return the first result without converting again.
     """
-    from node.models import DEFAULT_MODEL, resolve
+    from node.worker.models import DEFAULT_MODEL, resolve
 
     with _converting:
         if not _converted:

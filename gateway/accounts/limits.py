@@ -1,0 +1,205 @@
+"""Plans and the meter that enforces them: requests per minute, daily quotas, concurrency.
+
+The state is in memory (a sliding minute of request times, today's token and image
+counts, calls in flight per user); the daily counts start from the usage store, so a
+restart does not hand out a fresh quota. ``note_remote`` counts calls that another gateway
+served into the same windows. Refusals are 429s in OpenAI's shape with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import keys
+from gateway.accounts.database import Store
+from gateway.accounts.metering import Outcome
+from gateway.api.errors import ApiError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PLAN = "default"
+WINDOW = 60.0  # seconds: requests_per_minute is counted over a sliding minute
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one user may do; every limit is a positive number."""
+
+    name: str = DEFAULT_PLAN
+    requests_per_minute: int = 60
+    tokens_per_day: int = 200_000
+    images_per_day: int = 100
+    concurrent: int = 4
+
+    @classmethod
+    def from_table(cls, name: str, table: Mapping[str, Any]) -> Plan:
+        """A plan from its TOML table; unset limits keep the defaults."""
+        limits = {f.name for f in fields(cls)} - {"name"}
+        unknown = set(table) - limits
+        if unknown:
+            raise ValueError(f"plan {name!r}: unknown settings {', '.join(sorted(unknown))}")
+        for key, value in table.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"plan {name!r}: {key} must be a positive integer")
+        return cls(name, **table)
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Plans:
+    """The configured plans by name, always including the default one."""
+
+    def __init__(
+        self, plans: Mapping[str, Plan] | None = None, default: str = DEFAULT_PLAN
+    ) -> None:
+        self._plans = dict(plans or {})
+        self._plans.setdefault(DEFAULT_PLAN, Plan())
+        if default not in self._plans:
+            raise ValueError(f"default plan {default!r} is not defined")
+        self.default = default
+
+    @classmethod
+    def from_config(cls, tables: Mapping[str, Mapping[str, Any]], default: str) -> Plans:
+        """From ``[gateway.plans.<name>]`` tables."""
+        return cls({name: Plan.from_table(name, t) for name, t in tables.items()}, default)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._plans
+
+    def names(self) -> list[str]:
+        return sorted(self._plans)
+
+    def get(self, name: str | None) -> Plan:
+        """The plan called ``name``; the default one for no name or a name not configured."""
+        return self._plans.get(name or self.default) or self._plans[self.default]
+
+
+def utc_day(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d")
+
+
+def seconds_to_midnight(at: float) -> int:
+    now = datetime.fromtimestamp(at, UTC)
+    midnight = datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1)
+    return max(1, math.ceil(midnight.timestamp() - at))
+
+
+@dataclass
+class _Usage:
+    """One user's counters: request times in the last minute, today's totals, calls open."""
+
+    recent: deque[float] = field(default_factory=deque)
+    day: str = ""
+    tokens: int = 0
+    images: int = 0
+    inflight: int = 0
+
+    def roll(self, now: float) -> None:
+        while self.recent and self.recent[0] <= now - WINDOW:
+            self.recent.popleft()
+        today = utc_day(now)
+        if self.day != today:
+            self.day, self.tokens, self.images = today, 0, 0
+
+
+class Limiter:
+    """A ``Meter`` enforcing each user's plan on this gateway."""
+
+    def __init__(
+        self, plan_of: Callable[[str], Plan], clock: Callable[[], float] = time.time
+    ) -> None:
+        self._plan_of = plan_of
+        self._clock = clock
+        self._users: dict[str, _Usage] = {}
+
+    async def load(self, store: Store) -> None:
+        """Start today's quotas from what the store says was used today."""
+        now = self._clock()
+        for user, (tokens, images) in (await store.call(store.day_totals, utc_day(now))).items():
+            state = self._state(user, now)
+            state.tokens += tokens
+            state.images += images
+
+    def _state(self, user: str, now: float) -> _Usage:
+        state = self._users.setdefault(user.casefold(), _Usage())
+        state.roll(now)
+        return state
+
+    async def admit(self, claims: keys.Claims, outcome: Outcome) -> None:
+        now = self._clock()
+        plan = self._plan_of(claims.sub)
+        state = self._state(claims.sub, now)
+        on = f"on plan {plan.name!r}"
+        if state.inflight >= plan.concurrent:
+            message = f"at most {plan.concurrent} concurrent requests {on}"
+            raise self._refuse(claims, message, "concurrency_limit_exceeded", 1)
+        if len(state.recent) >= plan.requests_per_minute:
+            message = f"rate limit of {plan.requests_per_minute} requests per minute reached {on}"
+            wait = math.ceil(state.recent[0] + WINDOW - now)
+            raise self._refuse(claims, message, "rate_limit_exceeded", wait)
+        if outcome.kind == "image" and state.images >= plan.images_per_day:
+            message = f"daily quota of {plan.images_per_day} images used up {on}"
+            raise self._refuse(claims, message, "insufficient_quota", seconds_to_midnight(now))
+        if outcome.kind != "image" and state.tokens >= plan.tokens_per_day:
+            message = f"daily quota of {plan.tokens_per_day} tokens used up {on}"
+            raise self._refuse(claims, message, "insufficient_quota", seconds_to_midnight(now))
+        state.recent.append(now)
+        state.inflight += 1
+
+    async def record(self, claims: keys.Claims, outcome: Outcome) -> None:
+        state = self._state(claims.sub, self._clock())
+        state.inflight = max(0, state.inflight - 1)
+        state.tokens += outcome.prompt_tokens + outcome.completion_tokens
+        state.images += outcome.images
+
+    def note_remote(self, user: str, requests: int, tokens: int, images: int, at: float) -> None:
+        """Count calls another gateway served for ``user`` at ``at`` (wall-clock seconds)."""
+        now = self._clock()
+        state = self._state(user, now)
+        if at > now - WINDOW:
+            # More than the plan allows changes nothing: no bigger than that, whoever asks.
+            count = min(max(0, requests), self._plan_of(user).requests_per_minute)
+            # Kept in time order, so the oldest request still leaves the window first.
+            state.recent = deque(sorted([*state.recent, *[min(at, now)] * count]))
+        if utc_day(at) == state.day:
+            state.tokens += max(0, tokens)
+            state.images += max(0, images)
+
+    def headers(self, claims: keys.Claims) -> dict[str, str]:
+        now = self._clock()
+        plan = self._plan_of(claims.sub)
+        state = self._state(claims.sub, now)
+        reset = math.ceil(state.recent[0] + WINDOW - now) if state.recent else 0
+        return {
+            "X-RateLimit-Limit": str(plan.requests_per_minute),
+            "X-RateLimit-Remaining": str(max(0, plan.requests_per_minute - len(state.recent))),
+            "X-RateLimit-Reset": str(reset),
+            "X-RateLimit-Limit-Tokens": str(plan.tokens_per_day),
+            "X-RateLimit-Remaining-Tokens": str(max(0, plan.tokens_per_day - state.tokens)),
+            "X-RateLimit-Reset-Tokens": str(seconds_to_midnight(now)),
+        }
+
+    def status(self, user: str) -> dict[str, Any]:
+        """The user's plan and what is left of it now (for ``GET /v1/usage``)."""
+        now = self._clock()
+        plan = self._plan_of(user)
+        state = self._state(user, now)
+        return plan.as_json() | {
+            "requests_this_minute": len(state.recent),
+            "tokens_today": state.tokens,
+            "images_today": state.images,
+            "inflight": state.inflight,
+        }
+
+    def _refuse(self, claims: keys.Claims, message: str, code: str, wait: int) -> ApiError:
+        headers = self.headers(claims) | {"Retry-After": str(max(1, wait))}
+        logger.debug("refused %s: %s", claims.sub, message)
+        return ApiError(429, message, code, headers=headers)

@@ -1,0 +1,30 @@
+"""The gateway's HTTP API: an ASGI app, OpenAI-compatible, authenticated with JWTs.
+
+Each area of the API is a module with ``install(app)``; this module only composes them.
+"""
+
+from __future__ import annotations
+
+from fastapi_offline import FastAPIOffline
+from starlette.types import ASGIApp
+
+from gateway.accounts import usage
+from gateway.accounts import users as accounts
+from gateway.api import chat, completions, dashboard, images, metrics, openapi, peers
+from gateway.api.errors import BodyLimit, install_error_handlers
+from gateway.api.services import Services
+
+# The API's areas, in the order their routes are matched.
+AREAS = [chat, completions, peers, metrics, dashboard, images, accounts, usage, openapi]
+
+
+def create_app(services: Services, *, max_body_bytes: int = 1 << 20) -> ASGIApp:
+    # The interactive docs ship their Swagger UI and ReDoc assets: no CDN, works offline.
+    app = FastAPIOffline(
+        title="BitingLip Swarm gateway", version="1", docs_url="/docs", redoc_url="/redoc"
+    )
+    app.state.services = services
+    install_error_handlers(app)
+    for area in AREAS:
+        area.install(app)
+    return BodyLimit(app, max_body_bytes)

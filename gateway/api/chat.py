@@ -1,0 +1,104 @@
+"""``/health``, ``/v1/models`` and ``/v1/chat/completions`` (plain and streamed)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from gateway.api import openai_api as oa
+from gateway.api.auth import User
+from gateway.api.bodies import json_body, parse
+from gateway.api.errors import ApiError
+from gateway.api.inference import collect, event_stream, start
+from gateway.api.services import services
+from protocols import ChatMessage, GenerateParams
+
+
+def install(app: FastAPI) -> None:
+    @app.get("/health")
+    async def get_health(request: Request) -> dict[str, Any]:
+        s = services(request)
+        return {"status": "ok", "peer_id": s.peer_id, "models": sorted(s.backend.serving())} | (
+            s.health()
+        )
+
+    @app.get("/v1/models")
+    async def list_models(request: Request, claims: User) -> dict[str, Any]:
+        serving = services(request).backend.serving()
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": m,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "bitinglip",
+                    "task": next((p["task"] for p in peers if "task" in p), None),
+                    "peers": peers,
+                }
+                for m, peers in sorted(serving.items())
+            ],
+        }
+
+    @app.post(
+        "/v1/chat/completions",
+        response_model=None,
+        openapi_extra=json_body(app, oa.ChatCompletionRequest),
+    )
+    async def chat_completions(request: Request, claims: User) -> JSONResponse | StreamingResponse:
+        body = await parse(request, oa.ChatCompletionRequest)
+        started = await start(request, claims, _params(body), "chat")
+        id_, created = oa.completion_id(), int(time.time())
+        if not body.stream:
+            text = await collect(started)
+            return JSONResponse(
+                oa.chat_completion(id_, body.model, text, started.generation.usage, created),
+                headers=started.headers,
+            )
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        render = _ChatChunks(id_, body.model, created, include_usage)
+        return event_stream(started, render)
+
+
+@dataclass
+class _ChatChunks:
+    id: str
+    model: str
+    created: int
+    include_usage: bool
+
+    def opening(self) -> list[dict[str, Any]]:
+        return [oa.chunk(self.id, self.model, self.created, {"role": "assistant", "content": ""})]
+
+    def piece(self, text: str) -> dict[str, Any]:
+        return oa.chunk(self.id, self.model, self.created, {"content": text})
+
+    def closing(self, finish_reason: str, usage: dict[str, int]) -> list[dict[str, Any]]:
+        events = [oa.chunk(self.id, self.model, self.created, {}, finish_reason)]
+        if self.include_usage:
+            events.append(oa.chunk(self.id, self.model, self.created, {}, usage_=usage))
+        return events
+
+
+def _params(body: oa.ChatCompletionRequest) -> GenerateParams:
+    # "developer" is OpenAI's newer name for the system role.
+    messages = [
+        ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in body.messages
+    ]
+    try:
+        return GenerateParams(
+            model=body.model,
+            messages=messages,
+            max_tokens=body.max_completion_tokens or body.max_tokens or 256,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            stop=body.stops(),
+            seed=body.seed,
+            stream=body.stream,
+        )
+    except ValueError as exc:
+        raise ApiError(400, str(exc), "invalid_request") from exc

@@ -1,0 +1,105 @@
+"""HTTP errors in OpenAI's shape, and the request-size guard.
+
+Every failure a client can cause becomes an ``ApiError`` with a 4xx status and a body
+``{"error": {"message", "type", "param", "code"}}``; nothing a client sends yields a 5xx.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.api import openai_api as oa
+from gateway.routing.router import NoPeerReady, UnknownModel, UpstreamError
+from protocols import ErrorCode
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = oa.error_body(status, message, code, param)
+        self.headers = headers or {}
+
+
+def routing_error(exc: Exception) -> ApiError:
+    """The HTTP face of a routing failure."""
+    if isinstance(exc, UnknownModel):
+        return ApiError(404, str(exc), "model_not_found", "model")
+    if isinstance(exc, NoPeerReady):
+        return ApiError(503, str(exc), "no_peer_ready")
+    if isinstance(exc, UpstreamError):
+        status = {ErrorCode.BAD_REQUEST: 400, ErrorCode.DEADLINE_EXCEEDED: 504}.get(exc.code, 502)
+        return ApiError(status, str(exc), exc.code.value.lower())
+    raise exc
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        if first.get("type") == "json_invalid":
+            message = "request body is not valid JSON"
+        else:
+            message = f"{where or 'body'}: {first.get('msg', 'invalid value')}"
+        return JSONResponse(oa.error_body(400, message, "invalid_request", where or None), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Keep the exception's headers: a 405 must say which methods are allowed.
+        return JSONResponse(
+            oa.error_body(exc.status_code, str(exc.detail)), exc.status_code, headers=exc.headers
+        )
+
+
+class BodyLimit:
+    """Refuses request bodies over ``limit`` bytes with 413, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _send_json(send, 413, oa.error_body(413, f"request body over {self.limit} bytes"))
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise ApiError(413, f"request body over {self.limit} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+    data = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data})

@@ -1,0 +1,166 @@
+"""``POST /v1/images/generations`` (OpenAI's shape) and ``GET /v1/images/{name}.png``.
+
+Images come back inline (``b64_json``) or as URLs on this gateway (``url``). A URL's
+name is 128 random bits, the only thing guarding the image, so fetching one needs no
+token; like OpenAI's, a URL works for an hour, after which the file is deleted.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+import time
+from contextlib import suppress
+from pathlib import Path
+from typing import Any, Literal
+
+import trio
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gateway.accounts.metering import metered, rate_headers
+from gateway.api.auth import User
+from gateway.api.bodies import json_body, parse
+from gateway.api.errors import ApiError, routing_error
+from gateway.api.inference import NODE_HEADER
+from gateway.api.services import services
+from gateway.routing.router import NoPeerReady, UnknownModel, UpstreamError
+from protocols import ImageParams
+from protocols.generation import (
+    MAX_GUIDANCE,
+    MAX_IMAGE_PROMPT_CHARS,
+    MAX_IMAGE_STEPS,
+    MAX_IMAGES,
+    MAX_SEED,
+    side_problem,
+)
+
+IMAGE_TTL = 3600.0
+_NAME = re.compile(r"[0-9a-f]{32}")
+_SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
+
+
+class ImageGenerationRequest(BaseModel):
+    # OpenAI clients send fields we do not use (quality, style, user, ...): ignore them.
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, max_length=256)
+    prompt: str = Field(min_length=1, max_length=MAX_IMAGE_PROMPT_CHARS)
+    n: int = Field(default=1, ge=1, le=MAX_IMAGES)
+    size: str = Field(default="512x512", description='"WxH" in pixels, e.g. "512x512"')
+    response_format: Literal["url", "b64_json"] = "url"
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    # Beyond OpenAI's API: the diffusion knobs.
+    steps: int = Field(default=30, ge=1, le=MAX_IMAGE_STEPS)
+    guidance_scale: float = Field(default=7.5, ge=0.0, le=MAX_GUIDANCE)
+
+    @field_validator("size")
+    @classmethod
+    def _check_size(cls, size: str) -> str:
+        match = _SIZE.fullmatch(size)
+        if match is None:
+            raise ValueError('must be "WxH", e.g. "512x512"')
+        for side in match.groups():
+            if (why := side_problem(int(side))) is not None:
+                raise ValueError(f"width and height {why}")
+        return size
+
+    def params(self) -> ImageParams:
+        width, height = (int(side) for side in self.size.split("x"))
+        return ImageParams(
+            model=self.model,
+            prompt=self.prompt,
+            n=self.n,
+            width=width,
+            height=height,
+            steps=self.steps,
+            guidance=self.guidance_scale,
+            seed=self.seed,
+        )
+
+
+def install(app: FastAPI) -> None:
+    @app.post(
+        "/v1/images/generations",
+        response_model=None,
+        openapi_extra=json_body(app, ImageGenerationRequest),
+    )
+    async def generate_images(request: Request, claims: User) -> JSONResponse:
+        s = services(request)
+        body = await parse(request, ImageGenerationRequest)
+        if body.response_format == "url" and s.image_dir is None:
+            raise ApiError(
+                400,
+                "this gateway keeps no images: ask for response_format b64_json",
+                "invalid_request",
+                "response_format",
+            )
+        try:
+            params = body.params()
+        except ValueError as exc:
+            raise ApiError(400, str(exc), "invalid_request") from exc
+        backend = s.image_backend
+        if backend is None:
+            raise ApiError(503, "this gateway does not route image generation", "no_peer_ready")
+        try:
+            async with metered(s.meters, claims, body.model, "image") as outcome:
+                try:
+                    result = await backend.generate_image(params, s.request_timeout)
+                except (UnknownModel, NoPeerReady, UpstreamError) as exc:
+                    raise routing_error(exc) from exc
+                outcome.peer_id = result.peer_id
+                if s.image_dir is not None and body.response_format == "url":
+                    names = await trio.to_thread.run_sync(
+                        _store, s.image_dir, result.images, time.time()
+                    )
+                    base = str(request.base_url).rstrip("/")
+                    data = [{"url": f"{base}/v1/images/{name}.png"} for name in names]
+                else:
+                    data = [{"b64_json": base64.b64encode(i).decode()} for i in result.images]
+                outcome.images = len(data)
+        except ApiError as exc:
+            exc.headers.update(rate_headers(s.meters, claims))
+            raise
+        answer: dict[str, Any] = {"created": int(time.time()), "data": data, "seed": result.seed}
+        headers = {NODE_HEADER: result.peer_id} | rate_headers(s.meters, claims)
+        return JSONResponse(answer, headers=headers)
+
+    @app.get("/v1/images/{name}.png", response_model=None)
+    async def get_image(request: Request, name: str) -> Response:
+        directory = services(request).image_dir
+        # Only names this gateway makes: nothing else under (or above) the directory.
+        if directory is not None and _NAME.fullmatch(name):
+            data = await trio.to_thread.run_sync(_read, directory / f"{name}.png", time.time())
+            if data is not None:
+                return Response(data, media_type="image/png")
+        raise ApiError(404, "no such image (image URLs expire after an hour)", "not_found")
+
+
+def _store(directory: Path, images: list[bytes], now: float) -> list[str]:
+    """Write ``images`` under fresh random names; delete what has expired. Blocking."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.iterdir():
+        with suppress(OSError):  # already swept by another request, or not a file
+            if now - old.stat().st_mtime > IMAGE_TTL:
+                old.unlink()
+    names = []
+    for image in images:
+        name = secrets.token_hex(16)
+        # Written aside and renamed: a reader never sees half an image.
+        partial = directory / f".{name}.partial"
+        partial.write_bytes(image)
+        partial.replace(directory / f"{name}.png")
+        names.append(name)
+    return names
+
+
+def _read(path: Path, now: float) -> bytes | None:
+    """The image at ``path`` unless it is missing or expired. Blocking."""
+    try:
+        if now - path.stat().st_mtime > IMAGE_TTL:
+            return None
+        return path.read_bytes()
+    except OSError:  # missing, or not a file
+        return None

@@ -1,0 +1,123 @@
+"""The flow every text route shares: meter, route, then answer whole or as SSE.
+
+Chat and legacy completions differ only in request shape and how they render text, so
+they hand a ``Renderer`` to ``stream`` and keep nothing else of their own.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+
+import keys
+from gateway.accounts.metering import Outcome, metered, rate_headers
+from gateway.api import openai_api as oa
+from gateway.api.errors import ApiError, routing_error
+from gateway.api.services import services
+from gateway.routing.router import Generation, NoPeerReady, UnknownModel, UpstreamError
+from protocols import GenerateParams
+
+NODE_HEADER = "X-BitingLip-Node"
+
+
+@dataclass
+class Started:
+    """A call that a node has begun to answer; ``stack`` ends it (and its metering)."""
+
+    generation: Generation
+    outcome: Outcome
+    stack: AsyncExitStack
+    headers: dict[str, str]
+
+
+class Renderer(Protocol):
+    def opening(self) -> list[dict[str, Any]]: ...
+
+    def piece(self, text: str) -> dict[str, Any]: ...
+
+    def closing(self, finish_reason: str, usage: dict[str, int]) -> list[dict[str, Any]]: ...
+
+
+async def start(
+    request: Request, claims: keys.Claims, params: GenerateParams, kind: str
+) -> Started:
+    """Admit the call through the meters and route it to a node."""
+    s = services(request)
+    stack = AsyncExitStack()
+    try:
+        outcome = await stack.enter_async_context(metered(s.meters, claims, params.model, kind))
+        try:
+            generation = await stack.enter_async_context(
+                s.backend.generate(params, s.request_timeout)
+            )
+        except (UnknownModel, NoPeerReady, UpstreamError) as exc:
+            raise routing_error(exc) from exc
+    except BaseException:
+        # Let the meters see the failure (and its status) before it propagates.
+        await stack.__aexit__(*sys.exc_info())
+        raise
+    outcome.peer_id = generation.peer_id
+    headers = {NODE_HEADER: generation.peer_id} | rate_headers(s.meters, claims)
+    return Started(generation, outcome, stack, headers)
+
+
+def _count(started: Started) -> dict[str, int]:
+    usage = oa.usage(started.generation.usage)
+    started.outcome.prompt_tokens = usage["prompt_tokens"]
+    started.outcome.completion_tokens = usage["completion_tokens"]
+    return usage
+
+
+async def collect(started: Started) -> str:
+    """The whole answer; failures become HTTP errors carrying the rate-limit headers."""
+    try:
+        async with started.stack:
+            try:
+                text = await started.generation.text()
+            except UpstreamError as exc:
+                raise routing_error(exc) from exc
+            _count(started)
+            return text
+    except ApiError as exc:
+        exc.headers.update(started.headers)
+        raise
+
+
+def event_stream(started: Started, render: Renderer) -> StreamingResponse:
+    """The streamed answer as a response: server-sent events, rate-limit headers included."""
+    return StreamingResponse(
+        stream(started, render),
+        media_type="text/event-stream",
+        headers=started.headers | {"Cache-Control": "no-cache"},
+    )
+
+
+async def stream(started: Started, render: Renderer) -> AsyncIterator[bytes]:
+    """Server-sent events; leaving early (client gone) cancels the generation on the node.
+
+    The call is recorded (its usage row on disk) before the closing events go out: a
+    client that has read ``[DONE]`` has been charged, even if the gateway dies next.
+    """
+    async with started.stack:
+        for event in render.opening():
+            yield oa.sse(event)
+        try:
+            async for piece in started.generation.deltas():
+                if piece:
+                    yield oa.sse(render.piece(piece))
+        except UpstreamError as exc:
+            started.outcome.status = 502
+            closing = [oa.error_body(502, str(exc), exc.code.value.lower())]
+        else:
+            usage = _count(started)
+            reason = str(started.generation.usage.get("finish_reason", "stop"))
+            closing = render.closing(reason, usage)
+    for event in closing:
+        yield oa.sse(event)
+    yield oa.sse("[DONE]")

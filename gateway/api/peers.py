@@ -1,0 +1,46 @@
+"""``GET /v1/peers``: every peer this gateway knows, itself included, with live load."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+
+from gateway.api.auth import User
+from gateway.api.services import services
+from gateway.client.peer_view import PeerStatus, sort_key
+from gateway.routing.peer_table import PeerEntry, PeerTable
+from node.p2p.version import VERSION
+
+
+def install(app: FastAPI) -> None:
+    @app.get("/v1/peers")
+    async def list_peers(request: Request, claims: User) -> dict[str, Any]:
+        return {"object": "list", "data": services(request).peers()}
+
+
+def node_status(entry: PeerEntry, now: float) -> PeerStatus:
+    return PeerStatus.from_record(
+        entry.record,
+        entry.load if entry.connected else None,
+        now - entry.last_seen,
+        healthy=not entry.suspect(now),
+        rtt_ms=round(entry.rtt * 1000, 2) if entry.connected else None,
+    )
+
+
+def snapshot(table: PeerTable, peer_id: str, addrs: list[str], now: float) -> list[dict[str, Any]]:
+    """This gateway and the nodes in its table, as ``/v1/peers`` lists them."""
+    gateway = PeerStatus(
+        peer_id=peer_id,
+        role="gateway",
+        addrs=addrs,
+        version=VERSION,
+        hardware=None,
+        models=[],
+        load=None,
+        last_seen=0.0,
+        healthy=True,
+    )
+    nodes = [node_status(e, now) for e in table.entries.values()]
+    return [p.to_json() for p in sorted([gateway, *nodes], key=sort_key)]

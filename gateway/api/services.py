@@ -1,0 +1,70 @@
+"""What the HTTP routes reach through ``request.app.state.services``.
+
+Routes take their collaborators from here rather than from globals, so tests build an
+app around fakes and the gateway process around the real swarm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from fastapi import Request
+
+from gateway.accounts.metering import Meter
+from gateway.api.auth import Authenticator
+from gateway.api.metrics import GatewayMetrics
+from gateway.routing.router import Generation, Images
+from protocols import GenerateParams, ImageParams
+
+if TYPE_CHECKING:  # these modules reach Services themselves
+    from gateway.accounts.database import Store
+    from gateway.accounts.limits import Limiter
+    from gateway.accounts.users import Accounts
+
+
+class Backend(Protocol):
+    """What the HTTP layer needs from the swarm side (a ``Router`` in production)."""
+
+    def generate(
+        self, params: GenerateParams, timeout: float
+    ) -> AbstractAsyncContextManager[Generation]: ...
+
+    def serving(self) -> dict[str, list[dict[str, Any]]]:
+        """Model id → the peers that list it, with their state."""
+        ...
+
+
+class ImageBackend(Protocol):
+    """Image generation on the swarm side (a ``Router`` in production)."""
+
+    async def generate_image(self, params: ImageParams, timeout: float) -> Images: ...
+
+
+@dataclass
+class Services:
+    backend: Backend
+    auth: Authenticator
+    peer_id: str = ""
+    request_timeout: float = 300.0
+    health: Callable[[], dict[str, Any]] = field(default=dict)
+    meters: list[Meter] = field(default_factory=list)
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    # Every peer this gateway knows, itself included, as ``GET /v1/peers`` lists them.
+    peers: Callable[[], list[dict[str, Any]]] = field(default=list)
+    # None: this gateway answers no image generation.
+    image_backend: ImageBackend | None = None
+    # Where images asked for as URLs are kept; None: only inline (b64_json) answers.
+    image_dir: Path | None = None
+    # Users, keys, plans and usage; None: no accounts (operator-issued tokens only).
+    store: Store | None = None
+    accounts: Accounts | None = None
+    limiter: Limiter | None = None
+
+
+def services(request: Request) -> Services:
+    found: Services = request.app.state.services
+    return found

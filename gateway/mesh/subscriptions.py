@@ -1,0 +1,120 @@
+"""Gateways share usage and revocations with each other, peer to peer.
+
+Each gateway serves ``events`` on its RPC service: a stream of what happened locally
+(a call counted against a user, a key revoked). Every gateway subscribes to every other
+gateway it finds in the DHT and applies what it hears, so a user cannot multiply their
+limit by spreading calls over gateways, and a revoked key is refused everywhere within
+the time one message takes to cross the swarm. No shared database, no registry.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from node.p2p.host import Swarm
+from node.p2p.rpc_client import CallFailed, RpcClient
+from node.p2p.rpc_server import Caller, Emit, RpcError
+from protocols import RPC_PROTOCOL, ErrorCode, NodeRecord
+
+logger = logging.getLogger(__name__)
+
+SUBSCRIBER_BUFFER = 10_000
+EVENT_KINDS = ("usage", "revoke")
+
+# Applies one event heard from another gateway.
+Apply = Callable[[dict[str, Any]], None]
+
+
+class GatewaySync:
+    def __init__(
+        self,
+        swarm: Swarm,
+        certificate: bytes,
+        apply: Apply,
+        forget: Callable[[str], None] = lambda peer: None,
+    ) -> None:
+        self._swarm = swarm
+        self._certificate = certificate
+        self._apply = apply
+        self._forget = forget
+        self._subscribers: set[trio.MemorySendChannel[dict[str, Any]]] = set()
+        self._nursery: trio.Nursery | None = None
+        self.peers: set[str] = set()
+        self.received = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def publish(self, event: dict[str, Any]) -> None:
+        """Send a local event to every subscribed gateway, without waiting."""
+        for send in list(self._subscribers):
+            try:
+                send.send_nowait(event)
+            except trio.WouldBlock:
+                # A subscriber this far behind is broken: drop it; it will resubscribe.
+                logger.warning("a gateway fell behind on events; dropping its subscription")
+                send.close()
+                self._subscribers.discard(send)
+            except trio.ClosedResourceError:
+                self._subscribers.discard(send)
+
+    async def rpc_events(
+        self, params: dict[str, Any], caller: Caller, emit: Emit
+    ) -> dict[str, Any]:
+        """Stream this gateway's local events to another gateway until it goes away."""
+        if caller.role != "gateway":
+            raise RpcError(ErrorCode.UNAUTHORIZED, "only gateways may subscribe to events")
+        send, receive = trio.open_memory_channel[dict[str, Any]](SUBSCRIBER_BUFFER)
+        self._subscribers.add(send)
+        try:
+            await emit({"kind": "hello"})
+            async for event in receive:
+                await emit(event)
+        finally:
+            self._subscribers.discard(send)
+        return {}
+
+    def connect_soon(self, record: NodeRecord) -> None:
+        """Subscribe to another gateway's events (called by the tracker on discovery)."""
+        if record.peer_id in self.peers or record.peer_id == self._swarm.peer_id:
+            return
+        assert self._nursery is not None, "GatewaySync.run must be started first"
+        self.peers.add(record.peer_id)
+        self._nursery.start_soon(self._subscribe, record)
+
+    async def _subscribe(self, record: NodeRecord) -> None:
+        peer = record.peer_id
+        try:
+            stream = await self._swarm.open_stream(peer, record.addrs, RPC_PROTOCOL)
+            client = RpcClient(stream, self._certificate)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(client.run)
+                try:
+                    async with client.open_call("events", {}) as events:
+                        logger.info("sharing usage with gateway %s", peer[-8:])
+                        async for event in events:
+                            self._receive(event)
+                except CallFailed as exc:
+                    logger.info("gateway %s left: %s", peer[-8:], exc)
+                nursery.cancel_scope.cancel()
+        except Exception as exc:  # one gateway's trouble must never take this one down
+            logger.info("cannot share usage with gateway %s: %r", peer[-8:], exc)
+        finally:
+            self.peers.discard(peer)
+            self._forget(peer)
+
+    def _receive(self, event: dict[str, Any]) -> None:
+        if event.get("kind") not in EVENT_KINDS:
+            return
+        self.received += 1
+        try:
+            self._apply(event)
+        except (KeyError, TypeError, ValueError) as exc:
+            logger.warning("ignoring a malformed event from another gateway: %r", exc)

@@ -1,0 +1,220 @@
+"""Routes a generation to the least-loaded node that has the model, with failover.
+
+A node that cannot be reached, refuses (OVERLOADED, draining) or vanishes before its
+first reply is skipped and the next one tried, transparently: the user is charged once,
+for the call that answered. A failure after the first token ends that stream with an
+error, since the tokens already sent cannot be taken back. Image calls take the same
+path; a node sends its first image only once all are made, so one that dies while
+making them has answered nothing yet and is passed over like one that cannot be reached.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.routing.peer_table import PeerTable
+from gateway.routing.tracker import Tracker
+from node.p2p.rpc_client import Call, CallFailed, ConnectionLost, RemoteError
+from protocols import ErrorCode, GenerateParams, ImageParams
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE = {ErrorCode.OVERLOADED, ErrorCode.UNAVAILABLE, ErrorCode.MODEL_NOT_FOUND}
+MAX_ATTEMPTS = 3
+
+
+class RoutingError(Exception):
+    pass
+
+
+class UnknownModel(RoutingError):
+    def __init__(self, model: str, available: list[str]) -> None:
+        listed = ", ".join(available) if available else "none"
+        super().__init__(f"model {model!r} is not served by any node (available: {listed})")
+        self.available = available
+
+
+class NoPeerReady(RoutingError):
+    """The model exists in the swarm but no node can take the call now."""
+
+
+class UpstreamError(RoutingError):
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Generation:
+    """An answered call: ``deltas()`` yields text; ``usage`` is filled at the end."""
+
+    peer_id: str
+    call: Call
+    first: dict[str, Any] | None
+    usage: dict[str, Any] = field(default_factory=dict)
+
+    async def deltas(self) -> AsyncIterator[str]:
+        try:
+            if self.first is not None:
+                yield str(self.first.get("text", ""))
+            async for chunk in self.call:
+                yield str(chunk.get("text", ""))
+            if self.call.result and "text" in self.call.result:
+                yield str(self.call.result["text"])  # a non-streamed answer comes whole
+        except RemoteError as exc:
+            raise UpstreamError(exc.code, f"node failed mid-answer: {exc.message}") from exc
+        except ConnectionLost as exc:
+            raise UpstreamError(ErrorCode.UNAVAILABLE, f"node lost mid-answer: {exc}") from exc
+        self.usage = self.call.result or {}
+
+    async def text(self) -> str:
+        return "".join([piece async for piece in self.deltas()])
+
+
+@dataclass(frozen=True)
+class Images:
+    """An answered image call: PNG bytes, the node that made them and the seed it used."""
+
+    peer_id: str
+    images: list[bytes]
+    seed: int | None
+
+
+class Router:
+    def __init__(self, table: PeerTable, tracker: Tracker) -> None:
+        self.table = table
+        self.tracker = tracker
+        self.retries = 0
+
+    def models(self, task: str | None = None) -> list[str]:
+        """Every model id the swarm advertises (for ``task`` only, when given)."""
+        return sorted(
+            model
+            for model, entries in self.table.models().items()
+            if task is None
+            or any(m.id == model and m.task == task for e in entries for m in e.record.models)
+        )
+
+    def serving(self) -> dict[str, list[dict[str, Any]]]:
+        """Model id → the nodes that list it, with state and load."""
+        now = time.time()
+        return {
+            model: [
+                {
+                    "peer_id": e.peer_id,
+                    "state": next(m.state for m in e.record.models if m.id == model),
+                    "task": next(m.task for m in e.record.models if m.id == model),
+                    "healthy": not e.suspect(now) and not e.load.draining,
+                    "inflight": e.load.inflight,
+                    "queued": e.load.queued,
+                    "capacity": e.load.capacity,
+                }
+                for e in entries
+            ]
+            for model, entries in self.table.models().items()
+        }
+
+    async def _candidates(self, model: str, task: str, tried: set[str]) -> list[str]:
+        if model not in self.models(task):
+            await self.tracker.find_model(model)
+            if model not in self.models(task):
+                raise UnknownModel(model, self.models(task))
+        now = time.time()
+        return [
+            e.peer_id
+            for e in self.table.candidates(model, now, tried)
+            if e.peer_id in self.tracker.clients
+        ]
+
+    def _why_none(self, model: str) -> str:
+        states = [
+            f"{e.peer_id[-8:]}: {m.state}{' (draining)' if e.load.draining else ''}"
+            f"{' (not responding)' if e.suspect(time.time()) else ''}"
+            for e in self.table.models().get(model, [])
+            for m in e.record.models
+            if m.id == model
+        ]
+        return f"no node can take {model!r} now ({'; '.join(states) or 'none connected'})"
+
+    def _ended(self, peer: str) -> None:
+        entry = self.table.entries.get(peer)
+        if entry is not None:
+            entry.local_delta -= 1
+
+    @asynccontextmanager
+    async def generate(self, params: GenerateParams, timeout: float) -> AsyncIterator[Generation]:
+        """Stream a text generation from the best node that takes it."""
+        opened = self._answered(
+            "generate", params.model, "text-generation", params.to_wire(), timeout
+        )
+        async with opened as (peer, call, first):
+            yield Generation(peer, call, first)
+
+    async def generate_image(self, params: ImageParams, timeout: float) -> Images:
+        """Generate images on the best node that takes the call."""
+        opened = self._answered(
+            "generate_image", params.model, "text-to-image", params.to_wire(), timeout
+        )
+        async with opened as (peer, call, first):
+            try:
+                chunks = [first] if first is not None else []
+                chunks += [chunk async for chunk in call]
+            except RemoteError as exc:
+                raise UpstreamError(exc.code, f"node failed mid-answer: {exc.message}") from exc
+            except ConnectionLost as exc:
+                raise UpstreamError(ErrorCode.UNAVAILABLE, f"node lost mid-answer: {exc}") from exc
+        images: list[bytes] = []
+        for chunk in chunks:
+            image = chunk.get("image")
+            if isinstance(image, bytes):
+                images.append(image)
+        seed = (call.result or {}).get("seed")
+        if len(images) != len(chunks) or len(images) != params.n:
+            raise UpstreamError(ErrorCode.INTERNAL, f"node {peer[-8:]} sent a malformed answer")
+        return Images(peer, images, seed if isinstance(seed, int) else None)
+
+    @asynccontextmanager
+    async def _answered(
+        self, method: str, model: str, task: str, wire: dict[str, Any], timeout: float
+    ) -> AsyncIterator[tuple[str, Call, dict[str, Any] | None]]:
+        """Open ``method`` on the best node that answers it: (peer, call, first reply)."""
+        tried: set[str] = set()
+        last_error = ""
+        for _ in range(MAX_ATTEMPTS):
+            peers = await self._candidates(model, task, tried)
+            if not peers:
+                break
+            peer = peers[0]
+            tried.add(peer)
+            client = self.tracker.clients.get(peer)
+            entry = self.table.entries.get(peer)
+            if client is None or entry is None:
+                continue
+            entry.local_delta += 1
+            async with AsyncExitStack() as stack:
+                stack.callback(self._ended, peer)
+                try:
+                    call = await stack.enter_async_context(client.open_call(method, wire, timeout))
+                    first = await anext(call, None)
+                except RemoteError as exc:
+                    if exc.code not in RETRYABLE:
+                        raise UpstreamError(exc.code, exc.message) from exc
+                    last_error = exc.message
+                except ConnectionLost as exc:
+                    if exc.started:
+                        raise UpstreamError(ErrorCode.UNAVAILABLE, str(exc)) from exc
+                    last_error = str(exc)
+                except CallFailed as exc:
+                    last_error = str(exc)
+                else:
+                    yield peer, call, first
+                    return
+            self.retries += 1
+            logger.info("node %s did not take the call (%s); trying another", peer[-8:], last_error)
+        reason = self._why_none(model)
+        raise NoPeerReady(f"{reason}; last error: {last_error}" if last_error else reason)

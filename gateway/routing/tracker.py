@@ -1,0 +1,196 @@
+"""Finds nodes through the DHT and keeps a live connection to each one.
+
+Discovery: every peer the DHT knows about is looked up under ``/bitinglip/node/<id>``;
+a record that verifies and names a node gets a connection. Each connection is one
+reused RPC stream carrying both the node's ``watch`` load updates and this gateway's
+calls. A node whose stream breaks leaves routing at once; a node that goes silent is
+suspect after three missed heartbeats and gone when its record expires.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from gateway.routing.peer_table import PeerTable
+from node.p2p.host import Swarm
+from node.p2p.rpc_client import CallFailed, RpcClient
+from protocols import (
+    RPC_PROTOCOL,
+    Load,
+    NodeRecord,
+    RemoteProtocolError,
+    model_key,
+    node_key,
+    verify_record,
+)
+
+logger = logging.getLogger(__name__)
+
+DISCOVER_INTERVAL = 2.0
+FORGET_FAILED_AFTER = 30.0
+
+
+class Tracker:
+    def __init__(
+        self, swarm: Swarm, table: PeerTable, certificate: bytes, operator_public: bytes
+    ) -> None:
+        self.swarm = swarm
+        self.table = table
+        self._certificate = certificate
+        self._operator_public = operator_public
+        self.clients: dict[str, RpcClient] = {}
+        self._connecting: set[str] = set()
+        self._not_nodes: dict[str, float] = {}  # peers with no node record, and when we looked
+        self._nursery: trio.Nursery | None = None
+        # Other gateways are handed to ``on_gateway`` (usage and revocation sharing) and
+        # skipped by discovery until ``forget_gateway`` says their connection ended.
+        self.on_gateway: Callable[[NodeRecord], None] | None = None
+        self.gateways: set[str] = set()
+        self.changed = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                await self.discover()
+                self.table.expire(time.time())
+                await trio.sleep(DISCOVER_INTERVAL)
+
+    def _verify(self, value: bytes) -> NodeRecord | None:
+        try:
+            record = verify_record(value, self._operator_public, time.time())
+        except RemoteProtocolError as exc:
+            logger.warning("ignoring a record that does not verify: %s", exc)
+            return None
+        return record if record.role in ("node", "gateway") else None
+
+    async def discover(self) -> None:
+        """Look up every known peer we do not track yet."""
+        now = time.time()
+        fresh = [
+            p
+            for p in self.swarm.known_peers()
+            if p not in self.clients
+            and p not in self._connecting
+            and p not in self.gateways
+            and now - self._not_nodes.get(p, -FORGET_FAILED_AFTER) >= FORGET_FAILED_AFTER
+        ]
+        for peer in fresh:
+            await self.lookup(peer)
+
+    async def lookup(self, peer: str) -> bool:
+        """Fetch, verify and connect to ``peer`` if it is a node."""
+        try:
+            with trio.move_on_after(5):
+                value = await self.swarm.get(node_key(peer))
+        except Exception as exc:
+            logger.debug("DHT lookup of %s failed: %r", peer, exc)
+            value = None
+        record = self._verify(value) if value else None
+        if record is None or record.peer_id != peer:
+            self._not_nodes[peer] = time.time()
+            return False
+        self._not_nodes.pop(peer, None)
+        if record.role == "gateway":
+            if self.on_gateway is not None:
+                self.gateways.add(peer)
+                self.on_gateway(record)
+            return False
+        self.table.upsert(record)
+        self._connect_soon(record)
+        return True
+
+    async def find_model(self, model: str) -> None:
+        """Ask the DHT who provides ``model`` and track those nodes (a cold-start path)."""
+        try:
+            with trio.move_on_after(5):
+                providers = await self.swarm.providers(model_key(model))
+        except Exception as exc:
+            logger.debug("provider lookup for %s failed: %r", model, exc)
+            return
+        for peer in providers - set(self.clients) - self._connecting:
+            self._not_nodes.pop(peer, None)
+            await self.lookup(peer)
+
+    def forget_gateway(self, peer: str) -> None:
+        self.gateways.discard(peer)
+
+    def _connect_soon(self, record: NodeRecord) -> None:
+        if record.peer_id in self.clients or record.peer_id in self._connecting:
+            return
+        assert self._nursery is not None, "Tracker.run must be started first"
+        self._connecting.add(record.peer_id)
+        self._nursery.start_soon(self._hold_connection, record)
+
+    async def _hold_connection(self, record: NodeRecord) -> None:
+        peer = record.peer_id
+        try:
+            stream = await self.swarm.open_stream(peer, record.addrs, RPC_PROTOCOL)
+        except Exception as exc:
+            logger.info("cannot connect to node %s: %r", peer[-8:], exc)
+            self._connecting.discard(peer)
+            self.table.remove(peer)
+            return
+        client = RpcClient(stream, self._certificate)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(client.run)
+                self.clients[peer] = client
+                self._connecting.discard(peer)
+                try:
+                    await self._watch(peer, client)
+                except CallFailed as exc:
+                    logger.info("node %s left: %s", peer[-8:], exc)
+                nursery.cancel_scope.cancel()
+        except Exception:  # one node's trouble must never take the gateway down
+            logger.exception("connection to node %s failed", peer[-8:])
+        finally:
+            self._connecting.discard(peer)
+            self.clients.pop(peer, None)
+            self.table.remove(peer)
+            self._bump()
+
+    async def _watch(self, peer: str, client: RpcClient) -> None:
+        started = time.monotonic()
+        async with client.open_call("watch", {}) as updates:
+            async for update in updates:
+                entry = self.table.entries.get(peer)
+                if entry is None:
+                    return
+                if not entry.connected:
+                    entry.rtt = time.monotonic() - started
+                    logger.info(
+                        "node %s joined: %s", peer[-8:], ", ".join(entry.record.ready_models())
+                    )
+                self.table.update_load(peer, _load(update))
+                if int(update.get("record_seq", 0)) > entry.record.seq:
+                    await self._refresh_record(peer, client)
+                self._bump()
+
+    async def _refresh_record(self, peer: str, client: RpcClient) -> None:
+        reply = await client.call("record", {}, timeout=5)
+        value = reply.get("record")
+        record = self._verify(value) if isinstance(value, bytes) and value else None
+        if record is not None and record.peer_id == peer:
+            self.table.upsert(record)
+
+    def _bump(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+def _load(update: dict[str, Any]) -> Load:
+    return Load(
+        inflight=int(update.get("inflight", 0)),
+        queued=int(update.get("queued", 0)),
+        capacity=int(update.get("capacity", 1)),
+        tokens_per_s=float(update.get("tokens_per_s", 0.0)),
+        vram_free=int(update.get("vram_free", 0)),
+        draining=bool(update.get("draining", False)),
+    )

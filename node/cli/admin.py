@@ -1,0 +1,224 @@
+"""``bitinglip users ...`` and ``bitinglip tokens list|revoke``: a gateway's accounts, from
+the operator's shell, straight on the gateway's database.
+
+``--data-dir`` names the gateway's data directory, or one holding ``peers/gateway`` (the
+layout ``bitinglip up`` makes), which is then used. A running gateway sees the changes
+within a second. Tables are for people; ``--json`` is for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jwt
+from rich.console import Console
+from rich.table import Table
+
+import keys
+from gateway.accounts.database import FILENAME, KeyRecord, Store, StoreError, UserRecord
+
+EXIT_NOT_FOUND = 2
+
+
+def gateway_dir(data_dir: Path | None) -> Path:
+    """Where the gateway's database is for ``--data-dir`` (see the module docstring)."""
+    base = data_dir or keys.default_data_dir()
+    nested = base / "peers" / "gateway"
+    if not (base / FILENAME).exists() and nested.is_dir():
+        return nested
+    return base
+
+
+def register(commands: Any) -> None:
+    users = commands.add_parser("users", help="a gateway's users and their plans")
+    actions = users.add_subparsers(dest="action", required=True)
+    add = _command(actions, "add", "create a user", _users_add)
+    add.add_argument("name")
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password (one line) from stdin"
+    )
+    add.add_argument("--plan", help="the user's plan (default: the gateway's default plan)")
+    add.add_argument("--config", type=Path, help="the gateway's TOML file, where plans are")
+    listing = _command(actions, "list", "list the users", _users_list)
+    listing.add_argument("--json", action="store_true")
+    for name, helps in (("disable", "refuse every token of a user"), ("enable", "undo disable")):
+        _command(actions, name, helps, _users_disable).add_argument("name")
+    plan = _command(actions, "set-plan", "move a user to another plan", _users_set_plan)
+    plan.add_argument("name")
+    plan.add_argument("plan")
+    plan.add_argument("--config", type=Path, help="the gateway's TOML file, where plans are")
+
+
+def register_tokens(tokens: Any) -> None:
+    """``tokens list`` and ``tokens revoke``, in the existing ``tokens`` group."""
+    listing = _command(tokens, "list", "list the API keys users made", _tokens_list)
+    listing.add_argument("--user")
+    listing.add_argument("--json", action="store_true")
+    revoke = _command(tokens, "revoke", "refuse a token from now on", _tokens_revoke)
+    revoke.add_argument("token", metavar="JTI", help="a key id or token id, or the token itself")
+
+
+def _command(actions: Any, name: str, helps: str, func: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = actions.add_parser(name, help=helps)
+    parser.add_argument("--data-dir", type=Path, help="the gateway's data dir (or up's)")
+    parser.set_defaults(func=func)
+    return parser
+
+
+def _store(args: argparse.Namespace) -> Store:
+    return Store.open(gateway_dir(args.data_dir))
+
+
+def _check_plan(plan: str, config_file: Path | None) -> str:
+    from gateway.accounts.limits import Plans
+    from node.p2p.config import GatewayConfig, load
+
+    config = load(GatewayConfig, "gateway", {}, config_file)
+    plans = Plans.from_config(config.plans, config.default_plan)
+    if plan not in plans:
+        where = f" in {config_file}" if config_file else " (pass the gateway's --config)"
+        raise ValueError(f"no plan {plan!r}{where}; known: {', '.join(plans.names())}")
+    return plan
+
+
+def _users_add(args: argparse.Namespace) -> int:
+    password = None
+    if args.password_stdin:
+        password = keys.hash_password(sys.stdin.readline().rstrip("\r\n"))
+    if args.plan:
+        plan = _check_plan(args.plan, args.config)
+    else:
+        from node.p2p.config import GatewayConfig, load
+
+        plan = load(GatewayConfig, "gateway", {}, args.config).default_plan
+    with _store(args) as store:
+        try:
+            user = store.add_user(args.name, password, plan, time.time())
+        except StoreError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    login = "can log in" if password else "no password: issue tokens with `bitinglip tokens issue`"
+    print(f"added user {user.name} on plan {plan} ({login}) in {store.path}")
+    return 0
+
+
+def _users_list(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        users, all_keys = store.users(), store.keys()
+    live = {u.name.casefold(): 0 for u in users}
+    now = time.time()
+    for key in all_keys:
+        if key.revoked_at is None and key.expires_at > now:
+            live[key.user.casefold()] = live.get(key.user.casefold(), 0) + 1
+    if args.json:
+        print(json.dumps([_user_json(u, live[u.name.casefold()]) for u in users], indent=2))
+        return 0
+    table = Table(title=f"users in {store.path}")
+    for column in ("user", "plan", "state", "password", "live keys", "created"):
+        table.add_column(column)
+    for u in users:
+        table.add_row(
+            u.name,
+            u.plan,
+            "disabled" if u.disabled else "active",
+            "set" if u.password else "none",
+            str(live[u.name.casefold()]),
+            _when(u.created),
+        )
+    Console().print(table)
+    return 0
+
+
+def _users_disable(args: argparse.Namespace) -> int:
+    disabled = args.action == "disable"
+    with _store(args) as store:
+        found = store.set_disabled(args.name, disabled)
+    if not found:
+        return _not_found(f"no user {args.name!r}")
+    print(f"{'disabled' if disabled else 'enabled'} user {args.name}")
+    return 0
+
+
+def _users_set_plan(args: argparse.Namespace) -> int:
+    plan = _check_plan(args.plan, args.config)
+    with _store(args) as store:
+        found = store.set_plan(args.name, plan)
+    if not found:
+        return _not_found(f"no user {args.name!r}")
+    print(f"user {args.name} is now on plan {plan}")
+    return 0
+
+
+def _tokens_list(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        user = store.user(args.user) if args.user else None
+        found = store.keys(user.name if user else None)
+    if args.user and user is None:
+        return _not_found(f"no user {args.user!r}")
+    if args.json:
+        print(json.dumps([_key_json(k) for k in found], indent=2))
+        return 0
+    table = Table(title=f"API keys in {store.path}")
+    for column in ("id", "user", "name", "created", "expires", "state"):
+        table.add_column(column)
+    now = time.time()
+    for k in found:
+        state = "revoked" if k.revoked_at else "expired" if k.expires_at <= now else "live"
+        table.add_row(k.jti, k.user, k.name, _when(k.created), _when(k.expires_at), state)
+    Console().print(table)
+    return 0
+
+
+def _tokens_revoke(args: argparse.Namespace) -> int:
+    jti, expires_at = args.token, None
+    if args.token.count(".") == 2:  # a whole token: its id and expiry are in its claims
+        try:
+            claims = jwt.decode(args.token, options={"verify_signature": False})
+            jti, expires_at = str(claims["jti"]), float(claims["exp"])
+        except (jwt.InvalidTokenError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a token with an id and an expiry: {exc}") from exc
+    with _store(args) as store:
+        key = store.key(jti)
+        if key is not None:
+            expires_at = key.expires_at
+        store.revoke(jti, expires_at, time.time())
+    what = f"key {key.name!r} of {key.user}" if key else "token"
+    print(f"revoked {what} ({jti})")
+    return 0
+
+
+def _not_found(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_NOT_FOUND
+
+
+def _when(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _user_json(user: UserRecord, live_keys: int) -> dict[str, Any]:
+    return {
+        "name": user.name,
+        "plan": user.plan,
+        "disabled": user.disabled,
+        "password": user.password is not None,
+        "live_keys": live_keys,
+        "created": user.created,
+    }
+
+
+def _key_json(key: KeyRecord) -> dict[str, Any]:
+    return {
+        "id": key.jti,
+        "user": key.user,
+        "name": key.name,
+        "created": key.created,
+        "expires_at": key.expires_at,
+        "revoked": key.revoked_at is not None,
+    }

@@ -1,0 +1,223 @@
+"""Sees the swarm from inside, as a ``client`` peer, without trusting any gateway.
+
+The client joins through bootstrap peers, reads each known peer's signed record from
+the DHT, verifies it against the operator's key, and holds one RPC stream per peer it
+found. A node's live load comes from its ``status`` method (a client may call it, never
+``generate``); a gateway's liveness is that its stream opens. Streams stay open between
+snapshots, so ``--watch`` refreshes cost one small call per node.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+import keys
+from gateway.client.peer_view import PeerStatus
+from node.p2p.host import Swarm
+from node.p2p.rpc_client import RpcClient
+from protocols import (
+    RPC_PROTOCOL,
+    Load,
+    NodeRecord,
+    RemoteProtocolError,
+    node_key,
+    verify_certificate,
+    verify_record,
+)
+
+logger = logging.getLogger(__name__)
+
+LOOKUP_TIMEOUT = 5.0
+ASK_TIMEOUT = 3.0
+RETRY_NO_RECORD = 30.0  # a peer with no record (another client) is asked again after this
+
+
+class Unreachable(Exception):
+    """No peer of the swarm could be reached."""
+
+
+class _Peer:
+    """A peer with a verified record and, while it answers, an RPC stream."""
+
+    def __init__(self, record: NodeRecord) -> None:
+        self.record = record
+        self.client: RpcClient | None = None
+        self.scope = trio.CancelScope()  # ends the client's read loop
+        self.load: Load | None = None
+        self.rtt_ms: float | None = None
+        self.answered = 0.0  # wall time of its last answer; 0 if it never answered
+        self.healthy = False  # answered in the latest snapshot
+
+    def status(self, now: float) -> PeerStatus:
+        seen = self.answered or self.record.issued_at
+        return PeerStatus.from_record(self.record, self.load, now - seen, self.healthy, self.rtt_ms)
+
+
+class LightClient:
+    def __init__(
+        self, swarm: Swarm, certificate: bytes, operator_public: bytes, nursery: trio.Nursery
+    ) -> None:
+        self.swarm = swarm
+        self._certificate = certificate
+        self._operator_public = operator_public
+        self._nursery = nursery
+        self._peers: dict[str, _Peer] = {}
+        self._no_record: dict[str, float] = {}
+
+    @property
+    def where(self) -> str:
+        return f"the swarm, as client {self.swarm.peer_id[-8:]}"
+
+    async def snapshot(self) -> list[PeerStatus]:
+        """Every peer with a valid record, with a node's live load where it answers."""
+        if not self.swarm.host.get_connected_peers():
+            await self.swarm.join()
+            if not self.swarm.host.get_connected_peers():
+                raise Unreachable("cannot reach the swarm: no bootstrap peer answers")
+        now = time.time()
+        async with trio.open_nursery() as nursery:
+            for peer_id in self.swarm.known_peers():
+                if now - self._no_record.get(peer_id, -RETRY_NO_RECORD) >= RETRY_NO_RECORD:
+                    nursery.start_soon(self._lookup, peer_id)
+        async with trio.open_nursery() as nursery:
+            for peer in self._peers.values():
+                nursery.start_soon(self._ask, peer)
+        now = time.time()
+        for gone in [p for p, e in self._peers.items() if now > e.record.expires_at]:
+            self._peers.pop(gone).scope.cancel()
+        return [p.status(now) for p in self._peers.values()]
+
+    async def _lookup(self, peer: str) -> None:
+        known = self._peers.get(peer)
+        if known is not None and known.client is not None and not known.client.closed:
+            return  # an open stream serves its fresher record over RPC
+        value = None
+        with trio.move_on_after(LOOKUP_TIMEOUT):
+            try:
+                value = await self.swarm.get(node_key(peer))
+            except Exception as exc:  # a DHT hiccup: this peer is missing from one snapshot
+                logger.debug("DHT lookup of %s failed: %r", peer, exc)
+        record = self._verify(value, peer) if value else None
+        if record is None:
+            if known is None:
+                self._no_record[peer] = time.time()
+            return
+        self._no_record.pop(peer, None)
+        if known is None:
+            self._peers[peer] = _Peer(record)
+        elif record.seq > known.record.seq:
+            known.record = record
+
+    def _verify(self, value: object, peer: str) -> NodeRecord | None:
+        if not isinstance(value, bytes):
+            return None
+        try:
+            return verify_record(value, self._operator_public, time.time(), key=node_key(peer))
+        except RemoteProtocolError as exc:
+            logger.info("ignoring a record for %s that does not verify: %s", peer, exc)
+            return None
+
+    async def _ask(self, peer: _Peer) -> None:
+        """Refresh what ``peer`` says about itself, or mark it as not answering."""
+        peer.healthy, peer.rtt_ms = False, None
+        # A host that vanished without a word costs a dial timeout: bound the whole look.
+        with trio.move_on_after(ASK_TIMEOUT):
+            try:
+                client = await self._client(peer)
+                if peer.record.role == "node":
+                    await self._status(peer, client)
+                elif client.closed:
+                    return
+            except Exception as exc:  # refused, gone, or a dial error of libp2p's own kind
+                logger.debug("%s does not answer: %r", peer.record.peer_id, exc)
+                return
+            peer.healthy, peer.answered = True, time.time()
+
+    async def _status(self, peer: _Peer, client: RpcClient) -> None:
+        started = time.monotonic()
+        status = await client.call("status", {}, timeout=ASK_TIMEOUT)
+        peer.rtt_ms = round((time.monotonic() - started) * 1000, 2)
+        peer.load = _load(status)
+        reply = await client.call("record", {}, timeout=ASK_TIMEOUT)
+        fresh = self._verify(reply.get("record"), peer.record.peer_id)
+        if fresh is not None and fresh.seq > peer.record.seq:
+            peer.record = fresh
+
+    async def _client(self, peer: _Peer) -> RpcClient:
+        if peer.client is not None and not peer.client.closed:
+            return peer.client
+        record = peer.record
+        stream = await self.swarm.open_stream(record.peer_id, record.addrs, RPC_PROTOCOL)
+        client = RpcClient(stream, self._certificate)
+        peer.scope = trio.CancelScope()
+        await self._nursery.start(_serve, client, peer.scope)
+        peer.client = client
+        return client
+
+
+async def _serve(
+    client: RpcClient, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]
+) -> None:
+    with scope:
+        await client.run(task_status=task_status)
+
+
+def _load(update: dict[str, object]) -> Load:
+    def number(name: str) -> float:
+        value = update.get(name, 0)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ValueError(f"status field {name!r} is not a number")
+        return value
+
+    return Load(
+        inflight=int(number("inflight")),
+        queued=int(number("queued")),
+        capacity=int(number("capacity")),
+        tokens_per_s=float(number("tokens_per_s")),
+        vram_free=int(number("vram_free")),
+        draining=update.get("draining") is True,
+    )
+
+
+def client_certificate(client_dir: Path) -> bytes:
+    """The client's certificate, checked to name this identity in the ``client`` role.
+
+    Running as another role's identity would put a second host under a node's or a
+    gateway's peer id, which the rest of the swarm cannot tell apart from the first.
+    """
+    operator_public = keys.operator_public(client_dir)
+    blob = keys.certificate(client_dir, "client")
+    try:
+        cert = verify_certificate(blob, operator_public, time.time())
+    except RemoteProtocolError as exc:
+        raise keys.NotAdmitted(f"the certificate in {client_dir} is not valid: {exc}") from exc
+    if cert.role != "client" or cert.peer_id != keys.peer_id(client_dir):
+        raise keys.NotAdmitted(
+            f"the certificate in {client_dir} admits a {cert.role}, not this client: "
+            f"admit {keys.peer_id(client_dir)} with `--role client`"
+        )
+    return blob
+
+
+@asynccontextmanager
+async def open_light_client(client_dir: Path, bootstrap: list[str]) -> AsyncIterator[LightClient]:
+    """Join the swarm as the client in ``client_dir``; ``Unreachable`` if nobody answers."""
+    from libp2p.kad_dht.kad_dht import DHTMode
+
+    certificate = client_certificate(client_dir)
+    operator_public = keys.operator_public(client_dir)
+    swarm = Swarm(keys.identity(client_dir), operator_public)
+    # A passing client serves nobody's DHT queries, so nobody keeps it in a routing table.
+    await swarm.dht.switch_mode(DHTMode.CLIENT)
+    async with swarm.running([], bootstrap), trio.open_nursery() as nursery:
+        if not swarm.host.get_connected_peers():
+            tried = ", ".join(bootstrap) or "none given"
+            raise Unreachable(f"cannot reach the swarm: no bootstrap peer answers (tried {tried})")
+        yield LightClient(swarm, certificate, operator_public, nursery)
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,193 @@
+"""``bitinglip up``: a whole swarm on this machine, one gateway and N nodes.
+
+Each peer is its own process (libp2p saturates a core when many hosts share one
+process). Peers report through status files, so addresses bound on port 0 and model
+loading progress come back without parsing logs. Ctrl-C or SIGTERM stops them all.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+import keys
+from node.p2p.readiness import read_status
+
+READY_TIMEOUT = 600.0
+# Where a running local swarm can be found, and the identity `bitinglip peers` joins it as.
+SWARM_FILE = "swarm.json"
+CLIENT_DIR = Path("peers") / "cli"
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop()
+
+
+class LocalSwarm:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.run_dir = data_dir / "run"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def spawn(self, name: str, role: str, extra: list[str]) -> None:
+        peer_dir = self.data_dir / "peers" / name
+        keys.provision(peer_dir, self.data_dir, role)
+        status = self.run_dir / f"{name}.json"
+        status.unlink(missing_ok=True)
+        log = (self.data_dir / "logs").joinpath(f"{name}.log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable, "-m", "node.cli", role, "start",
+            "--data-dir", str(peer_dir),
+            "--listen", "/ip4/127.0.0.1/tcp/0",
+            "--ready-file", str(status),
+            *extra,
+        ]  # fmt: skip
+        with log.open("ab") as out:
+            self.procs[name] = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+
+    def status(self, name: str) -> dict[str, object]:
+        return read_status(self.run_dir / f"{name}.json")
+
+    def wait(self, names: list[str], state: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        shown: dict[str, str] = {}
+        while True:
+            pending = []
+            for name in names:
+                status = self.status(name)
+                if self.procs[name].poll() is not None or status.get("state") == "failed":
+                    log = self.data_dir / "logs" / f"{name}.log"
+                    raise RuntimeError(f"{name} stopped: {status.get('message', f'see {log}')}")
+                message = str(status.get("message") or status.get("state") or "starting")
+                if shown.get(name) != message:
+                    shown[name] = message
+                    print(f"  {name}: {message}", file=sys.stderr, flush=True)
+                if status.get("state") != state:
+                    pending.append(name)
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{', '.join(pending)} not {state} after {timeout:.0f} s")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_routable(url: str, model: str, nodes: int, timeout: float) -> None:
+    """Ready means routable: the gateway sees every node with the model ready."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            health = httpx.get(f"{url}/health", timeout=2).json()
+            if health.get("nodes", 0) >= nodes and model in health.get("models", []):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the gateway did not see {nodes} nodes with {model} in {timeout:.0f} s")
+
+
+def _prepare(model: str, data_dir: Path) -> None:
+    """Resolve (download or convert) the model once, here, so N nodes do not all do it."""
+    if model == "echo" or model.startswith("echo-"):
+        return
+    from node.worker.models import resolve
+
+    def progress(message: str, fraction: float | None) -> None:
+        shown = f" ({fraction:.0%})" if fraction is not None else ""
+        print(f"  {model}: {message}{shown}", file=sys.stderr, flush=True)
+
+    resolve(model, data_dir, progress)
+
+
+def run_up(port: int, nodes: int, model: str | None, data_dir: Path | None, as_json: bool) -> int:
+    from node.worker.models import DEFAULT_MODEL
+
+    model = model or DEFAULT_MODEL
+    data_dir = (data_dir or keys.default_data_dir()).resolve()
+    keys.init_operator(data_dir)
+    swarm = LocalSwarm(data_dir)
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        print(
+            f"starting a gateway and {nodes} node(s) serving {model} (logs: {data_dir / 'logs'})",
+            file=sys.stderr,
+        )
+        swarm.spawn("gateway", "gateway", ["--port", str(port)])
+        swarm.wait(["gateway"], "ready", 60)
+        gateway = swarm.status("gateway")
+        bootstrap = str(gateway["addrs"][0])  # type: ignore[index]
+        _prepare(model, data_dir)
+        names = [f"node-{i}" for i in range(nodes)]
+        for name in names:
+            extra = ["--bootstrap", bootstrap, "--model", model, "--model-store", str(data_dir)]
+            swarm.spawn(name, "node", extra)
+        swarm.wait(names, "ready", READY_TIMEOUT)
+        url = str(gateway["url"])
+        _wait_routable(url, model, nodes, 60)
+        token = keys.issue(keys.jwt_keys(data_dir).private, "local", 7 * 86400)  # type: ignore[arg-type]
+        write_swarm_file(swarm, ["gateway", *names], url)
+        _announce(url, model, nodes, token, as_json)
+        while all(p.poll() is None for p in swarm.procs.values()):
+            time.sleep(0.5)
+        print("a peer stopped; shutting the swarm down", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, _Stop):
+        return 0
+    except (RuntimeError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        (data_dir / SWARM_FILE).unlink(missing_ok=True)
+        swarm.stop()
+        signal.signal(signal.SIGTERM, previous)
+        print("swarm stopped", file=sys.stderr)
+
+
+def write_swarm_file(swarm: LocalSwarm, names: list[str], url: str) -> None:
+    """Tell `bitinglip peers` where this swarm is, and give it a client identity to join as."""
+    keys.provision(swarm.data_dir / CLIENT_DIR, swarm.data_dir, "client")
+    addrs = [swarm.status(name).get("addrs") for name in names]
+    bootstrap = [str(a[0]) for a in addrs if isinstance(a, list) and a]
+    path = swarm.data_dir / SWARM_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"gateway": url, "bootstrap": bootstrap}, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _announce(url: str, model: str, nodes: int, token: str, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"url": url, "model": model, "nodes": nodes, "token": token}), flush=True)
+        return
+    question = {"role": "user", "content": "What is the capital of France?"}
+    body = json.dumps({"model": model, "messages": [question], "temperature": 0})
+    print(
+        f"ready: {url} ({nodes} nodes serving {model})\n"
+        f"token: {token}\n"
+        f"try:   curl {url}/v1/chat/completions -H 'Authorization: Bearer {token}' "
+        f"-H 'Content-Type: application/json' -d '{body}'",
+        flush=True,
+    )

@@ -1,0 +1,199 @@
+"""Serves RPC calls on one stream: one read loop, one locked writer, a task per call.
+
+Handlers live in an explicit table (``{"generate": handler, ...}``). A handler gets the
+request's params and an ``emit`` callable for stream chunks, and returns the final
+``End`` data, or raises ``RpcError``. Whatever a peer sends, nothing escapes
+``serve``: py-libp2p ends the whole process when a stream handler raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from node.p2p.streams import ByteStream, StreamBroken
+from protocols import (
+    DEFAULT_MAX_FRAME,
+    Cancel,
+    Chunk,
+    End,
+    Error,
+    ErrorCode,
+    Hello,
+    Message,
+    MessageDecoder,
+    ProtocolError,
+    RemoteProtocolError,
+    Request,
+    encode,
+)
+
+logger = logging.getLogger(__name__)
+
+READ_SIZE = 64 * 1024
+MAX_CALLS_PER_STREAM = 256
+
+
+class RpcError(Exception):
+    """A failure to report to the caller with a code."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code.value}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the Noise-authenticated peer id and the role its certificate grants."""
+
+    peer_id: str
+    role: str
+
+
+Emit = Callable[[dict[str, Any]], Awaitable[None]]
+Handler = Callable[[dict[str, Any], Caller, Emit], Awaitable[dict[str, Any]]]
+# Checks a Hello certificate for the remote peer; returns the caller or raises RpcError.
+Authorize = Callable[[bytes, str], Caller]
+
+
+class _Connection:
+    def __init__(self, stream: ByteStream, max_frame: int) -> None:
+        self.stream = stream
+        self.max_frame = max_frame
+        self.lock = trio.Lock()
+        self.calls: dict[int, trio.CancelScope] = {}
+
+    async def send(self, message: Message) -> None:
+        async with self.lock:
+            await self.stream.write(encode(message, self.max_frame))
+
+
+class RpcServer:
+    def __init__(
+        self,
+        handlers: Mapping[str, Handler],
+        authorize: Authorize,
+        max_frame: int = DEFAULT_MAX_FRAME,
+    ) -> None:
+        self._handlers = dict(handlers)
+        self._authorize = authorize
+        self._max_frame = max_frame
+
+    async def serve(self, stream: ByteStream, remote_peer: str) -> None:
+        """Serve every call arriving on ``stream`` until it ends. Never raises."""
+        conn = _Connection(stream, self._max_frame)
+        try:
+            async with trio.open_nursery() as nursery:
+                try:
+                    await self._read_loop(conn, remote_peer, nursery)
+                except StreamBroken as exc:
+                    logger.debug("rpc stream from %s broke: %r", remote_peer, exc)
+                nursery.cancel_scope.cancel()  # the caller went away: stop its work
+        except Exception:
+            logger.exception("rpc stream from %s failed", remote_peer)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await stream.close()
+
+    async def _read_loop(self, conn: _Connection, remote_peer: str, nursery: trio.Nursery) -> None:
+        decoder = MessageDecoder(self._max_frame)
+        caller: Caller | None = None
+        while True:
+            data = await conn.stream.read(READ_SIZE)
+            if not data:
+                return
+            try:
+                messages = decoder.feed(data)
+            except RemoteProtocolError as exc:
+                await self._refuse(conn, ErrorCode.BAD_REQUEST, str(exc))
+                return
+            for message in messages:
+                if caller is None:
+                    if not isinstance(message, Hello):
+                        await self._refuse(conn, ErrorCode.UNAUTHORIZED, "send hello first")
+                        return
+                    try:
+                        caller = self._authorize(message.certificate, remote_peer)
+                    except RpcError as exc:
+                        await self._refuse(conn, exc.code, exc.message)
+                        return
+                elif isinstance(message, Request):
+                    await self._start(conn, caller, message, nursery)
+                elif isinstance(message, Cancel):
+                    scope = conn.calls.get(message.id)
+                    if scope is not None:
+                        scope.cancel()
+                else:
+                    await self._refuse(conn, ErrorCode.BAD_REQUEST, "unexpected frame")
+                    return
+
+    async def _refuse(self, conn: _Connection, code: ErrorCode, message: str) -> None:
+        logger.info("closing rpc stream: %s %s", code.value, message)
+        with suppress(StreamBroken, ProtocolError):
+            await conn.send(Error(0, code, message))
+
+    async def _start(
+        self, conn: _Connection, caller: Caller, request: Request, nursery: trio.Nursery
+    ) -> None:
+        if request.id in conn.calls:
+            await conn.send(Error(request.id, ErrorCode.BAD_REQUEST, "duplicate call id"))
+            return
+        if len(conn.calls) >= MAX_CALLS_PER_STREAM:
+            await conn.send(Error(request.id, ErrorCode.OVERLOADED, "too many calls on stream"))
+            return
+        handler = self._handlers.get(request.method)
+        if handler is None:
+            await conn.send(
+                Error(request.id, ErrorCode.BAD_REQUEST, f"unknown method {request.method!r}")
+            )
+            return
+        scope = trio.CancelScope()
+        if request.timeout_ms is not None:
+            scope.relative_deadline = request.timeout_ms / 1000
+        conn.calls[request.id] = scope
+        nursery.start_soon(self._run_call, conn, caller, request, handler, scope)
+
+    async def _run_call(
+        self,
+        conn: _Connection,
+        caller: Caller,
+        request: Request,
+        handler: Handler,
+        scope: trio.CancelScope,
+    ) -> None:
+        async def emit(data: dict[str, Any]) -> None:
+            await conn.send(Chunk(request.id, data))
+
+        reply: Message | None = None
+        try:
+            with scope:
+                try:
+                    result = await handler(request.params, caller, emit)
+                    reply = End(request.id, result)
+                except RpcError as exc:
+                    reply = Error(request.id, exc.code, exc.message)
+                except (StreamBroken, trio.Cancelled):
+                    raise
+                except Exception as exc:
+                    logger.exception("rpc %s failed", request.method)
+                    reply = Error(request.id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            if scope.cancelled_caught:
+                timed_out = scope.deadline != math.inf and trio.current_time() >= scope.deadline
+                reply = (
+                    Error(request.id, ErrorCode.DEADLINE_EXCEEDED, "deadline exceeded")
+                    if timed_out
+                    else Error(request.id, ErrorCode.CANCELLED, "cancelled by caller")
+                )
+            if reply is not None:
+                await conn.send(reply)
+        except StreamBroken:
+            pass  # the caller is gone; the read loop ends the connection
+        finally:
+            conn.calls.pop(request.id, None)

@@ -1,0 +1,273 @@
+"""The node's RPC methods: generate, generate_image, status, watch.
+
+``generate`` streams text deltas as chunks and ends with usage; ``generate_image`` sends
+each image as its own chunk (one PNG per frame keeps frames under the size cap) and ends
+with the count and the seed used; ``watch`` streams the node's live load whenever it
+changes (coalesced) and at least every second, which is how gateways see load far
+fresher than the DHT record can carry it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import asdict, replace
+from typing import Any, TypeVar
+
+import trio
+
+from node.p2p.rpc_server import Caller, Emit, Handler, RpcError
+from node.worker.runners.base import Delta, ImageRunner, ModelRunner, Runner
+from node.worker.scheduler import Draining, Overloaded, Scheduler
+from protocols import ErrorCode, GenerateParams, ImageParams, Load, RemoteProtocolError
+from protocols.generation import MAX_SEED
+
+logger = logging.getLogger(__name__)
+
+WATCH_INTERVAL = 1.0
+WATCH_COALESCE = 0.05
+
+T = TypeVar("T")
+P = TypeVar("P")
+
+
+class NodeService:
+    def __init__(
+        self,
+        runners: Mapping[str, ModelRunner],
+        scheduler: Scheduler,
+        vram_free: Callable[[], int],
+        signed_record: Callable[[], tuple[int, bytes]] = lambda: (0, b""),
+    ) -> None:
+        self.runners = dict(runners)
+        self.scheduler = scheduler
+        self._vram_free = vram_free
+        self._signed_record = signed_record
+
+    @property
+    def handlers(self) -> dict[str, Handler]:
+        return {
+            "generate": self.rpc_generate,
+            "generate_image": self.rpc_generate_image,
+            "status": self.rpc_status,
+            "watch": self.rpc_watch,
+            "record": self.rpc_record,
+        }
+
+    def load(self) -> Load:
+        s = self.scheduler
+        return Load(
+            s.inflight,
+            s.queued,
+            s.capacity,
+            round(s.tokens_per_s, 2),
+            self._vram_free(),
+            s.draining,
+        )
+
+    async def rpc_status(
+        self, params: dict[str, Any], caller: Caller, emit: Emit
+    ) -> dict[str, Any]:
+        return asdict(self.load())
+
+    async def rpc_record(
+        self, params: dict[str, Any], caller: Caller, emit: Emit
+    ) -> dict[str, Any]:
+        """The node's current signed DHT record, fresher than any DHT copy."""
+        seq, signed = self._signed_record()
+        return {"seq": seq, "record": signed}
+
+    async def rpc_watch(self, params: dict[str, Any], caller: Caller, emit: Emit) -> dict[str, Any]:
+        while True:
+            seen = self.scheduler.version
+            await emit(asdict(self.load()) | {"record_seq": self._signed_record()[0]})
+            sent = trio.current_time()
+            with trio.move_on_after(WATCH_INTERVAL):
+                await self.scheduler.wait_changed(seen)
+                # The first change goes out at once; a burst right after it is folded
+                # into one update per WATCH_COALESCE.
+                await trio.sleep_until(sent + WATCH_COALESCE)
+
+    async def rpc_generate(
+        self, params: dict[str, Any], caller: Caller, emit: Emit
+    ) -> dict[str, Any]:
+        request = _inference_params(caller, GenerateParams.from_wire, params)
+        runner = self.runners.get(request.model)
+        if not isinstance(runner, Runner):  # absent, or an image model
+            raise RpcError(
+                ErrorCode.MODEL_NOT_FOUND, f"this node does not serve {request.model!r} for text"
+            )
+        async with self._slot():
+            return await self._generate(runner, request, emit)
+
+    @asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        """A scheduler slot; a full or draining node answers with an error code."""
+        try:
+            async with self.scheduler.slot():
+                yield
+        except Overloaded as exc:
+            raise RpcError(ErrorCode.OVERLOADED, str(exc)) from exc
+        except Draining as exc:
+            raise RpcError(ErrorCode.UNAVAILABLE, str(exc)) from exc
+
+    async def _generate(
+        self, runner: Runner, request: GenerateParams, emit: Emit
+    ) -> dict[str, Any]:
+        cancelled = threading.Event()
+        try:
+            deltas = runner.generate(request, cancelled)
+        except ValueError as exc:
+            raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
+        started = time.monotonic()
+        send, receive = trio.open_memory_channel[Delta | Exception](math.inf)
+        last: Delta | None = None
+        whole: list[str] = []  # the answer, when the caller did not ask for a stream
+        failure: Exception | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_pump, deltas, send, cancelled)
+                async for first in receive:
+                    # Deltas that arrived while the last chunk was being written go
+                    # out together: one frame instead of one per token.
+                    batch = [first, *_drain(receive)]
+                    failure = next((i for i in batch if isinstance(i, Exception)), None)
+                    if failure is not None:
+                        # Raised below, outside the nursery, which would wrap it in an
+                        # exception group and hide its message and error code.
+                        nursery.cancel_scope.cancel()
+                        break
+                    pieces = [d for d in batch if isinstance(d, Delta)]
+                    last = pieces[-1]
+                    text = "".join(d.text for d in pieces)
+                    if text and request.stream:
+                        await emit({"text": text})
+                    elif text:
+                        whole.append(text)
+        finally:
+            # Tells the runner to stop between tokens when the caller has gone away.
+            cancelled.set()
+        if failure is not None:
+            raise failure
+        if last is None:
+            raise RpcError(ErrorCode.INTERNAL, "the model produced nothing")
+        self.scheduler.record_speed(last.completion_tokens, time.monotonic() - started)
+        return {
+            "finish_reason": last.finish_reason or "stop",
+            "prompt_tokens": last.prompt_tokens,
+            "completion_tokens": last.completion_tokens,
+        } | ({} if request.stream else {"text": "".join(whole)})
+
+    async def rpc_generate_image(
+        self, params: dict[str, Any], caller: Caller, emit: Emit
+    ) -> dict[str, Any]:
+        request = _inference_params(caller, ImageParams.from_wire, params)
+        runner = self.runners.get(request.model)
+        if not isinstance(runner, ImageRunner):  # absent, or a text model
+            raise RpcError(
+                ErrorCode.MODEL_NOT_FOUND, f"this node does not serve {request.model!r} for images"
+            )
+        if request.seed is None:  # chosen here so the caller learns it and can repeat the images
+            request = replace(request, seed=secrets.randbelow(MAX_SEED + 1))
+        try:
+            async with self._slot():
+                images = await _in_thread(lambda flag: runner.generate_images(request, flag))
+        except ValueError as exc:
+            raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
+        for image in images:
+            await emit({"image": image})
+        return {"images": len(images), "seed": request.seed}
+
+
+def _inference_params(
+    caller: Caller, parse: Callable[[dict[str, Any]], P], params: dict[str, Any]
+) -> P:
+    """Only gateways run models; their parameters are checked like any peer input."""
+    if caller.role != "gateway":
+        raise RpcError(ErrorCode.UNAUTHORIZED, "only gateways may run inference")
+    try:
+        return parse(params)
+    except RemoteProtocolError as exc:
+        raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
+
+
+async def _in_thread(work: Callable[[threading.Event], T]) -> T:
+    """Run ``work(cancelled)`` in a worker thread and return what it returns.
+
+    If this task is cancelled, ``cancelled`` is set and the task still waits for ``work``
+    to return: the scheduler slot is freed only once the model has really stopped.
+    """
+    cancelled = threading.Event()
+    results: list[T] = []
+    failures: list[Exception] = []
+
+    def run() -> None:
+        try:
+            results.append(work(cancelled))
+        except Exception as exc:  # raised below: inside the nursery it would be grouped
+            failures.append(exc)
+
+    async def flag_when_cancelled() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            cancelled.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flag_when_cancelled)
+        await trio.to_thread.run_sync(run)
+        nursery.cancel_scope.cancel()
+    if failures:
+        raise failures[0]
+    return results[0]
+
+
+async def _pump(
+    deltas: Iterator[Delta],
+    send: trio.MemorySendChannel[Delta | Exception],
+    cancelled: threading.Event,
+) -> None:
+    """Run a runner's generator in one worker thread for the whole call (not a thread
+    hop per token), handing each delta to trio as it comes."""
+    token = trio.lowlevel.current_trio_token()
+
+    def forward(item: Delta | Exception) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            send.send_nowait(item)
+
+    def soon(callback: Callable[..., None], *args: Any) -> None:
+        # Queued on the loop without waiting for it (FIFO, so deltas keep their order);
+        # an abandoned thread may outlive the loop itself.
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(callback, *args)
+
+    def pump() -> None:
+        try:
+            for delta in deltas:
+                soon(forward, delta)
+                if delta.finish_reason is not None or cancelled.is_set():
+                    break
+        except ValueError as exc:  # the runner refused the request (e.g. too long)
+            soon(forward, RpcError(ErrorCode.BAD_REQUEST, str(exc)))
+        except Exception as exc:
+            soon(forward, exc)
+        finally:
+            soon(send.close)
+
+    # Abandoned on cancel: the runner sees ``cancelled`` and stops at its next token.
+    await trio.to_thread.run_sync(pump, abandon_on_cancel=True)
+
+
+def _drain(receive: trio.MemoryReceiveChannel[Delta | Exception]) -> list[Delta | Exception]:
+    items: list[Delta | Exception] = []
+    while True:
+        try:
+            items.append(receive.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return items

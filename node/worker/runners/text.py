@@ -1,0 +1,300 @@
+"""A text-generation runner on Hugging Face transformers.
+
+Every generation runs in the model's ``BatchEngine`` (continuous batching: concurrent
+requests share each decoding step); ``generate`` turns the tokens it hands back into
+text deltas. Stop sequences are matched on the text (holding back any tail that may be
+the start of one); a stop sequence or a caller that goes away takes the request out of
+the batch at the next step, so abandoned work does not keep the model busy.
+
+Sampling draws from a per-request ``torch.Generator`` instead of the global RNG: a seeded
+request gives the same text whatever else shares its batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from node.worker.runners.base import Delta, Progress, free_device_memory
+from node.worker.runners.batch import BatchEngine, Pick
+from protocols import GenerateParams, ModelInfo
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+# Used when a config does not say how long a context the model was trained for.
+_FALLBACK_CONTEXT = 2048
+# Default slots: each is budgeted this many tokens of key/value cache, and there are at
+# most this many (past it, a bigger batch mostly adds latency on one device).
+SLOT_TOKENS = 4096
+MAX_SLOTS = 32
+
+
+class TextRunner:
+    """One causal language model loaded on one device, serving up to ``max_batch``
+    generations at once in one batch."""
+
+    def __init__(
+        self,
+        model_id: str,
+        model: Any,
+        tokenizer: Any,
+        dtype: str,
+        max_batch: int,
+    ) -> None:
+        self._model_id = model_id
+        self._model: Any = model
+        self._tokenizer = tokenizer
+        self._dtype = dtype
+        self._max_batch = max_batch
+        self._context = int(
+            getattr(model.config, "max_position_embeddings", None) or _FALLBACK_CONTEXT
+        )
+        eos = model.generation_config.eos_token_id
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        self._eos: set[int] = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
+        self._engine: BatchEngine | None = BatchEngine(model, self._eos, max_batch, model_id)
+        # Fast tokenizers are Rust objects shared between request threads.
+        self._encoding = threading.Lock()
+
+    @classmethod
+    def load(
+        cls,
+        model_id: str,
+        path: Path,
+        device: str,
+        dtype: str | None,
+        max_batch: int,
+        progress: Progress,
+        free_memory: Callable[[], int] | None = None,
+    ) -> TextRunner:
+        """Load the tokenizer and model stored at ``path`` onto ``device``.
+
+        ``dtype`` defaults to float32 on CPU and to half precision on GPUs (bfloat16
+        where CUDA supports it). ``max_batch`` 0 takes as many generations at once as half
+        of ``free_memory()`` (read once the weights are in) holds key/value caches for.
+        """
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        started = time.monotonic()
+        dtype = dtype or _default_dtype(device)
+        progress(f"loading tokenizer of {model_id}", 0.0)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        progress(f"loading weights of {model_id} ({dtype})", 0.1)
+        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        progress(f"moving {model_id} to {device}", 0.8)
+        model.to(device)
+        model.eval()
+        logger.info(
+            "loaded %s on %s as %s in %.1f s", model_id, device, dtype, time.monotonic() - started
+        )
+        if max_batch <= 0:
+            free = free_memory() if free_memory is not None else 0
+            max_batch = default_slots(model.config, getattr(torch, dtype).itemsize, free)
+        progress(f"{model_id} ready on {device}", 1.0)
+        return cls(model_id, model, tokenizer, dtype, max_batch)
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            self._model_id, "text-generation", self._dtype, self._context, self._max_batch, "ready"
+        )
+
+    def generate(self, params: GenerateParams, cancelled: threading.Event) -> Iterator[Delta]:
+        """Stream the completion of ``params``.
+
+        Raises ``ValueError`` at once (before any delta) when the prompt does not fit the
+        model's context, or chat messages go to a model without a chat template.
+        """
+        if self._engine is None:
+            raise RuntimeError(f"{self._model_id} is closed")
+        prompt = self._encode(params)
+        prompt_tokens = len(prompt)
+        if prompt_tokens == 0:
+            raise ValueError("the prompt is empty")
+        if prompt_tokens >= self._context:
+            raise ValueError(
+                f"the prompt is {prompt_tokens} tokens but {self._model_id} has a context "
+                f"length of {self._context} tokens"
+            )
+        max_new = min(params.max_tokens, self._context - prompt_tokens)
+        return self._stream(params, cancelled, prompt, max_new)
+
+    def close(self) -> None:
+        """Drop the model so its memory can be reused; later ``generate`` calls fail.
+
+        Generations still running or waiting end as cancelled.
+        """
+        engine, self._engine = self._engine, None
+        if engine is None:
+            return
+        engine.close()
+        model, self._model = self._model, None
+        device = str(model.device)
+        del model
+        free_device_memory(device)
+
+    def _encode(self, params: GenerateParams) -> list[int]:
+        tokenizer = self._tokenizer
+        with self._encoding:
+            if params.messages is not None:
+                if not tokenizer.chat_template:
+                    raise ValueError(
+                        f"{self._model_id} has no chat template: send a raw prompt instead"
+                    )
+                messages = [{"role": m.role, "content": m.content} for m in params.messages]
+                encoded = tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+                )
+            else:
+                encoded = tokenizer(params.prompt or "", return_tensors="pt")
+        return [int(i) for i in encoded["input_ids"][0]]
+
+    def _stream(
+        self, params: GenerateParams, cancelled: threading.Event, prompt: list[int], max_new: int
+    ) -> Iterator[Delta]:
+        prompt_tokens = len(prompt)
+        halt = threading.Event()  # set by a stop sequence, or when the caller stops reading
+        engine = self._engine
+        if engine is None:
+            raise RuntimeError(f"{self._model_id} is closed")
+        channel = engine.submit(prompt, max_new, _picker(params), _Either(cancelled, halt))
+        text = _TextStream(self._tokenizer)
+        pending = ""  # text not yet sent: it may be the start of a stop sequence
+        tokens = 0
+        try:
+            for token in channel:
+                tokens += 1
+                pending += text.add(token)
+                cut = min((i for i in (pending.find(s) for s in params.stop) if i >= 0), default=-1)
+                if cut >= 0:
+                    halt.set()
+                    yield Delta(pending[:cut], prompt_tokens, tokens, "stop")
+                    return
+                keep = _stop_prefix_len(pending, params.stop)
+                ready, pending = pending[: len(pending) - keep], pending[len(pending) - keep :]
+                if ready:
+                    yield Delta(ready, prompt_tokens, tokens)
+        finally:
+            halt.set()
+        finished = channel.finished
+        assert finished is not None
+        if finished.reason == "cancelled":
+            yield Delta("", prompt_tokens, finished.tokens, "cancelled")
+            return
+        rest = pending + text.flush()
+        cut = min((i for i in (rest.find(s) for s in params.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            yield Delta(rest[:cut], prompt_tokens, finished.tokens, "stop")
+        else:
+            yield Delta(rest, prompt_tokens, finished.tokens, finished.reason)
+
+
+class _Either:
+    """Set when either event is: the engine watches one flag per request."""
+
+    def __init__(self, first: threading.Event, second: threading.Event) -> None:
+        self._first = first
+        self._second = second
+
+    def is_set(self) -> bool:
+        return self._first.is_set() or self._second.is_set()
+
+
+class _TextStream:
+    """Turns token ids into text in word-sized pieces, as ``TextIteratorStreamer`` does."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        from transformers import TextIteratorStreamer
+
+        self._text: Any = TextIteratorStreamer(
+            tokenizer, skip_prompt=False, skip_special_tokens=True
+        )
+
+    def add(self, token: int) -> str:
+        import torch
+
+        self._text.put(torch.tensor([token]))
+        return self._drain()
+
+    def flush(self) -> str:
+        self._text.end()
+        return self._drain()
+
+    def _drain(self) -> str:
+        pieces: list[str] = []
+        while True:
+            try:
+                piece = self._text.text_queue.get_nowait()
+            except queue.Empty:
+                return "".join(pieces)
+            if isinstance(piece, str):  # the end marker is not text
+                pieces.append(piece)
+
+
+def _picker(params: GenerateParams) -> Pick:
+    """How one request chooses its next token: greedy, or sampled with its own generator."""
+    import torch
+
+    if params.temperature <= 0:
+        return None  # greedy
+    temperature, top_p = params.temperature, params.top_p
+    # On the CPU: every backend can move probabilities there, not every one has generators.
+    generator = torch.Generator(device="cpu")
+    if params.seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(params.seed)
+
+    def pick(logits: torch.Tensor) -> int:
+        probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
+        if top_p < 1.0:
+            ordered, order = probs.sort(dim=-1, descending=True)
+            # Drop a token when the ones above it already cover top_p; the first one stays.
+            outside = ordered.cumsum(dim=-1) - ordered >= top_p
+            probs = probs.scatter(-1, order, ordered.masked_fill(outside, 0.0))
+        return int(torch.multinomial(probs, 1, generator=generator))
+
+    return pick
+
+
+def _stop_prefix_len(text: str, stops: list[str]) -> int:
+    """Length of the longest tail of ``text`` that is a proper start of a stop sequence."""
+    best = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:size]):
+                best = size
+                break
+    return best
+
+
+def default_slots(config: Any, dtype_bytes: int, free_bytes: int) -> int:
+    """Generations to batch by default: as many full-length key/value caches (up to
+    ``SLOT_TOKENS`` each) as half the free memory holds, between 1 and ``MAX_SLOTS``."""
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    context = int(getattr(config, "max_position_embeddings", None) or _FALLBACK_CONTEXT)
+    per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * dtype_bytes
+    per_slot = per_token * min(context, SLOT_TOKENS)
+    return int(max(1, min(MAX_SLOTS, free_bytes // 2 // max(1, per_slot))))
+
+
+def _default_dtype(device: str) -> str:
+    if device == "cpu":
+        return "float32"
+    if device.startswith("cuda"):
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float16"
