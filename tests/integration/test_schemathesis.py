@@ -26,8 +26,8 @@ import keys
 from gateway.api.app import create_app
 from gateway.api.auth import Authenticator
 from gateway.api.services import Backend, Services
-from tests.conftest import Swarm
-from tests.test_swarm import wait_nodes
+from tests.integration.conftest import LocalSwarmFixture
+from tests.integration.test_swarm import wait_nodes
 
 EXAMPLES = 20  # per operation: the whole run stays well under a minute
 USER = "fuzzer"
@@ -48,7 +48,7 @@ class Gateway:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """A gateway, an echo node and a registered user, for the whole module."""
-    swarm = Swarm(tmp_path_factory.mktemp("fuzz"))
+    swarm = LocalSwarmFixture(tmp_path_factory.mktemp("fuzz"))
     try:
         status = swarm.start_gateway()
         swarm.start_node("node-0", [str(status["addrs"][0])], ["echo"])  # type: ignore[index]

@@ -27,7 +27,7 @@ from gateway.accounts.users import Accounts
 from gateway.api.app import create_app
 from gateway.api.auth import Authenticator
 from gateway.api.services import Services
-from tests.test_http import FakeBackend, assert_error, chat
+from tests.unit.gateway.api.test_http import FakeBackend, assert_error, chat
 
 PASSWORD = "correct horse battery"
 

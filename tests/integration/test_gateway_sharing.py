@@ -6,7 +6,7 @@ import time
 
 import httpx
 
-from tests.conftest import Swarm
+from tests.integration.conftest import LocalSwarmFixture
 
 
 def wait_for(check: object, timeout: float = 30, what: str = "condition") -> None:
@@ -18,7 +18,7 @@ def wait_for(check: object, timeout: float = 30, what: str = "condition") -> Non
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def start(swarm: Swarm) -> tuple[str, str]:
+def start(swarm: LocalSwarmFixture) -> tuple[str, str]:
     a = swarm.start_gateway("gw-a")
     boot = str(a["addrs"][0])  # type: ignore[index]
     swarm.start_gateway("gw-b", bootstrap=[boot])
@@ -43,7 +43,7 @@ def chat(url: str, token: str) -> httpx.Response:
     )
 
 
-def test_limit_holds_across_gateways_and_revocation_spreads(swarm: Swarm) -> None:
+def test_limit_holds_across_gateways_and_revocation_spreads(swarm: LocalSwarmFixture) -> None:
     url_a, url_b = start(swarm)
     token = swarm.token("spreader")
 

@@ -28,7 +28,7 @@ from protocols import (
     peer_id_of,
     sign_record,
 )
-from tests.conftest import Swarm
+from tests.integration.conftest import LocalSwarmFixture
 
 
 async def read_all(stream: Libp2pByteStream) -> bytes:
@@ -63,7 +63,7 @@ async def nodes_seen(url: str) -> int:
         return int((await client.get(f"{url}/health")).json()["nodes"])
 
 
-async def test_hostile_peer_cannot_disrupt_or_impersonate(swarm: Swarm) -> None:
+async def test_hostile_peer_cannot_disrupt_or_impersonate(swarm: LocalSwarmFixture) -> None:
     gateway = swarm.start_gateway()
     boot = str(gateway["addrs"][0])  # type: ignore[index]
     swarm.start_node("node-0", [boot], ["echo"])

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import Swarm
+from tests.integration.conftest import LocalSwarmFixture
 
 
 def chat(url: str, token: str, text: str, **extra: Any) -> httpx.Response:
@@ -32,7 +32,7 @@ def wait_nodes(url: str, count: int, timeout: float = 30) -> dict[str, Any]:
     raise AssertionError(f"gateway sees {health.get('nodes')} nodes, expected {count}")
 
 
-def test_nodes_found_through_the_dht_and_answer(swarm: Swarm) -> None:
+def test_nodes_found_through_the_dht_and_answer(swarm: LocalSwarmFixture) -> None:
     # node-1 knows only node-0, and the gateway knows only node-1: no registry, no
     # full mesh of bootstrap addresses; the DHT must tie them together.
     swarm.start_node("node-0", [], ["echo"])
@@ -52,7 +52,7 @@ def test_nodes_found_through_the_dht_and_answer(swarm: Swarm) -> None:
     assert len(models["data"][0]["peers"]) == 2
 
 
-def test_busy_node_is_passed_over_and_dead_node_drops_out(swarm: Swarm) -> None:
+def test_busy_node_is_passed_over_and_dead_node_drops_out(swarm: LocalSwarmFixture) -> None:
     gateway = swarm.start_gateway()
     boot = [str(gateway["addrs"][0])]  # type: ignore[index]
     for name in ("node-0", "node-1"):

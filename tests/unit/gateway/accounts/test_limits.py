@@ -23,8 +23,8 @@ from gateway.accounts.metering import Outcome
 from gateway.api.errors import ApiError
 from gateway.routing.router import Generation
 from protocols import GenerateParams
-from tests.test_accounts import Gateway, gateway
-from tests.test_http import FakeBackend, assert_error, chat
+from tests.unit.gateway.accounts.test_accounts import Gateway, gateway
+from tests.unit.gateway.api.test_http import FakeBackend, assert_error, chat
 
 # 23:00 UTC: an hour before the daily quotas start again.
 T0 = datetime(2026, 3, 14, 23, 0, tzinfo=UTC).timestamp()

@@ -1,8 +1,7 @@
-"""Shared fixtures: real peer processes on 127.0.0.1, cleaned up whatever happens."""
+"""Real peer processes on 127.0.0.1, cleaned up whatever happens."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,12 +10,8 @@ import pytest
 import keys
 from node.cli.up import LocalSwarm
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Peer processes inherit this: one torch thread each on a 2-core machine.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-
-class Swarm:
+class LocalSwarmFixture:
     """A local swarm started by a test: a gateway and named nodes."""
 
     def __init__(self, data_dir: Path) -> None:
@@ -66,8 +61,8 @@ class Swarm:
 
 
 @pytest.fixture
-def swarm(tmp_path: Path) -> Iterator[Swarm]:
-    s = Swarm(tmp_path / "swarm")
+def swarm(tmp_path: Path) -> Iterator[LocalSwarmFixture]:
+    s = LocalSwarmFixture(tmp_path / "swarm")
     try:
         yield s
     finally:

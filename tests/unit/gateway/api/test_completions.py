@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from tests.test_http import AUTH, TOKEN, FakeBackend, http, make_app, sse_events
+from tests.unit.gateway.api.test_http import AUTH, TOKEN, FakeBackend, http, make_app, sse_events
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
-from tests.conftest import Swarm
-from tests.test_swarm import wait_nodes
+from tests.integration.conftest import LocalSwarmFixture
+from tests.integration.test_swarm import wait_nodes
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = [
@@ -46,7 +46,7 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def gateway_url(swarm: Swarm) -> str:
+def gateway_url(swarm: LocalSwarmFixture) -> str:
     gateway = swarm.start_gateway()
     swarm.start_node("node-0", [str(gateway["addrs"][0])], ["echo"])  # type: ignore[index]
     swarm.wait_ready(["node-0"])
@@ -77,7 +77,7 @@ def chat(url: str, key: str) -> httpx.Response:
 
 
 def test_register_see_the_swarm_and_manage_keys(
-    swarm: Swarm, gateway_url: str, browser: Browser, tmp_path: Path
+    swarm: LocalSwarmFixture, gateway_url: str, browser: Browser, tmp_path: Path
 ) -> None:
     url = gateway_url
     node_id = swarm.peer_id("node-0")

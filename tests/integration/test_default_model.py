@@ -9,14 +9,14 @@ import openai
 import pytest
 
 from node.worker.models import DEFAULT_MODEL
-from tests.conftest import Swarm
+from tests.integration.conftest import LocalSwarmFixture
 from tests.tiny_models import converted_default_model
 
 QUESTION = "What is the capital of France?"
 
 
 def test_swarm_answers_with_the_default_model(
-    swarm: Swarm, tmp_path_factory: pytest.TempPathFactory
+    swarm: LocalSwarmFixture, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     store = converted_default_model(tmp_path_factory).data_dir
     gateway = swarm.start_gateway()

@@ -34,7 +34,7 @@ from gateway.api.inference import NODE_HEADER
 from gateway.api.services import ImageBackend, Services
 from gateway.routing.router import Generation, Images, NoPeerReady, UnknownModel, UpstreamError
 from protocols import ErrorCode, GenerateParams, ImageParams
-from tests.test_http import http
+from tests.unit.gateway.api.test_http import http
 
 KEY = Ed25519PrivateKey.generate()
 TOKEN = keys.issue(KEY, "alice", 3600)

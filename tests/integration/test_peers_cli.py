@@ -23,14 +23,14 @@ import pytest
 
 import keys
 from node.cli.up import write_swarm_file
-from tests.conftest import Swarm
+from tests.integration.conftest import LocalSwarmFixture
 
 NODES = ("node-0", "node-1")
 
 
 @pytest.fixture(scope="module")
-def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
-    s = Swarm(tmp_path_factory.mktemp("peers") / "swarm")
+def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSwarmFixture]:
+    s = LocalSwarmFixture(tmp_path_factory.mktemp("peers") / "swarm")
     try:
         gateway = s.start_gateway()
         boot = [str(gateway["addrs"][0])]  # type: ignore[index]
@@ -47,7 +47,7 @@ def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
 
 
 @pytest.fixture(scope="module")
-def client_dir(swarm: Swarm, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def client_dir(swarm: LocalSwarmFixture, tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("client")
     keys.provision(directory, swarm.data_dir, "client")
     return directory
@@ -65,11 +65,11 @@ def peers(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env())
 
 
-def via_gateway(swarm: Swarm, *args: str) -> subprocess.CompletedProcess[str]:
+def via_gateway(swarm: LocalSwarmFixture, *args: str) -> subprocess.CompletedProcess[str]:
     return peers("--gateway", swarm.url(), "--token", swarm.token(), *args)
 
 
-def node_ids(swarm: Swarm) -> set[str]:
+def node_ids(swarm: LocalSwarmFixture) -> set[str]:
     return {swarm.peer_id(name) for name in NODES}
 
 
@@ -84,7 +84,9 @@ def closed_port() -> int:
     return port
 
 
-def test_json_through_the_gateway_lists_nodes_with_models_and_load(swarm: Swarm) -> None:
+def test_json_through_the_gateway_lists_nodes_with_models_and_load(
+    swarm: LocalSwarmFixture,
+) -> None:
     result = via_gateway(swarm, "--json")
     assert result.returncode == 0, result.stderr
     body = json.loads(result.stdout)
@@ -100,7 +102,9 @@ def test_json_through_the_gateway_lists_nodes_with_models_and_load(swarm: Swarm)
     assert body["summary"]["nodes"] == 2 and body["summary"]["models"] == {"echo": 2}
 
 
-def test_light_client_sees_both_nodes_and_their_live_load(swarm: Swarm, client_dir: Path) -> None:
+def test_light_client_sees_both_nodes_and_their_live_load(
+    swarm: LocalSwarmFixture, client_dir: Path
+) -> None:
     # Keep one node busy with a slow streamed answer while the client looks.
     streaming, done = threading.Event(), threading.Event()
 
@@ -139,7 +143,7 @@ def test_light_client_sees_both_nodes_and_their_live_load(swarm: Swarm, client_d
     assert found[swarm.peer_id("gateway")]["role"] == "gateway"
 
 
-def test_model_filter(swarm: Swarm) -> None:
+def test_model_filter(swarm: LocalSwarmFixture) -> None:
     result = via_gateway(swarm, "--json", "--model", "echo")
     assert result.returncode == 0, result.stderr
     assert set(by_id(json.loads(result.stdout))) == node_ids(swarm)
@@ -149,7 +153,7 @@ def test_model_filter(swarm: Swarm) -> None:
     assert "no peer lists model 'no-such-model'" in missing.stderr
 
 
-def test_the_table_for_people(swarm: Swarm) -> None:
+def test_the_table_for_people(swarm: LocalSwarmFixture) -> None:
     result = via_gateway(swarm)
     assert result.returncode == 0, result.stderr
     for name in ("gateway", *NODES):
@@ -159,7 +163,7 @@ def test_the_table_for_people(swarm: Swarm) -> None:
     assert "models ready: echo (2 peers)" in result.stdout
 
 
-def test_with_no_flags_it_finds_the_swarm_that_up_started(swarm: Swarm) -> None:
+def test_with_no_flags_it_finds_the_swarm_that_up_started(swarm: LocalSwarmFixture) -> None:
     write_swarm_file(swarm.local, ["gateway", *NODES], swarm.url())
     try:
         result = peers("--data-dir", str(swarm.data_dir), "--json")
@@ -169,7 +173,9 @@ def test_with_no_flags_it_finds_the_swarm_that_up_started(swarm: Swarm) -> None:
     assert node_ids(swarm) <= set(by_id(json.loads(result.stdout)))
 
 
-def test_nothing_reachable_fails_with_a_sentence(swarm: Swarm, client_dir: Path) -> None:
+def test_nothing_reachable_fails_with_a_sentence(
+    swarm: LocalSwarmFixture, client_dir: Path
+) -> None:
     dead = f"/ip4/127.0.0.1/tcp/{closed_port()}/p2p/{swarm.peer_id('gateway')}"
     result = peers("--bootstrap", dead, "--data-dir", str(client_dir))
     assert result.returncode == 1 and result.stdout == ""
@@ -183,7 +189,7 @@ def test_nothing_reachable_fails_with_a_sentence(swarm: Swarm, client_dir: Path)
     assert result.returncode == 1 and "refused the token" in result.stderr
 
 
-def test_watch_refreshes_in_place_until_ctrl_c(swarm: Swarm) -> None:
+def test_watch_refreshes_in_place_until_ctrl_c(swarm: LocalSwarmFixture) -> None:
     args = ["-m", "node.cli", "peers", "--watch", "0.3"]
     args += ["--gateway", swarm.url(), "--token", swarm.token()]
     child = pexpect.spawn(
@@ -201,7 +207,7 @@ def test_watch_refreshes_in_place_until_ctrl_c(swarm: Swarm) -> None:
     assert child.exitstatus == 0, child.before
 
 
-def test_v1_peers_over_http(swarm: Swarm) -> None:
+def test_v1_peers_over_http(swarm: LocalSwarmFixture) -> None:
     url = f"{swarm.url()}/v1/peers"
     assert httpx.get(url, timeout=5).status_code == 401
     reply = httpx.get(url, headers={"Authorization": f"Bearer {swarm.token()}"}, timeout=5)
