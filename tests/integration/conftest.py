@@ -1,0 +1,69 @@
+"""Real peer processes on 127.0.0.1, cleaned up whatever happens."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import keys
+from node.cli.up import LocalSwarm
+
+
+class LocalSwarmFixture:
+    """A local swarm started by a test: a gateway and named nodes."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.local = LocalSwarm(data_dir)
+        self.data_dir = data_dir
+        keys.init_operator(data_dir)
+
+    def start_gateway(
+        self, name: str = "gateway", bootstrap: list[str] | None = None
+    ) -> dict[str, object]:
+        extra = ["--port", "0"] + [x for b in bootstrap or [] for x in ("--bootstrap", b)]
+        self.local.spawn(name, "gateway", extra)
+        self.local.wait([name], "ready", 60)
+        return self.local.status(name)
+
+    def start_node(
+        self, name: str, bootstrap: list[str], models: list[str], extra: list[str] | None = None
+    ) -> None:
+        args = [x for b in bootstrap for x in ("--bootstrap", b)]
+        args += [x for m in models for x in ("--model", m)]
+        args += ["--model-store", str(self.data_dir), *(extra or [])]
+        self.local.spawn(name, "node", args)
+
+    def wait_ready(self, names: list[str], timeout: float = 120) -> None:
+        self.local.wait(names, "ready", timeout)
+
+    def addr(self, name: str) -> str:
+        addrs = self.local.status(name)["addrs"]
+        assert isinstance(addrs, list)
+        return str(addrs[0])
+
+    def peer_id(self, name: str) -> str:
+        return str(self.local.status(name)["peer_id"])
+
+    def url(self, name: str = "gateway") -> str:
+        return str(self.local.status(name)["url"])
+
+    def token(self, user: str = "tester", ttl: float = 3600) -> str:
+        signing = keys.jwt_keys(self.data_dir).private
+        assert signing is not None
+        return keys.issue(signing, user, ttl)
+
+    def kill(self, name: str) -> None:
+        proc = self.local.procs[name]
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def swarm(tmp_path: Path) -> Iterator[LocalSwarmFixture]:
+    s = LocalSwarmFixture(tmp_path / "swarm")
+    try:
+        yield s
+    finally:
+        s.local.stop()
