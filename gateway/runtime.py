@@ -31,7 +31,7 @@ from gateway.routing.router import Router
 from gateway.routing.tracker import Tracker
 from node.p2p.advertise import Advertiser
 from node.p2p.config import GatewayConfig
-from node.p2p.host import Swarm
+from node.p2p.host import PeerHost
 from node.p2p.readiness import StatusFile
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ async def run_gateway(config: GatewayConfig) -> None:
     await limiter.load(store)
     usage = UsageMeter(store)
 
-    swarm = Swarm(identity, operator_public)
+    swarm = PeerHost(identity, operator_public)
     table = PeerTable()
     tracker = Tracker(swarm, table, certificate, operator_public)
     router = Router(table, tracker)

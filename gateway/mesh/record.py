@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from keys.files import raw_public
 from node.p2p.admission import authorizer
 from node.p2p.advertise import RecordFactory
-from node.p2p.host import Swarm
+from node.p2p.host import PeerHost
 from node.p2p.rpc_server import Handler, RpcServer
 from node.p2p.streams import Libp2pByteStream
 from node.p2p.version import VERSION
@@ -22,7 +22,7 @@ from protocols import RPC_PROTOCOL, Hardware, Load, NodeRecord
 GATEWAY_RECORD_TTL = 30.0
 
 
-def gateway_record(swarm: Swarm, identity: Ed25519PrivateKey) -> RecordFactory:
+def gateway_record(swarm: PeerHost, identity: Ed25519PrivateKey) -> RecordFactory:
     def build(seq: int, now: float) -> NodeRecord:
         return NodeRecord(
             peer_id=swarm.peer_id,
@@ -41,7 +41,7 @@ def gateway_record(swarm: Swarm, identity: Ed25519PrivateKey) -> RecordFactory:
     return build
 
 
-def serve_rpc(swarm: Swarm, operator_public: bytes, handlers: Mapping[str, Handler]) -> None:
+def serve_rpc(swarm: PeerHost, operator_public: bytes, handlers: Mapping[str, Handler]) -> None:
     """Answer admitted peers' RPC calls on this gateway."""
     server = RpcServer(handlers, authorizer(operator_public))
 

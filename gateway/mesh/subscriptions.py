@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from node.p2p.host import Swarm
+from node.p2p.host import PeerHost
 from node.p2p.rpc_client import CallFailed, RpcClient
 from node.p2p.rpc_server import Caller, Emit, RpcError
 from protocols import RPC_PROTOCOL, ErrorCode, NodeRecord
@@ -32,7 +32,7 @@ Apply = Callable[[dict[str, Any]], None]
 class GatewaySync:
     def __init__(
         self,
-        swarm: Swarm,
+        swarm: PeerHost,
         certificate: bytes,
         apply: Apply,
         forget: Callable[[str], None] = lambda peer: None,

@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from gateway.routing.peer_table import PeerTable
-from node.p2p.host import Swarm
+from node.p2p.host import PeerHost
 from node.p2p.rpc_client import CallFailed, RpcClient
 from protocols import (
     RPC_PROTOCOL,
@@ -37,7 +37,7 @@ FORGET_FAILED_AFTER = 30.0
 
 class Tracker:
     def __init__(
-        self, swarm: Swarm, table: PeerTable, certificate: bytes, operator_public: bytes
+        self, swarm: PeerHost, table: PeerTable, certificate: bytes, operator_public: bytes
     ) -> None:
         self.swarm = swarm
         self.table = table

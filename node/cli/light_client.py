@@ -19,7 +19,7 @@ import trio
 
 import keys
 from gateway.client.peer_view import PeerStatus
-from node.p2p.host import Swarm
+from node.p2p.host import PeerHost
 from node.p2p.rpc_client import RpcClient
 from protocols import (
     RPC_PROTOCOL,
@@ -61,7 +61,7 @@ class _Peer:
 
 class LightClient:
     def __init__(
-        self, swarm: Swarm, certificate: bytes, operator_public: bytes, nursery: trio.Nursery
+        self, swarm: PeerHost, certificate: bytes, operator_public: bytes, nursery: trio.Nursery
     ) -> None:
         self.swarm = swarm
         self._certificate = certificate
@@ -212,7 +212,7 @@ async def open_light_client(client_dir: Path, bootstrap: list[str]) -> AsyncIter
 
     certificate = client_certificate(client_dir)
     operator_public = keys.operator_public(client_dir)
-    swarm = Swarm(keys.identity(client_dir), operator_public)
+    swarm = PeerHost(keys.identity(client_dir), operator_public)
     # A passing client serves nobody's DHT queries, so nobody keeps it in a routing table.
     await swarm.dht.switch_mode(DHTMode.CLIENT)
     async with swarm.running([], bootstrap), trio.open_nursery() as nursery:

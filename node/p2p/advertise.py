@@ -15,7 +15,7 @@ from collections.abc import Callable
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from node.p2p.host import Swarm
+from node.p2p.host import PeerHost
 from protocols import NodeRecord, model_key, node_key, sign_record
 
 logger = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ RecordFactory = Callable[[int, float], NodeRecord]
 class Advertiser:
     def __init__(
         self,
-        swarm: Swarm,
+        swarm: PeerHost,
         identity: Ed25519PrivateKey,
         certificate: bytes,
         build: RecordFactory,

@@ -14,7 +14,7 @@ from keys.files import raw_public
 from node.p2p.admission import authorizer
 from node.p2p.advertise import Advertiser
 from node.p2p.config import NodeConfig
-from node.p2p.host import Swarm
+from node.p2p.host import PeerHost
 from node.p2p.readiness import StatusFile
 from node.p2p.rpc_server import RpcServer
 from node.p2p.streams import Libp2pByteStream
@@ -48,7 +48,7 @@ class Node:
         self.status = StatusFile(config.ready_file)
         self.identity = keys.identity(config.data_dir)
         self.certificate = keys.certificate(config.data_dir, "node")
-        self.swarm = Swarm(self.identity, keys.operator_public(config.data_dir))
+        self.swarm = PeerHost(self.identity, keys.operator_public(config.data_dir))
         self.runners: dict[str, ModelRunner] = {}
         self.loading: dict[str, str] = {m: "loading" for m in config.models}
         self.hardware = Hardware("cpu", "unknown", 0, 0)

@@ -11,7 +11,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from keys.files import raw_public
-from node.p2p.host import Swarm as Peer
+from node.p2p.host import PeerHost as Peer
 from node.p2p.streams import Libp2pByteStream
 from protocols import (
     RPC_PROTOCOL,
