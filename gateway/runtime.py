@@ -23,6 +23,7 @@ from gateway.api import peers as peers_api
 from gateway.api.app import create_app
 from gateway.api.auth import Authenticator
 from gateway.api.services import Services
+from gateway.config import GatewayConfig
 from gateway.mesh.events import Sharing
 from gateway.mesh.record import GATEWAY_RECORD_TTL, gateway_record, serve_rpc
 from gateway.mesh.subscriptions import GatewaySync
@@ -30,7 +31,6 @@ from gateway.routing.peer_table import PeerTable
 from gateway.routing.router import Router
 from gateway.routing.tracker import Tracker
 from node.p2p.advertise import Advertiser
-from node.p2p.config import GatewayConfig
 from node.p2p.host import PeerHost
 from node.p2p.readiness import StatusFile
 

@@ -77,7 +77,8 @@ def _store(args: argparse.Namespace) -> Store:
 
 def _check_plan(plan: str, config_file: Path | None) -> str:
     from gateway.accounts.limits import Plans
-    from node.p2p.config import GatewayConfig, load
+    from gateway.config import GatewayConfig
+    from node.p2p.config import load
 
     config = load(GatewayConfig, "gateway", {}, config_file)
     plans = Plans.from_config(config.plans, config.default_plan)
@@ -94,7 +95,8 @@ def _users_add(args: argparse.Namespace) -> int:
     if args.plan:
         plan = _check_plan(args.plan, args.config)
     else:
-        from node.p2p.config import GatewayConfig, load
+        from gateway.config import GatewayConfig
+        from node.p2p.config import load
 
         plan = load(GatewayConfig, "gateway", {}, args.config).default_plan
     with _store(args) as store:

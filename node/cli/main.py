@@ -140,7 +140,8 @@ def _overrides(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
 def _node_start(args: argparse.Namespace) -> int:
     import trio
 
-    from node.p2p.config import NodeConfig, load
+    from node.p2p.config import load
+    from node.worker.config import NodeConfig
     from node.worker.runtime import Node
 
     config = load(
@@ -175,8 +176,9 @@ def _node_start(args: argparse.Namespace) -> int:
 def _gateway_start(args: argparse.Namespace) -> int:
     import trio
 
+    from gateway.config import GatewayConfig
     from gateway.runtime import run_gateway
-    from node.p2p.config import GatewayConfig, load
+    from node.p2p.config import load
 
     config = load(
         GatewayConfig,

@@ -13,12 +13,12 @@ import keys
 from keys.files import raw_public
 from node.p2p.admission import authorizer
 from node.p2p.advertise import Advertiser
-from node.p2p.config import NodeConfig
 from node.p2p.host import PeerHost
 from node.p2p.readiness import StatusFile
 from node.p2p.rpc_server import RpcServer
 from node.p2p.streams import Libp2pByteStream
 from node.p2p.version import VERSION
+from node.worker.config import NodeConfig
 from node.worker.handlers import NodeService
 from node.worker.metrics import NodeMetrics
 from node.worker.runners import ModelRunner, load_runner, task_of
