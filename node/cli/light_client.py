@@ -18,7 +18,6 @@ from pathlib import Path
 import trio
 
 import keys
-from gateway.client.peer_view import PeerStatus
 from node.p2p.host import PeerHost
 from node.p2p.rpc_client import RpcClient
 from protocols import (
@@ -30,6 +29,7 @@ from protocols import (
     verify_certificate,
     verify_record,
 )
+from protocols.peers import PeerStatus
 
 logger = logging.getLogger(__name__)
 

@@ -32,10 +32,11 @@ from rich.live import Live
 from rich.text import Text
 
 import keys
-from gateway.client.peer_view import PeerStatus, arrange, render, to_json
+from gateway.client.peer_view import render
 from keys.keyring import CERTIFICATE, OPERATOR_KEY
 from node.cli.light_client import Unreachable, client_certificate, open_light_client
 from node.cli.up import CLIENT_DIR, SWARM_FILE
+from protocols.peers import PeerStatus, arrange, to_json
 
 TOKEN_ENV = "BITINGLIP_TOKEN"
 HTTP_TIMEOUT = 10.0
