@@ -20,10 +20,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from gateway.accounts.errors import Refused
 from gateway.accounts.metering import metered, rate_headers
 from gateway.api.auth import User
 from gateway.api.bodies import json_body, parse
-from gateway.api.errors import ApiError, routing_error
+from gateway.api.errors import ApiError, refusal, routing_error
 from gateway.api.inference import NODE_HEADER
 from gateway.api.services import services
 from gateway.routing.router import NoPeerReady, UnknownModel, UpstreamError
@@ -120,6 +121,10 @@ def install(app: FastAPI) -> None:
                 else:
                     data = [{"b64_json": base64.b64encode(i).decode()} for i in result.images]
                 outcome.images = len(data)
+        except Refused as exc:
+            error = refusal(exc)
+            error.headers.update(rate_headers(s.meters, claims))
+            raise error from exc
         except ApiError as exc:
             exc.headers.update(rate_headers(s.meters, claims))
             raise

@@ -1,5 +1,5 @@
 """``bitinglip users ...`` and ``bitinglip tokens list|revoke``: a gateway's accounts, from
-the operator's shell, straight on the gateway's database.
+the operator's shell, on the gateway's database through the accounts' own rules.
 
 ``--data-dir`` names the gateway's data directory, or one holding ``peers/gateway`` (the
 layout ``bitinglip up`` makes), which is then used. A running gateway sees the changes
@@ -21,7 +21,9 @@ from rich.console import Console
 from rich.table import Table
 
 import keys
-from gateway.accounts.database import FILENAME, KeyRecord, Store, StoreError, UserRecord
+from gateway.accounts.database import FILENAME, KeyRecord, Store, UserRecord
+from gateway.accounts.errors import Refused
+from gateway.accounts.users import create_user
 
 EXIT_NOT_FOUND = 2
 
@@ -89,9 +91,7 @@ def _check_plan(plan: str, config_file: Path | None) -> str:
 
 
 def _users_add(args: argparse.Namespace) -> int:
-    password = None
-    if args.password_stdin:
-        password = keys.hash_password(sys.stdin.readline().rstrip("\r\n"))
+    password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else None
     if args.plan:
         plan = _check_plan(args.plan, args.config)
     else:
@@ -101,8 +101,8 @@ def _users_add(args: argparse.Namespace) -> int:
         plan = load(GatewayConfig, "gateway", {}, args.config).default_plan
     with _store(args) as store:
         try:
-            user = store.add_user(args.name, password, plan, time.time())
-        except StoreError as exc:
+            user = create_user(store, args.name, password, plan, time.time())
+        except Refused as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
     login = "can log in" if password else "no password: issue tokens with `bitinglip tokens issue`"
