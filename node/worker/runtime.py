@@ -20,8 +20,9 @@ from node.p2p.streams import Libp2pByteStream
 from node.p2p.version import VERSION
 from node.worker.config import NodeConfig
 from node.worker.handlers import NodeService
+from node.worker.loading import load_runner, task_of
 from node.worker.metrics import NodeMetrics
-from node.worker.runners import ModelRunner, load_runner, task_of
+from node.worker.runners import ModelRunner
 from node.worker.scheduler import Scheduler
 from protocols import RPC_PROTOCOL, Hardware, ModelInfo, NodeRecord
 
