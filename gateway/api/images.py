@@ -28,6 +28,7 @@ from gateway.api.errors import ApiError, refusal, routing_error
 from gateway.api.inference import NODE_HEADER
 from gateway.api.services import services
 from gateway.routing.router import NoPeerReady, UnknownModel, UpstreamError
+from keys.files import write_atomic
 from protocols import ImageParams
 from protocols.generation import (
     MAX_GUIDANCE,
@@ -153,10 +154,7 @@ def _store(directory: Path, images: list[bytes], now: float) -> list[str]:
     names = []
     for image in images:
         name = secrets.token_hex(16)
-        # Written aside and renamed: a reader never sees half an image.
-        partial = directory / f".{name}.partial"
-        partial.write_bytes(image)
-        partial.replace(directory / f"{name}.png")
+        write_atomic(directory / f"{name}.png", image)
         names.append(name)
     return names
 

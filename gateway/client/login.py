@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from gateway.client.api_client import DEFAULT_GATEWAY, ClientError, GatewayClient, normalize_url
-from keys.files import write_private
+from keys.files import default_config_dir, write_private
 
 
 @dataclass(frozen=True)
@@ -28,16 +27,8 @@ class Credentials:
     expires_at: str | float | None = None
 
 
-def config_dir() -> Path:
-    home = os.environ.get("BITINGLIP_HOME")
-    if home:
-        return Path(home)
-    xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(xdg) / "bitinglip"
-
-
 def credentials_path() -> Path:
-    return config_dir() / "credentials.json"
+    return default_config_dir() / "credentials.json"
 
 
 def load_credentials() -> Credentials | None:
@@ -72,14 +63,18 @@ def save_credentials(credentials: Credentials) -> Path:
     return path
 
 
-def saved_login(gateway: str | None) -> tuple[str, str | None]:
-    """The gateway to use and the saved token for it.
+def saved_login(gateway: str | None) -> tuple[str | None, str | None]:
+    """The gateway to use (``gateway``, else the saved one; None if neither) and the saved
+    token for it; ``ValueError`` if the saved login is damaged.
 
     The saved token goes only to the gateway it was issued by: naming another one with
     ``--gateway`` must not hand it a credential for the first.
     """
     saved = load_credentials()
-    url = normalize_url(gateway or (saved.gateway if saved else DEFAULT_GATEWAY))
+    wanted = gateway or (saved.gateway if saved else None)
+    if wanted is None:
+        return None, None
+    url = normalize_url(wanted)
     if saved is not None and normalize_url(saved.gateway) == url:
         return url, saved.token
     return url, None

@@ -41,6 +41,7 @@ def register(commands: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     screen = Screen()
     url, saved_token = saved_login(args.gateway)
+    url = url or DEFAULT_GATEWAY
     token = args.token or os.environ.get("BITINGLIP_TOKEN") or saved_token
     with GatewayClient(url, token) as client:
         try:

@@ -136,23 +136,6 @@ def read_swarm_file(data_dir: Path) -> SavedSwarm:
     )
 
 
-def saved_login(url: str | None) -> tuple[str | None, str | None]:
-    """(gateway URL, token) of the saved login; nothing if there is none or it is damaged.
-
-    A saved token goes only to the gateway it was issued by.
-    """
-    from gateway.client.api_client import normalize_url
-    from gateway.client.login import load_credentials
-
-    try:
-        saved = load_credentials()
-    except ValueError:
-        return None, None
-    if saved is None or (url is not None and normalize_url(url) != normalize_url(saved.gateway)):
-        return None, None
-    return normalize_url(saved.gateway), saved.token
-
-
 def client_dir(data_dir: Path, *, admit: bool) -> Path | None:
     """Where this machine's client identity lives, if it holds a client certificate.
 
@@ -193,7 +176,12 @@ def choose(args: argparse.Namespace) -> Opener:
         found = client_dir(data_dir, admit=False)
         if found is not None and saved.bootstrap:
             return _light(found, saved.bootstrap)
-    login_url, login_token = saved_login(args.gateway or saved.gateway)
+    from gateway.client.login import saved_login
+
+    try:
+        login_url, login_token = saved_login(args.gateway or saved.gateway)
+    except ValueError:  # a damaged saved login: as if there were none
+        login_url, login_token = None, None
     url = args.gateway or saved.gateway or login_url
     if url is None:
         raise Refused(

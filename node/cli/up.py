@@ -16,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 import keys
+from keys.files import write_atomic
 from node.p2p.readiness import read_status
 
 READY_TIMEOUT = 600.0
@@ -172,10 +173,8 @@ def write_swarm_file(swarm: LocalSwarm, names: list[str], url: str) -> None:
     keys.provision(swarm.data_dir / CLIENT_DIR, swarm.data_dir, "client")
     addrs = [swarm.status(name).get("addrs") for name in names]
     bootstrap = [str(a[0]) for a in addrs if isinstance(a, list) and a]
-    path = swarm.data_dir / SWARM_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"gateway": url, "bootstrap": bootstrap}, indent=2) + "\n")
-    tmp.replace(path)
+    body = json.dumps({"gateway": url, "bootstrap": bootstrap}, indent=2) + "\n"
+    write_atomic(swarm.data_dir / SWARM_FILE, body.encode())
 
 
 def _announce(url: str, model: str, nodes: int, token: str, as_json: bool) -> None:
