@@ -7,12 +7,12 @@ answer or from what it found in the swarm itself; ``gateway.client.peer_view`` r
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeVar
 
 from protocols.records import Load, NodeRecord
+from protocols.validate import exact, finite, flat
 
 T = TypeVar("T")
 
@@ -112,58 +112,20 @@ class PeerStatus:
         if not isinstance(body, dict):
             raise ValueError("a peer entry must be an object")
         hardware, load, rtt = body.get("hardware"), body.get("load"), body.get("rtt_ms")
-        models = _get(body, "models", list)
-        addrs = _get(body, "addrs", list)
+        models = exact(body.get("models"), list, "models")
+        addrs = exact(body.get("addrs"), list, "addrs")
         return cls(
-            peer_id=_get(body, "peer_id", str),
-            role=_get(body, "role", str),
+            peer_id=exact(body.get("peer_id"), str, "peer_id"),
+            role=exact(body.get("role"), str, "role"),
             addrs=[a for a in addrs if isinstance(a, str)],
-            version=_get(body, "version", str),
-            hardware=None if hardware is None else _build(PeerHardware, hardware),
-            models=[_build(PeerModel, m) for m in models],
-            load=None if load is None else _build(PeerLoad, load),
-            last_seen=_number(body.get("last_seen"), "last_seen"),
-            healthy=_get(body, "healthy", bool),
-            rtt_ms=None if rtt is None else _number(rtt, "rtt_ms"),
+            version=exact(body.get("version"), str, "version"),
+            hardware=None if hardware is None else flat(PeerHardware, hardware),
+            models=[flat(PeerModel, m) for m in models],
+            load=None if load is None else flat(PeerLoad, load),
+            last_seen=finite(body.get("last_seen"), "last_seen"),
+            healthy=exact(body.get("healthy"), bool, "healthy"),
+            rtt_ms=None if rtt is None else finite(rtt, "rtt_ms"),
         )
-
-
-def _get(body: dict[str, Any], name: str, kind: type[T]) -> T:
-    value = body.get(name)
-    if not isinstance(value, kind):
-        raise ValueError(f"peer field {name!r} should be a {kind.__name__}")
-    return value
-
-
-def _number(value: Any, name: str) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-        raise ValueError(f"peer field {name!r} should be a finite number")
-    return float(value)
-
-
-_KINDS: dict[str, tuple[type, ...]] = {
-    "str": (str,),
-    "int": (int,),
-    "float": (int, float),
-    "bool": (bool,),
-}
-
-
-def _build(cls: type[T], body: Any) -> T:
-    """A flat dataclass from an object, each field checked against its annotation."""
-    if not isinstance(body, dict):
-        raise ValueError(f"{cls.__name__} should be an object")
-    values: dict[str, Any] = {}
-    for name, kind in cls.__annotations__.items():
-        value = body.get(name)
-        if kind == "float":
-            values[name] = _number(value, f"{cls.__name__}.{name}")
-            continue
-        # bool is an int to Python, never to us.
-        if not isinstance(value, _KINDS[kind]) or (kind != "bool" and isinstance(value, bool)):
-            raise ValueError(f"peer field {cls.__name__}.{name!r} should be a {kind}")
-        values[name] = value
-    return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 import trio
 
@@ -168,7 +167,7 @@ class Tracker:
                     logger.info(
                         "node %s joined: %s", peer[-8:], ", ".join(entry.record.ready_models())
                     )
-                self.table.update_load(peer, _load(update))
+                self.table.update_load(peer, Load.from_update(update))
                 if int(update.get("record_seq", 0)) > entry.record.seq:
                     await self._refresh_record(peer, client)
                 self._bump()
@@ -183,14 +182,3 @@ class Tracker:
     def _bump(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
-
-
-def _load(update: dict[str, Any]) -> Load:
-    return Load(
-        inflight=int(update.get("inflight", 0)),
-        queued=int(update.get("queued", 0)),
-        capacity=int(update.get("capacity", 1)),
-        tokens_per_s=float(update.get("tokens_per_s", 0.0)),
-        vram_free=int(update.get("vram_free", 0)),
-        draining=bool(update.get("draining", False)),
-    )

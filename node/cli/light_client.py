@@ -143,7 +143,7 @@ class LightClient:
         started = time.monotonic()
         status = await client.call("status", {}, timeout=ASK_TIMEOUT)
         peer.rtt_ms = round((time.monotonic() - started) * 1000, 2)
-        peer.load = _load(status)
+        peer.load = Load.from_update(status)
         reply = await client.call("record", {}, timeout=ASK_TIMEOUT)
         fresh = self._verify(reply.get("record"), peer.record.peer_id)
         if fresh is not None and fresh.seq > peer.record.seq:
@@ -166,23 +166,6 @@ async def _serve(
 ) -> None:
     with scope:
         await client.run(task_status=task_status)
-
-
-def _load(update: dict[str, object]) -> Load:
-    def number(name: str) -> float:
-        value = update.get(name, 0)
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise ValueError(f"status field {name!r} is not a number")
-        return value
-
-    return Load(
-        inflight=int(number("inflight")),
-        queued=int(number("queued")),
-        capacity=int(number("capacity")),
-        tokens_per_s=float(number("tokens_per_s")),
-        vram_free=int(number("vram_free")),
-        draining=update.get("draining") is True,
-    )
 
 
 def client_certificate(client_dir: Path) -> bytes:
