@@ -57,8 +57,22 @@ def register(commands: Any) -> None:
     plan.add_argument("--config", type=Path, help="the gateway's TOML file, where plans are")
 
 
-def register_tokens(tokens: Any) -> None:
-    """``tokens list`` and ``tokens revoke``, in the existing ``tokens`` group."""
+def register_tokens(commands: Any) -> None:
+    """``tokens issue|list|revoke``: users' access tokens and API keys."""
+    tokens = commands.add_parser("tokens", help="user access tokens").add_subparsers(
+        dest="action", required=True
+    )
+    issue = tokens.add_parser("issue", help="print a signed token for a user")
+    issue.add_argument("--user", required=True)
+    issue.add_argument("--ttl", default="1h", help="lifetime: 30m, 1h, 7d")
+    issue.add_argument(
+        "--scope",
+        choices=["inference", "session", "admin"],
+        default="inference",
+        help="admin: the operator's views (GET /v1/admin/usage)",
+    )
+    issue.add_argument("--data-dir", type=Path)
+    issue.set_defaults(func=_tokens_issue)
     listing = _command(tokens, "list", "list the API keys users made", _tokens_list)
     listing.add_argument("--user")
     listing.add_argument("--json", action="store_true")
@@ -88,6 +102,20 @@ def _check_plan(plan: str, config_file: Path | None) -> str:
         where = f" in {config_file}" if config_file else " (pass the gateway's --config)"
         raise ValueError(f"no plan {plan!r}{where}; known: {', '.join(plans.names())}")
     return plan
+
+
+def _tokens_issue(args: argparse.Namespace) -> int:
+    import keys
+
+    data_dir = args.data_dir or keys.default_data_dir()
+    signing = keys.jwt_keys(data_dir).private
+    if signing is None:
+        print(
+            f"error: no token signing key in {data_dir}; run `bitinglip keys init`", file=sys.stderr
+        )
+        return 1
+    print(keys.issue(signing, args.user, keys.parse_ttl(args.ttl), args.scope))
+    return 0
 
 
 def _users_add(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ loading progress come back without parsing logs. Ctrl-C or SIGTERM stops them al
 
 from __future__ import annotations
 
+import argparse
 import json
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import keys
 from keys.files import write_atomic
@@ -121,6 +123,22 @@ def _prepare(model: str, data_dir: Path) -> None:
         print(f"  {model}: {message}{shown}", file=sys.stderr, flush=True)
 
     resolve(model, data_dir, progress)
+
+
+def register(commands: Any) -> None:
+    up = commands.add_parser("up", help="start a local swarm: one gateway and N nodes")
+    up.add_argument("--port", type=int, default=8080)
+    up.add_argument("--nodes", type=int, default=2)
+    up.add_argument(
+        "--model", default=None, help="model id (default: the bundled SmolLM2-135M-Instruct)"
+    )
+    up.add_argument("--data-dir", type=Path)
+    up.add_argument("--json", action="store_true", help="print the ready line as JSON")
+    up.set_defaults(func=_up)
+
+
+def _up(args: argparse.Namespace) -> int:
+    return run_up(args.port, args.nodes, args.model, args.data_dir, args.json)
 
 
 def run_up(port: int, nodes: int, model: str | None, data_dir: Path | None, as_json: bool) -> int:
