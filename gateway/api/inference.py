@@ -8,13 +8,13 @@ render text, so they hand a ``Renderer`` to ``stream`` and keep nothing else of 
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fastapi import Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 import keys
 from gateway.accounts.errors import Refused
@@ -107,6 +107,17 @@ async def collect(started: Started) -> str:
     except ApiError as exc:
         exc.headers.update(started.headers)
         raise
+
+
+async def answer(
+    started: Started, render: Renderer | None, whole: Callable[[str], dict[str, Any]]
+) -> JSONResponse | StreamingResponse:
+    """The answer to a text route: with ``render``, server-sent events as the tokens come;
+    else ``whole(text)`` once the text is complete. Both carry the call's headers."""
+    if render is not None:
+        return event_stream(started, render)
+    text = await collect(started)
+    return JSONResponse(whole(text), headers=started.headers)
 
 
 def event_stream(started: Started, render: Renderer) -> StreamingResponse:
