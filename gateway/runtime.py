@@ -25,11 +25,12 @@ from gateway.api.auth import Authenticator
 from gateway.api.services import Services
 from gateway.config import GatewayConfig
 from gateway.mesh.events import Sharing
-from gateway.mesh.record import GATEWAY_RECORD_TTL, gateway_record, serve_rpc
+from gateway.mesh.record import GATEWAY_RECORD_TTL, gateway_record
 from gateway.mesh.subscriptions import GatewaySync
 from gateway.routing.peer_table import PeerTable
 from gateway.routing.router import Router
 from gateway.routing.tracker import Tracker
+from node.p2p.admission import serve_rpc
 from node.p2p.advertise import Advertiser
 from node.p2p.host import PeerHost
 from node.p2p.readiness import StatusFile

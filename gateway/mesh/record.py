@@ -1,4 +1,4 @@
-"""The gateway as a peer of the swarm: its signed record and its RPC service.
+"""The gateway as a peer of the swarm: its signed record.
 
 A gateway advertises itself like a node does (role ``gateway``, no models), so other
 gateways find it through the DHT and subscribe to its events.
@@ -6,18 +6,13 @@ gateways find it through the DHT and subscribe to its events.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from keys.files import raw_public
-from node.p2p.admission import authorizer
 from node.p2p.advertise import RecordFactory
 from node.p2p.host import PeerHost
-from node.p2p.rpc_server import Handler, RpcServer
-from node.p2p.streams import Libp2pByteStream
 from node.p2p.version import VERSION
-from protocols import RPC_PROTOCOL, Hardware, Load, NodeRecord
+from protocols import Hardware, Load, NodeRecord
 
 GATEWAY_RECORD_TTL = 30.0
 
@@ -39,13 +34,3 @@ def gateway_record(swarm: PeerHost, identity: Ed25519PrivateKey) -> RecordFactor
         )
 
     return build
-
-
-def serve_rpc(swarm: PeerHost, operator_public: bytes, handlers: Mapping[str, Handler]) -> None:
-    """Answer admitted peers' RPC calls on this gateway."""
-    server = RpcServer(handlers, authorizer(operator_public))
-
-    async def serve(stream: Libp2pByteStream) -> None:
-        await server.serve(stream, stream.remote_peer)
-
-    swarm.set_handler(RPC_PROTOCOL, serve)

@@ -11,12 +11,10 @@ import trio
 
 import keys
 from keys.files import raw_public
-from node.p2p.admission import authorizer
+from node.p2p.admission import serve_rpc
 from node.p2p.advertise import Advertiser
 from node.p2p.host import PeerHost
 from node.p2p.readiness import StatusFile
-from node.p2p.rpc_server import RpcServer
-from node.p2p.streams import Libp2pByteStream
 from node.p2p.version import VERSION
 from node.worker.config import NodeConfig
 from node.worker.handlers import NodeService
@@ -24,7 +22,7 @@ from node.worker.loading import load_runner, task_of
 from node.worker.metrics import NodeMetrics
 from node.worker.runners import ModelRunner
 from node.worker.scheduler import Scheduler
-from protocols import RPC_PROTOCOL, Hardware, ModelInfo, NodeRecord
+from protocols import Hardware, ModelInfo, NodeRecord
 
 logger = logging.getLogger(__name__)
 
@@ -128,17 +126,12 @@ class Node:
         handlers = (
             self.service.handlers if metrics is None else metrics.instrument(self.service.handlers)
         )
-        rpc = RpcServer(handlers, authorizer(keys.operator_public(config.data_dir)))
-
-        async def serve(stream: Libp2pByteStream) -> None:
-            await rpc.serve(stream, stream.remote_peer)
-
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with (
                 self.swarm.running(config.listen, config.bootstrap),
                 trio.open_nursery() as nursery,
             ):
-                self.swarm.set_handler(RPC_PROTOCOL, serve)
+                serve_rpc(self.swarm, keys.operator_public(config.data_dir), handlers)
                 self.status.update(
                     peer_id=self.swarm.peer_id, addrs=self.swarm.addrs(), state="loading"
                 )
