@@ -13,6 +13,7 @@ from protocols.errors import (
 from protocols.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 from protocols.generation import ChatMessage, GenerateParams, ImageParams
 from protocols.identity import peer_id_of
+from protocols.peers import PeerHardware, PeerLoad, PeerModel, PeerStatus, Summary
 from protocols.records import (
     DHT_NAMESPACE,
     Certificate,
@@ -65,9 +66,14 @@ __all__ = [
     "MessageDecoder",
     "ModelInfo",
     "NodeRecord",
+    "PeerHardware",
+    "PeerLoad",
+    "PeerModel",
+    "PeerStatus",
     "ProtocolError",
     "RemoteProtocolError",
     "Request",
+    "Summary",
     "decode",
     "encode",
     "encode_frame",

@@ -1,6 +1,6 @@
 """``/v1/auth/*`` and ``/v1/keys``: register, log in, and manage API keys.
 
-The rules are ``gateway.accounts.Accounts``'; this module only speaks HTTP.
+The rules are in ``gateway.accounts.users``; this module only speaks HTTP.
 """
 
 from __future__ import annotations
