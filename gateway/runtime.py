@@ -24,9 +24,9 @@ from gateway.api.app import create_app
 from gateway.api.auth import Authenticator
 from gateway.api.services import Services
 from gateway.config import GatewayConfig
-from gateway.mesh.events import Sharing
+from gateway.mesh.events import MeshEvents
 from gateway.mesh.record import GATEWAY_RECORD_TTL, gateway_record
-from gateway.mesh.subscriptions import GatewaySync
+from gateway.mesh.subscriptions import MeshSubscriptions
 from gateway.routing.peer_table import PeerTable
 from gateway.routing.router import Router
 from gateway.routing.tracker import Tracker
@@ -63,7 +63,7 @@ async def run_gateway(config: GatewayConfig) -> None:
     table = PeerTable()
     tracker = Tracker(swarm, table, certificate, operator_public)
     router = Router(table, tracker)
-    share = Sharing()
+    share = MeshEvents()
     services = Services(
         backend=router,
         auth=Authenticator(keys.jwt_keyset(config.data_dir), [accounts]),
@@ -80,7 +80,7 @@ async def run_gateway(config: GatewayConfig) -> None:
     )
     services.metrics.observe_swarm(table, lambda: router.retries)
     app = create_app(services, max_body_bytes=config.max_body_bytes)
-    sync = GatewaySync(swarm, certificate, apply=share.apply, forget=tracker.forget_gateway)
+    sync = MeshSubscriptions(swarm, certificate, apply=share.apply, forget=tracker.forget_gateway)
     tracker.on_gateway = sync.connect_soon
     share.publish = sync.publish
     share.on_usage.append(limiter.note_remote)

@@ -1,6 +1,6 @@
 """What this gateway tells other gateways, and what it does with what they tell it.
 
-The glue between the local limiter/revocation list and ``GatewaySync``: local
+The glue between the local limiter/revocation list and ``MeshSubscriptions``: local
 components call ``usage``/``revoked``; events from other gateways go to ``apply``.
 """
 
@@ -17,7 +17,7 @@ def _nowhere(event: dict[str, Any]) -> None:
     pass
 
 
-class Sharing:
+class MeshEvents:
     def __init__(self) -> None:
         self.publish: Publish = _nowhere
         self.on_usage: list[Callable[[str, int, int, int, float], None]] = []

@@ -29,7 +29,7 @@ EVENT_KINDS = ("usage", "revoke")
 Apply = Callable[[dict[str, Any]], None]
 
 
-class GatewaySync:
+class MeshSubscriptions:
     def __init__(
         self,
         swarm: PeerHost,
@@ -85,7 +85,7 @@ class GatewaySync:
         """Subscribe to another gateway's events (called by the tracker on discovery)."""
         if record.peer_id in self.peers or record.peer_id == self._swarm.peer_id:
             return
-        assert self._nursery is not None, "GatewaySync.run must be started first"
+        assert self._nursery is not None, "MeshSubscriptions.run must be started first"
         self.peers.add(record.peer_id)
         self._nursery.start_soon(self._subscribe, record)
 
