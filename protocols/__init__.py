@@ -10,6 +10,14 @@ from protocols.errors import (
     ProtocolError,
     RemoteProtocolError,
 )
+from protocols.events import (
+    GatewayEvent,
+    RevokeEvent,
+    UsageEvent,
+    WatchUpdate,
+    event_from_wire,
+    event_to_wire,
+)
 from protocols.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 from protocols.generation import ChatMessage, GenerateParams, ImageParams
 from protocols.identity import peer_id_of
@@ -56,6 +64,7 @@ __all__ = [
     "ErrorCode",
     "FrameDecoder",
     "FrameTooLarge",
+    "GatewayEvent",
     "GenerateParams",
     "Hardware",
     "Hello",
@@ -73,10 +82,15 @@ __all__ = [
     "ProtocolError",
     "RemoteProtocolError",
     "Request",
+    "RevokeEvent",
     "Summary",
+    "UsageEvent",
+    "WatchUpdate",
     "decode",
     "encode",
     "encode_frame",
+    "event_from_wire",
+    "event_to_wire",
     "issue_certificate",
     "model_key",
     "node_key",

@@ -18,15 +18,15 @@ import trio
 from node.p2p.host import PeerHost
 from node.p2p.rpc_client import CallFailed, RpcClient
 from node.p2p.rpc_server import Caller, Emit, RpcError
-from protocols import RPC_PROTOCOL, ErrorCode, NodeRecord
+from protocols import RPC_PROTOCOL, ErrorCode, NodeRecord, RemoteProtocolError
+from protocols.events import GatewayEvent, event_from_wire
 
 logger = logging.getLogger(__name__)
 
 SUBSCRIBER_BUFFER = 10_000
-EVENT_KINDS = ("usage", "revoke")
 
 # Applies one event heard from another gateway.
-Apply = Callable[[dict[str, Any]], None]
+Apply = Callable[[GatewayEvent], None]
 
 
 class MeshSubscriptions:
@@ -110,11 +110,14 @@ class MeshSubscriptions:
             self.peers.discard(peer)
             self._forget(peer)
 
-    def _receive(self, event: dict[str, Any]) -> None:
-        if event.get("kind") not in EVENT_KINDS:
+    def _receive(self, body: dict[str, Any]) -> None:
+        try:
+            event = event_from_wire(body)
+        except RemoteProtocolError as exc:
+            self.received += 1
+            logger.warning("ignoring a malformed event from another gateway: %r", exc)
+            return
+        if event is None:  # a hello, or a kind this version does not know
             return
         self.received += 1
-        try:
-            self._apply(event)
-        except (KeyError, TypeError, ValueError) as exc:
-            logger.warning("ignoring a malformed event from another gateway: %r", exc)
+        self._apply(event)

@@ -20,13 +20,13 @@ from node.p2p.host import PeerHost
 from node.p2p.rpc_client import CallFailed, RpcClient
 from protocols import (
     RPC_PROTOCOL,
-    Load,
     NodeRecord,
     RemoteProtocolError,
     model_key,
     node_key,
     verify_record,
 )
+from protocols.events import WatchUpdate
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class Tracker:
     async def _watch(self, peer: str, client: RpcClient) -> None:
         started = time.monotonic()
         async with client.open_call("watch", {}) as updates:
-            async for update in updates:
+            async for body in updates:
                 entry = self.table.entries.get(peer)
                 if entry is None:
                     return
@@ -167,8 +167,9 @@ class Tracker:
                     logger.info(
                         "node %s joined: %s", peer[-8:], ", ".join(entry.record.ready_models())
                     )
-                self.table.update_load(peer, Load.from_update(update))
-                if int(update.get("record_seq", 0)) > entry.record.seq:
+                update = WatchUpdate.from_wire(body)
+                self.table.update_load(peer, update.load)
+                if update.record_seq > entry.record.seq:
                     await self._refresh_record(peer, client)
                 self._bump()
 
