@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from protocols.errors import RemoteProtocolError
+from protocols.validate import exact, finite
 
 ROLES = ("system", "user", "assistant")
 MAX_PROMPT_CHARS = 200_000
@@ -81,19 +82,26 @@ class GenerateParams:
         try:
             messages = body.get("messages")
             return cls(
-                model=_typed(body, "model", str),
+                model=exact(body.get("model"), str, "model"),
                 messages=None
                 if messages is None
                 else [
-                    ChatMessage(_typed(m, "role", str), _typed(m, "content", str)) for m in messages
+                    ChatMessage(
+                        exact(m.get("role"), str, "role"), exact(m.get("content"), str, "content")
+                    )
+                    for m in messages
                 ],
-                prompt=None if body.get("prompt") is None else _typed(body, "prompt", str),
-                max_tokens=_typed(body, "max_tokens", int),
-                temperature=float(_typed(body, "temperature", (int, float))),
-                top_p=float(_typed(body, "top_p", (int, float))),
-                stop=[_check_str(s) for s in _typed(body, "stop", list)],
-                seed=None if body.get("seed") is None else _typed(body, "seed", int),
-                stream=True if body.get("stream") is None else _check_bool(body["stream"]),
+                prompt=None
+                if body.get("prompt") is None
+                else exact(body.get("prompt"), str, "prompt"),
+                max_tokens=exact(body.get("max_tokens"), int, "max_tokens"),
+                temperature=finite(body.get("temperature"), "temperature"),
+                top_p=finite(body.get("top_p"), "top_p"),
+                stop=[exact(s, str, "stop") for s in exact(body.get("stop"), list, "stop")],
+                seed=None if body.get("seed") is None else exact(body.get("seed"), int, "seed"),
+                stream=True
+                if body.get("stream") is None
+                else exact(body["stream"], bool, "stream"),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             raise RemoteProtocolError(f"bad generate params: {exc}") from exc
@@ -143,14 +151,14 @@ class ImageParams:
         """Parse and validate parameters sent by a peer."""
         try:
             return cls(
-                model=_typed(body, "model", str),
-                prompt=_typed(body, "prompt", str),
-                n=_typed(body, "n", int),
-                width=_typed(body, "width", int),
-                height=_typed(body, "height", int),
-                steps=_typed(body, "steps", int),
-                guidance=float(_typed(body, "guidance", (int, float))),
-                seed=None if body.get("seed") is None else _typed(body, "seed", int),
+                model=exact(body.get("model"), str, "model"),
+                prompt=exact(body.get("prompt"), str, "prompt"),
+                n=exact(body.get("n"), int, "n"),
+                width=exact(body.get("width"), int, "width"),
+                height=exact(body.get("height"), int, "height"),
+                steps=exact(body.get("steps"), int, "steps"),
+                guidance=finite(body.get("guidance"), "guidance"),
+                seed=None if body.get("seed") is None else exact(body.get("seed"), int, "seed"),
             )
         except (TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise RemoteProtocolError(f"bad image params: {exc}") from exc
@@ -163,22 +171,3 @@ def side_problem(side: int) -> str | None:
             f"must be a multiple of {IMAGE_SIDE_STEP} between {MIN_IMAGE_SIDE} and {MAX_IMAGE_SIDE}"
         )
     return None
-
-
-def _typed(body: Any, name: str, kind: type | tuple[type, ...]) -> Any:
-    value = body[name] if isinstance(body, dict) and name in body else None
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise TypeError(f"{name} is missing or has the wrong type")
-    return value
-
-
-def _check_bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError("stream must be a boolean")
-    return value
-
-
-def _check_str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError("stop sequences must be strings")
-    return value
