@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -167,21 +168,23 @@ def _users_list(args: argparse.Namespace) -> int:
 
 def _users_disable(args: argparse.Namespace) -> int:
     disabled = args.action == "disable"
-    with _store(args) as store:
-        found = store.set_disabled(args.name, disabled)
-    if not found:
-        return _not_found(f"no user {args.name!r}")
-    print(f"{'disabled' if disabled else 'enabled'} user {args.name}")
-    return 0
+    done = f"{'disabled' if disabled else 'enabled'} user {args.name}"
+    return _change_user(args, lambda store: store.set_disabled(args.name, disabled), done)
 
 
 def _users_set_plan(args: argparse.Namespace) -> int:
     plan = _check_plan(args.plan, args.config)
+    done = f"user {args.name} is now on plan {plan}"
+    return _change_user(args, lambda store: store.set_plan(args.name, plan), done)
+
+
+def _change_user(args: argparse.Namespace, change: Callable[[Store], bool], done: str) -> int:
+    """Apply ``change`` to the user ``args.name``; say ``done``, or that there is no such user."""
     with _store(args) as store:
-        found = store.set_plan(args.name, plan)
+        found = change(store)
     if not found:
         return _not_found(f"no user {args.name!r}")
-    print(f"user {args.name} is now on plan {plan}")
+    print(done)
     return 0
 
 
