@@ -17,14 +17,14 @@ from protocols import Hardware, Load, NodeRecord
 GATEWAY_RECORD_TTL = 30.0
 
 
-def gateway_record(swarm: PeerHost, identity: Ed25519PrivateKey) -> RecordFactory:
+def gateway_record(host: PeerHost, identity: Ed25519PrivateKey) -> RecordFactory:
     def build(seq: int, now: float) -> NodeRecord:
         return NodeRecord(
-            peer_id=swarm.peer_id,
+            peer_id=host.peer_id,
             public_key=raw_public(identity),
             role="gateway",
             version=VERSION,
-            addrs=swarm.addrs(),
+            addrs=host.addrs(),
             hardware=Hardware("cpu", "gateway", 0, 0),
             models=[],
             load=Load(0, 0, 0, 0.0, 0),

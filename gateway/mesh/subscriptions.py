@@ -32,12 +32,12 @@ Apply = Callable[[GatewayEvent], None]
 class MeshSubscriptions:
     def __init__(
         self,
-        swarm: PeerHost,
+        host: PeerHost,
         certificate: bytes,
         apply: Apply,
         forget: Callable[[str], None] = lambda peer: None,
     ) -> None:
-        self._swarm = swarm
+        self._host = host
         self._certificate = certificate
         self._apply = apply
         self._forget = forget
@@ -83,7 +83,7 @@ class MeshSubscriptions:
 
     def connect_soon(self, record: NodeRecord) -> None:
         """Subscribe to another gateway's events (called by the tracker on discovery)."""
-        if record.peer_id in self.peers or record.peer_id == self._swarm.peer_id:
+        if record.peer_id in self.peers or record.peer_id == self._host.peer_id:
             return
         assert self._nursery is not None, "MeshSubscriptions.run must be started first"
         self.peers.add(record.peer_id)
@@ -92,7 +92,7 @@ class MeshSubscriptions:
     async def _subscribe(self, record: NodeRecord) -> None:
         peer = record.peer_id
         try:
-            stream = await self._swarm.open_stream(peer, record.addrs, RPC_PROTOCOL)
+            stream = await self._host.open_stream(peer, record.addrs, RPC_PROTOCOL)
             client = RpcClient(stream, self._certificate)
             async with trio.open_nursery() as nursery:
                 await nursery.start(client.run)

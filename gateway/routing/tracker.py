@@ -36,9 +36,9 @@ FORGET_FAILED_AFTER = 30.0
 
 class Tracker:
     def __init__(
-        self, swarm: PeerHost, table: PeerTable, certificate: bytes, operator_public: bytes
+        self, host: PeerHost, table: PeerTable, certificate: bytes, operator_public: bytes
     ) -> None:
-        self.swarm = swarm
+        self.host = host
         self.table = table
         self._certificate = certificate
         self._operator_public = operator_public
@@ -74,7 +74,7 @@ class Tracker:
         now = time.time()
         fresh = [
             p
-            for p in self.swarm.known_peers()
+            for p in self.host.known_peers()
             if p not in self.clients
             and p not in self._connecting
             and p not in self.gateways
@@ -87,7 +87,7 @@ class Tracker:
         """Fetch, verify and connect to ``peer`` if it is a node."""
         try:
             with trio.move_on_after(5):
-                value = await self.swarm.get(node_key(peer))
+                value = await self.host.get(node_key(peer))
         except Exception as exc:
             logger.debug("DHT lookup of %s failed: %r", peer, exc)
             value = None
@@ -109,7 +109,7 @@ class Tracker:
         """Ask the DHT who provides ``model`` and track those nodes (a cold-start path)."""
         try:
             with trio.move_on_after(5):
-                providers = await self.swarm.providers(model_key(model))
+                providers = await self.host.providers(model_key(model))
         except Exception as exc:
             logger.debug("provider lookup for %s failed: %r", model, exc)
             return
@@ -130,7 +130,7 @@ class Tracker:
     async def _hold_connection(self, record: NodeRecord) -> None:
         peer = record.peer_id
         try:
-            stream = await self.swarm.open_stream(peer, record.addrs, RPC_PROTOCOL)
+            stream = await self.host.open_stream(peer, record.addrs, RPC_PROTOCOL)
         except Exception as exc:
             logger.info("cannot connect to node %s: %r", peer[-8:], exc)
             self._connecting.discard(peer)

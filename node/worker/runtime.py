@@ -47,14 +47,14 @@ class Node:
         self.status = StatusFile(config.ready_file)
         self.identity = keys.identity(config.data_dir)
         self.certificate = keys.certificate(config.data_dir, "node")
-        self.swarm = PeerHost(self.identity, keys.operator_public(config.data_dir))
+        self.host = PeerHost(self.identity, keys.operator_public(config.data_dir))
         self.runners: dict[str, ModelRunner] = {}
         self.loading: dict[str, str] = {m: "loading" for m in config.models}
         self.hardware = Hardware("cpu", "unknown", 0, 0)
         capacity = config.capacity or max(1, len(config.models))
         self.scheduler = Scheduler(capacity, config.max_queue)
         self.advertiser = Advertiser(
-            self.swarm, self.identity, self.certificate, self._record, config.record_ttl
+            self.host, self.identity, self.certificate, self._record, config.record_ttl
         )
         self.service = NodeService(
             self.runners,
@@ -74,11 +74,11 @@ class Node:
             if state == "loading"
         ]
         return NodeRecord(
-            peer_id=self.swarm.peer_id,
+            peer_id=self.host.peer_id,
             public_key=raw_public(self.identity),
             role="node",
             version=VERSION,
-            addrs=self.swarm.addrs(),
+            addrs=self.host.addrs(),
             hardware=self.hardware,
             models=models,
             load=self.service.load(),
@@ -128,15 +128,15 @@ class Node:
         )
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with (
-                self.swarm.running(config.listen, config.bootstrap),
+                self.host.running(config.listen, config.bootstrap),
                 trio.open_nursery() as nursery,
             ):
-                serve_rpc(self.swarm, keys.operator_public(config.data_dir), handlers)
+                serve_rpc(self.host, keys.operator_public(config.data_dir), handlers)
                 self.status.update(
-                    peer_id=self.swarm.peer_id, addrs=self.swarm.addrs(), state="loading"
+                    peer_id=self.host.peer_id, addrs=self.host.addrs(), state="loading"
                 )
                 logger.info(
-                    "node %s listening on %s", self.swarm.peer_id, " ".join(self.swarm.addrs())
+                    "node %s listening on %s", self.host.peer_id, " ".join(self.host.addrs())
                 )
                 if metrics is not None:
                     port = config.metrics_port or 0
@@ -162,7 +162,7 @@ class Node:
             lambda: self.hardware,
             lambda: self.runners,
             {
-                "peer_id": self.swarm.peer_id,
+                "peer_id": self.host.peer_id,
                 "version": VERSION,
                 "backend": hw.backend,
                 "device": hw.device_name,
