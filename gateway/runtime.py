@@ -23,15 +23,16 @@ from gateway.api import peers as peers_api
 from gateway.api.app import create_app
 from gateway.api.auth import Authenticator
 from gateway.api.services import Services
-from gateway.mesh.events import Sharing
-from gateway.mesh.record import GATEWAY_RECORD_TTL, gateway_record, serve_rpc
-from gateway.mesh.subscriptions import GatewaySync
+from gateway.config import GatewayConfig
+from gateway.mesh.events import MeshEvents
+from gateway.mesh.record import GATEWAY_RECORD_TTL, gateway_record
+from gateway.mesh.subscriptions import MeshSubscriptions
 from gateway.routing.peer_table import PeerTable
 from gateway.routing.router import Router
 from gateway.routing.tracker import Tracker
+from node.p2p.admission import serve_rpc
 from node.p2p.advertise import Advertiser
-from node.p2p.config import GatewayConfig
-from node.p2p.host import Swarm
+from node.p2p.host import PeerHost
 from node.p2p.readiness import StatusFile
 
 logger = logging.getLogger(__name__)
@@ -58,18 +59,18 @@ async def run_gateway(config: GatewayConfig) -> None:
     await limiter.load(store)
     usage = UsageMeter(store)
 
-    swarm = Swarm(identity, operator_public)
+    host = PeerHost(identity, operator_public)
     table = PeerTable()
-    tracker = Tracker(swarm, table, certificate, operator_public)
+    tracker = Tracker(host, table, certificate, operator_public)
     router = Router(table, tracker)
-    share = Sharing()
+    share = MeshEvents()
     services = Services(
         backend=router,
         auth=Authenticator(keys.jwt_keyset(config.data_dir), [accounts]),
-        peer_id=swarm.peer_id,
+        peer_id=host.peer_id,
         request_timeout=config.request_timeout,
         health=lambda: {"nodes": len(tracker.clients), "routing_retries": router.retries},
-        peers=lambda: peers_api.snapshot(table, swarm.peer_id, swarm.addrs(), time.time()),
+        peers=lambda: peers_api.snapshot(table, host.peer_id, host.addrs(), time.time()),
         image_backend=router,
         image_dir=config.data_dir / "images",
         meters=[limiter, usage],
@@ -79,7 +80,7 @@ async def run_gateway(config: GatewayConfig) -> None:
     )
     services.metrics.observe_swarm(table, lambda: router.retries)
     app = create_app(services, max_body_bytes=config.max_body_bytes)
-    sync = GatewaySync(swarm, certificate, apply=share.apply, forget=tracker.forget_gateway)
+    sync = MeshSubscriptions(host, certificate, apply=share.apply, forget=tracker.forget_gateway)
     tracker.on_gateway = sync.connect_soon
     share.publish = sync.publish
     share.on_usage.append(limiter.note_remote)
@@ -89,7 +90,7 @@ async def run_gateway(config: GatewayConfig) -> None:
     )
     accounts.on_revoke.append(share.revoked)
     advertiser = Advertiser(
-        swarm, identity, certificate, gateway_record(swarm, identity), GATEWAY_RECORD_TTL
+        host, identity, certificate, gateway_record(host, identity), GATEWAY_RECORD_TTL
     )
     http = HypercornConfig()
     http.bind = [f"{config.host}:{config.port}"]
@@ -98,8 +99,8 @@ async def run_gateway(config: GatewayConfig) -> None:
     http.graceful_timeout = 5
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with swarm.running(config.listen, config.bootstrap), trio.open_nursery() as nursery:
-            serve_rpc(swarm, operator_public, {"events": sync.rpc_events})
+        async with host.running(config.listen, config.bootstrap), trio.open_nursery() as nursery:
+            serve_rpc(host, operator_public, {"events": sync.rpc_events})
             await nursery.start(sync.run)
             await nursery.start(tracker.run)
             nursery.start_soon(advertiser.run)
@@ -109,8 +110,8 @@ async def run_gateway(config: GatewayConfig) -> None:
                 asgi = cast(ASGIFramework, app)
                 binds = await web.start(partial(serve, asgi, http, shutdown_trigger=stop.wait))
                 url = binds[0] if binds else f"http://{config.host}:{config.port}"
-                status.update(state="ready", peer_id=swarm.peer_id, addrs=swarm.addrs(), url=url)
-                logger.info("gateway %s serving %s", swarm.peer_id, url)
+                status.update(state="ready", peer_id=host.peer_id, addrs=host.addrs(), url=url)
+                logger.info("gateway %s serving %s", host.peer_id, url)
                 async for _ in signals:
                     break
                 status.update(state="stopping")

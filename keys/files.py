@@ -1,4 +1,5 @@
-"""Where key files live, and how they are written: in the data directory, mode 0600."""
+"""Where this machine's files live (the data and config directories), and how files are
+written: atomically, secrets readable by their owner only."""
 
 from __future__ import annotations
 
@@ -18,21 +19,33 @@ def default_data_dir() -> Path:
     return Path(xdg) / "bitinglip"
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write a secret atomically, readable by its owner only."""
+def default_config_dir() -> Path:
+    """``$BITINGLIP_HOME``, else ``$XDG_CONFIG_HOME/bitinglip``, else ``~/.config/bitinglip``."""
+    home = os.environ.get("BITINGLIP_HOME")
+    if home:
+        return Path(home)
+    xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(xdg) / "bitinglip"
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o666) -> None:
+    """Write ``path`` so that a reader sees the old file or the new one, never half of one.
+    ``mode`` is the new file's (before the umask): 0o600 for a secret."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret atomically, readable by its owner only."""
+    write_atomic(path, data, 0o600)
+
+
 def write_public(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomic(path, data)
 
 
 def load_or_create_key(path: Path) -> Ed25519PrivateKey:

@@ -10,9 +10,18 @@ from protocols.errors import (
     ProtocolError,
     RemoteProtocolError,
 )
+from protocols.events import (
+    GatewayEvent,
+    RevokeEvent,
+    UsageEvent,
+    WatchUpdate,
+    event_from_wire,
+    event_to_wire,
+)
 from protocols.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 from protocols.generation import ChatMessage, GenerateParams, ImageParams
 from protocols.identity import peer_id_of
+from protocols.peers import PeerHardware, PeerLoad, PeerModel, PeerStatus, Summary
 from protocols.records import (
     DHT_NAMESPACE,
     Certificate,
@@ -55,6 +64,7 @@ __all__ = [
     "ErrorCode",
     "FrameDecoder",
     "FrameTooLarge",
+    "GatewayEvent",
     "GenerateParams",
     "Hardware",
     "Hello",
@@ -65,12 +75,22 @@ __all__ = [
     "MessageDecoder",
     "ModelInfo",
     "NodeRecord",
+    "PeerHardware",
+    "PeerLoad",
+    "PeerModel",
+    "PeerStatus",
     "ProtocolError",
     "RemoteProtocolError",
     "Request",
+    "RevokeEvent",
+    "Summary",
+    "UsageEvent",
+    "WatchUpdate",
     "decode",
     "encode",
     "encode_frame",
+    "event_from_wire",
+    "event_to_wire",
     "issue_certificate",
     "model_key",
     "node_key",

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from protocols.errors import RemoteProtocolError
+from protocols.validate import exact, finite, required
 
 ROLES = ("system", "user", "assistant")
 MAX_PROMPT_CHARS = 200_000
@@ -79,21 +80,27 @@ class GenerateParams:
     def from_wire(cls, body: dict[str, Any]) -> GenerateParams:
         """Parse and validate parameters sent by a peer."""
         try:
+            body = exact(body, dict, "params")
             messages = body.get("messages")
             return cls(
-                model=_typed(body, "model", str),
+                model=required(body, "model", str),
                 messages=None
                 if messages is None
                 else [
-                    ChatMessage(_typed(m, "role", str), _typed(m, "content", str)) for m in messages
+                    ChatMessage(required(m, "role", str), required(m, "content", str))
+                    for m in (exact(m, dict, "message") for m in exact(messages, list, "messages"))
                 ],
-                prompt=None if body.get("prompt") is None else _typed(body, "prompt", str),
-                max_tokens=_typed(body, "max_tokens", int),
-                temperature=float(_typed(body, "temperature", (int, float))),
-                top_p=float(_typed(body, "top_p", (int, float))),
-                stop=[_check_str(s) for s in _typed(body, "stop", list)],
-                seed=None if body.get("seed") is None else _typed(body, "seed", int),
-                stream=True if body.get("stream") is None else _check_bool(body["stream"]),
+                prompt=None
+                if body.get("prompt") is None
+                else exact(body.get("prompt"), str, "prompt"),
+                max_tokens=required(body, "max_tokens", int),
+                temperature=finite(body.get("temperature"), "temperature"),
+                top_p=finite(body.get("top_p"), "top_p"),
+                stop=[exact(s, str, "stop") for s in required(body, "stop", list)],
+                seed=None if body.get("seed") is None else exact(body.get("seed"), int, "seed"),
+                stream=True
+                if body.get("stream") is None
+                else exact(body["stream"], bool, "stream"),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             raise RemoteProtocolError(f"bad generate params: {exc}") from exc
@@ -142,15 +149,16 @@ class ImageParams:
     def from_wire(cls, body: dict[str, Any]) -> ImageParams:
         """Parse and validate parameters sent by a peer."""
         try:
+            body = exact(body, dict, "params")
             return cls(
-                model=_typed(body, "model", str),
-                prompt=_typed(body, "prompt", str),
-                n=_typed(body, "n", int),
-                width=_typed(body, "width", int),
-                height=_typed(body, "height", int),
-                steps=_typed(body, "steps", int),
-                guidance=float(_typed(body, "guidance", (int, float))),
-                seed=None if body.get("seed") is None else _typed(body, "seed", int),
+                model=required(body, "model", str),
+                prompt=required(body, "prompt", str),
+                n=required(body, "n", int),
+                width=required(body, "width", int),
+                height=required(body, "height", int),
+                steps=required(body, "steps", int),
+                guidance=finite(body.get("guidance"), "guidance"),
+                seed=None if body.get("seed") is None else exact(body.get("seed"), int, "seed"),
             )
         except (TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise RemoteProtocolError(f"bad image params: {exc}") from exc
@@ -163,22 +171,3 @@ def side_problem(side: int) -> str | None:
             f"must be a multiple of {IMAGE_SIDE_STEP} between {MIN_IMAGE_SIDE} and {MAX_IMAGE_SIDE}"
         )
     return None
-
-
-def _typed(body: Any, name: str, kind: type | tuple[type, ...]) -> Any:
-    value = body[name] if isinstance(body, dict) and name in body else None
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise TypeError(f"{name} is missing or has the wrong type")
-    return value
-
-
-def _check_bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError("stream must be a boolean")
-    return value
-
-
-def _check_str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError("stop sequences must be strings")
-    return value

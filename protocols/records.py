@@ -9,8 +9,8 @@ record's public key must hash to the same peer id, and the record must not be ex
 
 from __future__ import annotations
 
-import math
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidSignature
@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from protocols.codec import pack, unpack_map
 from protocols.errors import RemoteProtocolError
 from protocols.identity import peer_id_of
+from protocols.validate import exact, finite, flat
 
 T = TypeVar("T")
 
@@ -68,6 +69,26 @@ class Load:
     vram_free: int
     draining: bool = False
 
+    @classmethod
+    def from_update(cls, update: Mapping[str, Any]) -> Load:
+        """The load in a node's ``watch`` update or ``status`` answer (other fields are left
+        alone). A missing field reads as idle; a malformed one is a ``RemoteProtocolError``."""
+        values = {name: update.get(name, default) for name, default in _IDLE.items()}
+        try:
+            return flat(cls, values)
+        except ValueError as exc:
+            raise RemoteProtocolError(f"malformed load: {exc}") from exc
+
+
+_IDLE: dict[str, Any] = {
+    "inflight": 0,
+    "queued": 0,
+    "capacity": 1,
+    "tokens_per_s": 0.0,
+    "vram_free": 0,
+    "draining": False,
+}
+
 
 @dataclass(frozen=True)
 class NodeRecord:
@@ -97,17 +118,17 @@ class NodeRecord:
     def from_dict(cls, body: dict[str, Any]) -> NodeRecord:
         try:
             record = cls(
-                peer_id=_typed(body["peer_id"], str),
-                public_key=_typed(body["public_key"], bytes),
-                role=_typed(body["role"], str),
-                version=_typed(body["version"], str),
-                addrs=[_typed(a, str) for a in body["addrs"]],
-                hardware=_build(Hardware, body["hardware"]),
-                models=[_build(ModelInfo, m) for m in body["models"]],
-                load=_build(Load, body["load"]),
-                seq=_typed(body["seq"], int),
-                issued_at=_finite(body["issued_at"]),
-                ttl=_finite(body["ttl"]),
+                peer_id=exact(body["peer_id"], str, "peer_id"),
+                public_key=exact(body["public_key"], bytes, "public_key"),
+                role=exact(body["role"], str, "role"),
+                version=exact(body["version"], str, "version"),
+                addrs=[exact(a, str, "addrs") for a in body["addrs"]],
+                hardware=flat(Hardware, body["hardware"]),
+                models=[flat(ModelInfo, m) for m in body["models"]],
+                load=flat(Load, body["load"]),
+                seq=exact(body["seq"], int, "seq"),
+                issued_at=finite(body["issued_at"], "issued_at"),
+                ttl=finite(body["ttl"], "ttl"),
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise RemoteProtocolError(f"malformed node record: {exc}") from exc
@@ -116,45 +137,6 @@ class NodeRecord:
         ):
             raise RemoteProtocolError("node record has an unknown role, task or state")
         return record
-
-
-def _typed(value: Any, kind: type[T]) -> T:
-    # Peer input: never coerce (bytes(2**64) would allocate, int(inf) would overflow).
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
-    return value
-
-
-_SCALARS: dict[str, type | tuple[type, ...]] = {
-    "str": str,
-    "int": int,
-    "float": (int, float),
-    "bool": bool,
-}
-
-
-def _build(cls: type[T], body: Any) -> T:
-    """Build a flat dataclass of scalars from a peer's map, checking every field's type."""
-    if not isinstance(body, dict):
-        raise TypeError(f"{cls.__name__} must be a map")
-    for f in fields(cls):  # type: ignore[arg-type]
-        if f.name not in body:
-            if f.default is MISSING:
-                raise TypeError(f"{cls.__name__}.{f.name} is missing")
-            continue
-        value = body[f.name]
-        kind = _SCALARS[str(f.type)]
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            raise TypeError(f"{cls.__name__}.{f.name} has the wrong type")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{cls.__name__}.{f.name} is not finite")
-    return cls(**body)
-
-
-def _finite(value: Any) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-        raise ValueError("expected a finite number")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -242,6 +224,6 @@ def record_seq(blob: bytes) -> int:
     """The seq of a record without verifying it (for picking the newest of valid values)."""
     try:
         signed = unpack_map(unpack_map(blob)["record"])
-        return _typed(unpack_map(signed["body"])["seq"], int)
+        return exact(unpack_map(signed["body"])["seq"], int, "seq")
     except (KeyError, TypeError, ValueError, RemoteProtocolError):
         return -1

@@ -1,0 +1,27 @@
+"""A gateway's business rules: users and their keys, plans and the limiter, durable usage,
+and the SQLite database they live in. No HTTP here: refusals are ``Refused`` errors that
+``gateway.api`` turns into HTTP errors."""
+
+from __future__ import annotations
+
+from gateway.accounts.database import Store
+from gateway.accounts.errors import LimitReached, Refused
+from gateway.accounts.limits import Limiter, Plan, Plans
+from gateway.accounts.metering import Meter, Outcome, metered
+from gateway.accounts.usage import UsageMeter
+from gateway.accounts.users import Accounts, create_user
+
+__all__ = [
+    "Accounts",
+    "LimitReached",
+    "Limiter",
+    "Meter",
+    "Outcome",
+    "Plan",
+    "Plans",
+    "Refused",
+    "Store",
+    "UsageMeter",
+    "create_user",
+    "metered",
+]

@@ -3,7 +3,7 @@
 The state is in memory (a sliding minute of request times, today's token and image
 counts, calls in flight per user); the daily counts start from the usage store, so a
 restart does not hand out a fresh quota. ``note_remote`` counts calls that another gateway
-served into the same windows. Refusals are 429s in OpenAI's shape with ``Retry-After``.
+served into the same windows. A refusal is a ``LimitReached`` (an HTTP 429 with ``Retry-After``).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 
 import keys
 from gateway.accounts.database import Store
+from gateway.accounts.errors import LimitReached
 from gateway.accounts.metering import Outcome
-from gateway.api.errors import ApiError
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +199,6 @@ class Limiter:
             "inflight": state.inflight,
         }
 
-    def _refuse(self, claims: keys.Claims, message: str, code: str, wait: int) -> ApiError:
-        headers = self.headers(claims) | {"Retry-After": str(max(1, wait))}
+    def _refuse(self, claims: keys.Claims, message: str, code: str, wait: int) -> LimitReached:
         logger.debug("refused %s: %s", claims.sub, message)
-        return ApiError(429, message, code, headers=headers)
+        return LimitReached(message, code, max(1, wait), self.headers(claims))

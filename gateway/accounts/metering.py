@@ -1,6 +1,6 @@
 """The hook every inference route goes through: admit, then record the outcome.
 
-A ``Meter`` sees each call twice: ``admit`` before any work (raise ``ApiError`` 429 to
+A ``Meter`` sees each call twice: ``admit`` before any work (raise ``LimitReached`` to
 refuse) and ``record`` once the outcome is known (before the response completes, so a
 durable meter loses nothing). Limits, the usage store and metrics are all meters.
 """
@@ -37,7 +37,7 @@ class Outcome:
 
 class Meter(Protocol):
     async def admit(self, claims: keys.Claims, outcome: Outcome) -> None:
-        """Refuse (raise ``ApiError``) or let the call start."""
+        """Refuse (raise ``LimitReached``) or let the call start."""
         ...
 
     async def record(self, claims: keys.Claims, outcome: Outcome) -> None:
@@ -63,7 +63,7 @@ async def metered(
         yield outcome
     except BaseException as exc:
         if outcome.status < 400:
-            outcome.status = getattr(exc, "status", 499 if _cancelled(exc) else 500)
+            outcome.status = _status(exc)
         raise
     finally:
         outcome.latency = time.monotonic() - outcome.started
@@ -73,8 +73,13 @@ async def metered(
                 await meter.record(claims, outcome)
 
 
-def _cancelled(exc: BaseException) -> bool:
-    return isinstance(exc, trio.Cancelled)
+def _status(exc: BaseException) -> int:
+    """The HTTP status a failed call ends with: an HTTP error's, a refusal's hint, 499 for a
+    caller that went away, else 500."""
+    status = getattr(exc, "status", None) or getattr(exc, "status_hint", None)
+    if isinstance(status, int):
+        return status
+    return 499 if isinstance(exc, trio.Cancelled) else 500
 
 
 def rate_headers(meters: list[Meter], claims: keys.Claims) -> dict[str, str]:

@@ -1,5 +1,5 @@
-"""Durable usage: every inference call is written to the store before its response ends,
-and ``GET /v1/usage`` / ``GET /v1/admin/usage`` sum it up per day and model.
+"""Durable usage: every inference call is written to the store before its response ends
+(``gateway.api.usage`` sums it up per day and model).
 
 Writes are group-committed: calls that end while a write is on its way to disk go out
 together in the next transaction, so one flush covers many calls under load, and each
@@ -12,22 +12,15 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
 
 import trio
-from fastapi import FastAPI, Query, Request
 
 import keys
-from gateway.accounts.database import Store, UsageRecord, UsageTotal
+from gateway.accounts.database import Store, UsageRecord
 from gateway.accounts.limits import utc_day
 from gateway.accounts.metering import Outcome
-from gateway.api.auth import Admin, User
-from gateway.api.errors import ApiError
-from gateway.api.services import services
 
 logger = logging.getLogger(__name__)
-
-DAY = 86400.0
 
 # Told of each call written here, so it can be counted elsewhere too.
 UsageHook = Callable[[UsageRecord], None]
@@ -96,57 +89,3 @@ class UsageMeter:
                     batch.failed = True
                 batch.written = True
         return not batch.failed
-
-
-def _rows(totals: list[UsageTotal], with_user: bool) -> list[dict[str, Any]]:
-    return [
-        {"date": t.day, "model": t.model}
-        | ({"user": t.user} if with_user else {})
-        | {
-            "requests": t.requests,
-            "prompt_tokens": t.prompt_tokens,
-            "completion_tokens": t.completion_tokens,
-            "images": t.images,
-        }
-        for t in totals
-    ]
-
-
-def _totals(totals: list[UsageTotal]) -> dict[str, int]:
-    return {
-        "requests": sum(t.requests for t in totals),
-        "prompt_tokens": sum(t.prompt_tokens for t in totals),
-        "completion_tokens": sum(t.completion_tokens for t in totals),
-        "images": sum(t.images for t in totals),
-    }
-
-
-async def _usage(request: Request, days: int, user: str | None) -> list[UsageTotal]:
-    store = services(request).store
-    if store is None:
-        raise ApiError(503, "usage is not recorded on this gateway", "usage_disabled")
-    since = utc_day(time.time() - (days - 1) * DAY)
-    return await store.call(store.usage, since, user)
-
-
-Days = Annotated[int, Query(ge=1, le=366, description="how many days back, today included")]
-
-
-def install(app: FastAPI) -> None:
-    @app.get("/v1/usage")
-    async def own_usage(request: Request, claims: User, days: Days = 30) -> dict[str, Any]:
-        totals = await _usage(request, days, claims.sub)
-        limiter = services(request).limiter
-        return {
-            "object": "list",
-            "data": _rows(totals, with_user=False),
-            "totals": _totals(totals),
-            "limits": limiter.status(claims.sub) if limiter else {},
-        }
-
-    @app.get("/v1/admin/usage")
-    async def all_usage(
-        request: Request, claims: Admin, days: Days = 30, user: str | None = None
-    ) -> dict[str, Any]:
-        totals = await _usage(request, days, user)
-        return {"object": "list", "data": _rows(totals, with_user=True), "totals": _totals(totals)}

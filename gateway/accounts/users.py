@@ -1,4 +1,4 @@
-"""Users and their API keys: ``/v1/auth/*`` and ``/v1/keys``, and the checks every token meets.
+"""Users and their API keys, and the checks every token meets (routes: ``gateway.api.accounts``).
 
 ``Accounts`` keeps in memory what each request must consult (revoked token ids, disabled
 users, each user's plan), loaded from the store at start and reloaded when another process
@@ -18,17 +18,11 @@ from typing import Any
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fastapi import FastAPI, Request
-from pydantic import BaseModel, Field
 
 import keys
 from gateway.accounts.database import KeyRecord, Store, UserExists, UserRecord, check_username
+from gateway.accounts.errors import Refused
 from gateway.accounts.limits import Plan, Plans
-from gateway.api.auth import Session, User
-from gateway.api.bodies import json_body, parse
-from gateway.api.errors import ApiError
-from gateway.api.services import services
-from keys.passwords import MAX_LENGTH
 
 logger = logging.getLogger(__name__)
 
@@ -162,21 +156,12 @@ class Accounts:
     async def register(self, name: str, password: str) -> UserRecord:
         self._signing_key()
         if not self._registration:
-            raise ApiError(403, "registration is closed on this gateway", "registration_closed")
-        try:
-            check_username(name)
-        except ValueError as exc:
-            raise ApiError(400, str(exc), "invalid_username", "username") from exc
-        try:
-            hashed = await trio.to_thread.run_sync(keys.hash_password, password)
-        except keys.WeakPassword as exc:
-            raise ApiError(400, str(exc), "weak_password", "password") from exc
-        try:
-            user = await self.store.call(
-                self.store.add_user, name, hashed, self.plans.default, time.time()
+            raise Refused(
+                "registration is closed on this gateway", "registration_closed", status_hint=403
             )
-        except UserExists as exc:
-            raise ApiError(409, f"username {name!r} is taken", "username_taken") from exc
+        user = await self.store.call(
+            create_user, self.store, name, password, self.plans.default, time.time()
+        )
         self._users[user.name.casefold()] = _public(user)
         logger.info("registered user %s", user.name)
         return user
@@ -188,9 +173,9 @@ class Accounts:
             keys.verify_password, password, user.password if user else None
         )
         if user is None or not ok:
-            raise ApiError(401, "wrong username or password", "invalid_credentials")
+            raise Refused("wrong username or password", "invalid_credentials", status_hint=401)
         if user.disabled:
-            raise ApiError(403, f"user {user.name!r} is disabled", "account_disabled")
+            raise Refused(f"user {user.name!r} is disabled", "account_disabled", status_hint=403)
         return user
 
     def session(self, user: str) -> tuple[str, keys.Claims]:
@@ -203,7 +188,7 @@ class Accounts:
         """A new API key; its token is returned here once and never stored."""
         account = await self.store.call(self.store.user, user)
         if account is None:  # an operator-issued session token: nobody to own the key
-            raise ApiError(403, f"{user!r} has no account on this gateway", "no_account")
+            raise Refused(f"{user!r} has no account on this gateway", "no_account", status_hint=403)
         user = account.name
         now = time.time()
         live = [
@@ -212,7 +197,7 @@ class Accounts:
             if k.revoked_at is None and k.expires_at > now
         ]
         if len(live) >= MAX_KEYS:
-            raise ApiError(400, f"at most {MAX_KEYS} live keys per user", "too_many_keys")
+            raise Refused(f"at most {MAX_KEYS} live keys per user", "too_many_keys")
         token, claims = self._issue(user, days * DAY, "inference", uuid.uuid4().hex)
         record = KeyRecord(claims.jti, user, name, now, claims.exp, None)
         await self.store.call(self.store.add_key, record)
@@ -224,15 +209,14 @@ class Accounts:
     async def revoke_key(self, user: str, key_id: str) -> KeyRecord:
         key = await self.store.call(self.store.key, key_id)
         if key is None or key.user.casefold() != user.casefold():
-            raise ApiError(404, f"no key {key_id!r}", "key_not_found", "id")
+            raise Refused(f"no key {key_id!r}", "key_not_found", "id", status_hint=404)
         await self.revoke(key.jti, key.expires_at)
         return key
 
     def _signing_key(self) -> Ed25519PrivateKey:
         if self._signer is None:
-            raise ApiError(
-                503, "this gateway holds no token signing key (jwt.key)", "signing_unavailable"
-            )
+            message = "this gateway holds no token signing key (jwt.key)"
+            raise Refused(message, "signing_unavailable", status_hint=503)
         return self._signer
 
     def _issue(
@@ -243,76 +227,23 @@ class Accounts:
         return token, keys.verify(token, signer.public_key())
 
 
+def create_user(store: Store, name: str, password: str | None, plan: str, now: float) -> UserRecord:
+    """Check and add a user; ``password`` is hashed here (None: token-only user). Blocking:
+    the gateway runs it on a worker thread, the operator's CLI as is."""
+    try:
+        check_username(name)
+    except ValueError as exc:
+        raise Refused(str(exc), "invalid_username", "username") from exc
+    try:
+        hashed = None if password is None else keys.hash_password(password)
+    except keys.WeakPassword as exc:
+        raise Refused(str(exc), "weak_password", "password") from exc
+    try:
+        return store.add_user(name, hashed, plan, now)
+    except UserExists as exc:
+        raise Refused(str(exc), "username_taken", status_hint=409) from exc
+
+
 def _public(user: UserRecord) -> UserRecord:
     """The record without its password hash: the caches never hold one."""
     return UserRecord(user.name, None, user.plan, user.disabled, user.created)
-
-
-# --- routes -------------------------------------------------------------------------------
-
-
-class Credentials(BaseModel):
-    username: str = Field(max_length=64)
-    password: str = Field(max_length=MAX_LENGTH)
-
-
-class NewKey(BaseModel):
-    name: str = Field(min_length=1, max_length=64)
-    ttl_days: int | None = Field(default=None, ge=1, le=MAX_KEY_DAYS)
-
-
-def accounts(request: Request) -> Accounts:
-    found = services(request).accounts
-    if found is None:
-        raise ApiError(503, "accounts are not enabled on this gateway", "accounts_disabled")
-    return found
-
-
-def _logged_in(found: Accounts, user: UserRecord) -> dict[str, Any]:
-    token, claims = found.session(user.name)
-    return {"user": found.profile(user.name), "token": token, "expires_at": int(claims.exp)}
-
-
-def _key(key: KeyRecord) -> dict[str, Any]:
-    return {
-        "id": key.jti,
-        "name": key.name,
-        "created": int(key.created),
-        "expires_at": int(key.expires_at),
-        "revoked": key.revoked_at is not None,
-    }
-
-
-def install(app: FastAPI) -> None:
-    @app.post("/v1/auth/register", status_code=201, openapi_extra=json_body(app, Credentials))
-    async def register(request: Request) -> dict[str, Any]:
-        found = accounts(request)
-        body = await parse(request, Credentials)
-        return _logged_in(found, await found.register(body.username, body.password))
-
-    @app.post("/v1/auth/login", openapi_extra=json_body(app, Credentials))
-    async def login(request: Request) -> dict[str, Any]:
-        found = accounts(request)
-        body = await parse(request, Credentials)
-        return _logged_in(found, await found.login(body.username, body.password))
-
-    @app.get("/v1/auth/me")
-    async def me(request: Request, claims: User) -> dict[str, Any]:
-        return accounts(request).profile(claims.sub)
-
-    @app.get("/v1/keys")
-    async def list_keys(request: Request, claims: Session) -> dict[str, Any]:
-        return {"data": [_key(k) for k in await accounts(request).keys_of(claims.sub)]}
-
-    @app.post("/v1/keys", status_code=201, openapi_extra=json_body(app, NewKey))
-    async def create_key(request: Request, claims: Session) -> dict[str, Any]:
-        found = accounts(request)
-        body = await parse(request, NewKey)
-        days = body.ttl_days or DEFAULT_KEY_DAYS
-        key, token = await found.create_key(claims.sub, body.name, days)
-        return {"id": key.jti, "name": key.name, "key": token, "expires_at": int(key.expires_at)}
-
-    @app.delete("/v1/keys/{key_id}")
-    async def revoke_key(request: Request, key_id: str, claims: Session) -> dict[str, Any]:
-        key = await accounts(request).revoke_key(claims.sub, key_id)
-        return {"id": key.jti, "revoked": True}

@@ -8,9 +8,17 @@ from __future__ import annotations
 from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp
 
-from gateway.accounts import usage
-from gateway.accounts import users as accounts
-from gateway.api import chat, completions, dashboard, images, metrics, openapi, peers
+from gateway.api import (
+    accounts,
+    chat,
+    completions,
+    dashboard,
+    images,
+    metrics,
+    openapi,
+    peers,
+    usage,
+)
 from gateway.api.errors import BodyLimit, install_error_handlers
 from gateway.api.services import Services
 

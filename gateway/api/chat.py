@@ -13,7 +13,7 @@ from gateway.api import openai_api as oa
 from gateway.api.auth import User
 from gateway.api.bodies import json_body, parse
 from gateway.api.errors import ApiError
-from gateway.api.inference import collect, event_stream, start
+from gateway.api.inference import answer, start
 from gateway.api.services import services
 from protocols import ChatMessage, GenerateParams
 
@@ -53,15 +53,12 @@ def install(app: FastAPI) -> None:
         body = await parse(request, oa.ChatCompletionRequest)
         started = await start(request, claims, _params(body), "chat")
         id_, created = oa.completion_id(), int(time.time())
-        if not body.stream:
-            text = await collect(started)
-            return JSONResponse(
-                oa.chat_completion(id_, body.model, text, started.generation.usage, created),
-                headers=started.headers,
-            )
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        render = _ChatChunks(id_, body.model, created, include_usage)
-        return event_stream(started, render)
+
+        def whole(text: str) -> dict[str, Any]:
+            return oa.chat_completion(id_, body.model, text, started.generation.usage, created)
+
+        render = _ChatChunks(id_, body.model, created, body.include_usage())
+        return await answer(started, render if body.stream else None, whole)
 
 
 @dataclass
@@ -91,14 +88,9 @@ def _params(body: oa.ChatCompletionRequest) -> GenerateParams:
     ]
     try:
         return GenerateParams(
-            model=body.model,
             messages=messages,
             max_tokens=body.max_completion_tokens or body.max_tokens or 256,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            stop=body.stops(),
-            seed=body.seed,
-            stream=body.stream,
+            **body.sampling(),
         )
     except ValueError as exc:
         raise ApiError(400, str(exc), "invalid_request") from exc

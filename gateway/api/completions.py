@@ -13,7 +13,7 @@ from gateway.api import openai_api as oa
 from gateway.api.auth import User
 from gateway.api.bodies import json_body, parse
 from gateway.api.errors import ApiError
-from gateway.api.inference import collect, event_stream, start
+from gateway.api.inference import answer, start
 from protocols import GenerateParams
 
 
@@ -27,32 +27,20 @@ def install(app: FastAPI) -> None:
         body = await parse(request, oa.CompletionRequest)
         try:
             prompt = body.text()
-            params = GenerateParams(
-                model=body.model,
-                prompt=prompt,
-                max_tokens=body.max_tokens,
-                temperature=body.temperature,
-                top_p=body.top_p,
-                stop=body.stops(),
-                seed=body.seed,
-                stream=body.stream,
-            )
+            params = GenerateParams(prompt=prompt, max_tokens=body.max_tokens, **body.sampling())
         except ValueError as exc:
             raise ApiError(400, str(exc), "invalid_request") from exc
         started = await start(request, claims, params, "completion")
         id_ = f"cmpl-{uuid.uuid4().hex[:24]}"
         prefix = prompt if body.echo else ""
-        if not body.stream:
-            text = await collect(started)
+
+        def whole(text: str) -> dict[str, Any]:
             finish = str(started.generation.usage.get("finish_reason", "stop"))
             usage = oa.usage(started.generation.usage)
-            return JSONResponse(
-                oa.text_completion(id_, body.model, prefix + text, finish, usage),
-                headers=started.headers,
-            )
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        render = _TextChunks(id_, body.model, prefix, include_usage)
-        return event_stream(started, render)
+            return oa.text_completion(id_, body.model, prefix + text, finish, usage)
+
+        render = _TextChunks(id_, body.model, prefix, body.include_usage())
+        return await answer(started, render if body.stream else None, whole)
 
 
 @dataclass

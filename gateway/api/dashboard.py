@@ -1,6 +1,6 @@
 """The web dashboard: ``GET /`` and its static files under ``/static``.
 
-A single page of plain ES modules (``gateway/web``), no build step; it talks to the same
+A single page of plain ES modules (``gateway/api/web``), no build step; it talks to the same
 HTTP API as any client, with the session token a login returns.
 """
 

@@ -2,6 +2,8 @@
 
 Every failure a client can cause becomes an ``ApiError`` with a 4xx status and a body
 ``{"error": {"message", "type", "param", "code"}}``; nothing a client sends yields a 5xx.
+This is the one place where the domain's errors (the accounts' refusals, routing failures)
+become HTTP errors.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.accounts.errors import LimitReached, Refused
 from gateway.api import openai_api as oa
 from gateway.routing.router import NoPeerReady, UnknownModel, UpstreamError
 from protocols import ErrorCode
@@ -35,6 +38,15 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+def refusal(exc: Refused) -> ApiError:
+    """The HTTP face of what the accounts refuse: the status they suggest, and for a limit,
+    when to retry and the caller's limits."""
+    headers = {}
+    if isinstance(exc, LimitReached):
+        headers = exc.headers | {"Retry-After": str(exc.retry_after)}
+    return ApiError(exc.status_hint, exc.message, exc.code, exc.param, headers=headers)
+
+
 def routing_error(exc: Exception) -> ApiError:
     """The HTTP face of a routing failure."""
     if isinstance(exc, UnknownModel):
@@ -51,6 +63,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(Refused)
+    async def on_refused(request: Request, exc: Refused) -> JSONResponse:
+        return await on_api_error(request, refusal(exc))
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

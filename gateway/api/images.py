@@ -20,13 +20,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from gateway.accounts.metering import metered, rate_headers
+from gateway.accounts.metering import rate_headers
 from gateway.api.auth import User
 from gateway.api.bodies import json_body, parse
-from gateway.api.errors import ApiError, routing_error
-from gateway.api.inference import NODE_HEADER
+from gateway.api.errors import ApiError
+from gateway.api.inference import NODE_HEADER, routed
 from gateway.api.services import services
-from gateway.routing.router import NoPeerReady, UnknownModel, UpstreamError
+from keys.files import write_atomic
 from protocols import ImageParams
 from protocols.generation import (
     MAX_GUIDANCE,
@@ -104,25 +104,18 @@ def install(app: FastAPI) -> None:
         backend = s.image_backend
         if backend is None:
             raise ApiError(503, "this gateway does not route image generation", "no_peer_ready")
-        try:
-            async with metered(s.meters, claims, body.model, "image") as outcome:
-                try:
-                    result = await backend.generate_image(params, s.request_timeout)
-                except (UnknownModel, NoPeerReady, UpstreamError) as exc:
-                    raise routing_error(exc) from exc
-                outcome.peer_id = result.peer_id
-                if s.image_dir is not None and body.response_format == "url":
-                    names = await trio.to_thread.run_sync(
-                        _store, s.image_dir, result.images, time.time()
-                    )
-                    base = str(request.base_url).rstrip("/")
-                    data = [{"url": f"{base}/v1/images/{name}.png"} for name in names]
-                else:
-                    data = [{"b64_json": base64.b64encode(i).decode()} for i in result.images]
-                outcome.images = len(data)
-        except ApiError as exc:
-            exc.headers.update(rate_headers(s.meters, claims))
-            raise
+        async with routed(request, claims, body.model, "image") as outcome:
+            result = await backend.generate_image(params, s.request_timeout)
+            outcome.peer_id = result.peer_id
+            if s.image_dir is not None and body.response_format == "url":
+                names = await trio.to_thread.run_sync(
+                    _store, s.image_dir, result.images, time.time()
+                )
+                base = str(request.base_url).rstrip("/")
+                data = [{"url": f"{base}/v1/images/{name}.png"} for name in names]
+            else:
+                data = [{"b64_json": base64.b64encode(i).decode()} for i in result.images]
+            outcome.images = len(data)
         answer: dict[str, Any] = {"created": int(time.time()), "data": data, "seed": result.seed}
         headers = {NODE_HEADER: result.peer_id} | rate_headers(s.meters, claims)
         return JSONResponse(answer, headers=headers)
@@ -148,10 +141,7 @@ def _store(directory: Path, images: list[bytes], now: float) -> list[str]:
     names = []
     for image in images:
         name = secrets.token_hex(16)
-        # Written aside and renamed: a reader never sees half an image.
-        partial = directory / f".{name}.partial"
-        partial.write_bytes(image)
-        partial.replace(directory / f"{name}.png")
+        write_atomic(directory / f"{name}.png", image)
         names.append(name)
     return names
 

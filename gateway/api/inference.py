@@ -1,24 +1,26 @@
-"""The flow every text route shares: meter, route, then answer whole or as SSE.
+"""The flow every inference route shares: meter, route, map errors, add headers.
 
-Chat and legacy completions differ only in request shape and how they render text, so
-they hand a ``Renderer`` to ``stream`` and keep nothing else of their own.
+``routed`` is that pipeline for text and image routes alike. Text routes then answer
+whole or as SSE: chat and legacy completions differ only in request shape and how they
+render text, so they hand a ``Renderer`` to ``stream`` and keep nothing else of their own.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fastapi import Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 import keys
+from gateway.accounts.errors import Refused
 from gateway.accounts.metering import Outcome, metered, rate_headers
 from gateway.api import openai_api as oa
-from gateway.api.errors import ApiError, routing_error
+from gateway.api.errors import ApiError, refusal, routing_error
 from gateway.api.services import services
 from gateway.routing.router import Generation, NoPeerReady, UnknownModel, UpstreamError
 from protocols import GenerateParams
@@ -44,20 +46,38 @@ class Renderer(Protocol):
     def closing(self, finish_reason: str, usage: dict[str, int]) -> list[dict[str, Any]]: ...
 
 
+@asynccontextmanager
+async def routed(
+    request: Request, claims: keys.Claims, model: str, kind: str
+) -> AsyncIterator[Outcome]:
+    """Meter → route → error → headers: the call is admitted by the meters and recorded
+    however it ends; a refusal or a routing failure becomes an HTTP error, and every HTTP
+    error carries the caller's rate-limit headers."""
+    meters = services(request).meters
+    try:
+        async with metered(meters, claims, model, kind) as outcome:
+            try:
+                yield outcome
+            except (UnknownModel, NoPeerReady, UpstreamError) as exc:
+                raise routing_error(exc) from exc
+    except Refused as exc:
+        error = refusal(exc)
+        error.headers.update(rate_headers(meters, claims))
+        raise error from exc
+    except ApiError as exc:
+        exc.headers.update(rate_headers(meters, claims))
+        raise
+
+
 async def start(
     request: Request, claims: keys.Claims, params: GenerateParams, kind: str
 ) -> Started:
-    """Admit the call through the meters and route it to a node."""
+    """Admit the call and route it to a node."""
     s = services(request)
     stack = AsyncExitStack()
     try:
-        outcome = await stack.enter_async_context(metered(s.meters, claims, params.model, kind))
-        try:
-            generation = await stack.enter_async_context(
-                s.backend.generate(params, s.request_timeout)
-            )
-        except (UnknownModel, NoPeerReady, UpstreamError) as exc:
-            raise routing_error(exc) from exc
+        outcome = await stack.enter_async_context(routed(request, claims, params.model, kind))
+        generation = await stack.enter_async_context(s.backend.generate(params, s.request_timeout))
     except BaseException:
         # Let the meters see the failure (and its status) before it propagates.
         await stack.__aexit__(*sys.exc_info())
@@ -87,6 +107,17 @@ async def collect(started: Started) -> str:
     except ApiError as exc:
         exc.headers.update(started.headers)
         raise
+
+
+async def answer(
+    started: Started, render: Renderer | None, whole: Callable[[str], dict[str, Any]]
+) -> JSONResponse | StreamingResponse:
+    """The answer to a text route: with ``render``, server-sent events as the tokens come;
+    else ``whole(text)`` once the text is complete. Both carry the call's headers."""
+    if render is not None:
+        return event_stream(started, render)
+    text = await collect(started)
+    return JSONResponse(whole(text), headers=started.headers)
 
 
 def event_stream(started: Started, render: Renderer) -> StreamingResponse:

@@ -21,11 +21,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
-    CollectorRegistry,
     Counter,
     Histogram,
-    PlatformCollector,
-    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -35,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import keys
 from gateway.accounts.metering import Outcome
 from gateway.routing.peer_table import PeerTable
+from node.p2p.metrics import model_counters, peer_registry
 
 # Inference calls stream for seconds to minutes; the defaults stop at 10 s.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -49,9 +47,7 @@ class GatewayMetrics:
     """Every series the gateway exports, in a registry of its own."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
+        self.registry = peer_registry()
         self.http_duration = Histogram(
             "bitinglip_gateway_http_request_duration_seconds",
             "HTTP requests by route, method and status, and how long until the last byte",
@@ -72,24 +68,10 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.prompt_tokens = Counter(
-            "bitinglip_gateway_prompt_tokens",
-            "Prompt tokens of answered calls, by model",
-            ["model"],
-            registry=self.registry,
-        )
-        self.completion_tokens = Counter(
-            "bitinglip_gateway_completion_tokens",
-            "Generated tokens, by model",
-            ["model"],
-            registry=self.registry,
-        )
-        self.images = Counter(
-            "bitinglip_gateway_images",
-            "Generated images, by model",
-            ["model"],
-            registry=self.registry,
-        )
+        counters = model_counters("gateway", "answered calls", self.registry)
+        self.prompt_tokens = counters.prompt_tokens
+        self.completion_tokens = counters.completion_tokens
+        self.images = counters.images
 
     def observe_swarm(self, table: PeerTable, retries: Callable[[], int]) -> None:
         """Export the peers in ``table`` and the ``retries`` count, read at each scrape."""

@@ -33,14 +33,13 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
+class GenerationRequest(BaseModel):
+    """What chat and legacy completions share: the model, sampling and streaming."""
+
     # Clients send fields we do not use (logprobs, user, ...): accept and ignore them.
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1, max_length=256)
-    messages: list[ChatMessageIn] = Field(min_length=1, max_length=1024)
-    max_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
@@ -54,23 +53,33 @@ class ChatCompletionRequest(BaseModel):
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
+    def sampling(self) -> dict[str, Any]:
+        """The ``GenerateParams`` fields this request sets the same way on every route."""
+        return {
+            "model": self.model,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "stop": self.stops(),
+            "seed": self.seed,
+            "stream": self.stream,
+        }
 
-class CompletionRequest(BaseModel):
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(GenerationRequest):
+    messages: list[ChatMessageIn] = Field(min_length=1, max_length=1024)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
+
+
+class CompletionRequest(GenerationRequest):
     """The legacy ``/v1/completions`` request: one raw prompt, no chat template."""
 
-    model_config = ConfigDict(extra="allow")
-
-    model: str = Field(min_length=1, max_length=256)
     prompt: str | list[str]
     max_tokens: int = Field(default=16, ge=1, le=MAX_NEW_TOKENS)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, ge=0, lt=2**63)
-    n: int = Field(default=1, ge=1, le=1)
     echo: bool = False
-    stream: bool = False
-    stream_options: StreamOptions | None = None
 
     def text(self) -> str:
         if isinstance(self.prompt, str):
@@ -78,11 +87,6 @@ class CompletionRequest(BaseModel):
         if len(self.prompt) != 1:
             raise ValueError("prompt: give one prompt (batches of prompts are not supported)")
         return self.prompt[0]
-
-    def stops(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
 def text_completion(

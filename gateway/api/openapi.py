@@ -1,7 +1,7 @@
 """Corrections to the generated OpenAPI description, so that it says what the API does.
 
 FastAPI documents a 422 wherever it validates parameters; this API never sends one: any
-failure is a 4xx or 5xx in OpenAI's error shape (``gateway.errors``), which every
+failure is a 4xx or 5xx in OpenAI's error shape (``gateway.api.errors``), which every
 operation now declares as its ``default`` response. Authentication is a dependency
 rather than a FastAPI security scheme, so the description did not say which operations
 need a bearer token; they now name the ``bearer`` scheme.

@@ -8,9 +8,9 @@ from fastapi import FastAPI, Request
 
 from gateway.api.auth import User
 from gateway.api.services import services
-from gateway.client.peer_view import PeerStatus, sort_key
 from gateway.routing.peer_table import PeerEntry, PeerTable
 from node.p2p.version import VERSION
+from protocols.peers import PeerStatus, sort_key
 
 
 def install(app: FastAPI) -> None:

@@ -10,20 +10,18 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from fastapi import Request
 
+from gateway.accounts.database import Store
+from gateway.accounts.limits import Limiter
 from gateway.accounts.metering import Meter
+from gateway.accounts.users import Accounts
 from gateway.api.auth import Authenticator
 from gateway.api.metrics import GatewayMetrics
 from gateway.routing.router import Generation, Images
 from protocols import GenerateParams, ImageParams
-
-if TYPE_CHECKING:  # these modules reach Services themselves
-    from gateway.accounts.database import Store
-    from gateway.accounts.limits import Limiter
-    from gateway.accounts.users import Accounts
 
 
 class Backend(Protocol):

@@ -2,7 +2,7 @@
 
 Methods return the documented bodies, checked for shape; every failure is a
 ``ClientError`` whose message is a sentence to show as is (the tree is in
-``gateway.client_errors``).
+``gateway.client.errors``).
 """
 
 from __future__ import annotations

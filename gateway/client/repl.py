@@ -1,4 +1,4 @@
-"""``bitinglip repl``: chat with the swarm's models from a terminal.
+"""The chat loop behind ``bitinglip repl`` (the command is ``node.cli.repl``).
 
 Answers stream token by token and the conversation is kept as context. Ctrl-C during an
 answer closes its HTTP stream, which the gateway turns into a cancellation on the node;
@@ -7,66 +7,13 @@ at the prompt it clears the line. Ctrl-D or ``/quit`` leaves.
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 import time
-from pathlib import Path
-from typing import Any
 
-from gateway.client.api_client import DEFAULT_GATEWAY, TEXT_TASK, ClientError, GatewayClient
-from gateway.client.login import saved_login
-from gateway.client.repl_commands import COMMANDS, SETTINGS, Commands, Quit, Session, unchattable
+from gateway.client.api_client import ClientError, GatewayClient
+from gateway.client.repl_commands import COMMANDS, SETTINGS, Commands, Quit, Session
 from gateway.client.repl_input import Assembler, LineReader, candidates
 from gateway.client.repl_render import Screen, stats_line
 from keys.files import default_data_dir
-
-
-def register(commands: Any) -> None:
-    repl = commands.add_parser("repl", help="chat with the swarm's models in this terminal")
-    repl.add_argument(
-        "--gateway", help=f"gateway URL (default: the saved login, else {DEFAULT_GATEWAY})"
-    )
-    repl.add_argument("--token", help="token (default: $BITINGLIP_TOKEN, then the saved login)")
-    repl.add_argument("--model", help="model to chat with (default: the first one served)")
-    repl.add_argument("--system", help="system prompt")
-    repl.add_argument("--image-model", help="model for /image (default: the first one served)")
-    repl.add_argument("--image-size", help="WxH of /image's pictures (default: the gateway's)")
-    repl.add_argument(
-        "--image-dir", type=Path, default=Path(), help="where /image saves (default: here)"
-    )
-    repl.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    screen = Screen()
-    url, saved_token = saved_login(args.gateway)
-    token = args.token or os.environ.get("BITINGLIP_TOKEN") or saved_token
-    with GatewayClient(url, token) as client:
-        try:
-            session = _open_session(client, args)
-        except ClientError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        Repl(client, session, screen).run()
-    return 0
-
-
-def _open_session(client: GatewayClient, args: argparse.Namespace) -> Session:
-    """Check the gateway and the token before the first prompt, and pick the model."""
-    tasks = client.tasks()
-    available = [m for m, task in tasks.items() if task == TEXT_TASK]
-    if args.model is not None and (problem := unchattable(tasks, args.model)):
-        raise ValueError(problem)  # the command's error line, like any bad argument
-    model = args.model or (available[0] if available else None)
-    return Session(
-        model,
-        system=args.system,
-        image_model=args.image_model,
-        image_dir=args.image_dir,
-        image_size=args.image_size,
-        models=available,
-    )
 
 
 class Repl:

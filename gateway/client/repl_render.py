@@ -15,7 +15,8 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from gateway.client.peer_view import PeerStatus, ago, arrange, load_cell, models_cell, short_id
+from gateway.client.peer_view import ago, load_cell, models_cell, short_id
+from protocols.peers import PeerStatus, arrange
 
 USAGE_COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "images")
 

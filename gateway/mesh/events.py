@@ -1,6 +1,6 @@
 """What this gateway tells other gateways, and what it does with what they tell it.
 
-The glue between the local limiter/revocation list and ``GatewaySync``: local
+The glue between the local limiter/revocation list and ``MeshSubscriptions``: local
 components call ``usage``/``revoked``; events from other gateways go to ``apply``.
 """
 
@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from protocols.events import GatewayEvent, RevokeEvent, UsageEvent, event_to_wire
+
 Publish = Callable[[dict[str, Any]], None]
 
 
@@ -17,7 +19,7 @@ def _nowhere(event: dict[str, Any]) -> None:
     pass
 
 
-class Sharing:
+class MeshEvents:
     def __init__(self) -> None:
         self.publish: Publish = _nowhere
         self.on_usage: list[Callable[[str, int, int, int, float], None]] = []
@@ -25,33 +27,17 @@ class Sharing:
 
     def usage(self, user: str, requests: int, tokens: int, images: int) -> None:
         """A call was counted here: tell the other gateways."""
-        self.publish(
-            {
-                "kind": "usage",
-                "user": user,
-                "requests": requests,
-                "tokens": tokens,
-                "images": images,
-                "at": time.time(),
-            }
-        )
+        self.publish(event_to_wire(UsageEvent(user, requests, tokens, images, time.time())))
 
     def revoked(self, jti: str, expires_at: float) -> None:
         """A key was revoked here: tell the other gateways."""
-        self.publish({"kind": "revoke", "jti": jti, "expires_at": expires_at})
+        self.publish(event_to_wire(RevokeEvent(jti, expires_at)))
 
-    def apply(self, event: dict[str, Any]) -> None:
+    def apply(self, event: GatewayEvent) -> None:
         """An event from another gateway."""
-        if event["kind"] == "usage":
-            args = (
-                str(event["user"]),
-                int(event["requests"]),
-                int(event["tokens"]),
-                int(event["images"]),
-                float(event["at"]),
-            )
+        if isinstance(event, UsageEvent):
             for note in self.on_usage:
-                note(*args)
-        elif event["kind"] == "revoke":
+                note(event.user, event.requests, event.tokens, event.images, event.at)
+        else:
             for revoke in self.on_revoke:
-                revoke(str(event["jti"]), float(event["expires_at"]))
+                revoke(event.jti, event.expires_at)

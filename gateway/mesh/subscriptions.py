@@ -15,29 +15,29 @@ from typing import Any
 
 import trio
 
-from node.p2p.host import Swarm
+from node.p2p.host import PeerHost
 from node.p2p.rpc_client import CallFailed, RpcClient
 from node.p2p.rpc_server import Caller, Emit, RpcError
-from protocols import RPC_PROTOCOL, ErrorCode, NodeRecord
+from protocols import RPC_PROTOCOL, ErrorCode, NodeRecord, RemoteProtocolError
+from protocols.events import GatewayEvent, event_from_wire
 
 logger = logging.getLogger(__name__)
 
 SUBSCRIBER_BUFFER = 10_000
-EVENT_KINDS = ("usage", "revoke")
 
 # Applies one event heard from another gateway.
-Apply = Callable[[dict[str, Any]], None]
+Apply = Callable[[GatewayEvent], None]
 
 
-class GatewaySync:
+class MeshSubscriptions:
     def __init__(
         self,
-        swarm: Swarm,
+        host: PeerHost,
         certificate: bytes,
         apply: Apply,
         forget: Callable[[str], None] = lambda peer: None,
     ) -> None:
-        self._swarm = swarm
+        self._host = host
         self._certificate = certificate
         self._apply = apply
         self._forget = forget
@@ -83,16 +83,16 @@ class GatewaySync:
 
     def connect_soon(self, record: NodeRecord) -> None:
         """Subscribe to another gateway's events (called by the tracker on discovery)."""
-        if record.peer_id in self.peers or record.peer_id == self._swarm.peer_id:
+        if record.peer_id in self.peers or record.peer_id == self._host.peer_id:
             return
-        assert self._nursery is not None, "GatewaySync.run must be started first"
+        assert self._nursery is not None, "MeshSubscriptions.run must be started first"
         self.peers.add(record.peer_id)
         self._nursery.start_soon(self._subscribe, record)
 
     async def _subscribe(self, record: NodeRecord) -> None:
         peer = record.peer_id
         try:
-            stream = await self._swarm.open_stream(peer, record.addrs, RPC_PROTOCOL)
+            stream = await self._host.open_stream(peer, record.addrs, RPC_PROTOCOL)
             client = RpcClient(stream, self._certificate)
             async with trio.open_nursery() as nursery:
                 await nursery.start(client.run)
@@ -110,11 +110,14 @@ class GatewaySync:
             self.peers.discard(peer)
             self._forget(peer)
 
-    def _receive(self, event: dict[str, Any]) -> None:
-        if event.get("kind") not in EVENT_KINDS:
+    def _receive(self, body: dict[str, Any]) -> None:
+        try:
+            event = event_from_wire(body)
+        except RemoteProtocolError as exc:
+            self.received += 1
+            logger.warning("ignoring a malformed event from another gateway: %r", exc)
+            return
+        if event is None:  # a hello, or a kind this version does not know
             return
         self.received += 1
-        try:
-            self._apply(event)
-        except (KeyError, TypeError, ValueError) as exc:
-            logger.warning("ignoring a malformed event from another gateway: %r", exc)
+        self._apply(event)

@@ -12,22 +12,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 import trio
 
 from gateway.routing.peer_table import PeerTable
-from node.p2p.host import Swarm
+from node.p2p.host import PeerHost
 from node.p2p.rpc_client import CallFailed, RpcClient
 from protocols import (
     RPC_PROTOCOL,
-    Load,
     NodeRecord,
     RemoteProtocolError,
     model_key,
     node_key,
     verify_record,
 )
+from protocols.events import WatchUpdate
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +36,9 @@ FORGET_FAILED_AFTER = 30.0
 
 class Tracker:
     def __init__(
-        self, swarm: Swarm, table: PeerTable, certificate: bytes, operator_public: bytes
+        self, host: PeerHost, table: PeerTable, certificate: bytes, operator_public: bytes
     ) -> None:
-        self.swarm = swarm
+        self.host = host
         self.table = table
         self._certificate = certificate
         self._operator_public = operator_public
@@ -75,7 +74,7 @@ class Tracker:
         now = time.time()
         fresh = [
             p
-            for p in self.swarm.known_peers()
+            for p in self.host.known_peers()
             if p not in self.clients
             and p not in self._connecting
             and p not in self.gateways
@@ -88,7 +87,7 @@ class Tracker:
         """Fetch, verify and connect to ``peer`` if it is a node."""
         try:
             with trio.move_on_after(5):
-                value = await self.swarm.get(node_key(peer))
+                value = await self.host.get(node_key(peer))
         except Exception as exc:
             logger.debug("DHT lookup of %s failed: %r", peer, exc)
             value = None
@@ -110,7 +109,7 @@ class Tracker:
         """Ask the DHT who provides ``model`` and track those nodes (a cold-start path)."""
         try:
             with trio.move_on_after(5):
-                providers = await self.swarm.providers(model_key(model))
+                providers = await self.host.providers(model_key(model))
         except Exception as exc:
             logger.debug("provider lookup for %s failed: %r", model, exc)
             return
@@ -131,7 +130,7 @@ class Tracker:
     async def _hold_connection(self, record: NodeRecord) -> None:
         peer = record.peer_id
         try:
-            stream = await self.swarm.open_stream(peer, record.addrs, RPC_PROTOCOL)
+            stream = await self.host.open_stream(peer, record.addrs, RPC_PROTOCOL)
         except Exception as exc:
             logger.info("cannot connect to node %s: %r", peer[-8:], exc)
             self._connecting.discard(peer)
@@ -159,7 +158,7 @@ class Tracker:
     async def _watch(self, peer: str, client: RpcClient) -> None:
         started = time.monotonic()
         async with client.open_call("watch", {}) as updates:
-            async for update in updates:
+            async for body in updates:
                 entry = self.table.entries.get(peer)
                 if entry is None:
                     return
@@ -168,8 +167,9 @@ class Tracker:
                     logger.info(
                         "node %s joined: %s", peer[-8:], ", ".join(entry.record.ready_models())
                     )
-                self.table.update_load(peer, _load(update))
-                if int(update.get("record_seq", 0)) > entry.record.seq:
+                update = WatchUpdate.from_wire(body)
+                self.table.update_load(peer, update.load)
+                if update.record_seq > entry.record.seq:
                     await self._refresh_record(peer, client)
                 self._bump()
 
@@ -183,14 +183,3 @@ class Tracker:
     def _bump(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
-
-
-def _load(update: dict[str, Any]) -> Load:
-    return Load(
-        inflight=int(update.get("inflight", 0)),
-        queued=int(update.get("queued", 0)),
-        capacity=int(update.get("capacity", 1)),
-        tokens_per_s=float(update.get("tokens_per_s", 0.0)),
-        vram_free=int(update.get("vram_free", 0)),
-        draining=bool(update.get("draining", False)),
-    )

@@ -1,5 +1,5 @@
 """``bitinglip users ...`` and ``bitinglip tokens list|revoke``: a gateway's accounts, from
-the operator's shell, straight on the gateway's database.
+the operator's shell, on the gateway's database through the accounts' own rules.
 
 ``--data-dir`` names the gateway's data directory, or one holding ``peers/gateway`` (the
 layout ``bitinglip up`` makes), which is then used. A running gateway sees the changes
@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ from rich.console import Console
 from rich.table import Table
 
 import keys
-from gateway.accounts.database import FILENAME, KeyRecord, Store, StoreError, UserRecord
+from gateway.accounts.database import FILENAME, KeyRecord, Store, UserRecord
+from gateway.accounts.errors import Refused
+from gateway.accounts.users import create_user
 
 EXIT_NOT_FOUND = 2
 
@@ -55,8 +58,22 @@ def register(commands: Any) -> None:
     plan.add_argument("--config", type=Path, help="the gateway's TOML file, where plans are")
 
 
-def register_tokens(tokens: Any) -> None:
-    """``tokens list`` and ``tokens revoke``, in the existing ``tokens`` group."""
+def register_tokens(commands: Any) -> None:
+    """``tokens issue|list|revoke``: users' access tokens and API keys."""
+    tokens = commands.add_parser("tokens", help="user access tokens").add_subparsers(
+        dest="action", required=True
+    )
+    issue = tokens.add_parser("issue", help="print a signed token for a user")
+    issue.add_argument("--user", required=True)
+    issue.add_argument("--ttl", default="1h", help="lifetime: 30m, 1h, 7d")
+    issue.add_argument(
+        "--scope",
+        choices=["inference", "session", "admin"],
+        default="inference",
+        help="admin: the operator's views (GET /v1/admin/usage)",
+    )
+    issue.add_argument("--data-dir", type=Path)
+    issue.set_defaults(func=_tokens_issue)
     listing = _command(tokens, "list", "list the API keys users made", _tokens_list)
     listing.add_argument("--user")
     listing.add_argument("--json", action="store_true")
@@ -77,7 +94,8 @@ def _store(args: argparse.Namespace) -> Store:
 
 def _check_plan(plan: str, config_file: Path | None) -> str:
     from gateway.accounts.limits import Plans
-    from node.p2p.config import GatewayConfig, load
+    from gateway.config import GatewayConfig
+    from node.p2p.config import load
 
     config = load(GatewayConfig, "gateway", {}, config_file)
     plans = Plans.from_config(config.plans, config.default_plan)
@@ -87,20 +105,33 @@ def _check_plan(plan: str, config_file: Path | None) -> str:
     return plan
 
 
+def _tokens_issue(args: argparse.Namespace) -> int:
+    import keys
+
+    data_dir = args.data_dir or keys.default_data_dir()
+    signing = keys.jwt_keys(data_dir).private
+    if signing is None:
+        print(
+            f"error: no token signing key in {data_dir}; run `bitinglip keys init`", file=sys.stderr
+        )
+        return 1
+    print(keys.issue(signing, args.user, keys.parse_ttl(args.ttl), args.scope))
+    return 0
+
+
 def _users_add(args: argparse.Namespace) -> int:
-    password = None
-    if args.password_stdin:
-        password = keys.hash_password(sys.stdin.readline().rstrip("\r\n"))
+    password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else None
     if args.plan:
         plan = _check_plan(args.plan, args.config)
     else:
-        from node.p2p.config import GatewayConfig, load
+        from gateway.config import GatewayConfig
+        from node.p2p.config import load
 
         plan = load(GatewayConfig, "gateway", {}, args.config).default_plan
     with _store(args) as store:
         try:
-            user = store.add_user(args.name, password, plan, time.time())
-        except StoreError as exc:
+            user = create_user(store, args.name, password, plan, time.time())
+        except Refused as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
     login = "can log in" if password else "no password: issue tokens with `bitinglip tokens issue`"
@@ -137,21 +168,23 @@ def _users_list(args: argparse.Namespace) -> int:
 
 def _users_disable(args: argparse.Namespace) -> int:
     disabled = args.action == "disable"
-    with _store(args) as store:
-        found = store.set_disabled(args.name, disabled)
-    if not found:
-        return _not_found(f"no user {args.name!r}")
-    print(f"{'disabled' if disabled else 'enabled'} user {args.name}")
-    return 0
+    done = f"{'disabled' if disabled else 'enabled'} user {args.name}"
+    return _change_user(args, lambda store: store.set_disabled(args.name, disabled), done)
 
 
 def _users_set_plan(args: argparse.Namespace) -> int:
     plan = _check_plan(args.plan, args.config)
+    done = f"user {args.name} is now on plan {plan}"
+    return _change_user(args, lambda store: store.set_plan(args.name, plan), done)
+
+
+def _change_user(args: argparse.Namespace, change: Callable[[Store], bool], done: str) -> int:
+    """Apply ``change`` to the user ``args.name``; say ``done``, or that there is no such user."""
     with _store(args) as store:
-        found = store.set_plan(args.name, plan)
+        found = change(store)
     if not found:
         return _not_found(f"no user {args.name!r}")
-    print(f"user {args.name} is now on plan {plan}")
+    print(done)
     return 0
 
 

@@ -18,8 +18,7 @@ from pathlib import Path
 import trio
 
 import keys
-from gateway.client.peer_view import PeerStatus
-from node.p2p.host import Swarm
+from node.p2p.host import PeerHost
 from node.p2p.rpc_client import RpcClient
 from protocols import (
     RPC_PROTOCOL,
@@ -30,6 +29,7 @@ from protocols import (
     verify_certificate,
     verify_record,
 )
+from protocols.peers import PeerStatus
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +61,9 @@ class _Peer:
 
 class LightClient:
     def __init__(
-        self, swarm: Swarm, certificate: bytes, operator_public: bytes, nursery: trio.Nursery
+        self, host: PeerHost, certificate: bytes, operator_public: bytes, nursery: trio.Nursery
     ) -> None:
-        self.swarm = swarm
+        self.host = host
         self._certificate = certificate
         self._operator_public = operator_public
         self._nursery = nursery
@@ -72,17 +72,17 @@ class LightClient:
 
     @property
     def where(self) -> str:
-        return f"the swarm, as client {self.swarm.peer_id[-8:]}"
+        return f"the swarm, as client {self.host.peer_id[-8:]}"
 
     async def snapshot(self) -> list[PeerStatus]:
         """Every peer with a valid record, with a node's live load where it answers."""
-        if not self.swarm.host.get_connected_peers():
-            await self.swarm.join()
-            if not self.swarm.host.get_connected_peers():
+        if not self.host.host.get_connected_peers():
+            await self.host.join()
+            if not self.host.host.get_connected_peers():
                 raise Unreachable("cannot reach the swarm: no bootstrap peer answers")
         now = time.time()
         async with trio.open_nursery() as nursery:
-            for peer_id in self.swarm.known_peers():
+            for peer_id in self.host.known_peers():
                 if now - self._no_record.get(peer_id, -RETRY_NO_RECORD) >= RETRY_NO_RECORD:
                     nursery.start_soon(self._lookup, peer_id)
         async with trio.open_nursery() as nursery:
@@ -100,7 +100,7 @@ class LightClient:
         value = None
         with trio.move_on_after(LOOKUP_TIMEOUT):
             try:
-                value = await self.swarm.get(node_key(peer))
+                value = await self.host.get(node_key(peer))
             except Exception as exc:  # a DHT hiccup: this peer is missing from one snapshot
                 logger.debug("DHT lookup of %s failed: %r", peer, exc)
         record = self._verify(value, peer) if value else None
@@ -143,7 +143,7 @@ class LightClient:
         started = time.monotonic()
         status = await client.call("status", {}, timeout=ASK_TIMEOUT)
         peer.rtt_ms = round((time.monotonic() - started) * 1000, 2)
-        peer.load = _load(status)
+        peer.load = Load.from_update(status)
         reply = await client.call("record", {}, timeout=ASK_TIMEOUT)
         fresh = self._verify(reply.get("record"), peer.record.peer_id)
         if fresh is not None and fresh.seq > peer.record.seq:
@@ -153,7 +153,7 @@ class LightClient:
         if peer.client is not None and not peer.client.closed:
             return peer.client
         record = peer.record
-        stream = await self.swarm.open_stream(record.peer_id, record.addrs, RPC_PROTOCOL)
+        stream = await self.host.open_stream(record.peer_id, record.addrs, RPC_PROTOCOL)
         client = RpcClient(stream, self._certificate)
         peer.scope = trio.CancelScope()
         await self._nursery.start(_serve, client, peer.scope)
@@ -166,23 +166,6 @@ async def _serve(
 ) -> None:
     with scope:
         await client.run(task_status=task_status)
-
-
-def _load(update: dict[str, object]) -> Load:
-    def number(name: str) -> float:
-        value = update.get(name, 0)
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise ValueError(f"status field {name!r} is not a number")
-        return value
-
-    return Load(
-        inflight=int(number("inflight")),
-        queued=int(number("queued")),
-        capacity=int(number("capacity")),
-        tokens_per_s=float(number("tokens_per_s")),
-        vram_free=int(number("vram_free")),
-        draining=update.get("draining") is True,
-    )
 
 
 def client_certificate(client_dir: Path) -> bytes:
@@ -212,12 +195,12 @@ async def open_light_client(client_dir: Path, bootstrap: list[str]) -> AsyncIter
 
     certificate = client_certificate(client_dir)
     operator_public = keys.operator_public(client_dir)
-    swarm = Swarm(keys.identity(client_dir), operator_public)
+    host = PeerHost(keys.identity(client_dir), operator_public)
     # A passing client serves nobody's DHT queries, so nobody keeps it in a routing table.
-    await swarm.dht.switch_mode(DHTMode.CLIENT)
-    async with swarm.running([], bootstrap), trio.open_nursery() as nursery:
-        if not swarm.host.get_connected_peers():
+    await host.dht.switch_mode(DHTMode.CLIENT)
+    async with host.running([], bootstrap), trio.open_nursery() as nursery:
+        if not host.host.get_connected_peers():
             tried = ", ".join(bootstrap) or "none given"
             raise Unreachable(f"cannot reach the swarm: no bootstrap peer answers (tried {tried})")
-        yield LightClient(swarm, certificate, operator_public, nursery)
+        yield LightClient(host, certificate, operator_public, nursery)
         nursery.cancel_scope.cancel()

@@ -25,17 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import httpx
 import trio
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.text import Text
 
 import keys
-from gateway.client.peer_view import PeerStatus, arrange, render, to_json
+from gateway.client import errors as client_errors
+from gateway.client.api_client import GatewayClient
+from gateway.client.peer_view import render
 from keys.keyring import CERTIFICATE, OPERATOR_KEY
 from node.cli.light_client import Unreachable, client_certificate, open_light_client
 from node.cli.up import CLIENT_DIR, SWARM_FILE
+from protocols.peers import PeerStatus, arrange, to_json
 
 TOKEN_ENV = "BITINGLIP_TOKEN"
 HTTP_TIMEOUT = 10.0
@@ -135,23 +137,6 @@ def read_swarm_file(data_dir: Path) -> SavedSwarm:
     )
 
 
-def saved_login(url: str | None) -> tuple[str | None, str | None]:
-    """(gateway URL, token) of the saved login; nothing if there is none or it is damaged.
-
-    A saved token goes only to the gateway it was issued by.
-    """
-    from gateway.client.api_client import normalize_url
-    from gateway.client.login import load_credentials
-
-    try:
-        saved = load_credentials()
-    except ValueError:
-        return None, None
-    if saved is None or (url is not None and normalize_url(url) != normalize_url(saved.gateway)):
-        return None, None
-    return normalize_url(saved.gateway), saved.token
-
-
 def client_dir(data_dir: Path, *, admit: bool) -> Path | None:
     """Where this machine's client identity lives, if it holds a client certificate.
 
@@ -192,7 +177,12 @@ def choose(args: argparse.Namespace) -> Opener:
         found = client_dir(data_dir, admit=False)
         if found is not None and saved.bootstrap:
             return _light(found, saved.bootstrap)
-    login_url, login_token = saved_login(args.gateway or saved.gateway)
+    from gateway.client.login import saved_login
+
+    try:
+        login_url, login_token = saved_login(args.gateway or saved.gateway)
+    except ValueError:  # a damaged saved login: as if there were none
+        login_url, login_token = None, None
     url = args.gateway or saved.gateway or login_url
     if url is None:
         raise Refused(
@@ -214,9 +204,11 @@ def _light(directory: Path, bootstrap: list[str]) -> Opener:
 
 
 class GatewaySource:
-    def __init__(self, client: httpx.AsyncClient, url: str) -> None:
+    """Peers as a gateway lists them (``GatewayClient.peers``), asked off the event loop."""
+
+    def __init__(self, client: GatewayClient) -> None:
         self._client = client
-        self.url = url
+        self.url = client.url
 
     @property
     def where(self) -> str:
@@ -224,39 +216,24 @@ class GatewaySource:
 
     async def snapshot(self) -> list[PeerStatus]:
         try:
-            reply = await self._client.get("/v1/peers")
-        except httpx.HTTPError as exc:
-            raise Unreachable(f"cannot reach the gateway at {self.url}: {exc}") from exc
-        if reply.status_code in (401, 403):
-            raise Refused(f"the gateway at {self.url} refused the token: {_message(reply)}")
-        if reply.status_code != 200:
-            raise Refused(
-                f"the gateway at {self.url} answered {reply.status_code}: {_message(reply)}"
-            )
-        try:
-            data = reply.json()["data"]
+            data = await trio.to_thread.run_sync(self._client.peers, abandon_on_cancel=True)
             return [PeerStatus.from_json(entry) for entry in data]
-        except (ValueError, KeyError, TypeError) as exc:
+        except client_errors.Unreachable as exc:
+            raise Unreachable(str(exc)) from exc
+        except (client_errors.BadResponse, ValueError) as exc:
             raise Refused(
                 f"the gateway at {self.url} sent a peer list we cannot read: {exc}"
             ) from exc
-
-
-def _message(reply: httpx.Response) -> str:
-    try:
-        return str(reply.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return reply.text[:200] or reply.reason_phrase
+        except client_errors.Refused as exc:
+            if exc.status in (401, 403):
+                raise Refused(f"the gateway at {self.url} refused the token: {exc.detail}") from exc
+            raise Refused(f"the gateway at {self.url} answered {exc.status}: {exc.detail}") from exc
 
 
 @asynccontextmanager
 async def _open_gateway(url: str, token: str) -> AsyncIterator[Source]:
-    from gateway.client.api_client import normalize_url
-
-    url = normalize_url(url)
-    headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=HTTP_TIMEOUT) as client:
-        yield GatewaySource(client, url)
+    with GatewayClient(url, token, timeout=HTTP_TIMEOUT) as client:
+        yield GatewaySource(client)
 
 
 # Showing what was found.

@@ -7,6 +7,7 @@ loading progress come back without parsing logs. Ctrl-C or SIGTERM stops them al
 
 from __future__ import annotations
 
+import argparse
 import json
 import signal
 import subprocess
@@ -14,8 +15,10 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import keys
+from keys.files import write_atomic
 from node.p2p.readiness import read_status
 
 READY_TIMEOUT = 600.0
@@ -122,6 +125,22 @@ def _prepare(model: str, data_dir: Path) -> None:
     resolve(model, data_dir, progress)
 
 
+def register(commands: Any) -> None:
+    up = commands.add_parser("up", help="start a local swarm: one gateway and N nodes")
+    up.add_argument("--port", type=int, default=8080)
+    up.add_argument("--nodes", type=int, default=2)
+    up.add_argument(
+        "--model", default=None, help="model id (default: the bundled SmolLM2-135M-Instruct)"
+    )
+    up.add_argument("--data-dir", type=Path)
+    up.add_argument("--json", action="store_true", help="print the ready line as JSON")
+    up.set_defaults(func=_up)
+
+
+def _up(args: argparse.Namespace) -> int:
+    return run_up(args.port, args.nodes, args.model, args.data_dir, args.json)
+
+
 def run_up(port: int, nodes: int, model: str | None, data_dir: Path | None, as_json: bool) -> int:
     from node.worker.models import DEFAULT_MODEL
 
@@ -172,10 +191,8 @@ def write_swarm_file(swarm: LocalSwarm, names: list[str], url: str) -> None:
     keys.provision(swarm.data_dir / CLIENT_DIR, swarm.data_dir, "client")
     addrs = [swarm.status(name).get("addrs") for name in names]
     bootstrap = [str(a[0]) for a in addrs if isinstance(a, list) and a]
-    path = swarm.data_dir / SWARM_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"gateway": url, "bootstrap": bootstrap}, indent=2) + "\n")
-    tmp.replace(path)
+    body = json.dumps({"gateway": url, "bootstrap": bootstrap}, indent=2) + "\n"
+    write_atomic(swarm.data_dir / SWARM_FILE, body.encode())
 
 
 def _announce(url: str, model: str, nodes: int, token: str, as_json: bool) -> None:

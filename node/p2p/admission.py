@@ -1,12 +1,16 @@
 """Who may call this peer: the RPC ``Hello`` must carry an operator-signed certificate
-naming the very peer that Noise authenticated on this connection."""
+naming the very peer that Noise authenticated on this connection; ``serve_rpc`` answers
+admitted callers on a host."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
-from node.p2p.rpc_server import Authorize, Caller, RpcError
-from protocols import ErrorCode, RemoteProtocolError, verify_certificate
+from node.p2p.host import PeerHost
+from node.p2p.rpc_server import Authorize, Caller, Handler, RpcError, RpcServer
+from node.p2p.streams import Libp2pByteStream
+from protocols import RPC_PROTOCOL, ErrorCode, RemoteProtocolError, verify_certificate
 
 
 def authorizer(operator_public: bytes) -> Authorize:
@@ -20,3 +24,13 @@ def authorizer(operator_public: bytes) -> Authorize:
         return Caller(remote_peer, cert.role)
 
     return authorize
+
+
+def serve_rpc(host: PeerHost, operator_public: bytes, handlers: Mapping[str, Handler]) -> None:
+    """Answer admitted peers' RPC calls on ``host`` with ``handlers``."""
+    server = RpcServer(handlers, authorizer(operator_public))
+
+    async def serve(stream: Libp2pByteStream) -> None:
+        await server.serve(stream, stream.remote_peer)
+
+    host.set_handler(RPC_PROTOCOL, serve)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from node.p2p.host import Swarm
+from node.p2p.host import PeerHost
 from protocols import NodeRecord, model_key, node_key, sign_record
 
 logger = logging.getLogger(__name__)
@@ -27,13 +27,13 @@ RecordFactory = Callable[[int, float], NodeRecord]
 class Advertiser:
     def __init__(
         self,
-        swarm: Swarm,
+        host: PeerHost,
         identity: Ed25519PrivateKey,
         certificate: bytes,
         build: RecordFactory,
         ttl: float,
     ) -> None:
-        self._swarm = swarm
+        self._host = host
         self._identity = identity
         self._certificate = certificate
         self._build = build
@@ -53,9 +53,9 @@ class Advertiser:
         value = sign_record(self._identity, record, self._certificate)
         self.seq, self.signed = record.seq, value
         try:
-            await self._swarm.put(node_key(record.peer_id), value)
+            await self._host.put(node_key(record.peer_id), value)
             for model in record.ready_models():
-                await self._swarm.provide(model_key(model))
+                await self._host.provide(model_key(model))
             self.published += 1
         except Exception as exc:  # a DHT hiccup must not stop the node; retry next round
             logger.warning("could not publish record: %r", exc)

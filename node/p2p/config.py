@@ -1,55 +1,18 @@
-"""Typed configuration: defaults, then a TOML file, then ``BITINGLIP_*`` environment,
-then only the command-line flags actually given."""
+"""How every peer reads its typed configuration: defaults, then a TOML file, then
+``BITINGLIP_*`` environment, then only the command-line flags actually given.
+
+The config types live with their roles: ``node.worker.config.NodeConfig`` and
+``gateway.config.GatewayConfig``."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tomllib
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from keys import default_data_dir
-
 T = TypeVar("T")
-
-
-@dataclasses.dataclass
-class NodeConfig:
-    data_dir: Path = dataclasses.field(default_factory=default_data_dir)
-    listen: list[str] = dataclasses.field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/4001"])
-    bootstrap: list[str] = dataclasses.field(default_factory=list)
-    models: list[str] = dataclasses.field(default_factory=list)
-    model_store: Path | None = None  # where converted models live (default: data_dir)
-    capacity: int = 0  # 0: the models' own batch sizes
-    slots: int = 0  # generations per text model at once; 0: from its size and free memory
-    max_queue: int = 16
-    record_ttl: float = 30.0
-    echo_delay: float = 0.0
-    ready_file: Path | None = None
-    log_level: str = "info"
-    metrics_port: int | None = None  # Prometheus metrics over HTTP; None: off, 0: any free port
-    metrics_host: str = "127.0.0.1"
-
-
-@dataclasses.dataclass
-class GatewayConfig:
-    data_dir: Path = dataclasses.field(default_factory=default_data_dir)
-    host: str = "127.0.0.1"
-    port: int = 8080
-    listen: list[str] = dataclasses.field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/4002"])
-    bootstrap: list[str] = dataclasses.field(default_factory=list)
-    max_body_bytes: int = 1 << 20
-    request_timeout: float = 300.0
-    ready_file: Path | None = None
-    log_level: str = "info"
-    # [gateway.plans.<name>] tables: requests_per_minute, tokens_per_day, images_per_day,
-    # concurrent. A plan called "default" is built in (60, 200000, 100, 4) and may be redefined.
-    plans: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
-    default_plan: str = "default"  # the plan new users get
-    registration: bool = True  # whether anyone may register at POST /v1/auth/register
-    session_ttl: float = 86400.0  # seconds a login token lives
 
 
 def _coerce(kind: Any, value: Any) -> Any:

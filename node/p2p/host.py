@@ -94,7 +94,9 @@ def _make_host(identity: Ed25519PrivateKey) -> Any:
 StreamHandler = Callable[[Libp2pByteStream], Awaitable[None]]
 
 
-class Swarm:
+class PeerHost:
+    """This process's libp2p host and its DHT, admitted by the operator's key."""
+
     def __init__(self, identity: Ed25519PrivateKey, operator_public: bytes) -> None:
         from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 
@@ -112,7 +114,7 @@ class Swarm:
         return [a if a.endswith(suffix) else a + suffix for a in map(str, self.host.get_addrs())]
 
     @asynccontextmanager
-    async def running(self, listen: list[str], bootstrap: list[str]) -> AsyncIterator[Swarm]:
+    async def running(self, listen: list[str], bootstrap: list[str]) -> AsyncIterator[PeerHost]:
         """Listen, join the DHT through ``bootstrap``, and keep the routing table fresh."""
         import multiaddr
         from libp2p.tools.anyio_service import background_trio_service

@@ -7,9 +7,10 @@ progress and readiness from it, without parsing logs.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from keys.files import write_atomic
 
 
 class StatusFile:
@@ -21,10 +22,7 @@ class StatusFile:
         self._fields.update(fields)
         if self._path is None:
             return
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._fields))
-        os.replace(tmp, self._path)  # readers never see half a file
+        write_atomic(self._path, json.dumps(self._fields).encode())
 
 
 def read_status(path: Path) -> dict[str, Any]:

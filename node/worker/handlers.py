@@ -26,6 +26,7 @@ from node.p2p.rpc_server import Caller, Emit, Handler, RpcError
 from node.worker.runners.base import Delta, ImageRunner, ModelRunner, Runner
 from node.worker.scheduler import Draining, Overloaded, Scheduler
 from protocols import ErrorCode, GenerateParams, ImageParams, Load, RemoteProtocolError
+from protocols.events import WatchUpdate
 from protocols.generation import MAX_SEED
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class NodeService:
     async def rpc_watch(self, params: dict[str, Any], caller: Caller, emit: Emit) -> dict[str, Any]:
         while True:
             seen = self.scheduler.version
-            await emit(asdict(self.load()) | {"record_seq": self._signed_record()[0]})
+            await emit(WatchUpdate(self.load(), self._signed_record()[0]).to_wire())
             sent = trio.current_time()
             with trio.move_on_after(WATCH_INTERVAL):
                 await self.scheduler.wait_changed(seen)

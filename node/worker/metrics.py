@@ -24,13 +24,12 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
-    PlatformCollector,
-    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from starlette.types import Receive, Scope, Send
 
+from node.p2p.metrics import model_counters, peer_registry
 from node.p2p.rpc_server import Caller, Emit, Handler, RpcError
 from protocols import Hardware, Load
 
@@ -52,9 +51,7 @@ class NodeMetrics:
         info: Mapping[str, str],
     ) -> None:
         self._served = served
-        self.registry = CollectorRegistry(auto_describe=True)
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
+        self.registry = peer_registry()
         self.registry.register(_LoadCollector(load, hardware, info))
         self.requests = Counter(
             "bitinglip_node_requests",
@@ -76,24 +73,10 @@ class NodeMetrics:
             buckets=GENERATION_BUCKETS,
             registry=self.registry,
         )
-        self.prompt_tokens = Counter(
-            "bitinglip_node_prompt_tokens",
-            "Prompt tokens of finished generations, by model",
-            ["model"],
-            registry=self.registry,
-        )
-        self.completion_tokens = Counter(
-            "bitinglip_node_completion_tokens",
-            "Generated tokens, by model",
-            ["model"],
-            registry=self.registry,
-        )
-        self.images = Counter(
-            "bitinglip_node_images",
-            "Generated images, by model",
-            ["model"],
-            registry=self.registry,
-        )
+        counters = model_counters("node", "finished generations", self.registry)
+        self.prompt_tokens = counters.prompt_tokens
+        self.completion_tokens = counters.completion_tokens
+        self.images = counters.images
 
     def instrument(self, handlers: Mapping[str, Handler]) -> dict[str, Handler]:
         """The same handler table, each handler counted; generations also timed."""

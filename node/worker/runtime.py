@@ -11,19 +11,18 @@ import trio
 
 import keys
 from keys.files import raw_public
-from node.p2p.admission import authorizer
+from node.p2p.admission import serve_rpc
 from node.p2p.advertise import Advertiser
-from node.p2p.config import NodeConfig
-from node.p2p.host import Swarm
+from node.p2p.host import PeerHost
 from node.p2p.readiness import StatusFile
-from node.p2p.rpc_server import RpcServer
-from node.p2p.streams import Libp2pByteStream
 from node.p2p.version import VERSION
+from node.worker.config import NodeConfig
 from node.worker.handlers import NodeService
+from node.worker.loading import load_runner, task_of
 from node.worker.metrics import NodeMetrics
-from node.worker.runners import ModelRunner, load_runner, task_of
+from node.worker.runners import ModelRunner
 from node.worker.scheduler import Scheduler
-from protocols import RPC_PROTOCOL, Hardware, ModelInfo, NodeRecord
+from protocols import Hardware, ModelInfo, NodeRecord
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +47,14 @@ class Node:
         self.status = StatusFile(config.ready_file)
         self.identity = keys.identity(config.data_dir)
         self.certificate = keys.certificate(config.data_dir, "node")
-        self.swarm = Swarm(self.identity, keys.operator_public(config.data_dir))
+        self.host = PeerHost(self.identity, keys.operator_public(config.data_dir))
         self.runners: dict[str, ModelRunner] = {}
         self.loading: dict[str, str] = {m: "loading" for m in config.models}
         self.hardware = Hardware("cpu", "unknown", 0, 0)
         capacity = config.capacity or max(1, len(config.models))
         self.scheduler = Scheduler(capacity, config.max_queue)
         self.advertiser = Advertiser(
-            self.swarm, self.identity, self.certificate, self._record, config.record_ttl
+            self.host, self.identity, self.certificate, self._record, config.record_ttl
         )
         self.service = NodeService(
             self.runners,
@@ -75,11 +74,11 @@ class Node:
             if state == "loading"
         ]
         return NodeRecord(
-            peer_id=self.swarm.peer_id,
+            peer_id=self.host.peer_id,
             public_key=raw_public(self.identity),
             role="node",
             version=VERSION,
-            addrs=self.swarm.addrs(),
+            addrs=self.host.addrs(),
             hardware=self.hardware,
             models=models,
             load=self.service.load(),
@@ -129,22 +128,17 @@ class Node:
         handlers = (
             self.service.handlers if metrics is None else metrics.instrument(self.service.handlers)
         )
-        rpc = RpcServer(handlers, authorizer(keys.operator_public(config.data_dir)))
-
-        async def serve(stream: Libp2pByteStream) -> None:
-            await rpc.serve(stream, stream.remote_peer)
-
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with (
-                self.swarm.running(config.listen, config.bootstrap),
+                self.host.running(config.listen, config.bootstrap),
                 trio.open_nursery() as nursery,
             ):
-                self.swarm.set_handler(RPC_PROTOCOL, serve)
+                serve_rpc(self.host, keys.operator_public(config.data_dir), handlers)
                 self.status.update(
-                    peer_id=self.swarm.peer_id, addrs=self.swarm.addrs(), state="loading"
+                    peer_id=self.host.peer_id, addrs=self.host.addrs(), state="loading"
                 )
                 logger.info(
-                    "node %s listening on %s", self.swarm.peer_id, " ".join(self.swarm.addrs())
+                    "node %s listening on %s", self.host.peer_id, " ".join(self.host.addrs())
                 )
                 if metrics is not None:
                     port = config.metrics_port or 0
@@ -170,7 +164,7 @@ class Node:
             lambda: self.hardware,
             lambda: self.runners,
             {
-                "peer_id": self.swarm.peer_id,
+                "peer_id": self.host.peer_id,
                 "version": VERSION,
                 "backend": hw.backend,
                 "device": hw.device_name,

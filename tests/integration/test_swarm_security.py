@@ -15,7 +15,7 @@ from libp2p.peer.id import ID as PeerID
 
 import keys
 from keys.files import raw_public
-from node.p2p.host import Swarm as Peer
+from node.p2p.host import PeerHost as Peer
 from node.p2p.streams import Libp2pByteStream
 from protocols import (
     RPC_PROTOCOL,

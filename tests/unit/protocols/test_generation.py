@@ -98,7 +98,7 @@ def test_a_peer_that_omits_stream_wants_a_stream() -> None:
 @pytest.mark.parametrize("stream", [1, "yes", 0])
 def test_stream_must_be_a_boolean(stream: Any) -> None:
     with pytest.raises(
-        RemoteProtocolError, match=r"^bad generate params: stream must be a boolean$"
+        RemoteProtocolError, match=r"^bad generate params: stream should be a boolean$"
     ):
         GenerateParams.from_wire(_wire(stream=stream))
 
@@ -106,11 +106,11 @@ def test_stream_must_be_a_boolean(stream: Any) -> None:
 def test_from_wire_errors_name_the_field() -> None:
     with pytest.raises(
         RemoteProtocolError,
-        match=r"^bad generate params: max_tokens is missing or has the wrong type$",
+        match=r"^bad generate params: max_tokens should be an integer$",
     ):
         GenerateParams.from_wire(_wire(max_tokens="5"))
     with pytest.raises(
-        RemoteProtocolError, match=r"^bad generate params: stop sequences must be strings$"
+        RemoteProtocolError, match=r"^bad generate params: stop should be a string$"
     ):
         GenerateParams.from_wire(_wire(stop=[1]))
     with pytest.raises(
@@ -249,17 +249,17 @@ def _image_wire(**changes: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        (_image_wire(model=None), "model is missing or has the wrong type"),
-        (_image_wire(prompt=b"cat"), "prompt is missing or has the wrong type"),
-        (_image_wire(n="2"), "n is missing or has the wrong type"),
-        (_image_wire(n=True), "n is missing or has the wrong type"),
-        (_image_wire(width=512.0), "width is missing or has the wrong type"),
-        (_image_wire(height=None), "height is missing or has the wrong type"),
-        (_image_wire(steps=[30]), "steps is missing or has the wrong type"),
-        (_image_wire(guidance="7"), "guidance is missing or has the wrong type"),
-        (_image_wire(guidance=False), "guidance is missing or has the wrong type"),
-        (_image_wire(seed="1"), "seed is missing or has the wrong type"),
-        (_image_wire(seed=True), "seed is missing or has the wrong type"),
+        (_image_wire(model=None), "model should be a string"),
+        (_image_wire(prompt=b"cat"), "prompt should be a string"),
+        (_image_wire(n="2"), "n should be an integer"),
+        (_image_wire(n=True), "n should be an integer"),
+        (_image_wire(width=512.0), "width should be an integer"),
+        (_image_wire(height=None), "height should be an integer"),
+        (_image_wire(steps=[30]), "steps should be an integer"),
+        (_image_wire(guidance="7"), "guidance should be a finite number"),
+        (_image_wire(guidance=False), "guidance should be a finite number"),
+        (_image_wire(seed="1"), "seed should be an integer"),
+        (_image_wire(seed=True), "seed should be an integer"),
         (_image_wire(n=9), "n must be between 1 and 4"),
         (_image_wire(guidance=10**400), "int too large to convert to float"),
     ],
@@ -273,6 +273,6 @@ def test_image_from_wire_refuses_with_the_reason(body: dict[str, Any], message: 
 @pytest.mark.parametrize("body", [None, [], "params"])
 def test_image_from_wire_refuses_non_maps(body: Any) -> None:
     with pytest.raises(
-        RemoteProtocolError, match=re.escape("bad image params: model is missing or has")
+        RemoteProtocolError, match=re.escape("bad image params: params should be a map")
     ):
         ImageParams.from_wire(body)

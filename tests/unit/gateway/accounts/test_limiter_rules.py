@@ -14,6 +14,7 @@ import pytest
 
 import keys
 from gateway.accounts.database import Store
+from gateway.accounts.errors import LimitReached
 from gateway.accounts.limits import (
     DEFAULT_PLAN,
     WINDOW,
@@ -25,6 +26,7 @@ from gateway.accounts.limits import (
 )
 from gateway.accounts.metering import Outcome
 from gateway.api.errors import ApiError
+from gateway.api.errors import refusal as http_refusal
 
 # 23:00 UTC: an hour before the daily quotas start again.
 T0 = datetime(2026, 3, 14, 23, 0, tzinfo=UTC).timestamp()
@@ -59,10 +61,12 @@ def limiter(clock: Clock, **limits: int) -> Limiter:
 
 
 async def refusal(lim: Limiter, outcome: Outcome | None = None, user: str = "ann") -> ApiError:
-    with pytest.raises(ApiError) as caught:
+    """The limiter's refusal, as the HTTP layer turns it into an answer."""
+    with pytest.raises(LimitReached) as caught:
         await lim.admit(claims(user), outcome or chat(user))
-    assert caught.value.status == 429
-    return caught.value
+    answer = http_refusal(caught.value)
+    assert answer.status == 429
+    return answer
 
 
 def error(refused: ApiError) -> tuple[str, str]:

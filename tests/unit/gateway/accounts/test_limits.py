@@ -17,9 +17,10 @@ import trio
 
 import keys
 from gateway.accounts.database import UsageRecord
+from gateway.accounts.errors import Refused
 from gateway.accounts.limits import Limiter, Plan, Plans, seconds_to_midnight, utc_day
 from gateway.accounts.metering import Outcome
-from gateway.api.errors import ApiError
+from gateway.api.errors import ApiError, refusal
 from gateway.routing.router import Generation
 from protocols import GenerateParams
 from tests.unit.gateway.accounts.test_accounts import Gateway, gateway
@@ -222,8 +223,18 @@ async def test_refused_calls_are_not_billed(tmp_path: Path) -> None:
 # --- the limiter on its own ---------------------------------------------------------------
 
 
+class HttpLimiter(Limiter):
+    """The limiter as an HTTP client meets it: its refusals mapped by the API layer."""
+
+    async def admit(self, claims: keys.Claims, outcome: Outcome) -> None:
+        try:
+            await super().admit(claims, outcome)
+        except Refused as exc:
+            raise refusal(exc) from exc
+
+
 def limiter(clock: Clock, **limits: int) -> Limiter:
-    return Limiter(plans(**limits).get, clock)
+    return HttpLimiter(plans(**limits).get, clock)
 
 
 async def test_image_quota() -> None:

@@ -45,7 +45,9 @@ class Recorder:
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """``time.monotonic`` as the hook sees it: pops the next value from the list."""
     times = [100.0]
-    monkeypatch.setattr("gateway.accounts.metering.time", SimpleNamespace(monotonic=lambda: times.pop(0)))
+    monkeypatch.setattr(
+        "gateway.accounts.metering.time", SimpleNamespace(monotonic=lambda: times.pop(0))
+    )
     return times
 
 

@@ -196,7 +196,10 @@ ROWS = [
 
 @pytest.fixture(autouse=True)
 def frozen_now(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("gateway.accounts.usage.time", SimpleNamespace(time=lambda: NOW))
+    frozen = SimpleNamespace(time=lambda: NOW)
+    # The meter stamps rows; the usage routes count days back from now.
+    monkeypatch.setattr("gateway.accounts.usage.time", frozen)
+    monkeypatch.setattr("gateway.api.usage.time", frozen)
 
 
 async def test_own_usage_by_day_and_model_with_totals_and_limits(tmp_path: Path) -> None:

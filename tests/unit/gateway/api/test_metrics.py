@@ -22,8 +22,9 @@ from gateway.api.errors import ApiError
 from gateway.api.services import Services
 from gateway.routing.peer_table import PeerTable
 from node.cli.main import build_parser
-from node.p2p.config import NodeConfig, load
+from node.p2p.config import load
 from node.p2p.rpc_server import Caller, Emit, RpcError
+from node.worker.config import NodeConfig
 from node.worker.metrics import NodeMetrics
 from node.worker.runners import EchoRunner
 from protocols import ErrorCode, Hardware, Load

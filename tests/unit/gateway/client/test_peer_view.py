@@ -12,24 +12,26 @@ from rich.console import Console
 
 from gateway.api.peers import snapshot
 from gateway.client.peer_view import (
-    PeerHardware,
-    PeerLoad,
-    PeerModel,
-    PeerStatus,
     ago,
-    arrange,
     human_bytes,
     load_cell,
     models_cell,
     render,
     short_addr,
     short_id,
-    summarize,
     summary_line,
-    to_json,
 )
 from gateway.routing.peer_table import PeerTable
 from protocols import Hardware, Load, ModelInfo, NodeRecord
+from protocols.peers import (
+    PeerHardware,
+    PeerLoad,
+    PeerModel,
+    PeerStatus,
+    arrange,
+    summarize,
+    to_json,
+)
 
 GiB = 1 << 30
 T0 = 1_000_000.0

@@ -24,15 +24,14 @@ from node.p2p.rpc_client import RemoteError, RpcClient
 from node.p2p.rpc_server import Caller, RpcError, RpcServer
 from node.p2p.streams import TrioByteStream
 from node.worker.handlers import NodeService
+from node.worker.loading import load_runner, task_of
 from node.worker.runners import (
     EchoRunner,
     GenerationCancelled,
     ImageRunner,
     ModelRunner,
     Runner,
-    load_runner,
     no_progress,
-    task_of,
 )
 from node.worker.runners.image import DiffusersRunner
 from node.worker.scheduler import Scheduler

@@ -1,0 +1,86 @@
+"""``/v1/auth/*`` and ``/v1/keys``: register, log in, and manage API keys.
+
+The rules are in ``gateway.accounts.users``; this module only speaks HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from pydantic import BaseModel, Field
+
+from gateway.accounts.database import KeyRecord, UserRecord
+from gateway.accounts.users import DEFAULT_KEY_DAYS, MAX_KEY_DAYS, Accounts
+from gateway.api.auth import Session, User
+from gateway.api.bodies import json_body, parse
+from gateway.api.errors import ApiError
+from gateway.api.services import services
+from keys.passwords import MAX_LENGTH
+
+
+class Credentials(BaseModel):
+    username: str = Field(max_length=64)
+    password: str = Field(max_length=MAX_LENGTH)
+
+
+class NewKey(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    ttl_days: int | None = Field(default=None, ge=1, le=MAX_KEY_DAYS)
+
+
+def accounts(request: Request) -> Accounts:
+    found = services(request).accounts
+    if found is None:
+        raise ApiError(503, "accounts are not enabled on this gateway", "accounts_disabled")
+    return found
+
+
+def _logged_in(found: Accounts, user: UserRecord) -> dict[str, Any]:
+    token, claims = found.session(user.name)
+    return {"user": found.profile(user.name), "token": token, "expires_at": int(claims.exp)}
+
+
+def _key(key: KeyRecord) -> dict[str, Any]:
+    return {
+        "id": key.jti,
+        "name": key.name,
+        "created": int(key.created),
+        "expires_at": int(key.expires_at),
+        "revoked": key.revoked_at is not None,
+    }
+
+
+def install(app: FastAPI) -> None:
+    @app.post("/v1/auth/register", status_code=201, openapi_extra=json_body(app, Credentials))
+    async def register(request: Request) -> dict[str, Any]:
+        found = accounts(request)
+        body = await parse(request, Credentials)
+        return _logged_in(found, await found.register(body.username, body.password))
+
+    @app.post("/v1/auth/login", openapi_extra=json_body(app, Credentials))
+    async def login(request: Request) -> dict[str, Any]:
+        found = accounts(request)
+        body = await parse(request, Credentials)
+        return _logged_in(found, await found.login(body.username, body.password))
+
+    @app.get("/v1/auth/me")
+    async def me(request: Request, claims: User) -> dict[str, Any]:
+        return accounts(request).profile(claims.sub)
+
+    @app.get("/v1/keys")
+    async def list_keys(request: Request, claims: Session) -> dict[str, Any]:
+        return {"data": [_key(k) for k in await accounts(request).keys_of(claims.sub)]}
+
+    @app.post("/v1/keys", status_code=201, openapi_extra=json_body(app, NewKey))
+    async def create_key(request: Request, claims: Session) -> dict[str, Any]:
+        found = accounts(request)
+        body = await parse(request, NewKey)
+        days = body.ttl_days or DEFAULT_KEY_DAYS
+        key, token = await found.create_key(claims.sub, body.name, days)
+        return {"id": key.jti, "name": key.name, "key": token, "expires_at": int(key.expires_at)}
+
+    @app.delete("/v1/keys/{key_id}")
+    async def revoke_key(request: Request, key_id: str, claims: Session) -> dict[str, Any]:
+        key = await accounts(request).revoke_key(claims.sub, key_id)
+        return {"id": key.jti, "revoked": True}

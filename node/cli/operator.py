@@ -1,0 +1,45 @@
+"""``bitinglip keys init|admit|rotate-jwt``: the swarm operator's keys and admission."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def register(commands: Any) -> None:
+    keys_ = commands.add_parser("keys", help="operator keys and admission").add_subparsers(
+        dest="action", required=True
+    )
+    init = keys_.add_parser("init", help="create the operator and token keys")
+    init.add_argument("--data-dir", type=Path)
+    init.set_defaults(func=_keys)
+    admit = keys_.add_parser("admit", help="issue a membership certificate for a peer")
+    admit.add_argument("peer_id")
+    admit.add_argument("--role", choices=["node", "gateway", "client"], default="node")
+    admit.add_argument("--data-dir", type=Path)
+    admit.add_argument("--out", type=Path, required=True, help="certificate file to write")
+    admit.set_defaults(func=_keys)
+    rotate = keys_.add_parser(
+        "rotate-jwt", help="sign tokens with a new key; tokens signed before stay valid"
+    )
+    rotate.add_argument("--data-dir", type=Path)
+    rotate.set_defaults(func=_keys)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    import keys
+
+    data_dir = args.data_dir or keys.default_data_dir()
+    if args.action == "init":
+        keys.init_operator(data_dir)
+        print(f"operator keys ready in {data_dir}")
+        return 0
+    if args.action == "rotate-jwt":
+        kid = keys.rotate_jwt(data_dir)
+        print(f"tokens are now signed with key {kid}; restart gateways (bitinglip up does it)")
+        return 0
+    cert = keys.admit(data_dir, args.peer_id, args.role)
+    args.out.write_bytes(cert)
+    print(f"admitted {args.peer_id} as {args.role}: wrote {args.out}")
+    return 0
