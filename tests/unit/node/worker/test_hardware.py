@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.machinery
 import importlib.util
 import sys
-import types
 from typing import Any
 
 import psutil  # type: ignore[import-untyped]
@@ -14,6 +12,7 @@ import torch
 
 from node.worker.hardware import VRAM_TOTAL_ENV, device_for, probe, refresh_free
 from protocols import Hardware
+from tests.stand_in_directml import stand_in_directml
 
 GiB = 1 << 30
 
@@ -68,20 +67,9 @@ def test_probe_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     assert refresh_free(hw) == Hardware("cuda", "NVIDIA Test 80GB", 8 * GiB, 1 * GiB)
 
 
-def _fake_directml(used: list[float]) -> types.ModuleType:
-    module = types.ModuleType("torch_directml")
-    module.__spec__ = importlib.machinery.ModuleSpec("torch_directml", None)
-    module.is_available = lambda: True  # type: ignore[attr-defined]
-    module.default_device = lambda: 0  # type: ignore[attr-defined]
-    module.device_name = lambda device_id: "AMD Radeon Test"  # type: ignore[attr-defined]
-    module.device = lambda device_id=None: f"privateuseone:{device_id or 0}"  # type: ignore[attr-defined]
-    module.gpu_memory = lambda device_id=0, mb_per_tile=1: list(used)  # type: ignore[attr-defined]
-    return module
-
-
 def test_probe_directml(no_gpu: None, monkeypatch: pytest.MonkeyPatch) -> None:
     used = [0.25, 0.25]
-    monkeypatch.setitem(sys.modules, "torch_directml", _fake_directml(used))
+    monkeypatch.setitem(sys.modules, "torch_directml", stand_in_directml(used))
     monkeypatch.setenv(VRAM_TOTAL_ENV, str(8 * GiB))
     hw = probe()
     assert hw == Hardware("directml", "AMD Radeon Test", 8 * GiB, 6 * GiB)
@@ -91,7 +79,7 @@ def test_probe_directml(no_gpu: None, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_probe_directml_without_total(no_gpu: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "torch_directml", _fake_directml([0.1]))
+    monkeypatch.setitem(sys.modules, "torch_directml", stand_in_directml([0.1]))
     monkeypatch.delenv(VRAM_TOTAL_ENV, raising=False)
     assert probe() == Hardware("directml", "AMD Radeon Test", 0, 0)
     monkeypatch.setenv(VRAM_TOTAL_ENV, "lots")

@@ -42,11 +42,11 @@ def text_of(deltas: list[Delta]) -> str:
     return "".join(d.text for d in deltas)
 
 
-def alone(path: Path, prompt: str, max_new: int) -> list[int]:
+def alone(path: Path, prompt: str, max_new: int, dtype: torch.dtype = torch.float32) -> list[int]:
     """Greedy tokens from transformers' own ``generate``, one request at a time."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()  # type: ignore[no-untyped-call]
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()  # type: ignore[no-untyped-call]
     ids = AutoTokenizer.from_pretrained(path)(prompt, return_tensors="pt")["input_ids"]
     out = model.generate(
         ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False
@@ -72,17 +72,21 @@ def greedy(logits: torch.Tensor) -> int:
     return int(logits.argmax())
 
 
-def engine_of(path: Path, max_batch: int) -> tuple[BatchEngine, Any]:
+def engine_of(
+    path: Path, max_batch: int, dtype: torch.dtype = torch.float32
+) -> tuple[BatchEngine, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()  # type: ignore[no-untyped-call]
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()  # type: ignore[no-untyped-call]
     return BatchEngine(model, set(), max_batch, "tiny"), AutoTokenizer.from_pretrained(path)
 
 
-def test_staggered_requests_get_what_they_would_alone(path: Path) -> None:
-    engine, tokenizer = engine_of(path, 4)
+# float16: what a GPU node without bfloat16 (DirectML, or an older CUDA card) loads in.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_staggered_requests_get_what_they_would_alone(path: Path, dtype: torch.dtype) -> None:
+    engine, tokenizer = engine_of(path, 4, dtype)
     try:
-        expected = [alone(path, p, 24) for p in PROMPTS]
+        expected = [alone(path, p, 24, dtype) for p in PROMPTS]
         channels, streams, firsts = [], [], []
         for prompt in PROMPTS:  # each joins while the earlier ones are mid-answer
             ids = tokenizer(prompt)["input_ids"]

@@ -8,6 +8,7 @@ torch-free one that lets cancellation be timed.
 from __future__ import annotations
 
 import io
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -36,6 +37,7 @@ from node.worker.runners import (
 from node.worker.runners.image import DiffusersRunner
 from node.worker.scheduler import Scheduler
 from protocols import ErrorCode, GenerateParams, ImageParams, ModelInfo
+from tests.stand_in_directml import stand_in_directml
 from tests.tiny_models import build_tiny_sd
 
 
@@ -134,6 +136,23 @@ def test_closed_runner_refuses(sd_path: Path) -> None:
     own.close()  # twice is fine
     with pytest.raises(RuntimeError, match="closed"):
         own.generate_images(params(), threading.Event())
+
+
+def test_a_directml_node_loads_on_the_device_torch_directml_names(
+    runner: DiffusersRunner, sd_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directml = stand_in_directml(device="cpu")
+    monkeypatch.setitem(sys.modules, "torch_directml", directml)
+    own = load_runner(str(sd_path), sd_path.parent, "directml", no_progress)
+    try:
+        assert isinstance(own, DiffusersRunner)
+        assert directml.asked == [0]  # the default adapter
+        # The same pipeline on the same device: the very images of the CPU runner.
+        assert own.generate_images(params(), threading.Event()) == runner.generate_images(
+            params(), threading.Event()
+        )
+    finally:
+        own.close()
 
 
 # --- generate_image over RPC -----------------------------------------------------------------

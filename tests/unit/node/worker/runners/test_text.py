@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,10 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from node.worker.loading import load_runner
 from node.worker.models import DEFAULT_MODEL
 from node.worker.runners.base import Delta, no_progress
 from node.worker.runners.text import TextRunner
 from protocols import ChatMessage, GenerateParams, ModelInfo
+from tests.stand_in_directml import stand_in_directml
 from tests.tiny_models import CONTEXT_LENGTH, Converted, build_tiny_llama, converted_default_model
 
 
@@ -162,6 +165,24 @@ def test_closed_runner_refuses_work(tmp_path: Path) -> None:
     runner.close()
     with pytest.raises(RuntimeError, match="closed"):
         run(runner, max_tokens=3)
+
+
+def test_a_directml_node_loads_on_the_device_torch_directml_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directml = stand_in_directml(device="cpu")
+    monkeypatch.setitem(sys.modules, "torch_directml", directml)
+    path = build_tiny_llama(tmp_path / "tiny")
+    runner = load_runner(str(path), tmp_path / "data", "directml", no_progress, slots=2)
+    try:
+        assert isinstance(runner, TextRunner)
+        assert directml.asked == [0]  # the default adapter
+        assert runner.info.max_batch == 2
+        deltas = run(runner, max_tokens=6, temperature=0.0)
+        assert (deltas[-1].finish_reason, deltas[-1].completion_tokens) == ("length", 6)
+        assert text_of(deltas).strip()
+    finally:
+        runner.close()
 
 
 def test_default_model_knows_the_capital_of_france(default_model: Converted) -> None:
