@@ -130,9 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _extensions() -> list[Any]:
     """Modules that add their own subcommands with ``register(commands)``."""
     from gateway import repl, repl_login
-    from node import cli_admin, peers_cli
+    from node import cli_admin, cli_models, peers_cli
 
-    return [peers_cli, repl, repl_login, cli_admin]
+    return [peers_cli, repl, repl_login, cli_admin, cli_models]
 
 
 def _up(args: argparse.Namespace) -> int:
