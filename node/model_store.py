@@ -194,9 +194,7 @@ def remove(model_id: str, data_dir: Path | None = None) -> Removed:
     if repo is not None and scan is not None:
         strategy = scan.delete_revisions(*(r.commit_hash for r in repo.revisions))
         freed += strategy.expected_freed_size
-        strategy.execute()
-        if repo.repo_path.exists():  # leftovers the strategy does not know (e.g. trees/)
-            shutil.rmtree(repo.repo_path)
+        strategy.execute()  # every revision: the repository's whole folder goes
         paths.append(repo.repo_path)
     if data_dir is not None:
         converted = converted_dir(data_dir, model_id)

@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
+import node.hardware
 from node import model_store
 from node.cli import main
 from node.model_store import Footprint, StoredModel
@@ -207,17 +208,36 @@ def test_pull_list_rm(fake_hub: FakeHub, hub_cache: Path, tiny_model: Path) -> N
     assert not (hub_cache / "models--someone--tiny-llama").exists()
 
 
+def _sharded(files: dict[str, bytes]) -> dict[str, bytes]:
+    """``files`` with model.safetensors split in two shards and an index, as big models are."""
+    from safetensors.torch import load, save
+
+    tensors = load(files["model.safetensors"])
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[::2]}
+    shards["model-00002-of-00002.safetensors"] = names[1::2]
+    sharded = {k: v for k, v in files.items() if k != "model.safetensors"}
+    for shard, keys in shards.items():
+        sharded[shard] = save({k: tensors[k] for k in keys})
+    weight_map = {k: shard for shard, keys in shards.items() for k in keys}
+    sharded["model.safetensors.index.json"] = json.dumps({"weight_map": weight_map}).encode()
+    return sharded
+
+
 def test_pulled_model_resolves_offline(
     fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import huggingface_hub.constants
 
+    fake_hub.files = _sharded(fake_hub.files)
     snapshot = model_store.pull(REPO)
+    assert not (snapshot / "README.md").exists()  # the Hub's file list has more than this
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     assert resolve(REPO, tmp_path / "data", no_progress) == snapshot
 
-    (snapshot / "model.safetensors").unlink()  # as if the download had been cut short
+    # As if the download had been cut short: one shard of two is there.
+    (snapshot / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(ModelNotAvailable, match="not in the Hugging Face cache"):
         resolve(REPO, tmp_path / "data", no_progress)
 
@@ -277,6 +297,7 @@ def test_cli_pull_list_json_rm(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("COLUMNS", "200")  # the table's width, for rich
+    monkeypatch.setattr(node.hardware, "probe", lambda: Hardware("cpu", "a cpu", 8 << 30, 0))
     data = tmp_path / "data"
     converted = build_tiny_llama(data / "models" / "owner--converted")
     assert main(["models", "pull", REPO]) == 0
@@ -284,7 +305,12 @@ def test_cli_pull_list_json_rm(
 
     assert main(["models", "list", "--json", "--data-dir", str(data)]) == 0
     listing = json.loads(capsys.readouterr().out)
-    assert listing["host"]["memory"] == "RAM"  # this test host has no accelerator
+    assert listing["host"] == {
+        "backend": "cpu",
+        "device": "a cpu",
+        "memory": "RAM",
+        "memory_total_bytes": 8 << 30,
+    }
     parameters = _parameters(tiny_model)
     by_id = {m["id"]: m for m in listing["models"]}
     assert by_id.keys() == {REPO, "owner/converted"}
@@ -297,10 +323,19 @@ def test_cli_pull_list_json_rm(
 
     assert main(["models", "list", "--data-dir", str(data)]) == 0
     table = capsys.readouterr().out
-    assert "RAM" in table and "VRAM" not in table
+    assert "within this host's 8.0 GiB RAM (cpu, a cpu)" in table and "VRAM" not in table
     rows = [line.split() for line in table.splitlines()]
     assert [REPO, "text-generation"] in [row[:2] for row in rows]
     assert ["owner/converted", "text-generation"] in [row[:2] for row in rows]
+    assert [row[-2:] for row in rows if row[0] == REPO] == [["yes", "hub-cache"]]
+
+    small_gpu = Hardware("cuda", "a gpu", 1 << 10, 0)  # too small for any of them
+    monkeypatch.setattr(node.hardware, "probe", lambda: small_gpu)
+    assert main(["models", "list", "--data-dir", str(data)]) == 0
+    table = capsys.readouterr().out
+    assert "within this host's 1.0 KiB VRAM (cuda, a gpu)" in table
+    rows = [line.split() for line in table.splitlines()]
+    assert [row[-2:] for row in rows if row[0] == REPO] == [["no", "hub-cache"]]
 
     assert main(["models", "rm", REPO]) == 0
     out = capsys.readouterr().out
@@ -326,6 +361,7 @@ def test_cli_list_json_in_a_real_process(tmp_path: Path, tiny_model: Path) -> No
     )
     assert done.returncode == 0, done.stderr
     listing = json.loads(done.stdout)
+    assert listing["host"]["memory"] == model_store.memory_name(node.hardware.probe())
     [entry] = listing["models"]
     assert entry["id"] == "owner/converted" and entry["source"] == "converted"
     assert entry["weights_bytes"] == _parameters(tiny_model) * 4
