@@ -49,9 +49,9 @@ def register(commands: Any) -> None:
 def _pull(args: argparse.Namespace) -> int:
     try:
         path = model_store.pull(args.model_id, args.revision)
+        footprint = model_store.model_footprint(path)
     except model_store.ModelStoreError as exc:
         return _error(exc)
-    footprint = model_store.model_footprint(path)
     needs = f", weights need {_bytes(footprint.bytes)}" if footprint else ""
     print(f"pulled {args.model_id} into {path}{needs}")
     return 0
