@@ -1,7 +1,8 @@
 """``bitinglip models pull|list|rm`` and the store under them, against a fake Hub on 127.0.0.1.
 
 The fake Hub answers the routes huggingface_hub's ``snapshot_download`` calls, so the real
-download code runs; nothing leaves the machine.
+download code runs; nothing leaves the machine. Tests that use it, or start the CLI as a
+process, are marked ``integration``; the rest read hand-made files.
 """
 
 from __future__ import annotations
@@ -182,6 +183,7 @@ def _parameters(model_dir: Path) -> int:
     return sum(t.numel() for t in load_file(model_dir / "model.safetensors").values())
 
 
+@pytest.mark.integration
 def test_pull_list_rm(fake_hub: FakeHub, hub_cache: Path, tiny_model: Path) -> None:
     snapshot = model_store.pull(REPO)
     assert snapshot == hub_cache / "models--someone--tiny-llama" / "snapshots" / COMMIT
@@ -224,6 +226,7 @@ def _sharded(files: dict[str, bytes]) -> dict[str, bytes]:
     return sharded
 
 
+@pytest.mark.integration
 def test_pulled_model_resolves_offline(
     fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -242,6 +245,7 @@ def test_pulled_model_resolves_offline(
         resolve(REPO, tmp_path / "data", no_progress)
 
 
+@pytest.mark.integration
 def test_pull_errors_are_sentences_with_exit_codes(
     fake_hub: FakeHub, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -257,6 +261,7 @@ def test_pull_errors_are_sentences_with_exit_codes(
         assert "Traceback" not in err and err.count("\n") == 1
 
 
+@pytest.mark.integration
 def test_pull_into_a_cache_that_cannot_be_written(
     fake_hub: FakeHub,
     tmp_path: Path,
@@ -272,6 +277,7 @@ def test_pull_into_a_cache_that_cannot_be_written(
     assert err.count("\n") == 1 and fake_hub.requests == []  # before any download
 
 
+@pytest.mark.integration
 def test_pull_unreachable_hub_fails_fast(
     fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -289,6 +295,7 @@ def test_pull_unreachable_hub_fails_fast(
     assert "HF_HUB_OFFLINE" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_cli_pull_list_json_rm(
     fake_hub: FakeHub,
     tmp_path: Path,
@@ -346,6 +353,7 @@ def test_cli_pull_list_json_rm(
     assert not converted.exists()
 
 
+@pytest.mark.integration
 def test_cli_list_json_in_a_real_process(tmp_path: Path, tiny_model: Path) -> None:
     data = tmp_path / "data"
     build_tiny_llama(data / "models" / "owner--converted")
