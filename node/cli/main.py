@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from node.cli import admin, login, operator, peers, repl, start, up
+from node.cli import admin, login, models, operator, peers, repl, start, up
 
 # In the order ``bitinglip --help`` lists them.
 REGISTER = [
@@ -19,6 +19,7 @@ REGISTER = [
     repl.register,
     login.register,
     admin.register,
+    models.register,
 ]
 
 

@@ -36,6 +36,8 @@ _WHEEL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _TRUE = {"1", "ON", "YES", "TRUE"}
 _HUB_TIMEOUT_S = 10.0
 _TMP_PREFIX = ".converting-"
+# Every file from_pretrained may read, but the weights.
+_READ_FILES = ["*.json", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
 _convert_lock = threading.Lock()
 
 
@@ -122,16 +124,38 @@ def _from_cache(model_id: str, cache: Path) -> Path | None:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
-    try:
-        snapshot = Path(snapshot_download(model_id, cache_dir=cache, local_files_only=True))
-    except HFValidationError as exc:
-        raise ModelNotAvailable(
-            model_id, "it is neither a local directory nor a valid Hugging Face model id"
-        ) from exc
-    except LocalEntryNotFoundError:
-        return None
-    # A snapshot can hold only config.json (e.g. after AutoConfig alone): not loadable.
-    return snapshot if _has_weights(snapshot) else None
+    # A download takes only the files a node reads (``download_patterns``), and
+    # huggingface_hub calls a snapshot incomplete if it lacks any file asked for: so the
+    # whole repository is asked for first, then what a download of either weight format holds.
+    for weights in (None, "*.safetensors", "*.bin"):
+        patterns = None if weights is None else [*_READ_FILES, weights]
+        try:
+            snapshot = Path(
+                snapshot_download(
+                    model_id, cache_dir=cache, local_files_only=True, allow_patterns=patterns
+                )
+            )
+        except HFValidationError as exc:
+            raise ModelNotAvailable(
+                model_id, "it is neither a local directory nor a valid Hugging Face model id"
+            ) from exc
+        except LocalEntryNotFoundError as exc:
+            partial = getattr(exc, "snapshot_path", None)
+            if partial is None:  # not even a partial snapshot
+                return None
+            if weights == "*.safetensors" and any(Path(partial).rglob("*.safetensors")):
+                return None  # a safetensors download with a file missing
+            continue
+        # A snapshot can hold only config.json (e.g. after AutoConfig alone): not loadable.
+        return snapshot if _has_weights(snapshot) else None
+    return None
+
+
+def download_patterns(files: list[str]) -> list[str]:
+    """What to download of a repository holding ``files``: what from_pretrained reads,
+    in one weight format, never ONNX or GGUF copies."""
+    weights = "*.safetensors" if any(f.endswith(".safetensors") for f in files) else "*.bin"
+    return [*_READ_FILES, weights]
 
 
 def _has_weights(path: Path) -> bool:
@@ -162,10 +186,7 @@ def _download(model_id: str, cache: Path, progress: Progress) -> tuple[Path | No
     except Exception as exc:  # the HTTP client's errors differ between hub versions
         logger.info("Hugging Face Hub unreachable: %s", exc)
         return None, f"the Hugging Face Hub cannot be reached ({exc})"
-    files = [s.rfilename for s in info.siblings or []]
-    # Only what from_pretrained reads: one weight format, never ONNX or GGUF copies.
-    weights = "*.safetensors" if any(f.endswith(".safetensors") for f in files) else "*.bin"
-    patterns = ["*.json", "*.txt", "*.model", "*.jinja", "*.tiktoken", weights]
+    patterns = download_patterns([s.rfilename for s in info.siblings or []])
     try:
         path = snapshot_download(
             model_id,

@@ -1,0 +1,155 @@
+"""``bitinglip models pull|list|rm``: the models on this host, from the operator's shell.
+
+Models go into the Hugging Face cache (``HF_HUB_CACHE``, else ``HF_HOME/hub``), where a
+node looks first; ``list`` also shows the models a node converted in its data directory.
+Exit codes: 0 done, 1 another error (e.g. a full disk), 2 no such model, 3 gated,
+4 the Hub cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from node.worker import model_store
+from node.worker.model_store import StoredModel
+from node.worker.models import hub_cache_dir
+
+EXIT_NOT_FOUND = 2
+EXIT_GATED = 3
+EXIT_UNREACHABLE = 4
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
+def register(commands: Any) -> None:
+    models = commands.add_parser("models", help="download, list and remove models on this host")
+    actions = models.add_subparsers(dest="action", required=True)
+    pull = actions.add_parser("pull", help="download a model into the Hugging Face cache")
+    pull.add_argument("model_id", metavar="ID", help="a Hugging Face model id (owner/name)")
+    pull.add_argument("--revision", help="a branch, tag or commit (default: main)")
+    pull.set_defaults(func=_pull)
+    listing = actions.add_parser("list", help="the models on disk, their sizes and memory needs")
+    listing.add_argument("--json", action="store_true")
+    rm = actions.add_parser("rm", help="delete a model from the cache and the data dir")
+    rm.add_argument("model_id", metavar="ID")
+    for parser, func in ((listing, _list), (rm, _rm)):
+        parser.add_argument(
+            "--data-dir", type=Path, help="the node's data dir or --model-store (converted models)"
+        )
+        parser.set_defaults(func=func)
+
+
+def _pull(args: argparse.Namespace) -> int:
+    try:
+        path = model_store.pull(args.model_id, args.revision)
+        footprint = model_store.model_footprint(path)
+    except model_store.ModelStoreError as exc:
+        return _error(exc)
+    needs = f", weights need {_bytes(footprint.bytes)}" if footprint else ""
+    print(f"pulled {args.model_id} into {path}{needs}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from node.worker.hardware import probe
+
+    found = model_store.list_models(_data_dir(args))
+    hardware = probe()
+    memory = model_store.memory_name(hardware)
+    if args.json:
+        host = {
+            "backend": hardware.backend,
+            "device": hardware.device_name,
+            "memory": memory,
+            "memory_total_bytes": hardware.vram_total,
+        }
+        models = [_model_json(m, model_store.fits(m, hardware)) for m in found]
+        print(json.dumps({"host": host, "models": models}, indent=2))
+        return 0
+    table = Table(
+        title=f"models in {hub_cache_dir()}",
+        caption=f"FITS: the weights within this host's {_bytes(hardware.vram_total)} {memory} "
+        f"({hardware.backend}, {hardware.device_name})",
+        box=None,
+        header_style="bold",
+        pad_edge=False,
+    )
+    for column in ("MODEL", "TASK", "SIZE", "PARAMS", "WEIGHTS", "FITS", "SOURCE"):
+        right = column in ("SIZE", "PARAMS", "WEIGHTS")
+        table.add_column(column, no_wrap=True, justify="right" if right else "left")
+    for m in found:
+        fit = model_store.fits(m, hardware)
+        table.add_row(
+            m.id,
+            m.task or "other",
+            _bytes(m.size_on_disk),
+            _count(m.footprint.parameters) if m.footprint else "?",
+            _bytes(m.footprint.bytes) if m.footprint else "?",
+            "?" if fit is None else "[green]yes[/]" if fit else "[red]no[/]",
+            m.source,
+        )
+    Console().print(table)
+    if not found:
+        print("no models yet: `bitinglip models pull ID` downloads one")
+    return 0
+
+
+def _rm(args: argparse.Namespace) -> int:
+    try:
+        removed = model_store.remove(args.model_id, _data_dir(args))
+    except model_store.ModelStoreError as exc:
+        return _error(exc)
+    where = ", ".join(str(p) for p in removed.paths)
+    print(f"removed {removed.id}: freed {_bytes(removed.freed)} ({where})")
+    return 0
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    import keys
+
+    return Path(args.data_dir or keys.default_data_dir())
+
+
+def _error(exc: model_store.ModelStoreError) -> int:
+    print(f"error: {exc}", file=sys.stderr)
+    if isinstance(exc, model_store.GatedRepo):
+        return EXIT_GATED
+    if isinstance(exc, model_store.HubUnreachable):
+        return EXIT_UNREACHABLE
+    not_found = model_store.RepoNotFound | model_store.RevisionNotFound | model_store.NotStored
+    return EXIT_NOT_FOUND if isinstance(exc, not_found) else 1
+
+
+def _model_json(m: StoredModel, fits: bool | None) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "source": m.source,
+        "path": str(m.path),
+        "revision": m.revision,
+        "size_on_disk_bytes": m.size_on_disk,
+        "task": m.task,
+        "parameters": m.footprint.parameters if m.footprint else None,
+        "weights_bytes": m.footprint.bytes if m.footprint else None,
+        "fits": fits,
+    }
+
+
+def _bytes(n: int) -> str:
+    value, unit = float(max(0, n)), 0
+    while value >= 1024 and unit < len(_UNITS) - 1:
+        value, unit = value / 1024, unit + 1
+    return f"{n} B" if unit == 0 else f"{value:.1f} {_UNITS[unit]}"
+
+
+def _count(n: int) -> str:
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.1f}{suffix}"
+    return str(n)
