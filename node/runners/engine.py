@@ -1,0 +1,479 @@
+"""A runner that serves a model through an inference engine in a child process.
+
+vLLM, llama.cpp's ``llama-server`` and SGLang each serve a model over the OpenAI HTTP
+API. ``EngineRunner`` starts one such server from a command line, waits until it
+answers ``/health``, streams every generation through ``/v1/chat/completions`` or
+``/v1/completions``, reads the engine's own queue from its Prometheus metrics, and
+starts it again when it dies. A call that goes away closes its HTTP stream: that is
+how these engines learn to stop working on a request.
+
+Its errors are drawn in ``node.runners.engine_wire``.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+import httpx
+
+from node.runners.base import Delta
+from node.runners.engine_wire import (
+    MAX_EVENT_BYTES,
+    EngineError,
+    EngineRejected,
+    EngineStartError,
+    EngineUnavailable,
+    SseDecoder,
+    error_message,
+    parse_metrics,
+    read_chunk,
+    request_body,
+)
+from protocols import GenerateParams, ModelInfo
+
+logger = logging.getLogger(__name__)
+
+# Each engine's Prometheus names for requests running and waiting in its own queue.
+ENGINE_METRICS: dict[str, tuple[str, str]] = {
+    "vllm": ("vllm:num_requests_running", "vllm:num_requests_waiting"),
+    "llama-server": ("llamacpp:requests_processing", "llamacpp:requests_deferred"),
+    "sglang": ("sglang:num_running_reqs", "sglang:num_queue_reqs"),
+}
+# Used when the engine does not say how long a context it serves.
+_FALLBACK_CONTEXT = 2048
+# Lines of the engine's output kept for the message when it fails.
+_TAIL_LINES = 40
+# Restart backoff doubles up to this; an engine that ran this long starts from the bottom.
+MAX_BACKOFF = 60.0
+_STABLE_AFTER = 60.0
+# Between SIGTERM to the engine's process group and SIGKILL.
+_STOP_GRACE = 15.0
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """Requests the engine reports running and waiting in its own queue."""
+
+    running: int
+    waiting: int
+
+
+class EngineRunner:
+    """One model served by an OpenAI-compatible engine in a supervised child process.
+
+    Use ``start``; it returns once the engine is ready. A background thread restarts the
+    engine whenever it exits (with backoff) and reads its metrics while it runs.
+    """
+
+    def __init__(
+        self,
+        model_id: str,
+        command: Sequence[str],
+        port: int,
+        *,
+        engine: str = "openai",
+        host: str = "127.0.0.1",
+        slots: int = 1,
+        ready_timeout: float = 600.0,
+        env: Mapping[str, str] | None = None,
+        served_model: str | None = None,
+        context_length: int = 0,
+        restart_backoff: float = 1.0,
+        poll_interval: float = 0.5,
+    ) -> None:
+        """Prepare to run ``command``; nothing starts until ``start`` (which takes the
+        same arguments) launches it."""
+        if not command:
+            raise ValueError("the engine command is empty")
+        if engine != "openai" and engine not in ENGINE_METRICS:
+            known = ", ".join(["openai", *ENGINE_METRICS])
+            raise ValueError(f"unknown engine {engine!r}: expected one of {known}")
+        if slots < 1:
+            raise ValueError("an engine needs at least one slot")
+        if port <= 0:
+            port = free_port(host)
+        self._model_id = model_id
+        # ``{host}`` and ``{port}`` in the command are filled in, so config need not repeat them.
+        self._command = [part.format(host=host, port=port) for part in command]
+        self._port = port
+        self._url = f"http://{host}:{port}"
+        self._metrics = ENGINE_METRICS.get(engine)
+        self._slots = slots
+        self._ready_timeout = ready_timeout
+        self._env = None if env is None else {**os.environ, **env}
+        self._served = served_model
+        self._context = context_length
+        self._restart_backoff = restart_backoff
+        self._poll_interval = poll_interval
+        self._client = httpx.Client(
+            base_url=self._url,
+            # Never through a proxy from the environment: the engine is on this host.
+            trust_env=False,
+            timeout=httpx.Timeout(300.0, connect=5.0),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=slots + 2),
+        )
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._output: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+        self._reader: threading.Thread | None = None
+        self._ready = False
+        self._down_reason = "it is starting"
+        self._load: EngineLoad | None = None
+        self._restarts = 0
+        self._supervisor: threading.Thread | None = None
+
+    @classmethod
+    def start(
+        cls,
+        model_id: str,
+        command: Sequence[str],
+        port: int = 0,
+        *,
+        engine: str = "openai",
+        host: str = "127.0.0.1",
+        slots: int = 1,
+        ready_timeout: float = 600.0,
+        env: Mapping[str, str] | None = None,
+        served_model: str | None = None,
+        context_length: int = 0,
+        restart_backoff: float = 1.0,
+        poll_interval: float = 0.5,
+    ) -> EngineRunner:
+        """Run ``command`` and return once the engine answers; supervise it from then on.
+
+        ``{host}`` and ``{port}`` in ``command`` are filled in (port 0: a free one is
+        picked). ``engine`` (``vllm``, ``llama-server``, ``sglang``, or ``openai`` for any
+        other server) says which metrics give its load. ``env`` is added to this process's
+        environment. ``served_model`` is the name the engine knows the model by (default:
+        the first one it lists); ``context_length`` 0 takes the engine's word for it.
+
+        Raises ``EngineStartError`` naming the exit code and the last lines of output
+        when the engine exits first, or when it is not ready within ``ready_timeout``.
+        """
+        runner = cls(
+            model_id,
+            command,
+            port,
+            engine=engine,
+            host=host,
+            slots=slots,
+            ready_timeout=ready_timeout,
+            env=env,
+            served_model=served_model,
+            context_length=context_length,
+            restart_backoff=restart_backoff,
+            poll_interval=poll_interval,
+        )
+        try:
+            runner._launch_and_wait()
+        except BaseException:
+            runner.close()
+            raise
+        runner._supervisor = threading.Thread(
+            target=runner._supervise, name=f"engine {model_id}", daemon=True
+        )
+        runner._supervisor.start()
+        return runner
+
+    @property
+    def info(self) -> ModelInfo:
+        state = "ready" if self._ready else "loading"
+        context = self._context or _FALLBACK_CONTEXT
+        return ModelInfo(self._model_id, "text-generation", "auto", context, self._slots, state)
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    @property
+    def pid(self) -> int | None:
+        """The engine's process id (also its process group), or None once closed."""
+        process = self._process
+        return None if process is None or process.returncode is not None else process.pid
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    @property
+    def restarts(self) -> int:
+        """How many times the engine has been started again after it died."""
+        return self._restarts
+
+    @property
+    def load(self) -> EngineLoad | None:
+        """The engine's own queue as of its last metrics scrape (every ``poll_interval``);
+        None for an engine without known metrics, or when they cannot be read."""
+        return self._load
+
+    def generate(self, params: GenerateParams, cancelled: threading.Event) -> Iterator[Delta]:
+        """Stream the completion of ``params`` from the engine.
+
+        The request is sent when iteration starts (in the caller's worker thread).
+        ``cancelled`` is checked between events; once set, the stream is closed and the
+        last delta says ``cancelled``.
+        """
+        path, body = request_body(params, self._served or self._model_id)
+        return self._stream(path, body, cancelled)
+
+    def close(self) -> None:
+        """Stop the engine (its whole process group) and wait for it to exit."""
+        self._closing.set()
+        with self._lock:
+            self._ready = False
+            self._down_reason = "the runner is closed"
+            process = self._process
+        if process is not None:
+            _stop_group(process)
+        supervisor = self._supervisor
+        if supervisor is not None and supervisor is not threading.current_thread():
+            supervisor.join()
+        if self._reader is not None:
+            self._reader.join(timeout=2.0)
+        self._client.close()
+
+    # Streaming
+
+    def _stream(
+        self, path: str, body: dict[str, Any], cancelled: threading.Event
+    ) -> Iterator[Delta]:
+        if not self._ready:
+            raise EngineUnavailable(f"{self._model_id} is not available: {self._down_reason}")
+        pieces = 0  # the count when the engine gives no usage
+        prompt_tokens: int | None = None
+        completion_tokens: int | None = None
+        finish: str | None = None
+        abandoned = False
+        try:
+            with self._client.stream("POST", path, json=body) as response:
+                if response.status_code != 200:
+                    raise self._refusal(response)
+                events = SseDecoder()
+                for line in response.iter_lines():
+                    if cancelled.is_set():
+                        # Leaving the block closes the connection, and the engine aborts.
+                        abandoned = True
+                        break
+                    data = events.feed(line)
+                    if data is None:
+                        continue
+                    if data.strip() == "[DONE]":
+                        break
+                    chunk = read_chunk(data)
+                    prompt_tokens = chunk.prompt_tokens or prompt_tokens
+                    completion_tokens = chunk.completion_tokens or completion_tokens
+                    if chunk.finish_reason is not None:
+                        finish = "length" if chunk.finish_reason == "length" else "stop"
+                    if chunk.text:
+                        pieces += 1
+                        yield Delta(chunk.text, prompt_tokens or 0, pieces)
+        except httpx.HTTPError as exc:
+            state = "its process is running" if self.pid else "its process has exited"
+            raise EngineUnavailable(
+                f"{self._model_id}: the engine broke off the call ({exc!r}); {state}"
+            ) from exc
+        counts = (prompt_tokens or 0, pieces if completion_tokens is None else completion_tokens)
+        if abandoned:
+            yield Delta("", *counts, "cancelled")
+        elif finish is None:
+            raise EngineUnavailable(f"{self._model_id}: the engine ended the stream unfinished")
+        else:
+            yield Delta("", *counts, finish)
+
+    def _refusal(self, response: httpx.Response) -> EngineError:
+        detail = response.read()[:2000].decode(errors="replace")
+        with contextlib.suppress(ValueError):
+            detail = error_message(json.loads(detail))
+        if 400 <= response.status_code < 500:
+            return EngineRejected(f"{self._model_id} refused the request: {detail}")
+        return EngineUnavailable(
+            f"{self._model_id}: the engine answered {response.status_code}: {detail}"
+        )
+
+    # The process
+
+    def _launch_and_wait(self) -> None:
+        with self._lock:
+            if self._closing.is_set():
+                raise EngineUnavailable(f"{self._model_id} is closed")
+            self._output.clear()
+            logger.info("starting %s: %s", self._model_id, " ".join(self._command))
+            try:
+                process = subprocess.Popen(
+                    self._command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    env=self._env,
+                    # Its own process group: engines start workers, and all of them stop together.
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise EngineStartError(
+                    f"{self._model_id}: could not run {self._command[0]}: {exc}"
+                ) from exc
+            self._process = process
+            assert process.stdout is not None
+            self._reader = threading.Thread(
+                target=self._read_output, args=(process.stdout,), daemon=True
+            )
+            self._reader.start()
+        self._wait_ready(process, time.monotonic() + self._ready_timeout)
+        with self._lock:
+            if self._closing.is_set():
+                raise EngineUnavailable(f"{self._model_id} is closed")
+            self._ready = True
+        logger.info("%s is ready at %s (pid %d)", self._model_id, self._url, process.pid)
+
+    def _wait_ready(self, process: subprocess.Popen[bytes], deadline: float) -> None:
+        while True:
+            if self._closing.is_set():
+                raise EngineUnavailable(f"{self._model_id} is closed")
+            code = process.poll()
+            if code is not None:
+                if self._reader is not None:
+                    self._reader.join(timeout=2.0)
+                raise EngineStartError(
+                    f"{self._model_id}: {self._command[0]} {_exit(code)} before it was ready"
+                    + self._tail()
+                )
+            if time.monotonic() > deadline:
+                _stop_group(process)
+                raise EngineStartError(
+                    f"{self._model_id}: {self._command[0]} was not ready after "
+                    f"{self._ready_timeout:g} s" + self._tail()
+                )
+            if self._answers():
+                return
+            self._closing.wait(0.2)
+
+    def _answers(self) -> bool:
+        """Whether the engine is ready; learns the model's name and context on the way."""
+        try:
+            if self._client.get("/health", timeout=2.0).status_code != 200:
+                return False
+            models = self._client.get("/v1/models", timeout=2.0)
+        except httpx.HTTPError:
+            return False
+        if models.status_code != 200:
+            return False
+        try:
+            first = models.json()["data"][0]
+        except (ValueError, KeyError, IndexError, TypeError):
+            return True  # it serves something; the configured name is all we have
+        if self._served is None and isinstance(first.get("id"), str):
+            self._served = first["id"]
+        if not self._context and isinstance(first.get("max_model_len"), int):
+            self._context = first["max_model_len"]
+        return True
+
+    def _read_output(self, stream: IO[bytes]) -> None:
+        with stream:
+            for raw in iter(lambda: stream.readline(MAX_EVENT_BYTES), b""):
+                line = raw.decode(errors="replace").rstrip()
+                self._output.append(line)
+                logger.debug("%s: %s", self._model_id, line)
+
+    def _tail(self) -> str:
+        lines = list(self._output)
+        return "; its last output:\n" + "\n".join(lines) if lines else "; it printed nothing"
+
+    def _supervise(self) -> None:
+        backoff = self._restart_backoff
+        up_since: float | None = time.monotonic()
+        while not self._closing.is_set():
+            process = self._process
+            assert process is not None
+            code = process.poll()
+            if code is None:
+                self._scrape()
+                self._closing.wait(self._poll_interval)
+                continue
+            self._ready = False
+            self._load = None
+            self._down_reason = f"its engine {_exit(code)} and is being restarted"
+            if up_since is not None and time.monotonic() - up_since > _STABLE_AFTER:
+                backoff = self._restart_backoff
+            _stop_group(process)  # workers it left behind
+            if self._reader is not None:
+                self._reader.join(timeout=2.0)  # the last words of its output
+            logger.warning(
+                "%s: engine %s; restarting in %g s%s",
+                self._model_id,
+                _exit(code),
+                backoff,
+                self._tail(),
+            )
+            if self._closing.wait(backoff):
+                return
+            backoff = min(backoff * 2, MAX_BACKOFF)
+            self._restarts += 1
+            try:
+                self._launch_and_wait()
+            except EngineUnavailable:
+                return  # closed meanwhile
+            except EngineStartError as exc:
+                logger.warning("%s", str(exc).splitlines()[0])
+                up_since = None
+            else:
+                up_since = time.monotonic()
+
+    def _scrape(self) -> None:
+        if self._metrics is None:
+            return
+        try:
+            response = self._client.get("/metrics", timeout=2.0)
+            response.raise_for_status()
+        except httpx.HTTPError:
+            self._load = None
+            return
+        running, waiting = self._metrics
+        values = parse_metrics(response.text, (running, waiting))
+        if running in values:
+            self._load = EngineLoad(int(values[running]), int(values.get(waiting, 0)))
+        else:
+            self._load = None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def _exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process's group, SIGKILL what is left after a grace period, and reap
+    the process. Workers it started die with it even when it is already gone."""
+    _signal_group(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=_STOP_GRACE)
+    _signal_group(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone
+        os.killpg(pgid, sig)

@@ -1,0 +1,276 @@
+"""The engine runner, driving a stand-in OpenAI-compatible server process
+(``tests/fake_engine.py``) on a free port of 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil  # type: ignore[import-untyped]
+import pytest
+
+from node.runners import Runner
+from node.runners.base import Delta
+from node.runners.engine import EngineLoad, EngineRunner
+from node.runners.engine_wire import (
+    MAX_EVENT_BYTES,
+    EngineProtocolError,
+    EngineStartError,
+    EngineUnavailable,
+    SseDecoder,
+    parse_metrics,
+)
+from protocols import ChatMessage, GenerateParams
+
+pytestmark = pytest.mark.integration
+
+FAKE = Path(__file__).with_name("fake_engine.py")
+Start = Callable[..., EngineRunner]
+
+
+@pytest.fixture
+def start() -> Iterator[Start]:
+    """Starts fake engines through the runner; all of them are stopped after the test."""
+    runners: list[EngineRunner] = []
+
+    def start(*fake_args: str, **options: Any) -> EngineRunner:
+        defaults: dict[str, Any] = {"engine": "vllm", "ready_timeout": 30.0, "poll_interval": 0.05}
+        options = defaults | {"restart_backoff": 0.1} | options
+        command = [sys.executable, str(FAKE), "--port", "{port}", *fake_args]
+        runner = EngineRunner.start("fake", command, **options)
+        runners.append(runner)
+        return runner
+
+    yield start
+    for runner in runners:
+        runner.close()
+    assert not engine_processes(), "an engine process outlived its runner"
+
+
+def engine_processes() -> list[psutil.Process]:
+    """Fake engines started by this test process and still alive."""
+    alive = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if str(FAKE) in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
+                alive.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def params(**kw: Any) -> GenerateParams:
+    kw.setdefault("model", "fake")
+    if "messages" not in kw:
+        kw.setdefault("prompt", "one two three four")
+    return GenerateParams(**kw)
+
+
+def run(runner: EngineRunner, cancelled: threading.Event | None = None, **kw: Any) -> list[Delta]:
+    return list(runner.generate(params(**kw), cancelled or threading.Event()))
+
+
+def stats(runner: EngineRunner) -> dict[str, Any]:
+    body: dict[str, Any] = httpx.get(runner.url + "/stats", trust_env=False).json()
+    return body
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout} s")
+        time.sleep(0.02)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie no longer does)."""
+    try:
+        os.kill(pid, 0)
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        return False
+
+
+def test_start_waits_until_the_engine_is_healthy(start: Start) -> None:
+    runner = start("--ready-after", "0.5")
+    health = httpx.get(runner.url + "/health", trust_env=False)
+    assert health.status_code == 200
+    assert isinstance(runner, Runner)
+    info = runner.info
+    assert (info.id, info.state, info.max_batch) == ("fake", "ready", 1)
+    assert info.context_length == 4096  # from the engine's model list
+
+
+def test_chat_streams_deltas_and_usage(start: Start) -> None:
+    runner = start(slots=3)
+    messages = [ChatMessage("system", "be brief"), ChatMessage("user", "red green blue")]
+    deltas = run(runner, messages=messages)
+    assert [d.text for d in deltas] == ["red", " green", " blue", ""]
+    assert deltas[-1] == Delta("", 5, 3, "stop")
+    assert runner.info.max_batch == 3
+    body = stats(runner)["requests"][-1]
+    assert body["model"] == "fake-model"  # the name the engine lists, not the node's id
+    assert body["messages"][1] == {"role": "user", "content": "red green blue"}
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
+
+
+def test_max_tokens_ends_with_length(start: Start) -> None:
+    runner = start()
+    deltas = run(runner, prompt="a b c d e f", max_tokens=2)
+    assert "".join(d.text for d in deltas) == "a b"
+    assert deltas[-1].finish_reason == "length"
+    assert (deltas[-1].prompt_tokens, deltas[-1].completion_tokens) == (6, 2)
+    assert stats(runner)["requests"][-1]["max_tokens"] == 2
+
+
+def test_stop_and_sampling_are_passed_through(start: Start) -> None:
+    runner = start()
+    deltas = run(runner, prompt="one two three four", stop=["thr"], seed=7, temperature=0.5)
+    assert "".join(d.text for d in deltas) == "one two "
+    assert deltas[-1].finish_reason == "stop"
+    body = stats(runner)["requests"][-1]
+    assert (body["stop"], body["seed"], body["temperature"], body["top_p"]) == (["thr"], 7, 0.5, 1)
+    assert body["prompt"] == "one two three four"
+
+
+def test_without_usage_the_pieces_are_counted(start: Start) -> None:
+    runner = start("--no-usage")
+    deltas = run(runner, prompt="one two three")
+    assert deltas[-1] == Delta("", 0, 3, "stop")
+
+
+def test_a_refused_request_is_the_callers_mistake(start: Start) -> None:
+    runner = start(served_model="another-model")
+    with pytest.raises(ValueError, match="refused the request: model 'another-model' not found"):
+        run(runner)
+
+
+def test_cancelling_closes_the_stream_and_the_engine_sees_it(start: Start) -> None:
+    runner = start("--delay", "0.05")
+    cancelled = threading.Event()
+    deltas: list[Delta] = []
+    for delta in runner.generate(params(prompt=" ".join(["word"] * 200)), cancelled):
+        deltas.append(delta)
+        if len(deltas) == 2:
+            cancelled.set()
+    assert deltas[-1].finish_reason == "cancelled"
+    assert len(deltas) <= 4
+    wait_until(lambda: stats(runner)["disconnects"] == 1)
+    wait_until(lambda: runner.load == EngineLoad(0, 0))
+
+
+@pytest.mark.parametrize("engine", ["vllm", "llama-server"])
+def test_load_is_read_from_the_engine_metrics(start: Start, engine: str) -> None:
+    runner = start("--delay", "0.05", "--slots", "1", engine=engine)
+    wait_until(lambda: runner.load == EngineLoad(0, 0))
+    cancelled = threading.Event()
+    long = params(prompt=" ".join(["word"] * 400))
+    threads = [
+        threading.Thread(target=lambda: list(runner.generate(long, cancelled))) for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(lambda: runner.load == EngineLoad(1, 1))
+    finally:
+        cancelled.set()
+        for thread in threads:
+            thread.join()
+
+
+def test_an_engine_without_metrics_has_no_load(start: Start) -> None:
+    runner = start(engine="openai")
+    run(runner)
+    assert runner.load is None
+
+
+def test_a_dead_engine_is_restarted(start: Start) -> None:
+    runner = start(restart_backoff=0.5)
+    first = runner.pid
+    assert first is not None
+    deltas: list[Delta] = []
+    with pytest.raises(EngineUnavailable, match="broke off the call"):
+        deltas.extend(runner.generate(params(prompt="one CRASH"), threading.Event()))
+    assert [d.text for d in deltas] == ["one"]
+    wait_until(lambda: not runner.ready)
+    assert runner.info.state == "loading"
+    with pytest.raises(EngineUnavailable, match="exited with code 3 and is being restarted"):
+        run(runner)
+    wait_until(lambda: runner.ready)
+    assert runner.restarts == 1
+    assert runner.pid not in (None, first)
+    assert not alive(first)
+    assert run(runner, prompt="back again")[-1] == Delta("", 2, 2, "stop")
+
+
+def test_an_engine_that_exits_at_once_fails_the_start(start: Start) -> None:
+    crash = "import sys; print('no such model: nothing', file=sys.stderr); sys.exit(3)"
+    with pytest.raises(EngineStartError) as failure:
+        EngineRunner.start("fake", [sys.executable, "-c", crash], ready_timeout=30.0)
+    message = str(failure.value)
+    assert "exited with code 3 before it was ready" in message
+    assert "no such model: nothing" in message
+
+
+def test_a_missing_program_fails_the_start() -> None:
+    with pytest.raises(EngineStartError, match="could not run no-such-engine-here"):
+        EngineRunner.start("fake", ["no-such-engine-here", "--port", "{port}"])
+
+
+def test_an_engine_never_ready_fails_the_start_and_is_stopped(start: Start) -> None:
+    with pytest.raises(EngineStartError, match=r"was not ready after 0\.5 s"):
+        start("--ready-after", "60", ready_timeout=0.5)
+    assert not engine_processes()
+
+
+def test_close_stops_the_engine_and_its_workers(start: Start) -> None:
+    runner = start("--worker")
+    pid = runner.pid
+    worker = stats(runner)["worker"]
+    assert pid is not None and alive(pid) and alive(worker)
+    try:
+        runner.close()
+        assert runner.pid is None
+        assert not alive(pid)
+        wait_until(lambda: not alive(worker), timeout=5.0)
+        with pytest.raises(EngineUnavailable, match="closed"):
+            run(runner)
+    finally:
+        if alive(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
+def test_server_sent_events_are_decoded() -> None:
+    events = SseDecoder()
+    lines = [": keep-alive", "", "data: {", "data: }", "", "event: x", "data:[DONE]", ""]
+    assert [events.feed(line) for line in lines] == [
+        None, None, None, None, "{\n}", None, None, "[DONE]",
+    ]  # fmt: skip
+    with pytest.raises(EngineProtocolError):
+        for _ in range(3):
+            events.feed("data: " + "x" * (MAX_EVENT_BYTES // 2))
+
+
+def test_metrics_are_summed_over_labels() -> None:
+    text = (
+        "# HELP vllm:num_requests_running Number of requests running.\n"
+        'vllm:num_requests_running{model_name="a b",engine="0"} 2.0\n'
+        'vllm:num_requests_running{model_name="a",engine="1"} 1.0 1700000000\n'
+        "vllm:num_requests_waiting 4\n"
+        "vllm:num_requests_waiting_total 99\n"
+        "vllm:broken nan-ish\n"
+    )
+    wanted = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:broken")
+    assert parse_metrics(text, wanted) == {
+        "vllm:num_requests_running": 3.0,
+        "vllm:num_requests_waiting": 4.0,
+    }
