@@ -16,9 +16,9 @@ import httpx
 import psutil  # type: ignore[import-untyped]
 import pytest
 
-from node.runners import Runner
+from node.runners import EngineRunner, Runner
 from node.runners.base import Delta
-from node.runners.engine import EngineLoad, EngineRunner
+from node.runners.engine import EngineLoad
 from node.runners.engine_wire import (
     MAX_EVENT_BYTES,
     EngineProtocolError,
@@ -51,7 +51,10 @@ def start() -> Iterator[Start]:
     yield start
     for runner in runners:
         runner.close()
-    assert not engine_processes(), "an engine process outlived its runner"
+    left = engine_processes()
+    for process in left:  # so that a broken close does not leak them past this test
+        process.kill()
+    assert not left, "an engine process outlived its runner"
 
 
 def engine_processes() -> list[psutil.Process]:

@@ -15,10 +15,12 @@ from node.runners.base import (
     no_progress,
 )
 from node.runners.echo import EchoRunner
+from node.runners.engine import EngineRunner
 
 __all__ = [
     "Delta",
     "EchoRunner",
+    "EngineRunner",
     "GenerationCancelled",
     "ImageRunner",
     "ModelRunner",
