@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
+import socket
 import subprocess
 import sys
 import threading
@@ -93,9 +95,23 @@ class Handler(BaseHTTPRequestHandler):
         else:
             source = body["prompt"]
             prompt_tokens = len(source.split())
+        # Headers at once, as vLLM sends them; the request then waits for a slot, and
+        # gives up its place in line when the client goes away.
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
         with self.state.lock:
             self.state.waiting += 1
-        self.state.slots.acquire()
+        while not self.state.slots.acquire(timeout=0.02):
+            if self._client_gone():
+                with self.state.lock:
+                    self.state.waiting -= 1
+                    self.state.disconnects += 1
+                return
         with self.state.lock:
             self.state.waiting -= 1
             self.state.running += 1
@@ -106,13 +122,11 @@ class Handler(BaseHTTPRequestHandler):
                 self.state.running -= 1
             self.state.slots.release()
 
+    def _client_gone(self) -> bool:
+        readable, _, _ = select.select([self.connection], [], [], 0)
+        return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+
     def _stream(self, body: dict[str, Any], chat: bool, words: list[str], prompt: int) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
         stop: list[str] = body.get("stop") or []
         produced, count, reason = "", 0, "stop"
         try:

@@ -171,6 +171,36 @@ def test_cancelling_closes_the_stream_and_the_engine_sees_it(start: Start) -> No
     wait_until(lambda: runner.load == EngineLoad(0, 0))
 
 
+def test_a_call_waiting_in_the_engine_queue_is_cancelled_at_once(start: Start) -> None:
+    runner = start("--delay", "0.05", "--slots", "1")
+    busy, waiting = threading.Event(), threading.Event()
+    long = params(prompt=" ".join(["word"] * 400))  # 20 s of answer
+    answers: dict[str, list[Delta]] = {}
+
+    def call(name: str, cancelled: threading.Event) -> None:
+        answers[name] = list(runner.generate(long, cancelled))
+
+    first = threading.Thread(target=call, args=("first", busy))
+    second = threading.Thread(target=call, args=("second", waiting))
+    first.start()
+    try:
+        wait_until(lambda: runner.load == EngineLoad(1, 0))
+        second.start()
+        wait_until(lambda: runner.load == EngineLoad(1, 1))
+        waiting.set()  # the engine sends this call nothing while it waits for a slot
+        second.join(timeout=5.0)
+        assert not second.is_alive()
+        assert answers["second"] == [Delta("", 0, 0, "cancelled")]
+        wait_until(lambda: stats(runner)["disconnects"] == 1)
+        wait_until(lambda: runner.load == EngineLoad(1, 0))
+    finally:
+        busy.set()
+        waiting.set()
+        for thread in (first, second):
+            if thread.ident is not None:
+                thread.join()
+
+
 @pytest.mark.parametrize("engine", ["vllm", "llama-server"])
 def test_load_is_read_from_the_engine_metrics(start: Start, engine: str) -> None:
     runner = start("--delay", "0.05", "--slots", "1", engine=engine)

@@ -58,6 +58,9 @@ _TAIL_LINES = 40
 # Restart backoff doubles up to this; an engine that ran this long starts from the bottom.
 MAX_BACKOFF = 60.0
 _STABLE_AFTER = 60.0
+# How often calls waiting on a silent engine are checked for cancellation.
+_CANCEL_POLL = 0.05
+_ONE_USE = {"Connection": "close"}
 # Between SIGTERM to the engine's process group and SIGKILL.
 _STOP_GRACE = 15.0
 
@@ -134,6 +137,8 @@ class EngineRunner:
         self._load: EngineLoad | None = None
         self._restarts = 0
         self._supervisor: threading.Thread | None = None
+        # Streams whose connection the cancel watcher shuts once their caller goes away.
+        self._watched: dict[int, tuple[threading.Event, socket.socket]] = {}
 
     @classmethod
     def start(
@@ -186,6 +191,9 @@ class EngineRunner:
             target=runner._supervise, name=f"engine {model_id}", daemon=True
         )
         runner._supervisor.start()
+        threading.Thread(
+            target=runner._watch_cancels, name=f"engine {model_id} cancels", daemon=True
+        ).start()
         return runner
 
     @property
@@ -256,35 +264,40 @@ class EngineRunner:
         prompt_tokens: int | None = None
         completion_tokens: int | None = None
         finish: str | None = None
+        events = SseDecoder()
         abandoned = False
         try:
-            with self._client.stream("POST", path, json=body) as response:
+            # A connection of its own, never reused: closing it is what stops the engine.
+            request = self._client.stream("POST", path, json=body, headers=_ONE_USE)
+            with request as response:
                 if response.status_code != 200:
                     raise self._refusal(response)
-                events = SseDecoder()
-                for line in response.iter_lines():
-                    if cancelled.is_set():
-                        # Leaving the block closes the connection, and the engine aborts.
-                        abandoned = True
-                        break
-                    data = events.feed(line)
-                    if data is None:
-                        continue
-                    if data.strip() == "[DONE]":
-                        break
-                    chunk = read_chunk(data)
-                    prompt_tokens = chunk.prompt_tokens or prompt_tokens
-                    completion_tokens = chunk.completion_tokens or completion_tokens
-                    if chunk.finish_reason is not None:
-                        finish = "length" if chunk.finish_reason == "length" else "stop"
-                    if chunk.text:
-                        pieces += 1
-                        yield Delta(chunk.text, prompt_tokens or 0, pieces)
+                with self._cancelling(response, cancelled):
+                    for line in response.iter_lines():
+                        if cancelled.is_set():
+                            # Leaving the block closes the connection, and the engine aborts.
+                            abandoned = True
+                            break
+                        data = events.feed(line)
+                        if data is None:
+                            continue
+                        if data.strip() == "[DONE]":
+                            break
+                        chunk = read_chunk(data)
+                        prompt_tokens = chunk.prompt_tokens or prompt_tokens
+                        completion_tokens = chunk.completion_tokens or completion_tokens
+                        if chunk.finish_reason is not None:
+                            finish = "length" if chunk.finish_reason == "length" else "stop"
+                        if chunk.text:
+                            pieces += 1
+                            yield Delta(chunk.text, prompt_tokens or 0, pieces)
         except httpx.HTTPError as exc:
-            state = "its process is running" if self.pid else "its process has exited"
-            raise EngineUnavailable(
-                f"{self._model_id}: the engine broke off the call ({exc!r}); {state}"
-            ) from exc
+            if not cancelled.is_set():
+                state = "its process is running" if self.pid else "its process has exited"
+                raise EngineUnavailable(
+                    f"{self._model_id}: the engine broke off the call ({exc!r}); {state}"
+                ) from exc
+            abandoned = True  # the cancel watcher shut the connection
         counts = (prompt_tokens or 0, pieces if completion_tokens is None else completion_tokens)
         if abandoned:
             yield Delta("", *counts, "cancelled")
@@ -292,6 +305,33 @@ class EngineRunner:
             raise EngineUnavailable(f"{self._model_id}: the engine ended the stream unfinished")
         else:
             yield Delta("", *counts, finish)
+
+    @contextlib.contextmanager
+    def _cancelling(self, response: httpx.Response, cancelled: threading.Event) -> Iterator[None]:
+        """While the block runs, a set ``cancelled`` shuts the response's connection even
+        when the engine sends nothing (a request waiting in its queue, a long prefill)."""
+        stream = response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if not isinstance(sock, socket.socket):
+            yield
+            return
+        key = id(response)
+        with self._lock:
+            self._watched[key] = (cancelled, sock)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._watched.pop(key, None)
+
+    def _watch_cancels(self) -> None:
+        while not self._closing.wait(_CANCEL_POLL):
+            with self._lock:  # so no socket is shut after its call has finished with it
+                for key, (cancelled, sock) in list(self._watched.items()):
+                    if cancelled.is_set():
+                        del self._watched[key]
+                        with contextlib.suppress(OSError):
+                            sock.shutdown(socket.SHUT_RDWR)
 
     def _refusal(self, response: httpx.Response) -> EngineError:
         detail = response.read()[:2000].decode(errors="replace")
