@@ -12,25 +12,21 @@ Its errors are drawn in ``node.runners.engine_wire``.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
 import logging
-import os
-import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
 import httpx
 
 from node.runners.base import Delta
+from node.runners.engine_process import EngineProcess, describe_exit, free_port
 from node.runners.engine_wire import (
-    MAX_EVENT_BYTES,
     EngineError,
     EngineRejected,
     EngineStartError,
@@ -53,16 +49,12 @@ ENGINE_METRICS: dict[str, tuple[str, str]] = {
 }
 # Used when the engine does not say how long a context it serves.
 _FALLBACK_CONTEXT = 2048
-# Lines of the engine's output kept for the message when it fails.
-_TAIL_LINES = 40
 # Restart backoff doubles up to this; an engine that ran this long starts from the bottom.
 MAX_BACKOFF = 60.0
 _STABLE_AFTER = 60.0
 # How often calls waiting on a silent engine are checked for cancellation.
 _CANCEL_POLL = 0.05
 _ONE_USE = {"Connection": "close"}
-# Between SIGTERM to the engine's process group and SIGKILL.
-_STOP_GRACE = 15.0
 
 
 @dataclass(frozen=True)
@@ -115,7 +107,7 @@ class EngineRunner:
         self._metrics = ENGINE_METRICS.get(engine)
         self._slots = slots
         self._ready_timeout = ready_timeout
-        self._env = None if env is None else {**os.environ, **env}
+        self._env = env
         self._served = served_model
         self._context = context_length
         self._restart_backoff = restart_backoff
@@ -129,9 +121,7 @@ class EngineRunner:
         )
         self._lock = threading.Lock()
         self._closing = threading.Event()
-        self._process: subprocess.Popen[bytes] | None = None
-        self._output: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
-        self._reader: threading.Thread | None = None
+        self._process: EngineProcess | None = None
         self._ready = False
         self._down_reason = "it is starting"
         self._load: EngineLoad | None = None
@@ -210,7 +200,7 @@ class EngineRunner:
     def pid(self) -> int | None:
         """The engine's process id (also its process group), or None once closed."""
         process = self._process
-        return None if process is None or process.returncode is not None else process.pid
+        return None if process is None or process.poll() is not None else process.pid
 
     @property
     def ready(self) -> bool:
@@ -245,12 +235,9 @@ class EngineRunner:
             self._down_reason = "the runner is closed"
             process = self._process
         if process is not None:
-            _stop_group(process)
-        supervisor = self._supervisor
-        if supervisor is not None and supervisor is not threading.current_thread():
-            supervisor.join()
-        if self._reader is not None:
-            self._reader.join(timeout=2.0)
+            process.stop()
+        if self._supervisor is not None:
+            self._supervisor.join()
         self._client.close()
 
     # Streaming
@@ -349,28 +336,9 @@ class EngineRunner:
         with self._lock:
             if self._closing.is_set():
                 raise EngineUnavailable(f"{self._model_id} is closed")
-            self._output.clear()
             logger.info("starting %s: %s", self._model_id, " ".join(self._command))
-            try:
-                process = subprocess.Popen(
-                    self._command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    env=self._env,
-                    # Its own process group: engines start workers, and all of them stop together.
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise EngineStartError(
-                    f"{self._model_id}: could not run {self._command[0]}: {exc}"
-                ) from exc
+            process = EngineProcess(self._model_id, self._command, self._env)
             self._process = process
-            assert process.stdout is not None
-            self._reader = threading.Thread(
-                target=self._read_output, args=(process.stdout,), daemon=True
-            )
-            self._reader.start()
         self._wait_ready(process, time.monotonic() + self._ready_timeout)
         with self._lock:
             if self._closing.is_set():
@@ -378,23 +346,21 @@ class EngineRunner:
             self._ready = True
         logger.info("%s is ready at %s (pid %d)", self._model_id, self._url, process.pid)
 
-    def _wait_ready(self, process: subprocess.Popen[bytes], deadline: float) -> None:
+    def _wait_ready(self, process: EngineProcess, deadline: float) -> None:
         while True:
             if self._closing.is_set():
                 raise EngineUnavailable(f"{self._model_id} is closed")
             code = process.poll()
             if code is not None:
-                if self._reader is not None:
-                    self._reader.join(timeout=2.0)
                 raise EngineStartError(
-                    f"{self._model_id}: {self._command[0]} {_exit(code)} before it was ready"
-                    + self._tail()
+                    f"{self._model_id}: {process.program} {describe_exit(code)} "
+                    "before it was ready" + process.tail()
                 )
             if time.monotonic() > deadline:
-                _stop_group(process)
+                process.stop()
                 raise EngineStartError(
-                    f"{self._model_id}: {self._command[0]} was not ready after "
-                    f"{self._ready_timeout:g} s" + self._tail()
+                    f"{self._model_id}: {process.program} was not ready after "
+                    f"{self._ready_timeout:g} s" + process.tail()
                 )
             if self._answers():
                 return
@@ -420,17 +386,6 @@ class EngineRunner:
             self._context = first["max_model_len"]
         return True
 
-    def _read_output(self, stream: IO[bytes]) -> None:
-        with stream:
-            for raw in iter(lambda: stream.readline(MAX_EVENT_BYTES), b""):
-                line = raw.decode(errors="replace").rstrip()
-                self._output.append(line)
-                logger.debug("%s: %s", self._model_id, line)
-
-    def _tail(self) -> str:
-        lines = list(self._output)
-        return "; its last output:\n" + "\n".join(lines) if lines else "; it printed nothing"
-
     def _supervise(self) -> None:
         backoff = self._restart_backoff
         up_since: float | None = time.monotonic()
@@ -444,18 +399,16 @@ class EngineRunner:
                 continue
             self._ready = False
             self._load = None
-            self._down_reason = f"its engine {_exit(code)} and is being restarted"
+            self._down_reason = f"its engine {describe_exit(code)} and is being restarted"
             if up_since is not None and time.monotonic() - up_since > _STABLE_AFTER:
                 backoff = self._restart_backoff
-            _stop_group(process)  # workers it left behind
-            if self._reader is not None:
-                self._reader.join(timeout=2.0)  # the last words of its output
+            process.stop()  # workers it left behind
             logger.warning(
                 "%s: engine %s; restarting in %g s%s",
                 self._model_id,
-                _exit(code),
+                describe_exit(code),
                 backoff,
-                self._tail(),
+                process.tail(),
             )
             if self._closing.wait(backoff):
                 return
@@ -486,34 +439,3 @@ class EngineRunner:
             self._load = EngineLoad(int(values[running]), int(values.get(waiting, 0)))
         else:
             self._load = None
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
-
-
-def _exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"
-
-
-def _stop_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process's group, SIGKILL what is left after a grace period, and reap
-    the process. Workers it started die with it even when it is already gone."""
-    _signal_group(process.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=_STOP_GRACE)
-    _signal_group(process.pid, signal.SIGKILL)
-    process.wait()
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone
-        os.killpg(pgid, sig)
