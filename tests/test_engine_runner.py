@@ -8,14 +8,19 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil  # type: ignore[import-untyped]
 import pytest
+import trio
+import trio.testing
 
+from node.rpc_client import RemoteError, RpcClient
+from node.rpc_server import Caller, RpcServer
 from node.runners import EngineRunner, Runner
 from node.runners.base import Delta
 from node.runners.engine import EngineLoad
@@ -27,7 +32,10 @@ from node.runners.engine_wire import (
     SseDecoder,
     parse_metrics,
 )
-from protocols import ChatMessage, GenerateParams
+from node.scheduler import Scheduler
+from node.service import NodeService
+from node.streams import TrioByteStream
+from protocols import ChatMessage, ErrorCode, GenerateParams
 
 pytestmark = pytest.mark.integration
 
@@ -280,6 +288,52 @@ def test_close_stops_the_engine_and_its_workers(start: Start) -> None:
     finally:
         if alive(worker):
             os.kill(worker, signal.SIGKILL)
+
+
+@asynccontextmanager
+async def through_a_node(runner: EngineRunner) -> AsyncIterator[RpcClient]:
+    """A gateway's RPC client to a node service that serves ``runner`` as ``fake``."""
+    service = NodeService({"fake": runner}, Scheduler(2, 2), lambda: 0)
+    server = RpcServer(service.handlers, lambda cert, peer: Caller(peer, "gateway"))
+    left, right = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.serve, TrioByteStream(right), "gateway")
+        client = RpcClient(TrioByteStream(left), b"cert")
+        await nursery.start(client.run)
+        yield client
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_node_serves_the_engine_model(start: Start) -> None:
+    runner = start()
+    async with through_a_node(runner) as client:
+        async with client.open_call("generate", params(prompt="one two three").to_wire()) as call:
+            text = "".join([chunk["text"] async for chunk in call])
+        assert text == "one two three"
+        assert call.result == {"finish_reason": "stop", "prompt_tokens": 3, "completion_tokens": 3}
+        with pytest.raises(RemoteError) as refused:
+            await client.call("generate", params(prompt="x", model="absent").to_wire())
+        assert refused.value.code is ErrorCode.MODEL_NOT_FOUND
+
+
+async def test_a_caller_leaving_the_node_stops_the_engine_stream(start: Start) -> None:
+    runner = start("--delay", "0.05")
+    async with through_a_node(runner) as client:
+        long = params(prompt=" ".join(["word"] * 400)).to_wire()
+        async with client.open_call("generate", long) as call:
+            async for _ in call:
+                break
+        with trio.fail_after(10):
+            while stats(runner)["disconnects"] != 1:
+                await trio.sleep(0.02)
+
+
+async def test_an_engine_refusal_is_a_bad_request_at_the_node(start: Start) -> None:
+    runner = start(served_model="another-model")
+    async with through_a_node(runner) as client:
+        with pytest.raises(RemoteError) as refused:
+            await client.call("generate", params().to_wire())
+        assert refused.value.code is ErrorCode.BAD_REQUEST
 
 
 def test_server_sent_events_are_decoded() -> None:
