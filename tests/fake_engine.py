@@ -5,7 +5,8 @@ word, ``--delay`` seconds apart, at most ``--slots`` generations at once (the re
 It serves ``/health`` (503 for ``--ready-after`` seconds), ``/v1/models``, both
 completions endpoints (streamed, with a usage event unless ``--no-usage``), ``/metrics``
 in both engines' Prometheus names, and ``/stats``: the request bodies it received and
-how many streams the client closed before their end. A prompt word ``CRASH`` makes the
+how many streams the client closed before their end. ``POST /sick`` makes ``/health``
+fail from then on. A prompt word ``CRASH`` makes the
 process exit with code 3 when the answer reaches it. ``--worker`` starts a child process
 that outlives this one unless its whole process group is stopped.
 
@@ -36,6 +37,7 @@ class State:
         self.running = 0
         self.waiting = 0
         self.disconnects = 0
+        self.sick = False
         self.requests: list[dict[str, Any]] = []
         self.worker: subprocess.Popen[bytes] | None = None
 
@@ -50,7 +52,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         state = self.state
         if self.path == "/health":
-            ready = time.monotonic() - state.started >= state.args.ready_after
+            ready = time.monotonic() - state.started >= state.args.ready_after and not state.sick
             self._send(200 if ready else 503, {} if ready else {"error": "loading"})
         elif self.path == "/v1/models":
             model = {"id": state.args.model, "object": "model", "max_model_len": 4096}
@@ -79,7 +81,11 @@ class Handler(BaseHTTPRequestHandler):
             self._send(404, {"error": {"message": f"no route {self.path}"}})
 
     def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        if self.path == "/sick":  # from now on /health fails, as a hung engine's would
+            self.state.sick = True
+            self._send(200, {})
+            return
         with self.state.lock:
             self.state.requests.append(body)
         chat = self.path == "/v1/chat/completions"

@@ -253,6 +253,17 @@ def test_a_dead_engine_is_restarted(start: Start) -> None:
     assert run(runner, prompt="back again")[-1] == Delta("", 2, 2, "stop")
 
 
+def test_an_engine_that_stops_answering_health_is_restarted(start: Start) -> None:
+    runner = start(unhealthy_timeout=0.5)
+    first = runner.pid
+    assert first is not None
+    httpx.post(runner.url + "/sick", trust_env=False).raise_for_status()
+    wait_until(lambda: runner.restarts == 1 and runner.ready)
+    assert runner.pid not in (None, first)
+    assert not alive(first)
+    assert run(runner)[-1].finish_reason == "stop"
+
+
 def test_an_engine_that_exits_at_once_fails_the_start(start: Start) -> None:
     crash = "import sys; print('no such model: nothing', file=sys.stderr); sys.exit(3)"
     with pytest.raises(EngineStartError) as failure:

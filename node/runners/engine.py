@@ -87,6 +87,7 @@ class EngineRunner:
         context_length: int = 0,
         restart_backoff: float = 1.0,
         poll_interval: float = 0.5,
+        unhealthy_timeout: float = 60.0,
     ) -> None:
         """Prepare to run ``command``; nothing starts until ``start`` (which takes the
         same arguments) launches it."""
@@ -112,6 +113,7 @@ class EngineRunner:
         self._context = context_length
         self._restart_backoff = restart_backoff
         self._poll_interval = poll_interval
+        self._unhealthy_timeout = unhealthy_timeout
         self._client = httpx.Client(
             base_url=self._url,
             # Never through a proxy from the environment: the engine is on this host.
@@ -146,6 +148,7 @@ class EngineRunner:
         context_length: int = 0,
         restart_backoff: float = 1.0,
         poll_interval: float = 0.5,
+        unhealthy_timeout: float = 60.0,
     ) -> EngineRunner:
         """Run ``command`` and return once the engine answers; supervise it from then on.
 
@@ -154,6 +157,9 @@ class EngineRunner:
         other server) says which metrics give its load. ``env`` is added to this process's
         environment. ``served_model`` is the name the engine knows the model by (default:
         the first one it lists); ``context_length`` 0 takes the engine's word for it.
+        Every ``poll_interval`` the engine's health and metrics are read; one that runs
+        but has not answered ``/health`` for ``unhealthy_timeout`` is stopped and started
+        again, like one that exits.
 
         Raises ``EngineStartError`` naming the exit code and the last lines of output
         when the engine exits first, or when it is not ready within ``ready_timeout``.
@@ -171,6 +177,7 @@ class EngineRunner:
             context_length=context_length,
             restart_backoff=restart_backoff,
             poll_interval=poll_interval,
+            unhealthy_timeout=unhealthy_timeout,
         )
         try:
             runner._launch_and_wait()
@@ -389,24 +396,40 @@ class EngineRunner:
     def _supervise(self) -> None:
         backoff = self._restart_backoff
         up_since: float | None = time.monotonic()
+        healthy_at = time.monotonic()
+        hung = False
         while not self._closing.is_set():
             process = self._process
             assert process is not None
             code = process.poll()
             if code is None:
-                self._scrape()
+                if self._healthy():
+                    healthy_at = time.monotonic()
+                    self._scrape()
+                elif time.monotonic() - healthy_at > self._unhealthy_timeout:
+                    logger.warning(
+                        "%s: engine has not answered /health for %g s; stopping it",
+                        self._model_id,
+                        self._unhealthy_timeout,
+                    )
+                    self._ready = False
+                    hung = True
+                    process.stop()  # and the next turn starts it again
+                    continue
                 self._closing.wait(self._poll_interval)
                 continue
             self._ready = False
             self._load = None
-            self._down_reason = f"its engine {describe_exit(code)} and is being restarted"
+            ended = "stopped answering /health" if hung else describe_exit(code)
+            hung = False
+            self._down_reason = f"its engine {ended} and is being restarted"
             if up_since is not None and time.monotonic() - up_since > _STABLE_AFTER:
                 backoff = self._restart_backoff
             process.stop()  # workers it left behind
             logger.warning(
                 "%s: engine %s; restarting in %g s%s",
                 self._model_id,
-                describe_exit(code),
+                ended,
                 backoff,
                 process.tail(),
             )
@@ -422,7 +445,13 @@ class EngineRunner:
                 logger.warning("%s", str(exc).splitlines()[0])
                 up_since = None
             else:
-                up_since = time.monotonic()
+                up_since = healthy_at = time.monotonic()
+
+    def _healthy(self) -> bool:
+        try:
+            return self._client.get("/health", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def _scrape(self) -> None:
         if self._metrics is None:
