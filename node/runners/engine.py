@@ -103,7 +103,6 @@ class EngineRunner:
         self._model_id = model_id
         # ``{host}`` and ``{port}`` in the command are filled in, so config need not repeat them.
         self._command = [part.format(host=host, port=port) for part in command]
-        self._port = port
         self._url = f"http://{host}:{port}"
         self._metrics = ENGINE_METRICS.get(engine)
         self._slots = slots
@@ -119,7 +118,7 @@ class EngineRunner:
             # Never through a proxy from the environment: the engine is on this host.
             trust_env=False,
             timeout=httpx.Timeout(300.0, connect=5.0),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=slots + 2),
+            limits=httpx.Limits(max_connections=None),
         )
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -228,8 +227,10 @@ class EngineRunner:
         """Stream the completion of ``params`` from the engine.
 
         The request is sent when iteration starts (in the caller's worker thread).
-        ``cancelled`` is checked between events; once set, the stream is closed and the
-        last delta says ``cancelled``.
+        Once ``cancelled`` is set the stream's connection is closed, which makes the engine
+        drop the request: at the next event, or within 50 ms when the engine is silent
+        (the request is queued, or the caller stopped reading). The last delta then
+        says ``cancelled``.
         """
         path, body = request_body(params, self._served or self._model_id)
         return self._stream(path, body, cancelled)
