@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -24,6 +25,7 @@ from node.rpc_server import Caller, RpcServer
 from node.runners import EngineRunner, Runner
 from node.runners.base import Delta
 from node.runners.engine import EngineLoad
+from node.runners.engine_process import free_port
 from node.runners.engine_wire import (
     MAX_EVENT_BYTES,
     EngineProtocolError,
@@ -271,6 +273,33 @@ def test_an_engine_that_exits_at_once_fails_the_start(start: Start) -> None:
     message = str(failure.value)
     assert "exited with code 3 before it was ready" in message
     assert "no such model: nothing" in message
+
+
+def test_a_restart_takes_another_port_when_its_own_was_taken(start: Start) -> None:
+    runner = start(restart_backoff=0.5)
+    old = httpx.URL(runner.url).port
+    assert old is not None
+    with pytest.raises(EngineUnavailable):
+        run(runner, prompt="CRASH")
+    wait_until(lambda: not runner.ready)
+    with socket.socket() as squatter:  # another program took the port meanwhile
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", old))
+        squatter.listen()
+        wait_until(lambda: runner.restarts == 1 and runner.ready)
+    assert httpx.URL(runner.url).port != old
+    assert run(runner)[-1].finish_reason == "stop"
+
+
+def test_a_configured_port_is_kept_across_restarts(start: Start) -> None:
+    port = free_port()
+    runner = start(port=port, restart_backoff=0.1)
+    assert runner.url == f"http://127.0.0.1:{port}"
+    with pytest.raises(EngineUnavailable):
+        run(runner, prompt="CRASH")
+    wait_until(lambda: runner.restarts == 1 and runner.ready)
+    assert runner.url == f"http://127.0.0.1:{port}"
+    assert run(runner)[-1].finish_reason == "stop"
 
 
 def test_a_missing_program_fails_the_start() -> None:

@@ -98,12 +98,10 @@ class EngineRunner:
             raise ValueError(f"unknown engine {engine!r}: expected one of {known}")
         if slots < 1:
             raise ValueError("an engine needs at least one slot")
-        if port <= 0:
-            port = free_port(host)
         self._model_id = model_id
-        # ``{host}`` and ``{port}`` in the command are filled in, so config need not repeat them.
-        self._command = [part.format(host=host, port=port) for part in command]
-        self._url = f"http://{host}:{port}"
+        self._template = list(command)
+        self._host = host
+        self._fixed_port = port if port > 0 else None
         self._metrics = ENGINE_METRICS.get(engine)
         self._slots = slots
         self._ready_timeout = ready_timeout
@@ -114,12 +112,14 @@ class EngineRunner:
         self._poll_interval = poll_interval
         self._unhealthy_timeout = unhealthy_timeout
         self._client = httpx.Client(
-            base_url=self._url,
             # Never through a proxy from the environment: the engine is on this host.
             trust_env=False,
             timeout=httpx.Timeout(300.0, connect=5.0),
             limits=httpx.Limits(max_connections=None),
         )
+        self._command: list[str] = []
+        self._url = ""
+        self._choose_port()
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._process: EngineProcess | None = None
@@ -200,6 +200,7 @@ class EngineRunner:
 
     @property
     def url(self) -> str:
+        """Where the engine listens (a new port after a restart when none was configured)."""
         return self._url
 
     @property
@@ -344,6 +345,8 @@ class EngineRunner:
         with self._lock:
             if self._closing.is_set():
                 raise EngineUnavailable(f"{self._model_id} is closed")
+            if self._process is not None:
+                self._choose_port()
             logger.info("starting %s: %s", self._model_id, " ".join(self._command))
             process = EngineProcess(self._model_id, self._command, self._env)
             self._process = process
@@ -353,6 +356,14 @@ class EngineRunner:
                 raise EngineUnavailable(f"{self._model_id} is closed")
             self._ready = True
         logger.info("%s is ready at %s (pid %d)", self._model_id, self._url, process.pid)
+
+    def _choose_port(self) -> None:
+        """Fill ``{host}`` and ``{port}`` in the command. Without a configured port each
+        start takes a free one: the last may have been taken while the engine was down."""
+        port = self._fixed_port or free_port(self._host)
+        self._command = [part.format(host=self._host, port=port) for part in self._template]
+        self._url = f"http://{self._host}:{port}"
+        self._client.base_url = httpx.URL(self._url)
 
     def _wait_ready(self, process: EngineProcess, deadline: float) -> None:
         while True:
