@@ -28,11 +28,14 @@ from node.runners.engine import EngineLoad
 from node.runners.engine_process import free_port
 from node.runners.engine_wire import (
     MAX_EVENT_BYTES,
+    Chunk,
     EngineProtocolError,
     EngineStartError,
     EngineUnavailable,
     SseDecoder,
     parse_metrics,
+    read_chunk,
+    request_body,
 )
 from node.scheduler import Scheduler
 from node.service import NodeService
@@ -385,6 +388,31 @@ def test_server_sent_events_are_decoded() -> None:
     with pytest.raises(EngineProtocolError):
         for _ in range(3):
             events.feed("data: " + "x" * (MAX_EVENT_BYTES // 2))
+
+
+def test_stream_chunks_of_both_endpoints_are_read() -> None:
+    chat = '{"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": null}]}'
+    assert read_chunk(chat) == Chunk("hi")
+    text = '{"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}'
+    assert read_chunk(text) == Chunk("", "length")
+    usage = '{"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 5}}'
+    assert read_chunk(usage) == Chunk("", None, 3, 5)
+    with pytest.raises(EngineUnavailable, match="out of memory"):
+        read_chunk('{"error": {"message": "out of memory", "code": 500}}')
+    for garbage in ("not json", "[1, 2]"):
+        with pytest.raises(EngineProtocolError):
+            read_chunk(garbage)
+
+
+def test_request_bodies_carry_only_what_the_call_sets() -> None:
+    path, body = request_body(params(prompt="p"), "served")
+    assert path == "/v1/completions"
+    assert body["prompt"] == "p" and body["model"] == "served"
+    assert "stop" not in body and "seed" not in body and "messages" not in body
+    path, body = request_body(params(messages=[ChatMessage("user", "u")], stop=["x"]), "m")
+    assert path == "/v1/chat/completions"
+    assert body["messages"] == [{"role": "user", "content": "u"}]
+    assert body["stop"] == ["x"] and "prompt" not in body
 
 
 def test_metrics_are_summed_over_labels() -> None:

@@ -152,10 +152,11 @@ class EngineRunner:
         """Run ``command`` and return once the engine answers; supervise it from then on.
 
         ``{host}`` and ``{port}`` in ``command`` are filled in (port 0: a free one, picked
-        again at each restart). ``engine`` (``vllm``, ``llama-server``, ``sglang``, or ``openai`` for any
-        other server) says which metrics give its load. ``env`` is added to this process's
-        environment. ``served_model`` is the name the engine knows the model by (default:
-        the first one it lists); ``context_length`` 0 takes the engine's word for it.
+        again at each restart). ``engine`` (``vllm``, ``llama-server``, ``sglang``, or
+        ``openai`` for any other server) says which metrics give its load. ``env`` is added
+        to this process's environment. ``served_model`` is the name the engine knows the
+        model by (default: the first one it lists); ``context_length`` 0 takes the
+        engine's word for it.
         Every ``poll_interval`` the engine's health and metrics are read; one that runs
         but has not answered ``/health`` for ``unhealthy_timeout`` is stopped and started
         again, like one that exits.
