@@ -12,10 +12,12 @@ from node.worker.runners.base import (
     no_progress,
 )
 from node.worker.runners.echo import EchoRunner
+from node.worker.runners.engine import EngineRunner
 
 __all__ = [
     "Delta",
     "EchoRunner",
+    "EngineRunner",
     "GenerationCancelled",
     "ImageRunner",
     "ModelRunner",
