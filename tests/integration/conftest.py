@@ -10,6 +10,16 @@ import pytest
 import keys
 from node.cli.up import LocalSwarm
 
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test in this folder starts processes or servers: mark it so (``-m "not
+    integration"`` runs the in-process suite alone)."""
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.integration)
+
 
 class LocalSwarmFixture:
     """A local swarm started by a test: a gateway and named nodes."""

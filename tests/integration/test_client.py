@@ -305,7 +305,6 @@ def test_an_absent_gateway_is_named() -> None:
     )
 
 
-@pytest.mark.integration
 def test_a_real_swarm_answers_and_a_dying_node_breaks_the_answer(swarm: LocalSwarmFixture) -> None:
     gateway = swarm.start_gateway()
     boot = [str(gateway["addrs"][0])]  # type: ignore[index]

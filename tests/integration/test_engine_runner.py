@@ -42,8 +42,6 @@ from node.worker.runners.engine_wire import (
 from node.worker.scheduler import Scheduler
 from protocols import ChatMessage, ErrorCode, GenerateParams
 
-pytestmark = pytest.mark.integration
-
 FAKE = Path(__file__).with_name("fake_engine.py")
 Start = Callable[..., EngineRunner]
 

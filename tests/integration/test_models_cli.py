@@ -183,7 +183,6 @@ def _parameters(model_dir: Path) -> int:
     return sum(t.numel() for t in load_file(model_dir / "model.safetensors").values())
 
 
-@pytest.mark.integration
 def test_pull_list_rm(fake_hub: FakeHub, hub_cache: Path, tiny_model: Path) -> None:
     snapshot = model_store.pull(REPO)
     assert snapshot == hub_cache / "models--someone--tiny-llama" / "snapshots" / COMMIT
@@ -226,7 +225,6 @@ def _sharded(files: dict[str, bytes]) -> dict[str, bytes]:
     return sharded
 
 
-@pytest.mark.integration
 def test_pulled_model_resolves_offline(
     fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -245,7 +243,6 @@ def test_pulled_model_resolves_offline(
         resolve(REPO, tmp_path / "data", no_progress)
 
 
-@pytest.mark.integration
 def test_pull_errors_are_sentences_with_exit_codes(
     fake_hub: FakeHub, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -261,7 +258,6 @@ def test_pull_errors_are_sentences_with_exit_codes(
         assert "Traceback" not in err and err.count("\n") == 1
 
 
-@pytest.mark.integration
 def test_pull_into_a_cache_that_cannot_be_written(
     fake_hub: FakeHub,
     tmp_path: Path,
@@ -277,7 +273,6 @@ def test_pull_into_a_cache_that_cannot_be_written(
     assert err.count("\n") == 1 and fake_hub.requests == []  # before any download
 
 
-@pytest.mark.integration
 def test_pull_unreachable_hub_fails_fast(
     fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -295,7 +290,6 @@ def test_pull_unreachable_hub_fails_fast(
     assert "HF_HUB_OFFLINE" in capsys.readouterr().err
 
 
-@pytest.mark.integration
 def test_cli_pull_list_json_rm(
     fake_hub: FakeHub,
     tmp_path: Path,
@@ -353,7 +347,6 @@ def test_cli_pull_list_json_rm(
     assert not converted.exists()
 
 
-@pytest.mark.integration
 def test_cli_list_json_in_a_real_process(tmp_path: Path, tiny_model: Path) -> None:
     data = tmp_path / "data"
     build_tiny_llama(data / "models" / "owner--converted")

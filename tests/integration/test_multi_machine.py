@@ -23,8 +23,6 @@ from node.p2p.readiness import read_status
 from tests.integration.conftest import LocalSwarmFixture
 from tests.integration.test_swarm import wait_nodes
 
-pytestmark = pytest.mark.integration
-
 BITINGLIP = str(Path(sys.executable).with_name("bitinglip"))
 
 

@@ -19,8 +19,6 @@ import pytest
 from gateway.accounts.database import Store
 from tests.integration.conftest import LocalSwarmFixture
 
-pytestmark = pytest.mark.integration
-
 # A plan for one user only, set in the gateway's TOML file as an operator would.
 CONFIG = """\
 [gateway.plans.tight]

@@ -22,8 +22,6 @@ import pytest
 from tests.integration.conftest import LocalSwarmFixture
 from tests.integration.test_openai_e2e import wait_models
 
-pytestmark = pytest.mark.integration
-
 BITINGLIP = str(Path(sys.executable).with_name("bitinglip"))
 DEADLINE = 10.0
 
