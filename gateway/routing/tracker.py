@@ -146,15 +146,13 @@ class Tracker:
             return
         client = RpcClient(stream, self._certificate)
         try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(client.run)
+            async with client.running():
                 self.clients[peer] = client
                 self._connecting.discard(peer)
                 try:
                     await self._watch(peer, client)
                 except CallFailed as exc:
                     logger.info("node %s left: %s", peer[-8:], exc)
-                nursery.cancel_scope.cancel()
         except Exception:  # one node's trouble must never take the gateway down
             logger.exception("connection to node %s failed", peer[-8:])
         finally:
