@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from protocols.errors import RemoteProtocolError
 from protocols.validate import exact, finite, required
@@ -28,8 +28,32 @@ class ChatMessage:
 
 
 @dataclass(frozen=True)
-class GenerateParams:
+class _PeerParams:
+    """What both kinds of parameters share: a plain map on the wire, checked on arrival."""
+
+    _WHAT: ClassVar[str]  # how a refusal names the parameters
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> Self:
+        """Parse and validate parameters sent by a peer."""
+        try:
+            return cls._parse(exact(body, dict, "params"))
+        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+            raise RemoteProtocolError(f"bad {cls._WHAT} params: {exc}") from exc
+
+    @classmethod
+    def _parse(cls, body: dict[str, Any]) -> Self:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class GenerateParams(_PeerParams):
     """One generation: either chat ``messages`` or a raw ``prompt``."""
+
+    _WHAT = "generate"
 
     model: str
     messages: list[ChatMessage] | None = None
@@ -73,42 +97,32 @@ class GenerateParams:
             return sum(len(m.content) for m in self.messages)
         return len(self.prompt or "")
 
-    def to_wire(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
-    def from_wire(cls, body: dict[str, Any]) -> GenerateParams:
-        """Parse and validate parameters sent by a peer."""
-        try:
-            body = exact(body, dict, "params")
-            messages = body.get("messages")
-            return cls(
-                model=required(body, "model", str),
-                messages=None
-                if messages is None
-                else [
-                    ChatMessage(required(m, "role", str), required(m, "content", str))
-                    for m in (exact(m, dict, "message") for m in exact(messages, list, "messages"))
-                ],
-                prompt=None
-                if body.get("prompt") is None
-                else exact(body.get("prompt"), str, "prompt"),
-                max_tokens=required(body, "max_tokens", int),
-                temperature=finite(body.get("temperature"), "temperature"),
-                top_p=finite(body.get("top_p"), "top_p"),
-                stop=[exact(s, str, "stop") for s in required(body, "stop", list)],
-                seed=None if body.get("seed") is None else exact(body.get("seed"), int, "seed"),
-                stream=True
-                if body.get("stream") is None
-                else exact(body["stream"], bool, "stream"),
-            )
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise RemoteProtocolError(f"bad generate params: {exc}") from exc
+    def _parse(cls, body: dict[str, Any]) -> Self:
+        messages = body.get("messages")
+        return cls(
+            model=required(body, "model", str),
+            messages=None
+            if messages is None
+            else [
+                ChatMessage(required(m, "role", str), required(m, "content", str))
+                for m in (exact(m, dict, "message") for m in exact(messages, list, "messages"))
+            ],
+            prompt=None if body.get("prompt") is None else exact(body.get("prompt"), str, "prompt"),
+            max_tokens=required(body, "max_tokens", int),
+            temperature=finite(body.get("temperature"), "temperature"),
+            top_p=finite(body.get("top_p"), "top_p"),
+            stop=[exact(s, str, "stop") for s in required(body, "stop", list)],
+            seed=None if body.get("seed") is None else exact(body.get("seed"), int, "seed"),
+            stream=True if body.get("stream") is None else exact(body["stream"], bool, "stream"),
+        )
 
 
 @dataclass(frozen=True)
-class ImageParams:
+class ImageParams(_PeerParams):
     """One text-to-image call: ``n`` images of ``width`` x ``height`` from ``prompt``."""
+
+    _WHAT = "image"
 
     model: str
     prompt: str
@@ -142,26 +156,18 @@ class ImageParams:
             return f"seed must be between 0 and {MAX_SEED}"
         return None
 
-    def to_wire(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
-    def from_wire(cls, body: dict[str, Any]) -> ImageParams:
-        """Parse and validate parameters sent by a peer."""
-        try:
-            body = exact(body, dict, "params")
-            return cls(
-                model=required(body, "model", str),
-                prompt=required(body, "prompt", str),
-                n=required(body, "n", int),
-                width=required(body, "width", int),
-                height=required(body, "height", int),
-                steps=required(body, "steps", int),
-                guidance=finite(body.get("guidance"), "guidance"),
-                seed=None if body.get("seed") is None else exact(body.get("seed"), int, "seed"),
-            )
-        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
-            raise RemoteProtocolError(f"bad image params: {exc}") from exc
+    def _parse(cls, body: dict[str, Any]) -> Self:
+        return cls(
+            model=required(body, "model", str),
+            prompt=required(body, "prompt", str),
+            n=required(body, "n", int),
+            width=required(body, "width", int),
+            height=required(body, "height", int),
+            steps=required(body, "steps", int),
+            guidance=finite(body.get("guidance"), "guidance"),
+            seed=None if body.get("seed") is None else exact(body.get("seed"), int, "seed"),
+        )
 
 
 def side_problem(side: int) -> str | None:

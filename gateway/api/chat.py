@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response
 
 from gateway.api import openai_api as oa
 from gateway.api.auth import User
 from gateway.api.bodies import json_body, parse
 from gateway.api.errors import ApiError
-from gateway.api.inference import answer, start
+from gateway.api.inference import Renderer, answer, start
 from gateway.api.services import services
 from protocols import ChatMessage, GenerateParams
 
@@ -44,29 +44,20 @@ def install(app: FastAPI) -> None:
             ],
         }
 
-    @app.post(
-        "/v1/chat/completions",
-        response_model=None,
-        openapi_extra=json_body(app, oa.ChatCompletionRequest),
-    )
-    async def chat_completions(request: Request, claims: User) -> JSONResponse | StreamingResponse:
+    @app.post("/v1/chat/completions", openapi_extra=json_body(app, oa.ChatCompletionRequest))
+    async def chat_completions(request: Request, claims: User) -> Response:
         body = await parse(request, oa.ChatCompletionRequest)
         started = await start(request, claims, _params(body), "chat")
-        id_, created = oa.completion_id(), int(time.time())
-
-        def whole(text: str) -> dict[str, Any]:
-            return oa.chat_completion(id_, body.model, text, started.generation.usage, created)
-
-        render = _ChatChunks(id_, body.model, created, body.include_usage())
-        return await answer(started, render if body.stream else None, whole)
+        render = _ChatChunks(oa.completion_id(), body.model, body.include_usage())
+        return await answer(started, render, body.stream)
 
 
 @dataclass
-class _ChatChunks:
-    id: str
-    model: str
-    created: int
-    include_usage: bool
+class _ChatChunks(Renderer):
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def whole(self, text: str, result: dict[str, Any]) -> dict[str, Any]:
+        return oa.chat_completion(self.id, self.model, text, result, self.created)
 
     def opening(self) -> list[dict[str, Any]]:
         return [oa.chunk(self.id, self.model, self.created, {"role": "assistant", "content": ""})]
@@ -74,11 +65,11 @@ class _ChatChunks:
     def piece(self, text: str) -> dict[str, Any]:
         return oa.chunk(self.id, self.model, self.created, {"content": text})
 
-    def closing(self, finish_reason: str, usage: dict[str, int]) -> list[dict[str, Any]]:
-        events = [oa.chunk(self.id, self.model, self.created, {}, finish_reason)]
-        if self.include_usage:
-            events.append(oa.chunk(self.id, self.model, self.created, {}, usage_=usage))
-        return events
+    def finish(self, finish_reason: str) -> dict[str, Any]:
+        return oa.chunk(self.id, self.model, self.created, {}, finish_reason)
+
+    def usage(self, usage: dict[str, int]) -> dict[str, Any]:
+        return oa.chunk(self.id, self.model, self.created, {}, usage_=usage)
 
 
 def _params(body: oa.ChatCompletionRequest) -> GenerateParams:

@@ -7,23 +7,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response
 
 from gateway.api import openai_api as oa
 from gateway.api.auth import User
 from gateway.api.bodies import json_body, parse
 from gateway.api.errors import ApiError
-from gateway.api.inference import answer, start
+from gateway.api.inference import Renderer, answer, start
 from protocols import GenerateParams
 
 
 def install(app: FastAPI) -> None:
-    @app.post(
-        "/v1/completions",
-        response_model=None,
-        openapi_extra=json_body(app, oa.CompletionRequest),
-    )
-    async def completions(request: Request, claims: User) -> JSONResponse | StreamingResponse:
+    @app.post("/v1/completions", openapi_extra=json_body(app, oa.CompletionRequest))
+    async def completions(request: Request, claims: User) -> Response:
         body = await parse(request, oa.CompletionRequest)
         try:
             prompt = body.text()
@@ -32,23 +28,17 @@ def install(app: FastAPI) -> None:
             raise ApiError(400, str(exc), "invalid_request") from exc
         started = await start(request, claims, params, "completion")
         id_ = f"cmpl-{uuid.uuid4().hex[:24]}"
-        prefix = prompt if body.echo else ""
-
-        def whole(text: str) -> dict[str, Any]:
-            finish = str(started.generation.usage.get("finish_reason", "stop"))
-            usage = oa.usage(started.generation.usage)
-            return oa.text_completion(id_, body.model, prefix + text, finish, usage)
-
-        render = _TextChunks(id_, body.model, prefix, body.include_usage())
-        return await answer(started, render if body.stream else None, whole)
+        render = _TextChunks(id_, body.model, body.include_usage(), prompt if body.echo else "")
+        return await answer(started, render, body.stream)
 
 
 @dataclass
-class _TextChunks:
-    id: str
-    model: str
-    prefix: str
-    include_usage: bool
+class _TextChunks(Renderer):
+    prefix: str = ""  # the prompt, echoed before the answer
+
+    def whole(self, text: str, result: dict[str, Any]) -> dict[str, Any]:
+        finish = str(result.get("finish_reason", "stop"))
+        return oa.text_completion(self.id, self.model, self.prefix + text, finish, oa.usage(result))
 
     def opening(self) -> list[dict[str, Any]]:
         return [oa.text_completion(self.id, self.model, self.prefix, None)] if self.prefix else []
@@ -56,10 +46,8 @@ class _TextChunks:
     def piece(self, text: str) -> dict[str, Any]:
         return oa.text_completion(self.id, self.model, text, None)
 
-    def closing(self, finish_reason: str, usage: dict[str, int]) -> list[dict[str, Any]]:
-        events = [oa.text_completion(self.id, self.model, "", finish_reason)]
-        if self.include_usage:
-            last = oa.text_completion(self.id, self.model, "", None, usage)
-            last["choices"] = []
-            events.append(last)
-        return events
+    def finish(self, finish_reason: str) -> dict[str, Any]:
+        return oa.text_completion(self.id, self.model, "", finish_reason)
+
+    def usage(self, usage: dict[str, int]) -> dict[str, Any]:
+        return oa.text_completion(self.id, self.model, "", None, usage) | {"choices": []}

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.accounts.errors import LimitReached, Refused
 from gateway.api import openai_api as oa
+from gateway.api.asgi import HttpMiddleware
 from gateway.routing.router import NoPeerReady, UnknownModel, UpstreamError
 from protocols import ErrorCode
 
@@ -86,17 +87,14 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
 
-class BodyLimit:
+class BodyLimit(HttpMiddleware):
     """Refuses request bodies over ``limit`` bytes with 413, declared or streamed."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
+        super().__init__(app)
         self.limit = limit
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             await _send_json(send, 413, oa.error_body(413, f"request body over {self.limit} bytes"))

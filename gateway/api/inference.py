@@ -8,13 +8,13 @@ render text, so they hand a ``Renderer`` to ``stream`` and keep nothing else of 
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 import keys
 from gateway.accounts.errors import Refused
@@ -38,12 +38,36 @@ class Started:
     headers: dict[str, str]
 
 
-class Renderer(Protocol):
-    def opening(self) -> list[dict[str, Any]]: ...
+@dataclass
+class Renderer:
+    """How a text route words its answer: ``whole``, or as a stream of events (``opening``,
+    a ``piece`` per delta, ``closing``); a stream ends with usage only if it was asked for."""
 
-    def piece(self, text: str) -> dict[str, Any]: ...
+    id: str
+    model: str
+    include_usage: bool
 
-    def closing(self, finish_reason: str, usage: dict[str, int]) -> list[dict[str, Any]]: ...
+    def whole(self, text: str, result: dict[str, Any]) -> dict[str, Any]:
+        """The complete answer, given the node's end data (finish reason and token counts)."""
+        raise NotImplementedError
+
+    def opening(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def piece(self, text: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def finish(self, finish_reason: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def usage(self, usage: dict[str, int]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def closing(self, finish_reason: str, usage: dict[str, int]) -> list[dict[str, Any]]:
+        events = [self.finish(finish_reason)]
+        if self.include_usage:
+            events.append(self.usage(usage))
+        return events
 
 
 @asynccontextmanager
@@ -109,15 +133,13 @@ async def collect(started: Started) -> str:
         raise
 
 
-async def answer(
-    started: Started, render: Renderer | None, whole: Callable[[str], dict[str, Any]]
-) -> JSONResponse | StreamingResponse:
-    """The answer to a text route: with ``render``, server-sent events as the tokens come;
-    else ``whole(text)`` once the text is complete. Both carry the call's headers."""
-    if render is not None:
+async def answer(started: Started, render: Renderer, stream: bool) -> Response:
+    """The answer to a text route: if ``stream``, server-sent events as the tokens come;
+    else the whole answer once the text is complete. Both carry the call's headers."""
+    if stream:
         return event_stream(started, render)
     text = await collect(started)
-    return JSONResponse(whole(text), headers=started.headers)
+    return JSONResponse(render.whole(text, started.generation.usage), headers=started.headers)
 
 
 def event_stream(started: Started, render: Renderer) -> StreamingResponse:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Iterable
+from functools import partial
 
 import trio
 from fastapi import FastAPI, Request
@@ -31,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import keys
 from gateway.accounts.metering import Outcome
+from gateway.api.asgi import HttpMiddleware
 from gateway.routing.peer_table import PeerTable
 from node.p2p.metrics import model_counters, peer_registry
 
@@ -48,12 +50,11 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.registry = peer_registry()
-        self.http_duration = Histogram(
+        timed = partial(Histogram, buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.http_duration = timed(
             "bitinglip_gateway_http_request_duration_seconds",
             "HTTP requests by route, method and status, and how long until the last byte",
             ["route", "method", "status"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
         )
         self.rate_limited = Counter(
             "bitinglip_gateway_rate_limited",
@@ -61,12 +62,10 @@ class GatewayMetrics:
             ["route"],
             registry=self.registry,
         )
-        self.inference_duration = Histogram(
+        self.inference_duration = timed(
             "bitinglip_gateway_inference_duration_seconds",
             "Inference calls by kind, model and status, and how long each took",
             ["kind", "model", "status"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
         )
         counters = model_counters("gateway", "answered calls", self.registry)
         self.prompt_tokens = counters.prompt_tokens
@@ -168,20 +167,17 @@ class SwarmCollector:
         yield from per_peer.values()
 
 
-class _Instrumented:
+class _Instrumented(HttpMiddleware):
     """Times every HTTP request until its last byte and notes its status."""
 
     def __init__(
         self, app: ASGIApp, metrics: GatewayMetrics, routes: Callable[[], list[BaseRoute]]
     ) -> None:
-        self.app = app
+        super().__init__(app)
         self.metrics = metrics
         self.routes = routes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.monotonic()
         status = 0
         asked = dict(scope)  # routing rewrites the path and root path as it goes

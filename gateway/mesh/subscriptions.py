@@ -93,9 +93,7 @@ class MeshSubscriptions:
         peer = record.peer_id
         try:
             stream = await self._host.open_stream(peer, record.addrs, RPC_PROTOCOL)
-            client = RpcClient(stream, self._certificate)
-            async with trio.open_nursery() as nursery:
-                await nursery.start(client.run)
+            async with RpcClient(stream, self._certificate).running() as client:
                 try:
                     async with client.open_call("events", {}) as events:
                         logger.info("sharing usage with gateway %s", peer[-8:])
@@ -103,7 +101,6 @@ class MeshSubscriptions:
                             self._receive(event)
                 except CallFailed as exc:
                     logger.info("gateway %s left: %s", peer[-8:], exc)
-                nursery.cancel_scope.cancel()
         except Exception as exc:  # one gateway's trouble must never take this one down
             logger.info("cannot share usage with gateway %s: %r", peer[-8:], exc)
         finally:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TypeVar
 
 import trio
 
@@ -32,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 DISCOVER_INTERVAL = 2.0
 FORGET_FAILED_AFTER = 30.0
+DHT_TIMEOUT = 5.0
+
+T = TypeVar("T")
 
 
 class Tracker:
@@ -85,12 +90,7 @@ class Tracker:
 
     async def lookup(self, peer: str) -> bool:
         """Fetch, verify and connect to ``peer`` if it is a node."""
-        try:
-            with trio.move_on_after(5):
-                value = await self.host.get(node_key(peer))
-        except Exception as exc:
-            logger.debug("DHT lookup of %s failed: %r", peer, exc)
-            value = None
+        value = await self._ask_dht(partial(self.host.get, node_key(peer)), "DHT lookup", peer)
         record = self._verify(value) if value else None
         if record is None or record.peer_id != peer:
             self._not_nodes[peer] = time.time()
@@ -107,15 +107,23 @@ class Tracker:
 
     async def find_model(self, model: str) -> None:
         """Ask the DHT who provides ``model`` and track those nodes (a cold-start path)."""
-        try:
-            with trio.move_on_after(5):
-                providers = await self.host.providers(model_key(model))
-        except Exception as exc:
-            logger.debug("provider lookup for %s failed: %r", model, exc)
+        providers = await self._ask_dht(
+            partial(self.host.providers, model_key(model)), "provider lookup", model
+        )
+        if providers is None:
             return
         for peer in providers - set(self.clients) - self._connecting:
             self._not_nodes.pop(peer, None)
             await self.lookup(peer)
+
+    async def _ask_dht(self, query: Callable[[], Awaitable[T]], what: str, of: str) -> T | None:
+        """What ``query()`` answers, or ``None`` where it failed or took too long."""
+        try:
+            with trio.move_on_after(DHT_TIMEOUT):
+                return await query()
+        except Exception as exc:
+            logger.debug("%s of %s failed: %r", what, of, exc)
+        return None
 
     def forget_gateway(self, peer: str) -> None:
         self.gateways.discard(peer)
@@ -138,15 +146,13 @@ class Tracker:
             return
         client = RpcClient(stream, self._certificate)
         try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(client.run)
+            async with client.running():
                 self.clients[peer] = client
                 self._connecting.discard(peer)
                 try:
                     await self._watch(peer, client)
                 except CallFailed as exc:
                     logger.info("node %s left: %s", peer[-8:], exc)
-                nursery.cancel_scope.cancel()
         except Exception:  # one node's trouble must never take the gateway down
             logger.exception("connection to node %s failed", peer[-8:])
         finally:

@@ -137,6 +137,14 @@ class RpcClient:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await self._stream.close()
 
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[RpcClient]:
+        """This client with ``run`` started (hello sent) for the length of the block."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.run)
+            yield self
+            nursery.cancel_scope.cancel()
+
     def _dispatch(self, message: Message) -> None:
         if isinstance(message, Error) and message.id == 0:
             # A connection-level refusal (bad hello, garbage): every call fails with it.

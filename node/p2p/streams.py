@@ -6,6 +6,7 @@ The RPC adapter speaks to ``ByteStream`` only, so tests drive it over
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import Any, Protocol
 
 import trio
@@ -58,36 +59,28 @@ class Libp2pByteStream:
     def remote_peer(self) -> str:
         return str(self._stream.muxed_conn.peer_id)
 
+    # ``trio.Cancelled`` is a BaseException, so the ``except Exception`` clauses below
+    # never swallow a cancellation.
     async def read(self, max_bytes: int) -> bytes:
         try:
             return bytes(await self._stream.read(max_bytes))
         except self._eof:
             return b""
-        except trio.Cancelled:
-            raise
         except Exception as exc:  # libp2p raises several unrelated types on failure
             raise StreamBroken(repr(exc)) from exc
 
     async def write(self, data: bytes) -> None:
         try:
             await self._stream.write(data)
-        except trio.Cancelled:
-            raise
         except Exception as exc:
             raise StreamBroken(repr(exc)) from exc
 
     async def close(self) -> None:
         try:
             await self._stream.close()
-        except trio.Cancelled:
-            raise
         except Exception:
             await self.reset()
 
     async def reset(self) -> None:
-        try:
+        with suppress(Exception):  # already gone
             await self._stream.reset()
-        except trio.Cancelled:
-            raise
-        except Exception:
-            pass  # already gone

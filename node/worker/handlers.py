@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, replace
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import trio
 
@@ -36,6 +36,7 @@ WATCH_COALESCE = 0.05
 
 T = TypeVar("T")
 P = TypeVar("P")
+R = TypeVar("R")
 
 
 class NodeService:
@@ -99,13 +100,18 @@ class NodeService:
         self, params: dict[str, Any], caller: Caller, emit: Emit
     ) -> dict[str, Any]:
         request = _inference_params(caller, GenerateParams.from_wire, params)
-        runner = self.runners.get(request.model)
-        if not isinstance(runner, Runner):  # absent, or an image model
-            raise RpcError(
-                ErrorCode.MODEL_NOT_FOUND, f"this node does not serve {request.model!r} for text"
-            )
+        runner = self._runner(request.model, _is_text, "text")
         async with self._slot():
             return await self._generate(runner, request, emit)
+
+    def _runner(self, model: str, fits: Callable[[object], TypeGuard[R]], what: str) -> R:
+        """The runner serving ``model``, if it is of the kind ``fits`` accepts."""
+        runner = self.runners.get(model)
+        if not fits(runner):  # absent, or a model of the other kind
+            raise RpcError(
+                ErrorCode.MODEL_NOT_FOUND, f"this node does not serve {model!r} for {what}"
+            )
+        return runner
 
     @asynccontextmanager
     async def _slot(self) -> AsyncIterator[None]:
@@ -169,11 +175,7 @@ class NodeService:
         self, params: dict[str, Any], caller: Caller, emit: Emit
     ) -> dict[str, Any]:
         request = _inference_params(caller, ImageParams.from_wire, params)
-        runner = self.runners.get(request.model)
-        if not isinstance(runner, ImageRunner):  # absent, or a text model
-            raise RpcError(
-                ErrorCode.MODEL_NOT_FOUND, f"this node does not serve {request.model!r} for images"
-            )
+        runner = self._runner(request.model, _is_image, "images")
         if request.seed is None:  # chosen here so the caller learns it and can repeat the images
             request = replace(request, seed=secrets.randbelow(MAX_SEED + 1))
         try:
@@ -196,6 +198,14 @@ def _inference_params(
         return parse(params)
     except RemoteProtocolError as exc:
         raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
+
+
+def _is_text(runner: object) -> TypeGuard[Runner]:
+    return isinstance(runner, Runner)
+
+
+def _is_image(runner: object) -> TypeGuard[ImageRunner]:
+    return isinstance(runner, ImageRunner)
 
 
 async def _in_thread(work: Callable[[threading.Event], T]) -> T:

@@ -59,19 +59,16 @@ class NodeMetrics:
             ["method", "status"],
             registry=self.registry,
         )
-        self.generation_seconds = Histogram(
+        by_model = partial(
+            Histogram, labelnames=["model"], buckets=GENERATION_BUCKETS, registry=self.registry
+        )
+        self.generation_seconds = by_model(
             "bitinglip_node_generation_duration_seconds",
             "Generations (text or images) that finished, by model: from arrival to the end",
-            ["model"],
-            buckets=GENERATION_BUCKETS,
-            registry=self.registry,
         )
-        self.first_token_seconds = Histogram(
+        self.first_token_seconds = by_model(
             "bitinglip_node_time_to_first_token_seconds",
             "From a generate call arriving (queueing included) to its first text, by model",
-            ["model"],
-            buckets=GENERATION_BUCKETS,
-            registry=self.registry,
         )
         counters = model_counters("node", "finished generations", self.registry)
         self.prompt_tokens = counters.prompt_tokens
