@@ -105,7 +105,7 @@ def _node_start(args: argparse.Namespace) -> int:
         args.config,
     )
     _setup_logging(config.log_level)
-    if not config.models:
+    if not config.models and not config.engines:
         from node.worker.models import DEFAULT_MODEL
 
         config.models = [DEFAULT_MODEL]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 from keys import default_data_dir
 
@@ -14,6 +15,8 @@ class NodeConfig:
     listen: list[str] = dataclasses.field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/4001"])
     bootstrap: list[str] = dataclasses.field(default_factory=list)
     models: list[str] = dataclasses.field(default_factory=list)
+    # [[node.engines]] tables: models served by vLLM, llama-server or SGLang (docs/engines.md)
+    engines: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     model_store: Path | None = None  # where converted models live (default: data_dir)
     capacity: int = 0  # 0: the models' own batch sizes
     slots: int = 0  # generations per text model at once; 0: from its size and free memory

@@ -24,6 +24,7 @@ import trio
 
 from node.p2p.rpc_server import Caller, Emit, Handler, RpcError
 from node.worker.runners.base import Delta, ImageRunner, ModelRunner, Runner
+from node.worker.runners.engine_wire import EngineUnavailable
 from node.worker.scheduler import Draining, Overloaded, Scheduler
 from protocols import ErrorCode, GenerateParams, ImageParams, Load, RemoteProtocolError
 from protocols.events import WatchUpdate
@@ -266,6 +267,8 @@ async def _pump(
                     break
         except ValueError as exc:  # the runner refused the request (e.g. too long)
             soon(forward, RpcError(ErrorCode.BAD_REQUEST, str(exc)))
+        except EngineUnavailable as exc:  # restarting: the gateway can try another node
+            soon(forward, RpcError(ErrorCode.UNAVAILABLE, str(exc)))
         except Exception as exc:
             soon(forward, exc)
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import replace
 
 import trio
@@ -20,7 +21,7 @@ from node.worker.config import NodeConfig
 from node.worker.handlers import NodeService
 from node.worker.loading import load_runner, task_of
 from node.worker.metrics import NodeMetrics
-from node.worker.runners import ModelRunner
+from node.worker.runners import EngineRunner, EngineSpec, ModelRunner, Progress
 from node.worker.scheduler import Scheduler
 from protocols import Hardware, ModelInfo, NodeRecord
 
@@ -44,14 +45,17 @@ def _refresh(hardware: Hardware) -> Hardware:
 class Node:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
+        # Checked first, so a mistake in the config stops the node before anything else.
+        self.engines = [EngineSpec.from_config(table) for table in config.engines]
         self.status = StatusFile(config.ready_file)
         self.identity = keys.identity(config.data_dir)
         self.certificate = keys.certificate(config.data_dir, "node")
         self.host = PeerHost(self.identity, keys.operator_public(config.data_dir))
         self.runners: dict[str, ModelRunner] = {}
-        self.loading: dict[str, str] = {m: "loading" for m in config.models}
+        models = [*config.models, *(e.id for e in self.engines)]
+        self.loading: dict[str, str] = {m: "loading" for m in models}
         self.hardware = Hardware("cpu", "unknown", 0, 0)
-        capacity = config.capacity or max(1, len(config.models))
+        capacity = config.capacity or max(1, len(models))
         self.scheduler = Scheduler(capacity, config.max_queue)
         self.advertiser = Advertiser(
             self.host, self.identity, self.certificate, self._record, config.record_ttl
@@ -87,7 +91,26 @@ class Node:
             ttl=self.config.record_ttl,
         )
 
-    async def _load(self, model: str) -> None:
+    async def _start_engine(self, spec: EngineSpec) -> None:
+        await self._load(spec.id, lambda progress: EngineRunner.start(spec))
+
+    async def _load_model(self, model: str) -> None:
+        await self._load(
+            model,
+            lambda progress: load_runner(
+                model,
+                self.config.model_store or self.config.data_dir,
+                self.hardware.backend,
+                progress,
+                self.config.echo_delay,
+                self.config.slots,
+                lambda: _refresh(self.hardware).vram_free,
+            ),
+        )
+
+    async def _load(self, model: str, make: Callable[[Progress], ModelRunner]) -> None:
+        """Make ``model``'s runner in a worker thread, reporting progress, and serve it."""
+
         def progress(message: str, fraction: float | None) -> None:
             shown = f" {fraction:.0%}" if fraction is not None else ""
             logger.info("%s: %s%s", model, message, shown)
@@ -96,17 +119,7 @@ class Node:
             )
 
         try:
-            runner = await trio.to_thread.run_sync(
-                lambda: load_runner(
-                    model,
-                    self.config.model_store or self.config.data_dir,
-                    self.hardware.backend,
-                    progress,
-                    self.config.echo_delay,
-                    self.config.slots,
-                    lambda: _refresh(self.hardware).vram_free,
-                )
-            )
+            runner = await trio.to_thread.run_sync(make, progress)
         except Exception as exc:
             logger.error("cannot load %s: %s", model, exc)
             self.loading[model] = "failed"
@@ -149,7 +162,9 @@ class Node:
                 nursery.start_soon(self._refresh_hardware)
                 async with trio.open_nursery() as loaders:
                     for model in config.models:
-                        loaders.start_soon(self._load, model)
+                        loaders.start_soon(self._load_model, model)
+                    for spec in self.engines:
+                        loaders.start_soon(self._start_engine, spec)
                 if self.runners:
                     self.status.update(state="ready", models=sorted(self.runners), message="ready")
                 async for _ in signals:

@@ -24,7 +24,7 @@ from node.p2p.rpc_client import RemoteError, RpcClient
 from node.p2p.rpc_server import Caller, RpcServer
 from node.p2p.streams import TrioByteStream
 from node.worker.handlers import NodeService
-from node.worker.runners import EngineRunner, Runner
+from node.worker.runners import EngineRunner, EngineSpec, Runner
 from node.worker.runners.base import Delta
 from node.worker.runners.engine import EngineLoad
 from node.worker.runners.engine_process import free_port
@@ -55,7 +55,7 @@ def start() -> Iterator[Start]:
         defaults: dict[str, Any] = {"engine": "vllm", "ready_timeout": 30.0, "poll_interval": 0.05}
         options = defaults | {"restart_backoff": 0.1} | options
         command = [sys.executable, str(FAKE), "--port", "{port}", *fake_args]
-        runner = EngineRunner.start("fake", command, **options)
+        runner = EngineRunner.start(EngineSpec("fake", tuple(command), **options))
         runners.append(runner)
         return runner
 
@@ -270,7 +270,7 @@ def test_an_engine_that_stops_answering_health_is_restarted(start: Start) -> Non
 def test_an_engine_that_exits_at_once_fails_the_start(start: Start) -> None:
     crash = "import sys; print('no such model: nothing', file=sys.stderr); sys.exit(3)"
     with pytest.raises(EngineStartError) as failure:
-        EngineRunner.start("fake", [sys.executable, "-c", crash], ready_timeout=30.0)
+        EngineRunner.start(EngineSpec("fake", (sys.executable, "-c", crash), ready_timeout=30.0))
     message = str(failure.value)
     assert "exited with code 3 before it was ready" in message
     assert "no such model: nothing" in message
@@ -305,7 +305,7 @@ def test_a_configured_port_is_kept_across_restarts(start: Start) -> None:
 
 def test_a_missing_program_fails_the_start() -> None:
     with pytest.raises(EngineStartError, match="could not run no-such-engine-here"):
-        EngineRunner.start("fake", ["no-such-engine-here", "--port", "{port}"])
+        EngineRunner.start(EngineSpec("fake", ("no-such-engine-here", "--port", "{port}")))
 
 
 def test_an_engine_never_ready_fails_the_start_and_is_stopped(start: Start) -> None:
@@ -375,6 +375,17 @@ async def test_an_engine_refusal_is_a_bad_request_at_the_node(start: Start) -> N
         with pytest.raises(RemoteError) as refused:
             await client.call("generate", params().to_wire())
         assert refused.value.code is ErrorCode.BAD_REQUEST
+
+
+async def test_a_restarting_engine_is_unavailable_at_the_node(start: Start) -> None:
+    runner = start(restart_backoff=30.0)  # down long enough to be asked meanwhile
+    async with through_a_node(runner) as client:
+        with pytest.raises(RemoteError) as broke:
+            await client.call("generate", params(prompt="one CRASH").to_wire())
+        assert broke.value.code is ErrorCode.UNAVAILABLE  # the gateway tries another node
+        with pytest.raises(RemoteError) as down:
+            await client.call("generate", params().to_wire())
+        assert down.value.code is ErrorCode.UNAVAILABLE
 
 
 def test_server_sent_events_are_decoded() -> None:

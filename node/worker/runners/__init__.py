@@ -12,12 +12,13 @@ from node.worker.runners.base import (
     no_progress,
 )
 from node.worker.runners.echo import EchoRunner
-from node.worker.runners.engine import EngineRunner
+from node.worker.runners.engine import EngineRunner, EngineSpec
 
 __all__ = [
     "Delta",
     "EchoRunner",
     "EngineRunner",
+    "EngineSpec",
     "GenerationCancelled",
     "ImageRunner",
     "ModelRunner",

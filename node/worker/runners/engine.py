@@ -15,11 +15,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shlex
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import httpx
@@ -58,6 +59,74 @@ _ONE_USE = {"Connection": "close"}
 
 
 @dataclass(frozen=True)
+class EngineSpec:
+    """How to run one model under an engine: one ``[[node.engines]]`` table of a node's
+    config (docs/engines.md).
+
+    ``{host}`` and ``{port}`` in ``command`` are filled in (port 0: a free one, picked again
+    at each restart). ``engine`` (``vllm``, ``llama-server``, ``sglang``, or ``openai`` for
+    any other server) says which metrics give its load. ``env`` is added to the node's
+    environment. ``served_model`` is the name the engine knows the model by (default: the
+    first one it lists); ``context_length`` 0 takes the engine's word for it. Every
+    ``poll_interval`` the engine's health and metrics are read; one that runs but has not
+    answered ``/health`` for ``unhealthy_timeout`` is stopped and started again, like one
+    that exits (after ``restart_backoff``, doubling).
+    """
+
+    id: str
+    command: tuple[str, ...]
+    engine: str = "openai"
+    port: int = 0
+    host: str = "127.0.0.1"
+    slots: int = 1
+    ready_timeout: float = 600.0
+    env: Mapping[str, str] = field(default_factory=dict)
+    served_model: str | None = None
+    context_length: int = 0
+    restart_backoff: float = 1.0
+    poll_interval: float = 0.5
+    unhealthy_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not self.command:
+            raise ValueError(f"engine {self.id!r}: the command is empty")
+        if self.engine != "openai" and self.engine not in ENGINE_METRICS:
+            known = ", ".join(["openai", *ENGINE_METRICS])
+            raise ValueError(f"engine {self.id!r}: unknown engine {self.engine!r} ({known})")
+        if self.slots < 1:
+            raise ValueError(f"engine {self.id!r}: needs at least one slot")
+
+    @classmethod
+    def from_config(cls, table: Mapping[str, Any]) -> EngineSpec:
+        """A spec from a TOML table; ``ValueError`` naming what is wrong."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise ValueError(f"unknown engine settings: {', '.join(unknown)}")
+        model, command = table.get("id"), table.get("command")
+        if not isinstance(model, str) or not model:
+            raise ValueError("an engine needs an id: the model id the swarm will see")
+        if isinstance(command, str):
+            command = shlex.split(command)
+        if not isinstance(command, list) or not all(isinstance(a, str) for a in command):
+            raise ValueError(f"engine {model!r}: command must be a list of strings")
+        values = dict(table) | {"command": tuple(command)}
+        for f in fields(cls):
+            value = values.get(f.name)
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if f.type == "int" and f.name in values and not (number and isinstance(value, int)):
+                raise ValueError(f"engine {model!r}: {f.name} must be a whole number")
+            if f.type == "float" and f.name in values and not number:
+                raise ValueError(f"engine {model!r}: {f.name} must be a number")
+        env = values.get("env", {})
+        if not isinstance(env, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
+            raise ValueError(f"engine {model!r}: env must map names to strings")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class EngineLoad:
     """Requests the engine reports running and waiting in its own queue."""
 
@@ -72,45 +141,22 @@ class EngineRunner:
     engine whenever it exits (with backoff) and reads its metrics while it runs.
     """
 
-    def __init__(
-        self,
-        model_id: str,
-        command: Sequence[str],
-        port: int,
-        *,
-        engine: str = "openai",
-        host: str = "127.0.0.1",
-        slots: int = 1,
-        ready_timeout: float = 600.0,
-        env: Mapping[str, str] | None = None,
-        served_model: str | None = None,
-        context_length: int = 0,
-        restart_backoff: float = 1.0,
-        poll_interval: float = 0.5,
-        unhealthy_timeout: float = 60.0,
-    ) -> None:
-        """Prepare to run ``command``; nothing starts until ``start`` (which takes the
-        same arguments) launches it."""
-        if not command:
-            raise ValueError("the engine command is empty")
-        if engine != "openai" and engine not in ENGINE_METRICS:
-            known = ", ".join(["openai", *ENGINE_METRICS])
-            raise ValueError(f"unknown engine {engine!r}: expected one of {known}")
-        if slots < 1:
-            raise ValueError("an engine needs at least one slot")
-        self._model_id = model_id
-        self._template = list(command)
-        self._host = host
-        self._fixed_port = port if port > 0 else None
-        self._metrics = ENGINE_METRICS.get(engine)
-        self._slots = slots
-        self._ready_timeout = ready_timeout
-        self._env = env
-        self._served = served_model
-        self._context = context_length
-        self._restart_backoff = restart_backoff
-        self._poll_interval = poll_interval
-        self._unhealthy_timeout = unhealthy_timeout
+    def __init__(self, spec: EngineSpec) -> None:
+        """Prepare to run ``spec``; nothing starts until ``start`` launches it."""
+        self.spec = spec
+        self._model_id = spec.id
+        self._template = list(spec.command)
+        self._host = spec.host
+        self._fixed_port = spec.port if spec.port > 0 else None
+        self._metrics = ENGINE_METRICS.get(spec.engine)
+        self._slots = spec.slots
+        self._ready_timeout = spec.ready_timeout
+        self._env = spec.env
+        self._served = spec.served_model
+        self._context = spec.context_length
+        self._restart_backoff = spec.restart_backoff
+        self._poll_interval = spec.poll_interval
+        self._unhealthy_timeout = spec.unhealthy_timeout
         self._client = httpx.Client(
             # Never through a proxy from the environment: the engine is on this host.
             trust_env=False,
@@ -132,64 +178,25 @@ class EngineRunner:
         self._watched: dict[int, tuple[threading.Event, socket.socket]] = {}
 
     @classmethod
-    def start(
-        cls,
-        model_id: str,
-        command: Sequence[str],
-        port: int = 0,
-        *,
-        engine: str = "openai",
-        host: str = "127.0.0.1",
-        slots: int = 1,
-        ready_timeout: float = 600.0,
-        env: Mapping[str, str] | None = None,
-        served_model: str | None = None,
-        context_length: int = 0,
-        restart_backoff: float = 1.0,
-        poll_interval: float = 0.5,
-        unhealthy_timeout: float = 60.0,
-    ) -> EngineRunner:
-        """Run ``command`` and return once the engine answers; supervise it from then on.
-
-        ``{host}`` and ``{port}`` in ``command`` are filled in (port 0: a free one, picked
-        again at each restart). ``engine`` (``vllm``, ``llama-server``, ``sglang``, or
-        ``openai`` for any other server) says which metrics give its load. ``env`` is added
-        to this process's environment. ``served_model`` is the name the engine knows the
-        model by (default: the first one it lists); ``context_length`` 0 takes the
-        engine's word for it.
-        Every ``poll_interval`` the engine's health and metrics are read; one that runs
-        but has not answered ``/health`` for ``unhealthy_timeout`` is stopped and started
-        again, like one that exits.
+    def start(cls, spec: EngineSpec) -> EngineRunner:
+        """Run ``spec.command`` and return once the engine answers; supervise it from then
+        on (see ``EngineSpec`` for what each setting does).
 
         Raises ``EngineStartError`` naming the exit code and the last lines of output
         when the engine exits first, or when it is not ready within ``ready_timeout``.
         """
-        runner = cls(
-            model_id,
-            command,
-            port,
-            engine=engine,
-            host=host,
-            slots=slots,
-            ready_timeout=ready_timeout,
-            env=env,
-            served_model=served_model,
-            context_length=context_length,
-            restart_backoff=restart_backoff,
-            poll_interval=poll_interval,
-            unhealthy_timeout=unhealthy_timeout,
-        )
+        runner = cls(spec)
         try:
             runner._launch_and_wait()
         except BaseException:
             runner.close()
             raise
         runner._supervisor = threading.Thread(
-            target=runner._supervise, name=f"engine {model_id}", daemon=True
+            target=runner._supervise, name=f"engine {spec.id}", daemon=True
         )
         runner._supervisor.start()
         threading.Thread(
-            target=runner._watch_cancels, name=f"engine {model_id} cancels", daemon=True
+            target=runner._watch_cancels, name=f"engine {spec.id} cancels", daemon=True
         ).start()
         return runner
 
