@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from node.p2p.messages import MessageStream
 from node.p2p.streams import ByteStream, StreamBroken
 from protocols import (
     DEFAULT_MAX_FRAME,
@@ -30,13 +31,9 @@ from protocols import (
     ErrorCode,
     Hello,
     Message,
-    MessageDecoder,
     ProtocolError,
     Request,
-    encode,
 )
-
-READ_SIZE = 64 * 1024
 
 
 class CallFailed(Exception):
@@ -97,12 +94,11 @@ class RpcClient:
     def __init__(
         self, stream: ByteStream, certificate: bytes, max_frame: int = DEFAULT_MAX_FRAME
     ) -> None:
-        self._stream = stream
+        self._messages = MessageStream(stream, max_frame)
         self._certificate = certificate
         self._max_frame = max_frame
         self._ids = itertools.count(1)
         self._calls: dict[int, trio.MemorySendChannel[Message]] = {}
-        self._lock = trio.Lock()
         self._closed = False
         self.closed_reason = ""
 
@@ -119,14 +115,10 @@ class RpcClient:
         try:
             await self._send(Hello(self._certificate))
             task_status.started()
-            decoder = MessageDecoder(self._max_frame)
-            while True:
-                data = await self._stream.read(READ_SIZE)
-                if not data:
-                    self.closed_reason = "peer closed the stream"
-                    break
-                for message in decoder.feed(data):
+            while (messages := await self._messages.receive()) is not None:
+                for message in messages:
                     self._dispatch(message)
+            self.closed_reason = "peer closed the stream"
         except (StreamBroken, ProtocolError) as exc:
             self.closed_reason = str(exc) or type(exc).__name__
         finally:
@@ -135,7 +127,7 @@ class RpcClient:
                 send.close()
             self._calls.clear()
             with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await self._stream.close()
+                await self._messages.close()
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[RpcClient]:
@@ -163,8 +155,7 @@ class RpcClient:
             target.close()
 
     async def _send(self, message: Message) -> None:
-        async with self._lock:
-            await self._stream.write(encode(message, self._max_frame))
+        await self._messages.send(message)
 
     @asynccontextmanager
     async def open_call(

@@ -17,6 +17,7 @@ from typing import Any
 
 import trio
 
+from node.p2p.messages import MessageStream
 from node.p2p.streams import ByteStream, StreamBroken
 from protocols import (
     DEFAULT_MAX_FRAME,
@@ -27,16 +28,13 @@ from protocols import (
     ErrorCode,
     Hello,
     Message,
-    MessageDecoder,
     ProtocolError,
     RemoteProtocolError,
     Request,
-    encode,
 )
 
 logger = logging.getLogger(__name__)
 
-READ_SIZE = 64 * 1024
 MAX_CALLS_PER_STREAM = 256
 
 
@@ -63,16 +61,12 @@ Handler = Callable[[dict[str, Any], Caller, Emit], Awaitable[dict[str, Any]]]
 Authorize = Callable[[bytes, str], Caller]
 
 
-class _Connection:
-    def __init__(self, stream: ByteStream, max_frame: int) -> None:
-        self.stream = stream
-        self.max_frame = max_frame
-        self.lock = trio.Lock()
-        self.calls: dict[int, trio.CancelScope] = {}
+class _Connection(MessageStream):
+    """One caller's stream, with the calls it has running."""
 
-    async def send(self, message: Message) -> None:
-        async with self.lock:
-            await self.stream.write(encode(message, self.max_frame))
+    def __init__(self, stream: ByteStream, max_frame: int) -> None:
+        super().__init__(stream, max_frame)
+        self.calls: dict[int, trio.CancelScope] = {}
 
 
 class RpcServer:
@@ -103,16 +97,14 @@ class RpcServer:
                 await stream.close()
 
     async def _read_loop(self, conn: _Connection, remote_peer: str, nursery: trio.Nursery) -> None:
-        decoder = MessageDecoder(self._max_frame)
         caller: Caller | None = None
         while True:
-            data = await conn.stream.read(READ_SIZE)
-            if not data:
-                return
             try:
-                messages = decoder.feed(data)
+                messages = await conn.receive()
             except RemoteProtocolError as exc:
                 await self._refuse(conn, ErrorCode.BAD_REQUEST, str(exc))
+                return
+            if messages is None:
                 return
             for message in messages:
                 if caller is None:
