@@ -11,6 +11,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from keys.files import (
+    default_config_dir,
+    default_data_dir,
     load_or_create_key,
     load_public_pem,
     public_pem,
@@ -69,3 +71,34 @@ def test_a_public_file_of_another_kind_of_key_names_the_file(tmp_path: Path) -> 
     with pytest.raises(ValueError) as caught:
         load_public_pem(path)
     assert str(caught.value) == f"{path} does not hold an Ed25519 public key"
+
+
+@pytest.mark.parametrize(
+    ("env", "data", "config"),
+    [
+        ({"BITINGLIP_HOME": "/srv/bl"}, "/srv/bl", "/srv/bl"),
+        (
+            {"XDG_DATA_HOME": "/x/data", "XDG_CONFIG_HOME": "/x/config"},
+            "/x/data/bitinglip",
+            "/x/config/bitinglip",
+        ),
+        ({}, "HOME/.local/share/bitinglip", "HOME/.config/bitinglip"),
+        ({"BITINGLIP_HOME": "", "XDG_DATA_HOME": ""}, "HOME/.local/share/bitinglip", None),
+    ],
+)
+def test_default_directories_follow_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    env: dict[str, str],
+    data: str,
+    config: str | None,
+) -> None:
+    for name in ("BITINGLIP_HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    home = str(tmp_path)
+    assert default_data_dir() == Path(data.replace("HOME", home))
+    if config is not None:
+        assert default_config_dir() == Path(config.replace("HOME", home))

@@ -260,3 +260,18 @@ def test_peer_ids_need_thirty_two_byte_keys() -> None:
     with pytest.raises(ValueError) as caught:
         peer_id_of(b"\x01" * 33)
     assert str(caught.value) == "an Ed25519 public key has 32 bytes"
+
+
+def test_load_from_a_watch_update_or_a_status_answer() -> None:
+    update = {"inflight": 2, "queued": 1, "capacity": 8, "tokens_per_s": 12.5,
+              "vram_free": 1 << 30, "draining": True, "record_seq": 7}  # fmt: skip
+    assert Load.from_update(update) == Load(2, 1, 8, 12.5, 1 << 30, True)
+    assert Load.from_update({}) == Load(0, 0, 1, 0.0, 0, False)  # missing reads as idle
+    assert Load.from_update({"tokens_per_s": 3}).tokens_per_s == 3.0
+    for bad, says in (
+        ({"inflight": "2"}, "malformed load: Load.inflight should be an integer"),
+        ({"draining": 1}, "malformed load: Load.draining should be a boolean"),
+        ({"tokens_per_s": float("nan")}, "malformed load: Load.tokens_per_s should be a finite"),
+    ):
+        with pytest.raises(RemoteProtocolError, match=says):
+            Load.from_update(bad)

@@ -1,16 +1,24 @@
-"""Who may call a peer: the authorizer that checks the RPC ``Hello`` certificate."""
+"""Who may call a peer: the authorizer that checks the RPC ``Hello`` certificate, and
+``serve_rpc`` that puts it in front of a host's RPC handlers."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import pytest
+import trio
+import trio.testing
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from keys.files import raw_public
-from node.p2p.admission import authorizer
+from node.p2p.admission import authorizer, serve_rpc
+from node.p2p.host import PeerHost
+from node.p2p.rpc_client import CallFailed, RemoteError, RpcClient
 from node.p2p.rpc_server import Caller, RpcError
-from protocols import Certificate, ErrorCode, issue_certificate, peer_id_of
+from node.p2p.streams import TrioByteStream
+from protocols import RPC_PROTOCOL, Certificate, ErrorCode, issue_certificate, peer_id_of
 
 OPERATOR = Ed25519PrivateKey.generate()
 STRANGER = Ed25519PrivateKey.generate()
@@ -77,3 +85,53 @@ def test_the_operator_key_is_the_one_given() -> None:
     assert other(cert(signer=STRANGER), PEER) == Caller(PEER, "gateway")
     with pytest.raises(RpcError, match="bad signature"):
         other(cert(), PEER)
+
+
+class FakeHost:
+    """Records the stream handler ``serve_rpc`` sets, as a ``PeerHost`` would."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Callable[[Any], Awaitable[None]]] = {}
+
+    def set_handler(self, protocol: str, handler: Callable[[Any], Awaitable[None]]) -> None:
+        self.handlers[protocol] = handler
+
+
+class PeerStream(TrioByteStream):
+    """A memory stream that says which peer Noise authenticated, as a libp2p stream does."""
+
+    def __init__(self, stream: trio.abc.Stream, remote_peer: str) -> None:
+        super().__init__(stream)
+        self.remote_peer = remote_peer
+
+
+async def status(handler: Callable[[Any], Awaitable[None]], peer: str, hello: bytes) -> Any:
+    """Call ``status`` through ``handler`` from ``peer``; the reply or the refusal."""
+    left, right = trio.testing.memory_stream_pair()
+    answer: Any = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(handler, PeerStream(right, peer))
+        client = RpcClient(TrioByteStream(left), hello)
+        async with client.running():
+            try:
+                answer = await client.call("status", {})
+            except CallFailed as exc:
+                answer = exc
+        nursery.cancel_scope.cancel()
+    return answer
+
+
+async def test_serve_rpc_answers_admitted_peers_on_the_rpc_protocol() -> None:
+    host = FakeHost()
+
+    async def rpc_status(params: dict[str, Any], caller: Caller, emit: Any) -> dict[str, Any]:
+        return {"caller": caller.peer_id, "role": caller.role}
+
+    serve_rpc(cast(PeerHost, host), raw_public(OPERATOR), {"status": rpc_status})
+    assert list(host.handlers) == [RPC_PROTOCOL]
+    handler = host.handlers[RPC_PROTOCOL]
+    assert await status(handler, PEER, cert()) == {"caller": PEER, "role": "gateway"}
+    # The certificate must name the peer the stream came from, and be the operator's.
+    for peer, hello in ((OTHER_PEER, cert()), (PEER, cert(signer=STRANGER))):
+        refused = await status(handler, peer, hello)
+        assert isinstance(refused, RemoteError) and refused.code is ErrorCode.UNAUTHORIZED

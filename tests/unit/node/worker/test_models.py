@@ -118,6 +118,7 @@ def test_download_progress_reaches_the_callback() -> None:
     ]
 
 
+@pytest.mark.slow  # converts the real default model
 def test_default_model_converted_once_from_bundled_gguf(
     default_model: Converted, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -17,6 +17,9 @@ from node.worker.runners.text import MAX_SLOTS, SLOT_TOKENS, TextRunner, default
 from protocols import GenerateParams
 from tests.tiny_models import build_tiny_llama
 
+# Models (tiny ones built here, or the real default) take seconds to build and load.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def path(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -40,6 +40,9 @@ from protocols import ErrorCode, GenerateParams, ImageParams, ModelInfo
 from tests.stand_in_directml import stand_in_directml
 from tests.tiny_models import build_tiny_sd
 
+# Models (tiny ones built here, or the real default) take seconds to build and load.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def sd_path(tmp_path_factory: pytest.TempPathFactory) -> Path:

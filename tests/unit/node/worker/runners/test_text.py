@@ -18,6 +18,9 @@ from protocols import ChatMessage, GenerateParams, ModelInfo
 from tests.stand_in_directml import stand_in_directml
 from tests.tiny_models import CONTEXT_LENGTH, Converted, build_tiny_llama, converted_default_model
 
+# Models (tiny ones built here, or the real default) take seconds to build and load.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TextRunner]:
