@@ -36,6 +36,21 @@ def test_a_malformed_watch_update_is_refused(body: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"record_seq": 1.5}, "malformed watch update: record_seq should be an integer"),
+        ({"record_seq": "7"}, "malformed watch update: record_seq should be an integer"),
+        ({"record_seq": True}, "malformed watch update: record_seq should be an integer"),
+        ({"inflight": "3"}, "malformed load: Load.inflight should be an integer"),
+    ],
+)
+def test_a_malformed_watch_update_says_what_is_wrong(body: dict[str, Any], message: str) -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        WatchUpdate.from_wire(body)
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
     "event",
     [UsageEvent("alice", 1, 20, 0, 1.7e9), RevokeEvent("k1", 1.8e9), RevokeEvent("k2", math.inf)],
 )
@@ -49,3 +64,39 @@ def test_unknown_kinds_are_skipped_and_malformed_ones_refused() -> None:
         event_from_wire({"kind": "usage", "user": "alice", "requests": "1"})
     with pytest.raises(RemoteProtocolError):
         event_from_wire({"kind": "revoke", "jti": "k", "expires_at": math.nan})
+
+
+USAGE = {"kind": "usage", "user": "alice", "requests": 1, "tokens": 20, "images": 0, "at": 1.7e9}
+REVOKE = {"kind": "revoke", "jti": "k1", "expires_at": 1.8e9}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (USAGE | {"user": None}, "malformed usage event: user should be a string"),
+        (USAGE | {"requests": "1"}, "malformed usage event: requests should be an integer"),
+        (USAGE | {"tokens": 2.0}, "malformed usage event: tokens should be an integer"),
+        (USAGE | {"images": True}, "malformed usage event: images should be an integer"),
+        (USAGE | {"at": math.inf}, "malformed usage event: at should be a finite number"),
+        (USAGE | {"at": "1.7e9"}, "malformed usage event: at should be a finite number"),
+        (REVOKE | {"jti": b"k1"}, "malformed revoke event: jti should be a string"),
+        (
+            REVOKE | {"expires_at": math.nan},
+            "malformed revoke event: expires_at should be a finite number",
+        ),
+        (
+            REVOKE | {"expires_at": None},
+            "malformed revoke event: expires_at should be a finite number",
+        ),
+    ],
+)
+def test_a_malformed_event_says_which_field_is_wrong(body: dict[str, Any], message: str) -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        event_from_wire(body)
+    assert str(caught.value) == message
+
+
+def test_a_revoke_event_with_an_integer_expiry_reads_it_as_a_float() -> None:
+    event = event_from_wire(REVOKE | {"expires_at": 1800})
+    assert event == RevokeEvent("k1", 1800.0)
+    assert isinstance(event, RevokeEvent) and type(event.expires_at) is float
