@@ -119,6 +119,28 @@ def test_from_wire_errors_name_the_field() -> None:
         GenerateParams.from_wire(_wire(max_tokens=0))
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"prompt": None, "messages": "hi"}, "messages should be a list"),
+        ({"prompt": None, "messages": [["user", "hi"]]}, "message should be a map"),
+        ({"prompt": None, "messages": [{"role": "user"}]}, "content is missing"),
+        ({"prompt": None, "messages": [{"content": "hi"}]}, "role is missing"),
+        ({"prompt": 3}, "prompt should be a string"),
+        ({"temperature": "1"}, "temperature should be a finite number"),
+        ({"temperature": float("inf")}, "temperature should be a finite number"),
+        ({"top_p": None}, "top_p should be a finite number"),
+        ({"top_p": True}, "top_p should be a finite number"),
+        ({"seed": "9"}, "seed should be an integer"),
+        ({"seed": 1.0}, "seed should be an integer"),
+    ],
+)
+def test_generate_from_wire_refuses_with_the_reason(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        GenerateParams.from_wire(_wire(**changes))
+    assert str(caught.value) == f"bad generate params: {message}"
+
+
 def test_from_wire_reads_messages_seed_and_integer_numbers() -> None:
     body = _wire(
         prompt=None,
