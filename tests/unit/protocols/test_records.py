@@ -206,6 +206,9 @@ def test_load_may_omit_draining_but_nothing_else() -> None:
         ({"seq": "5"}, "seq should be an integer"),
         ({"seq": True}, "seq should be an integer"),
         ({"peer_id": b"x"}, "peer_id should be a string"),
+        ({"public_key": "ab"}, "public_key should be bytes"),
+        ({"role": 1}, "role should be a string"),
+        ({"version": None}, "version should be a string"),
         ({"addrs": ["/ip4", 4001]}, "addrs should be a string"),
         ({"hardware": ["cpu"]}, "Hardware should be a map"),
         (
