@@ -10,6 +10,7 @@ import pytest
 import trio
 
 import keys
+from gateway.accounts.errors import LimitReached, Refused
 from gateway.accounts.metering import Meter, Outcome, metered, rate_headers
 from gateway.api.errors import ApiError
 
@@ -90,7 +91,13 @@ async def test_a_refusal_is_recorded_by_the_meters_that_had_admitted_the_call(
 
 @pytest.mark.parametrize(
     ("error", "status"),
-    [(RuntimeError("bug"), 500), (ApiError(404, "no such model", "model_not_found"), 404)],
+    [
+        (RuntimeError("bug"), 500),
+        (ApiError(404, "no such model", "model_not_found"), 404),
+        (Refused("user 'ann' is disabled", "account_disabled", status_hint=403), 403),
+        (LimitReached("too many calls", "rate_limit_exceeded", 7, {}), 429),
+    ],
+    ids=["bug", "http-error", "refusal", "limit"],
 )
 async def test_a_failed_call_is_recorded_with_its_status(
     clock: list[float], error: Exception, status: int
