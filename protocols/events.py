@@ -78,7 +78,7 @@ def event_from_wire(body: dict[str, Any]) -> GatewayEvent | None:
                 finite(body.get("at"), "at"),
             )
         expires_at = body.get("expires_at")
-        if not (isinstance(expires_at, float) and math.isinf(expires_at)):
+        if not (isinstance(expires_at, float) and expires_at == math.inf):
             expires_at = finite(expires_at, "expires_at")
         return RevokeEvent(exact(body.get("jti"), str, "jti"), float(expires_at))
     except ValueError as exc:

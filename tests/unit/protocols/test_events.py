@@ -85,6 +85,10 @@ REVOKE = {"kind": "revoke", "jti": "k1", "expires_at": 1.8e9}
             "malformed revoke event: expires_at should be a finite number",
         ),
         (
+            REVOKE | {"expires_at": -math.inf},
+            "malformed revoke event: expires_at should be a finite number",
+        ),
+        (
             REVOKE | {"expires_at": None},
             "malformed revoke event: expires_at should be a finite number",
         ),
