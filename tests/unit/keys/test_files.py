@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from keys.files import (
     public_pem,
     raw_private,
     raw_public,
+    write_atomic,
     write_private,
     write_public,
 )
@@ -102,3 +104,15 @@ def test_default_directories_follow_the_environment(
     assert default_data_dir() == Path(data.replace("HOME", home))
     if config is not None:
         assert default_config_dir() == Path(config.replace("HOME", home))
+
+
+def test_an_atomic_write_is_mode_666_before_the_umask(tmp_path: Path) -> None:
+    target = tmp_path / "status.json"
+    old = os.umask(0)  # so the mode itself shows, not the usual umask's cut of it
+    try:
+        write_atomic(target, b"{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666
+    assert target.read_bytes() == b"{}"
+    assert not list(tmp_path.glob(".*.tmp"))  # the temporary file is gone
