@@ -22,9 +22,13 @@ def install(app: FastAPI) -> None:
     @app.get("/health")
     async def get_health(request: Request) -> dict[str, Any]:
         s = services(request)
-        return {"status": "ok", "peer_id": s.peer_id, "models": sorted(s.backend.serving())} | (
-            s.health()
+        # Routable models only: a model whose nodes are all loading cannot answer yet.
+        routable = sorted(
+            model
+            for model, peers in s.backend.serving().items()
+            if any(p["state"] == "ready" and p["healthy"] for p in peers)
         )
+        return {"status": "ok", "peer_id": s.peer_id, "models": routable} | s.health()
 
     @app.get("/v1/models")
     async def list_models(request: Request, claims: User) -> dict[str, Any]:

@@ -22,11 +22,12 @@ def chat(url: str, token: str, text: str, **extra: Any) -> httpx.Response:
 
 
 def wait_nodes(url: str, count: int, timeout: float = 30) -> dict[str, Any]:
+    """Until the gateway sees ``count`` nodes and can route to at least one model."""
     deadline = time.monotonic() + timeout
     health: dict[str, Any] = {}
     while time.monotonic() < deadline:
         health = httpx.get(f"{url}/health", timeout=5).json()
-        if health["nodes"] == count:
+        if health["nodes"] == count and (count == 0 or health["models"]):
             return health
         time.sleep(0.2)
     raise AssertionError(f"gateway sees {health.get('nodes')} nodes, expected {count}")
