@@ -33,7 +33,10 @@ from protocols.events import WatchUpdate
 logger = logging.getLogger(__name__)
 
 DISCOVER_INTERVAL = 2.0
-FORGET_FAILED_AFTER = 30.0
+# A peer with no node record yet (a client, or a node that has not published) is looked up
+# again after 1 s, then 2, 4, ... up to 30 s: a node that just started is found at once.
+RETRY_FIRST = 1.0
+RETRY_MAX = 30.0
 DHT_TIMEOUT = 5.0
 
 T = TypeVar("T")
@@ -49,7 +52,8 @@ class Tracker:
         self._operator_public = operator_public
         self.clients: dict[str, RpcClient] = {}
         self._connecting: set[str] = set()
-        self._not_nodes: dict[str, float] = {}  # peers with no node record, and when we looked
+        # Peers with no node record: when to look again, and the wait after that.
+        self._not_nodes: dict[str, tuple[float, float]] = {}
         self._nursery: trio.Nursery | None = None
         # Other gateways are handed to ``on_gateway`` (usage and revocation sharing) and
         # skipped by discovery until ``forget_gateway`` says their connection ended.
@@ -83,7 +87,7 @@ class Tracker:
             if p not in self.clients
             and p not in self._connecting
             and p not in self.gateways
-            and now - self._not_nodes.get(p, -FORGET_FAILED_AFTER) >= FORGET_FAILED_AFTER
+            and now >= self._not_nodes.get(p, (now, RETRY_FIRST))[0]
         ]
         for peer in fresh:
             await self.lookup(peer)
@@ -93,7 +97,8 @@ class Tracker:
         value = await self._ask_dht(partial(self.host.get, node_key(peer)), "DHT lookup", peer)
         record = self._verify(value) if value else None
         if record is None or record.peer_id != peer:
-            self._not_nodes[peer] = time.time()
+            wait = self._not_nodes.get(peer, (0.0, RETRY_FIRST))[1]
+            self._not_nodes[peer] = (time.time() + wait, min(RETRY_MAX, wait * 2))
             return False
         self._not_nodes.pop(peer, None)
         if record.role == "gateway":

@@ -21,7 +21,7 @@ def chat(url: str, token: str, text: str, **extra: Any) -> httpx.Response:
     )
 
 
-def wait_nodes(url: str, count: int, timeout: float = 30) -> dict[str, Any]:
+def wait_nodes(url: str, count: int, timeout: float = 60) -> dict[str, Any]:
     """Until the gateway sees ``count`` nodes and can route to at least one model."""
     deadline = time.monotonic() + timeout
     health: dict[str, Any] = {}
