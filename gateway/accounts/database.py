@@ -16,6 +16,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass
@@ -156,7 +157,7 @@ class Store:
         self._lock = threading.Lock()
         self._workers = trio.CapacityLimiter(1)
         self._db.execute("PRAGMA busy_timeout = 10000")
-        self._db.execute("PRAGMA journal_mode = WAL")
+        self._wal()
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.execute("PRAGMA foreign_keys = ON")
         try:
@@ -182,6 +183,20 @@ class Store:
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run one of this store's methods on a worker thread."""
         return await trio.to_thread.run_sync(partial(fn, *args, **kwargs), limiter=self._workers)
+
+    def _wal(self) -> None:
+        """Switch the file to WAL. When several processes open a new file at once, SQLite
+        may refuse the switch at once ("database is locked") instead of waiting for its
+        busy timeout, to avoid a deadlock: try again, for as long as that timeout."""
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _migrate(self) -> None:
         # One transaction, the version read inside it: two processes opening a new file at

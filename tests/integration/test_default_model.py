@@ -25,7 +25,7 @@ def test_swarm_answers_with_the_default_model(
     swarm.wait_ready(["node-0"], timeout=180)
     url = swarm.url()
     deadline = time.monotonic() + 90  # discovery can take tens of seconds on a busy host
-    while httpx.get(f"{url}/health").json()["nodes"] < 1:
+    while DEFAULT_MODEL not in httpx.get(f"{url}/health").json()["models"]:
         assert time.monotonic() < deadline, "gateway never saw the node"
         time.sleep(0.2)
 

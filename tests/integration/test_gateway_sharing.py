@@ -26,7 +26,7 @@ def start(swarm: LocalSwarmFixture) -> tuple[str, str]:
     swarm.wait_ready(["node-0"])
     urls = swarm.url("gw-a"), swarm.url("gw-b")
     for url in urls:
-        wait_for(lambda u=url: httpx.get(f"{u}/health").json()["nodes"] == 1, what="a node")
+        wait_for(lambda u=url: httpx.get(f"{u}/health").json()["models"] == ["echo"], what="a node")
     # Each gateway subscribes to the other's events once they find each other.
     for name in ("gw-a", "gw-b"):
         log = swarm.data_dir / "logs" / f"{name}.log"

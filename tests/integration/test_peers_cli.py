@@ -37,8 +37,10 @@ def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSwarmFixtur
         for name in NODES:
             s.start_node(name, boot, ["echo"], ["--echo-delay", "0.05"])
         s.wait_ready(list(NODES))
-        deadline = time.monotonic() + 30
-        while httpx.get(f"{s.url()}/health", timeout=5).json()["nodes"] < len(NODES):
+        deadline = time.monotonic() + 60
+        while (health := httpx.get(f"{s.url()}/health", timeout=5).json())["nodes"] < len(
+            NODES
+        ) or not health["models"]:
             assert time.monotonic() < deadline, "the gateway did not find both nodes"
             time.sleep(0.2)
         yield s

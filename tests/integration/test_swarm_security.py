@@ -92,6 +92,11 @@ async def nodes_seen(url: str) -> int:
         return int((await client.get(f"{url}/health")).json()["nodes"])
 
 
+async def routable(url: str) -> list[str]:
+    async with httpx.AsyncClient() as client:
+        return list((await client.get(f"{url}/health")).json()["models"])
+
+
 async def test_hostile_peer_cannot_disrupt_or_impersonate(
     swarm: LocalSwarmFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -100,8 +105,8 @@ async def test_hostile_peer_cannot_disrupt_or_impersonate(
     swarm.start_node("node-0", [boot], ["echo"])
     swarm.wait_ready(["node-0"])
     url, token, victim = swarm.url(), swarm.token(), swarm.peer_id("node-0")
-    with trio.fail_after(30):
-        while await nodes_seen(url) != 1:
+    with trio.fail_after(60):
+        while await nodes_seen(url) != 1 or await routable(url) != ["echo"]:
             await trio.sleep(0.2)
 
     intruder = Ed25519PrivateKey.generate()
