@@ -29,6 +29,7 @@ def record(
     issued_at: float = T0,
     ttl: float = 60.0,
     load_: Load | None = None,
+    task: str = "text-generation",
 ) -> NodeRecord:
     states = {"m": "ready"} if models is None else models
     return NodeRecord(
@@ -38,7 +39,7 @@ def record(
         version="0.1.0",
         addrs=[],
         hardware=Hardware("cpu", "test", 0, 0),
-        models=[ModelInfo(m, "text-generation", "float32", 2048, 1, s) for m, s in states.items()],
+        models=[ModelInfo(m, task, "float32", 2048, 1, s) for m, s in states.items()],
         load=load_ or load(),
         seq=seq,
         issued_at=issued_at,

@@ -31,15 +31,12 @@ from protocols import (
     Error,
     ErrorCode,
     GenerateParams,
-    Hardware,
     ImageParams,
     Load,
     Message,
-    ModelInfo,
-    NodeRecord,
 )
+from tests.unit.gateway.routing.test_peer_table import T0, record
 
-T0 = 1_000_000.0
 TEXT = "text-generation"
 IMAGE = "text-to-image"
 
@@ -102,21 +99,7 @@ def add(
     connected: bool = True,
 ) -> PeerEntry:
     """A node with ``models`` (id -> state) in the table, connected and fresh at ``T0``."""
-    states = {"m": "ready"} if models is None else models
-    record = NodeRecord(
-        peer_id=peer,
-        public_key=b"\x00" * 32,
-        role="node",
-        version="0.1.0",
-        addrs=[],
-        hardware=Hardware("cpu", "test", 0, 0),
-        models=[ModelInfo(m, task, "float32", 2048, 1, s) for m, s in states.items()],
-        load=load(),
-        seq=1,
-        issued_at=T0,
-        ttl=60.0,
-    )
-    entry = table.upsert(record, now=T0)
+    entry = table.upsert(record(peer, models, task=task), now=T0)
     if connected:
         table.update_load(peer, load_ or load(), now=T0)
         tracker.clients[peer] = node or FakeNode()
