@@ -175,7 +175,7 @@ class TextRunner:
             for token in channel:
                 tokens += 1
                 pending += text.add(token)
-                cut = min((i for i in (pending.find(s) for s in params.stop) if i >= 0), default=-1)
+                cut = _first_stop(pending, params.stop)
                 if cut >= 0:
                     halt.set()
                     yield Delta(pending[:cut], prompt_tokens, tokens, "stop")
@@ -192,7 +192,7 @@ class TextRunner:
             yield Delta("", prompt_tokens, finished.tokens, "cancelled")
             return
         rest = pending + text.flush()
-        cut = min((i for i in (rest.find(s) for s in params.stop) if i >= 0), default=-1)
+        cut = _first_stop(rest, params.stop)
         if cut >= 0:
             yield Delta(rest[:cut], prompt_tokens, finished.tokens, "stop")
         else:
@@ -265,6 +265,11 @@ def _picker(params: GenerateParams) -> Pick:
         return int(torch.multinomial(probs, 1, generator=generator))
 
     return pick
+
+
+def _first_stop(text: str, stops: list[str]) -> int:
+    """Where the earliest stop sequence in ``text`` starts, or -1."""
+    return min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
 
 
 def _stop_prefix_len(text: str, stops: list[str]) -> int:
