@@ -27,9 +27,9 @@ NODE_KEY_PREFIX = "/bitinglip/node/"
 MODEL_KEY_PREFIX = "/bitinglip/model/"
 DHT_NAMESPACE = "bitinglip"
 
-ROLES = ("node", "gateway", "client")
+ROLES = ("node", "gateway", "client", "operator")
 TASKS = ("text-generation", "text-to-image")
-MODEL_STATES = ("loading", "ready", "draining")
+MODEL_STATES = ("loading", "ready", "draining", "failed")
 
 
 def node_key(peer_id: str) -> str:

@@ -93,6 +93,10 @@ class LightClient:
             self._peers.pop(gone).scope.cancel()
         return [p.status(now) for p in self._peers.values()]
 
+    async def rpc(self, peer_id: str) -> RpcClient:
+        """An RPC client to a peer the last snapshot found."""
+        return await self._client(self._peers[peer_id])
+
     async def _lookup(self, peer: str) -> None:
         known = self._peers.get(peer)
         if known is not None and known.client is not None and not known.client.closed:
@@ -168,32 +172,35 @@ async def _serve(
         await client.run(task_status=task_status)
 
 
-def client_certificate(client_dir: Path) -> bytes:
-    """The client's certificate, checked to name this identity in the ``client`` role.
+def client_certificate(client_dir: Path, role: str = "client") -> bytes:
+    """The client's certificate, checked to name this identity in ``role`` (``client``, or
+    ``operator`` for one that may also manage nodes).
 
     Running as another role's identity would put a second host under a node's or a
     gateway's peer id, which the rest of the swarm cannot tell apart from the first.
     """
     operator_public = keys.operator_public(client_dir)
-    blob = keys.certificate(client_dir, "client")
+    blob = keys.certificate(client_dir, role)
     try:
         cert = verify_certificate(blob, operator_public, time.time())
     except RemoteProtocolError as exc:
         raise keys.NotAdmitted(f"the certificate in {client_dir} is not valid: {exc}") from exc
-    if cert.role != "client" or cert.peer_id != keys.peer_id(client_dir):
+    if cert.role != role or cert.peer_id != keys.peer_id(client_dir):
         raise keys.NotAdmitted(
-            f"the certificate in {client_dir} admits a {cert.role}, not this client: "
-            f"admit {keys.peer_id(client_dir)} with `--role client`"
+            f"the certificate in {client_dir} admits a {cert.role}, not this {role}: "
+            f"admit {keys.peer_id(client_dir)} with `--role {role}`"
         )
     return blob
 
 
 @asynccontextmanager
-async def open_light_client(client_dir: Path, bootstrap: list[str]) -> AsyncIterator[LightClient]:
+async def open_light_client(
+    client_dir: Path, bootstrap: list[str], role: str = "client"
+) -> AsyncIterator[LightClient]:
     """Join the swarm as the client in ``client_dir``; ``Unreachable`` if nobody answers."""
     from libp2p.kad_dht.kad_dht import DHTMode
 
-    certificate = client_certificate(client_dir)
+    certificate = client_certificate(client_dir, role)
     operator_public = keys.operator_public(client_dir)
     host = PeerHost(keys.identity(client_dir), operator_public)
     # A passing client serves nobody's DHT queries, so nobody keeps it in a routing table.

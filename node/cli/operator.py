@@ -16,7 +16,8 @@ def register(commands: Any) -> None:
     init.set_defaults(func=_keys)
     admit = keys_.add_parser("admit", help="issue a membership certificate for a peer")
     admit.add_argument("peer_id")
-    admit.add_argument("--role", choices=["node", "gateway", "client"], default="node")
+    # ``operator``: a client that may also load and unload models on nodes.
+    admit.add_argument("--role", choices=["node", "gateway", "client", "operator"], default="node")
     admit.add_argument("--data-dir", type=Path)
     admit.add_argument("--out", type=Path, required=True, help="certificate file to write")
     admit.set_defaults(func=_keys)

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from node.cli import manage
+
 
 def register(commands: Any) -> None:
     node = commands.add_parser("node", help="run a GPU node").add_subparsers(
@@ -37,6 +39,7 @@ def register(commands: Any) -> None:
         "--metrics-port", type=int, help="serve Prometheus metrics on this port (0 picks one)"
     )
     start.set_defaults(func=_node_start)
+    manage.register(node)
 
     gateway = commands.add_parser("gateway", help="run an HTTP gateway").add_subparsers(
         dest="action", required=True

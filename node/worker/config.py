@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from keys import default_data_dir
+from protocols.operator import ModelSpec
 
 
 @dataclasses.dataclass
@@ -14,7 +15,8 @@ class NodeConfig:
     data_dir: Path = dataclasses.field(default_factory=default_data_dir)
     listen: list[str] = dataclasses.field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/4001"])
     bootstrap: list[str] = dataclasses.field(default_factory=list)
-    models: list[str] = dataclasses.field(default_factory=list)
+    # Model ids, or [[node.models]] tables: id, and optionally dtype, slots, device.
+    models: list[str | dict[str, Any]] = dataclasses.field(default_factory=list)
     # [[node.engines]] tables: models served by vLLM, llama-server or SGLang (docs/engines.md)
     engines: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     model_store: Path | None = None  # where converted models live (default: data_dir)
@@ -27,3 +29,23 @@ class NodeConfig:
     log_level: str = "info"
     metrics_port: int | None = None  # Prometheus metrics over HTTP; None: off, 0: any free port
     metrics_host: str = "127.0.0.1"
+
+    def model_specs(self) -> list[ModelSpec]:
+        """The models to load at start; ``ValueError`` naming a malformed entry.
+        ``slots`` applies to the models that do not set their own."""
+        specs = []
+        for entry in self.models:
+            if isinstance(entry, str):
+                spec = ModelSpec(entry)
+            elif isinstance(entry, dict):
+                spec = ModelSpec.from_table(entry)
+            else:
+                raise ValueError(f"a model is an id or a table, not {entry!r}")
+            if spec.slots == 0 and self.slots:
+                spec = dataclasses.replace(spec, slots=self.slots)
+            specs.append(spec)
+        ids = [s.id for s in specs]
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        if twice:
+            raise ValueError(f"models listed twice: {', '.join(twice)}")
+        return specs

@@ -1,10 +1,13 @@
-"""The node's RPC methods: generate, generate_image, status, watch.
+"""The node's RPC methods: generate, generate_image, status, watch, record, and the
+operator's load_model and unload_model.
 
 ``generate`` streams text deltas as chunks and ends with usage; ``generate_image`` sends
 each image as its own chunk (one PNG per frame keeps frames under the size cap) and ends
 with the count and the seed used; ``watch`` streams the node's live load whenever it
 changes (coalesced) and at least every second, which is how gateways see load far
-fresher than the DHT record can carry it.
+fresher than the DHT record can carry it. ``load_model`` streams the loading's progress
+and ends with the model's description; both operator methods refuse anyone but a caller
+with the ``operator`` role.
 """
 
 from __future__ import annotations
@@ -15,20 +18,23 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, replace
-from typing import Any, TypeGuard, TypeVar
+from typing import Any, Protocol, TypeGuard, TypeVar
 
 import trio
 
 from node.p2p.rpc_server import Caller, Emit, Handler, RpcError
-from node.worker.runners.base import Delta, ImageRunner, ModelRunner, Runner
+from node.worker.memory import NotEnoughMemory
+from node.worker.roster import Busy, Roster
+from node.worker.runners.base import Delta, ImageRunner, Runner
 from node.worker.runners.engine_wire import EngineUnavailable
 from node.worker.scheduler import Draining, Overloaded, Scheduler
 from protocols import ErrorCode, GenerateParams, ImageParams, Load, RemoteProtocolError
 from protocols.events import WatchUpdate
 from protocols.generation import MAX_SEED
+from protocols.operator import ModelSpec, Unload
 
 logger = logging.getLogger(__name__)
 
@@ -40,18 +46,30 @@ P = TypeVar("P")
 R = TypeVar("R")
 
 
+# How loading reports progress to the operator's call: a message and a fraction or None.
+Report = Callable[[str, float | None], Awaitable[None]]
+
+
+class Control(Protocol):
+    """What the node does when an operator loads or unloads a model."""
+
+    async def load_model(self, spec: ModelSpec, report: Report) -> dict[str, Any]: ...
+
+    async def unload_model(self, request: Unload) -> dict[str, Any]: ...
+
+
 class NodeService:
     def __init__(
         self,
-        runners: Mapping[str, ModelRunner],
-        scheduler: Scheduler,
+        roster: Roster,
         vram_free: Callable[[], int],
         signed_record: Callable[[], tuple[int, bytes]] = lambda: (0, b""),
+        control: Control | None = None,
     ) -> None:
-        self.runners = dict(runners)
-        self.scheduler = scheduler
+        self.roster = roster
         self._vram_free = vram_free
         self._signed_record = signed_record
+        self._control = control
 
     @property
     def handlers(self) -> dict[str, Handler]:
@@ -61,18 +79,12 @@ class NodeService:
             "status": self.rpc_status,
             "watch": self.rpc_watch,
             "record": self.rpc_record,
+            "load_model": self.rpc_load_model,
+            "unload_model": self.rpc_unload_model,
         }
 
     def load(self) -> Load:
-        s = self.scheduler
-        return Load(
-            s.inflight,
-            s.queued,
-            s.capacity,
-            round(s.tokens_per_s, 2),
-            self._vram_free(),
-            s.draining,
-        )
+        return self.roster.load(self._vram_free())
 
     async def rpc_status(
         self, params: dict[str, Any], caller: Caller, emit: Emit
@@ -88,11 +100,11 @@ class NodeService:
 
     async def rpc_watch(self, params: dict[str, Any], caller: Caller, emit: Emit) -> dict[str, Any]:
         while True:
-            seen = self.scheduler.version
+            seen = self.roster.version
             await emit(WatchUpdate(self.load(), self._signed_record()[0]).to_wire())
             sent = trio.current_time()
             with trio.move_on_after(WATCH_INTERVAL):
-                await self.scheduler.wait_changed(seen)
+                await self.roster.wait_changed(seen)
                 # The first change goes out at once; a burst right after it is folded
                 # into one update per WATCH_COALESCE.
                 await trio.sleep_until(sent + WATCH_COALESCE)
@@ -101,32 +113,66 @@ class NodeService:
         self, params: dict[str, Any], caller: Caller, emit: Emit
     ) -> dict[str, Any]:
         request = _inference_params(caller, GenerateParams.from_wire, params)
-        runner = self._runner(request.model, _is_text, "text")
-        async with self._slot():
-            return await self._generate(runner, request, emit)
+        runner, scheduler = self._runner(request.model, _is_text, "text")
+        async with _slot(scheduler, request.model):
+            return await self._generate(runner, request, emit, scheduler)
 
-    def _runner(self, model: str, fits: Callable[[object], TypeGuard[R]], what: str) -> R:
-        """The runner serving ``model``, if it is of the kind ``fits`` accepts."""
-        runner = self.runners.get(model)
-        if not fits(runner):  # absent, or a model of the other kind
+    def _runner(
+        self, model: str, fits: Callable[[object], TypeGuard[R]], what: str
+    ) -> tuple[R, Scheduler]:
+        """The runner serving ``model``, if it is of the kind ``fits`` accepts, and the
+        scheduler of its slots."""
+        held = self.roster.get(model)
+        if held is not None and held.state in ("loading", "draining"):
+            # Not here for now: the gateway tries another peer.
+            raise RpcError(ErrorCode.UNAVAILABLE, f"{model} is {held.state} on this node")
+        runner = None if held is None else held.runner
+        if held is None or held.scheduler is None or not fits(runner):
             raise RpcError(
                 ErrorCode.MODEL_NOT_FOUND, f"this node does not serve {model!r} for {what}"
             )
-        return runner
+        return runner, held.scheduler
 
-    @asynccontextmanager
-    async def _slot(self) -> AsyncIterator[None]:
-        """A scheduler slot; a full or draining node answers with an error code."""
+    async def rpc_load_model(
+        self, params: dict[str, Any], caller: Caller, emit: Emit
+    ) -> dict[str, Any]:
+        control = self._operator(caller)
         try:
-            async with self.scheduler.slot():
-                yield
-        except Overloaded as exc:
-            raise RpcError(ErrorCode.OVERLOADED, str(exc)) from exc
-        except Draining as exc:
-            raise RpcError(ErrorCode.UNAVAILABLE, str(exc)) from exc
+            spec = ModelSpec.from_wire(params)
+        except RemoteProtocolError as exc:
+            raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
+
+        async def report(message: str, fraction: float | None) -> None:
+            await emit({"message": message, "fraction": fraction})
+
+        try:
+            return await control.load_model(spec, report)
+        except Busy as exc:
+            raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
+        except NotEnoughMemory as exc:
+            raise RpcError(ErrorCode.NO_MEMORY, str(exc)) from exc
+
+    async def rpc_unload_model(
+        self, params: dict[str, Any], caller: Caller, emit: Emit
+    ) -> dict[str, Any]:
+        control = self._operator(caller)
+        try:
+            request = Unload.from_wire(params)
+        except RemoteProtocolError as exc:
+            raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
+        if self.roster.get(request.model) is None:
+            raise RpcError(ErrorCode.MODEL_NOT_FOUND, f"this node has no {request.model!r}")
+        return await control.unload_model(request)
+
+    def _operator(self, caller: Caller) -> Control:
+        if caller.role != "operator":
+            raise RpcError(ErrorCode.UNAUTHORIZED, "only the swarm's operator may load models")
+        if self._control is None:
+            raise RpcError(ErrorCode.UNAVAILABLE, "this node does not load models at runtime")
+        return self._control
 
     async def _generate(
-        self, runner: Runner, request: GenerateParams, emit: Emit
+        self, runner: Runner, request: GenerateParams, emit: Emit, scheduler: Scheduler
     ) -> dict[str, Any]:
         cancelled = threading.Event()
         try:
@@ -165,7 +211,7 @@ class NodeService:
             raise failure
         if last is None:
             raise RpcError(ErrorCode.INTERNAL, "the model produced nothing")
-        self.scheduler.record_speed(last.completion_tokens, time.monotonic() - started)
+        scheduler.record_speed(last.completion_tokens, time.monotonic() - started)
         return {
             "finish_reason": last.finish_reason or "stop",
             "prompt_tokens": last.prompt_tokens,
@@ -176,17 +222,29 @@ class NodeService:
         self, params: dict[str, Any], caller: Caller, emit: Emit
     ) -> dict[str, Any]:
         request = _inference_params(caller, ImageParams.from_wire, params)
-        runner = self._runner(request.model, _is_image, "images")
+        runner, scheduler = self._runner(request.model, _is_image, "images")
         if request.seed is None:  # chosen here so the caller learns it and can repeat the images
             request = replace(request, seed=secrets.randbelow(MAX_SEED + 1))
         try:
-            async with self._slot():
+            async with _slot(scheduler, request.model):
                 images = await _in_thread(lambda flag: runner.generate_images(request, flag))
         except ValueError as exc:
             raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
         for image in images:
             await emit({"image": image})
         return {"images": len(images), "seed": request.seed}
+
+
+@asynccontextmanager
+async def _slot(scheduler: Scheduler, model: str) -> AsyncIterator[None]:
+    """A slot of ``model``; a full or draining one answers with an error code."""
+    try:
+        async with scheduler.slot():
+            yield
+    except Overloaded as exc:
+        raise RpcError(ErrorCode.OVERLOADED, f"{model} is {exc} on this node") from exc
+    except Draining as exc:
+        raise RpcError(ErrorCode.UNAVAILABLE, f"{model} {exc}") from exc
 
 
 def _inference_params(

@@ -1,41 +1,57 @@
-"""How a model id becomes a runner: resolved, then loaded on this peer's device."""
+"""How a model spec becomes a runner: resolved, checked against free memory, then loaded
+on this peer's device."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
+from node.worker.memory import Estimate, estimate
 from node.worker.runners import EchoRunner, ModelRunner, Progress
+from protocols.operator import ModelSpec
+
+# Called with the model's estimated needs (None: not known) before any weight is loaded;
+# raises to refuse it.
+Admit = Callable[[Estimate | None], None]
+
+ECHO_SLOTS = 8
 
 
 def load_runner(
-    model_id: str,
+    spec: ModelSpec,
     data_dir: Path,
     backend: str,
     progress: Progress,
+    admit: Admit,
     echo_delay: float = 0.0,
-    slots: int = 0,
     free_memory: Callable[[], int] | None = None,
 ) -> ModelRunner:
-    """Load ``model_id``: ``echo`` (or ``echo-*``) needs no torch; anything else is
+    """Load ``spec.id``: ``echo`` (or ``echo-*``) needs no torch; anything else is
     resolved from a local path, the Hugging Face cache, or the bundled default model.
     A diffusers pipeline (it has a ``model_index.json``) becomes a text-to-image
-    runner, anything else a transformers causal LM batching ``slots`` generations
+    runner, anything else a transformers causal LM batching ``spec.slots`` generations
     (0: as many as ``free_memory`` holds key/value caches for, once it is loaded)."""
-    if model_id == "echo" or model_id.startswith("echo-"):
-        return EchoRunner(model_id, delay=echo_delay)
+    if is_echo(spec.id):
+        return EchoRunner(spec.id, delay=echo_delay, max_batch=spec.slots or ECHO_SLOTS)
     from node.worker.hardware import device_for
     from node.worker.models import resolve
 
-    path = resolve(model_id, data_dir, progress)
-    device = device_for(backend)
+    path = resolve(spec.id, data_dir, progress)
+    device = spec.device or device_for(backend)
     if _is_pipeline(path):
         from node.worker.runners.image import DiffusersRunner
 
-        return DiffusersRunner.load(model_id, path, device, progress)
-    from node.worker.runners.text import TextRunner
+        admit(estimate(path, None, 0))
+        return DiffusersRunner.load(spec.id, path, device, progress)
+    from node.worker.runners.text import TextRunner, default_dtype
 
-    return TextRunner.load(model_id, path, device, None, slots, progress, free_memory)
+    dtype = spec.dtype or default_dtype(device)
+    admit(estimate(path, dtype, spec.slots))
+    return TextRunner.load(spec.id, path, device, dtype, spec.slots, progress, free_memory)
+
+
+def is_echo(model_id: str) -> bool:
+    return model_id == "echo" or model_id.startswith("echo-")
 
 
 def task_of(model_id: str) -> str:

@@ -1,12 +1,20 @@
-"""A node process: join the swarm, load models, advertise, serve, drain on shutdown."""
+"""A node process: join the swarm, load models, advertise, serve, drain on shutdown.
+
+Models load at start (from the config) and at runtime (an operator's ``load_model``),
+both through ``_load``; ``unload_model`` drains one model and frees its memory.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
+import threading
+import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict
+from typing import Any
 
 import trio
 
@@ -17,13 +25,15 @@ from node.p2p.advertise import Advertiser
 from node.p2p.host import PeerHost
 from node.p2p.readiness import StatusFile
 from node.p2p.version import VERSION
+from node.worker import memory
 from node.worker.config import NodeConfig
-from node.worker.handlers import NodeService
+from node.worker.handlers import NodeService, Report
 from node.worker.loading import load_runner, task_of
 from node.worker.metrics import NodeMetrics
+from node.worker.roster import Busy, Held, Roster
 from node.worker.runners import EngineRunner, EngineSpec, ModelRunner, Progress
-from node.worker.scheduler import Scheduler
-from protocols import Hardware, ModelInfo, NodeRecord
+from protocols import Hardware, NodeRecord
+from protocols.operator import ModelSpec, Unload
 
 logger = logging.getLogger(__name__)
 
@@ -42,41 +52,38 @@ def _refresh(hardware: Hardware) -> Hardware:
     return refresh_free(hardware)
 
 
+def _memory_name(hardware: Hardware) -> str:
+    from node.worker.model_store import memory_name
+
+    return memory_name(hardware)
+
+
 class Node:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         # Checked first, so a mistake in the config stops the node before anything else.
+        self.specs = config.model_specs()
         self.engines = [EngineSpec.from_config(table) for table in config.engines]
         self.status = StatusFile(config.ready_file)
         self.identity = keys.identity(config.data_dir)
         self.certificate = keys.certificate(config.data_dir, "node")
         self.host = PeerHost(self.identity, keys.operator_public(config.data_dir))
-        self.runners: dict[str, ModelRunner] = {}
-        models = [*config.models, *(e.id for e in self.engines)]
-        self.loading: dict[str, str] = {m: "loading" for m in models}
+        self.roster = Roster(config.max_queue, config.capacity)
         self.hardware = Hardware("cpu", "unknown", 0, 0)
-        capacity = config.capacity or max(1, len(models))
-        self.scheduler = Scheduler(capacity, config.max_queue)
+        # Memory promised to models still loading, not yet visible as used.
+        self._promised = 0
+        self._promising = threading.Lock()
         self.advertiser = Advertiser(
             self.host, self.identity, self.certificate, self._record, config.record_ttl
         )
         self.service = NodeService(
-            self.runners,
-            self.scheduler,
+            self.roster,
             lambda: self.hardware.vram_free,
             lambda: (self.advertiser.seq, self.advertiser.signed),
+            control=self,
         )
 
     def _record(self, seq: int, now: float) -> NodeRecord:
-        draining = self.scheduler.draining
-        models = [
-            replace(r.info, state="draining") if draining else r.info for r in self.runners.values()
-        ]
-        models += [
-            ModelInfo(m, task_of(m), "", 0, 0, "loading")
-            for m, state in self.loading.items()
-            if state == "loading"
-        ]
         return NodeRecord(
             peer_id=self.host.peer_id,
             public_key=raw_public(self.identity),
@@ -84,54 +91,168 @@ class Node:
             version=VERSION,
             addrs=self.host.addrs(),
             hardware=self.hardware,
-            models=models,
+            models=[held.info for held in self.roster],
             load=self.service.load(),
             seq=seq,
             issued_at=now,
             ttl=self.config.record_ttl,
         )
 
-    async def _start_engine(self, spec: EngineSpec) -> None:
-        await self._load(spec.id, lambda progress: EngineRunner.start(spec))
+    # Loading and unloading.
 
-    async def _load_model(self, model: str) -> None:
-        await self._load(
-            model,
-            lambda progress: load_runner(
-                model,
-                self.config.model_store or self.config.data_dir,
-                self.hardware.backend,
-                progress,
-                self.config.echo_delay,
-                self.config.slots,
-                lambda: _refresh(self.hardware).vram_free,
-            ),
-        )
+    async def load_model(self, spec: ModelSpec, report: Report) -> dict[str, Any]:
+        """An operator's ``load_model``: load ``spec`` while reporting progress."""
+        started = time.monotonic()
+        held = await self._load(spec, self._make(spec), report)
+        return {"model": asdict(held.info), "seconds": round(time.monotonic() - started, 2)}
 
-    async def _load(self, model: str, make: Callable[[Progress], ModelRunner]) -> None:
-        """Make ``model``'s runner in a worker thread, reporting progress, and serve it."""
+    async def unload_model(self, request: Unload) -> dict[str, Any]:
+        """Stop routing to the model, let its calls finish (cancel them past the timeout),
+        then free its memory."""
+        model = request.model
+        held = self.roster.get(model)
+        if held is not None and held.state == "loading":
+            raise Busy(f"{model} is still loading: unload it once it is ready")
+        held = self.roster.drain_model(model)
+        self.advertiser.republish_soon()
+        scheduler = held.scheduler
+        calls = 0 if scheduler is None else scheduler.inflight + scheduler.queued
+        logger.info("%s: draining %d calls", model, calls)
+        left = 0
+        if scheduler is not None:
+            with trio.move_on_after(request.timeout):
+                await scheduler.wait_idle()
+            left = scheduler.inflight + scheduler.queued
+            if left:
+                logger.info("%s: cancelling %d calls still running", model, left)
+                scheduler.stop()
+                await scheduler.wait_idle()
+        runner = held.runner
+        if runner is not None:
+            # Ends any call still running as cancelled, and drops the weights.
+            await trio.to_thread.run_sync(runner.close)
+        self.roster.remove(model)
+        before = self.hardware.vram_free
+        await self._refresh_now()
+        self.advertiser.republish_soon()
+        self._status_models()
+        logger.info("%s: unloaded", model)
+        return {
+            "model": model,
+            "calls_drained": calls - left,
+            "calls_cancelled": left,
+            "freed_bytes": max(0, self.hardware.vram_free - before),
+        }
+
+    def _make(self, spec: ModelSpec) -> Callable[[Progress], ModelRunner]:
+        store = self.config.model_store or self.config.data_dir
+
+        def make(progress: Progress) -> ModelRunner:
+            promised = [0]
+
+            def admit(needs: memory.Estimate | None) -> None:
+                promised[0] = self._promise(spec.id, needs)
+
+            try:
+                return load_runner(
+                    spec,
+                    store,
+                    self.hardware.backend,
+                    progress,
+                    admit,
+                    self.config.echo_delay,
+                    lambda: _refresh(self.hardware).vram_free,
+                )
+            finally:
+                with self._promising:
+                    self._promised -= promised[0]
+
+        return make
+
+    def _promise(self, model: str, needs: memory.Estimate | None) -> int:
+        """Admit a model whose needs are ``needs`` (in a worker thread): refuse it if it
+        would not fit the memory free now, less what loading models were promised."""
+        if needs is None:
+            logger.warning("%s: no safetensors weights, so its memory needs are unknown", model)
+            return 0
+        free = _refresh(self.hardware).vram_free
+        with self._promising:
+            memory.admit(model, needs, max(0, free - self._promised), _memory_name(self.hardware))
+            self._promised += needs.total
+        logger.info("%s: needs %s", model, needs.describe())
+        return needs.total
+
+    async def _load(
+        self,
+        spec: ModelSpec,
+        make: Callable[[Progress], ModelRunner],
+        report: Report | None = None,
+    ) -> Held:
+        """Make ``spec``'s runner in a worker thread, reporting progress, and serve it.
+        A failure leaves the model ``failed`` (advertised, with its reason) and is raised."""
+        model = spec.id
+        self.roster.begin(spec, task_of(model))
+        self.advertiser.republish_soon()
+        send, receive = trio.open_memory_channel[tuple[str, float | None]](math.inf)
 
         def progress(message: str, fraction: float | None) -> None:
             shown = f" {fraction:.0%}" if fraction is not None else ""
             logger.info("%s: %s%s", model, message, shown)
-            trio.from_thread.run_sync(
-                lambda: self.status.update(message=f"{model}: {message}", progress=fraction)
-            )
 
-        try:
-            runner = await trio.to_thread.run_sync(make, progress)
-        except Exception as exc:
-            logger.error("cannot load %s: %s", model, exc)
-            self.loading[model] = "failed"
-            self.status.update(state="failed", message=f"{model}: {exc}")
-            return
-        self.runners[model] = runner
-        self.service.runners[model] = runner
-        del self.loading[model]
+            def show() -> None:
+                self.status.update(message=f"{model}: {message}", progress=fraction)
+                send.send_nowait((message, fraction))
+
+            trio.from_thread.run_sync(show)
+
+        async def forward() -> None:
+            nonlocal report
+            async for message, fraction in receive:
+                if report is not None:
+                    try:
+                        await report(message, fraction)
+                    except Exception:  # the caller went away: the model loads all the same
+                        report = None
+
+        runner: ModelRunner | None = None
+        failure: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(forward)
+            try:
+                runner = await trio.to_thread.run_sync(make, progress)
+            except Exception as exc:  # raised below: inside the nursery it would be grouped
+                failure = exc
+            finally:
+                send.close()
+        if runner is None:
+            reason = str(failure or "the loader returned nothing")
+            logger.error("cannot load %s: %s", model, reason)
+            self.roster.failed(model, reason)
+            self.advertiser.republish_soon()
+            raise failure or RuntimeError(reason)
+        held = self.roster.ready(model, runner)
         logger.info("%s: ready (%s)", model, runner.info.dtype)
-        if self.config.capacity == 0:
-            self.scheduler.set_capacity(sum(r.info.max_batch for r in self.runners.values()))
+        await self._refresh_now()
+        self._status_models()
         self.advertiser.republish_soon()
+        return held
+
+    async def _load_at_start(
+        self, spec: ModelSpec, make: Callable[[Progress], ModelRunner]
+    ) -> None:
+        try:
+            await self._load(spec, make)
+        except Exception as exc:  # advertised as failed; the node serves the others
+            self.status.update(state="failed", message=f"{spec.id}: {exc}")
+
+    def _status_models(self) -> None:
+        ready = sorted(h.spec.id for h in self.roster if h.state == "ready")
+        self.status.update(models=ready)
+
+    async def _refresh_now(self) -> None:
+        self.hardware = await trio.to_thread.run_sync(_refresh, self.hardware)
+
+    # The node's life.
 
     async def run(self) -> None:
         config = self.config
@@ -161,12 +282,16 @@ class Node:
                 nursery.start_soon(self.advertiser.run)
                 nursery.start_soon(self._refresh_hardware)
                 async with trio.open_nursery() as loaders:
-                    for model in config.models:
-                        loaders.start_soon(self._load_model, model)
-                    for spec in self.engines:
-                        loaders.start_soon(self._start_engine, spec)
-                if self.runners:
-                    self.status.update(state="ready", models=sorted(self.runners), message="ready")
+                    for spec in self.specs:
+                        loaders.start_soon(self._load_at_start, spec, self._make(spec))
+                    for engine in self.engines:
+                        loaders.start_soon(
+                            self._load_at_start,
+                            ModelSpec(engine.id, slots=engine.slots),
+                            _engine_maker(engine),
+                        )
+                if any(h.state == "ready" for h in self.roster):
+                    self.status.update(state="ready", message="ready")
                 async for _ in signals:
                     break
                 await self.drain()
@@ -177,7 +302,7 @@ class Node:
         return NodeMetrics(
             self.service.load,
             lambda: self.hardware,
-            lambda: self.runners,
+            lambda: [h.spec.id for h in self.roster if h.runner is not None],
             {
                 "peer_id": self.host.peer_id,
                 "version": VERSION,
@@ -188,18 +313,23 @@ class Node:
 
     async def drain(self) -> None:
         """Announce ``draining``, finish the calls in hand, take no new ones."""
-        logger.info("draining: finishing %d calls", self.scheduler.inflight + self.scheduler.queued)
+        logger.info("draining: finishing %d calls", self.roster.inflight + self.roster.queued)
         self.status.update(state="draining")
-        self.scheduler.drain()
+        self.roster.drain()
         with trio.move_on_after(3):  # a dead peer in the DHT must not hold up shutdown
             await self.advertiser.publish()
         with trio.move_on_after(DRAIN_TIMEOUT):
-            await self.scheduler.wait_idle()
-        for runner in self.runners.values():
-            runner.close()
+            await self.roster.wait_idle()
+        for held in self.roster:
+            if held.runner is not None:
+                held.runner.close()
         self.status.update(state="stopped")
 
     async def _refresh_hardware(self) -> None:
         while True:
             await trio.sleep(5)
-            self.hardware = await trio.to_thread.run_sync(_refresh, self.hardware)
+            await self._refresh_now()
+
+
+def _engine_maker(spec: EngineSpec) -> Callable[[Progress], ModelRunner]:
+    return lambda progress: EngineRunner.start(spec)

@@ -107,7 +107,7 @@ async def real_gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
     limiter = Limiter(accounts.plan_of)
     await limiter.load(store)
     draining = node({"busy": EchoRunner("busy")})
-    draining.scheduler.drain()
+    draining.roster.drain()
     gpu = BrokenGPU()
     nodes = {
         "12D3KooWNodeA": node({"echo": EchoRunner(), "flaky": gpu, "sd": Squares("sd")}),

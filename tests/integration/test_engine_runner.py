@@ -24,6 +24,7 @@ from node.p2p.rpc_client import RemoteError, RpcClient
 from node.p2p.rpc_server import Caller, RpcServer
 from node.p2p.streams import TrioByteStream
 from node.worker.handlers import NodeService
+from node.worker.roster import Roster
 from node.worker.runners import EngineRunner, EngineSpec, Runner
 from node.worker.runners.base import Delta
 from node.worker.runners.engine import EngineLoad
@@ -39,7 +40,6 @@ from node.worker.runners.engine_wire import (
     read_chunk,
     request_body,
 )
-from node.worker.scheduler import Scheduler
 from protocols import ChatMessage, ErrorCode, GenerateParams
 
 FAKE = Path(__file__).with_name("fake_engine.py")
@@ -334,7 +334,7 @@ def test_close_stops_the_engine_and_its_workers(start: Start) -> None:
 @asynccontextmanager
 async def through_a_node(runner: EngineRunner) -> AsyncIterator[RpcClient]:
     """A gateway's RPC client to a node service that serves ``runner`` as ``fake``."""
-    service = NodeService({"fake": runner}, Scheduler(2, 2), lambda: 0)
+    service = NodeService(Roster.of({"fake": runner}, 2, 2), lambda: 0)
     server = RpcServer(service.handlers, lambda cert, peer: Caller(peer, "gateway"))
     left, right = trio.testing.memory_stream_pair()
     async with trio.open_nursery() as nursery:

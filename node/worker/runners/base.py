@@ -83,6 +83,14 @@ class ImageRunner(Protocol):
 ModelRunner = Runner | ImageRunner
 
 
+@runtime_checkable
+class Measured(Protocol):
+    """A runner that measures its own throughput (every sequence of its batch together)."""
+
+    @property
+    def tokens_per_s(self) -> float: ...
+
+
 def free_device_memory(device: str) -> None:
     """After a model's last reference is dropped: collect it, and give its GPU memory back."""
     gc.collect()

@@ -22,19 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 from node.worker.runners.base import Delta, Progress, free_device_memory
 from node.worker.runners.batch import BatchEngine, Pick
+from node.worker.runners.kv import FALLBACK_CONTEXT, default_slots
 from protocols import GenerateParams, ModelInfo
 
 if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
-
-# Used when a config does not say how long a context the model was trained for.
-_FALLBACK_CONTEXT = 2048
-# Default slots: each is budgeted this many tokens of key/value cache, and there are at
-# most this many (past it, a bigger batch mostly adds latency on one device).
-SLOT_TOKENS = 4096
-MAX_SLOTS = 32
 
 
 class TextRunner:
@@ -55,7 +49,7 @@ class TextRunner:
         self._dtype = dtype
         self._max_batch = max_batch
         self._context = int(
-            getattr(model.config, "max_position_embeddings", None) or _FALLBACK_CONTEXT
+            getattr(model.config, "max_position_embeddings", None) or FALLBACK_CONTEXT
         )
         eos = model.generation_config.eos_token_id
         if eos is None:
@@ -86,7 +80,7 @@ class TextRunner:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         started = time.monotonic()
-        dtype = dtype or _default_dtype(device)
+        dtype = dtype or default_dtype(device)
         progress(f"loading tokenizer of {model_id}", 0.0)
         tokenizer = AutoTokenizer.from_pretrained(path)
         progress(f"loading weights of {model_id} ({dtype})", 0.1)
@@ -108,6 +102,12 @@ class TextRunner:
         return ModelInfo(
             self._model_id, "text-generation", self._dtype, self._context, self._max_batch, "ready"
         )
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Recent decode speed of the whole batch: what one more request shares."""
+        engine = self._engine
+        return 0.0 if engine is None else engine.tokens_per_s
 
     def generate(self, params: GenerateParams, cancelled: threading.Event) -> Iterator[Delta]:
         """Stream the completion of ``params``.
@@ -283,19 +283,7 @@ def _stop_prefix_len(text: str, stops: list[str]) -> int:
     return best
 
 
-def default_slots(config: Any, dtype_bytes: int, free_bytes: int) -> int:
-    """Generations to batch by default: as many full-length key/value caches (up to
-    ``SLOT_TOKENS`` each) as half the free memory holds, between 1 and ``MAX_SLOTS``."""
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    context = int(getattr(config, "max_position_embeddings", None) or _FALLBACK_CONTEXT)
-    per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * dtype_bytes
-    per_slot = per_token * min(context, SLOT_TOKENS)
-    return int(max(1, min(MAX_SLOTS, free_bytes // 2 // max(1, per_slot))))
-
-
-def _default_dtype(device: str) -> str:
+def default_dtype(device: str) -> str:
     if device == "cpu":
         return "float32"
     if device.startswith("cuda"):

@@ -161,7 +161,7 @@ async def test_routing_retries_count_the_calls_a_node_did_not_take() -> None:
     # which then goes to peer-b.
     draining, healthy = node({"echo": EchoRunner()}), node({"echo": EchoRunner()})
     async with swarm_of({"peer-a": draining, "peer-b": healthy}) as router:
-        draining.scheduler.drain()
+        draining.roster.drain()
         services = Services(backend=router, auth=Authenticator(KEY.public_key()))
         services.metrics.observe_swarm(router.table, lambda: router.retries)  # as a gateway does
         async with http(create_app(services)) as client:

@@ -20,8 +20,8 @@ from node.p2p.rpc_client import RpcClient
 from node.p2p.rpc_server import Caller, RpcServer
 from node.p2p.streams import TrioByteStream
 from node.worker.handlers import NodeService
+from node.worker.roster import Roster
 from node.worker.runners import EchoRunner, ModelRunner
-from node.worker.scheduler import Scheduler
 from protocols import ErrorCode, GenerateParams, Hardware, ImageParams, Load, ModelInfo, NodeRecord
 
 
@@ -83,7 +83,7 @@ async def swarm_of(nodes: dict[str, NodeService]) -> AsyncIterator[Router]:
             client = RpcClient(TrioByteStream(left), b"cert")
             await nursery.start(client.run)
             tracker.clients[peer] = client
-            models = [r.info for r in service.runners.values()]
+            models = [held.info for held in service.roster]
             table.upsert(record(peer, models))
             table.update_load(peer, service.load())
         yield Router(table, cast(Tracker, tracker))
@@ -91,7 +91,7 @@ async def swarm_of(nodes: dict[str, NodeService]) -> AsyncIterator[Router]:
 
 
 def node(runners: dict[str, ModelRunner]) -> NodeService:
-    return NodeService(runners, Scheduler(1, 4), lambda: 0)
+    return NodeService(Roster.of(runners, 1, 4), lambda: 0)
 
 
 def image_params(model: str = "pics", n: int = 2) -> ImageParams:
@@ -103,7 +103,7 @@ async def test_router_fails_over_to_the_next_node() -> None:
     async with swarm_of({"peer-a": draining, "peer-b": healthy}) as router:
         # peer-a ranks first (same load, lower id) but refuses: it began draining after
         # its last load update reached the gateway.
-        draining.scheduler.drain()
+        draining.roster.drain()
         result = await router.generate_image(image_params(), 10)
     assert (result.peer_id, result.images, result.seed) == ("peer-b", [b"png-0", b"png-1"], 9)
     assert router.retries == 1
@@ -133,6 +133,6 @@ async def test_router_checks_what_the_node_sends() -> None:
 async def test_router_without_a_free_node() -> None:
     busy = node({"pics": Squares()})
     async with swarm_of({"peer-a": busy}) as router:
-        busy.scheduler.drain()
+        busy.roster.drain()
         with pytest.raises(NoPeerReady, match="draining"):
             await router.generate_image(image_params(), 10)

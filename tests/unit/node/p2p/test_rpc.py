@@ -16,9 +16,9 @@ from node.p2p.rpc_client import ConnectionLost, RemoteError, RpcClient
 from node.p2p.rpc_server import Caller, RpcError, RpcServer
 from node.p2p.streams import TrioByteStream
 from node.worker.handlers import NodeService
+from node.worker.roster import Roster
 from node.worker.runners.base import Delta
 from node.worker.runners.echo import EchoRunner
-from node.worker.scheduler import Scheduler
 from protocols import ErrorCode, GenerateParams, ModelInfo, encode_frame
 
 CERT = b"gateway-cert"
@@ -33,7 +33,7 @@ def authorize(cert: bytes, peer: str) -> Caller:
 
 
 def make_service(delay: float = 0.0, capacity: int = 2, max_queue: int = 2) -> NodeService:
-    return NodeService({"echo": EchoRunner(delay=delay)}, Scheduler(capacity, max_queue), lambda: 0)
+    return NodeService(Roster.of({"echo": EchoRunner(delay=delay)}, capacity, max_queue), lambda: 0)
 
 
 @asynccontextmanager
@@ -153,7 +153,7 @@ class RecordingRunner:
 
 async def test_leaving_a_call_stops_the_model_within_a_token() -> None:
     runner = RecordingRunner(delay=0.02)
-    service = NodeService({"echo": runner}, Scheduler(2, 2), lambda: 0)
+    service = NodeService(Roster.of({"echo": runner}, 2, 2), lambda: 0)
     async with connected(service) as (client, _):
         async with client.open_call("generate", params("go")) as call:
             async for _ in call:
@@ -167,8 +167,8 @@ async def test_leaving_a_call_stops_the_model_within_a_token() -> None:
         # The runner checks between tokens: at most the tokens already under way follow.
         assert runner.produced - left_at <= 3
         with trio.fail_after(5):
-            await service.scheduler.wait_idle()
-        assert service.scheduler.inflight == 0
+            await service.roster.wait_idle()
+        assert service.roster.inflight == 0
 
 
 async def test_deadline_exceeded() -> None:
@@ -187,8 +187,8 @@ async def test_overloaded_when_queue_full() -> None:
 
         nursery.start_soon(hold)
         nursery.start_soon(hold)
-        while service.scheduler.queued < 1:
-            await service.scheduler.wait_changed(service.scheduler.version)
+        while service.roster.queued < 1:
+            await service.roster.wait_changed(service.roster.version)
         with pytest.raises(RemoteError) as info:
             await client.call("generate", params("x"))
         assert info.value.code is ErrorCode.OVERLOADED

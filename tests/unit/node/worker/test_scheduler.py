@@ -103,3 +103,32 @@ async def test_more_capacity_lets_waiters_in_at_once() -> None:
         await trio.testing.wait_all_tasks_blocked()
         assert sorted(order) == ["a", "b", "c"] and scheduler.inflight == 3
         release.set()
+
+
+async def test_stop_cancels_running_calls_and_refuses_waiting_ones() -> None:
+    scheduler = Scheduler(1, 10)
+    outcomes: list[str] = []
+
+    async def call(name: str) -> None:
+        try:
+            async with scheduler.slot():
+                outcomes.append(f"{name} runs")
+                await trio.sleep_forever()
+        except Draining as exc:
+            outcomes.append(f"{name}: {exc}")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(call, "a")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(call, "b")
+        await trio.testing.wait_all_tasks_blocked()
+        scheduler.stop()
+    assert sorted(outcomes) == [
+        "a runs",
+        "a: was unloaded while the call ran",
+        "b: was unloaded before the call's turn",
+    ]
+    assert (scheduler.inflight, scheduler.queued) == (0, 0)
+    with pytest.raises(Draining):
+        async with scheduler.slot():
+            pass

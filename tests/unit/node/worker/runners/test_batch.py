@@ -13,7 +13,8 @@ import torch
 
 from node.worker.runners.base import Delta, no_progress
 from node.worker.runners.batch import BatchEngine, Finished
-from node.worker.runners.text import MAX_SLOTS, SLOT_TOKENS, TextRunner, default_slots
+from node.worker.runners.kv import MAX_SLOTS, SLOT_TOKENS, default_slots
+from node.worker.runners.text import TextRunner
 from protocols import GenerateParams
 from tests.tiny_models import build_tiny_llama
 

@@ -26,6 +26,7 @@ from node.p2p.rpc_server import Caller, RpcError, RpcServer
 from node.p2p.streams import TrioByteStream
 from node.worker.handlers import NodeService
 from node.worker.loading import load_runner, task_of
+from node.worker.roster import Roster
 from node.worker.runners import (
     EchoRunner,
     GenerationCancelled,
@@ -35,8 +36,8 @@ from node.worker.runners import (
     no_progress,
 )
 from node.worker.runners.image import DiffusersRunner
-from node.worker.scheduler import Scheduler
 from protocols import ErrorCode, GenerateParams, ImageParams, ModelInfo
+from protocols.operator import ModelSpec
 from tests.stand_in_directml import stand_in_directml
 from tests.tiny_models import build_tiny_sd
 
@@ -52,7 +53,9 @@ def sd_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def runner(sd_path: Path) -> Iterator[DiffusersRunner]:
-    loaded = load_runner(str(sd_path), sd_path.parent, "cpu", no_progress)
+    loaded = load_runner(
+        ModelSpec(str(sd_path)), sd_path.parent, "cpu", no_progress, lambda needs: None
+    )
     assert isinstance(loaded, DiffusersRunner)
     yield loaded
     loaded.close()
@@ -146,7 +149,9 @@ def test_a_directml_node_loads_on_the_device_torch_directml_names(
 ) -> None:
     directml = stand_in_directml(device="cpu")
     monkeypatch.setitem(sys.modules, "torch_directml", directml)
-    own = load_runner(str(sd_path), sd_path.parent, "directml", no_progress)
+    own = load_runner(
+        ModelSpec(str(sd_path)), sd_path.parent, "directml", no_progress, lambda needs: None
+    )
     try:
         assert isinstance(own, DiffusersRunner)
         assert directml.asked == [0]  # the default adapter
@@ -194,7 +199,7 @@ def authorize(cert: bytes, peer: str) -> Caller:
 async def node(
     runners: dict[str, ModelRunner], cert: bytes = b"gateway"
 ) -> AsyncIterator[tuple[RpcClient, NodeService]]:
-    service = NodeService(runners, Scheduler(1, 1), lambda: 0)
+    service = NodeService(Roster.of(runners, 1, 1), lambda: 0)
     left, right = trio.testing.memory_stream_pair()
     server = RpcServer(service.handlers, authorize)
     async with trio.open_nursery() as nursery:
@@ -254,7 +259,7 @@ async def test_leaving_the_call_stops_the_model_before_freeing_the_slot() -> Non
         with trio.move_on_after(0.3):
             await client.call("generate_image", wire(steps=100))
         with trio.fail_after(5):
-            await service.scheduler.wait_idle()
+            await service.roster.wait_idle()
         # The slot came free only once the model had stopped, not when the caller left.
         assert model.stopped.is_set()
 
@@ -266,4 +271,4 @@ async def test_deadline_stops_the_model() -> None:
             await client.call("generate_image", wire(steps=100), timeout=0.2)
         assert info.value.code is ErrorCode.DEADLINE_EXCEEDED
         assert model.stopped.is_set()
-        assert service.scheduler.inflight == 0
+        assert service.roster.inflight == 0

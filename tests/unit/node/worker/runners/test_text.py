@@ -15,6 +15,7 @@ from node.worker.models import DEFAULT_MODEL
 from node.worker.runners.base import Delta, no_progress
 from node.worker.runners.text import TextRunner
 from protocols import ChatMessage, GenerateParams, ModelInfo
+from protocols.operator import ModelSpec
 from tests.stand_in_directml import stand_in_directml
 from tests.tiny_models import CONTEXT_LENGTH, Converted, build_tiny_llama, converted_default_model
 
@@ -176,7 +177,13 @@ def test_a_directml_node_loads_on_the_device_torch_directml_names(
     directml = stand_in_directml(device="cpu")
     monkeypatch.setitem(sys.modules, "torch_directml", directml)
     path = build_tiny_llama(tmp_path / "tiny")
-    runner = load_runner(str(path), tmp_path / "data", "directml", no_progress, slots=2)
+    runner = load_runner(
+        ModelSpec(str(path), slots=2),
+        tmp_path / "data",
+        "directml",
+        no_progress,
+        lambda needs: None,
+    )
     try:
         assert isinstance(runner, TextRunner)
         assert directml.asked == [0]  # the default adapter
