@@ -45,12 +45,12 @@ class NodeService:
         self,
         runners: Mapping[str, ModelRunner],
         scheduler: Scheduler,
-        vram_free: Callable[[], int],
+        memory_free: Callable[[], int],
         signed_record: Callable[[], tuple[int, bytes]] = lambda: (0, b""),
     ) -> None:
         self.runners = dict(runners)
         self.scheduler = scheduler
-        self._vram_free = vram_free
+        self._memory_free = memory_free
         self._signed_record = signed_record
 
     @property
@@ -70,7 +70,7 @@ class NodeService:
             s.queued,
             s.capacity,
             round(s.tokens_per_s, 2),
-            self._vram_free(),
+            self._memory_free(),
             s.draining,
         )
 

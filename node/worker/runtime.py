@@ -54,7 +54,7 @@ class Node:
         self.runners: dict[str, ModelRunner] = {}
         models = [*config.models, *(e.id for e in self.engines)]
         self.loading: dict[str, str] = {m: "loading" for m in models}
-        self.hardware = Hardware("cpu", "unknown", 0, 0)
+        self.hardware = Hardware("cpu", "unknown", "RAM", 0, 0)
         capacity = config.capacity or max(1, len(models))
         self.scheduler = Scheduler(capacity, config.max_queue)
         self.advertiser = Advertiser(
@@ -63,7 +63,7 @@ class Node:
         self.service = NodeService(
             self.runners,
             self.scheduler,
-            lambda: self.hardware.vram_free,
+            lambda: self.hardware.memory_free,
             lambda: (self.advertiser.seq, self.advertiser.signed),
         )
 
@@ -104,7 +104,7 @@ class Node:
                 progress,
                 self.config.echo_delay,
                 self.config.slots,
-                lambda: _refresh(self.hardware).vram_free,
+                lambda: _refresh(self.hardware).memory_free,
             ),
         )
 
