@@ -1,4 +1,7 @@
-"""``bitinglip node start`` and ``bitinglip gateway start``: run a peer in this process."""
+"""``bitinglip node start`` and ``bitinglip gateway start``: run a peer in this process.
+
+The ``node`` group also holds ``node info`` (``node.cli.info``): what a node here would
+advertise."""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ import logging
 import sys
 from pathlib import Path
 from typing import Any
+
+from node.cli import info
 
 
 def register(commands: Any) -> None:
@@ -37,6 +42,7 @@ def register(commands: Any) -> None:
         "--metrics-port", type=int, help="serve Prometheus metrics on this port (0 picks one)"
     )
     start.set_defaults(func=_node_start)
+    info.register(node)
 
     gateway = commands.add_parser("gateway", help="run an HTTP gateway").add_subparsers(
         dest="action", required=True
