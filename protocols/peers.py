@@ -23,8 +23,9 @@ ROLE_ORDER = {"gateway": 0, "node": 1, "client": 2}
 class PeerHardware:
     backend: str
     device_name: str
-    vram_total: int
-    vram_free: int
+    memory: str  # VRAM, RAM or unified, as the node's record says
+    memory_total: int
+    memory_free: int
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,9 @@ class PeerStatus:
         return replace(
             base,
             # The live load carries fresher free memory than the record.
-            hardware=PeerHardware(hw.backend, hw.device_name, hw.vram_total, live.vram_free),
+            hardware=PeerHardware(
+                hw.backend, hw.device_name, hw.memory, hw.memory_total, live.memory_free
+            ),
             models=[
                 PeerModel(m.id, m.task, m.dtype, "draining" if live.draining else m.state)
                 for m in record.models
@@ -135,8 +138,11 @@ class Summary:
     gateways: int
     healthy: int
     gpus: int
-    vram_total: int  # over GPU nodes: CPU nodes report system memory
-    vram_free: int
+    # The memory totals are over the GPU nodes, named by their kind (VRAM, unified or both);
+    # a CPU node's RAM counts only where there are no GPUs, so RAM is never called VRAM.
+    memory: str  # "" without nodes
+    memory_total: int
+    memory_free: int
     models: dict[str, int]  # model id -> healthy peers with it ready
 
     def to_json(self) -> dict[str, Any]:
@@ -160,7 +166,9 @@ def arrange(peers: Iterable[PeerStatus], model: str | None = None) -> list[PeerS
 
 
 def summarize(peers: Sequence[PeerStatus]) -> Summary:
-    gpus = [p.hardware for p in peers if p.hardware is not None and p.hardware.backend != "cpu"]
+    nodes = [p.hardware for p in peers if p.hardware is not None]
+    gpus = [h for h in nodes if h.backend != "cpu"]
+    counted = gpus or nodes
     models: dict[str, int] = {}
     for peer in peers:
         if peer.healthy and not (peer.load is not None and peer.load.draining):
@@ -173,8 +181,9 @@ def summarize(peers: Sequence[PeerStatus]) -> Summary:
         gateways=sum(p.role == "gateway" for p in peers),
         healthy=sum(p.healthy for p in peers),
         gpus=len(gpus),
-        vram_total=sum(h.vram_total for h in gpus),
-        vram_free=sum(h.vram_free for h in gpus),
+        memory="/".join(sorted({h.memory for h in counted})),
+        memory_total=sum(h.memory_total for h in counted),
+        memory_free=sum(h.memory_free for h in counted),
         models=dict(sorted(models.items())),
     )
 

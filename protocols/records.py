@@ -44,8 +44,13 @@ def model_key(model_id: str) -> str:
 class Hardware:
     backend: str  # cuda | directml | mps | cpu
     device_name: str
-    vram_total: int
-    vram_free: int
+    # What the memory below is: "VRAM" on a GPU, "RAM" on a CPU host, "unified" on Apple silicon.
+    memory: str
+    memory_total: int
+    memory_free: int
+    torch: str = ""  # torch version, "" where it is not installed
+    transformers: str = ""  # transformers version, "" where not installed
+    compute_capability: str = ""  # CUDA only, e.g. "8.9"
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,7 @@ class Load:
     queued: int
     capacity: int
     tokens_per_s: float
-    vram_free: int
+    memory_free: int
     draining: bool = False
 
     @classmethod
@@ -85,7 +90,7 @@ _IDLE: dict[str, Any] = {
     "queued": 0,
     "capacity": 1,
     "tokens_per_s": 0.0,
-    "vram_free": 0,
+    "memory_free": 0,
     "draining": False,
 }
 

@@ -138,8 +138,15 @@ class SwarmCollector:
                 ("queued", "Calls waiting on the node"),
                 ("capacity", "Calls the node runs at once"),
                 ("tokens_per_second", "The node's recent decode speed"),
-                ("vram_free_bytes", "Accelerator memory free on the node"),
-                ("vram_total_bytes", "Accelerator memory on the node"),
+            )
+        }
+        # Labelled with the memory's kind (VRAM, RAM, unified), so a sum of the GPUs' VRAM
+        # leaves the CPU nodes' RAM out.
+        memory = {
+            name: GaugeMetricFamily(f"bitinglip_gateway_peer_{name}", doc, labels=["peer", "kind"])
+            for name, doc in (
+                ("memory_free_bytes", "Memory free for models on the node, by kind"),
+                ("memory_total_bytes", "Memory for models on the node, by kind"),
             )
         }
         states = dict.fromkeys(("healthy", "suspect", "draining"), 0)
@@ -156,15 +163,18 @@ class SwarmCollector:
                 "queued": load.queued,
                 "capacity": load.capacity,
                 "tokens_per_second": load.tokens_per_s,
-                "vram_free_bytes": load.vram_free,
-                "vram_total_bytes": entry.record.hardware.vram_total,
             }
             for name, value in values.items():
                 per_peer[name].add_metric([entry.peer_id], value)
+            hardware = entry.record.hardware
+            labels = [entry.peer_id, hardware.memory]
+            memory["memory_free_bytes"].add_metric(labels, load.memory_free)
+            memory["memory_total_bytes"].add_metric(labels, hardware.memory_total)
         for state, count in states.items():
             peers.add_metric([state], count)
         yield peers
         yield from per_peer.values()
+        yield from memory.values()
 
 
 class _Instrumented(HttpMiddleware):

@@ -78,12 +78,14 @@ def _device(hw: PeerHardware | None) -> str:
     return "-" if hw is None else f"{hw.backend} {hw.device_name}".strip()
 
 
-def _vram(hw: PeerHardware | None) -> str:
-    if hw is None or hw.vram_total <= 0:
-        return "-"
-    scale, unit = _unit(hw.vram_total)
-    used = max(0, hw.vram_total - hw.vram_free)
-    return f"{used / scale:.1f}/{hw.vram_total / scale:.1f} {unit}"
+def memory_cell(hw: PeerHardware | None) -> Text:
+    """Used/total in one unit, then the kind of memory: ``1.2/16.0 GiB RAM``."""
+    if hw is None or hw.memory_total <= 0:
+        return Text("-", style="dim")
+    scale, unit = _unit(hw.memory_total)
+    used = max(0, hw.memory_total - hw.memory_free)
+    # Text, not markup: the kind is whatever the peer's record says.
+    return Text(f"{used / scale:.1f}/{hw.memory_total / scale:.1f} {unit} {hw.memory}".rstrip())
 
 
 def table(peers: Sequence[PeerStatus]) -> Table:
@@ -92,7 +94,7 @@ def table(peers: Sequence[PeerStatus]) -> Table:
     grid.add_column("ROLE", no_wrap=True)
     grid.add_column("ADDRESS", no_wrap=True)
     grid.add_column("DEVICE", max_width=28, no_wrap=True, overflow="ellipsis")
-    grid.add_column("VRAM used/total", justify="right", no_wrap=True)
+    grid.add_column("MEMORY used/total", justify="right", no_wrap=True)
     grid.add_column("MODELS")
     grid.add_column("RUN/QUEUE/CAP", justify="right", no_wrap=True)
     grid.add_column("TOK/S", justify="right", no_wrap=True)
@@ -111,7 +113,7 @@ def table(peers: Sequence[PeerStatus]) -> Table:
             p.role,
             address,
             _device(p.hardware),
-            _vram(p.hardware),
+            memory_cell(p.hardware),
             models_cell(p.models),
             load_cell(p.load),
             speed,
@@ -126,13 +128,14 @@ def summary_line(summary: Summary) -> str:
         f"{summary.gateways} gateway{_s(summary.gateways)}, {summary.nodes} node{_s(summary.nodes)}"
     )
     parts = [f"{summary.peers} peer{_s(summary.peers)} ({roles}, {summary.healthy} healthy)"]
-    if summary.gpus:
-        parts.append(
-            f"{summary.gpus} GPU{_s(summary.gpus)}, VRAM {human_bytes(summary.vram_free)} free"
-            f" of {human_bytes(summary.vram_total)}"
+    devices = f"{summary.gpus} GPU{_s(summary.gpus)}" if summary.gpus else "no GPUs"
+    if summary.memory_total > 0:
+        # Without GPUs the totals are the CPU nodes' RAM, and the kind says so.
+        devices += (
+            f", {summary.memory} {human_bytes(summary.memory_free)} free"
+            f" of {human_bytes(summary.memory_total)}"
         )
-    else:
-        parts.append("no GPUs")
+    parts.append(devices)
     served = ", ".join(f"{m} ({n} peer{_s(n)})" for m, n in summary.models.items())
     parts.append(f"models ready: {served or 'none'}")
     return " · ".join(parts)

@@ -25,7 +25,7 @@ def gateway_record(host: PeerHost, identity: Ed25519PrivateKey) -> RecordFactory
             role="gateway",
             version=VERSION,
             addrs=host.addrs(),
-            hardware=Hardware("cpu", "gateway", 0, 0),
+            hardware=Hardware("cpu", "gateway", "", 0, 0),  # a gateway lends no memory
             models=[],
             load=Load(0, 0, 0, 0.0, 0),
             seq=seq,

@@ -169,7 +169,7 @@ def choose(nodes: list[PeerStatus], model: str, action: str, wanted: str | None)
         raise Refused(f"{model} is already on every node that answers: pass --peer to retry one")
     if not free:
         raise Refused("no node answers", EXIT_NOT_FOUND)
-    return max(free, key=lambda n: n.hardware.vram_free if n.hardware else 0)
+    return max(free, key=lambda n: n.hardware.memory_free if n.hardware else 0)
 
 
 async def _load(

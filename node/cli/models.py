@@ -68,14 +68,14 @@ def _list(args: argparse.Namespace) -> int:
             "backend": hardware.backend,
             "device": hardware.device_name,
             "memory": memory,
-            "memory_total_bytes": hardware.vram_total,
+            "memory_total_bytes": hardware.memory_total,
         }
         models = [_model_json(m, model_store.fits(m, hardware)) for m in found]
         print(json.dumps({"host": host, "models": models}, indent=2))
         return 0
     table = Table(
         title=f"models in {hub_cache_dir()}",
-        caption=f"FITS: the weights within this host's {_bytes(hardware.vram_total)} {memory} "
+        caption=f"FITS: the weights within this host's {_bytes(hardware.memory_total)} {memory} "
         f"({hardware.backend}, {hardware.device_name})",
         box=None,
         header_style="bold",

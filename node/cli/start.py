@@ -1,4 +1,7 @@
-"""``bitinglip node start`` and ``bitinglip gateway start``: run a peer in this process."""
+"""``bitinglip node start`` and ``bitinglip gateway start``: run a peer in this process.
+
+The ``node`` group also holds ``node info`` (``node.cli.info``): what a node here would
+advertise."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from node.cli import manage
+from node.cli import info, manage
 
 
 def register(commands: Any) -> None:
@@ -40,6 +43,7 @@ def register(commands: Any) -> None:
     )
     start.set_defaults(func=_node_start)
     manage.register(node)
+    info.register(node)
 
     gateway = commands.add_parser("gateway", help="run an HTTP gateway").add_subparsers(
         dest="action", required=True

@@ -62,12 +62,12 @@ class NodeService:
     def __init__(
         self,
         roster: Roster,
-        vram_free: Callable[[], int],
+        memory_free: Callable[[], int],
         signed_record: Callable[[], tuple[int, bytes]] = lambda: (0, b""),
         control: Control | None = None,
     ) -> None:
         self.roster = roster
-        self._vram_free = vram_free
+        self._memory_free = memory_free
         self._signed_record = signed_record
         self._control = control
 
@@ -84,7 +84,7 @@ class NodeService:
         }
 
     def load(self) -> Load:
-        return self.roster.load(self._vram_free())
+        return self.roster.load(self._memory_free())
 
     async def rpc_status(
         self, params: dict[str, Any], caller: Caller, emit: Emit

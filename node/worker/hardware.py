@@ -1,13 +1,16 @@
-"""What accelerator this node has and how much of its memory is free.
+"""What accelerator this node has, what kind of memory it computes in, how much of that
+is free, and which torch and transformers it would run.
 
 The node advertises the result in its record, so the probe must work on any host: a CUDA
 or ROCm GPU, a DirectML GPU on Windows, Apple silicon, or a plain CPU, including a host
 where torch is not installed at all (then only the CPU path runs, without importing it).
+Versions come from the installed packages' metadata: reading them imports nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -27,24 +30,32 @@ VRAM_TOTAL_ENV = "BITINGLIP_VRAM_TOTAL"
 
 
 def probe() -> Hardware:
-    """Detect the best backend torch can use here, with its total and free memory."""
+    """Detect the best backend torch can use here, with its memory and the library versions."""
+    return dataclasses.replace(
+        _device(), torch=_version("torch"), transformers=_version("transformers")
+    )
+
+
+def _device() -> Hardware:
     if importlib.util.find_spec("torch") is None:
         return _cpu()
     import torch
 
     if torch.cuda.is_available():
         free, total = torch.cuda.mem_get_info(0)
-        return Hardware("cuda", torch.cuda.get_device_name(0), total, free)
+        major, minor = torch.cuda.get_device_capability(0)
+        name = torch.cuda.get_device_name(0)
+        return Hardware("cuda", name, "VRAM", total, free, compute_capability=f"{major}.{minor}")
     if importlib.util.find_spec("torch_directml") is not None:
         import torch_directml
 
         if torch_directml.is_available():
             total = _env_vram_total()
             name = str(torch_directml.device_name(torch_directml.default_device()))
-            return Hardware("directml", name, total, _directml_free(total))
+            return Hardware("directml", name, "VRAM", total, _directml_free(total))
     if torch.backends.mps.is_available():
         total, free = _mps_memory()
-        return Hardware("mps", _cpu_name(), total, free)
+        return Hardware("mps", _cpu_name(), "unified", total, free)
     return _cpu()
 
 
@@ -66,17 +77,25 @@ def refresh_free(hw: Hardware) -> Hardware:
 
         free = int(torch.cuda.mem_get_info(0)[0])
     elif hw.backend == "directml":
-        free = _directml_free(hw.vram_total)
+        free = _directml_free(hw.memory_total)
     elif hw.backend == "mps":
         free = _mps_memory()[1]
     else:
         free = int(psutil.virtual_memory().available)
-    return dataclasses.replace(hw, vram_free=free)
+    return dataclasses.replace(hw, memory_free=free)
 
 
 def _cpu() -> Hardware:
     memory = psutil.virtual_memory()
-    return Hardware("cpu", _cpu_name(), int(memory.total), int(memory.available))
+    return Hardware("cpu", _cpu_name(), "RAM", int(memory.total), int(memory.available))
+
+
+def _version(package: str) -> str:
+    """The installed version of ``package``, "" where it is not installed."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
 
 
 def _cpu_name() -> str:

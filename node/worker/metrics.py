@@ -157,10 +157,16 @@ class _LoadCollector:
             ("capacity", "Calls run at once", load.capacity),
             ("draining", "1 while the node finishes its calls before stopping", load.draining),
             ("tokens_per_second", "Recent decode speed (a moving average)", load.tokens_per_s),
-            ("vram_free_bytes", "Accelerator memory free", hardware.vram_free),
-            ("vram_total_bytes", "Accelerator memory in all", hardware.vram_total),
         ):
             yield GaugeMetricFamily(f"bitinglip_node_{name}", doc, value=float(value))
+        # Labelled with the memory's kind (VRAM, RAM, unified): a CPU host's RAM is not VRAM.
+        for name, doc, value in (
+            ("memory_free_bytes", "Memory free for models, by kind", hardware.memory_free),
+            ("memory_total_bytes", "Memory for models in all, by kind", hardware.memory_total),
+        ):
+            memory = GaugeMetricFamily(f"bitinglip_node_{name}", doc, labels=["kind"])
+            memory.add_metric([hardware.memory], float(value))
+            yield memory
 
 
 async def _metrics_app(

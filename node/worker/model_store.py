@@ -256,19 +256,16 @@ def safetensors_footprint(file: Path) -> Footprint:
 
 
 def memory_name(hardware: Hardware) -> str:
-    """What the host's model memory is called: RAM on a CPU host, VRAM on a GPU."""
-    if hardware.backend == "cpu":
-        return "RAM"
-    if hardware.backend == "mps":
-        return "unified memory"
-    return "VRAM"
+    """What the host's model memory is called: RAM on a CPU host, VRAM on a GPU, unified
+    memory on Apple silicon (the probe's kind, made a phrase for people)."""
+    return "unified memory" if hardware.memory == "unified" else hardware.memory
 
 
 def fits(model: StoredModel, hardware: Hardware) -> bool | None:
     """Whether the model's weights fit the host's total memory; None when unknown."""
-    if model.footprint is None or hardware.vram_total <= 0:
+    if model.footprint is None or hardware.memory_total <= 0:
         return None
-    return model.footprint.bytes <= hardware.vram_total
+    return model.footprint.bytes <= hardware.memory_total
 
 
 def _tensor_counts(file: Path) -> list[tuple[str, int]]:

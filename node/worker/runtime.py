@@ -69,7 +69,7 @@ class Node:
         self.certificate = keys.certificate(config.data_dir, "node")
         self.host = PeerHost(self.identity, keys.operator_public(config.data_dir))
         self.roster = Roster(config.max_queue, config.capacity)
-        self.hardware = Hardware("cpu", "unknown", 0, 0)
+        self.hardware = Hardware("cpu", "unknown", "RAM", 0, 0)
         # Memory promised to models still loading, not yet visible as used.
         self._promised = 0
         self._promising = threading.Lock()
@@ -78,7 +78,7 @@ class Node:
         )
         self.service = NodeService(
             self.roster,
-            lambda: self.hardware.vram_free,
+            lambda: self.hardware.memory_free,
             lambda: (self.advertiser.seq, self.advertiser.signed),
             control=self,
         )
@@ -132,7 +132,7 @@ class Node:
             # Ends any call still running as cancelled, and drops the weights.
             await trio.to_thread.run_sync(runner.close)
         self.roster.remove(model)
-        before = self.hardware.vram_free
+        before = self.hardware.memory_free
         await self._refresh_now()
         self.advertiser.republish_soon()
         self._status_models()
@@ -141,7 +141,7 @@ class Node:
             "model": model,
             "calls_drained": calls - left,
             "calls_cancelled": left,
-            "freed_bytes": max(0, self.hardware.vram_free - before),
+            "freed_bytes": max(0, self.hardware.memory_free - before),
         }
 
     def _make(self, spec: ModelSpec) -> Callable[[Progress], ModelRunner]:
@@ -161,7 +161,7 @@ class Node:
                     progress,
                     admit,
                     self.config.echo_delay,
-                    lambda: _refresh(self.hardware).vram_free,
+                    lambda: _refresh(self.hardware).memory_free,
                 )
             finally:
                 with self._promising:
@@ -175,7 +175,7 @@ class Node:
         if needs is None:
             logger.warning("%s: no safetensors weights, so its memory needs are unknown", model)
             return 0
-        free = _refresh(self.hardware).vram_free
+        free = _refresh(self.hardware).memory_free
         with self._promising:
             memory.admit(model, needs, max(0, free - self._promised), _memory_name(self.hardware))
             self._promised += needs.total

@@ -5,6 +5,7 @@ Screenshots of each step land in the test's tmp directory (``dashboard-*.png``).
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,6 +115,8 @@ def test_register_see_the_swarm_and_manage_keys(
     expect(node_row).to_contain_text("echo")
     expect(node_row).to_contain_text("ready")
     expect(node_row).to_contain_text("healthy")
+    # The echo node says what its memory is: RAM on a CPU host, VRAM on a GPU.
+    expect(node_row).to_contain_text(re.compile(r"free of \S+ \S+ (RAM|VRAM|unified)"))
     expect(page.locator("#peers tbody tr")).to_have_count(2)
     expect(page.locator("#swarm-stats")).to_contain_text("1 / 1")
     shot("3-swarm")

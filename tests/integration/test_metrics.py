@@ -51,6 +51,9 @@ def test_gateway_and_node_metrics_from_real_processes(swarm: LocalSwarmFixture) 
     assert value(node, "bitinglip_node_capacity") >= 1
     assert value(node, "bitinglip_node_inflight") == 0
     assert value(node, "bitinglip_node_tokens_per_second") > 0
+    # A CPU host's memory is RAM, labelled so, never VRAM.
+    assert value(node, "bitinglip_node_memory_total_bytes", kind="RAM") > 0
+    assert value(gw, "bitinglip_gateway_peer_memory_total_bytes", peer=node_id, kind="RAM") > 0
     (info,) = [dict(labels) for name, labels in node if name == "bitinglip_node_info"]
     assert info["peer_id"] == node_id
     assert info["backend"] == "cpu"

@@ -298,7 +298,9 @@ def test_cli_pull_list_json_rm(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("COLUMNS", "200")  # the table's width, for rich
-    monkeypatch.setattr(node.worker.hardware, "probe", lambda: Hardware("cpu", "a cpu", 8 << 30, 0))
+    monkeypatch.setattr(
+        node.worker.hardware, "probe", lambda: Hardware("cpu", "a cpu", "RAM", 8 << 30, 0)
+    )
     data = tmp_path / "data"
     converted = build_tiny_llama(data / "models" / "owner--converted")
     assert main(["models", "pull", REPO]) == 0
@@ -330,7 +332,7 @@ def test_cli_pull_list_json_rm(
     assert ["owner/converted", "text-generation"] in [row[:2] for row in rows]
     assert [row[-2:] for row in rows if row[0] == REPO] == [["yes", "hub-cache"]]
 
-    small_gpu = Hardware("cuda", "a gpu", 1 << 10, 0)  # too small for any of them
+    small_gpu = Hardware("cuda", "a gpu", "VRAM", 1 << 10, 0)  # too small for any of them
     monkeypatch.setattr(node.worker.hardware, "probe", lambda: small_gpu)
     assert main(["models", "list", "--data-dir", str(data)]) == 0
     table = capsys.readouterr().out
@@ -453,10 +455,12 @@ def test_task_of_a_model_directory(tmp_path: Path) -> None:
 
 def test_memory_is_named_for_the_host() -> None:
     model = StoredModel("m", "hub-cache", Path("m"), 0, None, Footprint(10, 2000))
-    cpu = Hardware("cpu", "some cpu", 1000, 500)
-    gpu = Hardware("cuda", "some gpu", 4000, 100)
+    cpu = Hardware("cpu", "some cpu", "RAM", 1000, 500)
+    gpu = Hardware("cuda", "some gpu", "VRAM", 4000, 100)
+    apple = Hardware("mps", "Apple M3", "unified", 4000, 100)
     assert model_store.memory_name(cpu) == "RAM"
     assert model_store.memory_name(gpu) == "VRAM"
+    assert model_store.memory_name(apple) == "unified memory"
     assert model_store.fits(model, cpu) is False
     assert model_store.fits(model, gpu) is True
     unknown = StoredModel("m", "hub-cache", Path("m"), 0, None, None)

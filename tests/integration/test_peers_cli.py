@@ -100,7 +100,7 @@ def test_json_through_the_gateway_lists_nodes_with_models_and_load(
         assert node["role"] == "node" and node["healthy"]
         assert [(m["id"], m["state"]) for m in node["models"]] == [("echo", "ready")]
         assert node["load"]["capacity"] >= 1 and node["load"]["inflight"] == 0
-        assert node["hardware"]["backend"] and node["hardware"]["vram_total"] > 0
+        assert node["hardware"]["backend"] and node["hardware"]["memory_total"] > 0
     assert body["summary"]["nodes"] == 2 and body["summary"]["models"] == {"echo": 2}
 
 
@@ -222,5 +222,7 @@ def test_v1_peers_over_http(swarm: LocalSwarmFixture) -> None:
     for node in nodes.values():
         assert node["healthy"] and node["rtt_ms"] is not None and node["last_seen"] < 5
         assert set(node["load"]) == {"inflight", "queued", "capacity", "tokens_per_s", "draining"}
-        assert set(node["hardware"]) == {"backend", "device_name", "vram_total", "vram_free"}
+        assert set(node["hardware"]) == {
+            "backend", "device_name", "memory", "memory_total", "memory_free",
+        }  # fmt: skip
         assert set(node["models"][0]) == {"id", "task", "dtype", "state"}

@@ -52,7 +52,7 @@ def forged(key: Ed25519PrivateKey, peer: str, operator: Ed25519PrivateKey) -> by
         role="node",
         version="evil",
         addrs=[],
-        hardware=Hardware("cuda", "fake", 1 << 40, 1 << 40),
+        hardware=Hardware("cuda", "fake", "VRAM", 1 << 40, 1 << 40),
         models=[ModelInfo("echo", "text-generation", "none", 1, 64, "ready")],
         load=Load(0, 0, 64, 1e6, 1 << 40),
         seq=int(now * 1000) + 10**9,

@@ -283,11 +283,13 @@ function peerRow(peer) {
     el("span", { class: `chip state-${m.state}`, title: [m.task, m.dtype].filter(Boolean).join(", ") },
       `${m.id} `, el("small", { text: m.state })),
   );
-  const memory = hw && hw.vram_total > 0
+  // The record says what the memory is: VRAM on a GPU, RAM on a CPU host, unified on Apple.
+  const kind = (hw && hw.memory) || "memory";
+  const memory = hw && hw.memory_total > 0
     ? el("div", { class: "stack" },
-        meter(hw.vram_total - hw.vram_free, hw.vram_total, "memory in use"),
-        el("small", { text: `${bytes(hw.vram_free)} free of ${bytes(hw.vram_total)}` }))
-    : el("span", { class: "muted", text: hw ? "shared" : "—" });
+        meter(hw.memory_total - hw.memory_free, hw.memory_total, `${kind} in use`),
+        el("small", { text: `${bytes(hw.memory_free)} free of ${bytes(hw.memory_total)} ${kind}` }))
+    : el("span", { class: "muted", text: hw ? `${kind} not reported` : "—" });
   const busy = load
     ? el("div", { class: "stack" },
         meter(load.inflight, load.capacity, "slots in use"),

@@ -49,12 +49,12 @@ def record(**changes: Any) -> NodeRecord:
         role="node",
         version="0.1.0",
         addrs=["/ip4/127.0.0.1/tcp/4001"],
-        hardware=Hardware("cpu", "test cpu", 8, 4),
+        hardware=Hardware("cpu", "test cpu", "RAM", 8, 4, "2.5.1", "4.57.0"),
         models=[
             ModelInfo("echo", "text-generation", "float32", 2048, 4, "ready"),
             ModelInfo("warm", "text-to-image", "float16", 77, 1, "loading"),
         ],
-        load=Load(inflight=1, queued=0, capacity=4, tokens_per_s=12.5, vram_free=0),
+        load=Load(inflight=1, queued=0, capacity=4, tokens_per_s=12.5, memory_free=0),
         seq=5,
         issued_at=NOW,
         ttl=120.0,
@@ -189,6 +189,50 @@ def refused(body: dict[str, Any]) -> str:
 
 def test_a_record_map_round_trips() -> None:
     assert NodeRecord.from_dict(record().to_dict()) == record()
+    gpu = Hardware("cuda", "RTX 4090", "VRAM", 24 << 30, 20 << 30, "2.5.1", "4.57.0", "8.9")
+    assert NodeRecord.from_dict(record(hardware=gpu).to_dict()).hardware == gpu
+
+
+def test_hardware_says_what_its_memory_is() -> None:
+    assert body()["hardware"] == {
+        "backend": "cpu",
+        "device_name": "test cpu",
+        "memory": "RAM",
+        "memory_total": 8,
+        "memory_free": 4,
+        "torch": "2.5.1",
+        "transformers": "4.57.0",
+        "compute_capability": "",
+    }
+    assert body()["load"]["memory_free"] == 0
+
+
+def test_hardware_may_omit_versions_but_not_its_memory() -> None:
+    hardware = body()["hardware"]
+    for name in ("torch", "transformers", "compute_capability"):
+        del hardware[name]
+    assert NodeRecord.from_dict(body(hardware=hardware)).hardware.torch == ""
+    hardware = body()["hardware"]
+    del hardware["memory"]
+    assert refused(body(hardware=hardware)) == "malformed node record: Hardware.memory is missing"
+
+
+@pytest.mark.parametrize(
+    ("field", "message"),
+    [
+        ("vram_total", "Hardware has unknown fields: vram_total"),
+        ("vram_free", "Hardware has unknown fields: vram_free"),
+        ("cuda_cores", "Hardware has unknown fields: cuda_cores"),
+    ],
+)
+def test_an_unknown_hardware_field_is_refused(field: str, message: str) -> None:
+    hardware = body()["hardware"] | {field: 8}
+    assert refused(body(hardware=hardware)) == f"malformed node record: {message}"
+
+
+def test_an_unknown_load_field_is_refused() -> None:
+    load = body()["load"] | {"vram_free": 0}
+    assert refused(body(load=load)) == "malformed node record: Load has unknown fields: vram_free"
 
 
 def test_load_may_omit_draining_but_nothing_else() -> None:
@@ -212,13 +256,20 @@ def test_load_may_omit_draining_but_nothing_else() -> None:
         ({"addrs": ["/ip4", 4001]}, "addrs should be a string"),
         ({"hardware": ["cpu"]}, "Hardware should be a map"),
         (
-            {"hardware": body()["hardware"] | {"vram_total": "8"}},
-            "Hardware.vram_total should be an integer",
+            {"hardware": body()["hardware"] | {"memory_total": "8"}},
+            "Hardware.memory_total should be an integer",
         ),
         (
-            {"hardware": body()["hardware"] | {"vram_free": 4.0}},
-            "Hardware.vram_free should be an integer",
+            {"hardware": body()["hardware"] | {"memory_free": 4.0}},
+            "Hardware.memory_free should be an integer",
         ),
+        ({"hardware": body()["hardware"] | {"memory": 1}}, "Hardware.memory should be a string"),
+        ({"hardware": body()["hardware"] | {"torch": 2.5}}, "Hardware.torch should be a string"),
+        (
+            {"hardware": body()["hardware"] | {"compute_capability": [8, 9]}},
+            "Hardware.compute_capability should be a string",
+        ),
+        ({"load": body()["load"] | {"memory_free": -0.5}}, "Load.memory_free should be an integer"),
         ({"load": body()["load"] | {"inflight": True}}, "Load.inflight should be an integer"),
         ({"load": body()["load"] | {"draining": 1}}, "Load.draining should be a boolean"),
         (
@@ -267,7 +318,7 @@ def test_peer_ids_need_thirty_two_byte_keys() -> None:
 
 def test_load_from_a_watch_update_or_a_status_answer() -> None:
     update = {"inflight": 2, "queued": 1, "capacity": 8, "tokens_per_s": 12.5,
-              "vram_free": 1 << 30, "draining": True, "record_seq": 7}  # fmt: skip
+              "memory_free": 1 << 30, "draining": True, "record_seq": 7}  # fmt: skip
     assert Load.from_update(update) == Load(2, 1, 8, 12.5, 1 << 30, True)
     assert Load.from_update({}) == Load(0, 0, 1, 0.0, 0, False)  # missing reads as idle
     assert Load.from_update({"tokens_per_s": 3}).tokens_per_s == 3.0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +75,9 @@ async def gateway() -> AsyncIterator[tuple[httpx.AsyncClient, PeerTable]]:
     )
     table = PeerTable()
     now = time.time()
-    busy = Load(inflight=2, queued=1, capacity=4, tokens_per_s=12.5, vram_free=3 * GIB)
-    table.upsert(record("12D3KooWBusy", issued_at=now), now=now)
+    busy = Load(inflight=2, queued=1, capacity=4, tokens_per_s=12.5, memory_free=3 * GIB)
+    gpu = Hardware("cuda", "Test GPU", "VRAM", 8 * GIB, 8 * GIB)
+    table.upsert(replace(record("12D3KooWBusy", issued_at=now), hardware=gpu), now=now)
     table.update_load("12D3KooWBusy", busy, now=now)
     table.upsert(record("12D3KooWDrains", issued_at=now), now=now)
     table.update_load("12D3KooWDrains", Load(0, 0, 1, 0.0, 0, draining=True), now=now)
@@ -147,7 +149,14 @@ async def test_gateway_reads_the_swarm_at_scrape_time(
     assert value(samples, "bitinglip_gateway_peer_queued", **busy) == 1
     assert value(samples, "bitinglip_gateway_peer_capacity", **busy) == 4
     assert value(samples, "bitinglip_gateway_peer_tokens_per_second", **busy) == 12.5
-    assert value(samples, "bitinglip_gateway_peer_vram_free_bytes", **busy) == 3 * GIB
+    # Memory is labelled with its kind: the GPU node's VRAM, the CPU nodes' RAM.
+    vram = busy | {"kind": "VRAM"}
+    assert value(samples, "bitinglip_gateway_peer_memory_free_bytes", **vram) == 3 * GIB
+    assert value(samples, "bitinglip_gateway_peer_memory_total_bytes", **vram) == 8 * GIB
+    free = "bitinglip_gateway_peer_memory_free_bytes"
+    labelled = [dict(labels) for name, labels in samples if name == free]
+    assert {"peer": "12D3KooWDrains", "kind": "RAM"} in labelled
+    assert {"peer": "12D3KooWBusy", "kind": "RAM"} not in labelled
 
     table.remove("12D3KooWBusy")
     later = await scrape(client)
@@ -194,7 +203,7 @@ async def test_each_app_has_its_own_registry() -> None:
 def node_metrics(load: Load) -> NodeMetrics:
     return NodeMetrics(
         lambda: load,
-        lambda: Hardware("cuda", "Test GPU", 8 * GIB, 6 * GIB),
+        lambda: Hardware("cuda", "Test GPU", "VRAM", 8 * GIB, 6 * GIB),
         lambda: {"echo"},
         {"peer_id": "12D3KooWNode", "version": "0.1.0"},
     )
@@ -242,7 +251,9 @@ async def test_node_counts_calls_by_method_and_outcome() -> None:
     assert get("bitinglip_node_queued") == 2
     assert get("bitinglip_node_capacity") == 4
     assert get("bitinglip_node_tokens_per_second") == 30
-    assert get("bitinglip_node_vram_total_bytes") == 8 * GIB
+    assert get("bitinglip_node_memory_total_bytes", {"kind": "VRAM"}) == 8 * GIB
+    assert get("bitinglip_node_memory_free_bytes", {"kind": "VRAM"}) == 6 * GIB
+    assert get("bitinglip_node_memory_total_bytes", {"kind": "RAM"}) is None
     assert get("bitinglip_node_info", {"peer_id": "12D3KooWNode", "version": "0.1.0"}) == 1
 
 

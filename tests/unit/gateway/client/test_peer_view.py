@@ -15,6 +15,7 @@ from gateway.client.peer_view import (
     ago,
     human_bytes,
     load_cell,
+    memory_cell,
     models_cell,
     render,
     short_addr,
@@ -45,7 +46,7 @@ def status(
     queued: int = 0,
     capacity: int = 4,
     backend: str = "cuda",
-    vram: tuple[int, int] = (24 * GiB, 20 * GiB),
+    memory: tuple[str, int, int] = ("VRAM", 24 * GiB, 20 * GiB),
     healthy: bool = True,
     last_seen: float = 0.5,
 ) -> PeerStatus:
@@ -55,7 +56,7 @@ def status(
         role=role,
         addrs=[f"/ip4/10.0.0.1/tcp/4001/p2p/{peer_id}"],
         version="0.1.0",
-        hardware=PeerHardware(backend, "RTX 4090", *vram) if node else None,
+        hardware=PeerHardware(backend, "RTX 4090", *memory) if node else None,
         models=[PeerModel(m, "text-generation", "float16", s) for m, s in (models or {}).items()],
         load=PeerLoad(inflight, queued, capacity, 42.5, False) if node else None,
         last_seen=last_seen,
@@ -76,7 +77,7 @@ def record(
         role=role,
         version="0.2.0",
         addrs=[f"/ip4/10.0.0.2/tcp/4001/p2p/{peer_id}"],
-        hardware=Hardware("cuda", "A100", 80 * GiB, 70 * GiB),
+        hardware=Hardware("cuda", "A100", "VRAM", 80 * GiB, 70 * GiB, "2.5.1", "4.57.0", "8.0"),
         models=[
             ModelInfo(m, "text-generation", "bfloat16", 4096, 8, s)
             for m, s in (models or {}).items()
@@ -92,15 +93,20 @@ SWARM = [
     status("12D3KooWnodeBusy0001", models={"llama": "ready"}, inflight=4, queued=2),
     status("12D3KooWnodeIdle0002", models={"llama": "ready"}),
     status("12D3KooWgateway00003", role="gateway"),
-    status("12D3KooWnodeCpu00004", models={"echo": "ready"}, backend="cpu", vram=(64 * GiB, 0)),
+    status(
+        "12D3KooWnodeCpu00004",
+        models={"echo": "ready"},
+        backend="cpu",
+        memory=("RAM", 64 * GiB, 48 * GiB),
+    ),
     status("12D3KooWnodeWarm0005", models={"llama": "loading"}, inflight=1, healthy=False),
 ]
 
 
 def test_a_node_status_takes_fresh_memory_and_draining_from_its_live_load() -> None:
-    live = Load(2, 1, 8, 12.0, vram_free=10 * GiB, draining=True)
+    live = Load(2, 1, 8, 12.0, memory_free=10 * GiB, draining=True)
     peer = PeerStatus.from_record(record("n1", models={"m": "ready"}), live, 1.5, True, 3.0)
-    assert peer.hardware == PeerHardware("cuda", "A100", 80 * GiB, 10 * GiB)
+    assert peer.hardware == PeerHardware("cuda", "A100", "VRAM", 80 * GiB, 10 * GiB)
     assert peer.models == [PeerModel("m", "text-generation", "bfloat16", "draining")]
     assert peer.load == PeerLoad(2, 1, 8, 12.0, True)
     assert (peer.last_seen, peer.healthy, peer.rtt_ms) == (1.5, True, 3.0)
@@ -150,9 +156,13 @@ def test_model_filter_keeps_peers_that_list_the_model_in_any_state() -> None:
 def test_summary_counts_gpus_and_models_ready_on_healthy_peers() -> None:
     summary = summarize(SWARM)
     assert (summary.peers, summary.nodes, summary.gateways, summary.healthy) == (5, 4, 1, 4)
-    # The CPU node's memory is system RAM, not VRAM.
+    # The CPU node's memory is system RAM, not VRAM: the totals are the GPUs' alone.
     assert summary.gpus == 3
-    assert (summary.vram_total, summary.vram_free) == (72 * GiB, 60 * GiB)
+    assert (summary.memory, summary.memory_total, summary.memory_free) == (
+        "VRAM",
+        72 * GiB,
+        60 * GiB,
+    )
     assert summary.models == {"echo": 1, "llama": 2}
     assert summary_line(summary) == (
         "5 peers (1 gateway, 4 nodes, 4 healthy) · 3 GPUs, VRAM 60.0 GiB free of 72.0 GiB"
@@ -164,6 +174,66 @@ def test_summary_of_nothing() -> None:
     assert summary_line(summarize([])) == (
         "0 peers (0 gateways, 0 nodes, 0 healthy) · no GPUs · models ready: none"
     )
+
+
+def test_a_swarm_of_cpu_nodes_is_summed_as_ram_never_vram() -> None:
+    cpus = [
+        status("12D3KooWcpu0001", backend="cpu", memory=("RAM", 64 * GiB, 48 * GiB)),
+        status("12D3KooWcpu0002", backend="cpu", memory=("RAM", 32 * GiB, 12 * GiB)),
+        status("12D3KooWgw000003", role="gateway"),
+    ]
+    summary = summarize(cpus)
+    assert (summary.gpus, summary.memory, summary.memory_total, summary.memory_free) == (
+        0,
+        "RAM",
+        96 * GiB,
+        60 * GiB,
+    )
+    line = summary_line(summary)
+    assert "no GPUs, RAM 60.0 GiB free of 96.0 GiB" in line and "VRAM" not in line
+
+
+def test_apple_and_cuda_gpus_name_both_kinds_of_memory() -> None:
+    gpus = [
+        status("12D3KooWcuda001", memory=("VRAM", 24 * GiB, 20 * GiB)),
+        status("12D3KooWmps0002", backend="mps", memory=("unified", 16 * GiB, 8 * GiB)),
+    ]
+    assert "2 GPUs, VRAM/unified 28.0 GiB free of 40.0 GiB" in summary_line(summarize(gpus))
+
+
+@pytest.mark.parametrize(
+    ("backend", "memory", "shown"),
+    [
+        ("cpu", ("RAM", 16 * GiB, 14 * GiB + 819 * (1 << 20)), "1.2/16.0 GiB RAM"),
+        ("cuda", ("VRAM", 24 * GiB, 20 * GiB), "4.0/24.0 GiB VRAM"),
+        ("mps", ("unified", 36 * GiB, 30 * GiB), "6.0/36.0 GiB unified"),
+        ("directml", ("VRAM", 0, 0), "-"),  # no total given: nothing to show
+    ],
+)
+def test_each_row_says_which_memory_it_counts(
+    backend: str, memory: tuple[str, int, int], shown: str
+) -> None:
+    peer = status("12D3KooWnode0001", backend=backend, memory=memory)
+    assert memory_cell(peer.hardware).plain == shown
+    assert memory_cell(None).plain == "-"
+
+
+def test_a_cpu_node_shows_ram_and_a_cuda_node_vram_from_their_records() -> None:
+    cpu_record = replace(
+        record("12D3KooWcpu0001"), hardware=Hardware("cpu", "Xeon", "RAM", 64 * GiB, 0)
+    )
+    peers = [
+        PeerStatus.from_record(cpu_record, Load(0, 0, 8, 0.0, 32 * GiB), 0.1, True),
+        PeerStatus.from_record(record("12D3KooWcuda002"), None, 0.1, True),
+    ]
+    console = Console(record=True, width=200, color_system=None)
+    console.print(render(peers))
+    lines = console.export_text().splitlines()
+    cpu = next(line for line in lines if "cpu0001" in line)
+    cuda = next(line for line in lines if "cuda002" in line)
+    assert "32.0/64.0 GiB RAM" in cpu and "VRAM" not in cpu
+    assert "10.0/80.0 GiB VRAM" in cuda
+    assert "1 GPU, VRAM 70.0 GiB free of 80.0 GiB" in lines[-1]
 
 
 def test_draining_peers_offer_no_models() -> None:
@@ -184,12 +254,14 @@ def test_the_table_for_people() -> None:
     text = console.export_text()
     lines = text.splitlines()
     assert lines[0].split() == [
-        "PEER", "ROLE", "ADDRESS", "DEVICE", "VRAM", "used/total", "MODELS",
+        "PEER", "ROLE", "ADDRESS", "DEVICE", "MEMORY", "used/total", "MODELS",
         "RUN/QUEUE/CAP", "TOK/S", "SEEN", "VERSION",
     ]  # fmt: skip
     assert [line.split()[0] for line in lines[1:6]] == [short_id(p.peer_id) for p in arrange(SWARM)]
     busy = next(line for line in lines if "Busy0001" in line)
-    assert "10.0.0.1:4001" in busy and "cuda RTX 4090" in busy and "4.0/24.0 GiB" in busy
+    assert "10.0.0.1:4001" in busy and "cuda RTX 4090" in busy and "4.0/24.0 GiB VRAM" in busy
+    cpu = next(line for line in lines if "Cpu00004" in line)
+    assert "16.0/64.0 GiB RAM" in cpu and "VRAM" not in cpu
     assert "llama" in busy and "4/2/4" in busy and "42.5" in busy and "0.1.0" in busy
     warm = next(line for line in lines if "Warm0005" in line)
     assert "llama (loading)" in warm and "not responding" in warm
@@ -242,7 +314,8 @@ def test_the_gateway_lists_itself_then_its_nodes() -> None:
     gateway, fresh, silent = peers
     assert gateway["healthy"] and gateway["hardware"] is None and gateway["version"]
     assert fresh["healthy"] and fresh["rtt_ms"] == 4.2 and fresh["last_seen"] == 1.0
-    assert fresh["load"]["inflight"] == 1 and fresh["hardware"]["vram_free"] == 60 * GiB
+    assert fresh["load"]["inflight"] == 1 and fresh["hardware"]["memory_free"] == 60 * GiB
+    assert fresh["hardware"]["memory"] == "VRAM"
     # Known from its record only: never connected, so not healthy and no rtt.
     assert not silent["healthy"] and silent["rtt_ms"] is None and silent["last_seen"] == 11.0
     assert all(PeerStatus.from_json(p).to_json() == p for p in peers)

@@ -19,7 +19,7 @@ def load(
     tokens_per_s: float = 0.0,
     draining: bool = False,
 ) -> Load:
-    return Load(inflight, queued, capacity, tokens_per_s, vram_free=0, draining=draining)
+    return Load(inflight, queued, capacity, tokens_per_s, memory_free=0, draining=draining)
 
 
 def record(
@@ -38,7 +38,7 @@ def record(
         role="node",
         version="0.1.0",
         addrs=[],
-        hardware=Hardware("cpu", "test", 0, 0),
+        hardware=Hardware("cpu", "test", "RAM", 0, 0),
         models=[ModelInfo(m, task, "float32", 2048, 1, s) for m, s in states.items()],
         load=load_ or load(),
         seq=seq,

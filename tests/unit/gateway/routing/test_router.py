@@ -62,7 +62,7 @@ def record(peer: str, models: list[ModelInfo]) -> NodeRecord:
         role="node",
         version="test",
         addrs=[],
-        hardware=Hardware("cpu", "test", 0, 0),
+        hardware=Hardware("cpu", "test", "RAM", 0, 0),
         models=models,
         load=Load(0, 0, 1, 0.0, 0),
         seq=1,

@@ -85,7 +85,7 @@ class FakeTracker:
 
 
 def load(inflight: int = 0, queued: int = 0, capacity: int = 1, draining: bool = False) -> Load:
-    return Load(inflight, queued, capacity, 0.0, vram_free=0, draining=draining)
+    return Load(inflight, queued, capacity, 0.0, memory_free=0, draining=draining)
 
 
 def add(
@@ -544,7 +544,7 @@ def test_serving_describes_each_node_of_each_model(
         tracker,
         "peer-a",
         models={"m": "ready", "x": "loading"},
-        load_=Load(2, 3, 4, 0.0, vram_free=0),
+        load_=Load(2, 3, 4, 0.0, memory_free=0),
     )
     add(table, tracker, "peer-b", load_=load(draining=True))
     add(table, tracker, "peer-c", connected=False)
