@@ -66,7 +66,7 @@ def event_to_wire(event: GatewayEvent) -> dict[str, Any]:
 def event_from_wire(body: dict[str, Any]) -> GatewayEvent | None:
     """The event in ``body``; None for a kind this version does not know (``hello``)."""
     kind = body.get("kind")
-    if kind not in _KINDS:
+    if not isinstance(kind, str) or kind not in _KINDS:
         return None
     try:
         if kind == "usage":

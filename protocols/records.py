@@ -180,9 +180,18 @@ def verify_certificate(blob: bytes, operator_public: bytes, now: float) -> Certi
     """Check a certificate's signature and validity window; return it."""
     body = unpack_map(_open(blob, operator_public))
     try:
-        cert = Certificate(**body)
-    except TypeError as exc:
-        raise RemoteProtocolError("malformed certificate") from exc
+        unknown = set(body) - {"peer_id", "role", "issued_at", "expires_at", "extra"}
+        if unknown:
+            raise ValueError(f"unknown fields: {', '.join(sorted(unknown))}")
+        cert = Certificate(
+            exact(body.get("peer_id"), str, "peer_id"),
+            exact(body.get("role"), str, "role"),
+            finite(body.get("issued_at"), "issued_at"),
+            finite(body.get("expires_at"), "expires_at"),
+            exact(body.get("extra", {}), dict, "extra"),
+        )
+    except ValueError as exc:
+        raise RemoteProtocolError(f"malformed certificate: {exc}") from exc
     if cert.role not in ROLES:
         raise RemoteProtocolError(f"certificate for unknown role {cert.role!r}")
     if not cert.issued_at - 300 <= now <= cert.expires_at:

@@ -133,7 +133,8 @@ class Router:
 
     def _why_none(self, model: str) -> str:
         states = [
-            f"{e.peer_id[-8:]}: {m.state}{' (draining)' if e.load.draining else ''}"
+            f"{e.peer_id[-8:]}: {m.state}"
+            f"{' (draining)' if e.load.draining and m.state != 'draining' else ''}"
             f"{' (not responding)' if e.suspect(time.time()) else ''}"
             for e in self.table.models().get(model, [])
             for m in e.record.models

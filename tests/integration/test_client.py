@@ -206,7 +206,7 @@ async def test_refusals_read_as_sentences(tmp_path: Path) -> None:
         busy = await off_thread(lambda: catch(lambda: stream_all(client, "busy", "hi")))
         sent = await off_thread(lambda: gw.raw_error("alice", chat_body("busy")))
         assert isinstance(busy, c.NoPeerReady) and busy.detail == sent["message"]
-        assert busy.detail == "no node can take 'busy' now (ooWNodeZ: ready (draining))"
+        assert busy.detail == "no node can take 'busy' now (ooWNodeZ: draining)"
         assert str(busy) == f"no node has the model ready: {busy.detail}"
 
         broke = await off_thread(lambda: catch(lambda: read_until_broken(client, gw.gpu)))

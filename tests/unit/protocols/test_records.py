@@ -159,7 +159,7 @@ def test_a_certificate_with_unknown_fields_is_malformed() -> None:
     body = {"peer_id": PEER, "role": "node", "issued_at": NOW, "expires_at": NOW, "x": 1}
     with pytest.raises(RemoteProtocolError) as caught:
         verify_certificate(_signed_cert(body), OPERATOR_PUBLIC, NOW)
-    assert str(caught.value) == "malformed certificate"
+    assert str(caught.value) == "malformed certificate: unknown fields: x"
 
 
 def test_a_certificate_for_an_unknown_role_names_it() -> None:
