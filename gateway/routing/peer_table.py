@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 
 from protocols import Load, NodeRecord
 
-SUSPECT_AFTER = 3.0  # seconds without a load update: three missed heartbeats
+# Seconds without a load update (one a second at least): two and a half missed heartbeats,
+# so a hung node is out of routing within 3 s of its last word.
+SUSPECT_AFTER = 2.5
 
 
 @dataclass
