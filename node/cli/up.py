@@ -2,7 +2,8 @@
 
 Each peer is its own process (libp2p saturates a core when many hosts share one
 process). Peers report through status files, so addresses bound on port 0 and model
-loading progress come back without parsing logs. Ctrl-C or SIGTERM stops them all.
+loading progress come back without parsing logs. A peer that dies is started again
+(``node.cli.supervise``) while the others keep serving; Ctrl-C or SIGTERM stops them all.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import keys
 from keys.files import write_atomic
+from node.cli.supervise import Plan, Supervisor
 from node.p2p.readiness import read_status
 
 READY_TIMEOUT = 600.0
@@ -154,25 +156,36 @@ def run_up(port: int, nodes: int, model: str | None, data_dir: Path | None, as_j
             f"starting a gateway and {nodes} node(s) serving {model} (logs: {data_dir / 'logs'})",
             file=sys.stderr,
         )
-        swarm.spawn("gateway", "gateway", ["--port", str(port)])
+        gateway_port = [str(port)]
+
+        def addrs(names: list[str]) -> list[str]:
+            found = [swarm.status(n).get("addrs") for n in names]
+            return [x for a in found if isinstance(a, list) and a for x in ("--bootstrap", a[0])]
+
+        names = [f"node-{i}" for i in range(nodes)]
+        plans = {
+            # Started again, a gateway keeps its HTTP port and finds the nodes that stayed.
+            "gateway": Plan("gateway", lambda: ["--port", gateway_port[0], *addrs(names)]),
+        }
+        model_flags = ["--model", model, "--model-store", str(data_dir)]
+        for name in names:
+            plans[name] = Plan("node", lambda: [*addrs(["gateway", *names]), *model_flags])
+        supervisor = Supervisor(swarm, plans)
+        supervisor.start("gateway", time.monotonic())
         swarm.wait(["gateway"], "ready", 60)
         gateway = swarm.status("gateway")
-        bootstrap = str(gateway["addrs"][0])  # type: ignore[index]
-        _prepare(model, data_dir)
-        names = [f"node-{i}" for i in range(nodes)]
-        for name in names:
-            extra = ["--bootstrap", bootstrap, "--model", model, "--model-store", str(data_dir)]
-            swarm.spawn(name, "node", extra)
-        swarm.wait(names, "ready", READY_TIMEOUT)
         url = str(gateway["url"])
+        gateway_port[0] = url.rsplit(":", 1)[1]
+        _prepare(model, data_dir)
+        for name in names:
+            supervisor.start(name, time.monotonic())
+        swarm.wait(names, "ready", READY_TIMEOUT)
         _wait_routable(url, model, nodes, 60)
         token = keys.issue(keys.jwt_keys(data_dir).private, "local", 7 * 86400)  # type: ignore[arg-type]
         write_swarm_file(swarm, ["gateway", *names], url)
         _announce(url, model, nodes, token, as_json)
-        while all(p.poll() is None for p in swarm.procs.values()):
-            time.sleep(0.5)
-        print("a peer stopped; shutting the swarm down", file=sys.stderr)
-        return 1
+        supervisor.run()
+        return 0
     except (KeyboardInterrupt, _Stop):
         return 0
     except (RuntimeError, OSError, ValueError) as exc:

@@ -187,6 +187,7 @@ class Node:
         spec: ModelSpec,
         make: Callable[[Progress], ModelRunner],
         report: Report | None = None,
+        abandon: bool = False,
     ) -> Held:
         """Make ``spec``'s runner in a worker thread, reporting progress, and serve it.
         A failure leaves the model ``failed`` (advertised, with its reason) and is raised."""
@@ -219,7 +220,7 @@ class Node:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(forward)
             try:
-                runner = await trio.to_thread.run_sync(make, progress)
+                runner = await trio.to_thread.run_sync(make, progress, abandon_on_cancel=abandon)
             except Exception as exc:  # raised below: inside the nursery it would be grouped
                 failure = exc
             finally:
@@ -241,7 +242,8 @@ class Node:
         self, spec: ModelSpec, make: Callable[[Progress], ModelRunner]
     ) -> None:
         try:
-            await self._load(spec, make)
+            # Abandoned if the node is stopped while it loads: the process is exiting.
+            await self._load(spec, make, abandon=True)
         except Exception as exc:  # advertised as failed; the node serves the others
             self.status.update(state="failed", message=f"{spec.id}: {exc}")
 
@@ -255,47 +257,60 @@ class Node:
     # The node's life.
 
     async def run(self) -> None:
-        config = self.config
+        """Serve until SIGINT or SIGTERM: drain if serving, stop at once if still starting."""
         self.status.update(role="node", state="starting", pid=os.getpid())
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as top:
+                serving = trio.Event()
+                top.start_soon(self._stop_on_signal, signals, serving, top.cancel_scope)
+                await self._serve(serving)
+        self.status.update(state="stopped")
+
+    async def _stop_on_signal(
+        self, signals: Any, serving: trio.Event, everything: trio.CancelScope
+    ) -> None:
+        async for _ in signals:
+            break
+        if serving.is_set():
+            await self.drain()
+        else:  # nothing to drain, and a model still loading must not hold up the exit
+            logger.info("stopping while starting")
+        everything.cancel()
+
+    async def _serve(self, serving: trio.Event) -> None:
+        config = self.config
         self.hardware = await trio.to_thread.run_sync(_probe)
         metrics = self._metrics() if config.metrics_port is not None else None
         handlers = (
             self.service.handlers if metrics is None else metrics.instrument(self.service.handlers)
         )
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with (
-                self.host.running(config.listen, config.bootstrap),
-                trio.open_nursery() as nursery,
-            ):
-                serve_rpc(self.host, keys.operator_public(config.data_dir), handlers)
-                self.status.update(
-                    peer_id=self.host.peer_id, addrs=self.host.addrs(), state="loading"
-                )
-                logger.info(
-                    "node %s listening on %s", self.host.peer_id, " ".join(self.host.addrs())
-                )
-                if metrics is not None:
-                    port = config.metrics_port or 0
-                    url = await nursery.start(metrics.serve, config.metrics_host, port)
-                    self.status.update(metrics_url=url)
-                    logger.info("metrics on %s", url)
-                nursery.start_soon(self.advertiser.run)
-                nursery.start_soon(self._refresh_hardware)
-                async with trio.open_nursery() as loaders:
-                    for spec in self.specs:
-                        loaders.start_soon(self._load_at_start, spec, self._make(spec))
-                    for engine in self.engines:
-                        loaders.start_soon(
-                            self._load_at_start,
-                            ModelSpec(engine.id, slots=engine.slots),
-                            _engine_maker(engine),
-                        )
-                if any(h.state == "ready" for h in self.roster):
-                    self.status.update(state="ready", message="ready")
-                async for _ in signals:
-                    break
-                await self.drain()
-                nursery.cancel_scope.cancel()
+        async with (
+            self.host.running(config.listen, config.bootstrap),
+            trio.open_nursery() as nursery,
+        ):
+            serve_rpc(self.host, keys.operator_public(config.data_dir), handlers)
+            self.status.update(peer_id=self.host.peer_id, addrs=self.host.addrs(), state="loading")
+            logger.info("node %s listening on %s", self.host.peer_id, " ".join(self.host.addrs()))
+            if metrics is not None:
+                port = config.metrics_port or 0
+                url = await nursery.start(metrics.serve, config.metrics_host, port)
+                self.status.update(metrics_url=url)
+                logger.info("metrics on %s", url)
+            nursery.start_soon(self.advertiser.run)
+            nursery.start_soon(self._refresh_hardware)
+            async with trio.open_nursery() as loaders:
+                for spec in self.specs:
+                    loaders.start_soon(self._load_at_start, spec, self._make(spec))
+                for engine in self.engines:
+                    loaders.start_soon(
+                        self._load_at_start,
+                        ModelSpec(engine.id, slots=engine.slots),
+                        _engine_maker(engine),
+                    )
+            if any(h.state == "ready" for h in self.roster):
+                self.status.update(state="ready", message="ready")
+            serving.set()
+            await trio.sleep_forever()
 
     def _metrics(self) -> NodeMetrics:
         hw = self.hardware
@@ -323,7 +338,6 @@ class Node:
         for held in self.roster:
             if held.runner is not None:
                 held.runner.close()
-        self.status.update(state="stopped")
 
     async def _refresh_hardware(self) -> None:
         while True:
