@@ -34,6 +34,7 @@ from node.p2p.admission import serve_rpc
 from node.p2p.advertise import Advertiser
 from node.p2p.host import PeerHost
 from node.p2p.readiness import StatusFile
+from node.p2p.tasks import supervised
 
 logger = logging.getLogger(__name__)
 
@@ -101,10 +102,11 @@ async def run_gateway(config: GatewayConfig) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with host.running(config.listen, config.bootstrap), trio.open_nursery() as nursery:
             serve_rpc(host, operator_public, {"events": sync.rpc_events})
-            await nursery.start(sync.run)
-            await nursery.start(tracker.run)
-            nursery.start_soon(advertiser.run)
-            nursery.start_soon(accounts.run)
+            # An unexpected error in any of these is logged and the task started again.
+            await nursery.start(partial(supervised, "gateway sync", sync.run, takes_status=True))
+            await nursery.start(partial(supervised, "discovery", tracker.run, takes_status=True))
+            nursery.start_soon(supervised, "advertiser", advertiser.run)
+            nursery.start_soon(partial(supervised, "accounts", accounts.run, takes_status=True))
             stop = trio.Event()
             async with trio.open_nursery() as web:
                 asgi = cast(ASGIFramework, app)

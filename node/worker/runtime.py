@@ -24,6 +24,7 @@ from node.p2p.admission import serve_rpc
 from node.p2p.advertise import Advertiser
 from node.p2p.host import PeerHost
 from node.p2p.readiness import StatusFile
+from node.p2p.tasks import supervised
 from node.p2p.version import VERSION
 from node.worker import memory
 from node.worker.config import NodeConfig
@@ -296,8 +297,9 @@ class Node:
                 url = await nursery.start(metrics.serve, config.metrics_host, port)
                 self.status.update(metrics_url=url)
                 logger.info("metrics on %s", url)
-            nursery.start_soon(self.advertiser.run)
-            nursery.start_soon(self._refresh_hardware)
+            # An unexpected error in either is logged and the task started again.
+            nursery.start_soon(supervised, "advertiser", self.advertiser.run)
+            nursery.start_soon(supervised, "memory refresh", self._refresh_hardware)
             async with trio.open_nursery() as loaders:
                 for spec in self.specs:
                     loaders.start_soon(self._load_at_start, spec, self._make(spec))
