@@ -24,7 +24,7 @@ from node.p2p.advertise import Advertiser
 
 def inject(monkeypatch: pytest.MonkeyPatch, cls: type, runs: dict[str, int]) -> None:
     """``cls.run`` raises once, after it started, then runs as before."""
-    real = cls.run
+    real = cls.run  # type: ignore[attr-defined]
     name = cls.__name__
 
     async def run(self: Any, *args: Any, **kwargs: Any) -> None:

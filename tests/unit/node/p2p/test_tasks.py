@@ -3,6 +3,7 @@ again after a backoff; only a task that never started ends the peer."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 from functools import partial
 
@@ -26,7 +27,7 @@ async def test_a_failing_task_is_started_again_with_a_growing_wait(
 
     with trio.move_on_after(1000):
         await supervised("flaky", flaky)
-    waits = [round(b - a, 2) for a, b in zip(starts, starts[1:], strict=False)]
+    waits = [round(b - a, 2) for a, b in itertools.pairwise(starts)]
     assert waits == [0.5, 1, 2, 4, 8, 16, LONGEST_BACKOFF, LONGEST_BACKOFF]
     failures = [r for r in caplog.records if r.getMessage() == "flaky failed"]
     assert len(failures) == 8 and all(r.exc_info for r in failures)  # with the traceback
@@ -46,7 +47,7 @@ async def test_the_wait_starts_over_after_a_healthy_run(
 
     with trio.move_on_after(HEALTHY_AFTER * 2 + 5):
         await supervised("sometimes", sometimes)
-    waits = [round(b - a, 2) for a, b in zip(starts, starts[1:], strict=False)]
+    waits = [round(b - a, 2) for a, b in itertools.pairwise(starts)]
     assert waits[:5] == [0.5, 1, 0.5 + HEALTHY_AFTER, 0.5 + HEALTHY_AFTER, 1]
 
 
