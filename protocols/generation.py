@@ -59,8 +59,9 @@ class GenerateParams(_PeerParams):
     messages: list[ChatMessage] | None = None
     prompt: str | None = None
     max_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
+    # None: the model's own default (its generation config), as its authors meant it to run.
+    temperature: float | None = None
+    top_p: float | None = None
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     # False: the caller wants the whole answer at once; the node sends it in the end frame,
@@ -84,9 +85,9 @@ class GenerateParams(_PeerParams):
             return f"prompt is longer than {MAX_PROMPT_CHARS} characters"
         if not 1 <= self.max_tokens <= MAX_NEW_TOKENS:
             return f"max_tokens must be between 1 and {MAX_NEW_TOKENS}"
-        if not 0.0 <= self.temperature <= 2.0:
+        if self.temperature is not None and not 0.0 <= self.temperature <= 2.0:
             return "temperature must be between 0 and 2"
-        if not 0.0 < self.top_p <= 1.0:
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             return "top_p must be in (0, 1]"
         if len(self.stop) > MAX_STOP_SEQUENCES or any(not s for s in self.stop):
             return f"stop takes at most {MAX_STOP_SEQUENCES} non-empty strings"
@@ -110,12 +111,17 @@ class GenerateParams(_PeerParams):
             ],
             prompt=None if body.get("prompt") is None else exact(body.get("prompt"), str, "prompt"),
             max_tokens=required(body, "max_tokens", int),
-            temperature=finite(body.get("temperature"), "temperature"),
-            top_p=finite(body.get("top_p"), "top_p"),
+            temperature=_optional_number(body, "temperature"),
+            top_p=_optional_number(body, "top_p"),
             stop=[exact(s, str, "stop") for s in required(body, "stop", list)],
             seed=None if body.get("seed") is None else exact(body.get("seed"), int, "seed"),
             stream=True if body.get("stream") is None else exact(body["stream"], bool, "stream"),
         )
+
+
+def _optional_number(body: dict[str, Any], name: str) -> float | None:
+    value = body.get(name)
+    return None if value is None else finite(value, name)
 
 
 @dataclass(frozen=True)

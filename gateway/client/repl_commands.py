@@ -78,10 +78,9 @@ class Session:
 
     model: str | None
     system: str | None = None
-    # Low-temperature sampling: small chat models ramble at the API's default of 1.0.
-    settings: dict[str, float | int] = field(
-        default_factory=lambda: {"temperature": 0.2, "top_p": 0.9}
-    )
+    # What /set chose; anything not here is the model's own default (the node applies
+    # its generation config, e.g. greedy for a model that does not ask to sample).
+    settings: dict[str, float | int] = field(default_factory=dict)
     messages: list[dict[str, str]] = field(default_factory=list)
     image_model: str | None = None
     image_dir: Path = Path()
@@ -157,8 +156,10 @@ class Commands:
 
     def cmd_set(self, arg: str) -> None:
         if not arg:
-            shown = ", ".join(f"{k} {v}" for k, v in self.session.settings.items())
-            self.screen.say(f"settings: {shown or 'the model defaults'}")
+            for known in SETTINGS:
+                value = self.session.settings.get(known)
+                where = "the model's default" if value is None else f"{value} (set here)"
+                self.screen.say(f"{known}: {where}")
             return
         name, _, value = arg.partition(" ")
         setting = SETTINGS.get(name)

@@ -66,11 +66,15 @@ def request_body(params: GenerateParams, model: str) -> tuple[str, dict[str, Any
     body |= {
         "model": model,
         "max_tokens": params.max_tokens,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
         "stream": True,
         # The last event then carries the token counts of the whole call.
         "stream_options": {"include_usage": True},
+    }
+    # Unset, the engine applies the model's own defaults, as the node does.
+    body |= {
+        name: value
+        for name, value in (("temperature", params.temperature), ("top_p", params.top_p))
+        if value is not None
     }
     if params.stop:
         body["stop"] = list(params.stop)

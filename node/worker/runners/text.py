@@ -7,7 +7,11 @@ the start of one); a stop sequence or a caller that goes away takes the request 
 the batch at the next step, so abandoned work does not keep the model busy.
 
 Sampling draws from a per-request ``torch.Generator`` instead of the global RNG: a seeded
-request gives the same text whatever else shares its batch.
+request gives the same text whatever else shares its batch. What a request leaves unset
+(temperature, top_p) comes from the model's own generation config, read as transformers'
+``generate`` reads it: greedy unless it asks to sample. A generation caught in a loop (the
+same run of tokens over and over) is ended, as a small model can repeat itself until
+``max_tokens``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +34,37 @@ if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
+
+
+# A loop is the same block of up to LOOP_PERIOD tokens repeated until it spans LOOP_SPAN
+# tokens (at least LOOP_REPEATS times): past that, more of it is never what was wanted.
+LOOP_PERIOD = 32
+LOOP_REPEATS = 4
+LOOP_SPAN = 64
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a model chooses tokens when a request does not say: temperature 0 is greedy,
+    top_k 0 keeps every token, repetition_penalty 1 changes nothing."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+
+    @classmethod
+    def of(cls, config: Any) -> Sampling:
+        """The defaults in a transformers ``GenerationConfig``."""
+        penalty = float(getattr(config, "repetition_penalty", None) or 1.0)
+        if not getattr(config, "do_sample", False):
+            return cls(repetition_penalty=penalty)
+        return cls(
+            float(getattr(config, "temperature", None) or 1.0),
+            float(getattr(config, "top_p", None) or 1.0),
+            int(getattr(config, "top_k", None) or 0),
+            penalty,
+        )
 
 
 class TextRunner:
@@ -56,6 +92,7 @@ class TextRunner:
             eos = tokenizer.eos_token_id
         self._eos: set[int] = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
         self._engine: BatchEngine | None = BatchEngine(model, self._eos, max_batch, model_id)
+        self.defaults = Sampling.of(model.generation_config)
         # Fast tokenizers are Rust objects shared between request threads.
         self._encoding = threading.Lock()
 
@@ -167,13 +204,21 @@ class TextRunner:
         engine = self._engine
         if engine is None:
             raise RuntimeError(f"{self._model_id} is closed")
-        channel = engine.submit(prompt, max_new, _picker(params), _Either(cancelled, halt))
+        pick = _picker(params, self.defaults, prompt)
+        channel = engine.submit(prompt, max_new, pick, _Either(cancelled, halt))
         text = _TextStream(self._tokenizer)
         pending = ""  # text not yet sent: it may be the start of a stop sequence
         tokens = 0
+        produced: list[int] = []
         try:
             for token in channel:
                 tokens += 1
+                produced.append(token)
+                if looping(produced):
+                    logger.info("%s: ended a generation caught in a loop", self._model_id)
+                    halt.set()
+                    yield Delta(pending + text.flush(), prompt_tokens, tokens, "stop")
+                    return
                 pending += text.add(token)
                 cut = _first_stop(pending, params.stop)
                 if cut >= 0:
@@ -241,13 +286,17 @@ class _TextStream:
                 pieces.append(piece)
 
 
-def _picker(params: GenerateParams) -> Pick:
-    """How one request chooses its next token: greedy, or sampled with its own generator."""
+def _picker(params: GenerateParams, defaults: Sampling, prompt: list[int]) -> Pick:
+    """How one request chooses its next token: greedy, or sampled with its own generator;
+    what the request leaves unset comes from the model's ``defaults``."""
     import torch
 
-    if params.temperature <= 0:
-        return None  # greedy
-    temperature, top_p = params.temperature, params.top_p
+    temperature = defaults.temperature if params.temperature is None else params.temperature
+    top_p = defaults.top_p if params.top_p is None else params.top_p
+    top_k, penalty = defaults.top_k, defaults.repetition_penalty
+    if temperature <= 0 and penalty == 1.0:
+        return None  # greedy, batched by the engine
+    seen = list(prompt)  # the penalty applies to every token of the context
     # On the CPU: every backend can move probabilities there, not every one has generators.
     generator = torch.Generator(device="cpu")
     if params.seed is None:
@@ -256,15 +305,45 @@ def _picker(params: GenerateParams) -> Pick:
         generator.manual_seed(params.seed)
 
     def pick(logits: torch.Tensor) -> int:
-        probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
-        if top_p < 1.0:
-            ordered, order = probs.sort(dim=-1, descending=True)
-            # Drop a token when the ones above it already cover top_p; the first one stays.
-            outside = ordered.cumsum(dim=-1) - ordered >= top_p
-            probs = probs.scatter(-1, order, ordered.masked_fill(outside, 0.0))
-        return int(torch.multinomial(probs, 1, generator=generator))
+        logits = logits.float()
+        if penalty != 1.0:
+            # As transformers does: a seen token's logit is divided by the penalty if
+            # positive, multiplied by it if negative.
+            ids = torch.tensor(sorted(set(seen)), device=logits.device)
+            chosen = logits[ids]
+            logits = logits.clone()
+            logits[ids] = torch.where(chosen > 0, chosen / penalty, chosen * penalty)
+        if temperature <= 0:
+            token = int(logits.argmax())
+        else:
+            probs = torch.softmax(logits / temperature, dim=-1).cpu()
+            if top_k > 0:
+                kth = probs.topk(min(top_k, probs.numel())).values[-1]
+                probs = probs.masked_fill(probs < kth, 0.0)
+            if top_p < 1.0:
+                ordered, order = probs.sort(dim=-1, descending=True)
+                # Drop a token when the ones above it already cover top_p; the first stays.
+                outside = ordered.cumsum(dim=-1) - ordered >= top_p * ordered.sum()
+                probs = probs.scatter(-1, order, ordered.masked_fill(outside, 0.0))
+            token = int(torch.multinomial(probs, 1, generator=generator))
+        seen.append(token)
+        return token
 
     return pick
+
+
+def looping(tokens: list[int]) -> bool:
+    """Whether ``tokens`` end in one block repeated over ``LOOP_SPAN`` tokens or more."""
+    for period in range(1, LOOP_PERIOD + 1):
+        repeats = max(LOOP_REPEATS, -(-LOOP_SPAN // period))
+        span = period * repeats
+        if len(tokens) < span:
+            continue
+        tail = tokens[-span:]
+        block = tail[-period:]
+        if tail == block * repeats:
+            return True
+    return False
 
 
 def _first_stop(text: str, stops: list[str]) -> int:

@@ -261,8 +261,8 @@ def test_generate_params_defaults() -> None:
     params = GenerateParams(model="m", prompt="hi")
     assert (params.max_tokens, params.temperature, params.top_p, params.stop, params.seed) == (
         256,
-        1.0,
-        1.0,
+        None,  # the model's own default
+        None,
         [],
         None,
     )
@@ -355,9 +355,9 @@ def _without(key: str) -> dict[str, Any]:
         _without("max_tokens"),
         _wire(temperature="hot"),
         _wire(temperature=True),
-        _wire(temperature=None),
+        _wire(temperature=[0.5]),
         _wire(top_p=[1]),
-        _without("top_p"),
+        _wire(top_p=-0.5),
         _wire(stop="\n"),
         _wire(stop=[1]),
         _wire(stop=None),
