@@ -157,8 +157,8 @@ class Commands:
     def cmd_set(self, arg: str) -> None:
         if not arg:
             for known in SETTINGS:
-                value = self.session.settings.get(known)
-                where = "the model's default" if value is None else f"{value} (set here)"
+                chosen = self.session.settings.get(known)
+                where = "the model's default" if chosen is None else f"{chosen} (set here)"
                 self.screen.say(f"{known}: {where}")
             return
         name, _, value = arg.partition(" ")
