@@ -75,11 +75,11 @@ async def metered(
 
 def _status(exc: BaseException) -> int:
     """The HTTP status a failed call ends with: an HTTP error's, a refusal's hint, 499 for a
-    caller that went away, else 500."""
+    caller that went away (its task cancelled, or its stream of events closed), else 500."""
     status = getattr(exc, "status", None) or getattr(exc, "status_hint", None)
     if isinstance(status, int):
         return status
-    return 499 if isinstance(exc, trio.Cancelled) else 500
+    return 499 if isinstance(exc, trio.Cancelled | GeneratorExit) else 500
 
 
 def rate_headers(meters: list[Meter], claims: keys.Claims) -> dict[str, str]:

@@ -8,15 +8,18 @@ render text, so they hand a ``Renderer`` to ``stream`` and keep nothing else of 
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import trio
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 import keys
+from gateway.accounts import charges
 from gateway.accounts.errors import Refused
 from gateway.accounts.metering import Outcome, metered, rate_headers
 from gateway.api import openai_api as oa
@@ -26,6 +29,8 @@ from gateway.routing.router import Generation, NoPeerReady, UnknownModel, Upstre
 from protocols import GenerateParams
 
 NODE_HEADER = "X-BitingLip-Node"
+# What a node may say about why it stopped; anything else reads as "stop".
+FINISH_REASONS = frozenset({"stop", "length"})
 
 
 @dataclass
@@ -36,6 +41,7 @@ class Started:
     outcome: Outcome
     stack: AsyncExitStack
     headers: dict[str, str]
+    params: GenerateParams
 
 
 @dataclass
@@ -47,8 +53,8 @@ class Renderer:
     model: str
     include_usage: bool
 
-    def whole(self, text: str, result: dict[str, Any]) -> dict[str, Any]:
-        """The complete answer, given the node's end data (finish reason and token counts)."""
+    def whole(self, text: str, finish_reason: str, usage: dict[str, int]) -> dict[str, Any]:
+        """The complete answer, with why it ended and the tokens charged."""
         raise NotImplementedError
 
     def opening(self) -> list[dict[str, Any]]:
@@ -108,26 +114,37 @@ async def start(
         raise
     outcome.peer_id = generation.peer_id
     headers = {NODE_HEADER: generation.peer_id} | rate_headers(s.meters, claims)
-    return Started(generation, outcome, stack, headers)
+    return Started(generation, outcome, stack, headers, params)
 
 
-def _count(started: Started) -> dict[str, int]:
-    usage = oa.usage(started.generation.usage)
-    started.outcome.prompt_tokens = usage["prompt_tokens"]
-    started.outcome.completion_tokens = usage["completion_tokens"]
-    return usage
+def _settle(started: Started, forwarded: str) -> dict[str, int]:
+    """Charge the call for what the node says it used, checked against the request and
+    the text ``forwarded`` to the caller; the usage to show."""
+    generation = started.generation
+    charge = charges.charge(started.params, generation.usage, forwarded, generation.finished)
+    started.outcome.prompt_tokens = charge.prompt_tokens
+    started.outcome.completion_tokens = charge.completion_tokens
+    return oa.usage(charge.prompt_tokens, charge.completion_tokens)
 
 
-async def collect(started: Started) -> str:
-    """The whole answer; failures become HTTP errors carrying the rate-limit headers."""
+def _finish_reason(started: Started) -> str:
+    reason = started.generation.usage.get("finish_reason")
+    return reason if reason in FINISH_REASONS else "stop"
+
+
+async def collect(started: Started) -> tuple[str, dict[str, int]]:
+    """The whole answer and its usage; failures become HTTP errors carrying the
+    rate-limit headers."""
+    text = ""
     try:
         async with started.stack:
             try:
                 text = await started.generation.text()
             except UpstreamError as exc:
                 raise routing_error(exc) from exc
-            _count(started)
-            return text
+            finally:
+                usage = _settle(started, text)
+            return text, usage
     except ApiError as exc:
         exc.headers.update(started.headers)
         raise
@@ -138,39 +155,59 @@ async def answer(started: Started, render: Renderer, stream: bool) -> Response:
     else the whole answer once the text is complete. Both carry the call's headers."""
     if stream:
         return event_stream(started, render)
-    text = await collect(started)
-    return JSONResponse(render.whole(text, started.generation.usage), headers=started.headers)
+    text, usage = await collect(started)
+    body = render.whole(text, _finish_reason(started), usage)
+    return JSONResponse(body, headers=started.headers)
+
+
+class _EventStream(StreamingResponse):
+    """Closes its events however the response ends: a client that hangs up while an event
+    is being sent leaves them suspended, and they must be charged now, not whenever the
+    garbage collector finalizes them."""
+
+    def __init__(self, events: AsyncGenerator[bytes, None], headers: dict[str, str]) -> None:
+        super().__init__(events, media_type="text/event-stream", headers=headers)
+        self._events = events
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._events.aclose()
 
 
 def event_stream(started: Started, render: Renderer) -> StreamingResponse:
     """The streamed answer as a response: server-sent events, rate-limit headers included."""
-    return StreamingResponse(
-        stream(started, render),
-        media_type="text/event-stream",
-        headers=started.headers | {"Cache-Control": "no-cache"},
-    )
+    return _EventStream(stream(started, render), started.headers | {"Cache-Control": "no-cache"})
 
 
-async def stream(started: Started, render: Renderer) -> AsyncIterator[bytes]:
+async def stream(started: Started, render: Renderer) -> AsyncGenerator[bytes, None]:
     """Server-sent events; leaving early (client gone) cancels the generation on the node.
 
     The call is recorded (its usage row on disk) before the closing events go out: a
-    client that has read ``[DONE]`` has been charged, even if the gateway dies next.
+    client that has read ``[DONE]`` has been charged, even if the gateway dies next. A
+    call that ends early, the client gone or the node failed, is charged for the text
+    forwarded so far.
     """
+    forwarded: list[str] = []
     async with started.stack:
-        for event in render.opening():
-            yield oa.sse(event)
         try:
+            for event in render.opening():
+                yield oa.sse(event)
             async for piece in started.generation.deltas():
                 if piece:
+                    forwarded.append(piece)
                     yield oa.sse(render.piece(piece))
         except UpstreamError as exc:
             started.outcome.status = 502
             closing = [oa.error_body(502, str(exc), exc.code.value.lower())]
         else:
-            usage = _count(started)
-            reason = str(started.generation.usage.get("finish_reason", "stop"))
-            closing = render.closing(reason, usage)
+            closing = []
+        finally:
+            usage = _settle(started, "".join(forwarded))
+    if not closing:
+        closing = render.closing(_finish_reason(started), usage)
     for event in closing:
         yield oa.sse(event)
     yield oa.sse("[DONE]")

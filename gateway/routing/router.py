@@ -51,19 +51,32 @@ class UpstreamError(RoutingError):
 
 @dataclass
 class Generation:
-    """An answered call: ``deltas()`` yields text; ``usage`` is filled at the end."""
+    """An answered call: ``deltas()`` yields text; ``usage`` holds the node's counts so
+    far (each chunk carries them), then its end data."""
 
     peer_id: str
     call: Call
     first: dict[str, Any] | None
     usage: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def finished(self) -> bool:
+        return self.call.result is not None
+
+    def _counted(self, chunk: dict[str, Any]) -> str:
+        counts: dict[str, Any] = {
+            k: chunk[k] for k in ("prompt_tokens", "completion_tokens") if k in chunk
+        }
+        if counts:
+            self.usage = counts
+        return str(chunk.get("text", ""))
+
     async def deltas(self) -> AsyncIterator[str]:
         try:
             if self.first is not None:
-                yield str(self.first.get("text", ""))
+                yield self._counted(self.first)
             async for chunk in self.call:
-                yield str(chunk.get("text", ""))
+                yield self._counted(chunk)
             if self.call.result and "text" in self.call.result:
                 yield str(self.call.result["text"])  # a non-streamed answer comes whole
         except RemoteError as exc:
