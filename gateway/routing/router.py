@@ -158,6 +158,7 @@ class Router:
         entry = self.table.entries.get(peer)
         if entry is not None:
             entry.local_delta -= 1
+            entry.open_calls = max(0, entry.open_calls - 1)
 
     @asynccontextmanager
     async def generate(self, params: GenerateParams, timeout: float) -> AsyncIterator[Generation]:
@@ -209,6 +210,7 @@ class Router:
             if client is None or entry is None:
                 continue
             entry.local_delta += 1
+            entry.open_calls += 1
             async with AsyncExitStack() as stack:
                 stack.callback(self._ended, peer)
                 try:
