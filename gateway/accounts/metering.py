@@ -26,6 +26,10 @@ class Outcome:
     key_id: str
     model: str
     kind: str  # "chat" | "completion" | "image"
+    # The most the call may use, known before it starts: quotas hold it back at admission
+    # and settle with what was used, so calls at once cannot overshoot a quota together.
+    budget_tokens: int = 0
+    budget_images: int = 0
     peer_id: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -51,10 +55,17 @@ class Meter(Protocol):
 
 @asynccontextmanager
 async def metered(
-    meters: list[Meter], claims: keys.Claims, model: str, kind: str
+    meters: list[Meter],
+    claims: keys.Claims,
+    model: str,
+    kind: str,
+    *,
+    tokens: int = 0,
+    images: int = 0,
 ) -> AsyncIterator[Outcome]:
-    """Run a call through every meter; the outcome is recorded however the call ends."""
-    outcome = Outcome(claims.sub, claims.jti, model, kind)
+    """Run a call through every meter; the outcome is recorded however the call ends.
+    ``tokens`` and ``images``: the most the call may use."""
+    outcome = Outcome(claims.sub, claims.jti, model, kind, tokens, images)
     admitted: list[Meter] = []
     try:
         for meter in meters:

@@ -104,7 +104,7 @@ def install(app: FastAPI) -> None:
         backend = s.image_backend
         if backend is None:
             raise ApiError(503, "this gateway does not route image generation", "no_peer_ready")
-        async with routed(request, claims, body.model, "image") as outcome:
+        async with routed(request, claims, body.model, "image", images=params.n) as outcome:
             result = await backend.generate_image(params, s.request_timeout)
             outcome.peer_id = result.peer_id
             if s.image_dir is not None and body.response_format == "url":

@@ -78,14 +78,21 @@ class Renderer:
 
 @asynccontextmanager
 async def routed(
-    request: Request, claims: keys.Claims, model: str, kind: str
+    request: Request,
+    claims: keys.Claims,
+    model: str,
+    kind: str,
+    *,
+    tokens: int = 0,
+    images: int = 0,
 ) -> AsyncIterator[Outcome]:
     """Meter → route → error → headers: the call is admitted by the meters and recorded
     however it ends; a refusal or a routing failure becomes an HTTP error, and every HTTP
-    error carries the caller's rate-limit headers."""
+    error carries the caller's rate-limit headers. ``tokens`` and ``images``: the most
+    the call may use, held back from the caller's quotas until it ends."""
     meters = services(request).meters
     try:
-        async with metered(meters, claims, model, kind) as outcome:
+        async with metered(meters, claims, model, kind, tokens=tokens, images=images) as outcome:
             try:
                 yield outcome
             except (UnknownModel, NoPeerReady, UpstreamError) as exc:
@@ -106,7 +113,8 @@ async def start(
     s = services(request)
     stack = AsyncExitStack()
     try:
-        outcome = await stack.enter_async_context(routed(request, claims, params.model, kind))
+        admitted = routed(request, claims, params.model, kind, tokens=charges.budget(params))
+        outcome = await stack.enter_async_context(admitted)
         generation = await stack.enter_async_context(s.backend.generate(params, s.request_timeout))
     except BaseException:
         # Let the meters see the failure (and its status) before it propagates.
