@@ -23,7 +23,7 @@ from gateway.accounts import charges
 from gateway.accounts.errors import Refused
 from gateway.accounts.metering import Outcome, metered, rate_headers
 from gateway.api import openai_api as oa
-from gateway.api.errors import ApiError, refusal, routing_error
+from gateway.api.errors import ApiError, refusal, routing_error, upstream_message
 from gateway.api.services import services
 from gateway.routing.router import Generation, NoPeerReady, UnknownModel, UpstreamError
 from protocols import GenerateParams
@@ -209,7 +209,7 @@ async def stream(started: Started, render: Renderer) -> AsyncGenerator[bytes, No
                     yield oa.sse(render.piece(piece))
         except UpstreamError as exc:
             started.outcome.status = 502
-            closing = [oa.error_body(502, str(exc), exc.code.value.lower())]
+            closing = [oa.error_body(502, upstream_message(exc), exc.code.value.lower())]
         else:
             closing = []
         finally:
