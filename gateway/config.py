@@ -13,6 +13,10 @@ class GatewayConfig:
     data_dir: Path = dataclasses.field(default_factory=default_data_dir)
     host: str = "127.0.0.1"
     port: int = 8080
+    # Prometheus metrics on a listener of their own (0: any free port), and then no longer on
+    # the public port; None: ``/metrics`` on the public port.
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     listen: list[str] = dataclasses.field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/4002"])
     bootstrap: list[str] = dataclasses.field(default_factory=list)
     max_body_bytes: int = 1 << 20
