@@ -21,6 +21,10 @@ class GatewayConfig:
     bootstrap: list[str] = dataclasses.field(default_factory=list)
     max_body_bytes: int = 1 << 20
     request_timeout: float = 300.0
+    # Images answered as URLs: how long each is kept (seconds), and how much disk they take
+    # at most together (the oldest go first).
+    image_ttl: float = 3600.0
+    image_store_bytes: int = 1 << 30
     ready_file: Path | None = None
     log_level: str = "info"
     # [gateway.plans.<name>] tables: requests_per_minute, tokens_per_day, images_per_day,

@@ -22,6 +22,7 @@ from gateway.accounts.users import Accounts
 from gateway.api import peers as peers_api
 from gateway.api.app import create_app
 from gateway.api.auth import Authenticator
+from gateway.api.image_store import ImageStore
 from gateway.api.metrics import metrics_app
 from gateway.api.services import Services
 from gateway.config import GatewayConfig
@@ -73,7 +74,9 @@ async def run_gateway(config: GatewayConfig) -> None:
         health=lambda: {"nodes": len(tracker.clients), "routing_retries": router.retries},
         peers=lambda: peers_api.snapshot(table, host.peer_id, host.addrs(), time.time()),
         image_backend=router,
-        image_dir=config.data_dir / "images",
+        image_store=ImageStore(
+            config.data_dir / "images", config.image_ttl, config.image_store_bytes
+        ),
         meters=[limiter, usage],
         store=store,
         accounts=accounts,
