@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,13 +169,16 @@ async def answer(started: Started, render: Renderer, stream: bool) -> Response:
 
 
 class _EventStream(StreamingResponse):
-    """Closes its events however the response ends: a client that hangs up while an event
-    is being sent leaves them suspended, and they must be charged now, not whenever the
-    garbage collector finalizes them."""
+    """Ends its call however the response ends. A client that hangs up while an event is
+    being sent leaves the events suspended, and one that hangs up before the first leaves
+    them unstarted: either way the call must be charged and its slot freed now, not
+    whenever the garbage collector finalizes them, or never."""
 
-    def __init__(self, events: AsyncGenerator[bytes, None], headers: dict[str, str]) -> None:
-        super().__init__(events, media_type="text/event-stream", headers=headers)
-        self._events = events
+    def __init__(self, started: Started, render: Renderer) -> None:
+        self._events = stream(started, render)
+        self._stack = started.stack
+        headers = started.headers | {"Cache-Control": "no-cache"}
+        super().__init__(self._events, media_type="text/event-stream", headers=headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -183,11 +186,14 @@ class _EventStream(StreamingResponse):
         finally:
             with trio.CancelScope(shield=True):
                 await self._events.aclose()
+                # Empty once the events ran; else the call ends as one whose client left.
+                with suppress(GeneratorExit):
+                    await self._stack.__aexit__(GeneratorExit, GeneratorExit(), None)
 
 
 def event_stream(started: Started, render: Renderer) -> StreamingResponse:
     """The streamed answer as a response: server-sent events, rate-limit headers included."""
-    return _EventStream(stream(started, render), started.headers | {"Cache-Control": "no-cache"})
+    return _EventStream(started, render)
 
 
 async def stream(started: Started, render: Renderer) -> AsyncGenerator[bytes, None]:

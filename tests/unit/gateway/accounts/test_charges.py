@@ -4,6 +4,7 @@ over a real socket, a node failing mid-answer), with the row read from the SQLit
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -207,3 +208,40 @@ async def test_absurd_counts_are_neither_charged_nor_shown(gw: Gateway, stream: 
 async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
     async with gateway(tmp_path, backend=Scripted()) as g:
         yield g
+
+
+async def test_a_client_gone_before_the_first_event_frees_its_call(tmp_path: Path) -> None:
+    backend = Scripted()
+    async with gateway(tmp_path, backend=backend) as g:
+        backend.send.send_nowait(counted("never sent", 1))
+        body = json.dumps(chat("scripted", stream=True)).encode()
+        token = g.operator_token("alice")["Authorization"].encode()
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.1"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/chat/completions",
+            "raw_path": b"/v1/chat/completions",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"authorization", token), (b"content-type", b"application/json")],
+            "client": ("127.0.0.1", 1),
+            "server": ("test", 80),
+        }
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                await trio.sleep_forever()  # the client is gone before anything reaches it
+
+        await g.app(scope, receive, send)  # type: ignore[arg-type]
+        assert backend.done.is_set()  # the node's call was let go
+        status = g.limiter.status("alice")
+        assert (status["inflight"], status["tokens_held"]) == (0, 0)
+        [row] = await g.store.call(g.store.usage_records)
+    assert (row.status, row.prompt_tokens, row.completion_tokens) == (499, 0, 0)
