@@ -13,10 +13,18 @@ class GatewayConfig:
     data_dir: Path = dataclasses.field(default_factory=default_data_dir)
     host: str = "127.0.0.1"
     port: int = 8080
+    # Prometheus metrics on a listener of their own (0: any free port), and then no longer on
+    # the public port; None: ``/metrics`` on the public port.
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     listen: list[str] = dataclasses.field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/4002"])
     bootstrap: list[str] = dataclasses.field(default_factory=list)
     max_body_bytes: int = 1 << 20
     request_timeout: float = 300.0
+    # Images answered as URLs: how long each is kept (seconds), and how much disk they take
+    # at most together (the oldest go first).
+    image_ttl: float = 3600.0
+    image_store_bytes: int = 1 << 30
     ready_file: Path | None = None
     log_level: str = "info"
     # [gateway.plans.<name>] tables: requests_per_minute, tokens_per_day, images_per_day,

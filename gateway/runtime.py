@@ -22,6 +22,8 @@ from gateway.accounts.users import Accounts
 from gateway.api import peers as peers_api
 from gateway.api.app import create_app
 from gateway.api.auth import Authenticator
+from gateway.api.image_store import ImageStore
+from gateway.api.metrics import metrics_app
 from gateway.api.services import Services
 from gateway.config import GatewayConfig
 from gateway.mesh.events import MeshEvents
@@ -73,14 +75,17 @@ async def run_gateway(config: GatewayConfig) -> None:
         health=lambda: {"nodes": len(tracker.clients), "routing_retries": router.retries},
         peers=lambda: peers_api.snapshot(table, host.peer_id, host.addrs(), time.time()),
         image_backend=router,
-        image_dir=config.data_dir / "images",
+        image_store=ImageStore(
+            config.data_dir / "images", config.image_ttl, config.image_store_bytes
+        ),
         meters=[limiter, usage],
         store=store,
         accounts=accounts,
         limiter=limiter,
     )
     services.metrics.observe_swarm(table, lambda: router.retries)
-    app = create_app(services, max_body_bytes=config.max_body_bytes)
+    apart = config.metrics_port is not None
+    app = create_app(services, max_body_bytes=config.max_body_bytes, metrics_route=not apart)
     sync = MeshSubscriptions(host, certificate, apply=share.apply, forget=tracker.forget_gateway)
     tracker.on_gateway = sync.connect_soon
     share.publish = sync.publish
@@ -98,6 +103,10 @@ async def run_gateway(config: GatewayConfig) -> None:
     http.accesslog = None
     http.errorlog = logging.getLogger("hypercorn.error")
     http.graceful_timeout = 5
+    scrape = HypercornConfig()
+    scrape.bind = [f"{config.metrics_host}:{config.metrics_port or 0}"]
+    scrape.accesslog = None
+    scrape.errorlog = http.errorlog
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with host.running(config.listen, config.bootstrap), trio.open_nursery() as nursery:
@@ -112,6 +121,10 @@ async def run_gateway(config: GatewayConfig) -> None:
                 asgi = cast(ASGIFramework, app)
                 binds = await web.start(partial(serve, asgi, http, shutdown_trigger=stop.wait))
                 url = binds[0] if binds else f"http://{config.host}:{config.port}"
+                if apart:
+                    scraped = cast(ASGIFramework, metrics_app(services.metrics))
+                    served = partial(serve, scraped, scrape, shutdown_trigger=stop.wait)
+                    status.update(metrics_url=f"{(await web.start(served))[0]}/metrics")
                 status.update(state="ready", peer_id=host.peer_id, addrs=host.addrs(), url=url)
                 logger.info("gateway %s serving %s", host.peer_id, url)
                 async for _ in signals:

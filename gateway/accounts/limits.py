@@ -4,6 +4,13 @@ The state is in memory (a sliding minute of request times, today's token and ima
 counts, calls in flight per user); the daily counts start from the usage store, so a
 restart does not hand out a fresh quota. ``note_remote`` counts calls that another gateway
 served into the same windows. A refusal is a ``LimitReached`` (an HTTP 429 with ``Retry-After``).
+
+A call is admitted only if the most it may use (its ``budget_tokens`` or ``budget_images``)
+fits in what is left of the quota besides what the user's calls in flight hold back; the
+budget is held back until the call is recorded, which settles it with what was used. So
+calls started together cannot overshoot a quota, and a budget is never left held: every
+admitted call is recorded however it ends, and holdings live only in memory (a restart
+starts from the usage written, with nothing held).
 """
 
 from __future__ import annotations
@@ -101,6 +108,9 @@ class _Usage:
     tokens: int = 0
     images: int = 0
     inflight: int = 0
+    # What the calls in flight may still use: held back from the quotas until they end.
+    held_tokens: int = 0
+    held_images: int = 0
 
     def roll(self, now: float) -> None:
         while self.recent and self.recent[0] <= now - WINDOW:
@@ -108,6 +118,16 @@ class _Usage:
         today = utc_day(now)
         if self.day != today:
             self.day, self.tokens, self.images = today, 0, 0
+
+
+@dataclass(frozen=True)
+class _Quota:
+    """One daily quota as it stands: its limit, what was used, what calls in flight hold."""
+
+    what: str
+    limit: int
+    used: int
+    held: int
 
 
 class Limiter:
@@ -145,18 +165,45 @@ class Limiter:
             message = f"rate limit of {plan.requests_per_minute} requests per minute reached {on}"
             wait = math.ceil(state.recent[0] + WINDOW - now)
             raise self._refuse(claims, message, "rate_limit_exceeded", wait)
-        if outcome.kind == "image" and state.images >= plan.images_per_day:
-            message = f"daily quota of {plan.images_per_day} images used up {on}"
-            raise self._refuse(claims, message, "insufficient_quota", seconds_to_midnight(now))
-        if outcome.kind != "image" and state.tokens >= plan.tokens_per_day:
-            message = f"daily quota of {plan.tokens_per_day} tokens used up {on}"
-            raise self._refuse(claims, message, "insufficient_quota", seconds_to_midnight(now))
+        if outcome.kind == "image":
+            quota = _Quota("images", plan.images_per_day, state.images, state.held_images)
+            self._check(claims, quota, outcome.budget_images, on, now, "ask for fewer images")
+        else:
+            quota = _Quota("tokens", plan.tokens_per_day, state.tokens, state.held_tokens)
+            self._check(claims, quota, outcome.budget_tokens, on, now, "lower max_tokens")
         state.recent.append(now)
         state.inflight += 1
+        state.held_tokens += outcome.budget_tokens
+        state.held_images += outcome.budget_images
+
+    def _check(
+        self, claims: keys.Claims, quota: _Quota, budget: int, on: str, now: float, hint: str
+    ) -> None:
+        """Refuse a call whose ``budget`` does not fit in what is left of ``quota``."""
+        need = max(1, budget)
+        named = f"daily quota of {quota.limit} {quota.what}"
+        if quota.used >= quota.limit:
+            message, wait = f"{named} used up {on}", seconds_to_midnight(now)
+        elif quota.used + need > quota.limit:
+            left = quota.limit - quota.used
+            message = f"{named} {on} has {left} left; this call may use {need} ({hint})"
+            wait = seconds_to_midnight(now)
+        elif quota.used + quota.held + need > quota.limit:
+            left = quota.limit - quota.used - quota.held
+            message = (
+                f"{named} {on} has {max(0, left)} left besides what your calls in flight"
+                f" may use; this call may use {need}"
+            )
+            wait = 1  # the calls in flight settle as they end
+        else:
+            return
+        raise self._refuse(claims, message, "insufficient_quota", wait)
 
     async def record(self, claims: keys.Claims, outcome: Outcome) -> None:
         state = self._state(claims.sub, self._clock())
         state.inflight = max(0, state.inflight - 1)
+        state.held_tokens = max(0, state.held_tokens - outcome.budget_tokens)
+        state.held_images = max(0, state.held_images - outcome.budget_images)
         state.tokens += outcome.prompt_tokens + outcome.completion_tokens
         state.images += outcome.images
 
@@ -183,7 +230,9 @@ class Limiter:
             "X-RateLimit-Remaining": str(max(0, plan.requests_per_minute - len(state.recent))),
             "X-RateLimit-Reset": str(reset),
             "X-RateLimit-Limit-Tokens": str(plan.tokens_per_day),
-            "X-RateLimit-Remaining-Tokens": str(max(0, plan.tokens_per_day - state.tokens)),
+            "X-RateLimit-Remaining-Tokens": str(
+                max(0, plan.tokens_per_day - state.tokens - state.held_tokens)
+            ),
             "X-RateLimit-Reset-Tokens": str(seconds_to_midnight(now)),
         }
 
@@ -197,6 +246,8 @@ class Limiter:
             "tokens_today": state.tokens,
             "images_today": state.images,
             "inflight": state.inflight,
+            "tokens_held": state.held_tokens,
+            "images_held": state.held_images,
         }
 
     def _refuse(self, claims: keys.Claims, message: str, code: str, wait: int) -> LimitReached:

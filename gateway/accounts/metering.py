@@ -26,6 +26,10 @@ class Outcome:
     key_id: str
     model: str
     kind: str  # "chat" | "completion" | "image"
+    # The most the call may use, known before it starts: quotas hold it back at admission
+    # and settle with what was used, so calls at once cannot overshoot a quota together.
+    budget_tokens: int = 0
+    budget_images: int = 0
     peer_id: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -51,10 +55,17 @@ class Meter(Protocol):
 
 @asynccontextmanager
 async def metered(
-    meters: list[Meter], claims: keys.Claims, model: str, kind: str
+    meters: list[Meter],
+    claims: keys.Claims,
+    model: str,
+    kind: str,
+    *,
+    tokens: int = 0,
+    images: int = 0,
 ) -> AsyncIterator[Outcome]:
-    """Run a call through every meter; the outcome is recorded however the call ends."""
-    outcome = Outcome(claims.sub, claims.jti, model, kind)
+    """Run a call through every meter; the outcome is recorded however the call ends.
+    ``tokens`` and ``images``: the most the call may use."""
+    outcome = Outcome(claims.sub, claims.jti, model, kind, tokens, images)
     admitted: list[Meter] = []
     try:
         for meter in meters:
@@ -75,11 +86,11 @@ async def metered(
 
 def _status(exc: BaseException) -> int:
     """The HTTP status a failed call ends with: an HTTP error's, a refusal's hint, 499 for a
-    caller that went away, else 500."""
+    caller that went away (its task cancelled, or its stream of events closed), else 500."""
     status = getattr(exc, "status", None) or getattr(exc, "status_hint", None)
     if isinstance(status, int):
         return status
-    return 499 if isinstance(exc, trio.Cancelled) else 500
+    return 499 if isinstance(exc, trio.Cancelled | GeneratorExit) else 500
 
 
 def rate_headers(meters: list[Meter], claims: keys.Claims) -> dict[str, str]:

@@ -26,12 +26,17 @@ from gateway.api.services import Services
 AREAS = [chat, completions, peers, metrics, dashboard, images, accounts, usage, openapi]
 
 
-def create_app(services: Services, *, max_body_bytes: int = 1 << 20) -> ASGIApp:
+def create_app(
+    services: Services, *, max_body_bytes: int = 1 << 20, metrics_route: bool = True
+) -> ASGIApp:
+    """The API; ``metrics_route`` False leaves ``/metrics`` to a listener of its own
+    (``metrics.metrics_app``)."""
     # The interactive docs ship their Swagger UI and ReDoc assets: no CDN, works offline.
     app = FastAPIOffline(
         title="BitingLip Swarm gateway", version="1", docs_url="/docs", redoc_url="/redoc"
     )
     app.state.services = services
+    app.state.metrics_route = metrics_route
     install_error_handlers(app)
     for area in AREAS:
         area.install(app)

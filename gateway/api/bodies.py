@@ -37,6 +37,8 @@ async def parse(request: Request, model: type[M]) -> M:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}", "invalid_json") from exc
+    except RecursionError as exc:  # the decoder recurses once per level of nesting
+        raise ApiError(400, "request body is nested too deeply", "invalid_json") from exc
     if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object", "invalid_request")
     try:

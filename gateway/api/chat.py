@@ -60,8 +60,8 @@ def install(app: FastAPI) -> None:
 class _ChatChunks(Renderer):
     created: int = field(default_factory=lambda: int(time.time()))
 
-    def whole(self, text: str, result: dict[str, Any]) -> dict[str, Any]:
-        return oa.chat_completion(self.id, self.model, text, result, self.created)
+    def whole(self, text: str, finish_reason: str, usage: dict[str, int]) -> dict[str, Any]:
+        return oa.chat_completion(self.id, self.model, text, finish_reason, usage, self.created)
 
     def opening(self) -> list[dict[str, Any]]:
         return [oa.chunk(self.id, self.model, self.created, {"role": "assistant", "content": ""})]

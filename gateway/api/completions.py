@@ -36,9 +36,8 @@ def install(app: FastAPI) -> None:
 class _TextChunks(Renderer):
     prefix: str = ""  # the prompt, echoed before the answer
 
-    def whole(self, text: str, result: dict[str, Any]) -> dict[str, Any]:
-        finish = str(result.get("finish_reason", "stop"))
-        return oa.text_completion(self.id, self.model, self.prefix + text, finish, oa.usage(result))
+    def whole(self, text: str, finish_reason: str, usage: dict[str, int]) -> dict[str, Any]:
+        return oa.text_completion(self.id, self.model, self.prefix + text, finish_reason, usage)
 
     def opening(self) -> list[dict[str, Any]]:
         return [oa.text_completion(self.id, self.model, self.prefix, None)] if self.prefix else []

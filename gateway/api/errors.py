@@ -4,11 +4,18 @@ Every failure a client can cause becomes an ``ApiError`` with a 4xx status and a
 ``{"error": {"message", "type", "param", "code"}}``; nothing a client sends yields a 5xx.
 This is the one place where the domain's errors (the accounts' refusals, routing failures)
 become HTTP errors.
+
+What a node says about a failure is peer text: users see a code and a short sentence, never
+a node's internals (a traceback, a file path, an exception's repr). A node's own words pass
+only for the codes where they tell the user what to change (a prompt too long), cut to one
+short line; the whole text is logged here.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,6 +29,21 @@ from gateway.api import openai_api as oa
 from gateway.api.asgi import HttpMiddleware
 from gateway.routing.router import NoPeerReady, UnknownModel, UpstreamError
 from protocols import ErrorCode
+
+logger = logging.getLogger(__name__)
+
+# What users are told when a node fails, by code; a node's own words are dropped.
+NODE_FAILURES = {
+    ErrorCode.INTERNAL: "the node failed to run the model",
+    ErrorCode.UNAUTHORIZED: "the node refused this gateway",
+    ErrorCode.NO_MEMORY: "the node has no memory for the model",
+    ErrorCode.CANCELLED: "the node cancelled the call",
+    ErrorCode.DEADLINE_EXCEEDED: "the node did not answer in time",
+}
+MAX_NODE_MESSAGE = 200
+# Two or more path segments with a letter each: /home/x/model.py, C:\Users\x (not 1/0/8).
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][\w.~@+-]*[A-Za-z_][\w.~@+-]*){2,}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class ApiError(Exception):
@@ -53,11 +75,27 @@ def routing_error(exc: Exception) -> ApiError:
     if isinstance(exc, UnknownModel):
         return ApiError(404, str(exc), "model_not_found", "model")
     if isinstance(exc, NoPeerReady):
-        return ApiError(503, str(exc), "no_peer_ready")
+        return ApiError(503, node_text(str(exc)), "no_peer_ready")
     if isinstance(exc, UpstreamError):
         status = {ErrorCode.BAD_REQUEST: 400, ErrorCode.DEADLINE_EXCEEDED: 504}.get(exc.code, 502)
-        return ApiError(status, str(exc), exc.code.value.lower())
+        return ApiError(status, upstream_message(exc), exc.code.value.lower())
     raise exc
+
+
+def upstream_message(exc: UpstreamError) -> str:
+    """What a user is told of a node's failure; the node's whole text goes to the log."""
+    logger.warning("node failure %s: %s", exc.code.value, exc)
+    return NODE_FAILURES.get(exc.code) or node_text(str(exc))
+
+
+def node_text(text: str) -> str:
+    """A node's words made fit to show: one line, no control characters, no file paths,
+    at most ``MAX_NODE_MESSAGE`` characters."""
+    line = _CONTROL.sub("", text.strip().split("\n", 1)[0])
+    line = _PATH.sub("…", line).strip()
+    if len(line) > MAX_NODE_MESSAGE:
+        line = line[: MAX_NODE_MESSAGE - 1].rstrip() + "…"
+    return line or "the node failed"
 
 
 def install_error_handlers(app: FastAPI) -> None:

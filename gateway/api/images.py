@@ -2,17 +2,15 @@
 
 Images come back inline (``b64_json``) or as URLs on this gateway (``url``). A URL's
 name is 128 random bits, the only thing guarding the image, so fetching one needs no
-token; like OpenAI's, a URL works for an hour, after which the file is deleted.
+token; like OpenAI's, a URL works for an hour (``image_ttl``), after which the file is
+deleted (``gateway.api.image_store``).
 """
 
 from __future__ import annotations
 
 import base64
 import re
-import secrets
 import time
-from contextlib import suppress
-from pathlib import Path
 from typing import Any, Literal
 
 import trio
@@ -26,7 +24,6 @@ from gateway.api.bodies import json_body, parse
 from gateway.api.errors import ApiError
 from gateway.api.inference import NODE_HEADER, routed
 from gateway.api.services import services
-from keys.files import write_atomic
 from protocols import ImageParams
 from protocols.generation import (
     MAX_GUIDANCE,
@@ -37,8 +34,6 @@ from protocols.generation import (
     side_problem,
 )
 
-IMAGE_TTL = 3600.0
-_NAME = re.compile(r"[0-9a-f]{32}")
 _SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
 
 
@@ -90,7 +85,7 @@ def install(app: FastAPI) -> None:
     async def generate_images(request: Request, claims: User) -> JSONResponse:
         s = services(request)
         body = await parse(request, ImageGenerationRequest)
-        if body.response_format == "url" and s.image_dir is None:
+        if body.response_format == "url" and s.image_store is None:
             raise ApiError(
                 400,
                 "this gateway keeps no images: ask for response_format b64_json",
@@ -104,12 +99,12 @@ def install(app: FastAPI) -> None:
         backend = s.image_backend
         if backend is None:
             raise ApiError(503, "this gateway does not route image generation", "no_peer_ready")
-        async with routed(request, claims, body.model, "image") as outcome:
+        async with routed(request, claims, body.model, "image", images=params.n) as outcome:
             result = await backend.generate_image(params, s.request_timeout)
             outcome.peer_id = result.peer_id
-            if s.image_dir is not None and body.response_format == "url":
+            if s.image_store is not None and body.response_format == "url":
                 names = await trio.to_thread.run_sync(
-                    _store, s.image_dir, result.images, time.time()
+                    s.image_store.save, result.images, time.time()
                 )
                 base = str(request.base_url).rstrip("/")
                 data = [{"url": f"{base}/v1/images/{name}.png"} for name in names]
@@ -122,35 +117,9 @@ def install(app: FastAPI) -> None:
 
     @app.get("/v1/images/{name}.png", response_model=None)
     async def get_image(request: Request, name: str) -> Response:
-        directory = services(request).image_dir
-        # Only names this gateway makes: nothing else under (or above) the directory.
-        if directory is not None and _NAME.fullmatch(name):
-            data = await trio.to_thread.run_sync(_read, directory / f"{name}.png", time.time())
+        store = services(request).image_store
+        if store is not None:
+            data = await trio.to_thread.run_sync(store.read, name, time.time())
             if data is not None:
                 return Response(data, media_type="image/png")
-        raise ApiError(404, "no such image (image URLs expire after an hour)", "not_found")
-
-
-def _store(directory: Path, images: list[bytes], now: float) -> list[str]:
-    """Write ``images`` under fresh random names; delete what has expired. Blocking."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for old in directory.iterdir():
-        with suppress(OSError):  # already swept by another request, or not a file
-            if now - old.stat().st_mtime > IMAGE_TTL:
-                old.unlink()
-    names = []
-    for image in images:
-        name = secrets.token_hex(16)
-        write_atomic(directory / f"{name}.png", image)
-        names.append(name)
-    return names
-
-
-def _read(path: Path, now: float) -> bytes | None:
-    """The image at ``path`` unless it is missing or expired. Blocking."""
-    try:
-        if now - path.stat().st_mtime > IMAGE_TTL:
-            return None
-        return path.read_bytes()
-    except OSError:  # missing, or not a file
-        return None
+        raise ApiError(404, "no such image (image URLs expire)", "not_found")

@@ -8,24 +8,29 @@ render text, so they hand a ``Renderer`` to ``stream`` and keep nothing else of 
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
+import trio
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 import keys
+from gateway.accounts import charges
 from gateway.accounts.errors import Refused
 from gateway.accounts.metering import Outcome, metered, rate_headers
 from gateway.api import openai_api as oa
-from gateway.api.errors import ApiError, refusal, routing_error
+from gateway.api.errors import ApiError, refusal, routing_error, upstream_message
 from gateway.api.services import services
 from gateway.routing.router import Generation, NoPeerReady, UnknownModel, UpstreamError
 from protocols import GenerateParams
 
 NODE_HEADER = "X-BitingLip-Node"
+# What a node may say about why it stopped; anything else reads as "stop".
+FINISH_REASONS = frozenset({"stop", "length"})
 
 
 @dataclass
@@ -36,6 +41,7 @@ class Started:
     outcome: Outcome
     stack: AsyncExitStack
     headers: dict[str, str]
+    params: GenerateParams
 
 
 @dataclass
@@ -47,8 +53,8 @@ class Renderer:
     model: str
     include_usage: bool
 
-    def whole(self, text: str, result: dict[str, Any]) -> dict[str, Any]:
-        """The complete answer, given the node's end data (finish reason and token counts)."""
+    def whole(self, text: str, finish_reason: str, usage: dict[str, int]) -> dict[str, Any]:
+        """The complete answer, with why it ended and the tokens charged."""
         raise NotImplementedError
 
     def opening(self) -> list[dict[str, Any]]:
@@ -72,14 +78,21 @@ class Renderer:
 
 @asynccontextmanager
 async def routed(
-    request: Request, claims: keys.Claims, model: str, kind: str
+    request: Request,
+    claims: keys.Claims,
+    model: str,
+    kind: str,
+    *,
+    tokens: int = 0,
+    images: int = 0,
 ) -> AsyncIterator[Outcome]:
     """Meter → route → error → headers: the call is admitted by the meters and recorded
     however it ends; a refusal or a routing failure becomes an HTTP error, and every HTTP
-    error carries the caller's rate-limit headers."""
+    error carries the caller's rate-limit headers. ``tokens`` and ``images``: the most
+    the call may use, held back from the caller's quotas until it ends."""
     meters = services(request).meters
     try:
-        async with metered(meters, claims, model, kind) as outcome:
+        async with metered(meters, claims, model, kind, tokens=tokens, images=images) as outcome:
             try:
                 yield outcome
             except (UnknownModel, NoPeerReady, UpstreamError) as exc:
@@ -100,7 +113,8 @@ async def start(
     s = services(request)
     stack = AsyncExitStack()
     try:
-        outcome = await stack.enter_async_context(routed(request, claims, params.model, kind))
+        admitted = routed(request, claims, params.model, kind, tokens=charges.budget(params))
+        outcome = await stack.enter_async_context(admitted)
         generation = await stack.enter_async_context(s.backend.generate(params, s.request_timeout))
     except BaseException:
         # Let the meters see the failure (and its status) before it propagates.
@@ -108,26 +122,37 @@ async def start(
         raise
     outcome.peer_id = generation.peer_id
     headers = {NODE_HEADER: generation.peer_id} | rate_headers(s.meters, claims)
-    return Started(generation, outcome, stack, headers)
+    return Started(generation, outcome, stack, headers, params)
 
 
-def _count(started: Started) -> dict[str, int]:
-    usage = oa.usage(started.generation.usage)
-    started.outcome.prompt_tokens = usage["prompt_tokens"]
-    started.outcome.completion_tokens = usage["completion_tokens"]
-    return usage
+def _settle(started: Started, forwarded: str) -> dict[str, int]:
+    """Charge the call for what the node says it used, checked against the request and
+    the text ``forwarded`` to the caller; the usage to show."""
+    generation = started.generation
+    charge = charges.charge(started.params, generation.usage, forwarded, generation.finished)
+    started.outcome.prompt_tokens = charge.prompt_tokens
+    started.outcome.completion_tokens = charge.completion_tokens
+    return oa.usage(charge.prompt_tokens, charge.completion_tokens)
 
 
-async def collect(started: Started) -> str:
-    """The whole answer; failures become HTTP errors carrying the rate-limit headers."""
+def _finish_reason(started: Started) -> str:
+    reason = started.generation.usage.get("finish_reason")
+    return reason if reason in FINISH_REASONS else "stop"
+
+
+async def collect(started: Started) -> tuple[str, dict[str, int]]:
+    """The whole answer and its usage; failures become HTTP errors carrying the
+    rate-limit headers."""
+    text = ""
     try:
         async with started.stack:
             try:
                 text = await started.generation.text()
             except UpstreamError as exc:
                 raise routing_error(exc) from exc
-            _count(started)
-            return text
+            finally:
+                usage = _settle(started, text)
+            return text, usage
     except ApiError as exc:
         exc.headers.update(started.headers)
         raise
@@ -138,39 +163,65 @@ async def answer(started: Started, render: Renderer, stream: bool) -> Response:
     else the whole answer once the text is complete. Both carry the call's headers."""
     if stream:
         return event_stream(started, render)
-    text = await collect(started)
-    return JSONResponse(render.whole(text, started.generation.usage), headers=started.headers)
+    text, usage = await collect(started)
+    body = render.whole(text, _finish_reason(started), usage)
+    return JSONResponse(body, headers=started.headers)
+
+
+class _EventStream(StreamingResponse):
+    """Ends its call however the response ends. A client that hangs up while an event is
+    being sent leaves the events suspended, and one that hangs up before the first leaves
+    them unstarted: either way the call must be charged and its slot freed now, not
+    whenever the garbage collector finalizes them, or never."""
+
+    def __init__(self, started: Started, render: Renderer) -> None:
+        self._events = stream(started, render)
+        self._stack = started.stack
+        headers = started.headers | {"Cache-Control": "no-cache"}
+        super().__init__(self._events, media_type="text/event-stream", headers=headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._events.aclose()
+                # Empty once the events ran; else the call ends as one whose client left.
+                with suppress(GeneratorExit):
+                    await self._stack.__aexit__(GeneratorExit, GeneratorExit(), None)
 
 
 def event_stream(started: Started, render: Renderer) -> StreamingResponse:
     """The streamed answer as a response: server-sent events, rate-limit headers included."""
-    return StreamingResponse(
-        stream(started, render),
-        media_type="text/event-stream",
-        headers=started.headers | {"Cache-Control": "no-cache"},
-    )
+    return _EventStream(started, render)
 
 
-async def stream(started: Started, render: Renderer) -> AsyncIterator[bytes]:
+async def stream(started: Started, render: Renderer) -> AsyncGenerator[bytes, None]:
     """Server-sent events; leaving early (client gone) cancels the generation on the node.
 
     The call is recorded (its usage row on disk) before the closing events go out: a
-    client that has read ``[DONE]`` has been charged, even if the gateway dies next.
+    client that has read ``[DONE]`` has been charged, even if the gateway dies next. A
+    call that ends early, the client gone or the node failed, is charged for the text
+    forwarded so far.
     """
+    forwarded: list[str] = []
     async with started.stack:
-        for event in render.opening():
-            yield oa.sse(event)
         try:
+            for event in render.opening():
+                yield oa.sse(event)
             async for piece in started.generation.deltas():
                 if piece:
+                    forwarded.append(piece)
                     yield oa.sse(render.piece(piece))
         except UpstreamError as exc:
             started.outcome.status = 502
-            closing = [oa.error_body(502, str(exc), exc.code.value.lower())]
+            closing = [oa.error_body(502, upstream_message(exc), exc.code.value.lower())]
         else:
-            usage = _count(started)
-            reason = str(started.generation.usage.get("finish_reason", "stop"))
-            closing = render.closing(reason, usage)
+            closing = []
+        finally:
+            usage = _settle(started, "".join(forwarded))
+    if not closing:
+        closing = render.closing(_finish_reason(started), usage)
     for event in closing:
         yield oa.sse(event)
     yield oa.sse("[DONE]")

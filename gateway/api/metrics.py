@@ -27,7 +27,9 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from starlette.routing import BaseRoute, Match
+from starlette.applications import Starlette
+from starlette.requests import Request as StarletteRequest
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import keys
@@ -226,6 +228,8 @@ def install(app: FastAPI) -> None:
         # First, so that it is admitted and counts calls another meter refuses.
         services.meters.insert(0, InferenceMeter(metrics, lambda: services.backend.serving()))
     app.add_middleware(_Instrumented, metrics=metrics, routes=lambda: app.routes)
+    if not app.state.metrics_route:
+        return
 
     @app.get(
         "/metrics",
@@ -235,3 +239,13 @@ def install(app: FastAPI) -> None:
     async def get_metrics(request: Request) -> Response:
         """Prometheus metrics of this gateway and of the swarm as it sees it."""
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+def metrics_app(metrics: GatewayMetrics) -> ASGIApp:
+    """``GET /metrics`` and nothing else, for a listener of its own: the operator can keep
+    the metrics (peer ids, load, models) off the address users reach."""
+
+    async def get_metrics(request: StarletteRequest) -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(routes=[Route("/metrics", get_metrics, methods=["GET"])])

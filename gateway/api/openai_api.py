@@ -109,9 +109,7 @@ def completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex[:24]}"
 
 
-def usage(result: dict[str, Any]) -> dict[str, int]:
-    prompt = int(result.get("prompt_tokens", 0))
-    completion = int(result.get("completion_tokens", 0))
+def usage(prompt: int, completion: int) -> dict[str, int]:
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -120,7 +118,12 @@ def usage(result: dict[str, Any]) -> dict[str, int]:
 
 
 def chat_completion(
-    id_: str, model: str, text: str, result: dict[str, Any], created: int | None = None
+    id_: str,
+    model: str,
+    text: str,
+    finish_reason: str,
+    usage_: dict[str, int],
+    created: int | None = None,
 ) -> dict[str, Any]:
     return {
         "id": id_,
@@ -131,10 +134,10 @@ def chat_completion(
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
-                "finish_reason": result.get("finish_reason", "stop"),
+                "finish_reason": finish_reason,
             }
         ],
-        "usage": usage(result),
+        "usage": usage_,
     }
 
 

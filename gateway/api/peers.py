@@ -1,4 +1,8 @@
-"""``GET /v1/peers``: every peer this gateway knows, itself included, with live load."""
+"""``GET /v1/peers``: every peer this gateway knows, itself included, with live load.
+
+Where peers listen is for the operator: an admin token sees ``addrs``, any other token an
+empty list, so a user cannot map the swarm's hosts to reach them around the gateway.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,10 @@ from protocols.peers import PeerStatus, sort_key
 def install(app: FastAPI) -> None:
     @app.get("/v1/peers")
     async def list_peers(request: Request, claims: User) -> dict[str, Any]:
-        return {"object": "list", "data": services(request).peers()}
+        peers = services(request).peers()
+        if claims.scope != "admin":
+            peers = [peer | {"addrs": []} for peer in peers]
+        return {"object": "list", "data": peers}
 
 
 def node_status(entry: PeerEntry, now: float) -> PeerStatus:

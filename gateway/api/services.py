@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from fastapi import Request
@@ -19,6 +18,7 @@ from gateway.accounts.limits import Limiter
 from gateway.accounts.metering import Meter
 from gateway.accounts.users import Accounts
 from gateway.api.auth import Authenticator
+from gateway.api.image_store import ImageStore
 from gateway.api.metrics import GatewayMetrics
 from gateway.routing.router import Generation, Images
 from protocols import GenerateParams, ImageParams
@@ -56,7 +56,7 @@ class Services:
     # None: this gateway answers no image generation.
     image_backend: ImageBackend | None = None
     # Where images asked for as URLs are kept; None: only inline (b64_json) answers.
-    image_dir: Path | None = None
+    image_store: ImageStore | None = None
     # Users, keys, plans and usage; None: no accounts (operator-issued tokens only).
     store: Store | None = None
     accounts: Accounts | None = None

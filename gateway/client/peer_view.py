@@ -1,6 +1,7 @@
 """The table people read of the swarm's peers (``bitinglip peers``, the REPL's ``/peers``).
 
-No I/O here: statuses (``protocols.peers``) in, rich renderables and text out.
+No I/O here: statuses (``protocols.peers``) in, rich renderables and text out. Everything a
+peer says goes into a cell as literal text (``gateway.client.terminal``), never as markup.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from gateway.client.terminal import cell, printable
 from protocols.peers import PeerHardware, PeerLoad, PeerModel, PeerStatus, Summary, summarize
 
 STATE_STYLES = {"ready": "green", "loading": "yellow", "draining": "red"}
@@ -58,13 +60,13 @@ def ago(seconds: float) -> str:
 
 def models_cell(models: Sequence[PeerModel]) -> Text:
     """Model ids coloured by state; a state other than ready is also spelled out."""
-    cell = Text()
+    shown = Text()
     for i, m in enumerate(models):
         if i:
-            cell.append(", ")
+            shown.append(", ")
         label = m.id if m.state == "ready" else f"{m.id} ({m.state})"
-        cell.append(label, style=STATE_STYLES.get(m.state, ""))
-    return cell
+        shown.append(printable(label), style=STATE_STYLES.get(m.state, ""))
+    return shown
 
 
 def load_cell(load: PeerLoad | None) -> Text:
@@ -84,8 +86,7 @@ def memory_cell(hw: PeerHardware | None) -> Text:
         return Text("-", style="dim")
     scale, unit = _unit(hw.memory_total)
     used = max(0, hw.memory_total - hw.memory_free)
-    # Text, not markup: the kind is whatever the peer's record says.
-    return Text(f"{used / scale:.1f}/{hw.memory_total / scale:.1f} {unit} {hw.memory}".rstrip())
+    return cell(f"{used / scale:.1f}/{hw.memory_total / scale:.1f} {unit} {hw.memory}".rstrip())
 
 
 def table(peers: Sequence[PeerStatus]) -> Table:
@@ -109,16 +110,16 @@ def table(peers: Sequence[PeerStatus]) -> Table:
         if not p.healthy:
             seen.append(" (not responding)")
         grid.add_row(
-            Text(short_id(p.peer_id), style="bold cyan" if p.healthy else "dim"),
-            p.role,
-            address,
-            _device(p.hardware),
+            cell(short_id(p.peer_id), "bold cyan" if p.healthy else "dim"),
+            cell(p.role),
+            cell(address),
+            cell(_device(p.hardware)),
             memory_cell(p.hardware),
             models_cell(p.models),
             load_cell(p.load),
             speed,
             seen,
-            p.version,
+            cell(p.version),
         )
     return grid
 
@@ -147,4 +148,4 @@ def _s(n: int) -> str:
 
 def render(peers: Sequence[PeerStatus]) -> RenderableType:
     """The table and, under it, the summary line."""
-    return Group(table(peers), Text(summary_line(summarize(peers)), style="bold"))
+    return Group(table(peers), cell(summary_line(summarize(peers)), "bold"))

@@ -1,7 +1,9 @@
 """What the REPL shows: streamed answers, notes, errors and tables.
 
 Styled only when stdout is a terminal and ``NO_COLOR`` is unset; the tables are built from
-the API's bodies and do no I/O, so tests render them to text.
+the API's bodies and do no I/O, so tests render them to text. Whatever came over the
+network, an answer's text included, is shown without terminal control sequences and never
+read as markup (``gateway.client.terminal``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gateway.client.peer_view import ago, load_cell, models_cell, short_id
+from gateway.client.terminal import cell, printable
 from protocols.peers import PeerStatus, arrange
 
 USAGE_COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "images")
@@ -41,20 +44,20 @@ class Screen:
 
     def piece(self, text: str) -> None:
         """A piece of a streamed answer, shown at once."""
-        self.console.file.write(text)
+        self.console.file.write(printable(text))
         self.console.file.flush()
 
     def end_answer(self) -> None:
         self.piece("\n")
 
     def say(self, text: str) -> None:
-        self.console.print(Text(text))
+        self.console.print(cell(text))
 
     def note(self, text: str) -> None:
-        self.console.print(Text(text, style="dim"))
+        self.console.print(cell(text, "dim"))
 
     def error(self, text: str) -> None:
-        self.console.print(Text(f"error: {text}", style="red"))
+        self.console.print(cell(f"error: {text}", "red"))
 
     def show(self, renderable: RenderableType) -> None:
         self.console.print(renderable)
@@ -90,11 +93,12 @@ def models_table(
                 cells.append(", ")
             state = str(peer.get("state", "?"))
             load = f"{peer.get('inflight', 0)}/{peer.get('capacity', '?')}"
-            cells.append(short_id(str(peer.get("peer_id", ""))), style="cyan")
-            cells.append(f" {state} {load}", style="" if state == "ready" else "yellow")
+            cells.append(printable(short_id(str(peer.get("peer_id", "")))), style="cyan")
+            shown = printable(f" {state} {load}")
+            cells.append(shown, style="" if state == "ready" else "yellow")
         name = str(model.get("id", "?"))
-        label = Text(f"{name} *", style="bold") if name == current else Text(name)
-        grid.add_row(label, tasks.get(name, "?"), f"{ready}/{len(peers)}", cells)
+        label = cell(f"{name} *", "bold") if name == current else cell(name)
+        grid.add_row(label, cell(tasks.get(name, "?")), f"{ready}/{len(peers)}", cells)
     return grid
 
 
@@ -103,7 +107,7 @@ def usage_table(body: dict[str, Any]) -> RenderableType:
     rows = [r for r in body.get("data") or [] if isinstance(r, dict)]
     grid = _grid("DATE", "MODEL", "REQUESTS", "PROMPT", "COMPLETION", "IMAGES")
     for row in rows:
-        grid.add_row(str(row.get("date", "")), str(row.get("model", "")), *_counts(row))
+        grid.add_row(cell(row.get("date", "")), cell(row.get("model", "")), *_counts(row))
     totals = body.get("totals")
     if isinstance(totals, dict):
         grid.add_row(Text("total", style="bold"), "", *_counts(totals), style="bold")
@@ -111,12 +115,12 @@ def usage_table(body: dict[str, Any]) -> RenderableType:
     limits = body.get("limits")
     if isinstance(limits, dict) and limits:
         shown = ", ".join(f"{k} {_plain(v)}" for k, v in limits.items())
-        parts.append(Text(f"limits: {shown}", style="dim"))
+        parts.append(cell(f"limits: {shown}", "dim"))
     return Group(*parts)
 
 
-def _counts(row: dict[str, Any]) -> list[str]:
-    return [f"{v:,}" if isinstance(v := row.get(c, 0), int) else str(v) for c in USAGE_COLUMNS]
+def _counts(row: dict[str, Any]) -> list[Text]:
+    return [cell(f"{v:,}" if isinstance(v := row.get(c, 0), int) else v) for c in USAGE_COLUMNS]
 
 
 def _plain(value: Any) -> str:
@@ -139,8 +143,8 @@ def peers_table(peers: Sequence[dict[str, Any]]) -> RenderableType:
         if not p.healthy:
             seen.append(" (not responding)")
         grid.add_row(
-            Text(short_id(p.peer_id), style="cyan"),
-            p.role,
+            cell(short_id(p.peer_id), "cyan"),
+            cell(p.role),
             models_cell(p.models),
             load_cell(p.load),
             seen,

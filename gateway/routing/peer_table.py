@@ -14,6 +14,12 @@ from protocols import Load, NodeRecord
 # Seconds without a load update (one a second at least): two and a half missed heartbeats,
 # so a hung node is out of routing within 3 s of its last word.
 SUSPECT_AFTER = 2.5
+# A node's load is its own claim: past these, a claim ranks it no better. A node cannot
+# draw every call with a made-up capacity or speed, only rank as a big honest one would.
+MAX_RANKED_CAPACITY = 64
+# Speed is a whole batch's tokens/s: past this (a GPU's batch is well past it) it only
+# separates fast from slow, so a liar gains little.
+MAX_RANKED_TOKENS_PER_S = 400.0
 
 
 @dataclass
@@ -27,6 +33,8 @@ class PeerEntry:
     # Counted at once, so a burst between two updates does not herd onto one node, and
     # a call that just ended frees its slot before the node says so.
     local_delta: int = 0
+    # This gateway's calls open on the node now, whatever the node says about its load.
+    open_calls: int = 0
 
     @property
     def peer_id(self) -> str:
@@ -36,11 +44,14 @@ class PeerEntry:
         return not self.connected or now - self.last_seen > SUSPECT_AFTER
 
     def expected_wait(self) -> float:
-        """Work ahead of a new call, per slot, scaled down for faster nodes."""
+        """Work ahead of a new call, per slot, scaled down for faster nodes. The work
+        ahead is at least this gateway's own open calls; capacity and speed count up to
+        a cap."""
         load = self.load
-        ahead = max(0, load.inflight + load.queued + self.local_delta) + 1
-        speed = 1.0 + load.tokens_per_s / 100.0
-        return ahead / max(1, load.capacity) / speed
+        ahead = max(0, load.inflight + load.queued + self.local_delta, self.open_calls) + 1
+        capacity = min(max(1, load.capacity), MAX_RANKED_CAPACITY)
+        speed = 1.0 + min(max(0.0, load.tokens_per_s), MAX_RANKED_TOKENS_PER_S) / 100.0
+        return ahead / capacity / speed
 
 
 @dataclass

@@ -51,19 +51,32 @@ class UpstreamError(RoutingError):
 
 @dataclass
 class Generation:
-    """An answered call: ``deltas()`` yields text; ``usage`` is filled at the end."""
+    """An answered call: ``deltas()`` yields text; ``usage`` holds the node's counts so
+    far (each chunk carries them), then its end data."""
 
     peer_id: str
     call: Call
     first: dict[str, Any] | None
     usage: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def finished(self) -> bool:
+        return self.call.result is not None
+
+    def _counted(self, chunk: dict[str, Any]) -> str:
+        counts: dict[str, Any] = {
+            k: chunk[k] for k in ("prompt_tokens", "completion_tokens") if k in chunk
+        }
+        if counts:
+            self.usage = counts
+        return str(chunk.get("text", ""))
+
     async def deltas(self) -> AsyncIterator[str]:
         try:
             if self.first is not None:
-                yield str(self.first.get("text", ""))
+                yield self._counted(self.first)
             async for chunk in self.call:
-                yield str(chunk.get("text", ""))
+                yield self._counted(chunk)
             if self.call.result and "text" in self.call.result:
                 yield str(self.call.result["text"])  # a non-streamed answer comes whole
         except RemoteError as exc:
@@ -146,6 +159,7 @@ class Router:
         entry = self.table.entries.get(peer)
         if entry is not None:
             entry.local_delta -= 1
+            entry.open_calls = max(0, entry.open_calls - 1)
 
     @asynccontextmanager
     async def generate(self, params: GenerateParams, timeout: float) -> AsyncIterator[Generation]:
@@ -197,6 +211,7 @@ class Router:
             if client is None or entry is None:
                 continue
             entry.local_delta += 1
+            entry.open_calls += 1
             async with AsyncExitStack() as stack:
                 stack.callback(self._ended, peer)
                 try:

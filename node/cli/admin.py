@@ -25,6 +25,7 @@ import keys
 from gateway.accounts.database import FILENAME, KeyRecord, Store, UserRecord
 from gateway.accounts.errors import Refused
 from gateway.accounts.users import create_user
+from gateway.client.terminal import cell
 
 EXIT_NOT_FOUND = 2
 
@@ -150,13 +151,13 @@ def _users_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_user_json(u, live[u.name.casefold()]) for u in users], indent=2))
         return 0
-    table = Table(title=f"users in {store.path}")
+    table = Table(title=cell(f"users in {store.path}"))
     for column in ("user", "plan", "state", "password", "live keys", "created"):
         table.add_column(column)
     for u in users:
         table.add_row(
-            u.name,
-            u.plan,
+            cell(u.name),
+            cell(u.plan),
             "disabled" if u.disabled else "active",
             "set" if u.password else "none",
             str(live[u.name.casefold()]),
@@ -197,13 +198,16 @@ def _tokens_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_key_json(k) for k in found], indent=2))
         return 0
-    table = Table(title=f"API keys in {store.path}")
+    table = Table(title=cell(f"API keys in {store.path}"))
     for column in ("id", "user", "name", "created", "expires", "state"):
         table.add_column(column)
     now = time.time()
     for k in found:
         state = "revoked" if k.revoked_at else "expired" if k.expires_at <= now else "live"
-        table.add_row(k.jti, k.user, k.name, _when(k.created), _when(k.expires_at), state)
+        # A key's name is whatever its user chose: literal text, never markup.
+        table.add_row(
+            cell(k.jti), cell(k.user), cell(k.name), _when(k.created), _when(k.expires_at), state
+        )
     Console().print(table)
     return 0
 

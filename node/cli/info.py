@@ -15,9 +15,9 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from gateway.client.peer_view import human_bytes
+from gateway.client.terminal import cell
 from node.worker.hardware import VRAM_TOTAL_ENV, probe
 from protocols import Hardware
 
@@ -47,8 +47,8 @@ def table(hardware: Hardware) -> Table:
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()
     for name, value in rows(hardware):
-        # Text, not markup: a device name may hold brackets.
-        grid.add_row(name, Text(value))
+        # Literal text, not markup: a device name may hold brackets.
+        grid.add_row(name, cell(value))
     return grid
 
 

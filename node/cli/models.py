@@ -17,6 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from gateway.client.terminal import cell
 from node.worker import model_store
 from node.worker.model_store import StoredModel
 from node.worker.models import hub_cache_dir
@@ -74,9 +75,11 @@ def _list(args: argparse.Namespace) -> int:
         print(json.dumps({"host": host, "models": models}, indent=2))
         return 0
     table = Table(
-        title=f"models in {hub_cache_dir()}",
-        caption=f"FITS: the weights within this host's {_bytes(hardware.memory_total)} {memory} "
-        f"({hardware.backend}, {hardware.device_name})",
+        title=cell(f"models in {hub_cache_dir()}"),
+        caption=cell(
+            f"FITS: the weights within this host's {_bytes(hardware.memory_total)} {memory} "
+            f"({hardware.backend}, {hardware.device_name})"
+        ),
         box=None,
         header_style="bold",
         pad_edge=False,
@@ -87,13 +90,13 @@ def _list(args: argparse.Namespace) -> int:
     for m in found:
         fit = model_store.fits(m, hardware)
         table.add_row(
-            m.id,
-            m.task or "other",
+            cell(m.id),
+            cell(m.task or "other"),
             _bytes(m.size_on_disk),
             _count(m.footprint.parameters) if m.footprint else "?",
             _bytes(m.footprint.bytes) if m.footprint else "?",
             "?" if fit is None else "[green]yes[/]" if fit else "[red]no[/]",
-            m.source,
+            cell(m.source),
         )
     Console().print(table)
     if not found:

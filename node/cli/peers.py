@@ -34,6 +34,7 @@ import keys
 from gateway.client import errors as client_errors
 from gateway.client.api_client import GatewayClient
 from gateway.client.peer_view import render
+from gateway.client.terminal import cell
 from keys.keyring import CERTIFICATE, OPERATOR_KEY
 from node.cli.light_client import Unreachable, client_certificate, open_light_client
 from node.cli.up import CLIENT_DIR, SWARM_FILE
@@ -320,5 +321,5 @@ def _frame(
     )
     parts: list[RenderableType] = [header, render(peers)]
     if error is not None:
-        parts.append(Text(f"{error} (showing the last answer)", style="bold red"))
+        parts.append(cell(f"{error} (showing the last answer)", "bold red"))
     return Group(*parts)

@@ -1,7 +1,8 @@
 """The node's RPC methods: generate, generate_image, status, watch, record, and the
 operator's load_model and unload_model.
 
-``generate`` streams text deltas as chunks and ends with usage; ``generate_image`` sends
+``generate`` streams text deltas as chunks, each with the token counts so far, and ends
+with usage; ``generate_image`` sends
 each image as its own chunk (one PNG per frame keeps frames under the size cap) and ends
 with the count and the seed used; ``watch`` streams the node's live load whenever it
 changes (coalesced) and at least every second, which is how gateways see load far
@@ -201,7 +202,13 @@ class NodeService:
                     last = pieces[-1]
                     text = "".join(d.text for d in pieces)
                     if text and request.stream:
-                        await emit({"text": text})
+                        # The counts so far go with the text: a caller that hangs up, or
+                        # a call that fails, is charged for what it was sent.
+                        counts = {
+                            "prompt_tokens": last.prompt_tokens,
+                            "completion_tokens": last.completion_tokens,
+                        }
+                        await emit({"text": text} | counts)
                     elif text:
                         whole.append(text)
         finally:

@@ -67,6 +67,17 @@ def test_gateway_and_node_metrics_from_real_processes(swarm: LocalSwarmFixture) 
     assert not missing
 
 
+def test_gateway_metrics_on_a_listener_of_their_own(swarm: LocalSwarmFixture) -> None:
+    swarm.local.spawn("gateway", "gateway", ["--port", "0", "--metrics-port", "0"])
+    swarm.local.wait(["gateway"], "ready", 60)
+    metrics_url = str(swarm.local.status("gateway")["metrics_url"])
+    assert metrics_url != f"{swarm.url()}/metrics"
+    assert httpx.get(f"{swarm.url()}/metrics", timeout=10).status_code == 404
+    scraped = httpx.get(metrics_url, timeout=10)
+    assert scraped.status_code == 200
+    assert value(parse(scraped.text), "bitinglip_gateway_peers", state="healthy") == 0
+
+
 SUFFIX = r"_(total|bucket|count|sum|info)$"
 
 

@@ -216,7 +216,13 @@ def test_v1_peers_over_http(swarm: LocalSwarmFixture) -> None:
     assert reply.status_code == 200, reply.text
     data = reply.json()["data"]
     assert data[0]["peer_id"] == swarm.peer_id("gateway") and data[0]["role"] == "gateway"
-    assert data[0]["addrs"] and data[0]["healthy"]
+    assert data[0]["healthy"]
+    assert all(p["addrs"] == [] for p in data)  # where peers listen is for the operator
+    signing = keys.jwt_keys(swarm.data_dir).private
+    assert signing is not None
+    admin = {"Authorization": f"Bearer {keys.issue(signing, 'root', 600, 'admin')}"}
+    seen = httpx.get(url, headers=admin, timeout=5).json()["data"]
+    assert all(p["addrs"] for p in seen)
     nodes = {p["peer_id"]: p for p in data if p["role"] == "node"}
     assert set(nodes) == node_ids(swarm)
     for node in nodes.values():

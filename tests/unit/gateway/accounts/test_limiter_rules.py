@@ -391,6 +391,8 @@ async def test_status_is_the_plan_and_what_is_used() -> None:
         "tokens_today": 4,
         "images_today": 2,
         "inflight": 1,
+        "tokens_held": 0,
+        "images_held": 0,
     }
 
 

@@ -164,19 +164,29 @@ async def test_rate_headers_on_every_inference_response(tmp_path: Path) -> None:
 
 async def test_daily_token_quota(tmp_path: Path) -> None:
     clock = Clock()
-    async with gateway(tmp_path, plans(tokens_per_day=TOKENS_PER_CHAT + 5), clock=clock) as g:
+    async with gateway(tmp_path, plans(tokens_per_day=1000), clock=clock) as g:
         auth = g.operator_token("alice")
-        first = await post_chat(g, auth)
-        assert first.headers["x-ratelimit-remaining-tokens"] == str(TOKENS_PER_CHAT + 5)
-        # Counted once the answer is known: 5 tokens left, so one more call may start.
-        assert (await post_chat(g, auth)).status_code == 200
-        refused = await post_chat(g, auth)
+        # Each call may use its max_tokens and its prompt: that much must be left to start.
+        asked = post_chat(g, auth, max_tokens=1000)
+        too_long = assert_error(await asked, 429, "rate_limit_error", "insufficient_quota")
+        assert "1000 tokens on plan 'default' has 1000 left; this call may use" in too_long
+        assert "(lower max_tokens)" in too_long
+        first = await post_chat(g, auth, max_tokens=480)
+        assert first.status_code == 200
+        # While it ran, its budget was held back ...
+        assert int(first.headers["x-ratelimit-remaining-tokens"]) < 1000 - 480
+        # ... and once it ended, it was settled with what it used.
+        status = g.limiter.status("alice")
+        assert (status["tokens_today"], status["tokens_held"]) == (TOKENS_PER_CHAT, 0)
+        assert (await post_chat(g, auth, max_tokens=480)).status_code == 200
+        await g.limiter.record(claims(), Outcome("alice", "j", "m", "chat", prompt_tokens=960))
+        refused = await post_chat(g, auth, max_tokens=1)
         message = assert_error(refused, 429, "rate_limit_error", "insufficient_quota")
-        assert "25 tokens" in message
+        assert message == "daily quota of 1000 tokens used up on plan 'default'"
         assert refused.headers["retry-after"] == "3600"
         assert refused.headers["x-ratelimit-remaining-tokens"] == "0"
         clock.now += 3600  # a new UTC day
-        assert (await post_chat(g, auth)).status_code == 200
+        assert (await post_chat(g, auth, max_tokens=480)).status_code == 200
 
 
 async def test_concurrency_cap(tmp_path: Path) -> None:

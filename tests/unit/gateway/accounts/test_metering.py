@@ -143,6 +143,23 @@ async def test_a_client_that_hung_up_is_still_charged_as_499(clock: list[float])
     assert a.recorded[0].completion_tokens == 3
 
 
+async def test_a_closed_event_stream_is_charged_as_499(clock: list[float]) -> None:
+    # A response that closes its events (the client gone) ends the call with GeneratorExit.
+    chain, _, (a,) = meters("a")
+
+    async def events() -> Any:
+        async with metered(chain, CLAIMS, "echo", "chat") as outcome:
+            outcome.completion_tokens = 2
+            yield b"data"
+            yield b"never sent"
+
+    stream = events()
+    assert await anext(stream) == b"data"
+    await stream.aclose()
+    assert a.statuses == [499]
+    assert a.recorded[0].completion_tokens == 2
+
+
 def test_rate_headers_merge_every_meter_later_ones_winning() -> None:
     chain, _, _ = meters("a", "b")
     assert rate_headers(chain, CLAIMS) == {"X-a": "ann", "X-b": "ann", "X-Shared": "b"}

@@ -185,6 +185,8 @@ async def test_own_usage(gw: Gateway) -> None:
         "tokens_today": 60,
         "images_today": 0,
         "inflight": 0,
+        "tokens_held": 0,
+        "images_held": 0,
     }
 
 

@@ -32,7 +32,8 @@ from gateway.accounts.metering import Outcome
 from gateway.api.app import create_app
 from gateway.api.auth import Authenticator
 from gateway.api.errors import ApiError
-from gateway.api.images import IMAGE_TTL
+from gateway.api.image_store import DEFAULT_TTL as IMAGE_TTL
+from gateway.api.image_store import ImageStore
 from gateway.api.inference import NODE_HEADER
 from gateway.api.services import ImageBackend, Services
 from gateway.routing.router import Generation, Images, NoPeerReady, UnknownModel, UpstreamError
@@ -114,7 +115,7 @@ def make_app(
         request_timeout=TIMEOUT,
         meters=[meter] if meter else [],
         image_backend=images,
-        image_dir=image_dir,
+        image_store=None if image_dir is None else ImageStore(image_dir),
     )
     return create_app(services)
 

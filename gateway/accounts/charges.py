@@ -1,0 +1,90 @@
+"""What a text call may use and what it is charged, from the request and what was forwarded.
+
+A node's token counts are peer input. The gateway knows the request (the prompt's size,
+``max_tokens``, the stop sequences) and the text it forwarded to the caller, and bounds
+the node's counts by them: never negative, never more completion tokens than were asked
+for or than the forwarded text can hold, never more prompt tokens than the prompt can
+make. Where a node said nothing, the same facts give an estimate.
+
+A call that ended early (the caller hung up, the node failed mid-answer) is charged for
+what was forwarded: a node sends its counts so far with every chunk.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from protocols import GenerateParams
+
+# Tokens a chat template may add around the messages: role markers per message, and a
+# default system prompt some templates insert.
+TEMPLATE_TOKENS = 256
+MESSAGE_TOKENS = 16
+# Tokens that leave no text in the answer: end of text, a partial character held back.
+SILENT_TOKENS = 16
+# English runs ~4 bytes a token and CJK ~3: 3 overestimates, and the estimate is only
+# reserved (or charged where a node gave no counts).
+BYTES_PER_TOKEN = 3
+
+
+@dataclass(frozen=True)
+class Charge:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def prompt_bytes(params: GenerateParams) -> int:
+    if params.messages is not None:
+        return sum(len(m.content.encode()) for m in params.messages)
+    return len((params.prompt or "").encode())
+
+
+def _messages(params: GenerateParams) -> int:
+    return len(params.messages) if params.messages is not None else 0
+
+
+def prompt_estimate(params: GenerateParams) -> int:
+    """About as many tokens as the prompt makes, on the high side."""
+    return math.ceil(prompt_bytes(params) / BYTES_PER_TOKEN) + 4 * _messages(params) + 16
+
+
+def prompt_bound(params: GenerateParams) -> int:
+    """The most tokens the prompt can make: a byte-level tokenizer spends at most one a
+    byte, plus what the chat template adds."""
+    return prompt_bytes(params) + MESSAGE_TOKENS * _messages(params) + TEMPLATE_TOKENS
+
+
+def budget(params: GenerateParams) -> int:
+    """The tokens to reserve for the call before it starts."""
+    return params.max_tokens + prompt_estimate(params)
+
+
+def charge(
+    params: GenerateParams, reported: Mapping[str, Any], forwarded: str, finished: bool
+) -> Charge:
+    """What the call costs: the node's counts, checked against the request and the text
+    ``forwarded`` to the caller. A call that did not finish and forwarded nothing costs
+    nothing: its caller received nothing."""
+    if not finished and not forwarded:
+        return Charge(0, 0)
+    size = len(forwarded.encode())
+    prompt = _count(reported.get("prompt_tokens"))
+    completion = _count(reported.get("completion_tokens"))
+    if prompt is None:
+        prompt = prompt_estimate(params)
+    if completion is None:
+        completion = math.ceil(size / BYTES_PER_TOKEN)
+    # Stop sequences are generated but not forwarded.
+    hidden = sum(len(s.encode()) for s in params.stop) + SILENT_TOKENS
+    most = min(params.max_tokens, size + hidden)
+    return Charge(min(prompt, prompt_bound(params)), min(completion, most))
+
+
+def _count(value: object) -> int | None:
+    """A node's count as a number of tokens; None if it sent none (or not a number)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return max(0, value)
