@@ -52,6 +52,11 @@ def register(commands: Any) -> None:
     _peer_flags(gstart)
     gstart.add_argument("--host", help="HTTP address to bind (default 127.0.0.1)")
     gstart.add_argument("--port", type=int, help="HTTP port (default 8080; 0 picks one)")
+    gstart.add_argument(
+        "--registration",
+        choices=["open", "invite", "closed"],
+        help="who may register at /v1/auth/register (default closed)",
+    )
     gstart.set_defaults(func=_gateway_start)
 
 
@@ -131,7 +136,17 @@ def _gateway_start(args: argparse.Namespace) -> int:
         GatewayConfig,
         "gateway",
         _overrides(
-            args, ["data_dir", "listen", "bootstrap", "host", "port", "ready_file", "log_level"]
+            args,
+            [
+                "data_dir",
+                "listen",
+                "bootstrap",
+                "host",
+                "port",
+                "registration",
+                "ready_file",
+                "log_level",
+            ],
         ),
         args.config,
     )

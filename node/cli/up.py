@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ READY_TIMEOUT = 600.0
 # Where a running local swarm can be found, and the identity `bitinglip peers` joins it as.
 SWARM_FILE = "swarm.json"
 CLIENT_DIR = Path("peers") / "cli"
+LOCAL_USER = "local"  # who the token `up` prints is for
 
 
 class _Stop(Exception):
@@ -41,7 +43,9 @@ class LocalSwarm:
         self.run_dir = data_dir / "run"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def spawn(self, name: str, role: str, extra: list[str]) -> None:
+    def spawn(
+        self, name: str, role: str, extra: list[str], env: dict[str, str] | None = None
+    ) -> None:
         peer_dir = self.data_dir / "peers" / name
         keys.provision(peer_dir, self.data_dir, role)
         status = self.run_dir / f"{name}.json"
@@ -55,8 +59,11 @@ class LocalSwarm:
             "--ready-file", str(status),
             *extra,
         ]  # fmt: skip
+        environment = os.environ | (env or {})
         with log.open("ab") as out:
-            self.procs[name] = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+            self.procs[name] = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env=environment
+            )
 
     def status(self, name: str) -> dict[str, object]:
         return read_status(self.run_dir / f"{name}.json")
@@ -154,7 +161,8 @@ def run_up(port: int, nodes: int, model: str | None, data_dir: Path | None, as_j
             f"starting a gateway and {nodes} node(s) serving {model} (logs: {data_dir / 'logs'})",
             file=sys.stderr,
         )
-        swarm.spawn("gateway", "gateway", ["--port", str(port)])
+        # A swarm on this machine, for its owner: anyone who can reach it may sign up.
+        swarm.spawn("gateway", "gateway", ["--port", str(port), "--registration", "open"])
         swarm.wait(["gateway"], "ready", 60)
         gateway = swarm.status("gateway")
         bootstrap = str(gateway["addrs"][0])  # type: ignore[index]
@@ -166,7 +174,7 @@ def run_up(port: int, nodes: int, model: str | None, data_dir: Path | None, as_j
         swarm.wait(names, "ready", READY_TIMEOUT)
         url = str(gateway["url"])
         _wait_routable(url, model, nodes, 60)
-        token = keys.issue(keys.jwt_keys(data_dir).private, "local", 7 * 86400)  # type: ignore[arg-type]
+        token = local_token(data_dir, data_dir / "peers" / "gateway")
         write_swarm_file(swarm, ["gateway", *names], url)
         _announce(url, model, nodes, token, as_json)
         while all(p.poll() is None for p in swarm.procs.values()):
@@ -184,6 +192,20 @@ def run_up(port: int, nodes: int, model: str | None, data_dir: Path | None, as_j
         swarm.stop()
         signal.signal(signal.SIGTERM, previous)
         print("swarm stopped", file=sys.stderr)
+
+
+def local_token(data_dir: Path, gateway_dir: Path, user: str = LOCAL_USER) -> str:
+    """A week's token for ``user`` (made once, with no password, so nobody can register
+    the name), bound to the gateway's accounts."""
+    from gateway.accounts import Store, create_user, operator_token
+
+    signer = keys.jwt_keys(data_dir).private
+    if signer is None:
+        raise RuntimeError(f"no jwt.key in {data_dir}")
+    with Store.open(gateway_dir) as store:
+        if store.user(user) is None:
+            create_user(store, user, None, "default", time.time())
+        return operator_token(store, signer, user, 7 * 86400)
 
 
 def write_swarm_file(swarm: LocalSwarm, names: list[str], url: str) -> None:
