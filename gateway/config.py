@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Literal
 
-from keys import default_data_dir
+from keys import ScryptCost, default_data_dir
+
+Registration = Literal["open", "invite", "closed"]
 
 
 @dataclasses.dataclass
@@ -31,5 +34,30 @@ class GatewayConfig:
     # concurrent. A plan called "default" is built in (60, 200000, 100, 4) and may be redefined.
     plans: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     default_plan: str = "default"  # the plan new users get
-    registration: bool = True  # whether anyone may register at POST /v1/auth/register
+    # Who may register at POST /v1/auth/register: "open" (anyone), "invite" (with a code
+    # from `bitinglip users invite`), "closed" (only the operator adds users).
+    registration: Registration = "closed"
     session_ttl: float = 86400.0  # seconds a login token lives
+    max_token_ttl: float = 365 * 86400.0  # no token may live longer: refused at issue and use
+    # Where gateway.db (users, keys, usage) lives; default the data directory. Gateways
+    # that share the file share their users and accept each other's tokens; no others do.
+    database_dir: Path | None = None
+    scrypt_n: int = 2**17  # password hashing cost (OWASP's guidance); old hashes still verify
+    password_hashers: int = 2  # passwords hashed at once; a few more wait, the rest get 503
+    auth_per_address: int = 20  # login and register attempts a minute per client address
+    auth_per_user: int = 10  # ... and per user name
+
+    def __post_init__(self) -> None:
+        if self.registration not in ("open", "invite", "closed"):
+            raise ValueError(
+                f"registration must be open, invite or closed, not {self.registration!r}"
+            )
+        if self.session_ttl > self.max_token_ttl:
+            raise ValueError("session_ttl may not be longer than max_token_ttl")
+        if self.scrypt_n < 2**14:
+            raise ValueError("scrypt_n below 16384 makes passwords cheap to guess")
+        ScryptCost(self.scrypt_n)  # raises for a value scrypt cannot take
+
+    @property
+    def accounts_dir(self) -> Path:
+        return self.database_dir or self.data_dir

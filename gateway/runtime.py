@@ -17,6 +17,7 @@ from hypercorn.typing import ASGIFramework
 import keys
 from gateway.accounts.database import Store
 from gateway.accounts.limits import Limiter, Plans
+from gateway.accounts.throttle import PasswordWork, SignInThrottle
 from gateway.accounts.usage import UsageMeter
 from gateway.accounts.users import Accounts
 from gateway.api import peers as peers_api
@@ -48,7 +49,7 @@ async def run_gateway(config: GatewayConfig) -> None:
     certificate = keys.certificate(config.data_dir, "gateway")
     operator_public = keys.operator_public(config.data_dir)
     token_keys = keys.jwt_keys(config.data_dir)
-    store = Store.open(config.data_dir)
+    store = Store.open(config.accounts_dir)
     plans = Plans.from_config(config.plans, config.default_plan)
     accounts = Accounts(
         store,
@@ -56,8 +57,18 @@ async def run_gateway(config: GatewayConfig) -> None:
         token_keys.private,
         session_ttl=config.session_ttl,
         registration=config.registration,
+        max_token_ttl=config.max_token_ttl,
+        cost=keys.ScryptCost(config.scrypt_n),
+        throttle=SignInThrottle(config.auth_per_address, config.auth_per_user),
+        hashing=PasswordWork(config.password_hashers),
     )
     await accounts.load()
+    auth = Authenticator(
+        keys.jwt_keyset(config.data_dir),
+        [accounts],
+        audience=accounts.audience,
+        max_ttl=config.max_token_ttl,
+    )
     limiter = Limiter(accounts.plan_of)
     await limiter.load(store)
     usage = UsageMeter(store)
@@ -69,7 +80,7 @@ async def run_gateway(config: GatewayConfig) -> None:
     share = MeshEvents()
     services = Services(
         backend=router,
-        auth=Authenticator(keys.jwt_keyset(config.data_dir), [accounts]),
+        auth=auth,
         peer_id=host.peer_id,
         request_timeout=config.request_timeout,
         health=lambda: {"nodes": len(tracker.clients), "routing_retries": router.retries},
@@ -86,7 +97,9 @@ async def run_gateway(config: GatewayConfig) -> None:
     services.metrics.observe_swarm(table, lambda: router.retries)
     apart = config.metrics_port is not None
     app = create_app(services, max_body_bytes=config.max_body_bytes, metrics_route=not apart)
-    sync = MeshSubscriptions(host, certificate, apply=share.apply, forget=tracker.forget_gateway)
+    sync = MeshSubscriptions(
+        host, certificate, accounts.audience, apply=share.apply, forget=tracker.forget_gateway
+    )
     tracker.on_gateway = sync.connect_soon
     share.publish = sync.publish
     share.on_usage.append(limiter.note_remote)
@@ -116,6 +129,9 @@ async def run_gateway(config: GatewayConfig) -> None:
             await nursery.start(partial(supervised, "discovery", tracker.run, takes_status=True))
             nursery.start_soon(supervised, "advertiser", advertiser.run)
             nursery.start_soon(partial(supervised, "accounts", accounts.run, takes_status=True))
+            nursery.start_soon(
+                supervised, "token keys", partial(watch_token_keys, config, auth, accounts)
+            )
             stop = trio.Event()
             async with trio.open_nursery() as web:
                 asgi = cast(ASGIFramework, app)
@@ -134,3 +150,22 @@ async def run_gateway(config: GatewayConfig) -> None:
             nursery.cancel_scope.cancel()
     store.close()
     status.update(state="stopped")
+
+
+async def watch_token_keys(config: GatewayConfig, auth: Authenticator, accounts: Accounts) -> None:
+    """Pick up token keys changed on disk (``bitinglip keys retire-jwt``, a new key after
+    ``rotate-jwt``) within a second, without a restart."""
+    seen = keys.jwt_files(config.data_dir)
+    while True:
+        await trio.sleep(1.0)
+        now = keys.jwt_files(config.data_dir)
+        if now == seen:
+            continue
+        try:
+            auth.use_keys(keys.jwt_keyset(config.data_dir))
+            accounts.use_signer(keys.jwt_keys(config.data_dir).private)
+        except (OSError, ValueError, keys.NotAdmitted) as exc:  # a file half copied in
+            logger.warning("token keys in %s unusable, keeping the old: %s", config.data_dir, exc)
+            continue
+        seen = now
+        logger.info("token keys reloaded from %s", config.data_dir)

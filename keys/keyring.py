@@ -4,7 +4,9 @@ An operator's directory holds ``operator.key`` (admits peers) and ``jwt.key`` (s
 tokens). A peer's directory holds its own ``identity.key``, its ``membership.cert``, and
 the public halves it verifies with: ``operator.pub`` and ``jwt.pub``. Gateways issue tokens
 to their users, so they also hold a copy of ``jwt.key``. After a rotation the previous token
-keys stay as ``jwt.<kid>.pub``: tokens they signed verify until they expire.
+keys stay as ``jwt.<kid>.pub``: tokens they signed verify until they expire, unless the key
+is retired for good (``retire_jwt``): its kid is then listed in ``jwt.retired`` and refused
+even where a copy of its public half is left.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ OPERATOR_KEY = "operator.key"
 OPERATOR_PUB = "operator.pub"
 JWT_KEY = "jwt.key"
 JWT_PUB = "jwt.pub"
-JWT_RETIRED = "jwt.*.pub"  # jwt.<kid>.pub: token keys kept after a rotation
+JWT_PREVIOUS = "jwt.*.pub"  # jwt.<kid>.pub: token keys kept after a rotation
+JWT_REFUSED = "jwt.retired"  # kids retired for good, one a line
 CERTIFICATE = "membership.cert"
 CERT_LIFETIME = 365 * 24 * 3600.0
 
@@ -71,8 +74,9 @@ def provision(peer_dir: Path, operator_dir: Path, role: str) -> str:
     write_public(peer_dir / CERTIFICATE, admit(operator_dir, peer, role))
     if peer_dir.resolve() == operator_dir.resolve():
         return peer
-    retired = [p.name for p in operator_dir.glob(JWT_RETIRED)]
-    for name in (OPERATOR_PUB, JWT_PUB, *retired):
+    previous = [p.name for p in operator_dir.glob(JWT_PREVIOUS)]
+    refused = [JWT_REFUSED] if (operator_dir / JWT_REFUSED).exists() else []
+    for name in (OPERATOR_PUB, JWT_PUB, *previous, *refused):
         write_public(peer_dir / name, (operator_dir / name).read_bytes())
     if role == "gateway":  # gateways issue tokens to their users
         write_private(peer_dir / JWT_KEY, (operator_dir / JWT_KEY).read_bytes())
@@ -123,9 +127,10 @@ def write_certificate(data_dir: Path, blob: bytes) -> None:
 
 
 def jwt_keyset(data_dir: Path) -> KeySet:
-    """Every key a token may be verified with here: the current one and the retired ones."""
-    retired = [load_public_pem(path) for path in sorted(data_dir.glob(JWT_RETIRED))]
-    return KeySet.of(jwt_keys(data_dir).public, *retired)
+    """Every key a token may be verified with here: the current one and the previous ones,
+    less those retired for good."""
+    previous = [load_public_pem(path) for path in sorted(data_dir.glob(JWT_PREVIOUS))]
+    return KeySet.of(jwt_keys(data_dir).public, *previous, refused=retired_jwt(data_dir))
 
 
 def rotate_jwt(data_dir: Path) -> str:
@@ -141,3 +146,32 @@ def rotate_jwt(data_dir: Path) -> str:
     write_private(data_dir / JWT_KEY, pem)
     write_public(data_dir / JWT_PUB, public_pem(new))
     return fingerprint(new)
+
+
+def retired_jwt(data_dir: Path) -> set[str]:
+    """The kids retired for good in ``data_dir``."""
+    path = data_dir / JWT_REFUSED
+    return set(path.read_text().split()) if path.exists() else set()
+
+
+def jwt_files(data_dir: Path) -> tuple[tuple[str, int], ...]:
+    """The token key files here with their modification times: changes when keys do."""
+    paths = [data_dir / JWT_KEY, data_dir / JWT_PUB, data_dir / JWT_REFUSED]
+    paths += sorted(data_dir.glob(JWT_PREVIOUS))
+    return tuple((p.name, p.stat().st_mtime_ns) for p in paths if p.exists())
+
+
+def retire_jwt(data_dir: Path, kid: str, *, check: bool = True) -> None:
+    """Refuse tokens signed by ``kid`` from now on in ``data_dir``. With ``check`` (the
+    operator's directory) ``kid`` must be a previous key there: the key signing tokens
+    now cannot be retired (rotate first), and a typo must not pass silently."""
+    if check:
+        if kid == fingerprint(jwt_keys(data_dir).public):
+            raise ValueError(f"{kid} signs tokens now: run `bitinglip keys rotate-jwt` first")
+        known = {path.name[len("jwt.") : -len(".pub")] for path in data_dir.glob(JWT_PREVIOUS)}
+        if kid not in known | retired_jwt(data_dir):
+            listed = ", ".join(sorted(known)) or "none"
+            raise ValueError(f"no previous token key {kid!r} in {data_dir} (previous: {listed})")
+    refused = sorted(retired_jwt(data_dir) | {kid})
+    write_public(data_dir / JWT_REFUSED, "".join(f"{k}\n" for k in refused).encode())
+    (data_dir / f"jwt.{kid}.pub").unlink(missing_ok=True)

@@ -1,7 +1,10 @@
 """User access tokens: EdDSA-signed JWTs, named by the ``kid`` of the key that signed them.
 
 Verification takes one public key or a ``KeySet``: the current key plus those kept after a
-rotation, so tokens signed before it stay valid until they expire.
+rotation, so tokens signed before it stay valid until they expire, less those retired for
+good. A token's ``aud`` names the user table it was issued for (a gateway's accounts): every
+gateway holds the same signing key, so the audience is what keeps one gateway's ``alice``
+from being another's. ``max_ttl`` caps how long a token may live, at issue and at verify.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import hashlib
 import math
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +22,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from keys.files import raw_public
 
-AUDIENCE = "bitinglip"
+AUDIENCE = "bitinglip"  # tokens bound to no accounts: only verifiers built without any accept them
 ISSUER = "bitinglip-operator"
 ALGORITHM = "EdDSA"
+LEEWAY = 5  # seconds of clock skew forgiven at expiry; revocations must outlive it
 
 
 class TokenError(Exception):
@@ -49,9 +53,13 @@ class KeySet:
     current: str
 
     @classmethod
-    def of(cls, current: Ed25519PublicKey, *retired: Ed25519PublicKey) -> KeySet:
-        found = {fingerprint(k): k for k in retired} | {fingerprint(current): current}
-        return cls(found, fingerprint(current))
+    def of(
+        cls, current: Ed25519PublicKey, *previous: Ed25519PublicKey, refused: Iterable[str] = ()
+    ) -> KeySet:
+        """``current`` and the ``previous`` keys, less those whose kid is in ``refused``."""
+        found = {fingerprint(k): k for k in previous} | {fingerprint(current): current}
+        gone = set(refused) - {fingerprint(current)}
+        return cls({kid: k for kid, k in found.items() if kid not in gone}, fingerprint(current))
 
     def pick(self, token: str) -> Ed25519PublicKey:
         try:
@@ -72,14 +80,22 @@ def issue(
     ttl: float,
     scope: str = "inference",
     jti: str | None = None,
+    *,
+    audience: str = AUDIENCE,
+    max_ttl: float | None = None,
 ) -> str:
+    """A token for ``user``; ``ValueError`` if ``ttl`` is over ``max_ttl``."""
+    if max_ttl is not None and ttl > max_ttl:
+        raise ValueError(
+            f"a token may live at most {describe_ttl(max_ttl)} here, not {describe_ttl(ttl)}"
+        )
     now = int(time.time())
     claims: dict[str, Any] = {
         "sub": user,
         "iat": now,
         "nbf": now,
         "exp": now + int(ttl),
-        "aud": AUDIENCE,
+        "aud": audience,
         "iss": ISSUER,
         "jti": jti or uuid.uuid4().hex,
         "scope": scope,
@@ -87,8 +103,15 @@ def issue(
     return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": fingerprint(key)})
 
 
-def verify(token: str, key: Ed25519PublicKey | KeySet) -> Claims:
-    """Verify signature, algorithm, expiry, audience and issuer."""
+def verify(
+    token: str,
+    key: Ed25519PublicKey | KeySet,
+    *,
+    audience: str = AUDIENCE,
+    max_ttl: float | None = None,
+) -> Claims:
+    """Verify signature, algorithm, expiry, audience, issuer and (with ``max_ttl``) that
+    the token was not made to live longer than that."""
     if isinstance(key, KeySet):
         key = key.pick(token)
     try:
@@ -96,20 +119,39 @@ def verify(token: str, key: Ed25519PublicKey | KeySet) -> Claims:
             token,
             key,
             algorithms=[ALGORITHM],  # a fixed list: no "none", no HS256 with the public key
-            audience=AUDIENCE,
+            audience=audience,
             issuer=ISSUER,
-            options={"require": ["exp", "iat", "sub", "aud", "iss", "jti"]},
-            leeway=5,
+            options={"require": ["exp", "iat", "sub", "aud", "iss", "jti"], "strict_aud": True},
+            leeway=LEEWAY,
         )
     except jwt.ExpiredSignatureError as exc:
         raise TokenError("token has expired") from exc
     except jwt.InvalidAudienceError as exc:
-        raise TokenError("token is for another audience") from exc
+        raise TokenError(
+            "token belongs to another gateway's accounts (wrong audience):"
+            " sign in to this gateway for a token it accepts"
+        ) from exc
     except jwt.InvalidTokenError as exc:
         raise TokenError(f"invalid token: {exc}") from exc
+    if max_ttl is not None and _number(body["exp"]) - _number(body["iat"]) > max_ttl:
+        raise TokenError(f"token lives longer than this gateway allows ({describe_ttl(max_ttl)})")
     return Claims(
         str(body["sub"]), str(body["jti"]), str(body.get("scope", "")), float(body["exp"])
     )
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TokenError("invalid token: exp and iat must be numbers")
+    return float(value)
+
+
+def describe_ttl(seconds: float) -> str:
+    """``7d``, ``12h``, ``30m`` or ``45s``: the largest unit that divides ``seconds``."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 def parse_ttl(text: str) -> float:

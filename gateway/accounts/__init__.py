@@ -5,23 +5,28 @@ and the SQLite database they live in. No HTTP here: refusals are ``Refused`` err
 from __future__ import annotations
 
 from gateway.accounts.database import Store
-from gateway.accounts.errors import LimitReached, Refused
+from gateway.accounts.errors import Busy, LimitReached, Refused
 from gateway.accounts.limits import Limiter, Plan, Plans
 from gateway.accounts.metering import Meter, Outcome, metered
+from gateway.accounts.throttle import PasswordWork, SignInThrottle
 from gateway.accounts.usage import UsageMeter
-from gateway.accounts.users import Accounts, create_user
+from gateway.accounts.users import Accounts, create_user, operator_token
 
 __all__ = [
     "Accounts",
+    "Busy",
     "LimitReached",
     "Limiter",
     "Meter",
     "Outcome",
+    "PasswordWork",
     "Plan",
     "Plans",
     "Refused",
+    "SignInThrottle",
     "Store",
     "UsageMeter",
     "create_user",
     "metered",
+    "operator_token",
 ]

@@ -75,6 +75,19 @@ _MIGRATIONS = [
     CREATE INDEX usage_by_day ON usage(day, user);
     CREATE INDEX usage_by_user ON usage(user, day);
     """,
+    # The accounts' own name (tokens are bound to it), admins, and invitations.
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    INSERT INTO meta VALUES ('accounts_id', lower(hex(randomblob(16))));
+    ALTER TABLE users ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE invites (
+        code_hash TEXT PRIMARY KEY,
+        created REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        used_by TEXT,
+        used_at REAL
+    );
+    """,
 ]
 
 
@@ -84,6 +97,10 @@ class StoreError(Exception):
 
 class UserExists(StoreError):
     pass
+
+
+class InviteInvalid(StoreError):
+    """No unused, unexpired invitation has that code."""
 
 
 class SchemaTooNew(StoreError):
@@ -97,6 +114,7 @@ class UserRecord:
     plan: str
     disabled: bool
     created: float
+    admin: bool = False  # may use the admin routes (with an admin-scoped token)
 
 
 @dataclass(frozen=True)
@@ -236,15 +254,44 @@ class Store:
         """Changes whenever another connection (the operator's CLI) commits."""
         return int(self._read("PRAGMA data_version")[0][0])
 
+    def accounts_id(self) -> str:
+        """This database's random name, made with it: every gateway that opens this file
+        shares it, and no other database has it."""
+        return str(self._read("SELECT value FROM meta WHERE key = 'accounts_id'")[0][0])
+
     # --- users ---------------------------------------------------------------------------
 
-    def add_user(self, name: str, password: str | None, plan: str, now: float) -> UserRecord:
+    def add_user(
+        self,
+        name: str,
+        password: str | None,
+        plan: str,
+        now: float,
+        *,
+        admin: bool = False,
+        invite: str | None = None,
+    ) -> UserRecord:
+        """Add a user; with ``invite`` (a code's hash) only by using up that invitation, in
+        the same transaction, so one code makes one user."""
         check_username(name)
         try:
-            self._write("INSERT INTO users VALUES (?, ?, ?, 0, ?)", (name, password, plan, now))
+            with self._transaction() as db:
+                if invite is not None:
+                    claimed = db.execute(
+                        "UPDATE invites SET used_by = ?, used_at = ?"
+                        " WHERE code_hash = ? AND used_at IS NULL AND expires_at > ?",
+                        (name, now, invite, now),
+                    ).rowcount
+                    if not claimed:
+                        raise InviteInvalid("the invite code is unknown, used or expired")
+                db.execute(
+                    "INSERT INTO users (name, password, plan, disabled, created, admin)"
+                    " VALUES (?, ?, ?, 0, ?, ?)",
+                    (name, password, plan, now, admin),
+                )
         except sqlite3.IntegrityError as exc:
             raise UserExists(f"user {name!r} already exists") from exc
-        return UserRecord(name, password, plan, False, now)
+        return UserRecord(name, password, plan, False, now, admin)
 
     def user(self, name: str) -> UserRecord | None:
         rows = self._read("SELECT * FROM users WHERE name = ?", (name,))
@@ -259,6 +306,20 @@ class Store:
 
     def set_plan(self, name: str, plan: str) -> bool:
         return self._write("UPDATE users SET plan = ? WHERE name = ?", (plan, name)) > 0
+
+    def set_admin(self, name: str, admin: bool) -> bool:
+        return self._write("UPDATE users SET admin = ? WHERE name = ?", (admin, name)) > 0
+
+    def set_password(self, name: str, password: str) -> bool:
+        return self._write("UPDATE users SET password = ? WHERE name = ?", (password, name)) > 0
+
+    # --- invitations ---------------------------------------------------------------------
+
+    def add_invite(self, code_hash: str, now: float, expires_at: float) -> None:
+        self._write(
+            "INSERT INTO invites (code_hash, created, expires_at) VALUES (?, ?, ?)",
+            (code_hash, now, expires_at),
+        )
 
     # --- API keys and revocations --------------------------------------------------------
 
@@ -335,5 +396,5 @@ class Store:
 
 
 def _user(row: Any) -> UserRecord:
-    name, password, plan, disabled, created = row
-    return UserRecord(name, password, plan, bool(disabled), created)
+    name, password, plan, disabled, created, admin = row
+    return UserRecord(name, password, plan, bool(disabled), created, bool(admin))

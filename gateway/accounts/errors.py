@@ -3,7 +3,8 @@
 the operator's CLI prints it as a sentence.
 
 Refused            a request the rules do not allow: ``code``, ``param``, ``status_hint``
-└── LimitReached   a plan's limit: ``retry_after`` seconds, ``headers`` the caller's limits
+├── LimitReached   a plan's limit: ``retry_after`` seconds, ``headers`` the caller's limits
+└── Busy           work this gateway will not queue now (password hashing): ``retry_after``
 """
 
 from __future__ import annotations
@@ -25,3 +26,9 @@ class LimitReached(Refused):
         super().__init__(message, code, status_hint=429)
         self.retry_after = retry_after
         self.headers = headers
+
+
+class Busy(Refused):
+    def __init__(self, message: str, code: str, retry_after: int) -> None:
+        super().__init__(message, code, status_hint=503)
+        self.retry_after = retry_after

@@ -3,8 +3,9 @@
 ``Accounts`` keeps in memory what each request must consult (revoked token ids, disabled
 users, each user's plan), loaded from the store at start and reloaded when another process
 (the operator's CLI) changes the database. Tokens are issued here, signed with the
-gateway's copy of the token key: a login gets a ``session`` token, an API key is an
-``inference`` token whose ``jti`` is the key's id. Revoking a key refuses it at once.
+gateway's copy of the token key and bound to this database (their audience names it), so
+no other gateway's users pass here: a login gets a ``session`` token, an API key is an
+``inference`` token whose ``jti`` is the key's id. Revoking a token refuses it at once.
 """
 
 from __future__ import annotations
@@ -20,16 +21,27 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import keys
-from gateway.accounts.database import KeyRecord, Store, UserExists, UserRecord, check_username
+from gateway.accounts.database import (
+    InviteInvalid,
+    KeyRecord,
+    Store,
+    UserExists,
+    UserRecord,
+    check_username,
+)
 from gateway.accounts.errors import Refused
+from gateway.accounts.invites import invite_hash, new_invite
 from gateway.accounts.limits import Plan, Plans
+from gateway.accounts.throttle import PasswordWork, SignInThrottle
+from gateway.config import Registration
+from keys.passwords import check_strength
 
 logger = logging.getLogger(__name__)
 
 DAY = 86400.0
 DEFAULT_KEY_DAYS = 365
-MAX_KEY_DAYS = 3650
 MAX_KEYS = 100  # live keys per user
+MAX_TOKEN_TTL = 365 * DAY  # the longest any token may live, unless configured otherwise
 
 # Told of each revocation made here: (token id, expiry; inf when unknown).
 RevokeHook = Callable[[str, float], None]
@@ -43,14 +55,25 @@ class Accounts:
         signer: Ed25519PrivateKey | None,
         *,
         session_ttl: float = DAY,
-        registration: bool = True,
+        registration: Registration = "closed",
+        max_token_ttl: float = MAX_TOKEN_TTL,
+        cost: keys.ScryptCost = keys.OWASP,
+        throttle: SignInThrottle | None = None,
+        hashing: PasswordWork | None = None,
     ) -> None:
+        if session_ttl > max_token_ttl:
+            raise ValueError("session_ttl may not be longer than max_token_ttl")
         self.store = store
         self.plans = plans
         self.on_revoke: list[RevokeHook] = []
+        self.audience = audience_of(store)
+        self.max_token_ttl = max_token_ttl
         self._signer = signer
         self._session_ttl = session_ttl
         self._registration = registration
+        self._cost = cost
+        self._throttle = throttle or SignInThrottle()
+        self._hashing = hashing or PasswordWork()
         self._users: dict[str, UserRecord] = {}  # by casefolded name, without the hash
         self._revoked: dict[str, float] = {}
         self._unsaved: list[tuple[str, float]] = []  # revocations heard from other gateways
@@ -67,8 +90,7 @@ class Accounts:
             raise keys.TokenError(f"user {claims.sub!r} is disabled")
 
     def plan_of(self, user: str) -> Plan:
-        """The user's plan; users the operator issued tokens to without an account get the
-        default one."""
+        """The user's plan; a token naming nobody in the table gets the default one."""
         found = self._users.get(user.casefold())
         return self.plans.get(found.plan if found else None)
 
@@ -78,7 +100,14 @@ class Accounts:
             "username": found.name if found else user,
             "plan": self.plan_of(user).as_json(),
             "disabled": bool(found and found.disabled),
+            "admin": bool(found and found.admin),
         }
+
+    async def is_admin(self, user: str) -> bool:
+        """Whether this gateway's table says ``user`` is an enabled admin. Read from the
+        database each time: admin calls are rare, and a change must count at once."""
+        found = await self.store.call(self.store.user, user)
+        return found is not None and found.admin and not found.disabled
 
     # --- keeping the caches current ------------------------------------------------------
 
@@ -89,7 +118,8 @@ class Accounts:
     async def _reload(self, announce: bool) -> None:
         self._version = await self.store.call(self.store.data_version)
         users = await self.store.call(self.store.users)
-        revoked = await self.store.call(self.store.revocations, time.time())
+        # A token verifies until LEEWAY past its expiry: so must its revocation hold.
+        revoked = await self.store.call(self.store.revocations, time.time() - keys.LEEWAY)
         fresh = {jti: math.inf if exp is None else exp for jti, exp in revoked.items()}
         new = [(jti, exp) for jti, exp in fresh.items() if jti not in self._revoked]
         self._users.update({u.name.casefold(): _public(u) for u in users})
@@ -116,12 +146,12 @@ class Accounts:
 
     async def refresh(self) -> None:
         """Save revocations heard from elsewhere; reload if another process changed the
-        database; forget revocations of tokens that have expired anyway."""
+        database; forget revocations of tokens that can no longer verify anyway."""
         await self._save_unsaved()
         if await self.store.call(self.store.data_version) != self._version:
             await self._reload(announce=True)
-        now = time.time()
-        self._revoked = {jti: exp for jti, exp in self._revoked.items() if exp >= now}
+        since = time.time() - keys.LEEWAY
+        self._revoked = {jti: exp for jti, exp in self._revoked.items() if exp >= since}
 
     async def _save_unsaved(self) -> None:
         unsaved, self._unsaved = self._unsaved, []
@@ -153,43 +183,82 @@ class Accounts:
 
     # --- users ---------------------------------------------------------------------------
 
-    async def register(self, name: str, password: str) -> UserRecord:
+    async def register(
+        self, name: str, password: str, invite: str | None = None, address: str | None = None
+    ) -> UserRecord:
+        """A new user, as the ``registration`` setting allows; ``address`` is the client's,
+        for the sign-in throttle."""
         self._signing_key()
-        if not self._registration:
+        if self._registration == "closed":
             raise Refused(
-                "registration is closed on this gateway", "registration_closed", status_hint=403
+                "registration is closed on this gateway: ask its operator for an account",
+                "registration_closed",
+                status_hint=403,
             )
+        if self._registration == "invite" and not invite:
+            raise Refused(
+                "registration on this gateway needs an invite code from its operator",
+                "invite_required",
+                "invite",
+                status_hint=403,
+            )
+        self._throttle.check(address, name)
+        _check_username(name)
+        _check_strength(password)  # before taking a hashing thread
+        hashed = await self._hashing.run(_hash_new_password, password, self._cost)
+        code = invite_hash(invite) if self._registration == "invite" and invite else None
         user = await self.store.call(
-            create_user, self.store, name, password, self.plans.default, time.time()
+            add_user, self.store, name, hashed, self.plans.default, time.time(), invite=code
         )
         self._users[user.name.casefold()] = _public(user)
         logger.info("registered user %s", user.name)
         return user
 
-    async def login(self, name: str, password: str) -> UserRecord:
+    async def login(self, name: str, password: str, address: str | None = None) -> UserRecord:
         self._signing_key()
+        self._throttle.check(address, name)
         user = await self.store.call(self.store.user, name)
-        ok = await trio.to_thread.run_sync(
-            keys.verify_password, password, user.password if user else None
-        )
+        stored = user.password if user else None
+        ok = await self._hashing.run(keys.verify_password, password, stored, self._cost)
         if user is None or not ok:
             raise Refused("wrong username or password", "invalid_credentials", status_hint=401)
         if user.disabled:
             raise Refused(f"user {user.name!r} is disabled", "account_disabled", status_hint=403)
+        if keys.needs_rehash(stored, self._cost):
+            await self._rehash(user.name, password)
         return user
+
+    async def _rehash(self, name: str, password: str) -> None:
+        """Store ``password`` again at the current cost: hashes made before a raise of
+        the cost are upgraded as their users log in. Skipped (till next time) when busy."""
+        try:
+            hashed = await self._hashing.run(keys.hash_password, password, self._cost)
+        except (Refused, keys.WeakPassword):
+            return
+        await self.store.call(self.store.set_password, name, hashed)
 
     def session(self, user: str) -> tuple[str, keys.Claims]:
         """A session token for ``user``, with its claims."""
         return self._issue(user, self._session_ttl, "session")
 
+    async def invite(self, ttl: float) -> tuple[str, float]:
+        """A new single-use invite code and when it expires."""
+        return await self.store.call(new_invite, self.store, ttl, time.time())
+
     # --- API keys ------------------------------------------------------------------------
 
-    async def create_key(self, user: str, name: str, days: int) -> tuple[KeyRecord, str]:
+    async def create_key(
+        self, user: str, name: str, days: int | None = None
+    ) -> tuple[KeyRecord, str]:
         """A new API key; its token is returned here once and never stored."""
         account = await self.store.call(self.store.user, user)
         if account is None:  # an operator-issued session token: nobody to own the key
             raise Refused(f"{user!r} has no account on this gateway", "no_account", status_hint=403)
         user = account.name
+        ttl = min(DEFAULT_KEY_DAYS * DAY, self.max_token_ttl) if days is None else days * DAY
+        if ttl > self.max_token_ttl:
+            most = self.max_token_ttl // DAY
+            raise Refused(f"a key may live at most {most:g} days here", "ttl_too_long", "ttl_days")
         now = time.time()
         live = [
             k
@@ -198,7 +267,7 @@ class Accounts:
         ]
         if len(live) >= MAX_KEYS:
             raise Refused(f"at most {MAX_KEYS} live keys per user", "too_many_keys")
-        token, claims = self._issue(user, days * DAY, "inference", uuid.uuid4().hex)
+        token, claims = self._issue(user, ttl, "inference", uuid.uuid4().hex)
         record = KeyRecord(claims.jti, user, name, now, claims.exp, None)
         await self.store.call(self.store.add_key, record)
         return record, token
@@ -213,6 +282,10 @@ class Accounts:
         await self.revoke(key.jti, key.expires_at)
         return key
 
+    def use_signer(self, signer: Ed25519PrivateKey | None) -> None:
+        """Sign new tokens with ``signer`` from now on (the token key was rotated)."""
+        self._signer = signer
+
     def _signing_key(self) -> Ed25519PrivateKey:
         if self._signer is None:
             message = "this gateway holds no token signing key (jwt.key)"
@@ -223,27 +296,107 @@ class Accounts:
         self, user: str, ttl: float, scope: str, jti: str | None = None
     ) -> tuple[str, keys.Claims]:
         signer = self._signing_key()
-        token = keys.issue(signer, user, ttl, scope, jti)
-        return token, keys.verify(token, signer.public_key())
+        token = keys.issue(signer, user, ttl, scope, jti, audience=self.audience)
+        return token, keys.verify(token, signer.public_key(), audience=self.audience)
 
 
-def create_user(store: Store, name: str, password: str | None, plan: str, now: float) -> UserRecord:
+def audience_of(store: Store) -> str:
+    """The audience of tokens for the users of ``store``: gateways sharing the database
+    file accept each other's tokens, and no other gateway does."""
+    return f"bitinglip:accounts:{store.accounts_id()}"
+
+
+def add_user(
+    store: Store,
+    name: str,
+    password_hash: str | None,
+    plan: str,
+    now: float,
+    *,
+    admin: bool = False,
+    invite: str | None = None,
+) -> UserRecord:
+    """Add a user whose password is already hashed, refusing as the rules say."""
+    _check_username(name)
+    try:
+        return store.add_user(name, password_hash, plan, now, admin=admin, invite=invite)
+    except UserExists as exc:
+        raise Refused(str(exc), "username_taken", status_hint=409) from exc
+    except InviteInvalid as exc:
+        raise Refused(str(exc), "invite_invalid", "invite", status_hint=403) from exc
+
+
+def create_user(
+    store: Store,
+    name: str,
+    password: str | None,
+    plan: str,
+    now: float,
+    *,
+    admin: bool = False,
+    cost: keys.ScryptCost = keys.OWASP,
+) -> UserRecord:
     """Check and add a user; ``password`` is hashed here (None: token-only user). Blocking:
-    the gateway runs it on a worker thread, the operator's CLI as is."""
+    the operator's CLI runs it as is."""
+    _check_username(name)
+    hashed = None if password is None else _hash_new_password(password, cost)
+    return add_user(store, name, hashed, plan, now, admin=admin)
+
+
+def operator_token(
+    store: Store,
+    signer: Ed25519PrivateKey,
+    user: str,
+    ttl: float,
+    scope: str = "inference",
+    *,
+    max_ttl: float = MAX_TOKEN_TTL,
+) -> str:
+    """A token the operator issues from the shell, bound to ``store``'s users. The user must
+    be in the table (so nobody can register the name later and be taken for them) and
+    enabled; an admin token needs a user marked admin. Blocking."""
+    found = store.user(user)
+    if found is None:
+        raise Refused(
+            f"no user {user!r} in {store.path}: add one with `bitinglip users add {user}`",
+            "no_account",
+            status_hint=404,
+        )
+    if found.disabled:
+        raise Refused(f"user {found.name!r} is disabled", "account_disabled", status_hint=403)
+    if scope == "admin" and not found.admin:
+        raise Refused(
+            f"{found.name} is not an admin here: run `bitinglip users admin {found.name}` first",
+            "not_admin",
+            status_hint=403,
+        )
+    try:
+        return keys.issue(
+            signer, found.name, ttl, scope, audience=audience_of(store), max_ttl=max_ttl
+        )
+    except ValueError as exc:
+        raise Refused(str(exc), "ttl_too_long", "ttl") from exc
+
+
+def _check_username(name: str) -> None:
     try:
         check_username(name)
     except ValueError as exc:
         raise Refused(str(exc), "invalid_username", "username") from exc
+
+
+def _check_strength(password: str) -> None:
     try:
-        hashed = None if password is None else keys.hash_password(password)
+        check_strength(password)
     except keys.WeakPassword as exc:
         raise Refused(str(exc), "weak_password", "password") from exc
-    try:
-        return store.add_user(name, hashed, plan, now)
-    except UserExists as exc:
-        raise Refused(str(exc), "username_taken", status_hint=409) from exc
+
+
+def _hash_new_password(password: str, cost: keys.ScryptCost) -> str:
+    _check_strength(password)
+    return keys.hash_password(password, cost)
 
 
 def _public(user: UserRecord) -> UserRecord:
     """The record without its password hash: the caches never hold one."""
-    return UserRecord(user.name, None, user.plan, user.disabled, user.created)
+    return UserRecord(user.name, None, user.plan, user.disabled, user.created, user.admin)

@@ -1,4 +1,5 @@
-"""``/v1/auth/*`` and ``/v1/keys``: register, log in, and manage API keys.
+"""``/v1/auth/*``, ``/v1/keys`` and ``/v1/admin/invites``: register, log in and out,
+manage API keys, invite people.
 
 The rules are in ``gateway.accounts.users``; this module only speaks HTTP.
 """
@@ -11,8 +12,9 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel, Field
 
 from gateway.accounts.database import KeyRecord, UserRecord
-from gateway.accounts.users import DEFAULT_KEY_DAYS, MAX_KEY_DAYS, Accounts
-from gateway.api.auth import Session, User
+from gateway.accounts.invites import DEFAULT_INVITE_TTL, MAX_INVITE_TTL
+from gateway.accounts.users import Accounts
+from gateway.api.auth import Admin, Session, User
 from gateway.api.bodies import json_body, parse
 from gateway.api.errors import ApiError
 from gateway.api.services import services
@@ -24,9 +26,20 @@ class Credentials(BaseModel):
     password: str = Field(max_length=MAX_LENGTH)
 
 
+class Registration(Credentials):
+    invite: str | None = Field(default=None, max_length=128)
+
+
 class NewKey(BaseModel):
     name: str = Field(min_length=1, max_length=64)
-    ttl_days: int | None = Field(default=None, ge=1, le=MAX_KEY_DAYS)
+    # Up to the gateway's max_token_ttl (365 days unless configured): checked by the accounts.
+    ttl_days: int | None = Field(default=None, ge=1, le=3650)
+
+
+class NewInvite(BaseModel):
+    ttl_days: int = Field(
+        default=int(DEFAULT_INVITE_TTL // 86400), ge=1, le=int(MAX_INVITE_TTL // 86400)
+    )
 
 
 def accounts(request: Request) -> Accounts:
@@ -34,6 +47,10 @@ def accounts(request: Request) -> Accounts:
     if found is None:
         raise ApiError(503, "accounts are not enabled on this gateway", "accounts_disabled")
     return found
+
+
+def _address(request: Request) -> str | None:
+    return request.client.host if request.client else None
 
 
 def _logged_in(found: Accounts, user: UserRecord) -> dict[str, Any]:
@@ -52,17 +69,25 @@ def _key(key: KeyRecord) -> dict[str, Any]:
 
 
 def install(app: FastAPI) -> None:
-    @app.post("/v1/auth/register", status_code=201, openapi_extra=json_body(app, Credentials))
+    @app.post("/v1/auth/register", status_code=201, openapi_extra=json_body(app, Registration))
     async def register(request: Request) -> dict[str, Any]:
         found = accounts(request)
-        body = await parse(request, Credentials)
-        return _logged_in(found, await found.register(body.username, body.password))
+        body = await parse(request, Registration)
+        user = await found.register(body.username, body.password, body.invite, _address(request))
+        return _logged_in(found, user)
 
     @app.post("/v1/auth/login", openapi_extra=json_body(app, Credentials))
     async def login(request: Request) -> dict[str, Any]:
         found = accounts(request)
         body = await parse(request, Credentials)
-        return _logged_in(found, await found.login(body.username, body.password))
+        user = await found.login(body.username, body.password, _address(request))
+        return _logged_in(found, user)
+
+    @app.post("/v1/auth/logout")
+    async def logout(request: Request, claims: Session) -> dict[str, Any]:
+        """Revoke the session token that calls: refused from now on, after a restart too."""
+        await accounts(request).revoke(claims.jti, claims.exp)
+        return {"revoked": True}
 
     @app.get("/v1/auth/me")
     async def me(request: Request, claims: User) -> dict[str, Any]:
@@ -76,11 +101,17 @@ def install(app: FastAPI) -> None:
     async def create_key(request: Request, claims: Session) -> dict[str, Any]:
         found = accounts(request)
         body = await parse(request, NewKey)
-        days = body.ttl_days or DEFAULT_KEY_DAYS
-        key, token = await found.create_key(claims.sub, body.name, days)
+        key, token = await found.create_key(claims.sub, body.name, body.ttl_days)
         return {"id": key.jti, "name": key.name, "key": token, "expires_at": int(key.expires_at)}
 
     @app.delete("/v1/keys/{key_id}")
     async def revoke_key(request: Request, key_id: str, claims: Session) -> dict[str, Any]:
         key = await accounts(request).revoke_key(claims.sub, key_id)
         return {"id": key.jti, "revoked": True}
+
+    @app.post("/v1/admin/invites", status_code=201, openapi_extra=json_body(app, NewInvite))
+    async def invite(request: Request, claims: Admin) -> dict[str, Any]:
+        found = accounts(request)
+        body = await parse(request, NewInvite)
+        code, expires_at = await found.invite(body.ttl_days * 86400.0)
+        return {"invite": code, "expires_at": int(expires_at)}

@@ -1,8 +1,11 @@
 """Who is calling: bearer JWTs verified against the operator's token keys.
 
-A valid signature is not the whole story: guards (the accounts, with their revoked token
-ids and disabled users) may still refuse a token. Scopes: ``inference`` (API keys),
-``session`` (a login; manages the user's keys), ``admin`` (operator-issued).
+A valid signature is not the whole story: the token must be bound to this gateway's
+accounts (its audience) and live no longer than they allow, and guards (the accounts, with
+their revoked token ids and disabled users) may still refuse it. Scopes: ``inference``
+(API keys), ``session`` (a login; manages the user's keys), ``admin`` (operator-issued,
+and only for a user this gateway's table marks admin: anyone holding the signing key can
+write the scope, only this gateway's operator can mark the user).
 """
 
 from __future__ import annotations
@@ -27,22 +30,43 @@ class Guard(Protocol):
         ...
 
 
+class AdminTable(Protocol):
+    async def is_admin(self, user: str) -> bool:
+        """Whether this gateway's users table marks ``user`` an admin."""
+        ...
+
+
 class Authenticator:
     def __init__(
-        self, public_key: Ed25519PublicKey | keys.KeySet, guards: Sequence[Guard] = ()
+        self,
+        public_key: Ed25519PublicKey | keys.KeySet,
+        guards: Sequence[Guard] = (),
+        *,
+        audience: str = keys.AUDIENCE,
+        max_ttl: float | None = None,
     ) -> None:
         self._public_key = public_key
         self._guards = list(guards)
+        self._audience = audience
+        self._max_ttl = max_ttl
         # Signature checks are the costly part (~0.2 ms): remember tokens already verified
         # until they expire. Guards (revocation, disabled users) still run every time.
         self._verified: OrderedDict[str, keys.Claims] = OrderedDict()
+
+    def use_keys(self, public_key: Ed25519PublicKey | keys.KeySet) -> None:
+        """Verify with these keys from now on; tokens verified before are checked again,
+        so one signed by a key retired for good is refused at its next use."""
+        self._public_key = public_key
+        self._verified.clear()
 
     def verify(self, token: str) -> keys.Claims:
         """The token's claims, or ``keys.TokenError`` saying why it is refused."""
         claims = self._verified.get(token)
         if claims is None or claims.exp <= time.time():
             self._verified.pop(token, None)
-            claims = keys.verify(token, self._public_key)
+            claims = keys.verify(
+                token, self._public_key, audience=self._audience, max_ttl=self._max_ttl
+            )
             self._verified[token] = claims
             if len(self._verified) > VERIFIED_CACHE:
                 self._verified.popitem(last=False)
@@ -80,6 +104,14 @@ def require_scope(scope: str) -> Callable[[Request], Awaitable[keys.Claims]]:
     return check
 
 
+async def require_admin(request: Request) -> keys.Claims:
+    claims = await require_scope("admin")(request)
+    table: AdminTable | None = request.app.state.services.accounts
+    if table is None or not await table.is_admin(claims.sub):
+        raise ApiError(403, f"{claims.sub!r} is not an admin of this gateway", "insufficient_scope")
+    return claims
+
+
 User = Annotated[keys.Claims, Depends(require_user)]
 Session = Annotated[keys.Claims, Depends(require_scope("session"))]
-Admin = Annotated[keys.Claims, Depends(require_scope("admin"))]
+Admin = Annotated[keys.Claims, Depends(require_admin)]

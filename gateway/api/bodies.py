@@ -1,4 +1,11 @@
-"""JSON request bodies parsed by hand (any content type), documented in OpenAPI."""
+"""JSON request bodies parsed by hand, documented in OpenAPI.
+
+A body is read only when it says it is JSON (``application/json`` or ``*/*+json``): a
+browser sends a form or ``text/plain`` to any site without asking, but a JSON content type
+only after a CORS preflight, which this API never grants. So no page can post to a route
+that needs no token (register, login) from a user's browser. Routes behind a bearer token
+may take any type (``curl -d`` sends a form type): a cross-site post cannot carry the token.
+"""
 
 from __future__ import annotations
 
@@ -30,8 +37,21 @@ def json_body(app: FastAPI, model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-async def parse(request: Request, model: type[M]) -> M:
-    """Parse a JSON body whatever its content type (curl -d sends a form type)."""
+def is_json(content_type: str) -> bool:
+    media = content_type.partition(";")[0].strip().lower()
+    kind, _, subtype = media.partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+async def parse(request: Request, model: type[M], *, any_type: bool = False) -> M:
+    """Parse a JSON body; with ``any_type`` whatever its content type, else 415 unless the
+    request says JSON (see the module docstring)."""
+    if not any_type and not is_json(request.headers.get("content-type", "")):
+        raise ApiError(
+            415,
+            "send the body as JSON, with 'Content-Type: application/json'",
+            "unsupported_media_type",
+        )
     raw = await request.body()
     try:
         data = json.loads(raw)

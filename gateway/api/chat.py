@@ -50,7 +50,7 @@ def install(app: FastAPI) -> None:
 
     @app.post("/v1/chat/completions", openapi_extra=json_body(app, oa.ChatCompletionRequest))
     async def chat_completions(request: Request, claims: User) -> Response:
-        body = await parse(request, oa.ChatCompletionRequest)
+        body = await parse(request, oa.ChatCompletionRequest, any_type=True)  # behind a token
         started = await start(request, claims, _params(body), "chat")
         render = _ChatChunks(oa.completion_id(), body.model, body.include_usage())
         return await answer(started, render, body.stream)

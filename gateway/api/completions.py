@@ -20,7 +20,7 @@ from protocols import GenerateParams
 def install(app: FastAPI) -> None:
     @app.post("/v1/completions", openapi_extra=json_body(app, oa.CompletionRequest))
     async def completions(request: Request, claims: User) -> Response:
-        body = await parse(request, oa.CompletionRequest)
+        body = await parse(request, oa.CompletionRequest, any_type=True)  # behind a token
         try:
             prompt = body.text()
             params = GenerateParams(prompt=prompt, max_tokens=body.max_tokens, **body.sampling())

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.accounts.errors import LimitReached, Refused
+from gateway.accounts.errors import Busy, LimitReached, Refused
 from gateway.api import openai_api as oa
 from gateway.api.asgi import HttpMiddleware
 from gateway.routing.router import NoPeerReady, UnknownModel, UpstreamError
@@ -67,6 +67,8 @@ def refusal(exc: Refused) -> ApiError:
     headers = {}
     if isinstance(exc, LimitReached):
         headers = exc.headers | {"Retry-After": str(exc.retry_after)}
+    elif isinstance(exc, Busy):
+        headers = {"Retry-After": str(exc.retry_after)}
     return ApiError(exc.status_hint, exc.message, exc.code, exc.param, headers=headers)
 
 

@@ -84,7 +84,7 @@ def install(app: FastAPI) -> None:
     )
     async def generate_images(request: Request, claims: User) -> JSONResponse:
         s = services(request)
-        body = await parse(request, ImageGenerationRequest)
+        body = await parse(request, ImageGenerationRequest, any_type=True)  # behind a token
         if body.response_format == "url" and s.image_store is None:
             raise ApiError(
                 400,

@@ -4,7 +4,11 @@ Each gateway serves ``events`` on its RPC service: a stream of what happened loc
 (a call counted against a user, a key revoked). Every gateway subscribes to every other
 gateway it finds in the DHT and applies what it hears, so a user cannot multiply their
 limit by spreading calls over gateways, and a revoked key is refused everywhere within
-the time one message takes to cross the swarm. No shared database, no registry.
+the time one message takes to cross the swarm. No registry.
+
+Only gateways of the same accounts (one database file, one token audience) share: the
+subscriber names its accounts and another gateway's refuses it. Two gateways with their
+own users each may both have an ``alice``; they are different people, with a quota each.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 import trio
 
 from node.p2p.host import PeerHost
-from node.p2p.rpc_client import CallFailed, RpcClient
+from node.p2p.rpc_client import CallFailed, RemoteError, RpcClient
 from node.p2p.rpc_server import Caller, Emit, RpcError
 from protocols import RPC_PROTOCOL, ErrorCode, NodeRecord, RemoteProtocolError
 from protocols.events import GatewayEvent, event_from_wire
@@ -24,6 +28,7 @@ from protocols.events import GatewayEvent, event_from_wire
 logger = logging.getLogger(__name__)
 
 SUBSCRIBER_BUFFER = 10_000
+OTHER_ACCOUNTS = "this gateway has other accounts: its users and usage are its own"
 
 # Applies one event heard from another gateway.
 Apply = Callable[[GatewayEvent], None]
@@ -34,11 +39,13 @@ class MeshSubscriptions:
         self,
         host: PeerHost,
         certificate: bytes,
+        accounts: str,
         apply: Apply,
         forget: Callable[[str], None] = lambda peer: None,
     ) -> None:
         self._host = host
         self._certificate = certificate
+        self._accounts = accounts
         self._apply = apply
         self._forget = forget
         self._subscribers: set[trio.MemorySendChannel[dict[str, Any]]] = set()
@@ -71,6 +78,8 @@ class MeshSubscriptions:
         """Stream this gateway's local events to another gateway until it goes away."""
         if caller.role != "gateway":
             raise RpcError(ErrorCode.UNAUTHORIZED, "only gateways may subscribe to events")
+        if params.get("accounts") != self._accounts:
+            raise RpcError(ErrorCode.UNAUTHORIZED, OTHER_ACCOUNTS)
         send, receive = trio.open_memory_channel[dict[str, Any]](SUBSCRIBER_BUFFER)
         self._subscribers.add(send)
         try:
@@ -91,21 +100,28 @@ class MeshSubscriptions:
 
     async def _subscribe(self, record: NodeRecord) -> None:
         peer = record.peer_id
+        foreign = False
         try:
             stream = await self._host.open_stream(peer, record.addrs, RPC_PROTOCOL)
             async with RpcClient(stream, self._certificate).running() as client:
                 try:
-                    async with client.open_call("events", {}) as events:
+                    params = {"accounts": self._accounts}
+                    async with client.open_call("events", params) as events:
                         logger.info("sharing usage with gateway %s", peer[-8:])
                         async for event in events:
                             self._receive(event)
                 except CallFailed as exc:
-                    logger.info("gateway %s left: %s", peer[-8:], exc)
+                    foreign = isinstance(exc, RemoteError) and exc.message == OTHER_ACCOUNTS
+                    if foreign:
+                        logger.info("gateway %s has other accounts: no usage shared", peer[-8:])
+                    else:
+                        logger.info("gateway %s left: %s", peer[-8:], exc)
         except Exception as exc:  # one gateway's trouble must never take this one down
             logger.info("cannot share usage with gateway %s: %r", peer[-8:], exc)
         finally:
-            self.peers.discard(peer)
-            self._forget(peer)
+            if not foreign:  # a gateway of other accounts stays known: it is not asked again
+                self.peers.discard(peer)
+                self._forget(peer)
 
     def _receive(self, body: dict[str, Any]) -> None:
         try:

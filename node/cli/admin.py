@@ -1,9 +1,10 @@
-"""``bitinglip users ...`` and ``bitinglip tokens list|revoke``: a gateway's accounts, from
-the operator's shell, on the gateway's database through the accounts' own rules.
+"""``bitinglip users ...`` and ``bitinglip tokens ...``: a gateway's accounts, from the
+operator's shell, on the gateway's database through the accounts' own rules.
 
 ``--data-dir`` names the gateway's data directory, or one holding ``peers/gateway`` (the
-layout ``bitinglip up`` makes), which is then used. A running gateway sees the changes
-within a second. Tables are for people; ``--json`` is for scripts.
+layout ``bitinglip up`` makes), which is then used; a ``--config`` that sets
+``database_dir`` wins. A running gateway sees the changes within a second. Tables are for
+people; ``--json`` is for scripts.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from rich.table import Table
 import keys
 from gateway.accounts.database import FILENAME, KeyRecord, Store, UserRecord
 from gateway.accounts.errors import Refused
-from gateway.accounts.users import create_user
+from gateway.accounts.invites import new_invite
+from gateway.accounts.users import create_user, operator_token
 from gateway.client.terminal import cell
+from gateway.config import GatewayConfig
 
 EXIT_NOT_FOUND = 2
 
@@ -48,6 +51,7 @@ def register(commands: Any) -> None:
         "--password-stdin", action="store_true", help="read the password (one line) from stdin"
     )
     add.add_argument("--plan", help="the user's plan (default: the gateway's default plan)")
+    add.add_argument("--admin", action="store_true", help="may use the admin routes")
     add.add_argument("--config", type=Path, help="the gateway's TOML file, where plans are")
     listing = _command(actions, "list", "list the users", _users_list)
     listing.add_argument("--json", action="store_true")
@@ -57,6 +61,11 @@ def register(commands: Any) -> None:
     plan.add_argument("name")
     plan.add_argument("plan")
     plan.add_argument("--config", type=Path, help="the gateway's TOML file, where plans are")
+    admin = _command(actions, "admin", "let a user use the admin routes", _users_admin)
+    admin.add_argument("name")
+    admin.add_argument("--off", action="store_true", help="take the right away again")
+    invite = _command(actions, "invite", "print a single-use registration code", _users_invite)
+    invite.add_argument("--ttl", default="7d", help="how long the code is good (30d at most)")
 
 
 def register_tokens(commands: Any) -> None:
@@ -71,9 +80,10 @@ def register_tokens(commands: Any) -> None:
         "--scope",
         choices=["inference", "session", "admin"],
         default="inference",
-        help="admin: the operator's views (GET /v1/admin/usage)",
+        help="admin: the /v1/admin routes, for a user marked admin (`users admin NAME`)",
     )
     issue.add_argument("--data-dir", type=Path)
+    issue.add_argument("--config", type=Path, help="the gateway's TOML file (max_token_ttl)")
     issue.set_defaults(func=_tokens_issue)
     listing = _command(tokens, "list", "list the API keys users made", _tokens_list)
     listing.add_argument("--user")
@@ -89,13 +99,18 @@ def _command(actions: Any, name: str, helps: str, func: Any) -> argparse.Argumen
     return parser
 
 
+def _config(args: argparse.Namespace) -> GatewayConfig:
+    from node.p2p.config import load
+
+    return load(GatewayConfig, "gateway", {}, getattr(args, "config", None))
+
+
 def _store(args: argparse.Namespace) -> Store:
-    return Store.open(gateway_dir(args.data_dir))
+    return Store.open(_config(args).database_dir or gateway_dir(args.data_dir))
 
 
 def _check_plan(plan: str, config_file: Path | None) -> str:
     from gateway.accounts.limits import Plans
-    from gateway.config import GatewayConfig
     from node.p2p.config import load
 
     config = load(GatewayConfig, "gateway", {}, config_file)
@@ -107,8 +122,7 @@ def _check_plan(plan: str, config_file: Path | None) -> str:
 
 
 def _tokens_issue(args: argparse.Namespace) -> int:
-    import keys
-
+    """A token for a user of this gateway's table, bound to it (see ``operator_token``)."""
     data_dir = args.data_dir or keys.default_data_dir()
     signing = keys.jwt_keys(data_dir).private
     if signing is None:
@@ -116,27 +130,58 @@ def _tokens_issue(args: argparse.Namespace) -> int:
             f"error: no token signing key in {data_dir}; run `bitinglip keys init`", file=sys.stderr
         )
         return 1
-    print(keys.issue(signing, args.user, keys.parse_ttl(args.ttl), args.scope))
+    config = _config(args)
+    with _store(args) as store:
+        try:
+            token = operator_token(
+                store,
+                signing,
+                args.user,
+                keys.parse_ttl(args.ttl),
+                args.scope,
+                max_ttl=config.max_token_ttl,
+            )
+        except Refused as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_NOT_FOUND if exc.code == "no_account" else 1
+    print(token)
     return 0
 
 
 def _users_add(args: argparse.Namespace) -> int:
     password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else None
-    if args.plan:
-        plan = _check_plan(args.plan, args.config)
-    else:
-        from gateway.config import GatewayConfig
-        from node.p2p.config import load
-
-        plan = load(GatewayConfig, "gateway", {}, args.config).default_plan
+    config = _config(args)
+    plan = _check_plan(args.plan, args.config) if args.plan else config.default_plan
+    cost = keys.ScryptCost(config.scrypt_n)
     with _store(args) as store:
         try:
-            user = create_user(store, args.name, password, plan, time.time())
+            user = create_user(
+                store, args.name, password, plan, time.time(), admin=args.admin, cost=cost
+            )
         except Refused as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
     login = "can log in" if password else "no password: issue tokens with `bitinglip tokens issue`"
-    print(f"added user {user.name} on plan {plan} ({login}) in {store.path}")
+    admin = ", an admin" if user.admin else ""
+    print(f"added user {user.name} on plan {plan}{admin} ({login}) in {store.path}")
+    return 0
+
+
+def _users_admin(args: argparse.Namespace) -> int:
+    done = f"user {args.name} {'is no longer' if args.off else 'is now'} an admin"
+    return _change_user(args, lambda store: store.set_admin(args.name, not args.off), done)
+
+
+def _users_invite(args: argparse.Namespace) -> int:
+    ttl = keys.parse_ttl(args.ttl)
+    with _store(args) as store:
+        try:
+            code, expires_at = new_invite(store, ttl, time.time())
+        except Refused as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    print(code)
+    print(f"single use, good until {_when(expires_at)}", file=sys.stderr)
     return 0
 
 
@@ -158,7 +203,7 @@ def _users_list(args: argparse.Namespace) -> int:
         table.add_row(
             cell(u.name),
             cell(u.plan),
-            "disabled" if u.disabled else "active",
+            ("disabled" if u.disabled else "active") + (", admin" if u.admin else ""),
             "set" if u.password else "none",
             str(live[u.name.casefold()]),
             _when(u.created),
@@ -244,6 +289,7 @@ def _user_json(user: UserRecord, live_keys: int) -> dict[str, Any]:
         "name": user.name,
         "plan": user.plan,
         "disabled": user.disabled,
+        "admin": user.admin,
         "password": user.password is not None,
         "live_keys": live_keys,
         "created": user.created,

@@ -1,8 +1,10 @@
-"""``bitinglip keys init|admit|rotate-jwt``: the swarm operator's keys and admission."""
+"""``bitinglip keys init|admit|rotate-jwt|retire-jwt``: the swarm operator's keys and
+admission."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,12 @@ def register(commands: Any) -> None:
     )
     rotate.add_argument("--data-dir", type=Path)
     rotate.set_defaults(func=_keys)
+    retire = keys_.add_parser(
+        "retire-jwt", help="refuse every token signed by a previous token key, for good"
+    )
+    retire.add_argument("kid", help="the key's id (a token's kid; jwt.<kid>.pub)")
+    retire.add_argument("--data-dir", type=Path)
+    retire.set_defaults(func=_retire)
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -43,4 +51,25 @@ def _keys(args: argparse.Namespace) -> int:
     cert = keys.admit(data_dir, args.peer_id, args.role)
     args.out.write_bytes(cert)
     print(f"admitted {args.peer_id} as {args.role}: wrote {args.out}")
+    return 0
+
+
+def _retire(args: argparse.Namespace) -> int:
+    """Retire the key in the operator's directory and in the peer directories under it
+    that hold token keys (the layout ``bitinglip up`` makes): running gateways there
+    refuse its tokens within a second. Elsewhere copy ``jwt.retired`` to each gateway."""
+    import keys
+    from keys.keyring import JWT_PUB
+
+    data_dir = args.data_dir or keys.default_data_dir()
+    try:
+        keys.retire_jwt(data_dir, args.kid)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    peers = sorted(p for p in (data_dir / "peers").glob("*") if (p / JWT_PUB).is_file())
+    for peer_dir in peers:
+        keys.retire_jwt(peer_dir, args.kid, check=False)
+    where = ", ".join(str(p) for p in [data_dir, *peers])
+    print(f"tokens signed by {args.kid} are refused from now on ({where})")
     return 0

@@ -57,6 +57,11 @@ def register(commands: Any) -> None:
         type=int,
         help="serve Prometheus metrics on this port alone, not on the API's (0 picks one)",
     )
+    gstart.add_argument(
+        "--registration",
+        choices=["open", "invite", "closed"],
+        help="who may register at /v1/auth/register (default closed)",
+    )
     gstart.set_defaults(func=_gateway_start)
 
 
@@ -144,6 +149,7 @@ def _gateway_start(args: argparse.Namespace) -> int:
                 "host",
                 "port",
                 "metrics_port",
+                "registration",
                 "ready_file",
                 "log_level",
             ],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ READY_TIMEOUT = 600.0
 # Where a running local swarm can be found, and the identity `bitinglip peers` joins it as.
 SWARM_FILE = "swarm.json"
 CLIENT_DIR = Path("peers") / "cli"
+LOCAL_USER = "local"  # who the token `up` prints is for
 
 
 class _Stop(Exception):
@@ -43,7 +45,9 @@ class LocalSwarm:
         self.run_dir = data_dir / "run"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def spawn(self, name: str, role: str, extra: list[str]) -> None:
+    def spawn(
+        self, name: str, role: str, extra: list[str], env: dict[str, str] | None = None
+    ) -> None:
         peer_dir = self.data_dir / "peers" / name
         keys.provision(peer_dir, self.data_dir, role)
         status = self.run_dir / f"{name}.json"
@@ -57,8 +61,11 @@ class LocalSwarm:
             "--ready-file", str(status),
             *extra,
         ]  # fmt: skip
+        environment = os.environ | (env or {})
         with log.open("ab") as out:
-            self.procs[name] = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+            self.procs[name] = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env=environment
+            )
 
     def status(self, name: str) -> dict[str, object]:
         return read_status(self.run_dir / f"{name}.json")
@@ -165,7 +172,11 @@ def run_up(port: int, nodes: int, model: str | None, data_dir: Path | None, as_j
         names = [f"node-{i}" for i in range(nodes)]
         plans = {
             # Started again, a gateway keeps its HTTP port and finds the nodes that stayed.
-            "gateway": Plan("gateway", lambda: ["--port", gateway_port[0], *addrs(names)]),
+            # A swarm on this machine, for its owner: anyone who can reach it may sign up.
+            "gateway": Plan(
+                "gateway",
+                lambda: ["--port", gateway_port[0], "--registration", "open", *addrs(names)],
+            ),
         }
         model_flags = ["--model", model, "--model-store", str(data_dir)]
         for name in names:
@@ -181,7 +192,7 @@ def run_up(port: int, nodes: int, model: str | None, data_dir: Path | None, as_j
             supervisor.start(name, time.monotonic())
         swarm.wait(names, "ready", READY_TIMEOUT)
         _wait_routable(url, model, nodes, 60)
-        token = keys.issue(keys.jwt_keys(data_dir).private, "local", 7 * 86400)  # type: ignore[arg-type]
+        token = local_token(data_dir, data_dir / "peers" / "gateway")
         write_swarm_file(swarm, ["gateway", *names], url)
         _announce(url, model, nodes, token, as_json)
         supervisor.run()
@@ -197,6 +208,20 @@ def run_up(port: int, nodes: int, model: str | None, data_dir: Path | None, as_j
         swarm.stop()
         signal.signal(signal.SIGTERM, previous)
         print("swarm stopped", file=sys.stderr)
+
+
+def local_token(data_dir: Path, gateway_dir: Path, user: str = LOCAL_USER) -> str:
+    """A week's token for ``user`` (made once, with no password, so nobody can register
+    the name), bound to the gateway's accounts."""
+    from gateway.accounts import Store, create_user, operator_token
+
+    signer = keys.jwt_keys(data_dir).private
+    if signer is None:
+        raise RuntimeError(f"no jwt.key in {data_dir}")
+    with Store.open(gateway_dir) as store:
+        if store.user(user) is None:
+            create_user(store, user, None, "default", time.time())
+        return operator_token(store, signer, user, 7 * 86400)
 
 
 def write_swarm_file(swarm: LocalSwarm, names: list[str], url: str) -> None:

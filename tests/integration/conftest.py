@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import keys
+from gateway.accounts import Store, create_user, operator_token
 from node.cli.up import LocalSwarm
 
 HERE = Path(__file__).parent
@@ -27,13 +29,27 @@ class LocalSwarmFixture:
     def __init__(self, data_dir: Path) -> None:
         self.local = LocalSwarm(data_dir)
         self.data_dir = data_dir
+        self.databases: dict[str, Path] = {}  # gateways started with a database_dir
         keys.init_operator(data_dir)
 
     def start_gateway(
-        self, name: str = "gateway", bootstrap: list[str] | None = None
+        self,
+        name: str = "gateway",
+        bootstrap: list[str] | None = None,
+        *,
+        registration: str = "open",
+        env: dict[str, str] | None = None,
+        config: Path | None = None,
     ) -> dict[str, object]:
-        extra = ["--port", "0"] + [x for b in bootstrap or [] for x in ("--bootstrap", b)]
-        self.local.spawn(name, "gateway", extra)
+        """A gateway as ``bitinglip up`` starts one (registration open), hashing passwords
+        at the lowest cost it allows, so tests that register stay fast."""
+        extra = ["--port", "0", "--registration", registration]
+        extra += [x for b in bootstrap or [] for x in ("--bootstrap", b)]
+        extra += ["--config", str(config)] if config else []
+        env = {"BITINGLIP_GATEWAY_SCRYPT_N": str(2**14)} | (env or {})
+        if "BITINGLIP_GATEWAY_DATABASE_DIR" in env:
+            self.databases[name] = Path(env["BITINGLIP_GATEWAY_DATABASE_DIR"])
+        self.local.spawn(name, "gateway", extra, env)
         self.local.wait([name], "ready", 60)
         return self.local.status(name)
 
@@ -59,10 +75,27 @@ class LocalSwarmFixture:
     def url(self, name: str = "gateway") -> str:
         return str(self.local.status(name)["url"])
 
-    def token(self, user: str = "tester", ttl: float = 3600) -> str:
+    def accounts(self, gateway: str = "gateway") -> Store:
+        """The database of ``gateway``'s users (its data dir's, unless configured elsewhere)."""
+        return Store.open(self.databases.get(gateway, self.data_dir / "peers" / gateway))
+
+    def token(
+        self,
+        user: str = "tester",
+        ttl: float = 3600,
+        scope: str = "inference",
+        gateway: str = "gateway",
+    ) -> str:
+        """A token for ``user`` on ``gateway``, as the operator issues one: the user is added
+        to its table first if need be (an admin, for an admin token)."""
         signing = keys.jwt_keys(self.data_dir).private
         assert signing is not None
-        return keys.issue(signing, user, ttl)
+        with self.accounts(gateway) as store:
+            if store.user(user) is None:
+                create_user(store, user, None, "default", time.time())
+            if scope == "admin":
+                store.set_admin(user, True)
+            return operator_token(store, signing, user, ttl, scope)
 
     def kill(self, name: str) -> None:
         proc = self.local.procs[name]

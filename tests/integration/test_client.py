@@ -74,9 +74,10 @@ class Gateway:
     url: str
     signer: Ed25519PrivateKey
     gpu: BrokenGPU
+    audience: str
 
     def token(self, user: str) -> str:
-        return keys.issue(self.signer, user, 3600)
+        return keys.issue(self.signer, user, 3600, audience=self.audience)
 
     def client(self, user: str | None = None, token: str | None = None) -> c.GatewayClient:
         return c.GatewayClient(self.url, token or (self.token(user) if user else None))
@@ -117,7 +118,9 @@ async def real_gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
         async with swarm_of(nodes) as router:
             services = Services(
                 backend=router,
-                auth=Authenticator(keys.KeySet.of(signer.public_key()), [accounts]),
+                auth=Authenticator(
+                    keys.KeySet.of(signer.public_key()), [accounts], audience=accounts.audience
+                ),
                 peer_id=GATEWAY_ID,
                 peers=lambda: peers_api.snapshot(router.table, GATEWAY_ID, [], time.time()),
                 image_backend=router,
@@ -127,7 +130,7 @@ async def real_gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
                 limiter=limiter,
             )
             async with served(create_app(services)) as url:
-                yield Gateway(url, signer, gpu)
+                yield Gateway(url, signer, gpu, accounts.audience)
     finally:
         store.close()
 
@@ -211,9 +214,7 @@ async def test_refusals_read_as_sentences(tmp_path: Path) -> None:
 
         broke = await off_thread(lambda: catch(lambda: read_until_broken(client, gw.gpu)))
         assert isinstance(broke, c.StreamFailed) and broke.code == "internal"
-        assert str(broke) == (
-            "the answer broke off: the node failed to run the model"
-        )
+        assert str(broke) == ("the answer broke off: the node failed to run the model")
         for each in (client, stranger):
             each.close()
 

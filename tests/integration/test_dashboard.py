@@ -155,10 +155,14 @@ def test_register_see_the_swarm_and_manage_keys(
     assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")
     shot("7-narrow")
 
-    # Logging out forgets the token; logging in again brings the same account back.
+    # Logging out forgets the token, and the gateway refuses it from then on (a copy of it
+    # is worthless); logging in again brings the same account back.
+    session = page.evaluate("JSON.parse(sessionStorage.getItem('bitinglip.session')).token")
     page.get_by_role("button", name="Log out").click()
     expect(page.get_by_role("heading", name="Sign in to the swarm")).to_be_visible()
     assert page.evaluate("sessionStorage.length") == 0
+    me = httpx.get(f"{url}/v1/auth/me", headers={"Authorization": f"Bearer {session}"})
+    assert me.status_code == 401 and "revoked" in me.json()["error"]["message"], me.text
     page.get_by_label("Username").fill("dash_user")
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_label("Password").press("Enter")

@@ -1,4 +1,6 @@
-"""Two real gateways share one user's limit and revocations, with no shared database."""
+"""Two real gateways of one accounts database (``database_dir``) share one user's limit
+and revocations: the limiter's minute lives in each process, so it is the events they
+stream each other that hold it."""
 
 from __future__ import annotations
 
@@ -19,9 +21,10 @@ def wait_for(check: object, timeout: float = 30, what: str = "condition") -> Non
 
 
 def start(swarm: LocalSwarmFixture) -> tuple[str, str]:
-    a = swarm.start_gateway("gw-a")
+    shared = {"BITINGLIP_GATEWAY_DATABASE_DIR": str(swarm.data_dir / "accounts")}
+    a = swarm.start_gateway("gw-a", env=shared)
     boot = str(a["addrs"][0])  # type: ignore[index]
-    swarm.start_gateway("gw-b", bootstrap=[boot])
+    swarm.start_gateway("gw-b", bootstrap=[boot], env=shared)
     swarm.start_node("node-0", [boot], ["echo"], ["--capacity", "8"])
     swarm.wait_ready(["node-0"])
     urls = swarm.url("gw-a"), swarm.url("gw-b")
@@ -45,7 +48,7 @@ def chat(url: str, token: str) -> httpx.Response:
 
 def test_limit_holds_across_gateways_and_revocation_spreads(swarm: LocalSwarmFixture) -> None:
     url_a, url_b = start(swarm)
-    token = swarm.token("spreader")
+    token = swarm.token("spreader", gateway="gw-a")
 
     # The default plan allows 60 requests a minute; spread 100 over both gateways.
     statuses = [chat((url_a, url_b)[i % 2], token).status_code for i in range(100)]

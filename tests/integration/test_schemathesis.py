@@ -23,6 +23,7 @@ from schemathesis.schemas import BaseSchema
 from starlette.testclient import TestClient
 
 import keys
+from gateway.accounts.users import audience_of
 from gateway.api.app import create_app
 from gateway.api.auth import Authenticator
 from gateway.api.services import Backend, Services
@@ -37,17 +38,19 @@ USER = "fuzzer"
 class Gateway:
     url: str
     data_dir: Path
+    audience: str  # the gateway's accounts: tokens for others are refused before any route
 
     def headers(self, scope: str, user: str = USER) -> dict[str, str]:
         """A token of ``scope`` for ``user``, signed with the swarm's token key."""
         signing = keys.jwt_keys(self.data_dir).private
         assert signing is not None
-        return {"Authorization": f"Bearer {keys.issue(signing, user, 3600, scope)}"}
+        token = keys.issue(signing, user, 3600, scope, audience=self.audience)
+        return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """A gateway, an echo node and a registered user, for the whole module."""
+    """A gateway, an echo node and a registered user (an admin too), for the whole module."""
     swarm = LocalSwarmFixture(tmp_path_factory.mktemp("fuzz"))
     try:
         status = swarm.start_gateway()
@@ -58,7 +61,10 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         account = {"username": USER, "password": "a long enough password"}
         registered = httpx.post(f"{url}/v1/auth/register", json=account, timeout=30)
         assert registered.status_code == 201, registered.text
-        yield Gateway(url, swarm.data_dir)
+        with swarm.accounts() as store:
+            store.set_admin(USER, True)
+            audience = audience_of(store)
+        yield Gateway(url, swarm.data_dir, audience)
     finally:
         swarm.local.stop()
 

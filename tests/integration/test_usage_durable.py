@@ -21,8 +21,7 @@ from tests.unit.gateway.accounts.test_accounts import bearer
 def test_every_answered_call_survives_sigkill(swarm: LocalSwarmFixture, tmp_path: Path) -> None:
     config = tmp_path / "gateway.toml"
     config.write_text("[gateway.plans.default]\nrequests_per_minute = 100000\nconcurrent = 100\n")
-    swarm.local.spawn("gateway", "gateway", ["--port", "0", "--config", str(config)])
-    swarm.local.wait(["gateway"], "ready", 60)
+    swarm.start_gateway(config=config)
     swarm.start_node("node-0", [swarm.addr("gateway")], ["echo"])
     swarm.wait_ready(["node-0"])
     url = swarm.url()

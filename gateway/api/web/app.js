@@ -203,6 +203,17 @@ function logout(message) {
   notice(message || "");
 }
 
+// Logging out revokes the session token on the gateway too, so a copy of it is worthless;
+// the page forgets it whatever the gateway answers.
+async function signOut() {
+  try {
+    await api("/v1/auth/logout", { method: "POST" });
+  } catch {
+    // Already refused, or the gateway is gone: either way the session ends here.
+  }
+  logout("You are logged out.");
+}
+
 // A refused token ends the session; other failures are shown where they happened.
 function handle(error, where, what) {
   if (error instanceof ApiError && error.status === 401) {
@@ -641,7 +652,7 @@ function render() {
 
 function start() {
   $("login-form").addEventListener("submit", submitLogin);
-  $("logout").addEventListener("click", () => logout("You are logged out."));
+  $("logout").addEventListener("click", signOut);
   $("notice-close").addEventListener("click", () => notice(""));
   $("key-form").addEventListener("submit", createKey);
   $("new-key-copy").addEventListener("click", copyKey);

@@ -470,3 +470,54 @@ def test_private_files_are_not_group_or_world_readable_whatever_the_umask(
     finally:
         os.umask(old)
     assert _mode(tmp_path / ks.IDENTITY) == 0o600
+
+
+def test_a_retired_key_is_refused_for_good_wherever_it_is_copied(tmp_path: Path) -> None:
+    operator_dir, gateway_dir = tmp_path / "operator", tmp_path / "gateway"
+    keys.init_operator(operator_dir)
+    old = keys.jwt_keys(operator_dir).private
+    assert old is not None
+    before = keys.issue(old, "alice", 600)
+    keys.rotate_jwt(operator_dir)
+    keys.provision(gateway_dir, operator_dir, "gateway")  # the gateway holds the old key
+    kid = keys.fingerprint(old)
+
+    with pytest.raises(ValueError, match="rotate-jwt"):  # the key signing now: rotate first
+        keys.retire_jwt(operator_dir, keys.fingerprint(keys.jwt_keys(operator_dir).public))
+    with pytest.raises(ValueError, match="no previous token key 'nope'"):
+        keys.retire_jwt(operator_dir, "nope")
+    keys.retire_jwt(operator_dir, kid)
+    assert not (operator_dir / f"jwt.{kid}.pub").exists()
+    assert (operator_dir / ks.JWT_REFUSED).read_text() == f"{kid}\n"
+
+    # A gateway provisioned again gets the list; one that kept a copy of the key still
+    # refuses it once the list reaches it, whatever else is in its directory.
+    keys.provision(gateway_dir, operator_dir, "gateway")
+    assert (gateway_dir / f"jwt.{kid}.pub").exists()  # left from before
+    keyset = keys.jwt_keyset(gateway_dir)
+    assert kid not in keyset.keys
+    with pytest.raises(keys.TokenError, match="unknown key"):
+        keys.verify(before, keyset)
+    keys.retire_jwt(operator_dir, kid)  # again: harmless
+    assert (operator_dir / ks.JWT_REFUSED).read_text() == f"{kid}\n"
+
+
+def test_the_current_key_is_never_refused_by_the_list() -> None:
+    keyset = keys.KeySet.of(PUBLIC, RETIRED.public_key(), refused=[keys.fingerprint(PUBLIC)])
+    assert keys.verify(keys.issue(KEY, "alice", 60), keyset).sub == "alice"
+
+
+def test_token_key_files_change_when_keys_do(tmp_path: Path) -> None:
+    keys.init_operator(tmp_path)
+    first = keys.jwt_files(tmp_path)
+    assert [name for name, _ in first] == [ks.JWT_KEY, ks.JWT_PUB]
+    kid = keys.fingerprint(keys.jwt_keys(tmp_path).public)
+    keys.rotate_jwt(tmp_path)
+    rotated = keys.jwt_files(tmp_path)
+    assert rotated != first
+    keys.retire_jwt(tmp_path, kid)
+    assert [name for name, _ in keys.jwt_files(tmp_path)] == [
+        ks.JWT_KEY,
+        ks.JWT_PUB,
+        ks.JWT_REFUSED,
+    ]

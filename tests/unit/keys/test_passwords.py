@@ -11,18 +11,22 @@ import pytest
 from keys.passwords import (
     MAX_LENGTH,
     MIN_LENGTH,
+    OWASP,
+    ScryptCost,
     WeakPassword,
     check_strength,
     hash_password,
+    needs_rehash,
     verify_password,
 )
 
 GOOD = "correct horse"
+CHEAP = ScryptCost(2**14)  # the cost before OWASP's guidance was followed: fast for tests
 
 
 @pytest.fixture(scope="module")
 def stored() -> str:
-    return hash_password(GOOD)
+    return hash_password(GOOD, CHEAP)
 
 
 def test_length_limits_are_eight_and_1024() -> None:
@@ -46,6 +50,36 @@ def test_weak_passwords_are_refused_with_the_rule(password: str, message: str) -
     assert isinstance(caught.value, ValueError)
 
 
+def test_the_default_cost_is_owasps_guidance() -> None:
+    assert (OWASP.n, OWASP.r, OWASP.p) == (2**17, 8, 1)
+    assert ScryptCost() == OWASP
+
+
+def test_a_new_hash_uses_owasps_cost_and_an_old_one_still_verifies(stored: str) -> None:
+    new = hash_password(GOOD)  # one real hash at the full cost (~0.4 s here)
+    assert new.split("$")[:4] == ["scrypt", str(2**17), "8", "1"]
+    assert verify_password(GOOD, new) is True
+    # A hash made at the old cost carries its parameters and verifies as made...
+    assert stored.split("$")[1] == str(2**14)
+    assert verify_password(GOOD, stored) is True
+    # ... and is the one to make again at the next login.
+    assert needs_rehash(stored) is True
+    assert needs_rehash(new) is False
+    assert needs_rehash(None) is True
+    assert needs_rehash(stored, CHEAP) is False
+
+
+def test_costs_scrypt_cannot_take_or_that_would_take_the_host_are_refused() -> None:
+    for n, r, p in ((3, 8, 1), (0, 8, 1), (2**21, 8, 1), (2**14, 0, 1), (2**14, 8, 17)):
+        with pytest.raises(ValueError):
+            ScryptCost(n, r, p)
+
+
+def test_a_stored_hash_asking_for_too_much_memory_matches_nothing(stored: str) -> None:
+    greedy = _with(stored, 1, str(2**24))
+    assert verify_password(GOOD, greedy, CHEAP) is False
+
+
 def test_the_hash_records_its_scheme_costs_salt_and_digest(stored: str) -> None:
     scheme, n, r, p, salt, digest = stored.split("$")
     assert (scheme, n, r, p) == ("scrypt", "16384", "8", "1")
@@ -54,7 +88,7 @@ def test_the_hash_records_its_scheme_costs_salt_and_digest(stored: str) -> None:
 
 
 def test_each_hash_has_its_own_salt() -> None:
-    assert hash_password(GOOD).split("$")[4] != hash_password(GOOD).split("$")[4]
+    assert hash_password(GOOD, CHEAP).split("$")[4] != hash_password(GOOD, CHEAP).split("$")[4]
 
 
 def test_the_password_matches_its_hash_and_nothing_else_does(stored: str) -> None:
@@ -64,8 +98,8 @@ def test_the_password_matches_its_hash_and_nothing_else_does(stored: str) -> Non
 
 
 def test_no_hash_matches_nothing() -> None:
-    assert verify_password(GOOD, None) is False
-    assert verify_password(GOOD, "") is False
+    assert verify_password(GOOD, None, CHEAP) is False
+    assert verify_password(GOOD, "", CHEAP) is False
 
 
 def _with(stored: str, index: int, value: str) -> str:
@@ -75,16 +109,16 @@ def _with(stored: str, index: int, value: str) -> str:
 
 
 def test_malformed_hashes_match_nothing(stored: str) -> None:
-    assert verify_password(GOOD, _with(stored, 0, "bcrypt")) is False
-    assert verify_password(GOOD, _with(stored, 1, "many")) is False
-    assert verify_password(GOOD, stored + "$extra") is False
-    assert verify_password(GOOD, stored.rsplit("$", 1)[0]) is False
+    assert verify_password(GOOD, _with(stored, 0, "bcrypt"), CHEAP) is False
+    assert verify_password(GOOD, _with(stored, 1, "many"), CHEAP) is False
+    assert verify_password(GOOD, stored + "$extra", CHEAP) is False
+    assert verify_password(GOOD, stored.rsplit("$", 1)[0], CHEAP) is False
 
 
 def test_hashes_with_characters_outside_base64_match_nothing(stored: str) -> None:
     digest, salt = stored.split("$")[5], stored.split("$")[4]
-    assert verify_password(GOOD, _with(stored, 5, "!" + digest)) is False
-    assert verify_password(GOOD, _with(stored, 4, salt + "!")) is False
+    assert verify_password(GOOD, _with(stored, 5, "!" + digest), CHEAP) is False
+    assert verify_password(GOOD, _with(stored, 4, salt + "!"), CHEAP) is False
 
 
 def test_a_password_over_the_limit_never_matches_even_its_own_hash(stored: str) -> None:

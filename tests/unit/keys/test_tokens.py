@@ -16,6 +16,7 @@ from keys.tokens import (
     ISSUER,
     KeySet,
     TokenError,
+    describe_ttl,
     fingerprint,
     issue,
     parse_ttl,
@@ -75,7 +76,10 @@ def test_refusal_messages() -> None:
     expired = jwt.encode(claims(exp=int(time.time()) - 60), KEY, algorithm=ALGORITHM)
     assert refusal(expired) == "token has expired"
     elsewhere = jwt.encode(claims(aud="another"), KEY, algorithm=ALGORITHM)
-    assert refusal(elsewhere) == "token is for another audience"
+    assert refusal(elsewhere) == (
+        "token belongs to another gateway's accounts (wrong audience):"
+        " sign in to this gateway for a token it accepts"
+    )
     assert refusal("not.a.token").startswith("invalid token: ")
 
 
@@ -128,3 +132,47 @@ def test_parse_ttl_says_what_it_could_not_read(text: str) -> None:
     with pytest.raises(ValueError) as caught:
         parse_ttl(text)
     assert str(caught.value) == f"not a duration: {text!r} (try 30m, 1h or 7d)"
+
+
+# --- audience and lifetime -----------------------------------------------------------------
+
+HERE = "bitinglip:accounts:here"
+
+
+def test_a_token_is_for_the_accounts_it_names() -> None:
+    token = issue(KEY, "ann", 60, audience=HERE)
+    assert jwt.decode(token, options={"verify_signature": False})["aud"] == HERE
+    assert verify(token, PUBLIC, audience=HERE).sub == "ann"
+    assert "wrong audience" in refusal(token)  # a verifier for no accounts
+    with pytest.raises(TokenError, match="another gateway's accounts"):
+        verify(token, PUBLIC, audience="bitinglip:accounts:elsewhere")
+
+
+def test_a_token_naming_several_audiences_is_refused() -> None:
+    both = jwt.encode(claims(aud=[HERE, "bitinglip:accounts:elsewhere"]), KEY, algorithm=ALGORITHM)
+    with pytest.raises(TokenError, match="audience"):
+        verify(both, PUBLIC, audience=HERE)
+
+
+def test_lifetimes_are_capped_at_issue() -> None:
+    assert verify(issue(KEY, "ann", 3600, max_ttl=3600), PUBLIC).sub == "ann"
+    with pytest.raises(ValueError) as caught:
+        issue(KEY, "ann", 7200, max_ttl=3600)
+    assert str(caught.value) == "a token may live at most 1h here, not 2h"
+
+
+def test_lifetimes_are_capped_at_verify() -> None:
+    # Minted by whoever holds the key, without asking the cap.
+    now = int(time.time())
+    long = jwt.encode(claims(iat=now, exp=now + 86400 * 400), KEY, algorithm=ALGORITHM)
+    assert verify(long, PUBLIC).sub == "ann"
+    with pytest.raises(TokenError) as caught:
+        verify(long, PUBLIC, max_ttl=86400 * 365)
+    assert str(caught.value) == "token lives longer than this gateway allows (365d)"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(86400.0, "1d"), (7200.0, "2h"), (90.0, "90s"), (600.0, "10m")]
+)
+def test_describe_ttl(seconds: float, text: str) -> None:
+    assert describe_ttl(seconds) == text

@@ -31,6 +31,7 @@ from gateway.api.services import Services
 from tests.unit.gateway.api.test_http import FakeBackend, assert_error, chat
 
 PASSWORD = "correct horse battery"
+TEST_COST = keys.ScryptCost(2**14)
 
 
 @dataclass
@@ -48,7 +49,18 @@ class Gateway:
     revoked: list[tuple[str, float]] = field(default_factory=list)
 
     def operator_token(self, user: str, scope: str = "inference") -> dict[str, str]:
-        return bearer(keys.issue(self.signer, user, 3600, scope))
+        """A token signed with the swarm's key for this gateway's accounts; ``user`` need
+        not be in the table, except for an admin token (the user is then made an admin)."""
+        if scope == "admin":
+            if self.store.user(user) is None:
+                self.store.add_user(user, None, "default", time.time())
+            self.store.set_admin(user, True)
+        audience = self.accounts.audience
+        return bearer(keys.issue(self.signer, user, 3600, scope, audience=audience))
+
+    def claims(self, token: str) -> keys.Claims:
+        """``token``'s claims, verified as this gateway does."""
+        return keys.verify(token, self.signer.public_key(), audience=self.accounts.audience)
 
     async def register(self, name: str = "alice", password: str = PASSWORD) -> dict[str, Any]:
         response = await self.client.post(
@@ -79,6 +91,8 @@ async def gateway(
 ) -> AsyncIterator[Gateway]:
     signer = Ed25519PrivateKey.generate()
     store = Store.open(tmp_path)
+    # Open registration and a cheap hash for speed: the defaults have tests of their own.
+    options = {"registration": "open", "cost": TEST_COST, **options}
     accounts = Accounts(store, plans or Plans(), signer, **options)
     await accounts.load()
     limiter = Limiter(accounts.plan_of, clock)
@@ -87,7 +101,12 @@ async def gateway(
     backend = backend or FakeBackend()
     services = Services(
         backend=backend,
-        auth=Authenticator(keys.KeySet.of(signer.public_key()), [accounts]),
+        auth=Authenticator(
+            keys.KeySet.of(signer.public_key()),
+            [accounts],
+            audience=accounts.audience,
+            max_ttl=accounts.max_token_ttl,
+        ),
         meters=[limiter, usage],
         store=store,
         accounts=accounts,
@@ -116,15 +135,16 @@ async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
 async def test_register_gives_a_session_token_that_works(gw: Gateway) -> None:
     body = await gw.register()
     assert set(body) == {"user", "token", "expires_at"}
-    assert body["user"] == {"username": "alice", "plan": Plan().as_json(), "disabled": False}
+    profile = {"username": "alice", "plan": Plan().as_json(), "disabled": False, "admin": False}
+    assert body["user"] == profile
     assert body["expires_at"] == pytest.approx(time.time() + 86400, abs=5)
-    claims = keys.verify(body["token"], gw.signer.public_key())
+    claims = gw.claims(body["token"])
     assert (claims.sub, claims.scope) == ("alice", "session")
     assert jwt.get_unverified_header(body["token"])["kid"] == keys.fingerprint(gw.signer)
 
     me = await gw.client.get("/v1/auth/me", headers=bearer(body["token"]))
     assert me.status_code == 200
-    assert me.json() == {"username": "alice", "plan": Plan().as_json(), "disabled": False}
+    assert me.json() == profile
 
 
 async def test_login(gw: Gateway) -> None:
@@ -135,7 +155,7 @@ async def test_login(gw: Gateway) -> None:
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["user"]["username"] == "Alice"  # as registered, whatever the case typed
-    assert keys.verify(body["token"], gw.signer.public_key()).sub == "Alice"
+    assert gw.claims(body["token"]).sub == "Alice"
 
 
 @pytest.mark.parametrize(
@@ -188,7 +208,7 @@ async def test_register_needs_both_fields(gw: Gateway) -> None:
 
 
 async def test_registration_can_be_closed(tmp_path: Path) -> None:
-    async with gateway(tmp_path, registration=False) as g:
+    async with gateway(tmp_path, registration="closed") as g:
         response = await g.client.post(
             "/v1/auth/register", json={"username": "alice", "password": PASSWORD}
         )
@@ -214,7 +234,12 @@ def _database_files(directory: Path) -> dict[str, bytes]:
 
 async def test_me_for_an_operator_token_without_an_account(gw: Gateway) -> None:
     response = await gw.client.get("/v1/auth/me", headers=gw.operator_token("ops-bot"))
-    assert response.json() == {"username": "ops-bot", "plan": Plan().as_json(), "disabled": False}
+    assert response.json() == {
+        "username": "ops-bot",
+        "plan": Plan().as_json(),
+        "disabled": False,
+        "admin": False,
+    }
 
 
 async def test_no_signing_key_is_503_and_creates_nobody(tmp_path: Path) -> None:
@@ -241,7 +266,7 @@ async def test_create_list_use_and_revoke_a_key(gw: Gateway) -> None:
     assert set(created) == {"id", "name", "key", "expires_at"}
     assert created["name"] == "laptop"
     assert created["expires_at"] == pytest.approx(time.time() + 365 * 86400, abs=5)
-    claims = keys.verify(created["key"], gw.signer.public_key())
+    claims = gw.claims(created["key"])
     assert (claims.sub, claims.scope, claims.jti) == ("alice", "inference", created["id"])
 
     listed = (await gw.client.get("/v1/keys", headers=bearer(session))).json()
@@ -293,13 +318,13 @@ async def test_keys_survive_a_restart(tmp_path: Path) -> None:
     async with gateway(tmp_path) as g:
         session = (await g.register())["token"]
         created = await g.new_key(session)
-        signer = g.signer
+        claims = g.claims(created["key"])
         await g.client.delete(f"/v1/keys/{created['id']}", headers=bearer(session))
     store = Store.open(tmp_path)
-    accounts = Accounts(store, Plans(), signer)
+    accounts = Accounts(store, Plans(), g.signer)
     await accounts.load()
     with pytest.raises(keys.TokenError, match="revoked"):
-        accounts.check(keys.verify(created["key"], signer.public_key()))
+        accounts.check(claims)
     store.close()
 
 
@@ -348,8 +373,8 @@ async def test_disabled_user_is_refused_everywhere(gw: Gateway, tmp_path: Path) 
 
 
 async def test_cli_revocation_is_picked_up_and_announced(gw: Gateway, tmp_path: Path) -> None:
-    token = keys.issue(gw.signer, "ops-bot", 3600)
-    jti = keys.verify(token, gw.signer.public_key()).jti
+    token = gw.operator_token("ops-bot")["Authorization"].split()[1]
+    jti = gw.claims(token).jti
     with Store.open(tmp_path) as cli:
         cli.revoke(jti, None, time.time())
     await gw.accounts.refresh()
@@ -359,8 +384,8 @@ async def test_cli_revocation_is_picked_up_and_announced(gw: Gateway, tmp_path: 
 
 
 async def test_revoke_remote_refuses_at_once_and_is_saved(gw: Gateway, tmp_path: Path) -> None:
-    token = keys.issue(gw.signer, "alice", 3600)
-    claims = keys.verify(token, gw.signer.public_key())
+    token = gw.operator_token("alice")["Authorization"].split()[1]
+    claims = gw.claims(token)
     gw.accounts.revoke_remote(claims.jti, claims.exp)
     assert (await gw.client.get("/v1/models", headers=bearer(token))).status_code == 401
     assert gw.revoked == []  # learned from elsewhere: not sent back out

@@ -19,6 +19,7 @@ import pytest
 
 import keys
 from gateway.accounts.database import (
+    _MIGRATIONS,
     FILENAME,
     KeyRecord,
     SchemaTooNew,
@@ -26,6 +27,7 @@ from gateway.accounts.database import (
     UsageRecord,
     UserExists,
 )
+from gateway.accounts.users import audience_of
 from node.cli.admin import gateway_dir
 from node.cli.main import main
 
@@ -39,8 +41,28 @@ def test_new_database_is_private_wal_and_versioned(tmp_path: Path) -> None:
         assert store._read("PRAGMA foreign_keys")[0][0] == 1
     raw = sqlite3.connect(tmp_path / FILENAME)
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
     raw.close()
+
+
+def test_each_database_names_itself_once(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "a") as a, Store.open(tmp_path / "b") as b:
+        first = a.accounts_id()
+        assert len(first) == 32 and first != b.accounts_id()
+    with Store.open(tmp_path / "a") as again:
+        assert again.accounts_id() == first
+
+
+def test_a_first_version_file_is_upgraded_in_place(tmp_path: Path) -> None:
+    raw = sqlite3.connect(tmp_path / FILENAME)
+    raw.executescript(_MIGRATIONS[0] + "PRAGMA user_version = 1;")
+    raw.execute("INSERT INTO users VALUES ('alice', NULL, 'default', 0, 1.0)")
+    raw.commit()
+    raw.close()
+    with Store.open(tmp_path) as store:
+        alice = store.user("alice")
+        assert alice is not None and (alice.admin, alice.plan) == (False, "default")
+        assert len(store.accounts_id()) == 32
 
 
 def test_reopening_keeps_everything(tmp_path: Path) -> None:
@@ -169,7 +191,7 @@ async def test_call_runs_off_the_event_loop(tmp_path: Path) -> None:
 
 
 def test_password_hash_round_trip() -> None:
-    hashed = keys.hash_password("correct horse")
+    hashed = keys.hash_password("correct horse", keys.ScryptCost(2**14))
     scheme, n, r, p, salt, digest = hashed.split("$")
     assert (scheme, n, r, p) == ("scrypt", "16384", "8", "1")
     assert (len(base64.b64decode(salt)), len(base64.b64decode(digest))) == (16, 32)
@@ -177,7 +199,7 @@ def test_password_hash_round_trip() -> None:
     assert keys.verify_password("correct horse", hashed)
     assert not keys.verify_password("correct horsE", hashed)
     assert not keys.verify_password("", hashed)
-    assert keys.hash_password("correct horse") != hashed  # a fresh salt each time
+    assert keys.hash_password("correct horse", keys.ScryptCost(2**14)) != hashed  # fresh salt
 
 
 @pytest.mark.parametrize("encoded", [None, "", "plain", "md5$1$2$3$4$5", "scrypt$x$8$1$AA==$AA=="])
@@ -270,11 +292,17 @@ def test_tokens_list_and_revoke(tmp_path: Path, cli: Cli) -> None:
 
 def test_tokens_issue_with_a_scope(tmp_path: Path, cli: Cli) -> None:
     keys.init_operator(tmp_path)
-    code, out, _ = cli(
-        "tokens", "issue", "--user", "root", "--scope", "admin", "--data-dir", str(tmp_path)
-    )
+    data = ["--data-dir", str(tmp_path)]
+    issue = ["tokens", "issue", "--user", "root", "--scope", "admin", *data]
+    assert cli("users", "add", "root", *data)[0] == 0
+    code, _, err = cli(*issue)
+    assert code == 1 and "root is not an admin here: run `bitinglip users admin root`" in err
+    assert cli("users", "admin", "root", *data)[1].strip() == "user root is now an admin"
+    code, out, _ = cli(*issue)
     assert code == 0
-    assert keys.verify(out.strip(), keys.jwt_keyset(tmp_path)).scope == "admin"
+    with Store.open(tmp_path) as store:
+        audience = audience_of(store)
+    assert keys.verify(out.strip(), keys.jwt_keyset(tmp_path), audience=audience).scope == "admin"
 
 
 def test_data_dir_may_be_the_one_up_makes(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ async def gw(tmp_path: Path) -> Any:
 
 async def test_each_call_writes_one_row(gw: Gateway) -> None:
     auth = gw.operator_token("alice")
-    jti = keys.verify(auth["Authorization"].split()[1], gw.signer.public_key()).jti
+    jti = gw.claims(auth["Authorization"].split()[1]).jti
     seen: list[UsageRecord] = []
     gw.usage.on_usage.append(seen.append)
     post = gw.client.post
