@@ -218,9 +218,7 @@ def test_v1_peers_over_http(swarm: LocalSwarmFixture) -> None:
     assert data[0]["peer_id"] == swarm.peer_id("gateway") and data[0]["role"] == "gateway"
     assert data[0]["healthy"]
     assert all(p["addrs"] == [] for p in data)  # where peers listen is for the operator
-    signing = keys.jwt_keys(swarm.data_dir).private
-    assert signing is not None
-    admin = {"Authorization": f"Bearer {keys.issue(signing, 'root', 600, 'admin')}"}
+    admin = {"Authorization": f"Bearer {swarm.token('root', 600, 'admin')}"}
     seen = httpx.get(url, headers=admin, timeout=5).json()["data"]
     assert all(p["addrs"] for p in seen)
     nodes = {p["peer_id"]: p for p in data if p["role"] == "node"}
