@@ -38,6 +38,7 @@ from protocols.records import (
     verify_record,
 )
 from protocols.rpc import (
+    HELLO_MAX_FRAME,
     RPC_PROTOCOL,
     Cancel,
     Chunk,
@@ -54,6 +55,7 @@ from protocols.rpc import (
 __all__ = [
     "DEFAULT_MAX_FRAME",
     "DHT_NAMESPACE",
+    "HELLO_MAX_FRAME",
     "RPC_PROTOCOL",
     "Cancel",
     "Certificate",
