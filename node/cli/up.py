@@ -22,6 +22,8 @@ from keys.files import write_atomic
 from node.p2p.readiness import read_status
 
 READY_TIMEOUT = 600.0
+# How often the peers' certificates are looked at: each is renewed past half its life.
+RENEW_INTERVAL = 600.0
 # Where a running local swarm can be found, and the identity `bitinglip peers` joins it as.
 SWARM_FILE = "swarm.json"
 CLIENT_DIR = Path("peers") / "cli"
@@ -40,10 +42,12 @@ class LocalSwarm:
         self.data_dir = data_dir
         self.run_dir = data_dir / "run"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.roles: dict[Path, str] = {}  # each peer directory and its role
 
     def spawn(self, name: str, role: str, extra: list[str]) -> None:
         peer_dir = self.data_dir / "peers" / name
         keys.provision(peer_dir, self.data_dir, role)
+        self.roles[peer_dir] = role
         status = self.run_dir / f"{name}.json"
         status.unlink(missing_ok=True)
         log = (self.data_dir / "logs").joinpath(f"{name}.log")
@@ -82,6 +86,11 @@ class LocalSwarm:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{', '.join(pending)} not {state} after {timeout:.0f} s")
             time.sleep(0.2)
+
+    def renew(self) -> None:
+        """Renew the certificates past half their life: the running peers take them up."""
+        for peer_dir, role in self.roles.items():
+            keys.ensure_admitted(peer_dir, self.data_dir, role)
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -169,8 +178,12 @@ def run_up(port: int, nodes: int, model: str | None, data_dir: Path | None, as_j
         token = keys.issue(keys.jwt_keys(data_dir).private, "local", 7 * 86400)  # type: ignore[arg-type]
         write_swarm_file(swarm, ["gateway", *names], url)
         _announce(url, model, nodes, token, as_json)
+        renew_at = time.monotonic() + RENEW_INTERVAL
         while all(p.poll() is None for p in swarm.procs.values()):
             time.sleep(0.5)
+            if time.monotonic() >= renew_at:
+                swarm.renew()
+                renew_at = time.monotonic() + RENEW_INTERVAL
         print("a peer stopped; shutting the swarm down", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, _Stop):
@@ -189,6 +202,7 @@ def run_up(port: int, nodes: int, model: str | None, data_dir: Path | None, as_j
 def write_swarm_file(swarm: LocalSwarm, names: list[str], url: str) -> None:
     """Tell `bitinglip peers` where this swarm is, and give it a client identity to join as."""
     keys.provision(swarm.data_dir / CLIENT_DIR, swarm.data_dir, "client")
+    swarm.roles[swarm.data_dir / CLIENT_DIR] = "client"
     addrs = [swarm.status(name).get("addrs") for name in names]
     bootstrap = [str(a[0]) for a in addrs if isinstance(a, list) and a]
     body = json.dumps({"gateway": url, "bootstrap": bootstrap}, indent=2) + "\n"
