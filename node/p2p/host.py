@@ -2,7 +2,8 @@
 
 Security: Noise only (a default py-libp2p host also accepts plaintext peers), and the
 DHT namespace ``/bitinglip/`` accepts only records that verify against the operator's
-key, so a peer that is not admitted can neither be routed to nor overwrite a record.
+key, so a peer that is not admitted can neither be routed to nor overwrite a record;
+multistream-select reads are bounded (``node.p2p.multistream``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from keys.files import raw_private
+from node.p2p.multistream import bound_multistream_reads
 from node.p2p.streams import Libp2pByteStream
 from protocols import (
     DHT_NAMESPACE,
@@ -74,6 +76,7 @@ def _libp2p_key_pair(identity: Ed25519PrivateKey) -> Any:
 
 
 def _make_host(identity: Ed25519PrivateKey) -> Any:
+    bound_multistream_reads()
     from libp2p import new_host
     from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
     from libp2p.network.config import ConnectionConfig
