@@ -42,8 +42,7 @@ async def run_gateway(config: GatewayConfig) -> None:
     status = StatusFile(config.ready_file)
     status.update(role="gateway", state="starting", pid=os.getpid())
     identity = keys.identity(config.data_dir)
-    certificate = keys.certificate(config.data_dir, "gateway")
-    operator_public = keys.operator_public(config.data_dir)
+    host = PeerHost.of(config.data_dir, "gateway")
     token_keys = keys.jwt_keys(config.data_dir)
     store = Store.open(config.data_dir)
     plans = Plans.from_config(config.plans, config.default_plan)
@@ -59,9 +58,8 @@ async def run_gateway(config: GatewayConfig) -> None:
     await limiter.load(store)
     usage = UsageMeter(store)
 
-    host = PeerHost(identity, operator_public)
     table = PeerTable()
-    tracker = Tracker(host, table, certificate, operator_public)
+    tracker = Tracker(host, table)
     router = Router(table, tracker)
     share = MeshEvents()
     services = Services(
@@ -80,7 +78,7 @@ async def run_gateway(config: GatewayConfig) -> None:
     )
     services.metrics.observe_swarm(table, lambda: router.retries)
     app = create_app(services, max_body_bytes=config.max_body_bytes)
-    sync = MeshSubscriptions(host, certificate, apply=share.apply, forget=tracker.forget_gateway)
+    sync = MeshSubscriptions(host, apply=share.apply, forget=tracker.forget_gateway)
     tracker.on_gateway = sync.connect_soon
     share.publish = sync.publish
     share.on_usage.append(limiter.note_remote)
@@ -89,9 +87,7 @@ async def run_gateway(config: GatewayConfig) -> None:
         lambda r: share.usage(r.user, 1, r.prompt_tokens + r.completion_tokens, r.images)
     )
     accounts.on_revoke.append(share.revoked)
-    advertiser = Advertiser(
-        host, identity, certificate, gateway_record(host, identity), GATEWAY_RECORD_TTL
-    )
+    advertiser = Advertiser(host, identity, gateway_record(host, identity), GATEWAY_RECORD_TTL)
     http = HypercornConfig()
     http.bind = [f"{config.host}:{config.port}"]
     http.accesslog = None
@@ -100,7 +96,7 @@ async def run_gateway(config: GatewayConfig) -> None:
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with host.running(config.listen, config.bootstrap), trio.open_nursery() as nursery:
-            serve_rpc(host, operator_public, {"events": sync.rpc_events})
+            serve_rpc(host, {"events": sync.rpc_events})
             await nursery.start(sync.run)
             await nursery.start(tracker.run)
             nursery.start_soon(advertiser.run)

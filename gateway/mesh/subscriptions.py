@@ -33,12 +33,10 @@ class MeshSubscriptions:
     def __init__(
         self,
         host: PeerHost,
-        certificate: bytes,
         apply: Apply,
         forget: Callable[[str], None] = lambda peer: None,
     ) -> None:
         self._host = host
-        self._certificate = certificate
         self._apply = apply
         self._forget = forget
         self._subscribers: set[trio.MemorySendChannel[dict[str, Any]]] = set()
@@ -93,7 +91,7 @@ class MeshSubscriptions:
         peer = record.peer_id
         try:
             stream = await self._host.open_stream(peer, record.addrs, RPC_PROTOCOL)
-            async with RpcClient(stream, self._certificate).running() as client:
+            async with RpcClient(stream, self._host.certificate).running() as client:
                 try:
                     async with client.open_call("events", {}) as events:
                         logger.info("sharing usage with gateway %s", peer[-8:])

@@ -1,10 +1,10 @@
 """Finds nodes through the DHT and keeps a live connection to each one.
 
 Discovery: every peer the DHT knows about is looked up under ``/bitinglip/node/<id>``;
-a record that verifies and names a node gets a connection. Each connection is one
-reused RPC stream carrying both the node's ``watch`` load updates and this gateway's
-calls. A node whose stream breaks leaves routing at once; a node that goes silent is
-suspect after three missed heartbeats and gone when its record expires.
+a record that verifies and names a node that is not revoked gets a connection. Each
+connection is one reused RPC stream carrying both the node's ``watch`` load updates and
+this gateway's calls. A node whose stream breaks leaves routing at once; a node that goes
+silent is suspect after three missed heartbeats and gone when its record expires.
 """
 
 from __future__ import annotations
@@ -43,13 +43,9 @@ T = TypeVar("T")
 
 
 class Tracker:
-    def __init__(
-        self, host: PeerHost, table: PeerTable, certificate: bytes, operator_public: bytes
-    ) -> None:
+    def __init__(self, host: PeerHost, table: PeerTable) -> None:
         self.host = host
         self.table = table
-        self._certificate = certificate
-        self._operator_public = operator_public
         self.clients: dict[str, RpcClient] = {}
         self._connecting: set[str] = set()
         # Peers with no node record: when to look again, and the wait after that.
@@ -72,9 +68,11 @@ class Tracker:
 
     def _verify(self, value: bytes) -> NodeRecord | None:
         try:
-            record = verify_record(value, self._operator_public, time.time())
+            record = verify_record(value, self.host.admission.operator_public, time.time())
         except RemoteProtocolError as exc:
             logger.warning("ignoring a record that does not verify: %s", exc)
+            return None
+        if self.host.admission.revoked(record.peer_id):
             return None
         return record if record.role in ("node", "gateway") else None
 
@@ -149,7 +147,7 @@ class Tracker:
             self._connecting.discard(peer)
             self.table.remove(peer)
             return
-        client = RpcClient(stream, self._certificate)
+        client = RpcClient(stream, self.host.certificate)
         try:
             async with client.running():
                 self.clients[peer] = client

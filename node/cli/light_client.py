@@ -60,12 +60,8 @@ class _Peer:
 
 
 class LightClient:
-    def __init__(
-        self, host: PeerHost, certificate: bytes, operator_public: bytes, nursery: trio.Nursery
-    ) -> None:
+    def __init__(self, host: PeerHost, nursery: trio.Nursery) -> None:
         self.host = host
-        self._certificate = certificate
-        self._operator_public = operator_public
         self._nursery = nursery
         self._peers: dict[str, _Peer] = {}
         self._no_record: dict[str, float] = {}
@@ -122,10 +118,13 @@ class LightClient:
         if not isinstance(value, bytes):
             return None
         try:
-            return verify_record(value, self._operator_public, time.time(), key=node_key(peer))
+            record = verify_record(
+                value, self.host.admission.operator_public, time.time(), key=node_key(peer)
+            )
         except RemoteProtocolError as exc:
             logger.info("ignoring a record for %s that does not verify: %s", peer, exc)
             return None
+        return None if self.host.admission.revoked(peer) else record
 
     async def _ask(self, peer: _Peer) -> None:
         """Refresh what ``peer`` says about itself, or mark it as not answering."""
@@ -158,7 +157,7 @@ class LightClient:
             return peer.client
         record = peer.record
         stream = await self.host.open_stream(record.peer_id, record.addrs, RPC_PROTOCOL)
-        client = RpcClient(stream, self._certificate)
+        client = RpcClient(stream, self.host.certificate)
         peer.scope = trio.CancelScope()
         await self._nursery.start(_serve, client, peer.scope)
         peer.client = client
@@ -200,14 +199,13 @@ async def open_light_client(
     """Join the swarm as the client in ``client_dir``; ``Unreachable`` if nobody answers."""
     from libp2p.kad_dht.kad_dht import DHTMode
 
-    certificate = client_certificate(client_dir, role)
-    operator_public = keys.operator_public(client_dir)
-    host = PeerHost(keys.identity(client_dir), operator_public)
+    client_certificate(client_dir, role)  # one that will not do: say so before joining
+    host = PeerHost.of(client_dir, role)
     # A passing client serves nobody's DHT queries, so nobody keeps it in a routing table.
     await host.dht.switch_mode(DHTMode.CLIENT)
     async with host.running([], bootstrap), trio.open_nursery() as nursery:
         if not host.host.get_connected_peers():
             tried = ", ".join(bootstrap) or "none given"
             raise Unreachable(f"cannot reach the swarm: no bootstrap peer answers (tried {tried})")
-        yield LightClient(host, certificate, operator_public, nursery)
+        yield LightClient(host, nursery)
         nursery.cancel_scope.cancel()

@@ -9,11 +9,19 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from keys import Membership
 from keys.files import raw_public
 from node.p2p.host import PeerHost
+from protocols import Certificate, issue_certificate, peer_id_of
 
 LISTEN = ["/ip4/127.0.0.1/tcp/0"]
-OPERATOR_PUBLIC = raw_public(Ed25519PrivateKey.generate())
+OPERATOR = Ed25519PrivateKey.generate()
+
+
+def member() -> PeerHost:
+    key = Ed25519PrivateKey.generate()
+    cert = Certificate(peer_id_of(raw_public(key)), "node", 0, 2e9)
+    return PeerHost(key, raw_public(OPERATOR), Membership(issue_certificate(OPERATOR, cert)))
 
 
 async def hung_up(stream: trio.SocketStream) -> None:
@@ -24,7 +32,7 @@ async def hung_up(stream: trio.SocketStream) -> None:
 
 
 async def test_an_endless_multistream_message_is_refused_at_its_length() -> None:
-    victim = PeerHost(Ed25519PrivateKey.generate(), OPERATOR_PUBLIC)
+    victim = member()
     async with victim.running(LISTEN, []):
         _, _, host, _, port, *_ = victim.addrs()[0].split("/")
         attacker = await trio.open_tcp_stream(host, int(port))
@@ -38,6 +46,6 @@ async def test_an_endless_multistream_message_is_refused_at_its_length() -> None
                 for _ in range(1024):
                     await attacker.send_all(b"x" * 65536)
         # Others are served as before.
-        other = PeerHost(Ed25519PrivateKey.generate(), OPERATOR_PUBLIC)
+        other = member()
         async with other.running(LISTEN, [victim.addrs()[0]]):
             assert victim.peer_id in {str(p) for p in other.host.get_connected_peers()}

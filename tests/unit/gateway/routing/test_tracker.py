@@ -10,6 +10,7 @@ import pytest
 
 from gateway.routing.peer_table import PeerTable
 from gateway.routing.tracker import RETRY_MAX, Tracker
+from node.p2p.admission import Admission
 from node.p2p.host import PeerHost
 
 
@@ -18,6 +19,8 @@ class RecordlessHost:
 
     def __init__(self) -> None:
         self.lookups = 0
+        self.admission = Admission(b"operator")
+        self.certificate = b"cert"
 
     def known_peers(self) -> set[str]:
         return {"12D3KooWJustStarted"}
@@ -33,7 +36,7 @@ async def test_a_peer_without_a_record_is_asked_again_with_a_growing_wait(
     now = [1000.0]
     monkeypatch.setattr("gateway.routing.tracker.time", SimpleNamespace(time=lambda: now[0]))
     host = RecordlessHost()
-    tracker = Tracker(cast(PeerHost, host), PeerTable(), b"cert", b"operator")
+    tracker = Tracker(cast(PeerHost, host), PeerTable())
     asked_at: list[float] = []
     while now[0] < 1000.0 + 200:
         before = host.lookups
