@@ -1,10 +1,11 @@
 """Sees the swarm from inside, as a ``client`` peer, without trusting any gateway.
 
 The client joins through bootstrap peers, reads each known peer's signed record from
-the DHT, verifies it against the operator's key, and holds one RPC stream per peer it
-found. A node's live load comes from its ``status`` method (a client may call it, never
-``generate``); a gateway's liveness is that its stream opens. Streams stay open between
-snapshots, so ``--watch`` refreshes cost one small call per node.
+the DHT (all at once, each with a short timeout: ``node.p2p.discovery``), verifies it
+against the operator's key, and holds one RPC stream per peer it found. A node's live
+load comes from its ``status`` method (a client may call it, never ``generate``); a
+gateway's liveness is that its stream opens. Streams stay open between snapshots, so
+``--watch`` refreshes cost one small call per node.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import trio
 
 import keys
+from node.p2p.discovery import LOOKUP_TIMEOUT, look_up
 from node.p2p.host import PeerHost
 from node.p2p.rpc_client import RpcClient
 from protocols import (
@@ -33,8 +35,10 @@ from protocols.peers import PeerStatus
 
 logger = logging.getLogger(__name__)
 
-LOOKUP_TIMEOUT = 5.0
 ASK_TIMEOUT = 3.0
+# A snapshot waits this long for records: peers met first are asked first, a lookup that
+# times out waits RETRY_NO_RECORD, and those not reached are asked in the next snapshot.
+LOOKUP_WAIT = LOOKUP_TIMEOUT + 0.5
 RETRY_NO_RECORD = 30.0  # a peer with no record (another client) is asked again after this
 
 
@@ -77,10 +81,14 @@ class LightClient:
             if not self.host.host.get_connected_peers():
                 raise Unreachable("cannot reach the swarm: no bootstrap peer answers")
         now = time.time()
-        async with trio.open_nursery() as nursery:
-            for peer_id in self.host.known_peers():
-                if now - self._no_record.get(peer_id, -RETRY_NO_RECORD) >= RETRY_NO_RECORD:
-                    nursery.start_soon(self._lookup, peer_id)
+        due = [
+            peer_id
+            for peer_id in self.host.known_peers()
+            if now - self._no_record.get(peer_id, -RETRY_NO_RECORD) >= RETRY_NO_RECORD
+            and not self._open(peer_id)
+        ]
+        with trio.move_on_after(LOOKUP_WAIT):
+            await look_up(self._record_of, self._take, due, self.host.connected_members())
         async with trio.open_nursery() as nursery:
             for peer in self._peers.values():
                 nursery.start_soon(self._ask, peer)
@@ -93,16 +101,16 @@ class LightClient:
         """An RPC client to a peer the last snapshot found."""
         return await self._client(self._peers[peer_id])
 
-    async def _lookup(self, peer: str) -> None:
+    def _open(self, peer: str) -> bool:
+        """Whether ``peer`` has a stream open: it serves its fresher record over RPC."""
         known = self._peers.get(peer)
-        if known is not None and known.client is not None and not known.client.closed:
-            return  # an open stream serves its fresher record over RPC
-        value = None
-        with trio.move_on_after(LOOKUP_TIMEOUT):
-            try:
-                value = await self.host.get(node_key(peer))
-            except Exception as exc:  # a DHT hiccup: this peer is missing from one snapshot
-                logger.debug("DHT lookup of %s failed: %r", peer, exc)
+        return known is not None and known.client is not None and not known.client.closed
+
+    async def _record_of(self, peer: str) -> bytes | None:
+        return await self.host.get(node_key(peer))
+
+    def _take(self, peer: str, value: bytes | None) -> None:
+        known = self._peers.get(peer)
         record = self._verify(value, peer) if value else None
         if record is None:
             if known is None:
