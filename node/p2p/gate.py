@@ -190,11 +190,12 @@ class Gate:
         """Apply a signed revocation list if it is newer than ours: disconnect the peers it
         revokes and pass it on. ``RemoteProtocolError`` if it does not verify."""
         revocations = verify_revocations(blob, self._admission.operator_public)
-        if self._admission.revise(revocations) is None:
+        members = self._admission.revise(revocations)
+        if members is None:
             return False
         self.revocations = blob
         self._save_revocations(blob)
-        for peer in {*revocations.peers} & {*self._connected()}:
+        for peer in {*members} | ({*revocations.peers} & {*self._connected()}):
             logger.warning("%s was revoked by the operator: disconnecting", peer)
             self._spawn(self.remove, peer)
         self._spawn(self.spread, blob, source)

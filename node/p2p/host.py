@@ -32,6 +32,7 @@ from protocols import (
     SERVER_ROLES,
     Certificate,
     RemoteProtocolError,
+    node_key,
     verify_revocations,
 )
 
@@ -289,6 +290,8 @@ class PeerHost:
         from libp2p.peer.id import ID
 
         self.dht.routing_table.remove_peer(ID.from_base58(peer))
+        if self.admission.revoked(peer):  # its record, served to others, would not verify
+            self.dht.value_store.remove(node_key(peer).encode())
 
     def _save_revocations(self, blob: bytes) -> None:
         if self._data_dir is not None:

@@ -136,19 +136,23 @@ async def test_a_peer_that_never_presents_a_certificate_is_disconnected() -> Non
 
 
 async def test_a_revoked_member_is_disconnected_by_every_peer_within_seconds() -> None:
+    victim_key = Ed25519PrivateKey.generate()
     async with (
         peer() as hub,
-        peer(bootstrap=(hub,)) as victim,
+        peer(key=victim_key, bootstrap=(hub,)) as victim,
         peer(bootstrap=(hub, victim)) as other,
         peer(role="operator", bootstrap=(hub,)) as operator,
     ):
         await until(lambda: victim.peer_id in connected(other))
+        record = node_key(victim.peer_id)
+        assert await _try_store(victim, hub, record, _record(victim.certificate, victim_key))
         blob = issue_revocations(OPERATOR, Revocations().adding(victim.peer_id, time.time()))
         # The operator tells only the hub; the hub passes the list on to the others.
         assert await operator.gate.push_revocations(hub.peer_id, blob)
         await until(lambda: victim.peer_id not in connected(hub) | connected(other), 10)
         assert other.admission.revoked(victim.peer_id)
         assert victim.peer_id not in in_table(hub) | in_table(other)
+        assert record.encode() not in hub.dht.value_store.store  # nor is its record served
         # It is refused when it comes back, certificate and all.
         await victim.connect(hub.addrs()[0])
         await until(lambda: victim.peer_id not in connected(hub))
