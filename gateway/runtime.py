@@ -46,8 +46,7 @@ async def run_gateway(config: GatewayConfig) -> None:
     status = StatusFile(config.ready_file)
     status.update(role="gateway", state="starting", pid=os.getpid())
     identity = keys.identity(config.data_dir)
-    certificate = keys.certificate(config.data_dir, "gateway")
-    operator_public = keys.operator_public(config.data_dir)
+    host = PeerHost.of(config.data_dir, "gateway")
     token_keys = keys.jwt_keys(config.data_dir)
     store = Store.open(config.accounts_dir)
     plans = Plans.from_config(config.plans, config.default_plan)
@@ -73,9 +72,8 @@ async def run_gateway(config: GatewayConfig) -> None:
     await limiter.load(store)
     usage = UsageMeter(store)
 
-    host = PeerHost(identity, operator_public)
     table = PeerTable()
-    tracker = Tracker(host, table, certificate, operator_public)
+    tracker = Tracker(host, table)
     router = Router(table, tracker)
     share = MeshEvents()
     services = Services(
@@ -98,7 +96,7 @@ async def run_gateway(config: GatewayConfig) -> None:
     apart = config.metrics_port is not None
     app = create_app(services, max_body_bytes=config.max_body_bytes, metrics_route=not apart)
     sync = MeshSubscriptions(
-        host, certificate, accounts.audience, apply=share.apply, forget=tracker.forget_gateway
+        host, accounts.audience, apply=share.apply, forget=tracker.forget_gateway
     )
     tracker.on_gateway = sync.connect_soon
     share.publish = sync.publish
@@ -108,9 +106,7 @@ async def run_gateway(config: GatewayConfig) -> None:
         lambda r: share.usage(r.user, 1, r.prompt_tokens + r.completion_tokens, r.images)
     )
     accounts.on_revoke.append(share.revoked)
-    advertiser = Advertiser(
-        host, identity, certificate, gateway_record(host, identity), GATEWAY_RECORD_TTL
-    )
+    advertiser = Advertiser(host, identity, gateway_record(host, identity), GATEWAY_RECORD_TTL)
     http = HypercornConfig()
     http.bind = [f"{config.host}:{config.port}"]
     http.accesslog = None
@@ -123,7 +119,7 @@ async def run_gateway(config: GatewayConfig) -> None:
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with host.running(config.listen, config.bootstrap), trio.open_nursery() as nursery:
-            serve_rpc(host, operator_public, {"events": sync.rpc_events})
+            serve_rpc(host, {"events": sync.rpc_events})
             # An unexpected error in any of these is logged and the task started again.
             await nursery.start(partial(supervised, "gateway sync", sync.run, takes_status=True))
             await nursery.start(partial(supervised, "discovery", tracker.run, takes_status=True))

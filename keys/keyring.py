@@ -7,10 +7,18 @@ to their users, so they also hold a copy of ``jwt.key``. After a rotation the pr
 keys stay as ``jwt.<kid>.pub``: tokens they signed verify until they expire, unless the key
 is retired for good (``retire_jwt``): its kid is then listed in ``jwt.retired`` and refused
 even where a copy of its public half is left.
+
+Certificates live a day (``CERT_LIFETIME``), so a stolen identity key stops working within
+one. Where the operator key is at hand they are renewed past half their life: by a peer
+holding it in its own directory, and by ``bitinglip up`` for the peers it started. Elsewhere
+the operator runs ``bitinglip keys admit`` again and copies the certificate over; a running
+peer picks it up (``Membership.refresh``). ``revoked.list`` is the operator's signed list of
+revoked peers (``bitinglip keys revoke``); each peer keeps the newest one it has heard of.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +35,19 @@ from keys.files import (
     write_public,
 )
 from keys.tokens import KeySet, fingerprint
-from protocols import Certificate, issue_certificate, peer_id_of
+from protocols import (
+    Certificate,
+    RemoteProtocolError,
+    Revocations,
+    issue_certificate,
+    issue_revocations,
+    peer_id_of,
+    read_certificate,
+    verify_certificate,
+    verify_revocations,
+)
+
+logger = logging.getLogger(__name__)
 
 IDENTITY = "identity.key"
 OPERATOR_KEY = "operator.key"
@@ -37,7 +57,8 @@ JWT_PUB = "jwt.pub"
 JWT_PREVIOUS = "jwt.*.pub"  # jwt.<kid>.pub: token keys kept after a rotation
 JWT_REFUSED = "jwt.retired"  # kids retired for good, one a line
 CERTIFICATE = "membership.cert"
-CERT_LIFETIME = 365 * 24 * 3600.0
+REVOKED = "revoked.list"
+CERT_LIFETIME = 24 * 3600.0
 
 
 class NotAdmitted(Exception):
@@ -76,26 +97,105 @@ def provision(peer_dir: Path, operator_dir: Path, role: str) -> str:
         return peer
     previous = [p.name for p in operator_dir.glob(JWT_PREVIOUS)]
     refused = [JWT_REFUSED] if (operator_dir / JWT_REFUSED).exists() else []
-    for name in (OPERATOR_PUB, JWT_PUB, *previous, *refused):
+    revoked = [REVOKED] if (operator_dir / REVOKED).exists() else []
+    for name in (OPERATOR_PUB, JWT_PUB, *previous, *refused, *revoked):
         write_public(peer_dir / name, (operator_dir / name).read_bytes())
     if role == "gateway":  # gateways issue tokens to their users
         write_private(peer_dir / JWT_KEY, (operator_dir / JWT_KEY).read_bytes())
     return peer
 
 
+def renewal_due(peer_dir: Path, role: str, now: float) -> bool:
+    """Whether ``peer_dir`` needs a new certificate for ``role``: it has none that verifies,
+    or it is past half its life. One admitting another role or peer is left alone."""
+    try:
+        cert = read_certificate((peer_dir / CERTIFICATE).read_bytes(), operator_public(peer_dir))
+    except (OSError, NotAdmitted, RemoteProtocolError):
+        return True
+    if cert.role != role or cert.peer_id != peer_id(peer_dir):
+        return False
+    return now >= (cert.issued_at + cert.expires_at) / 2
+
+
+def ensure_admitted(peer_dir: Path, operator_dir: Path, role: str) -> str:
+    """``provision`` ``peer_dir`` unless it holds a certificate for ``role`` with more than
+    half its life left; return its peer id."""
+    if renewal_due(peer_dir, role, time.time()):
+        return provision(peer_dir, operator_dir, role)
+    return peer_id(peer_dir)
+
+
 def certificate(data_dir: Path, role: str) -> bytes:
-    """This peer's certificate; a peer holding the operator key admits itself."""
+    """This peer's certificate; a peer holding the operator key admits itself, and renews
+    its certificate past half its life."""
     path = data_dir / CERTIFICATE
-    if path.exists():
-        return path.read_bytes()
-    if (data_dir / OPERATOR_KEY).exists():
+    if (data_dir / OPERATOR_KEY).exists() and renewal_due(data_dir, role, time.time()):
         provision(data_dir, data_dir, role)
+    if path.exists():
         return path.read_bytes()
     raise NotAdmitted(
         f"no {CERTIFICATE} in {data_dir}: on the operator's machine run "
         f"`bitinglip keys admit {peer_id(data_dir)} --role {role}` and copy the "
         f"certificate and {OPERATOR_PUB} here"
     )
+
+
+class Membership:
+    """This peer's own certificate, as it stands now.
+
+    ``refresh`` picks up a renewed one: issued here by a peer holding the operator key, or
+    written into the data directory by ``bitinglip up`` or by hand. A fixed certificate
+    (no ``data_dir``) never changes.
+    """
+
+    def __init__(self, certificate: bytes, data_dir: Path | None = None, role: str = "") -> None:
+        self.certificate = certificate
+        self._data_dir = data_dir
+        self._role = role
+
+    @classmethod
+    def load(cls, data_dir: Path, role: str) -> Membership:
+        return cls(certificate(data_dir, role), data_dir, role)
+
+    def refresh(self) -> bool:
+        """Take up a renewed certificate, if there is one; whether it changed."""
+        if self._data_dir is None:
+            return False
+        try:
+            blob = certificate(self._data_dir, self._role)
+            if blob == self.certificate:
+                return False
+            cert = verify_certificate(blob, operator_public(self._data_dir), time.time())
+        except (OSError, NotAdmitted, RemoteProtocolError) as exc:
+            logger.warning("cannot renew the membership certificate: %s", exc)
+            return False
+        if cert.role != self._role or cert.peer_id != peer_id(self._data_dir):
+            logger.warning("%s admits another peer or role: keeping the old one", CERTIFICATE)
+            return False
+        self.certificate = blob
+        return True
+
+
+def revoke(operator_dir: Path, peer: str) -> bytes:
+    """Add ``peer`` to the operator's signed revocation list; return the new list."""
+    if not (operator_dir / OPERATOR_KEY).exists():
+        raise NotAdmitted(f"no {OPERATOR_KEY} in {operator_dir}: revoke on the operator's machine")
+    operator = load_or_create_key(operator_dir / OPERATOR_KEY)
+    current = revocations(operator_dir, raw_public(operator)) or Revocations()
+    blob = issue_revocations(operator, current.adding(peer, time.time()))
+    write_public(operator_dir / REVOKED, blob)
+    return blob
+
+
+def revocations(data_dir: Path, operator_public: bytes) -> Revocations | None:
+    """The revocation list kept in ``data_dir``, if there is one that verifies."""
+    try:
+        return verify_revocations((data_dir / REVOKED).read_bytes(), operator_public)
+    except OSError:
+        return None
+    except RemoteProtocolError as exc:
+        logger.warning("ignoring %s: %s", data_dir / REVOKED, exc)
+        return None
 
 
 def operator_public(data_dir: Path) -> bytes:

@@ -21,6 +21,17 @@ from protocols.events import (
 from protocols.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 from protocols.generation import ChatMessage, GenerateParams, ImageParams
 from protocols.identity import peer_id_of
+from protocols.membership import (
+    ADMIT_PROTOCOL,
+    REVOKED_KEY,
+    REVOKED_PROTOCOL,
+    SERVER_ROLES,
+    Revocations,
+    check_member,
+    issue_revocations,
+    revocations_seq,
+    verify_revocations,
+)
 from protocols.peers import PeerHardware, PeerLoad, PeerModel, PeerStatus, Summary
 from protocols.records import (
     DHT_NAMESPACE,
@@ -32,12 +43,15 @@ from protocols.records import (
     issue_certificate,
     model_key,
     node_key,
+    read_certificate,
+    record_expiry,
     record_seq,
     sign_record,
     verify_certificate,
     verify_record,
 )
 from protocols.rpc import (
+    HELLO_MAX_FRAME,
     RPC_PROTOCOL,
     Cancel,
     Chunk,
@@ -52,9 +66,14 @@ from protocols.rpc import (
 )
 
 __all__ = [
+    "ADMIT_PROTOCOL",
     "DEFAULT_MAX_FRAME",
     "DHT_NAMESPACE",
+    "HELLO_MAX_FRAME",
+    "REVOKED_KEY",
+    "REVOKED_PROTOCOL",
     "RPC_PROTOCOL",
+    "SERVER_ROLES",
     "Cancel",
     "Certificate",
     "ChatMessage",
@@ -82,21 +101,28 @@ __all__ = [
     "ProtocolError",
     "RemoteProtocolError",
     "Request",
+    "Revocations",
     "RevokeEvent",
     "Summary",
     "UsageEvent",
     "WatchUpdate",
+    "check_member",
     "decode",
     "encode",
     "encode_frame",
     "event_from_wire",
     "event_to_wire",
     "issue_certificate",
+    "issue_revocations",
     "model_key",
     "node_key",
     "peer_id_of",
+    "read_certificate",
+    "record_expiry",
     "record_seq",
+    "revocations_seq",
     "sign_record",
     "verify_certificate",
     "verify_record",
+    "verify_revocations",
 ]

@@ -23,10 +23,17 @@ def encode_frame(payload: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
 
 
 class FrameDecoder:
-    """Reassembles frames from a byte stream."""
+    """Reassembles frames from a byte stream.
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    ``first_max_frame`` caps the first frame alone: a handshake frame is small, and a peer
+    that has not introduced itself yet must not make us buffer or decode megabytes.
+    """
+
+    def __init__(
+        self, max_frame: int = DEFAULT_MAX_FRAME, first_max_frame: int | None = None
+    ) -> None:
         self._max_frame = max_frame
+        self._next_max = max_frame if first_max_frame is None else first_max_frame
         self._buffer = bytearray()
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -39,13 +46,14 @@ class FrameDecoder:
         frames: list[bytes] = []
         while len(self._buffer) >= _HEADER.size:
             (length,) = _HEADER.unpack_from(self._buffer)
-            if length > self._max_frame:
-                raise FrameTooLarge(f"frame of {length} bytes exceeds {self._max_frame}")
+            if length > self._next_max:
+                raise FrameTooLarge(f"frame of {length} bytes exceeds {self._next_max}")
             end = _HEADER.size + length
             if len(self._buffer) < end:
                 break
             frames.append(bytes(self._buffer[_HEADER.size : end]))
             del self._buffer[:end]
+            self._next_max = self._max_frame
         return frames
 
     @property

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from protocols.codec import pack, unpack_map
 from protocols.errors import RemoteProtocolError
 from protocols.identity import peer_id_of
-from protocols.validate import exact, finite, flat
+from protocols.validate import exact, finite, flat, required
 
 T = TypeVar("T")
 
@@ -155,11 +155,13 @@ class Certificate:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _sign(key: Ed25519PrivateKey, body: bytes) -> bytes:
+def sign_envelope(key: Ed25519PrivateKey, body: bytes) -> bytes:
+    """``body`` with ``key``'s signature over it."""
     return pack({"body": body, "sig": key.sign(body)})
 
 
-def _open(blob: bytes, public_key: bytes) -> bytes:
+def open_envelope(blob: bytes, public_key: bytes) -> bytes:
+    """The body of a ``sign_envelope`` blob, if ``public_key`` signed it."""
     envelope = unpack_map(blob)
     body, sig = envelope.get("body"), envelope.get("sig")
     if not isinstance(body, bytes) or not isinstance(sig, bytes):
@@ -173,35 +175,41 @@ def _open(blob: bytes, public_key: bytes) -> bytes:
 
 def issue_certificate(operator: Ed25519PrivateKey, cert: Certificate) -> bytes:
     """Sign a membership certificate with the operator key."""
-    return _sign(operator, pack(asdict(cert)))
+    return sign_envelope(operator, pack(asdict(cert)))
 
 
 def verify_certificate(blob: bytes, operator_public: bytes, now: float) -> Certificate:
     """Check a certificate's signature and validity window; return it."""
-    body = unpack_map(_open(blob, operator_public))
-    try:
-        unknown = set(body) - {"peer_id", "role", "issued_at", "expires_at", "extra"}
-        if unknown:
-            raise ValueError(f"unknown fields: {', '.join(sorted(unknown))}")
-        cert = Certificate(
-            exact(body.get("peer_id"), str, "peer_id"),
-            exact(body.get("role"), str, "role"),
-            finite(body.get("issued_at"), "issued_at"),
-            finite(body.get("expires_at"), "expires_at"),
-            exact(body.get("extra", {}), dict, "extra"),
-        )
-    except ValueError as exc:
-        raise RemoteProtocolError(f"malformed certificate: {exc}") from exc
-    if cert.role not in ROLES:
-        raise RemoteProtocolError(f"certificate for unknown role {cert.role!r}")
+    cert = read_certificate(blob, operator_public)
     if not cert.issued_at - 300 <= now <= cert.expires_at:
         raise RemoteProtocolError("certificate is expired or not yet valid")
     return cert
 
 
+def read_certificate(blob: bytes, operator_public: bytes) -> Certificate:
+    """A certificate the operator signed, whether or not it is valid now."""
+    body = unpack_map(open_envelope(blob, operator_public))
+    unknown = set(body) - {"peer_id", "role", "issued_at", "expires_at", "extra"}
+    try:
+        if unknown:
+            raise ValueError(f"unknown fields: {', '.join(sorted(unknown))}")
+        cert = Certificate(
+            peer_id=required(body, "peer_id", str),
+            role=required(body, "role", str),
+            issued_at=finite(body.get("issued_at"), "issued_at"),
+            expires_at=finite(body.get("expires_at"), "expires_at"),
+            extra=exact(body.get("extra", {}), dict, "extra"),
+        )
+    except ValueError as exc:
+        raise RemoteProtocolError(f"malformed certificate: {exc}") from exc
+    if cert.role not in ROLES:
+        raise RemoteProtocolError(f"certificate for unknown role {cert.role!r}")
+    return cert
+
+
 def sign_record(node_key_: Ed25519PrivateKey, record: NodeRecord, certificate: bytes) -> bytes:
     """Build the DHT value of a node record: signed by the node, carrying its certificate."""
-    return pack({"record": _sign(node_key_, pack(record.to_dict())), "cert": certificate})
+    return pack({"record": sign_envelope(node_key_, pack(record.to_dict())), "cert": certificate})
 
 
 def verify_record(
@@ -221,7 +229,7 @@ def verify_record(
     if not isinstance(inner, bytes):
         raise RemoteProtocolError("malformed record envelope")
     claimed = NodeRecord.from_dict(unpack_map(inner))
-    _open(signed, claimed.public_key)
+    open_envelope(signed, claimed.public_key)
     if peer_id_of(claimed.public_key) != claimed.peer_id:
         raise RemoteProtocolError("record public key does not match its peer id")
     cert = verify_certificate(cert_blob, operator_public, now)
@@ -241,3 +249,13 @@ def record_seq(blob: bytes) -> int:
         return exact(unpack_map(signed["body"])["seq"], int, "seq")
     except (KeyError, TypeError, ValueError, RemoteProtocolError):
         return -1
+
+
+def record_expiry(blob: bytes) -> float:
+    """When a record expires, without verifying it (for dropping dead records from a store
+    that verified them on the way in); 0 if it cannot be read."""
+    try:
+        signed = unpack_map(unpack_map(blob)["record"])
+        return NodeRecord.from_dict(unpack_map(signed["body"])).expires_at
+    except (KeyError, TypeError, ValueError, RemoteProtocolError):
+        return 0.0

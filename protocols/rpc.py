@@ -18,6 +18,8 @@ from protocols.errors import ErrorCode, RemoteProtocolError
 from protocols.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 
 RPC_PROTOCOL = "/bitinglip/rpc/1.0.0"
+# A Hello holds one certificate (~200 bytes): the first frame on a stream is capped at this.
+HELLO_MAX_FRAME = 8 * 1024
 
 
 @dataclass(frozen=True)
@@ -123,10 +125,13 @@ def decode(payload: bytes) -> Message:
 
 
 class MessageDecoder:
-    """Bytes in, messages out: framing plus decoding."""
+    """Bytes in, messages out: framing plus decoding. ``first_max_frame`` caps the first
+    frame (a server's decoder caps it at ``HELLO_MAX_FRAME``)."""
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
-        self._frames = FrameDecoder(max_frame)
+    def __init__(
+        self, max_frame: int = DEFAULT_MAX_FRAME, first_max_frame: int | None = None
+    ) -> None:
+        self._frames = FrameDecoder(max_frame, first_max_frame)
 
     def feed(self, data: bytes) -> list[Message]:
         return [decode(frame) for frame in self._frames.feed(data)]

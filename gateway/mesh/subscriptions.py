@@ -38,13 +38,11 @@ class MeshSubscriptions:
     def __init__(
         self,
         host: PeerHost,
-        certificate: bytes,
         accounts: str,
         apply: Apply,
         forget: Callable[[str], None] = lambda peer: None,
     ) -> None:
         self._host = host
-        self._certificate = certificate
         self._accounts = accounts
         self._apply = apply
         self._forget = forget
@@ -103,7 +101,7 @@ class MeshSubscriptions:
         foreign = False
         try:
             stream = await self._host.open_stream(peer, record.addrs, RPC_PROTOCOL)
-            async with RpcClient(stream, self._certificate).running() as client:
+            async with RpcClient(stream, self._host.certificate).running() as client:
                 try:
                     params = {"accounts": self._accounts}
                     async with client.open_call("events", params) as events:

@@ -1,7 +1,9 @@
 """Finds nodes through the DHT and keeps a live connection to each one.
 
-Discovery: every peer the DHT knows about is looked up under ``/bitinglip/node/<id>``;
-a record that verifies and names a node gets a connection. Each connection is one
+Discovery: every peer the DHT knows about is looked up under ``/bitinglip/node/<id>``,
+all at once with a short timeout each (``node.p2p.discovery``), so peers that are gone
+cannot delay finding the ones that are here; a record that verifies and names a node
+that is not revoked gets a connection. Each connection is one
 reused RPC stream carrying both the node's ``watch`` load updates and this gateway's
 calls. A node whose stream breaks leaves routing at once; a node that goes silent is
 suspect after three missed heartbeats and gone when its record expires.
@@ -11,13 +13,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from functools import partial
-from typing import TypeVar
+from collections.abc import Callable
 
 import trio
 
 from gateway.routing.peer_table import PeerTable
+from node.p2p.discovery import look_up
 from node.p2p.host import PeerHost
 from node.p2p.rpc_client import CallFailed, RpcClient
 from protocols import (
@@ -39,17 +40,11 @@ RETRY_FIRST = 1.0
 RETRY_MAX = 30.0
 DHT_TIMEOUT = 5.0
 
-T = TypeVar("T")
-
 
 class Tracker:
-    def __init__(
-        self, host: PeerHost, table: PeerTable, certificate: bytes, operator_public: bytes
-    ) -> None:
+    def __init__(self, host: PeerHost, table: PeerTable) -> None:
         self.host = host
         self.table = table
-        self._certificate = certificate
-        self._operator_public = operator_public
         self.clients: dict[str, RpcClient] = {}
         self._connecting: set[str] = set()
         # Peers with no node record: when to look again, and the wait after that.
@@ -72,9 +67,11 @@ class Tracker:
 
     def _verify(self, value: bytes) -> NodeRecord | None:
         try:
-            record = verify_record(value, self._operator_public, time.time())
+            record = verify_record(value, self.host.admission.operator_public, time.time())
         except RemoteProtocolError as exc:
             logger.warning("ignoring a record that does not verify: %s", exc)
+            return None
+        if self.host.admission.revoked(record.peer_id):
             return None
         return record if record.role in ("node", "gateway") else None
 
@@ -89,46 +86,42 @@ class Tracker:
             and p not in self.gateways
             and now >= self._not_nodes.get(p, (now, RETRY_FIRST))[0]
         ]
-        for peer in fresh:
-            await self.lookup(peer)
+        await self._look_up(fresh)
 
-    async def lookup(self, peer: str) -> bool:
-        """Fetch, verify and connect to ``peer`` if it is a node."""
-        value = await self._ask_dht(partial(self.host.get, node_key(peer)), "DHT lookup", peer)
+    async def _look_up(self, peers: list[str]) -> None:
+        await look_up(self._record_of, self._take, peers, self.host.connected_members())
+
+    async def _record_of(self, peer: str) -> bytes | None:
+        return await self.host.get(node_key(peer))
+
+    def _take(self, peer: str, value: bytes | None) -> None:
+        """Verify what a lookup of ``peer`` found; track it if it is a node."""
         record = self._verify(value) if value else None
         if record is None or record.peer_id != peer:
             wait = self._not_nodes.get(peer, (0.0, RETRY_FIRST))[1]
             self._not_nodes[peer] = (time.time() + wait, min(RETRY_MAX, wait * 2))
-            return False
+            return
         self._not_nodes.pop(peer, None)
         if record.role == "gateway":
             if self.on_gateway is not None:
                 self.gateways.add(peer)
                 self.on_gateway(record)
-            return False
+            return
         self.table.upsert(record)
         self._connect_soon(record)
-        return True
 
     async def find_model(self, model: str) -> None:
         """Ask the DHT who provides ``model`` and track those nodes (a cold-start path)."""
-        providers = await self._ask_dht(
-            partial(self.host.providers, model_key(model)), "provider lookup", model
-        )
-        if providers is None:
-            return
-        for peer in providers - set(self.clients) - self._connecting:
-            self._not_nodes.pop(peer, None)
-            await self.lookup(peer)
-
-    async def _ask_dht(self, query: Callable[[], Awaitable[T]], what: str, of: str) -> T | None:
-        """What ``query()`` answers, or ``None`` where it failed or took too long."""
+        providers: set[str] = set()
         try:
             with trio.move_on_after(DHT_TIMEOUT):
-                return await query()
+                providers = await self.host.providers(model_key(model))
         except Exception as exc:
-            logger.debug("%s of %s failed: %r", what, of, exc)
-        return None
+            logger.debug("provider lookup of %s failed: %r", model, exc)
+        fresh = providers - set(self.clients) - self._connecting
+        for peer in fresh:
+            self._not_nodes.pop(peer, None)
+        await self._look_up(sorted(fresh))
 
     def forget_gateway(self, peer: str) -> None:
         self.gateways.discard(peer)
@@ -149,7 +142,7 @@ class Tracker:
             self._connecting.discard(peer)
             self.table.remove(peer)
             return
-        client = RpcClient(stream, self._certificate)
+        client = RpcClient(stream, self.host.certificate)
         try:
             async with client.running():
                 self.clients[peer] = client

@@ -1,10 +1,11 @@
 """Sees the swarm from inside, as a ``client`` peer, without trusting any gateway.
 
 The client joins through bootstrap peers, reads each known peer's signed record from
-the DHT, verifies it against the operator's key, and holds one RPC stream per peer it
-found. A node's live load comes from its ``status`` method (a client may call it, never
-``generate``); a gateway's liveness is that its stream opens. Streams stay open between
-snapshots, so ``--watch`` refreshes cost one small call per node.
+the DHT (all at once, each with a short timeout: ``node.p2p.discovery``), verifies it
+against the operator's key, and holds one RPC stream per peer it found. A node's live
+load comes from its ``status`` method (a client may call it, never ``generate``); a
+gateway's liveness is that its stream opens. Streams stay open between snapshots, so
+``--watch`` refreshes cost one small call per node.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import trio
 
 import keys
+from node.p2p.discovery import LOOKUP_TIMEOUT, look_up
 from node.p2p.host import PeerHost
 from node.p2p.rpc_client import RpcClient
 from protocols import (
@@ -33,8 +35,10 @@ from protocols.peers import PeerStatus
 
 logger = logging.getLogger(__name__)
 
-LOOKUP_TIMEOUT = 5.0
 ASK_TIMEOUT = 3.0
+# A snapshot waits this long for records: peers met first are asked first, a lookup that
+# times out waits RETRY_NO_RECORD, and those not reached are asked in the next snapshot.
+LOOKUP_WAIT = LOOKUP_TIMEOUT + 0.5
 RETRY_NO_RECORD = 30.0  # a peer with no record (another client) is asked again after this
 
 
@@ -60,12 +64,8 @@ class _Peer:
 
 
 class LightClient:
-    def __init__(
-        self, host: PeerHost, certificate: bytes, operator_public: bytes, nursery: trio.Nursery
-    ) -> None:
+    def __init__(self, host: PeerHost, nursery: trio.Nursery) -> None:
         self.host = host
-        self._certificate = certificate
-        self._operator_public = operator_public
         self._nursery = nursery
         self._peers: dict[str, _Peer] = {}
         self._no_record: dict[str, float] = {}
@@ -81,10 +81,14 @@ class LightClient:
             if not self.host.host.get_connected_peers():
                 raise Unreachable("cannot reach the swarm: no bootstrap peer answers")
         now = time.time()
-        async with trio.open_nursery() as nursery:
-            for peer_id in self.host.known_peers():
-                if now - self._no_record.get(peer_id, -RETRY_NO_RECORD) >= RETRY_NO_RECORD:
-                    nursery.start_soon(self._lookup, peer_id)
+        due = [
+            peer_id
+            for peer_id in self.host.known_peers()
+            if now - self._no_record.get(peer_id, -RETRY_NO_RECORD) >= RETRY_NO_RECORD
+            and not self._open(peer_id)
+        ]
+        with trio.move_on_after(LOOKUP_WAIT):
+            await look_up(self._record_of, self._take, due, self.host.connected_members())
         async with trio.open_nursery() as nursery:
             for peer in self._peers.values():
                 nursery.start_soon(self._ask, peer)
@@ -97,16 +101,16 @@ class LightClient:
         """An RPC client to a peer the last snapshot found."""
         return await self._client(self._peers[peer_id])
 
-    async def _lookup(self, peer: str) -> None:
+    def _open(self, peer: str) -> bool:
+        """Whether ``peer`` has a stream open: it serves its fresher record over RPC."""
         known = self._peers.get(peer)
-        if known is not None and known.client is not None and not known.client.closed:
-            return  # an open stream serves its fresher record over RPC
-        value = None
-        with trio.move_on_after(LOOKUP_TIMEOUT):
-            try:
-                value = await self.host.get(node_key(peer))
-            except Exception as exc:  # a DHT hiccup: this peer is missing from one snapshot
-                logger.debug("DHT lookup of %s failed: %r", peer, exc)
+        return known is not None and known.client is not None and not known.client.closed
+
+    async def _record_of(self, peer: str) -> bytes | None:
+        return await self.host.get(node_key(peer))
+
+    def _take(self, peer: str, value: bytes | None) -> None:
+        known = self._peers.get(peer)
         record = self._verify(value, peer) if value else None
         if record is None:
             if known is None:
@@ -122,10 +126,13 @@ class LightClient:
         if not isinstance(value, bytes):
             return None
         try:
-            return verify_record(value, self._operator_public, time.time(), key=node_key(peer))
+            record = verify_record(
+                value, self.host.admission.operator_public, time.time(), key=node_key(peer)
+            )
         except RemoteProtocolError as exc:
             logger.info("ignoring a record for %s that does not verify: %s", peer, exc)
             return None
+        return None if self.host.admission.revoked(peer) else record
 
     async def _ask(self, peer: _Peer) -> None:
         """Refresh what ``peer`` says about itself, or mark it as not answering."""
@@ -158,7 +165,7 @@ class LightClient:
             return peer.client
         record = peer.record
         stream = await self.host.open_stream(record.peer_id, record.addrs, RPC_PROTOCOL)
-        client = RpcClient(stream, self._certificate)
+        client = RpcClient(stream, self.host.certificate)
         peer.scope = trio.CancelScope()
         await self._nursery.start(_serve, client, peer.scope)
         peer.client = client
@@ -200,14 +207,13 @@ async def open_light_client(
     """Join the swarm as the client in ``client_dir``; ``Unreachable`` if nobody answers."""
     from libp2p.kad_dht.kad_dht import DHTMode
 
-    certificate = client_certificate(client_dir, role)
-    operator_public = keys.operator_public(client_dir)
-    host = PeerHost(keys.identity(client_dir), operator_public)
+    client_certificate(client_dir, role)  # one that will not do: say so before joining
+    host = PeerHost.of(client_dir, role)
     # A passing client serves nobody's DHT queries, so nobody keeps it in a routing table.
     await host.dht.switch_mode(DHTMode.CLIENT)
     async with host.running([], bootstrap), trio.open_nursery() as nursery:
         if not host.host.get_connected_peers():
             tried = ", ".join(bootstrap) or "none given"
             raise Unreachable(f"cannot reach the swarm: no bootstrap peer answers (tried {tried})")
-        yield LightClient(host, certificate, operator_public, nursery)
+        yield LightClient(host, nursery)
         nursery.cancel_scope.cancel()

@@ -107,10 +107,10 @@ def operator_dir(data_dir: Path) -> Path:
     """The operator identity: made from the operator key, or one admitted with
     ``bitinglip keys admit ID --role operator`` and copied here."""
     own = data_dir / OPERATOR_DIR
-    if (own / CERTIFICATE).exists():
-        return own
     if (data_dir / OPERATOR_KEY).exists():
-        keys.provision(own, data_dir, "operator")
+        keys.ensure_admitted(own, data_dir, "operator")  # renewed past half its life
+        return own
+    if (own / CERTIFICATE).exists():
         return own
     raise keys.NotAdmitted(
         f"no operator key in {data_dir}: run this where the swarm's operator keys are "

@@ -147,6 +147,8 @@ def client_dir(data_dir: Path, *, admit: bool) -> Path | None:
     """
     own = data_dir / CLIENT_DIR
     if (own / CERTIFICATE).exists():
+        if (data_dir / OPERATOR_KEY).exists():
+            keys.ensure_admitted(own, data_dir, "client")  # renewed past half its life
         return own
     if (data_dir / CERTIFICATE).exists():
         try:

@@ -9,8 +9,6 @@ listens on a new libp2p port). A peer that exits again soon after is given 1 s, 
 from __future__ import annotations
 
 import subprocess
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -65,10 +63,3 @@ class Supervisor:
                 self.start(name, now)
                 said.append(f"{name} started again (pid {self.swarm.procs[name].pid})")
         return said
-
-    def run(self, interval: float = 0.25) -> None:
-        """Supervise until interrupted (KeyboardInterrupt, or the caller's stop exception)."""
-        while True:
-            for line in self.tick(time.monotonic()):
-                print(line, file=sys.stderr, flush=True)
-            time.sleep(interval)

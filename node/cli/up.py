@@ -25,6 +25,8 @@ from node.cli.supervise import Plan, Supervisor
 from node.p2p.readiness import read_status
 
 READY_TIMEOUT = 600.0
+# How often the peers' certificates are looked at: each is renewed past half its life.
+RENEW_INTERVAL = 600.0
 # Where a running local swarm can be found, and the identity `bitinglip peers` joins it as.
 SWARM_FILE = "swarm.json"
 CLIENT_DIR = Path("peers") / "cli"
@@ -44,12 +46,14 @@ class LocalSwarm:
         self.data_dir = data_dir
         self.run_dir = data_dir / "run"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.roles: dict[Path, str] = {}  # each peer directory and its role
 
     def spawn(
         self, name: str, role: str, extra: list[str], env: dict[str, str] | None = None
     ) -> None:
         peer_dir = self.data_dir / "peers" / name
         keys.provision(peer_dir, self.data_dir, role)
+        self.roles[peer_dir] = role
         status = self.run_dir / f"{name}.json"
         status.unlink(missing_ok=True)
         log = (self.data_dir / "logs").joinpath(f"{name}.log")
@@ -91,6 +95,11 @@ class LocalSwarm:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{', '.join(pending)} not {state} after {timeout:.0f} s")
             time.sleep(0.2)
+
+    def renew(self) -> None:
+        """Renew the certificates past half their life: the running peers take them up."""
+        for peer_dir, role in self.roles.items():
+            keys.ensure_admitted(peer_dir, self.data_dir, role)
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -195,8 +204,14 @@ def run_up(port: int, nodes: int, model: str | None, data_dir: Path | None, as_j
         token = local_token(data_dir, data_dir / "peers" / "gateway")
         write_swarm_file(swarm, ["gateway", *names], url)
         _announce(url, model, nodes, token, as_json)
-        supervisor.run()
-        return 0
+        renew_at = time.monotonic() + RENEW_INTERVAL
+        while True:
+            for line in supervisor.tick(time.monotonic()):
+                print(line, file=sys.stderr, flush=True)
+            if time.monotonic() >= renew_at:
+                swarm.renew()
+                renew_at = time.monotonic() + RENEW_INTERVAL
+            time.sleep(0.25)
     except (KeyboardInterrupt, _Stop):
         return 0
     except (RuntimeError, OSError, ValueError) as exc:
@@ -227,6 +242,7 @@ def local_token(data_dir: Path, gateway_dir: Path, user: str = LOCAL_USER) -> st
 def write_swarm_file(swarm: LocalSwarm, names: list[str], url: str) -> None:
     """Tell `bitinglip peers` where this swarm is, and give it a client identity to join as."""
     keys.provision(swarm.data_dir / CLIENT_DIR, swarm.data_dir, "client")
+    swarm.roles[swarm.data_dir / CLIENT_DIR] = "client"
     addrs = [swarm.status(name).get("addrs") for name in names]
     bootstrap = [str(a[0]) for a in addrs if isinstance(a, list) and a]
     body = json.dumps({"gateway": url, "bootstrap": bootstrap}, indent=2) + "\n"

@@ -29,13 +29,11 @@ class Advertiser:
         self,
         host: PeerHost,
         identity: Ed25519PrivateKey,
-        certificate: bytes,
         build: RecordFactory,
         ttl: float,
     ) -> None:
         self._host = host
         self._identity = identity
-        self._certificate = certificate
         self._build = build
         self.ttl = ttl
         self._wake = trio.Event()
@@ -50,7 +48,8 @@ class Advertiser:
 
     async def publish(self) -> NodeRecord:
         record = self.record()
-        value = sign_record(self._identity, record, self._certificate)
+        # The certificate as it stands now: it is renewed while the peer runs.
+        value = sign_record(self._identity, record, self._host.certificate)
         self.seq, self.signed = record.seq, value
         try:
             await self._host.put(node_key(record.peer_id), value)

@@ -1,54 +1,48 @@
 """The libp2p machinery every peer shares: host, Kademlia DHT, bootstrap, upkeep.
 
-Security: Noise only (a default py-libp2p host also accepts plaintext peers), and the
-DHT namespace ``/bitinglip/`` accepts only records that verify against the operator's
-key, so a peer that is not admitted can neither be routed to nor overwrite a record.
+Security: Noise only (a default py-libp2p host also accepts plaintext peers); a connection
+serves nothing until its peer presents a membership certificate (``node.p2p.gate``); the
+DHT keeps only our namespace, records that verify, and admitted peers (``node.p2p.dht``);
+multistream-select reads are bounded (``node.p2p.multistream``).
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, cast
+from pathlib import Path
+from typing import Any
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from keys.files import raw_private
+import keys
+from keys import Membership
+from keys.files import raw_private, write_public
+from keys.keyring import REVOKED
+from node.p2p.admission import Admission, StreamHandler
+from node.p2p.dht import RecordValidator, guard, make_dht, prune_expired
+from node.p2p.gate import ADMIT_TIMEOUT, Gate
+from node.p2p.multistream import bound_multistream_reads
 from node.p2p.streams import Libp2pByteStream
 from protocols import (
-    DHT_NAMESPACE,
+    REVOKED_KEY,
+    SERVER_ROLES,
+    Certificate,
     RemoteProtocolError,
-    record_seq,
-    verify_record,
+    node_key,
+    verify_revocations,
 )
-
-if TYPE_CHECKING:
-    from libp2p.records.validator import Validator
 
 logger = logging.getLogger(__name__)
 
 MAINTAIN_INTERVAL = 15.0
 
 
-class RecordValidator:
-    """DHT validator for ``/bitinglip/...`` keys: signed, admitted, unexpired, newest wins."""
-
-    def __init__(self, operator_public: bytes) -> None:
-        self._operator_public = operator_public
-
-    def validate(self, key: str, value: bytes) -> None:
-        try:
-            verify_record(value, self._operator_public, time.time(), key=key)
-        except RemoteProtocolError as exc:
-            raise ValueError(f"rejected record for {key}: {exc}") from exc
-
-    def select(self, key: str, values: list[bytes]) -> int:
-        seqs = [record_seq(v) for v in values]
-        return max(range(len(values)), key=seqs.__getitem__)
+class NotMember(Exception):
+    """The peer at the other end is not admitted to the swarm."""
 
 
 def quiet_libp2p_logs(level: int = logging.CRITICAL) -> None:
@@ -74,6 +68,7 @@ def _libp2p_key_pair(identity: Ed25519PrivateKey) -> Any:
 
 
 def _make_host(identity: Ed25519PrivateKey) -> Any:
+    bound_multistream_reads()
     from libp2p import new_host
     from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
     from libp2p.network.config import ConnectionConfig
@@ -91,22 +86,51 @@ def _make_host(identity: Ed25519PrivateKey) -> Any:
     )
 
 
-StreamHandler = Callable[[Libp2pByteStream], Awaitable[None]]
-
-
 class PeerHost:
-    """This process's libp2p host and its DHT, admitted by the operator's key."""
+    """This process's libp2p host and its DHT, admitted by the operator's key.
 
-    def __init__(self, identity: Ed25519PrivateKey, operator_public: bytes) -> None:
-        from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+    ``data_dir``, where given, keeps the newest revocation list across restarts.
+    """
 
+    def __init__(
+        self,
+        identity: Ed25519PrivateKey,
+        operator_public: bytes,
+        membership: Membership,
+        data_dir: Path | None = None,
+    ) -> None:
         self.host = _make_host(identity)
-        # Every peer on one machine shares a subnet: lift the per-subnet cap for local swarms.
-        self.dht = KadDHT(self.host, DHTMode.SERVER, max_peers_per_subnet=0)
-        validator = cast("Validator", RecordValidator(operator_public))  # duck-typed by libp2p
-        self.dht.register_validator(DHT_NAMESPACE, validator)
+        self.membership = membership
+        self._data_dir = data_dir
+        saved = _saved_revocations(data_dir, operator_public)
+        self.admission = Admission(
+            operator_public, verify_revocations(saved, operator_public) if saved else None
+        )
+        validator = RecordValidator(operator_public, self.admission.revoked)
+        self.dht = make_dht(self.host, validator)
+        guard(self.dht, self.admission.member)
+        self.gate = Gate(
+            self.host,
+            self.admission,
+            membership,
+            self._admitted,
+            self._removed,
+            self._save_revocations,
+        )
+        self.gate.revocations = saved
         self.peer_id = str(self.host.get_id())
         self._bootstrap: list[str] = []
+
+    @classmethod
+    def of(cls, data_dir: Path, role: str) -> PeerHost:
+        """The host of the peer whose keys are in ``data_dir``, admitted as ``role``."""
+        membership = Membership.load(data_dir, role)  # first: it says how to get admitted
+        return cls(keys.identity(data_dir), keys.operator_public(data_dir), membership, data_dir)
+
+    @property
+    def certificate(self) -> bytes:
+        """This peer's membership certificate as it stands now (it is renewed)."""
+        return self.membership.certificate
 
     def addrs(self) -> list[str]:
         """Dialable addresses, each ending in ``/p2p/<peer id>``."""
@@ -120,18 +144,19 @@ class PeerHost:
         from libp2p.tools.anyio_service import background_trio_service
 
         self._bootstrap = list(bootstrap)
-        async with (
-            self.host.run(listen_addrs=[multiaddr.Multiaddr(a) for a in listen]),
-            trio.open_nursery() as nursery,
-        ):
-            nursery.start_soon(self.host.get_peerstore().start_cleanup_task, 60)
-            async with background_trio_service(self.dht):
-                await self.join()
-                nursery.start_soon(self._maintain)
-                yield self
-                nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            self.gate.install(nursery)  # before the first connection can arrive
+            async with self.host.run(listen_addrs=[multiaddr.Multiaddr(a) for a in listen]):
+                nursery.start_soon(self.host.get_peerstore().start_cleanup_task, 60)
+                nursery.start_soon(self.gate.run)
+                async with background_trio_service(self.dht):
+                    await self.join()
+                    nursery.start_soon(self._maintain)
+                    yield self
+            nursery.cancel_scope.cancel()
 
     async def connect(self, addr: str) -> bool:
+        """Connect to the peer at ``addr``; whether it answered and was admitted."""
         import multiaddr
         from libp2p.peer.peerinfo import info_from_p2p_addr
 
@@ -142,17 +167,21 @@ class PeerHost:
             self.host.get_peerstore().add_addrs(info.peer_id, info.addrs, 3600)
             with trio.fail_after(10):
                 await self.host.connect(info)
-            await self.dht.routing_table.add_peer(info.peer_id)
-            return True
         except Exception as exc:  # unreachable or bad address: report, keep going
             logger.warning("cannot reach %s: %s", addr, exc)
             return False
+        if await self.admission.wait(str(info.peer_id), ADMIT_TIMEOUT) is None:
+            logger.warning("%s is not a member of this swarm", addr)
+            return False
+        await self.dht.routing_table.add_peer(info.peer_id)
+        return True
 
     async def join(self) -> None:
         """Connect to the bootstrap peers, then fill the routing table from them."""
         connected = [await self.connect(a) for a in self._bootstrap]
         if any(connected):
             await self.refresh()
+            await self._fetch_revocations()
 
     async def refresh(self) -> None:
         try:
@@ -169,11 +198,17 @@ class PeerHost:
                 await self.join()
             else:
                 await self.refresh()
+            prune_expired(self.dht.value_store)
             await trio.sleep(MAINTAIN_INTERVAL * random.uniform(0.8, 1.2))
 
+    def connected_members(self) -> set[str]:
+        """Members we hold a connection to."""
+        connected = (str(p) for p in self.host.get_connected_peers())
+        return {p for p in connected if self.admission.member(p) is not None}
+
     def known_peers(self) -> set[str]:
-        """Peers we are connected to or hold in the routing table."""
-        peers = {str(p) for p in self.host.get_connected_peers()}
+        """Members we are connected to, and peers in the routing table."""
+        peers = self.connected_members()
         peers.update(str(p) for p in self.dht.routing_table.get_peer_ids())
         peers.discard(self.peer_id)
         return peers
@@ -190,7 +225,8 @@ class PeerHost:
         self.host.set_stream_handler(protocol, on_stream)
 
     async def open_stream(self, peer: str, addrs: list[str], protocol: str) -> Libp2pByteStream:
-        """Open a stream to ``peer``, dialing ``addrs`` if not connected yet."""
+        """Open a stream to member ``peer``, dialing ``addrs`` if not connected yet;
+        ``NotMember`` if it does not present a certificate that admits it."""
         import multiaddr
         from libp2p.peer.id import ID
 
@@ -199,8 +235,11 @@ class PeerHost:
         if usable:
             self.host.get_peerstore().add_addrs(peer_id, usable, 3600)
         with trio.fail_after(10):
-            stream = await self.host.new_stream(peer_id, [protocol])
-        return Libp2pByteStream(stream)
+            stream = Libp2pByteStream(await self.host.new_stream(peer_id, [protocol]))
+        if await self.admission.wait(peer, ADMIT_TIMEOUT) is None:
+            await stream.reset()
+            raise NotMember(f"{peer} is not a member of this swarm")
+        return stream
 
     async def put(self, key: str, value: bytes) -> None:
         await self.dht.put_value(key, value)
@@ -217,3 +256,55 @@ class PeerHost:
         for info in infos:
             self.host.get_peerstore().add_addrs(info.peer_id, info.addrs, 3600)
         return {str(i.peer_id) for i in infos} - {self.peer_id}
+
+    # Membership.
+
+    async def publish_revocations(self, blob: bytes) -> int:
+        """Apply an operator-signed revocation list here, push it to every connected peer
+        (each passes it on) and put it in the DHT; return how many peers took it."""
+        self.gate.take_revocations(blob)
+        told = await self.gate.spread(blob)
+        try:
+            with trio.move_on_after(10):
+                await self.put(REVOKED_KEY, blob)
+        except Exception as exc:  # the pushes carry it; the DHT is for peers away now
+            logger.warning("could not put the revocation list in the DHT: %r", exc)
+        return told
+
+    async def _fetch_revocations(self) -> None:
+        try:
+            with trio.move_on_after(5):
+                blob = await self.get(REVOKED_KEY)
+                if blob:
+                    self.gate.take_revocations(blob)
+        except Exception as exc:  # none published, or not reachable now: pushes still come
+            logger.debug("no revocation list from the DHT: %r", exc)
+
+    async def _admitted(self, peer: str, cert: Certificate) -> None:
+        from libp2p.peer.id import ID
+
+        if cert.role in SERVER_ROLES:
+            await self.dht.routing_table.add_peer(ID.from_base58(peer))
+
+    def _removed(self, peer: str) -> None:
+        from libp2p.peer.id import ID
+
+        self.dht.routing_table.remove_peer(ID.from_base58(peer))
+        if self.admission.revoked(peer):  # its record, served to others, would not verify
+            self.dht.value_store.remove(node_key(peer).encode())
+
+    def _save_revocations(self, blob: bytes) -> None:
+        if self._data_dir is not None:
+            write_public(self._data_dir / REVOKED, blob)
+
+
+def _saved_revocations(data_dir: Path | None, operator_public: bytes) -> bytes:
+    """The revocation list kept in ``data_dir``, if it verifies; ``b""`` otherwise."""
+    if data_dir is None:
+        return b""
+    try:
+        blob = (data_dir / REVOKED).read_bytes()
+        verify_revocations(blob, operator_public)
+    except (OSError, RemoteProtocolError):
+        return b""
+    return blob

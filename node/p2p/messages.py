@@ -17,10 +17,15 @@ READ_SIZE = 64 * 1024
 
 
 class MessageStream:
-    def __init__(self, stream: ByteStream, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(
+        self,
+        stream: ByteStream,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        first_max_frame: int | None = None,
+    ) -> None:
         self.stream = stream
         self._max_frame = max_frame
-        self._decoder = MessageDecoder(max_frame)
+        self._decoder = MessageDecoder(max_frame, first_max_frame)
         self._lock = trio.Lock()
 
     async def send(self, message: Message) -> None:

@@ -118,9 +118,10 @@ class RpcClient:
             while (messages := await self._messages.receive()) is not None:
                 for message in messages:
                     self._dispatch(message)
-            self.closed_reason = "peer closed the stream"
+            # A refusal the peer sent before closing says more than the close itself.
+            self.closed_reason = self.closed_reason or "peer closed the stream"
         except (StreamBroken, ProtocolError) as exc:
-            self.closed_reason = str(exc) or type(exc).__name__
+            self.closed_reason = self.closed_reason or str(exc) or type(exc).__name__
         finally:
             self._closed = True
             for send in self._calls.values():

@@ -4,12 +4,19 @@ Handlers live in an explicit table (``{"generate": handler, ...}``). A handler g
 request's params and an ``emit`` callable for stream chunks, and returns the final
 ``End`` data, or raises ``RpcError``. Whatever a peer sends, nothing escapes
 ``serve``: py-libp2p ends the whole process when a stream handler raises.
+
+What one peer may hold is bounded, so it cannot starve the others: its first frame is a
+``Hello`` of at most ``HELLO_MAX_FRAME`` bytes that must arrive within
+``HELLO_TIMEOUT``; it may keep ``MAX_STREAMS_PER_PEER`` streams open and run
+``MAX_CALLS_PER_STREAM`` calls on one stream and ``MAX_CALLS_PER_PEER`` in all. Past a
+limit the stream or call is refused with ``OVERLOADED``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
@@ -21,6 +28,7 @@ from node.p2p.messages import MessageStream
 from node.p2p.streams import ByteStream, StreamBroken
 from protocols import (
     DEFAULT_MAX_FRAME,
+    HELLO_MAX_FRAME,
     Cancel,
     Chunk,
     End,
@@ -35,7 +43,12 @@ from protocols import (
 
 logger = logging.getLogger(__name__)
 
+HELLO_TIMEOUT = 5.0
+# A gateway holds one stream per node (and a light client one per peer); a few more cover
+# a stream being replaced while the old one closes.
+MAX_STREAMS_PER_PEER = 8
 MAX_CALLS_PER_STREAM = 256
+MAX_CALLS_PER_PEER = 512
 
 
 class RpcError(Exception):
@@ -65,7 +78,7 @@ class _Connection(MessageStream):
     """One caller's stream, with the calls it has running."""
 
     def __init__(self, stream: ByteStream, max_frame: int) -> None:
-        super().__init__(stream, max_frame)
+        super().__init__(stream, max_frame, first_max_frame=min(max_frame, HELLO_MAX_FRAME))
         self.calls: dict[int, trio.CancelScope] = {}
 
 
@@ -79,11 +92,17 @@ class RpcServer:
         self._handlers = dict(handlers)
         self._authorize = authorize
         self._max_frame = max_frame
+        self._streams: Counter[str] = Counter()  # open streams per peer
+        self._calls: Counter[str] = Counter()  # calls running per peer
 
     async def serve(self, stream: ByteStream, remote_peer: str) -> None:
         """Serve every call arriving on ``stream`` until it ends. Never raises."""
         conn = _Connection(stream, self._max_frame)
+        self._streams[remote_peer] += 1
         try:
+            if self._streams[remote_peer] > MAX_STREAMS_PER_PEER:
+                await self._refuse(conn, ErrorCode.OVERLOADED, "too many streams from this peer")
+                return
             async with trio.open_nursery() as nursery:
                 try:
                     await self._read_loop(conn, remote_peer, nursery)
@@ -93,16 +112,25 @@ class RpcServer:
         except Exception:
             logger.exception("rpc stream from %s failed", remote_peer)
         finally:
+            self._streams[remote_peer] -= 1
+            if not self._streams[remote_peer]:
+                del self._streams[remote_peer]
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.close()
 
     async def _read_loop(self, conn: _Connection, remote_peer: str, nursery: trio.Nursery) -> None:
         caller: Caller | None = None
+        hello_by = trio.current_time() + HELLO_TIMEOUT
         while True:
+            messages: list[Message] | None = []
             try:
-                messages = await conn.receive()
+                with trio.move_on_at(hello_by if caller is None else math.inf) as waiting:
+                    messages = await conn.receive()
             except RemoteProtocolError as exc:
                 await self._refuse(conn, ErrorCode.BAD_REQUEST, str(exc))
+                return
+            if waiting.cancelled_caught:
+                await self._refuse(conn, ErrorCode.UNAUTHORIZED, "no hello in time")
                 return
             if messages is None:
                 return
@@ -140,6 +168,9 @@ class RpcServer:
         if len(conn.calls) >= MAX_CALLS_PER_STREAM:
             await conn.send(Error(request.id, ErrorCode.OVERLOADED, "too many calls on stream"))
             return
+        if self._calls[caller.peer_id] >= MAX_CALLS_PER_PEER:
+            await conn.send(Error(request.id, ErrorCode.OVERLOADED, "too many calls from peer"))
+            return
         handler = self._handlers.get(request.method)
         if handler is None:
             await conn.send(
@@ -150,6 +181,7 @@ class RpcServer:
         if request.timeout_ms is not None:
             scope.relative_deadline = request.timeout_ms / 1000
         conn.calls[request.id] = scope
+        self._calls[caller.peer_id] += 1
         nursery.start_soon(self._run_call, conn, caller, request, handler, scope)
 
     async def _run_call(
@@ -189,3 +221,6 @@ class RpcServer:
             pass  # the caller is gone; the read loop ends the connection
         finally:
             conn.calls.pop(request.id, None)
+            self._calls[caller.peer_id] -= 1
+            if not self._calls[caller.peer_id]:
+                del self._calls[caller.peer_id]

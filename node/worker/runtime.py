@@ -67,16 +67,13 @@ class Node:
         self.engines = [EngineSpec.from_config(table) for table in config.engines]
         self.status = StatusFile(config.ready_file)
         self.identity = keys.identity(config.data_dir)
-        self.certificate = keys.certificate(config.data_dir, "node")
-        self.host = PeerHost(self.identity, keys.operator_public(config.data_dir))
+        self.host = PeerHost.of(config.data_dir, "node")
         self.roster = Roster(config.max_queue, config.capacity)
         self.hardware = Hardware("cpu", "unknown", "RAM", 0, 0)
         # Memory promised to models still loading, not yet visible as used.
         self._promised = 0
         self._promising = threading.Lock()
-        self.advertiser = Advertiser(
-            self.host, self.identity, self.certificate, self._record, config.record_ttl
-        )
+        self.advertiser = Advertiser(self.host, self.identity, self._record, config.record_ttl)
         self.service = NodeService(
             self.roster,
             lambda: self.hardware.memory_free,
@@ -289,7 +286,7 @@ class Node:
             self.host.running(config.listen, config.bootstrap),
             trio.open_nursery() as nursery,
         ):
-            serve_rpc(self.host, keys.operator_public(config.data_dir), handlers)
+            serve_rpc(self.host, handlers)
             self.status.update(peer_id=self.host.peer_id, addrs=self.host.addrs(), state="loading")
             logger.info("node %s listening on %s", self.host.peer_id, " ".join(self.host.addrs()))
             if metrics is not None:

@@ -1,9 +1,11 @@
-"""Hostile peers against real processes: garbage on the RPC stream, unadmitted callers,
-forged and overwriting DHT records. The node and gateway must keep serving."""
+"""Hostile peers against real processes: a stranger, and an admitted peer sending garbage
+on the RPC stream, other peers' certificates, forged and overwriting DHT records. The node
+and gateway must keep serving."""
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 
 import httpx
@@ -14,6 +16,7 @@ from libp2p.kad_dht.pb.kademlia_pb2 import Record
 from libp2p.peer.id import ID as PeerID
 
 import keys
+from keys import Membership
 from keys.files import raw_public
 from node.p2p.host import PeerHost as Peer
 from node.p2p.streams import Libp2pByteStream
@@ -109,9 +112,32 @@ async def test_hostile_peer_cannot_disrupt_or_impersonate(
         while await nodes_seen(url) != 1 or await routable(url) != ["echo"]:
             await trio.sleep(0.2)
 
-    intruder = Ed25519PrivateKey.generate()
+    # A stranger, admitted by another operator: nothing it opens is served.
     rogue_operator = Ed25519PrivateKey.generate()
-    peer = Peer(intruder, raw_public(rogue_operator))
+    stranger_key = Ed25519PrivateKey.generate()
+    stranger_id = peer_id_of(raw_public(stranger_key))
+    stranger = Peer(
+        stranger_key,
+        operator_public(swarm),
+        Membership(issue_certificate(rogue_operator, Certificate(stranger_id, "node", 0, 2e9))),
+    )
+    async with stranger.running(["/ip4/127.0.0.1/tcp/0"], []):
+        answer = b""
+        with contextlib.suppress(Exception):  # refused outright is fine too
+            stream = await stranger.open_stream(victim, [swarm.addr("node-0")], RPC_PROTOCOL)
+            hello = encode(Hello(stranger.certificate)) + encode(Request(1, "status", {}))
+            await stream.write(hello)
+            answer = await read_all(stream)
+        assert answer == b""
+        with trio.fail_after(10):  # and the node hangs up on it
+            while victim in {str(p) for p in stranger.host.get_connected_peers()}:
+                await trio.sleep(0.05)
+
+    # An admitted node turned hostile (its key stolen, say).
+    intruder = Ed25519PrivateKey.generate()
+    intruder_id = peer_id_of(raw_public(intruder))
+    admitted = Membership(keys.admit(swarm.data_dir, intruder_id, "node"))
+    peer = Peer(intruder, operator_public(swarm), admitted)
     async with peer.running(["/ip4/127.0.0.1/tcp/0"], [boot]):
         addrs = [swarm.addr("node-0")]
 
@@ -141,7 +167,6 @@ async def test_hostile_peer_cannot_disrupt_or_impersonate(
         # to store them (the put may still succeed locally, under the intruder's rules).
         # Each is also offered straight to the gateway, so its refusal is certain to be
         # tried, not left to which peers the DHT happens to pick.
-        intruder_id = peer_id_of(raw_public(intruder))
         gateway_id = swarm.peer_id("gateway")
         asked = watch_lookups(peer, monkeypatch)
         forgeries = {
@@ -186,3 +211,35 @@ async def test_hostile_peer_cannot_disrupt_or_impersonate(
             peers = [p["peer_id"] for p in models.json()["data"][0]["peers"]]
             assert peers == [victim]
         assert await nodes_seen(url) == 1
+
+
+async def test_a_revoked_node_is_dropped_by_the_swarm_within_seconds(
+    swarm: LocalSwarmFixture,
+) -> None:
+    gateway = swarm.start_gateway()
+    boot = str(gateway["addrs"][0])  # type: ignore[index]
+    swarm.start_node("node-0", [boot], ["echo"])
+    swarm.wait_ready(["node-0"])
+    url, victim = swarm.url(), swarm.peer_id("node-0")
+    with trio.fail_after(60):
+        while await nodes_seen(url) != 1:
+            await trio.sleep(0.2)
+
+    command = [sys.executable, "-m", "node.cli", "keys", "revoke", victim]
+    command += ["--data-dir", str(swarm.data_dir), "--bootstrap", boot]
+    done = await trio.run_process(command, capture_stdout=True, capture_stderr=True, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    assert f"revoked {victim}" in done.stdout.decode()
+    assert "told 1 peer(s)" in done.stdout.decode()
+
+    # The gateway disconnects it and stops routing to it; it cannot come back.
+    with trio.fail_after(15):
+        while await nodes_seen(url) != 0:
+            await trio.sleep(0.2)
+    async with httpx.AsyncClient(timeout=30) as client:
+        reply = await client.post(
+            f"{url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {swarm.token()}"},
+            json={"model": "echo", "messages": [{"role": "user", "content": "ok?"}]},
+        )
+    assert reply.status_code in (404, 503), reply.text

@@ -64,3 +64,13 @@ def test_decoded_frames_are_immutable_bytes_not_views_of_the_buffer() -> None:
     assert type(frame) is bytes
     decoder.feed(encode_frame(b"xyz")[:5])
     assert frame == b"abc"
+
+
+def test_the_first_frame_has_its_own_cap_and_later_frames_the_full_one() -> None:
+    with pytest.raises(FrameTooLarge, match=r"^frame of 9 bytes exceeds 8$"):
+        FrameDecoder(max_frame=64, first_max_frame=8).feed(struct.pack(">I", 9))
+    decoder = FrameDecoder(max_frame=64, first_max_frame=8)
+    # A small first frame and a large second one in the same bytes.
+    assert decoder.feed(encode_frame(b"hello") + encode_frame(b"x" * 64)) == [b"hello", b"x" * 64]
+    with pytest.raises(FrameTooLarge, match=r"exceeds 64$"):
+        decoder.feed(struct.pack(">I", 65))

@@ -44,8 +44,9 @@ from protocols import (
     verify_record,
 )
 from protocols.codec import pack, unpack, unpack_map
+from protocols.membership import revocations_seq, verify_revocations
 from protocols.operator import ModelSpec, Unload
-from protocols.records import _sign
+from protocols.records import record_expiry, sign_envelope
 
 settings.register_profile(
     "hostile",
@@ -162,13 +163,13 @@ def test_record_parts(part: dict[str, Any]) -> None:
 @given(near_misses(certificate_body()), near_misses(record_body()))
 def test_signed_envelopes_around_garbage(cert: dict[str, Any], record: dict[str, Any]) -> None:
     """Correct signatures around garbage: what is signed is still checked like peer input."""
-    cert_blob = _sign(OPERATOR, pack(cert))
+    cert_blob = sign_envelope(OPERATOR, pack(cert))
     refused_only(verify_certificate, cert_blob, raw_public(OPERATOR), NOW)
     good_cert = issue_certificate(OPERATOR, Certificate(**certificate_body()))
-    envelope = pack({"record": _sign(NODE, pack(record)), "cert": good_cert})
+    envelope = pack({"record": sign_envelope(NODE, pack(record)), "cert": good_cert})
     refused_only(verify_record, envelope, raw_public(OPERATOR), NOW)
-    refused_only(verify_record, pack({"record": _sign(NODE, pack(record)), "cert": cert_blob}),
-                 raw_public(OPERATOR), NOW)  # fmt: skip
+    forged = pack({"record": sign_envelope(NODE, pack(record)), "cert": cert_blob})
+    refused_only(verify_record, forged, raw_public(OPERATOR), NOW)
     refused_only(record_seq, envelope)
 
 
@@ -176,6 +177,16 @@ def test_signed_envelopes_around_garbage(cert: dict[str, Any], record: dict[str,
 def test_envelopes_from_random_bytes(blob: bytes, key: bytes) -> None:
     refused_only(verify_certificate, blob, key, NOW)
     refused_only(verify_record, blob, key, NOW)
+    refused_only(verify_revocations, blob, key)
+    refused_only(record_expiry, blob)
+    refused_only(revocations_seq, blob)
+
+
+@given(maps | values)
+def test_signed_revocation_lists_around_garbage(body: Any) -> None:
+    blob = sign_envelope(OPERATOR, pack(body))
+    refused_only(verify_revocations, blob, raw_public(OPERATOR))
+    refused_only(revocations_seq, blob)
 
 
 def test_a_genuine_record_still_verifies() -> None:

@@ -162,6 +162,22 @@ def test_a_certificate_with_unknown_fields_is_malformed() -> None:
     assert str(caught.value) == "malformed certificate: unknown fields: x"
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("peer_id", 7, "peer_id should be a string"),
+        ("issued_at", "yesterday", "issued_at should be a finite number"),
+        ("expires_at", float("inf"), "expires_at should be a finite number"),
+        ("extra", [], "extra should be a map"),
+    ],
+)
+def test_a_certificate_with_a_mistyped_field_names_it(field: str, value: Any, why: str) -> None:
+    body = {"peer_id": PEER, "role": "node", "issued_at": NOW, "expires_at": NOW, field: value}
+    with pytest.raises(RemoteProtocolError) as caught:
+        verify_certificate(_signed_cert(body), OPERATOR_PUBLIC, NOW)
+    assert str(caught.value) == f"malformed certificate: {why}"
+
+
 def test_a_certificate_for_an_unknown_role_names_it() -> None:
     body = {"peer_id": PEER, "role": "root", "issued_at": NOW, "expires_at": NOW}
     with pytest.raises(RemoteProtocolError) as caught:

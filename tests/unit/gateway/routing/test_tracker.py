@@ -1,23 +1,70 @@
-"""Discovery looks a peer with no node record up again soon, then less and less often."""
+"""Discovery: a peer with no node record is looked up again soon, then less and less often;
+peers that are gone or silent cannot delay finding the nodes that are here."""
 
 from __future__ import annotations
 
+import time
 from itertools import pairwise
 from types import SimpleNamespace
-from typing import cast
+from typing import Any, cast
 
 import pytest
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.routing.peer_table import PeerTable
-from gateway.routing.tracker import RETRY_MAX, Tracker
+from gateway.routing.tracker import DISCOVER_INTERVAL, RETRY_MAX, Tracker
+from keys.files import raw_public
+from node.p2p.admission import Admission
+from node.p2p.discovery import LOOKUP_TIMEOUT, MAX_LOOKUPS
 from node.p2p.host import PeerHost
+from protocols import (
+    Certificate,
+    Hardware,
+    Load,
+    ModelInfo,
+    NodeRecord,
+    Revocations,
+    issue_certificate,
+    node_key,
+    peer_id_of,
+    sign_record,
+)
+
+OPERATOR = Ed25519PrivateKey.generate()
 
 
-class RecordlessHost:
+class FakeHost:
+    """A host whose DHT holds ``records``; a lookup of any other peer never answers."""
+
+    def __init__(self, records: dict[str, bytes], junk: list[str], connected: set[str]) -> None:
+        self.records = records
+        self.junk = junk
+        self.connected = connected
+        self.admission = Admission(raw_public(OPERATOR))
+        self.certificate = b"cert"
+        self.lookups = 0
+
+    def known_peers(self) -> set[str]:
+        return {*self.records, *self.junk} | self.connected
+
+    def connected_members(self) -> set[str]:
+        return self.connected
+
+    async def get(self, key: str) -> bytes | None:
+        self.lookups += 1
+        for peer, value in self.records.items():
+            if key == node_key(peer):
+                return value
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+class RecordlessHost(FakeHost):
     """A host that knows one peer, whose node record is not in the DHT (yet)."""
 
     def __init__(self) -> None:
-        self.lookups = 0
+        super().__init__({}, [], set())
 
     def known_peers(self) -> set[str]:
         return {"12D3KooWJustStarted"}
@@ -33,7 +80,7 @@ async def test_a_peer_without_a_record_is_asked_again_with_a_growing_wait(
     now = [1000.0]
     monkeypatch.setattr("gateway.routing.tracker.time", SimpleNamespace(time=lambda: now[0]))
     host = RecordlessHost()
-    tracker = Tracker(cast(PeerHost, host), PeerTable(), b"cert", b"operator")
+    tracker = Tracker(cast(PeerHost, host), PeerTable())
     asked_at: list[float] = []
     while now[0] < 1000.0 + 200:
         before = host.lookups
@@ -46,3 +93,71 @@ async def test_a_peer_without_a_record_is_asked_again_with_a_growing_wait(
     # ...and a peer that never has a record (a client) is asked at most every RETRY_MAX.
     gaps = [b - a for a, b in pairwise(asked_at)]
     assert max(gaps) == RETRY_MAX
+
+
+def node_record(revoked: bool = False) -> tuple[str, bytes]:
+    key = Ed25519PrivateKey.generate()
+    peer = peer_id_of(raw_public(key))
+    now = time.time()
+    record = NodeRecord(
+        peer_id=peer,
+        public_key=raw_public(key),
+        role="node",
+        version="test",
+        addrs=[],
+        hardware=Hardware("cpu", "test", "RAM", 1, 1),
+        models=[ModelInfo("echo", "text-generation", "float32", 1, 1, "ready")],
+        load=Load(0, 0, 1, 0.0, 1),
+        seq=1,
+        issued_at=now,
+        ttl=3600,
+    )
+    cert = issue_certificate(OPERATOR, Certificate(peer, "node", now, now + 3600))
+    return peer, sign_record(key, record, cert)
+
+
+def junk(count: int) -> list[str]:
+    return [peer_id_of(raw_public(Ed25519PrivateKey.generate())) for _ in range(count)]
+
+
+async def found_after(host: FakeHost, peer: str) -> float:
+    """How long (in the test clock's time) discovery takes to start tracking ``peer``."""
+    tracker = Tracker(cast(PeerHost, host), PeerTable())
+    connecting: list[str] = []
+    tracker._connect_soon = lambda record: connecting.append(record.peer_id)  # type: ignore[method-assign]
+    started = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(tracker.run)
+        while peer not in connecting:
+            await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert peer in tracker.table.entries
+    return trio.current_time() - started
+
+
+@pytest.mark.parametrize("count", [10, 200])
+async def test_a_connected_node_is_found_in_one_lookup_however_many_peers_do_not_answer(
+    autojump_clock: Any, count: int
+) -> None:
+    peer, record = node_record()
+    host = FakeHost({peer: record}, junk(count), connected={peer})
+    assert await found_after(host, peer) <= LOOKUP_TIMEOUT
+
+
+async def test_a_node_known_only_from_the_routing_table_waits_at_most_a_few_rounds(
+    autojump_clock: Any,
+) -> None:
+    peer, record = node_record()
+    silent = junk(3 * MAX_LOOKUPS)
+    host = FakeHost({peer: record}, silent, connected=set())
+    waves = -(-(len(silent) + 1) // MAX_LOOKUPS)
+    assert await found_after(host, peer) <= waves * LOOKUP_TIMEOUT + DISCOVER_INTERVAL
+
+
+async def test_a_revoked_node_is_not_tracked() -> None:
+    peer, record = node_record()
+    host = FakeHost({peer: record}, [], connected={peer})
+    host.admission.revise(Revocations(1, {peer: 0.0}))
+    tracker = Tracker(cast(PeerHost, host), PeerTable())
+    await tracker.discover()
+    assert tracker.table.entries == {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import trio
@@ -13,12 +13,18 @@ import trio.testing
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from keys.files import raw_public
-from node.p2p.admission import authorizer, serve_rpc
-from node.p2p.host import PeerHost
+from node.p2p.admission import Admission, authorizer, serve_rpc
 from node.p2p.rpc_client import CallFailed, RemoteError, RpcClient
 from node.p2p.rpc_server import Caller, RpcError
 from node.p2p.streams import TrioByteStream
-from protocols import RPC_PROTOCOL, Certificate, ErrorCode, issue_certificate, peer_id_of
+from protocols import (
+    RPC_PROTOCOL,
+    Certificate,
+    ErrorCode,
+    Revocations,
+    issue_certificate,
+    peer_id_of,
+)
 
 OPERATOR = Ed25519PrivateKey.generate()
 STRANGER = Ed25519PrivateKey.generate()
@@ -40,7 +46,7 @@ def cert(
 
 
 def authorize(certificate: bytes, remote_peer: str = PEER) -> Caller:
-    return authorizer(raw_public(OPERATOR))(certificate, remote_peer)
+    return authorizer(Admission(raw_public(OPERATOR)))(certificate, remote_peer)
 
 
 @pytest.mark.parametrize("role", ["node", "gateway", "client"])
@@ -80,8 +86,16 @@ def test_an_invalid_certificate_is_refused_with_the_reason(certificate: bytes, w
     assert isinstance(refused.value.__cause__, Exception)
 
 
+def test_a_revoked_peer_is_refused_whatever_its_certificate() -> None:
+    admission = Admission(raw_public(OPERATOR), Revocations(1, {PEER: 0.0}))
+    with pytest.raises(RpcError) as refused:
+        authorizer(admission)(cert(), PEER)
+    assert refused.value.message == "certificate refused: peer was revoked by the operator"
+    assert authorizer(admission)(cert(peer=OTHER_PEER), OTHER_PEER).peer_id == OTHER_PEER
+
+
 def test_the_operator_key_is_the_one_given() -> None:
-    other = authorizer(raw_public(STRANGER))
+    other = authorizer(Admission(raw_public(STRANGER)))
     assert other(cert(signer=STRANGER), PEER) == Caller(PEER, "gateway")
     with pytest.raises(RpcError, match="bad signature"):
         other(cert(), PEER)
@@ -91,6 +105,7 @@ class FakeHost:
     """Records the stream handler ``serve_rpc`` sets, as a ``PeerHost`` would."""
 
     def __init__(self) -> None:
+        self.admission = Admission(raw_public(OPERATOR))
         self.handlers: dict[str, Callable[[Any], Awaitable[None]]] = {}
 
     def set_handler(self, protocol: str, handler: Callable[[Any], Awaitable[None]]) -> None:
@@ -127,7 +142,7 @@ async def test_serve_rpc_answers_admitted_peers_on_the_rpc_protocol() -> None:
     async def rpc_status(params: dict[str, Any], caller: Caller, emit: Any) -> dict[str, Any]:
         return {"caller": caller.peer_id, "role": caller.role}
 
-    serve_rpc(cast(PeerHost, host), raw_public(OPERATOR), {"status": rpc_status})
+    serve_rpc(host, {"status": rpc_status})
     assert list(host.handlers) == [RPC_PROTOCOL]
     handler = host.handlers[RPC_PROTOCOL]
     assert await status(handler, PEER, cert()) == {"caller": PEER, "role": "gateway"}
@@ -135,3 +150,45 @@ async def test_serve_rpc_answers_admitted_peers_on_the_rpc_protocol() -> None:
     for peer, hello in ((OTHER_PEER, cert()), (PEER, cert(signer=STRANGER))):
         refused = await status(handler, peer, hello)
         assert isinstance(refused, RemoteError) and refused.code is ErrorCode.UNAUTHORIZED
+
+
+def certificate(peer: str = PEER, role: str = "node", ends: float = HOUR) -> Certificate:
+    now = time.time()
+    return Certificate(peer, role, now - 1, now + ends)
+
+
+async def test_waiting_for_a_member_ends_when_it_is_admitted_or_in_time(
+    autojump_clock: Any,
+) -> None:
+    admission = Admission(raw_public(OPERATOR))
+    started = trio.current_time()
+    assert await admission.wait(PEER, 5) is None
+    assert trio.current_time() - started == 5
+    cert = certificate()
+    got: list[Certificate | None] = []
+
+    async def waiter() -> None:
+        got.append(await admission.wait(PEER, 5))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.sleep(1)
+        admission.admit(PEER, cert)
+    assert got == [cert]
+    assert await admission.wait(PEER, 0) == cert
+
+
+def test_a_member_stays_one_until_its_certificate_expires_or_it_is_revoked() -> None:
+    admission = Admission(raw_public(OPERATOR))
+    admission.admit(PEER, certificate())
+    admission.admit(OTHER_PEER, certificate(OTHER_PEER, ends=-1))
+    assert admission.member(PEER) is not None
+    assert admission.member(OTHER_PEER) is None  # expired
+    assert admission.expired() == [OTHER_PEER]
+    assert admission.expired() == []
+    assert admission.revise(Revocations(1, {PEER: 0.0})) == [PEER]
+    assert admission.member(PEER) is None and admission.revoked(PEER)
+    # An older or equal list changes nothing.
+    assert admission.revise(Revocations(1, {})) is None
+    assert admission.revise(Revocations(0, {})) is None
+    assert admission.revoked(PEER)
