@@ -24,6 +24,7 @@ from gateway.api.app import create_app
 from gateway.api.auth import Authenticator
 from gateway.api.services import Services
 from gateway.config import GatewayConfig
+from gateway.media import MediaLimits
 from gateway.mesh.events import MeshEvents
 from gateway.mesh.record import GATEWAY_RECORD_TTL, gateway_record
 from gateway.mesh.subscriptions import MeshSubscriptions
@@ -74,13 +75,21 @@ async def run_gateway(config: GatewayConfig) -> None:
         peers=lambda: peers_api.snapshot(table, host.peer_id, host.addrs(), time.time()),
         image_backend=router,
         image_dir=config.data_dir / "images",
+        media=router,
+        media_limits=MediaLimits(
+            max_audio_seconds=config.max_audio_seconds,
+            fetch_image_urls=config.fetch_image_urls,
+            image_fetch_timeout=config.image_fetch_timeout,
+        ),
         meters=[limiter, usage],
         store=store,
         accounts=accounts,
         limiter=limiter,
     )
     services.metrics.observe_swarm(table, lambda: router.retries)
-    app = create_app(services, max_body_bytes=config.max_body_bytes)
+    app = create_app(
+        services, max_body_bytes=config.max_body_bytes, max_upload_bytes=config.max_upload_bytes
+    )
     sync = MeshSubscriptions(host, certificate, apply=share.apply, forget=tracker.forget_gateway)
     tracker.on_gateway = sync.connect_soon
     share.publish = sync.publish

@@ -3,6 +3,7 @@
 Nothing here does I/O or imports trio, libp2p or torch: bytes in, values out.
 """
 
+from protocols.audio import AudioChunk, Segment, SpeechParams, TranscribeParams, Transcript
 from protocols.errors import (
     ErrorCode,
     FrameTooLarge,
@@ -50,11 +51,13 @@ from protocols.rpc import (
     decode,
     encode,
 )
+from protocols.vision import VisionMessage, VisionParams
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
     "DHT_NAMESPACE",
     "RPC_PROTOCOL",
+    "AudioChunk",
     "Cancel",
     "Certificate",
     "ChatMessage",
@@ -83,8 +86,14 @@ __all__ = [
     "RemoteProtocolError",
     "Request",
     "RevokeEvent",
+    "Segment",
+    "SpeechParams",
     "Summary",
+    "TranscribeParams",
+    "Transcript",
     "UsageEvent",
+    "VisionMessage",
+    "VisionParams",
     "WatchUpdate",
     "decode",
     "encode",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,9 +21,9 @@ from gateway.accounts.errors import Refused
 from gateway.accounts.metering import Outcome, metered, rate_headers
 from gateway.api import openai_api as oa
 from gateway.api.errors import ApiError, refusal, routing_error
-from gateway.api.services import services
+from gateway.api.services import Services, services
 from gateway.routing.router import Generation, NoPeerReady, UnknownModel, UpstreamError
-from protocols import GenerateParams
+from protocols import GenerateParams, VisionParams
 
 NODE_HEADER = "X-BitingLip-Node"
 
@@ -94,14 +94,14 @@ async def routed(
 
 
 async def start(
-    request: Request, claims: keys.Claims, params: GenerateParams, kind: str
+    request: Request, claims: keys.Claims, params: GenerateParams | VisionParams, kind: str
 ) -> Started:
     """Admit the call and route it to a node."""
     s = services(request)
     stack = AsyncExitStack()
     try:
         outcome = await stack.enter_async_context(routed(request, claims, params.model, kind))
-        generation = await stack.enter_async_context(s.backend.generate(params, s.request_timeout))
+        generation = await stack.enter_async_context(_open(s, params))
     except BaseException:
         # Let the meters see the failure (and its status) before it propagates.
         await stack.__aexit__(*sys.exc_info())
@@ -109,6 +109,17 @@ async def start(
     outcome.peer_id = generation.peer_id
     headers = {NODE_HEADER: generation.peer_id} | rate_headers(s.meters, claims)
     return Started(generation, outcome, stack, headers)
+
+
+def _open(
+    s: Services, params: GenerateParams | VisionParams
+) -> AbstractAsyncContextManager[Generation]:
+    """A text generation, or a chat with pictures (which answers in text the same way)."""
+    if isinstance(params, GenerateParams):
+        return s.backend.generate(params, s.request_timeout)
+    if s.media is None:
+        raise ApiError(503, "this gateway does not route pictures", "no_peer_ready")
+    return s.media.describe(params, s.request_timeout)
 
 
 def _count(started: Started) -> dict[str, int]:
