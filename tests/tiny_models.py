@@ -218,7 +218,7 @@ _PROSE = "the quick brown fox jumps over the lazy dog. hello world, is this a te
 WHISPER_LANGUAGES = ("en", "fr", "de", "es")
 _VISION_VOCABULARY = "the a cat dog red blue image picture what is in this hello photo of"
 VISION_WORDS = _VISION_VOCABULARY.split()
-_SMALL_VOCODER = {
+_SMALL_VOCODER: dict[str, Any] = {
     "upsample_initial_channel": 16,
     "upsample_rates": [4, 4],
     "upsample_kernel_sizes": [8, 8],
@@ -227,20 +227,28 @@ _SMALL_VOCODER = {
 }
 
 
+def transformers_any() -> Any:
+    """transformers, its classes untyped: these builders call them with toy settings."""
+    import transformers
+
+    return transformers
+
+
 def build_tiny_vits(path: Path, speakers: int = 1) -> Path:
     """Save a tiny random VITS (MMS-TTS's architecture) with a character tokenizer."""
     import json
 
     import torch
-    from transformers import VitsConfig, VitsModel, VitsTokenizer
+
+    hf = transformers_any()
 
     path.mkdir(parents=True, exist_ok=True)
     vocab = {c: i for i, c in enumerate(["<pad>", *_LETTERS])}
     (path / "vocab.json").write_text(json.dumps(vocab))
-    tokenizer = VitsTokenizer(
+    tokenizer = hf.VitsTokenizer(
         str(path / "vocab.json"), pad_token="<pad>", unk_token="<pad>", phonemize=False
     )
-    config = VitsConfig(
+    config = hf.VitsConfig(
         vocab_size=len(vocab),
         hidden_size=16,
         num_hidden_layers=1,
@@ -261,7 +269,7 @@ def build_tiny_vits(path: Path, speakers: int = 1) -> Path:
         **_SMALL_VOCODER,
     )
     torch.manual_seed(0)
-    VitsModel(config).save_pretrained(path)
+    hf.VitsModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
@@ -274,15 +282,8 @@ def build_tiny_speecht5(path: Path, voices: tuple[str, ...] = ("alice", "bob")) 
     import sentencepiece
     import torch
     from safetensors.torch import save_file
-    from transformers import (
-        SpeechT5Config,
-        SpeechT5FeatureExtractor,
-        SpeechT5ForTextToSpeech,
-        SpeechT5HifiGan,
-        SpeechT5HifiGanConfig,
-        SpeechT5Processor,
-        SpeechT5Tokenizer,
-    )
+
+    hf = transformers_any()
 
     path.mkdir(parents=True, exist_ok=True)
     model_file = io.BytesIO()
@@ -299,9 +300,11 @@ def build_tiny_speecht5(path: Path, voices: tuple[str, ...] = ("alice", "bob")) 
         minloglevel=2,
     )
     (path / "spm_char.model").write_bytes(model_file.getvalue())
-    tokenizer = SpeechT5Tokenizer(str(path / "spm_char.model"))
-    processor = SpeechT5Processor(feature_extractor=SpeechT5FeatureExtractor(), tokenizer=tokenizer)
-    config = SpeechT5Config(
+    tokenizer = hf.SpeechT5Tokenizer(str(path / "spm_char.model"))
+    processor = hf.SpeechT5Processor(
+        feature_extractor=hf.SpeechT5FeatureExtractor(), tokenizer=tokenizer
+    )
+    config = hf.SpeechT5Config(
         vocab_size=len(tokenizer),
         hidden_size=16,
         encoder_layers=1,
@@ -319,9 +322,9 @@ def build_tiny_speecht5(path: Path, voices: tuple[str, ...] = ("alice", "bob")) 
         max_text_positions=200,
     )
     torch.manual_seed(0)
-    SpeechT5ForTextToSpeech(config).save_pretrained(path)
+    hf.SpeechT5ForTextToSpeech(config).save_pretrained(path)
     processor.save_pretrained(path)
-    SpeechT5HifiGan(SpeechT5HifiGanConfig(model_in_dim=80, **_SMALL_VOCODER)).save_pretrained(
+    hf.SpeechT5HifiGan(hf.SpeechT5HifiGanConfig(model_in_dim=80, **_SMALL_VOCODER)).save_pretrained(
         path / "vocoder"
     )
     save_file({v: torch.randn(8) for v in voices}, str(path / "speakers.safetensors"))
@@ -334,14 +337,8 @@ def build_tiny_whisper(path: Path) -> Path:
     that knows them, as a released Whisper's does."""
     import torch
     from tokenizers import AddedToken, pre_tokenizers
-    from transformers import (
-        GenerationConfig,
-        WhisperConfig,
-        WhisperFeatureExtractor,
-        WhisperForConditionalGeneration,
-        WhisperProcessor,
-        WhisperTokenizer,
-    )
+
+    hf = transformers_any()
 
     vocab = {t: i for i, t in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
     languages = [f"<|{code}|>" for code in WHISPER_LANGUAGES]
@@ -355,13 +352,13 @@ def build_tiny_whisper(path: Path) -> Path:
         "<|nocaptions|>",
         "<|notimestamps|>",
     ]
-    tokenizer = WhisperTokenizer(vocab=vocab, merges=[], additional_special_tokens=specials)
+    tokenizer = hf.WhisperTokenizer(vocab=vocab, merges=[], additional_special_tokens=specials)
     tokenizer.add_tokens(
         [AddedToken(f"<|{i * 0.02:.2f}|>", normalized=False, special=False) for i in range(1501)]
     )
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ["<|endoftext|>", *specials]}
     end = ids["<|endoftext|>"]
-    config = WhisperConfig(
+    config = hf.WhisperConfig(
         vocab_size=len(tokenizer),
         d_model=16,
         encoder_layers=1,
@@ -379,7 +376,7 @@ def build_tiny_whisper(path: Path) -> Path:
         begin_suppress_tokens=[end],
         suppress_tokens=[],
     )
-    generation = GenerationConfig(
+    generation = hf.GenerationConfig(
         decoder_start_token_id=ids["<|startoftranscript|>"],
         bos_token_id=end,
         eos_token_id=end,
@@ -395,24 +392,24 @@ def build_tiny_whisper(path: Path) -> Path:
     generation.prev_sot_token_id = ids["<|startofprev|>"]
     generation.max_initial_timestamp_index = 50
     torch.manual_seed(0)
-    model = WhisperForConditionalGeneration(config)
+    model = hf.WhisperForConditionalGeneration(config)
     model.generation_config = generation
     model.save_pretrained(path)
-    WhisperProcessor(
-        feature_extractor=WhisperFeatureExtractor(), tokenizer=tokenizer
+    hf.WhisperProcessor(
+        feature_extractor=hf.WhisperFeatureExtractor(), tokenizer=tokenizer
     ).save_pretrained(path)
     return path
 
 
-def _vision_tokenizer(extra: dict[str, str] | None = None) -> object:
+def _vision_tokenizer(extra: dict[str, str] | None = None) -> Any:
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
+    hf = transformers_any()
     special = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
     vocab = {t: i for i, t in enumerate([*special, ":", "?", ".", *VISION_WORDS])}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+    return hf.PreTrainedTokenizerFast(
         tokenizer_object=backend,
         pad_token="<pad>",
         bos_token="<s>",
@@ -435,18 +432,12 @@ def build_tiny_llava(path: Path) -> Path:
     """Save a tiny random LLaVA (a CLIP vision tower, a Llama) with its processor and a
     chat template that places pictures."""
     import torch
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
 
-    tokenizer: Any = _vision_tokenizer({"image_token": "<image>"})
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(
+    hf = transformers_any()
+
+    tokenizer = _vision_tokenizer({"image_token": "<image>"})
+    processor = hf.LlavaProcessor(
+        image_processor=hf.CLIPImageProcessor(
             size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
         ),
         tokenizer=tokenizer,
@@ -455,8 +446,8 @@ def build_tiny_llava(path: Path) -> Path:
         chat_template=VISION_TEMPLATE,
         num_additional_image_tokens=1,
     )
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
+    config = hf.LlavaConfig(
+        vision_config=hf.CLIPVisionConfig(
             hidden_size=16,
             intermediate_size=32,
             num_hidden_layers=1,
@@ -465,7 +456,7 @@ def build_tiny_llava(path: Path) -> Path:
             patch_size=8,
             projection_dim=16,
         ),
-        text_config=LlamaConfig(
+        text_config=hf.LlamaConfig(
             vocab_size=len(tokenizer),
             hidden_size=16,
             intermediate_size=32,
@@ -482,7 +473,7 @@ def build_tiny_llava(path: Path) -> Path:
         vision_feature_select_strategy="default",
     )
     torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(config)
+    model = hf.LlavaForConditionalGeneration(config)
     with torch.no_grad():  # the end of text practically unreachable: answers run to max_tokens
         model.lm_head.weight.copy_(torch.randn(model.lm_head.weight.shape))
         model.lm_head.weight[tokenizer.eos_token_id] = 0.0
@@ -494,24 +485,17 @@ def build_tiny_llava(path: Path) -> Path:
 def build_tiny_blip(path: Path) -> Path:
     """Save a tiny random BLIP captioning model with its processor (no chat template)."""
     import torch
-    from transformers import (
-        BertTokenizer,
-        BlipConfig,
-        BlipForConditionalGeneration,
-        BlipImageProcessor,
-        BlipProcessor,
-        BlipTextConfig,
-        BlipVisionConfig,
-    )
+
+    hf = transformers_any()
 
     path.mkdir(parents=True, exist_ok=True)
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *VISION_WORDS]
     (path / "vocab.txt").write_text("\n".join(words) + "\n")
-    processor = BlipProcessor(
-        image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
-        tokenizer=BertTokenizer(str(path / "vocab.txt")),
+    processor = hf.BlipProcessor(
+        image_processor=hf.BlipImageProcessor(size={"height": 32, "width": 32}),
+        tokenizer=hf.BertTokenizer(str(path / "vocab.txt")),
     )
-    text = BlipTextConfig(
+    text = hf.BlipTextConfig(
         vocab_size=len(words),
         hidden_size=16,
         intermediate_size=32,
@@ -523,7 +507,7 @@ def build_tiny_blip(path: Path) -> Path:
         sep_token_id=3,
         pad_token_id=0,
     )
-    vision = BlipVisionConfig(
+    vision = hf.BlipVisionConfig(
         hidden_size=16,
         intermediate_size=32,
         num_hidden_layers=1,
@@ -532,9 +516,9 @@ def build_tiny_blip(path: Path) -> Path:
         patch_size=8,
     )
     torch.manual_seed(0)
-    config = BlipConfig(
+    config = hf.BlipConfig(
         text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16
     )
-    BlipForConditionalGeneration(config).save_pretrained(path)
+    hf.BlipForConditionalGeneration(config).save_pretrained(path)
     processor.save_pretrained(path)
     return path

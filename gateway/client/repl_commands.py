@@ -16,7 +16,7 @@ from typing import Any
 from rich.table import Table
 
 from gateway.client.api_client import TEXT_TASK, ClientError, GatewayClient, UnknownModel
-from gateway.client.repl_media import MEDIA_COMMANDS, MediaCommands, new_file
+from gateway.client.repl_media import MEDIA_COMMANDS, MEDIA_TASKS, MediaCommands, new_file
 from gateway.client.repl_render import Screen, models_table, peers_table, usage_table
 from protocols.generation import MAX_NEW_TOKENS
 
@@ -229,5 +229,6 @@ def unchattable(tasks: dict[str, str], name: str) -> str | None:
         return None
     if name in tasks:
         listed = ", ".join(chat) or "none"
-        return f"{name!r} makes images, it does not chat (chat models: {listed})"
+        does = MEDIA_TASKS.get(tasks[name], "makes images")
+        return f"{name!r} {does}, it does not chat (chat models: {listed})"
     return str(UnknownModel(name, chat, ""))

@@ -20,6 +20,12 @@ MEDIA_COMMANDS: dict[str, tuple[str, str]] = {
     "listen": ("FILE", "write down what is said in an audio file (WAV, FLAC, MP3, OGG)"),
     "look": ("IMAGE [PROMPT]", "ask an image-to-text model about a picture (PNG, JPEG, WebP, GIF)"),
 }
+# What a model of each task does instead of chatting, and the command that uses it.
+MEDIA_TASKS = {
+    SPEECH_TASK: "speaks (/say)",
+    LISTEN_TASK: "writes down speech (/listen)",
+    VISION_TASK: "reads pictures (/look)",
+}
 LOOK_PROMPT = "Describe this picture."
 _UNKNOWN = 0xFFFFFFFF
 

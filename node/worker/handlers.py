@@ -20,7 +20,7 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, replace
 from typing import Any, Protocol, TypeGuard, TypeVar
@@ -426,6 +426,10 @@ async def _pump(
         except Exception as exc:
             soon(forward, exc)
         finally:
+            if isinstance(items, Generator):
+                # Its own cleanup (a lock, a batch slot) runs now, not when it is collected.
+                with contextlib.suppress(Exception):
+                    items.close()
             soon(send.close)
 
     # Abandoned on cancel: the runner sees ``cancelled`` and stops at its next item.

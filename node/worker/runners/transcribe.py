@@ -91,7 +91,7 @@ class WhisperRunner:
                     language=language if multilingual else None,
                     return_timestamps=params.timestamps,
                     prompt_ids=prompt,
-                    max_new_tokens=self._context // 2,
+                    max_new_tokens=self._room(prompt),
                     do_sample=params.temperature > 0,
                     temperature=params.temperature if params.temperature > 0 else 1.0,
                     stopping_criteria=StoppingCriteriaList([_Stop()]),
@@ -135,6 +135,12 @@ class WhisperRunner:
         # The first token marks a prompt: keep it, and the prompt's last words.
         return ids if len(ids) <= room else ids[[0, *range(len(ids) - room + 1, len(ids))]]
 
+    def _room(self, prompt: Any) -> int:
+        """Tokens a window may write: half the decoder's positions, less what the prompt
+        and the start tokens (start, language, task, no-timestamps) take beyond the rest."""
+        taken = (0 if prompt is None else len(prompt)) + 4
+        return max(1, min(self._context // 2, self._context - taken))
+
     def _generated(self, sequence: list[int]) -> list[int]:
         """The tokens the model wrote: without the prompt and the start tokens, which some
         generate paths return and others do not."""
@@ -160,4 +166,3 @@ class WhisperRunner:
             device = str(model.device)
             del model
             free_device_memory(device)
-
