@@ -14,13 +14,12 @@ operator methods refuse anyone but a caller with the ``operator`` role.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, replace
 from typing import Any, Protocol, TypeGuard, TypeVar
@@ -38,8 +37,8 @@ from node.worker.runners.base import (
     TranscriptionRunner,
     VisionRunner,
 )
-from node.worker.runners.engine_wire import EngineUnavailable
 from node.worker.scheduler import Draining, Overloaded, Scheduler
+from node.worker.threads import drain, in_thread, pump
 from protocols import (
     AudioChunk,
     ErrorCode,
@@ -216,11 +215,11 @@ class NodeService:
         failure: Exception | None = None
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_pump, deltas, send, cancelled, _finished)
+                nursery.start_soon(pump, deltas, send, cancelled, _finished)
                 async for first in receive:
                     # Deltas that arrived while the last chunk was being written go
                     # out together: one frame instead of one per token.
-                    batch = [first, *_drain(receive)]
+                    batch = [first, *drain(receive)]
                     failure = next((i for i in batch if isinstance(i, Exception)), None)
                     if failure is not None:
                         # Raised below, outside the nursery, which would wrap it in an
@@ -257,7 +256,7 @@ class NodeService:
             request = replace(request, seed=secrets.randbelow(MAX_SEED + 1))
         try:
             async with _slot(scheduler, request.model):
-                images = await _in_thread(lambda flag: runner.generate_images(request, flag))
+                images = await in_thread(lambda flag: runner.generate_images(request, flag))
         except ValueError as exc:
             raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
         for image in images:
@@ -275,7 +274,7 @@ class NodeService:
             try:
                 async with trio.open_nursery() as nursery:
                     chunks = runner.speak(request, cancelled)
-                    nursery.start_soon(_pump, chunks, send, cancelled, lambda _: False)
+                    nursery.start_soon(pump, chunks, send, cancelled, lambda _: False)
                     async for item in receive:
                         if isinstance(item, Exception):
                             failure = item
@@ -297,7 +296,7 @@ class NodeService:
         started = time.monotonic()
         try:
             async with _slot(scheduler, request.model):
-                heard = await _in_thread(lambda flag: runner.transcribe(request, flag))
+                heard = await in_thread(lambda flag: runner.transcribe(request, flag))
         except ValueError as exc:
             raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
         scheduler.record_speed(heard.completion_tokens, time.monotonic() - started)
@@ -358,88 +357,5 @@ def _is_vision(runner: object) -> TypeGuard[VisionRunner]:
     return isinstance(runner, VisionRunner)
 
 
-async def _in_thread(work: Callable[[threading.Event], T]) -> T:
-    """Run ``work(cancelled)`` in a worker thread and return what it returns.
-
-    If this task is cancelled, ``cancelled`` is set and the task still waits for ``work``
-    to return: the scheduler slot is freed only once the model has really stopped.
-    """
-    cancelled = threading.Event()
-    results: list[T] = []
-    failures: list[Exception] = []
-
-    def run() -> None:
-        try:
-            results.append(work(cancelled))
-        except Exception as exc:  # raised below: inside the nursery it would be grouped
-            failures.append(exc)
-
-    async def flag_when_cancelled() -> None:
-        try:
-            await trio.sleep_forever()
-        finally:
-            cancelled.set()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(flag_when_cancelled)
-        await trio.to_thread.run_sync(run)
-        nursery.cancel_scope.cancel()
-    if failures:
-        raise failures[0]
-    return results[0]
-
-
 def _finished(delta: Delta) -> bool:
     return delta.finish_reason is not None
-
-
-async def _pump(
-    items: Iterator[T],
-    send: trio.MemorySendChannel[T | Exception],
-    cancelled: threading.Event,
-    last: Callable[[T], bool],
-) -> None:
-    """Run a runner's generator in one worker thread for the whole call (not a thread
-    hop per item), handing each item to trio as it comes, until ``last`` says it was."""
-    token = trio.lowlevel.current_trio_token()
-
-    def forward(item: T | Exception) -> None:
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            send.send_nowait(item)
-
-    def soon(callback: Callable[..., None], *args: Any) -> None:
-        # Queued on the loop without waiting for it (FIFO, so deltas keep their order);
-        # an abandoned thread may outlive the loop itself.
-        with contextlib.suppress(trio.RunFinishedError):
-            token.run_sync_soon(callback, *args)
-
-    def pump() -> None:
-        try:
-            for item in items:
-                soon(forward, item)
-                if last(item) or cancelled.is_set():
-                    break
-        except ValueError as exc:  # the runner refused the request (e.g. too long)
-            soon(forward, RpcError(ErrorCode.BAD_REQUEST, str(exc)))
-        except EngineUnavailable as exc:  # restarting: the gateway can try another node
-            soon(forward, RpcError(ErrorCode.UNAVAILABLE, str(exc)))
-        except Exception as exc:
-            soon(forward, exc)
-        finally:
-            if isinstance(items, Generator):
-                # Its own cleanup (a lock, a batch slot) runs now, not when it is collected.
-                with contextlib.suppress(Exception):
-                    items.close()
-            soon(send.close)
-
-    # Abandoned on cancel: the runner sees ``cancelled`` and stops at its next item.
-    await trio.to_thread.run_sync(pump, abandon_on_cancel=True)
-
-
-def _drain(receive: trio.MemoryReceiveChannel[Delta | Exception]) -> list[Delta | Exception]:
-    items: list[Delta | Exception] = []
-    while True:
-        try:
-            items.append(receive.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel):
-            return items
