@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any, Literal
 
@@ -137,13 +137,11 @@ async def _speak(request: Request, claims: keys.Claims, params: SpeechParams, fm
                 pieces = [chunk async for chunk in speech.chunks()]
             except UpstreamError as exc:
                 raise routing_error(exc) from exc
+            if not pieces:
+                raise ApiError(502, f"node {speech.peer_id[-8:]} made no audio", "internal")
     except ApiError as exc:
         exc.headers.update(headers)
         raise
-    if not pieces:
-        raise ApiError(
-            502, f"node {speech.peer_id[-8:]} made no audio", "internal", headers=headers
-        )
     rate = pieces[0].sample_rate
     pcm = b"".join(p.pcm for p in pieces)
     s.metrics.audio_done("speech", params.model, len(pcm) / 2 / rate)
@@ -177,7 +175,7 @@ async def _streamed(
     s.metrics.audio_done("speech", outcome.model, seconds)
 
 
-def _transcriber(task: str) -> Any:
+def _transcriber(task: str) -> Callable[..., Awaitable[Response]]:
     """The route of ``task`` (``transcribe`` or ``translate``)."""
 
     async def transcription(request: Request, claims: User) -> Response:
