@@ -22,7 +22,13 @@ class GatewayConfig:
     metrics_host: str = "127.0.0.1"
     listen: list[str] = dataclasses.field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/4002"])
     bootstrap: list[str] = dataclasses.field(default_factory=list)
-    max_body_bytes: int = 1 << 20
+    max_body_bytes: int = 1 << 20  # every request body, chats with pictures included
+    max_upload_bytes: int = 25 << 20  # an audio file to transcribe or translate
+    max_audio_seconds: float = 1800.0  # the longest audio transcribed in one call
+    # Whether pictures in chats may be http(s) URLs the gateway fetches (only public hosts,
+    # each within image_fetch_timeout seconds); off: data URLs only.
+    fetch_image_urls: bool = False
+    image_fetch_timeout: float = 10.0
     request_timeout: float = 300.0
     # Images answered as URLs: how long each is kept (seconds), and how much disk they take
     # at most together (the oldest go first).

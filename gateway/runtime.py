@@ -27,6 +27,7 @@ from gateway.api.image_store import ImageStore
 from gateway.api.metrics import metrics_app
 from gateway.api.services import Services
 from gateway.config import GatewayConfig
+from gateway.media import MediaLimits
 from gateway.mesh.events import MeshEvents
 from gateway.mesh.record import GATEWAY_RECORD_TTL, gateway_record
 from gateway.mesh.subscriptions import MeshSubscriptions
@@ -87,6 +88,12 @@ async def run_gateway(config: GatewayConfig) -> None:
         image_store=ImageStore(
             config.data_dir / "images", config.image_ttl, config.image_store_bytes
         ),
+        media=router,
+        media_limits=MediaLimits(
+            max_audio_seconds=config.max_audio_seconds,
+            fetch_image_urls=config.fetch_image_urls,
+            image_fetch_timeout=config.image_fetch_timeout,
+        ),
         meters=[limiter, usage],
         store=store,
         accounts=accounts,
@@ -94,7 +101,12 @@ async def run_gateway(config: GatewayConfig) -> None:
     )
     services.metrics.observe_swarm(table, lambda: router.retries)
     apart = config.metrics_port is not None
-    app = create_app(services, max_body_bytes=config.max_body_bytes, metrics_route=not apart)
+    app = create_app(
+        services,
+        max_body_bytes=config.max_body_bytes,
+        max_upload_bytes=config.max_upload_bytes,
+        metrics_route=not apart,
+    )
     sync = MeshSubscriptions(
         host, accounts.audience, apply=share.apply, forget=tracker.forget_gateway
     )

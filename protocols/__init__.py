@@ -3,6 +3,7 @@
 Nothing here does I/O or imports trio, libp2p or torch: bytes in, values out.
 """
 
+from protocols.audio import AudioChunk, Segment, SpeechParams, TranscribeParams, Transcript
 from protocols.errors import (
     ErrorCode,
     FrameTooLarge,
@@ -64,6 +65,7 @@ from protocols.rpc import (
     decode,
     encode,
 )
+from protocols.vision import VisionMessage, VisionParams
 
 __all__ = [
     "ADMIT_PROTOCOL",
@@ -74,6 +76,7 @@ __all__ = [
     "REVOKED_PROTOCOL",
     "RPC_PROTOCOL",
     "SERVER_ROLES",
+    "AudioChunk",
     "Cancel",
     "Certificate",
     "ChatMessage",
@@ -103,8 +106,14 @@ __all__ = [
     "Request",
     "Revocations",
     "RevokeEvent",
+    "Segment",
+    "SpeechParams",
     "Summary",
+    "TranscribeParams",
+    "Transcript",
     "UsageEvent",
+    "VisionMessage",
+    "VisionParams",
     "WatchUpdate",
     "check_member",
     "decode",

@@ -1,4 +1,7 @@
-"""Parameters of generation calls (text and images), as they travel from gateway to node."""
+"""Parameters of generation calls (text and images), as they travel from gateway to node.
+
+Speech and vision calls have their own, in ``protocols.audio`` and ``protocols.vision``.
+"""
 
 from __future__ import annotations
 
@@ -28,8 +31,8 @@ class ChatMessage:
 
 
 @dataclass(frozen=True)
-class _PeerParams:
-    """What both kinds of parameters share: a plain map on the wire, checked on arrival."""
+class PeerParams:
+    """What every kind of call parameters shares: a plain map on the wire, checked on arrival."""
 
     _WHAT: ClassVar[str]  # how a refusal names the parameters
 
@@ -50,7 +53,7 @@ class _PeerParams:
 
 
 @dataclass(frozen=True)
-class GenerateParams(_PeerParams):
+class GenerateParams(PeerParams):
     """One generation: either chat ``messages`` or a raw ``prompt``."""
 
     _WHAT = "generate"
@@ -83,15 +86,7 @@ class GenerateParams(_PeerParams):
                 return f"message roles must be one of {', '.join(ROLES)}"
         if self.prompt_chars() > MAX_PROMPT_CHARS:
             return f"prompt is longer than {MAX_PROMPT_CHARS} characters"
-        if not 1 <= self.max_tokens <= MAX_NEW_TOKENS:
-            return f"max_tokens must be between 1 and {MAX_NEW_TOKENS}"
-        if self.temperature is not None and not 0.0 <= self.temperature <= 2.0:
-            return "temperature must be between 0 and 2"
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            return "top_p must be in (0, 1]"
-        if len(self.stop) > MAX_STOP_SEQUENCES or any(not s for s in self.stop):
-            return f"stop takes at most {MAX_STOP_SEQUENCES} non-empty strings"
-        return None
+        return sampling_problem(self.max_tokens, self.temperature, self.top_p, self.stop)
 
     def prompt_chars(self) -> int:
         if self.messages is not None:
@@ -111,21 +106,37 @@ class GenerateParams(_PeerParams):
             ],
             prompt=None if body.get("prompt") is None else exact(body.get("prompt"), str, "prompt"),
             max_tokens=required(body, "max_tokens", int),
-            temperature=_optional_number(body, "temperature"),
-            top_p=_optional_number(body, "top_p"),
+            temperature=optional_number(body, "temperature"),
+            top_p=optional_number(body, "top_p"),
             stop=[exact(s, str, "stop") for s in required(body, "stop", list)],
             seed=None if body.get("seed") is None else exact(body.get("seed"), int, "seed"),
             stream=True if body.get("stream") is None else exact(body["stream"], bool, "stream"),
         )
 
 
-def _optional_number(body: dict[str, Any], name: str) -> float | None:
+def sampling_problem(
+    max_tokens: int, temperature: float | None, top_p: float | None, stop: list[str]
+) -> str | None:
+    """Why these sampling settings cannot be used, or ``None`` if they can."""
+    if not 1 <= max_tokens <= MAX_NEW_TOKENS:
+        return f"max_tokens must be between 1 and {MAX_NEW_TOKENS}"
+    if temperature is not None and not 0.0 <= temperature <= 2.0:
+        return "temperature must be between 0 and 2"
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        return "top_p must be in (0, 1]"
+    if len(stop) > MAX_STOP_SEQUENCES or any(not s for s in stop):
+        return f"stop takes at most {MAX_STOP_SEQUENCES} non-empty strings"
+    return None
+
+
+def optional_number(body: dict[str, Any], name: str) -> float | None:
+    """``body[name]`` as a finite number, or ``None`` where it is unset."""
     value = body.get(name)
     return None if value is None else finite(value, name)
 
 
 @dataclass(frozen=True)
-class ImageParams(_PeerParams):
+class ImageParams(PeerParams):
     """One text-to-image call: ``n`` images of ``width`` x ``height`` from ``prompt``."""
 
     _WHAT = "image"

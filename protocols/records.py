@@ -28,7 +28,7 @@ MODEL_KEY_PREFIX = "/bitinglip/model/"
 DHT_NAMESPACE = "bitinglip"
 
 ROLES = ("node", "gateway", "client", "operator")
-TASKS = ("text-generation", "text-to-image")
+TASKS = ("text-generation", "text-to-image", "text-to-speech", "speech-to-text", "image-to-text")
 MODEL_STATES = ("loading", "ready", "draining", "failed")
 
 

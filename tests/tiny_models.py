@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -205,4 +206,319 @@ def build_tiny_sd(path: Path) -> Path:
         requires_safety_checker=False,
     )
     pipeline.save_pretrained(path)  # type: ignore[attr-defined]
+    return path
+
+
+# --- speech and pictures -------------------------------------------------------------------
+# Each builder saves a random model of the real class at a toy size, with its real
+# tokenizer or processor, as ``save_pretrained`` lays out a downloaded one.
+
+_LETTERS = list(" abcdefghijklmnopqrstuvwxyz'.,?!-")
+_PROSE = "the quick brown fox jumps over the lazy dog. hello world, is this a test? yes!"
+WHISPER_LANGUAGES = ("en", "fr", "de", "es")
+_VISION_VOCABULARY = "the a cat dog red blue image picture what is in this hello photo of"
+VISION_WORDS = _VISION_VOCABULARY.split()
+_SMALL_VOCODER: dict[str, Any] = {
+    "upsample_initial_channel": 16,
+    "upsample_rates": [4, 4],
+    "upsample_kernel_sizes": [8, 8],
+    "resblock_kernel_sizes": [3],
+    "resblock_dilation_sizes": [[1, 3]],
+}
+
+
+def transformers_any() -> Any:
+    """transformers, its classes untyped: these builders call them with toy settings."""
+    import transformers
+
+    return transformers
+
+
+def build_tiny_vits(path: Path, speakers: int = 1) -> Path:
+    """Save a tiny random VITS (MMS-TTS's architecture) with a character tokenizer."""
+    import json
+
+    import torch
+
+    hf = transformers_any()
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = {c: i for i, c in enumerate(["<pad>", *_LETTERS])}
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    tokenizer = hf.VitsTokenizer(
+        str(path / "vocab.json"), pad_token="<pad>", unk_token="<pad>", phonemize=False
+    )
+    config = hf.VitsConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        window_size=2,
+        ffn_dim=32,
+        flow_size=8,
+        spectrogram_bins=17,
+        prior_encoder_num_flows=1,
+        prior_encoder_num_wavenet_layers=1,
+        posterior_encoder_num_wavenet_layers=1,
+        duration_predictor_num_flows=1,
+        duration_predictor_filter_channels=16,
+        depth_separable_num_layers=1,
+        num_speakers=speakers,
+        speaker_embedding_size=8 if speakers > 1 else 0,
+        sampling_rate=16_000,
+        **_SMALL_VOCODER,
+    )
+    torch.manual_seed(0)
+    hf.VitsModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def build_tiny_speecht5(path: Path, voices: tuple[str, ...] = ("alice", "bob")) -> Path:
+    """Save a tiny random SpeechT5 text-to-speech model with its vocoder (``vocoder/``)
+    and named voices (``speakers.safetensors``), as a node expects to find them."""
+    import io
+
+    import sentencepiece
+    import torch
+    from safetensors.torch import save_file
+
+    hf = transformers_any()
+
+    path.mkdir(parents=True, exist_ok=True)
+    model_file = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter([_PROSE] * 10),
+        model_writer=model_file,
+        model_type="char",
+        vocab_size=34,
+        character_coverage=1.0,
+        bos_id=0,
+        pad_id=1,
+        eos_id=2,
+        unk_id=3,
+        minloglevel=2,
+    )
+    (path / "spm_char.model").write_bytes(model_file.getvalue())
+    tokenizer = hf.SpeechT5Tokenizer(str(path / "spm_char.model"))
+    processor = hf.SpeechT5Processor(
+        feature_extractor=hf.SpeechT5FeatureExtractor(), tokenizer=tokenizer
+    )
+    config = hf.SpeechT5Config(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        speech_decoder_prenet_units=16,
+        speech_decoder_postnet_units=16,
+        speech_decoder_postnet_layers=1,
+        speaker_embedding_dim=8,
+        reduction_factor=2,
+        max_speech_positions=600,
+        max_text_positions=200,
+    )
+    torch.manual_seed(0)
+    hf.SpeechT5ForTextToSpeech(config).save_pretrained(path)
+    processor.save_pretrained(path)
+    hf.SpeechT5HifiGan(hf.SpeechT5HifiGanConfig(model_in_dim=80, **_SMALL_VOCODER)).save_pretrained(
+        path / "vocoder"
+    )
+    save_file({v: torch.randn(8) for v in voices}, str(path / "speakers.safetensors"))
+    return path
+
+
+def build_tiny_whisper(path: Path) -> Path:
+    """Save a tiny random multilingual Whisper: a byte-level tokenizer with Whisper's
+    special tokens (a few languages) and every timestamp token, and a generation config
+    that knows them, as a released Whisper's does."""
+    import torch
+    from tokenizers import AddedToken, pre_tokenizers
+
+    hf = transformers_any()
+
+    vocab = {t: i for i, t in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    languages = [f"<|{code}|>" for code in WHISPER_LANGUAGES]
+    specials = [
+        "<|startoftranscript|>",
+        *languages,
+        "<|translate|>",
+        "<|transcribe|>",
+        "<|startoflm|>",
+        "<|startofprev|>",
+        "<|nocaptions|>",
+        "<|notimestamps|>",
+    ]
+    tokenizer = hf.WhisperTokenizer(vocab=vocab, merges=[], additional_special_tokens=specials)
+    tokenizer.add_tokens(
+        [AddedToken(f"<|{i * 0.02:.2f}|>", normalized=False, special=False) for i in range(1501)]
+    )
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ["<|endoftext|>", *specials]}
+    end = ids["<|endoftext|>"]
+    config = hf.WhisperConfig(
+        vocab_size=len(tokenizer),
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        # A short decoder: a window is written in at most 32 tokens, so tests stay fast.
+        max_target_positions=64,
+        pad_token_id=end,
+        bos_token_id=end,
+        eos_token_id=end,
+        decoder_start_token_id=ids["<|startoftranscript|>"],
+        begin_suppress_tokens=[end],
+        suppress_tokens=[],
+    )
+    generation = hf.GenerationConfig(
+        decoder_start_token_id=ids["<|startoftranscript|>"],
+        bos_token_id=end,
+        eos_token_id=end,
+        pad_token_id=end,
+        begin_suppress_tokens=[end],
+        suppress_tokens=[],
+        max_length=config.max_target_positions,
+    )
+    generation.lang_to_id = {language: ids[language] for language in languages}
+    generation.task_to_id = {"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]}
+    generation.is_multilingual = True
+    generation.no_timestamps_token_id = ids["<|notimestamps|>"]
+    generation.prev_sot_token_id = ids["<|startofprev|>"]
+    generation.max_initial_timestamp_index = 50
+    torch.manual_seed(0)
+    model = hf.WhisperForConditionalGeneration(config)
+    model.generation_config = generation
+    model.save_pretrained(path)
+    hf.WhisperProcessor(
+        feature_extractor=hf.WhisperFeatureExtractor(), tokenizer=tokenizer
+    ).save_pretrained(path)
+    return path
+
+
+def _vision_tokenizer(extra: dict[str, str] | None = None) -> Any:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    hf = transformers_any()
+    special = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
+    vocab = {t: i for i, t in enumerate([*special, ":", "?", ".", *VISION_WORDS])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return hf.PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        extra_special_tokens=extra or {},
+    )
+
+
+VISION_TEMPLATE = (
+    "{% for m in messages %}<s> {{ m['role'] }} : "
+    "{% if m['content'] is string %}{{ m['content'] }} {% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<image> {% else %}{{ c['text'] }} {% endif %}"
+    "{% endfor %}{% endif %}</s> {% endfor %}"
+    "{% if add_generation_prompt %}<s> assistant : {% endif %}"
+)
+
+
+def build_tiny_llava(path: Path) -> Path:
+    """Save a tiny random LLaVA (a CLIP vision tower, a Llama) with its processor and a
+    chat template that places pictures."""
+    import torch
+
+    hf = transformers_any()
+
+    tokenizer = _vision_tokenizer({"image_token": "<image>"})
+    processor = hf.LlavaProcessor(
+        image_processor=hf.CLIPImageProcessor(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        ),
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        chat_template=VISION_TEMPLATE,
+        num_additional_image_tokens=1,
+    )
+    config = hf.LlavaConfig(
+        vision_config=hf.CLIPVisionConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+            projection_dim=16,
+        ),
+        text_config=hf.LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(0)
+    model = hf.LlavaForConditionalGeneration(config)
+    with torch.no_grad():  # the end of text practically unreachable: answers run to max_tokens
+        model.lm_head.weight.copy_(torch.randn(model.lm_head.weight.shape))
+        model.lm_head.weight[tokenizer.eos_token_id] = 0.0
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def build_tiny_blip(path: Path) -> Path:
+    """Save a tiny random BLIP captioning model with its processor (no chat template)."""
+    import torch
+
+    hf = transformers_any()
+
+    path.mkdir(parents=True, exist_ok=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *VISION_WORDS]
+    (path / "vocab.txt").write_text("\n".join(words) + "\n")
+    processor = hf.BlipProcessor(
+        image_processor=hf.BlipImageProcessor(size={"height": 32, "width": 32}),
+        tokenizer=hf.BertTokenizer(str(path / "vocab.txt")),
+    )
+    text = hf.BlipTextConfig(
+        vocab_size=len(words),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        encoder_hidden_size=16,
+        max_position_embeddings=64,
+        bos_token_id=2,
+        sep_token_id=3,
+        pad_token_id=0,
+    )
+    vision = hf.BlipVisionConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
+    torch.manual_seed(0)
+    config = hf.BlipConfig(
+        text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16
+    )
+    hf.BlipForConditionalGeneration(config).save_pretrained(path)
+    processor.save_pretrained(path)
     return path

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocols import GenerateParams
+from protocols.vision import VisionParams
 
 # Tokens a chat template may add around the messages: role markers per message, and a
 # default system prompt some templates insert.
@@ -28,6 +29,11 @@ SILENT_TOKENS = 16
 # English runs ~4 bytes a token and CJK ~3: 3 overestimates, and the estimate is only
 # reserved (or charged where a node gave no counts).
 BYTES_PER_TOKEN = 3
+# Tokens one picture may take in a vision model's prompt (LLaVA's 576 patches, with room).
+IMAGE_TOKENS = 2048
+
+# What a text call asks for: plain text, or a chat with pictures.
+Asked = GenerateParams | VisionParams
 
 
 @dataclass(frozen=True)
@@ -36,35 +42,46 @@ class Charge:
     completion_tokens: int
 
 
-def prompt_bytes(params: GenerateParams) -> int:
+def prompt_bytes(params: Asked) -> int:
+    if isinstance(params, VisionParams):
+        return sum(len(m.text.encode()) for m in params.messages)
     if params.messages is not None:
         return sum(len(m.content.encode()) for m in params.messages)
     return len((params.prompt or "").encode())
 
 
-def _messages(params: GenerateParams) -> int:
+def _messages(params: Asked) -> int:
     return len(params.messages) if params.messages is not None else 0
 
 
-def prompt_estimate(params: GenerateParams) -> int:
+def _pictures(params: Asked) -> int:
+    """The most tokens the pictures in a chat can take (a model's patches per picture)."""
+    return IMAGE_TOKENS * len(params.images) if isinstance(params, VisionParams) else 0
+
+
+def prompt_estimate(params: Asked) -> int:
     """About as many tokens as the prompt makes, on the high side."""
-    return math.ceil(prompt_bytes(params) / BYTES_PER_TOKEN) + 4 * _messages(params) + 16
+    text = math.ceil(prompt_bytes(params) / BYTES_PER_TOKEN) + 4 * _messages(params) + 16
+    return text + _pictures(params)
 
 
-def prompt_bound(params: GenerateParams) -> int:
+def prompt_bound(params: Asked) -> int:
     """The most tokens the prompt can make: a byte-level tokenizer spends at most one a
-    byte, plus what the chat template adds."""
-    return prompt_bytes(params) + MESSAGE_TOKENS * _messages(params) + TEMPLATE_TOKENS
+    byte, plus what the chat template adds and the pictures take."""
+    return (
+        prompt_bytes(params)
+        + MESSAGE_TOKENS * _messages(params)
+        + TEMPLATE_TOKENS
+        + _pictures(params)
+    )
 
 
-def budget(params: GenerateParams) -> int:
+def budget(params: Asked) -> int:
     """The tokens to reserve for the call before it starts."""
     return params.max_tokens + prompt_estimate(params)
 
 
-def charge(
-    params: GenerateParams, reported: Mapping[str, Any], forwarded: str, finished: bool
-) -> Charge:
+def charge(params: Asked, reported: Mapping[str, Any], forwarded: str, finished: bool) -> Charge:
     """What the call costs: the node's counts, checked against the request and the text
     ``forwarded`` to the caller. A call that did not finish and forwarded nothing costs
     nothing: its caller received nothing."""

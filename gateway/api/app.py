@@ -10,6 +10,7 @@ from starlette.types import ASGIApp
 
 from gateway.api import (
     accounts,
+    audio,
     chat,
     completions,
     dashboard,
@@ -21,13 +22,18 @@ from gateway.api import (
 )
 from gateway.api.errors import BodyLimit, install_error_handlers
 from gateway.api.services import Services
+from gateway.api.uploads import MEDIA_PATHS, ByPath
 
 # The API's areas, in the order their routes are matched.
-AREAS = [chat, completions, peers, metrics, dashboard, images, accounts, usage, openapi]
+AREAS = [chat, completions, peers, metrics, dashboard, images, audio, accounts, usage, openapi]
 
 
 def create_app(
-    services: Services, *, max_body_bytes: int = 1 << 20, metrics_route: bool = True
+    services: Services,
+    *,
+    max_body_bytes: int = 1 << 20,
+    max_upload_bytes: int = 25 << 20,
+    metrics_route: bool = True,
 ) -> ASGIApp:
     """The API; ``metrics_route`` False leaves ``/metrics`` to a listener of its own
     (``metrics.metrics_app``)."""
@@ -40,4 +46,6 @@ def create_app(
     install_error_handlers(app)
     for area in AREAS:
         area.install(app)
-    return BodyLimit(app, max_body_bytes)
+    # Audio uploads take larger bodies than the rest.
+    larger = BodyLimit(app, max(max_body_bytes, max_upload_bytes))
+    return ByPath(BodyLimit(app, max_body_bytes), dict.fromkeys(MEDIA_PATHS, larger))

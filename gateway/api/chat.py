@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from gateway.api import openai_api as oa
+from gateway.api import vision
 from gateway.api.auth import User
 from gateway.api.bodies import json_body, parse
 from gateway.api.errors import ApiError
@@ -51,7 +52,9 @@ def install(app: FastAPI) -> None:
     @app.post("/v1/chat/completions", openapi_extra=json_body(app, oa.ChatCompletionRequest))
     async def chat_completions(request: Request, claims: User) -> Response:
         body = await parse(request, oa.ChatCompletionRequest, any_type=True)  # behind a token
-        started = await start(request, claims, _params(body), "chat")
+        started = await vision.start_if_shown(request, claims, body) or await start(
+            request, claims, _params(body), "chat"
+        )
         render = _ChatChunks(oa.completion_id(), body.model, body.include_usage())
         return await answer(started, render, body.stream)
 

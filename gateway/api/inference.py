@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +24,9 @@ from gateway.accounts.errors import Refused
 from gateway.accounts.metering import Outcome, metered, rate_headers
 from gateway.api import openai_api as oa
 from gateway.api.errors import ApiError, refusal, routing_error, upstream_message
-from gateway.api.services import services
+from gateway.api.services import Services, services
 from gateway.routing.router import Generation, NoPeerReady, UnknownModel, UpstreamError
-from protocols import GenerateParams
+from protocols import GenerateParams, VisionParams
 
 NODE_HEADER = "X-BitingLip-Node"
 # What a node may say about why it stopped; anything else reads as "stop".
@@ -41,7 +41,7 @@ class Started:
     outcome: Outcome
     stack: AsyncExitStack
     headers: dict[str, str]
-    params: GenerateParams
+    params: GenerateParams | VisionParams
 
 
 @dataclass
@@ -107,7 +107,7 @@ async def routed(
 
 
 async def start(
-    request: Request, claims: keys.Claims, params: GenerateParams, kind: str
+    request: Request, claims: keys.Claims, params: GenerateParams | VisionParams, kind: str
 ) -> Started:
     """Admit the call and route it to a node."""
     s = services(request)
@@ -115,7 +115,7 @@ async def start(
     try:
         admitted = routed(request, claims, params.model, kind, tokens=charges.budget(params))
         outcome = await stack.enter_async_context(admitted)
-        generation = await stack.enter_async_context(s.backend.generate(params, s.request_timeout))
+        generation = await stack.enter_async_context(_open(s, params))
     except BaseException:
         # Let the meters see the failure (and its status) before it propagates.
         await stack.__aexit__(*sys.exc_info())
@@ -133,6 +133,17 @@ def _settle(started: Started, forwarded: str) -> dict[str, int]:
     started.outcome.prompt_tokens = charge.prompt_tokens
     started.outcome.completion_tokens = charge.completion_tokens
     return oa.usage(charge.prompt_tokens, charge.completion_tokens)
+
+
+def _open(
+    s: Services, params: GenerateParams | VisionParams
+) -> AbstractAsyncContextManager[Generation]:
+    """A text generation, or a chat with pictures (which answers in text the same way)."""
+    if isinstance(params, GenerateParams):
+        return s.backend.generate(params, s.request_timeout)
+    if s.media is None:
+        raise ApiError(503, "this gateway does not route pictures", "no_peer_ready")
+    return s.media.describe(params, s.request_timeout)
 
 
 def _finish_reason(started: Started) -> str:

@@ -6,7 +6,7 @@ live in one process):
 - every HTTP request, through a small ASGI middleware: latency by route, method and status,
   and 429 answers;
 - every inference call, through a ``Meter``: latency by kind, model and status, tokens and
-  images;
+  images; the speech routes add the seconds of audio they made or heard;
 - the swarm as the gateway sees it, read from the ``PeerTable`` at scrape time: peers by
   state, each peer's load, and the router's retries.
 """
@@ -73,6 +73,13 @@ class GatewayMetrics:
         self.prompt_tokens = counters.prompt_tokens
         self.completion_tokens = counters.completion_tokens
         self.images = counters.images
+        self.audio_seconds = Counter(
+            "bitinglip_gateway_audio_seconds",
+            "Seconds of audio made (speech) or heard (transcription, translation), by kind "
+            "and model",
+            ["kind", "model"],
+            registry=self.registry,
+        )
 
     def observe_swarm(self, table: PeerTable, retries: Callable[[], int]) -> None:
         """Export the peers in ``table`` and the ``retries`` count, read at each scrape."""
@@ -93,6 +100,10 @@ class GatewayMetrics:
             self.completion_tokens.labels(model).inc(outcome.completion_tokens)
         if outcome.images:
             self.images.labels(model).inc(outcome.images)
+
+    def audio_done(self, kind: str, model: str, seconds: float) -> None:
+        """Count the audio of a call that was answered (so ``model`` is one the swarm has)."""
+        self.audio_seconds.labels(kind, model).inc(max(0.0, seconds))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,16 +17,41 @@ class ContentPart(BaseModel):
     text: str
 
 
+class ImageUrl(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    # A data URL (data:image/png;base64,...), or http(s) where the gateway fetches.
+    url: str = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(BaseModel):
+    type: Literal["image_url"]
+    image_url: ImageUrl | str
+
+    @property
+    def url(self) -> str:
+        return self.image_url if isinstance(self.image_url, str) else self.image_url.url
+
+
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "user", "assistant", "developer"]
-    content: str | list[ContentPart]
+    content: str | list[Annotated[ContentPart | ImagePart, Field(discriminator="type")]]
 
     def text(self) -> str:
+        """The message's text, without its pictures."""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part.text for part in self.content if isinstance(part, ContentPart))
+
+    def pictures(self) -> list[ImagePart]:
+        return (
+            []
+            if isinstance(self.content, str)
+            else [part for part in self.content if isinstance(part, ImagePart)]
+        )
 
 
 class StreamOptions(BaseModel):

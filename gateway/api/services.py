@@ -20,8 +20,9 @@ from gateway.accounts.users import Accounts
 from gateway.api.auth import Authenticator
 from gateway.api.image_store import ImageStore
 from gateway.api.metrics import GatewayMetrics
-from gateway.routing.router import Generation, Images
-from protocols import GenerateParams, ImageParams
+from gateway.media import MediaLimits
+from gateway.routing.router import Generation, Heard, Images, Speech
+from protocols import GenerateParams, ImageParams, SpeechParams, TranscribeParams, VisionParams
 
 
 class Backend(Protocol):
@@ -42,6 +43,20 @@ class ImageBackend(Protocol):
     async def generate_image(self, params: ImageParams, timeout: float) -> Images: ...
 
 
+class MediaBackend(Protocol):
+    """Speech and pictures on the swarm side (a ``Router`` in production)."""
+
+    def speak(
+        self, params: SpeechParams, timeout: float
+    ) -> AbstractAsyncContextManager[Speech]: ...
+
+    async def transcribe(self, params: TranscribeParams, timeout: float) -> Heard: ...
+
+    def describe(
+        self, params: VisionParams, timeout: float
+    ) -> AbstractAsyncContextManager[Generation]: ...
+
+
 @dataclass
 class Services:
     backend: Backend
@@ -57,6 +72,9 @@ class Services:
     image_backend: ImageBackend | None = None
     # Where images asked for as URLs are kept; None: only inline (b64_json) answers.
     image_store: ImageStore | None = None
+    # None: this gateway answers no speech and reads no pictures.
+    media: MediaBackend | None = None
+    media_limits: MediaLimits = field(default_factory=MediaLimits)
     # Users, keys, plans and usage; None: no accounts (operator-issued tokens only).
     store: Store | None = None
     accounts: Accounts | None = None

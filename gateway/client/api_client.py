@@ -33,8 +33,11 @@ from gateway.client.stream import NODE_HEADER, ChatStream, SSEDecoder
 __all__ = [
     "DEFAULT_GATEWAY",
     "IMAGE_TASK",
+    "LISTEN_TASK",
     "NODE_HEADER",
+    "SPEECH_TASK",
     "TEXT_TASK",
+    "VISION_TASK",
     "AuthRefused",
     "BadResponse",
     "ChatStream",
@@ -53,6 +56,9 @@ __all__ = [
 DEFAULT_GATEWAY = "http://127.0.0.1:8080"
 TEXT_TASK = "text-generation"
 IMAGE_TASK = "text-to-image"
+SPEECH_TASK = "text-to-speech"
+LISTEN_TASK = "speech-to-text"
+VISION_TASK = "image-to-text"
 
 
 class GatewayClient:
@@ -158,6 +164,59 @@ class GatewayClient:
             else:
                 raise BadResponse("the gateway sent an image without its data (b64_json)")
         return images
+
+    def models_for(self, task: str) -> list[str]:
+        """The models served for ``task`` (``SPEECH_TASK``, ``LISTEN_TASK``, ...)."""
+        return [m for m, served in self.tasks().items() if served == task]
+
+    def speech(self, model: str, text: str, *, voice: str = "") -> bytes:
+        """``POST /v1/audio/speech``: ``text`` spoken, as a WAV file."""
+        body = {"model": model, "input": text, "voice": voice, "response_format": "wav"}
+        return self._upload("/v1/audio/speech", model, json=body).content
+
+    def transcribe(self, model: str, name: str, audio: bytes) -> str:
+        """``POST /v1/audio/transcriptions``: what is said in the file ``name`` holds."""
+        answer = self._upload(
+            "/v1/audio/transcriptions",
+            model,
+            data={"model": model, "response_format": "json"},
+            files={"file": (name, audio)},
+        )
+        try:
+            text = answer.json().get("text")
+        except (ValueError, AttributeError):
+            text = None
+        if not isinstance(text, str):
+            raise BadResponse("the gateway's transcription has no text")
+        return text
+
+    def look(self, model: str, picture: bytes, mime: str, prompt: str) -> str:
+        """``POST /v1/chat/completions`` with one picture: what the model says of it."""
+        url = f"data:{mime};base64,{base64.b64encode(picture).decode()}"
+        content = [
+            {"type": "text", "text": prompt},
+            {"type": "image_url", "image_url": {"url": url}},
+        ]
+        body = {"model": model, "messages": [{"role": "user", "content": content}]}
+        answer = self._request("POST", "/v1/chat/completions", body, model)
+        try:
+            text = answer["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            text = None
+        if not isinstance(text, str):
+            raise BadResponse("the gateway's answer has no message")
+        return text
+
+    def _upload(self, path: str, model: str, **content: Any) -> httpx.Response:
+        """POST ``content`` (``json``, or ``data`` and ``files``); the response, if it is not
+        a refusal."""
+        try:
+            response = self._http.post(path, **content)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+        if response.status_code >= 400:
+            raise self._refused(response, model)
+        return response
 
     def usage(self, days: int = 30) -> dict[str, Any]:
         """``GET /v1/usage``: own usage per day and model, with totals and limits."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 from rich.table import Table
 
 from gateway.client.api_client import TEXT_TASK, ClientError, GatewayClient, UnknownModel
+from gateway.client.repl_media import MEDIA_COMMANDS, MEDIA_TASKS, MediaCommands, new_file
 from gateway.client.repl_render import Screen, models_table, peers_table, usage_table
 from protocols.generation import MAX_NEW_TOKENS
 
@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "system": ("[TEXT]", "set the system prompt; without TEXT, drop it"),
     "set": ("[NAME VALUE]", "set temperature, top_p or max_tokens; alone, show them"),
     "image": ("PROMPT", "generate an image with an image model and save it as a PNG"),
+    **MEDIA_COMMANDS,
     "usage": ("", "your usage per day and model, and your limits"),
     "peers": ("", "every peer the gateway knows, with its load"),
     "clear": ("", "forget the conversation (the system prompt and settings stay)"),
@@ -100,7 +101,7 @@ class Session:
         }
 
 
-class Commands:
+class Commands(MediaCommands):
     def __init__(self, client: GatewayClient, session: Session, screen: Screen) -> None:
         self.client = client
         self.session = session
@@ -184,12 +185,16 @@ class Commands:
         self.screen.note(f"generating with {model}…")
         for data in self.client.image(model, arg, size=self.session.image_size):
             try:
-                path = _new_file(self.session.image_dir, "image", ".png")
+                path = new_file(self.session.image_dir, "image", ".png")
                 path.write_bytes(data)
             except OSError as exc:
                 self.screen.error(f"cannot save the image in {self.session.image_dir}: {exc}")
                 return
             self.screen.say(f"saved {path}")
+
+    @property
+    def save_dir(self) -> Path:
+        return self.session.image_dir
 
     def cmd_usage(self, arg: str) -> None:
         self.screen.show(usage_table(self.client.usage()))
@@ -224,19 +229,6 @@ def unchattable(tasks: dict[str, str], name: str) -> str | None:
         return None
     if name in tasks:
         listed = ", ".join(chat) or "none"
-        return f"{name!r} makes images, it does not chat (chat models: {listed})"
+        does = MEDIA_TASKS.get(tasks[name], "makes images")
+        return f"{name!r} {does}, it does not chat (chat models: {listed})"
     return str(UnknownModel(name, chat, ""))
-
-
-def _new_file(directory: Path, stem: str, suffix: str) -> Path:
-    """A fresh file name in ``directory``, created empty so no other writer takes it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    base = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    for n in range(1, 1000):
-        path = directory / f"{base}{'' if n == 1 else f'-{n}'}{suffix}"
-        try:
-            path.open("x").close()
-        except FileExistsError:
-            continue
-        return path
-    raise OSError(f"too many images named {base}* already")

@@ -6,6 +6,8 @@ for the call that answered. A failure after the first token ends that stream wit
 error, since the tokens already sent cannot be taken back. Image calls take the same
 path; a node sends its first image only once all are made, so one that dies while
 making them has answered nothing yet and is passed over like one that cannot be reached.
+Speech streams like text (its first audio chunk is its first reply), a window of speech
+to transcribe is answered whole, and a chat with pictures streams exactly as text does.
 """
 
 from __future__ import annotations
@@ -20,7 +22,17 @@ from typing import Any
 from gateway.routing.peer_table import PeerTable
 from gateway.routing.tracker import Tracker
 from node.p2p.rpc_client import Call, CallFailed, ConnectionLost, RemoteError
-from protocols import ErrorCode, GenerateParams, ImageParams
+from protocols import (
+    AudioChunk,
+    ErrorCode,
+    GenerateParams,
+    ImageParams,
+    RemoteProtocolError,
+    SpeechParams,
+    TranscribeParams,
+    Transcript,
+    VisionParams,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +108,36 @@ class Images:
     peer_id: str
     images: list[bytes]
     seed: int | None
+
+
+@dataclass
+class Speech:
+    """An answered speech call: ``chunks()`` yields the audio as the node makes it."""
+
+    peer_id: str
+    call: Call
+    first: dict[str, Any] | None
+
+    async def chunks(self) -> AsyncIterator[AudioChunk]:
+        try:
+            if self.first is not None:
+                yield AudioChunk.from_wire(self.first)
+            async for chunk in self.call:
+                yield AudioChunk.from_wire(chunk)
+        except RemoteProtocolError as exc:
+            raise UpstreamError(ErrorCode.INTERNAL, f"node sent bad audio: {exc}") from exc
+        except RemoteError as exc:
+            raise UpstreamError(exc.code, f"node failed mid-answer: {exc.message}") from exc
+        except ConnectionLost as exc:
+            raise UpstreamError(ErrorCode.UNAVAILABLE, f"node lost mid-answer: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Heard:
+    """An answered transcription call: the transcript and the node that heard it."""
+
+    peer_id: str
+    transcript: Transcript
 
 
 class Router:
@@ -192,6 +234,41 @@ class Router:
         if len(images) != len(chunks) or len(images) != params.n:
             raise UpstreamError(ErrorCode.INTERNAL, f"node {peer[-8:]} sent a malformed answer")
         return Images(peer, images, seed if isinstance(seed, int) else None)
+
+    @asynccontextmanager
+    async def speak(self, params: SpeechParams, timeout: float) -> AsyncIterator[Speech]:
+        """Stream speech from the best node that takes the call."""
+        opened = self._answered("speak", params.model, "text-to-speech", params.to_wire(), timeout)
+        async with opened as (peer, call, first):
+            yield Speech(peer, call, first)
+
+    async def transcribe(self, params: TranscribeParams, timeout: float) -> Heard:
+        """One window of speech, heard by the best node that takes the call."""
+        opened = self._answered(
+            "transcribe", params.model, "speech-to-text", params.to_wire(), timeout
+        )
+        async with opened as (peer, call, first):
+            try:
+                rest = [chunk async for chunk in call]
+            except RemoteError as exc:
+                raise UpstreamError(exc.code, exc.message) from exc
+            except ConnectionLost as exc:
+                raise UpstreamError(ErrorCode.UNAVAILABLE, f"node lost mid-answer: {exc}") from exc
+        if first is not None or rest:
+            raise UpstreamError(ErrorCode.INTERNAL, f"node {peer[-8:]} sent a malformed answer")
+        try:
+            return Heard(peer, Transcript.from_wire(call.result or {}, params.seconds))
+        except RemoteProtocolError as exc:
+            raise UpstreamError(ErrorCode.INTERNAL, f"node {peer[-8:]}: {exc}") from exc
+
+    @asynccontextmanager
+    async def describe(self, params: VisionParams, timeout: float) -> AsyncIterator[Generation]:
+        """Stream the answer to a chat with pictures from the best node that takes it."""
+        opened = self._answered(
+            "describe", params.model, "image-to-text", params.to_wire(), timeout
+        )
+        async with opened as (peer, call, first):
+            yield Generation(peer, call, first)
 
     @asynccontextmanager
     async def _answered(

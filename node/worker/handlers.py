@@ -1,19 +1,20 @@
-"""The node's RPC methods: generate, generate_image, status, watch, record, and the
-operator's load_model and unload_model.
+"""The node's RPC methods: generate, generate_image, speak, transcribe, describe, status,
+watch, record, and the operator's load_model and unload_model.
 
 ``generate`` streams text deltas as chunks, each with the token counts so far, and ends
 with usage; ``generate_image`` sends
 each image as its own chunk (one PNG per frame keeps frames under the size cap) and ends
-with the count and the seed used; ``watch`` streams the node's live load whenever it
-changes (coalesced) and at least every second, which is how gateways see load far
-fresher than the DHT record can carry it. ``load_model`` streams the loading's progress
-and ends with the model's description; both operator methods refuse anyone but a caller
-with the ``operator`` role.
+with the count and the seed used; ``speak`` streams audio chunks as the model makes them
+and ends with the seconds made; ``transcribe`` answers one window of speech with its
+transcript; ``describe`` (pictures in a chat) streams text exactly as ``generate`` does;
+``watch`` streams the node's live load whenever it changes (coalesced) and at least every
+second, which is how gateways see load far fresher than the DHT record can carry it.
+``load_model`` streams the loading's progress and ends with the model's description; both
+operator methods refuse anyone but a caller with the ``operator`` role.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import secrets
@@ -29,10 +30,27 @@ import trio
 from node.p2p.rpc_server import Caller, Emit, Handler, RpcError
 from node.worker.memory import NotEnoughMemory
 from node.worker.roster import Busy, Roster
-from node.worker.runners.base import Delta, ImageRunner, Runner
-from node.worker.runners.engine_wire import EngineUnavailable
+from node.worker.runners.base import (
+    Delta,
+    ImageRunner,
+    Runner,
+    SpeechRunner,
+    TranscriptionRunner,
+    VisionRunner,
+)
 from node.worker.scheduler import Draining, Overloaded, Scheduler
-from protocols import ErrorCode, GenerateParams, ImageParams, Load, RemoteProtocolError
+from node.worker.threads import drain, in_thread, pump
+from protocols import (
+    AudioChunk,
+    ErrorCode,
+    GenerateParams,
+    ImageParams,
+    Load,
+    RemoteProtocolError,
+    SpeechParams,
+    TranscribeParams,
+    VisionParams,
+)
 from protocols.events import WatchUpdate
 from protocols.generation import MAX_SEED
 from protocols.operator import ModelSpec, Unload
@@ -77,6 +95,9 @@ class NodeService:
         return {
             "generate": self.rpc_generate,
             "generate_image": self.rpc_generate_image,
+            "speak": self.rpc_speak,
+            "transcribe": self.rpc_transcribe,
+            "describe": self.rpc_describe,
             "status": self.rpc_status,
             "watch": self.rpc_watch,
             "record": self.rpc_record,
@@ -116,7 +137,9 @@ class NodeService:
         request = _inference_params(caller, GenerateParams.from_wire, params)
         runner, scheduler = self._runner(request.model, _is_text, "text")
         async with _slot(scheduler, request.model):
-            return await self._generate(runner, request, emit, scheduler)
+            return await self._generate(
+                lambda flag: runner.generate(request, flag), request.stream, emit, scheduler
+            )
 
     def _runner(
         self, model: str, fits: Callable[[object], TypeGuard[R]], what: str
@@ -173,11 +196,17 @@ class NodeService:
         return self._control
 
     async def _generate(
-        self, runner: Runner, request: GenerateParams, emit: Emit, scheduler: Scheduler
+        self,
+        start: Callable[[threading.Event], Iterator[Delta]],
+        stream: bool,
+        emit: Emit,
+        scheduler: Scheduler,
     ) -> dict[str, Any]:
+        """Relay the deltas ``start(cancelled)`` yields: as chunks if ``stream``, else whole
+        in the end frame."""
         cancelled = threading.Event()
         try:
-            deltas = runner.generate(request, cancelled)
+            deltas = start(cancelled)
         except ValueError as exc:
             raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
         started = time.monotonic()
@@ -187,11 +216,11 @@ class NodeService:
         failure: Exception | None = None
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_pump, deltas, send, cancelled)
+                nursery.start_soon(pump, deltas, send, cancelled, _finished)
                 async for first in receive:
                     # Deltas that arrived while the last chunk was being written go
                     # out together: one frame instead of one per token.
-                    batch = [first, *_drain(receive)]
+                    batch = [first, *drain(receive)]
                     failure = next((i for i in batch if isinstance(i, Exception)), None)
                     if failure is not None:
                         # Raised below, outside the nursery, which would wrap it in an
@@ -201,7 +230,7 @@ class NodeService:
                     pieces = [d for d in batch if isinstance(d, Delta)]
                     last = pieces[-1]
                     text = "".join(d.text for d in pieces)
-                    if text and request.stream:
+                    if text and stream:
                         # The counts so far go with the text: a caller that hangs up, or
                         # a call that fails, is charged for what it was sent.
                         counts = {
@@ -223,7 +252,7 @@ class NodeService:
             "finish_reason": last.finish_reason or "stop",
             "prompt_tokens": last.prompt_tokens,
             "completion_tokens": last.completion_tokens,
-        } | ({} if request.stream else {"text": "".join(whole)})
+        } | ({} if stream else {"text": "".join(whole)})
 
     async def rpc_generate_image(
         self, params: dict[str, Any], caller: Caller, emit: Emit
@@ -234,12 +263,61 @@ class NodeService:
             request = replace(request, seed=secrets.randbelow(MAX_SEED + 1))
         try:
             async with _slot(scheduler, request.model):
-                images = await _in_thread(lambda flag: runner.generate_images(request, flag))
+                images = await in_thread(lambda flag: runner.generate_images(request, flag))
         except ValueError as exc:
             raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
         for image in images:
             await emit({"image": image})
         return {"images": len(images), "seed": request.seed}
+
+    async def rpc_speak(self, params: dict[str, Any], caller: Caller, emit: Emit) -> dict[str, Any]:
+        request = _inference_params(caller, SpeechParams.from_wire, params)
+        runner, scheduler = self._runner(request.model, _is_speech, "speech")
+        cancelled = threading.Event()
+        send, receive = trio.open_memory_channel[AudioChunk | Exception](math.inf)
+        seconds, count = 0.0, 0
+        failure: Exception | None = None
+        async with _slot(scheduler, request.model):
+            try:
+                async with trio.open_nursery() as nursery:
+                    chunks = runner.speak(request, cancelled)
+                    nursery.start_soon(pump, chunks, send, cancelled, lambda _: False)
+                    async for item in receive:
+                        if isinstance(item, Exception):
+                            failure = item
+                            nursery.cancel_scope.cancel()
+                            break
+                        await emit(item.to_wire())
+                        seconds, count = seconds + item.seconds, count + 1
+            finally:
+                cancelled.set()  # a caller gone away stops the model at its next piece
+        if failure is not None:
+            raise failure
+        return {"chunks": count, "audio_seconds": round(seconds, 3)}
+
+    async def rpc_transcribe(
+        self, params: dict[str, Any], caller: Caller, emit: Emit
+    ) -> dict[str, Any]:
+        request = _inference_params(caller, TranscribeParams.from_wire, params)
+        runner, scheduler = self._runner(request.model, _is_transcriber, "transcription")
+        started = time.monotonic()
+        try:
+            async with _slot(scheduler, request.model):
+                heard = await in_thread(lambda flag: runner.transcribe(request, flag))
+        except ValueError as exc:
+            raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
+        scheduler.record_speed(heard.completion_tokens, time.monotonic() - started)
+        return heard.to_wire() | {"audio_seconds": round(request.seconds, 3)}
+
+    async def rpc_describe(
+        self, params: dict[str, Any], caller: Caller, emit: Emit
+    ) -> dict[str, Any]:
+        request = _inference_params(caller, VisionParams.from_wire, params)
+        runner, scheduler = self._runner(request.model, _is_vision, "pictures")
+        async with _slot(scheduler, request.model):
+            return await self._generate(
+                lambda flag: runner.describe(request, flag), request.stream, emit, scheduler
+            )
 
 
 @asynccontextmanager
@@ -274,79 +352,17 @@ def _is_image(runner: object) -> TypeGuard[ImageRunner]:
     return isinstance(runner, ImageRunner)
 
 
-async def _in_thread(work: Callable[[threading.Event], T]) -> T:
-    """Run ``work(cancelled)`` in a worker thread and return what it returns.
-
-    If this task is cancelled, ``cancelled`` is set and the task still waits for ``work``
-    to return: the scheduler slot is freed only once the model has really stopped.
-    """
-    cancelled = threading.Event()
-    results: list[T] = []
-    failures: list[Exception] = []
-
-    def run() -> None:
-        try:
-            results.append(work(cancelled))
-        except Exception as exc:  # raised below: inside the nursery it would be grouped
-            failures.append(exc)
-
-    async def flag_when_cancelled() -> None:
-        try:
-            await trio.sleep_forever()
-        finally:
-            cancelled.set()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(flag_when_cancelled)
-        await trio.to_thread.run_sync(run)
-        nursery.cancel_scope.cancel()
-    if failures:
-        raise failures[0]
-    return results[0]
+def _is_speech(runner: object) -> TypeGuard[SpeechRunner]:
+    return isinstance(runner, SpeechRunner)
 
 
-async def _pump(
-    deltas: Iterator[Delta],
-    send: trio.MemorySendChannel[Delta | Exception],
-    cancelled: threading.Event,
-) -> None:
-    """Run a runner's generator in one worker thread for the whole call (not a thread
-    hop per token), handing each delta to trio as it comes."""
-    token = trio.lowlevel.current_trio_token()
-
-    def forward(item: Delta | Exception) -> None:
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            send.send_nowait(item)
-
-    def soon(callback: Callable[..., None], *args: Any) -> None:
-        # Queued on the loop without waiting for it (FIFO, so deltas keep their order);
-        # an abandoned thread may outlive the loop itself.
-        with contextlib.suppress(trio.RunFinishedError):
-            token.run_sync_soon(callback, *args)
-
-    def pump() -> None:
-        try:
-            for delta in deltas:
-                soon(forward, delta)
-                if delta.finish_reason is not None or cancelled.is_set():
-                    break
-        except ValueError as exc:  # the runner refused the request (e.g. too long)
-            soon(forward, RpcError(ErrorCode.BAD_REQUEST, str(exc)))
-        except EngineUnavailable as exc:  # restarting: the gateway can try another node
-            soon(forward, RpcError(ErrorCode.UNAVAILABLE, str(exc)))
-        except Exception as exc:
-            soon(forward, exc)
-        finally:
-            soon(send.close)
-
-    # Abandoned on cancel: the runner sees ``cancelled`` and stops at its next token.
-    await trio.to_thread.run_sync(pump, abandon_on_cancel=True)
+def _is_transcriber(runner: object) -> TypeGuard[TranscriptionRunner]:
+    return isinstance(runner, TranscriptionRunner)
 
 
-def _drain(receive: trio.MemoryReceiveChannel[Delta | Exception]) -> list[Delta | Exception]:
-    items: list[Delta | Exception] = []
-    while True:
-        try:
-            items.append(receive.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel):
-            return items
+def _is_vision(runner: object) -> TypeGuard[VisionRunner]:
+    return isinstance(runner, VisionRunner)
+
+
+def _finished(delta: Delta) -> bool:
+    return delta.finish_reason is not None

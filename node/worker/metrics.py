@@ -36,7 +36,9 @@ from protocols import Hardware, Load
 logger = logging.getLogger(__name__)
 
 GENERATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-GENERATING = frozenset({"generate", "generate_image"})  # the methods that run a model
+# The methods that run a model; each is counted and timed.
+GENERATING = frozenset({"generate", "generate_image", "speak", "transcribe", "describe"})
+STREAMING_TEXT = frozenset({"generate", "describe"})  # timed to their first text
 OTHER = "other"  # the model label of a call for a model this node does not serve
 
 
@@ -74,6 +76,12 @@ class NodeMetrics:
         self.prompt_tokens = counters.prompt_tokens
         self.completion_tokens = counters.completion_tokens
         self.images = counters.images
+        self.audio_seconds = Counter(
+            "bitinglip_node_audio_seconds",
+            "Seconds of speech made (speak) or heard (transcribe), by model",
+            ["model"],
+            registry=self.registry,
+        )
 
     def instrument(self, handlers: Mapping[str, Handler]) -> dict[str, Handler]:
         """The same handler table, each handler counted; generations also timed."""
@@ -108,7 +116,7 @@ class NodeMetrics:
         first: list[float] = []
 
         async def timed_emit(data: dict[str, Any]) -> None:
-            if not first and method == "generate":
+            if not first and method in STREAMING_TEXT:
                 first.append(time.monotonic())
                 self.first_token_seconds.labels(model).observe(first[0] - arrived)
             await emit(data)
@@ -119,9 +127,10 @@ class NodeMetrics:
             (self.prompt_tokens, "prompt_tokens"),
             (self.completion_tokens, "completion_tokens"),
             (self.images, "images"),
+            (self.audio_seconds, "audio_seconds"),
         ):
             if result.get(field):
-                counter.labels(model).inc(int(result[field]))
+                counter.labels(model).inc(float(result[field]))
         return result
 
     async def serve(

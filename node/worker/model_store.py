@@ -48,6 +48,14 @@ logger = logging.getLogger(__name__)
 
 TEXT_GENERATION = "text-generation"
 TEXT_TO_IMAGE = "text-to-image"
+TEXT_TO_SPEECH = "text-to-speech"
+SPEECH_TO_TEXT = "speech-to-text"
+IMAGE_TO_TEXT = "image-to-text"
+# The architectures each speech runner serves (``runners.speech``, ``runners.transcribe``).
+SPEECH_ARCHITECTURES = {"VitsModel", "SpeechT5ForTextToSpeech"}
+TRANSCRIBE_ARCHITECTURES = {"WhisperForConditionalGeneration"}
+# Heads that generate text from what an encoder saw; with a vision encoder, from pictures.
+_GENERATING_HEADS = ("ForConditionalGeneration", "ForCausalLM", "ForVisionText2Text")
 
 _HUB_TIMEOUT_S = 10.0
 # safetensors refuses headers above 100 MB; so do we, before allocating them.
@@ -121,8 +129,8 @@ class Footprint:
 class StoredModel:
     """One model on disk.
 
-    ``source`` is ``"hub-cache"`` or ``"converted"``; ``task`` is ``"text-generation"``,
-    ``"text-to-image"`` or None when neither; ``footprint`` is None without safetensors.
+    ``source`` is ``"hub-cache"`` or ``"converted"``; ``task`` is what ``model_task`` tells,
+    None for a model no runner serves; ``footprint`` is None without safetensors.
     """
 
     id: str
@@ -211,17 +219,26 @@ def remove(model_id: str, data_dir: Path | None = None) -> Removed:
 
 
 def model_task(path: Path) -> str | None:
-    """What the model in ``path`` serves: a diffusers pipeline or a causal language model."""
+    """What the model in ``path`` serves, from its files alone: a diffusers pipeline makes
+    images; a config's architectures tell speech models apart; a generating head with a
+    vision encoder reads pictures, and a causal language model writes text."""
     if (path / "model_index.json").is_file():
         return TEXT_TO_IMAGE
     try:
         config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError):
         return None
-    architectures = config.get("architectures") if isinstance(config, dict) else None
-    if isinstance(architectures, list) and any(
-        isinstance(a, str) and a.endswith("ForCausalLM") for a in architectures
-    ):
+    if not isinstance(config, dict) or not isinstance(config.get("architectures"), list):
+        return None
+    architectures = {a for a in config["architectures"] if isinstance(a, str)}
+    if architectures & SPEECH_ARCHITECTURES:
+        return TEXT_TO_SPEECH
+    if architectures & TRANSCRIBE_ARCHITECTURES:
+        return SPEECH_TO_TEXT
+    generating = any(a.endswith(_GENERATING_HEADS) for a in architectures)
+    if generating and isinstance(config.get("vision_config"), dict):
+        return IMAGE_TO_TEXT
+    if any(a.endswith("ForCausalLM") for a in architectures):
         return TEXT_GENERATION
     return None
 

@@ -6,6 +6,9 @@ between tokens and stops early, so a disconnected client stops the work on the n
 
 A text model is a ``Runner``; an image model is an ``ImageRunner``, which checks
 ``cancelled`` between denoising steps and raises ``GenerationCancelled`` when it is set.
+A text-to-speech model is a ``SpeechRunner`` (audio as it is made), a speech-to-text model a
+``TranscriptionRunner`` and an image-to-text model a ``VisionRunner`` (text deltas, as a
+text model's).
 """
 
 from __future__ import annotations
@@ -16,7 +19,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from protocols import GenerateParams, ImageParams, ModelInfo
+from protocols import (
+    AudioChunk,
+    GenerateParams,
+    ImageParams,
+    ModelInfo,
+    SpeechParams,
+    TranscribeParams,
+    Transcript,
+    VisionParams,
+)
 
 # Progress of long work (download, conversion, loading): a message and a fraction or None.
 Progress = Callable[[str, float | None], None]
@@ -79,8 +91,45 @@ class ImageRunner(Protocol):
         ...
 
 
+@runtime_checkable
+class SpeechRunner(Protocol):
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def speak(self, params: SpeechParams, cancelled: threading.Event) -> Iterator[AudioChunk]:
+        """Yield the speech as it is made; stop once ``cancelled`` is set."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class TranscriptionRunner(Protocol):
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def transcribe(self, params: TranscribeParams, cancelled: threading.Event) -> Transcript:
+        """What is said in ``params.audio``. Raises ``GenerationCancelled`` once
+        ``cancelled`` is set."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class VisionRunner(Protocol):
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def describe(self, params: VisionParams, cancelled: threading.Event) -> Iterator[Delta]:
+        """Yield the answer's deltas until done; the last one carries ``finish_reason``."""
+        ...
+
+    def close(self) -> None: ...
+
+
 # Whatever a node can serve under a model id.
-ModelRunner = Runner | ImageRunner
+ModelRunner = Runner | ImageRunner | SpeechRunner | TranscriptionRunner | VisionRunner
 
 
 @runtime_checkable

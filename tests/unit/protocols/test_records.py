@@ -317,7 +317,7 @@ def test_load_numbers_may_be_integers_where_floats_are_meant() -> None:
     "changes",
     [
         {"role": "admin"},
-        {"models": [ModelInfo("m", "text-to-speech", "f", 1, 1, "ready").__dict__]},
+        {"models": [ModelInfo("m", "text-to-video", "f", 1, 1, "ready").__dict__]},
         {"models": [ModelInfo("m", "text-generation", "f", 1, 1, "sleeping").__dict__]},
     ],
     ids=["role", "task", "state"],
