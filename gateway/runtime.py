@@ -124,6 +124,10 @@ async def run_gateway(config: GatewayConfig) -> None:
     http.accesslog = None
     http.errorlog = logging.getLogger("hypercorn.error")
     http.graceful_timeout = 5
+    # A client may send on a kept-alive connection just as the server gives up on it and
+    # sees the connection reset. The longer it stays open, the rarer that race (75 s, as
+    # nginx keeps them; hypercorn's default is 5 s).
+    http.keep_alive_timeout = 75
     scrape = HypercornConfig()
     scrape.bind = [f"{config.metrics_host}:{config.metrics_port or 0}"]
     scrape.accesslog = None
