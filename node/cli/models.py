@@ -42,7 +42,9 @@ def register(commands: Any) -> None:
     rm.add_argument("model_id", metavar="ID")
     for parser, func in ((listing, _list), (rm, _rm)):
         parser.add_argument(
-            "--data-dir", type=Path, help="the node's data dir or --model-store (converted models)"
+            "--data-dir",
+            type=Path,
+            help="where nodes keep converted models (default: the host's shared store)",
         )
         parser.set_defaults(func=func)
 
@@ -115,9 +117,9 @@ def _rm(args: argparse.Namespace) -> int:
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
-    import keys
+    from node.worker.models import default_model_store
 
-    return Path(args.data_dir or keys.default_data_dir())
+    return Path(args.data_dir or default_model_store())
 
 
 def _error(exc: model_store.ModelStoreError) -> int:

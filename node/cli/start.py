@@ -24,7 +24,9 @@ def register(commands: Any) -> None:
         "--model", action="append", dest="models", help="model id or path (repeatable)"
     )
     start.add_argument(
-        "--model-store", type=Path, help="directory for converted models (default: data dir)"
+        "--model-store",
+        type=Path,
+        help="directory for converted models (default: shared by the host, ~/.cache/bitinglip)",
     )
     start.add_argument(
         "--capacity", type=int, help="concurrent calls (default: the models' batch sizes)"

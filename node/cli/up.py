@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -143,6 +144,15 @@ def _prepare(model: str, data_dir: Path) -> None:
     resolve(model, data_dir, progress)
 
 
+def _sets(config: Path | None, section: str, name: str) -> bool:
+    """Whether the TOML file ``config`` sets ``[section] name``."""
+    if config is None:
+        return False
+    with config.open("rb") as f:
+        table = tomllib.load(f).get(section, {})
+    return isinstance(table, dict) and name in table
+
+
 def register(commands: Any) -> None:
     up = commands.add_parser("up", help="start a local swarm: one gateway and N nodes")
     up.add_argument("--port", type=int, default=8080)
@@ -151,19 +161,54 @@ def register(commands: Any) -> None:
         "--model", default=None, help="model id (default: the bundled SmolLM2-135M-Instruct)"
     )
     up.add_argument("--data-dir", type=Path)
+    up.add_argument(
+        "--config",
+        type=Path,
+        help="TOML file for every peer: [gateway] (plans, registration, ...) and [node]",
+    )
+    up.add_argument(
+        "--model-store",
+        type=Path,
+        help="converted models (default: shared by every data dir, ~/.cache/bitinglip)",
+    )
     up.add_argument("--json", action="store_true", help="print the ready line as JSON")
     up.set_defaults(func=_up)
 
 
 def _up(args: argparse.Namespace) -> int:
-    return run_up(args.port, args.nodes, args.model, args.data_dir, args.json)
+    return run_up(
+        args.port,
+        args.nodes,
+        args.model,
+        args.data_dir,
+        args.json,
+        config=args.config,
+        model_store=args.model_store,
+    )
 
 
-def run_up(port: int, nodes: int, model: str | None, data_dir: Path | None, as_json: bool) -> int:
-    from node.worker.models import DEFAULT_MODEL
+def run_up(
+    port: int,
+    nodes: int,
+    model: str | None,
+    data_dir: Path | None,
+    as_json: bool,
+    *,
+    config: Path | None = None,
+    model_store: Path | None = None,
+) -> int:
+    from node.worker.models import DEFAULT_MODEL, default_model_store
 
     model = model or DEFAULT_MODEL
     data_dir = (data_dir or keys.default_data_dir()).resolve()
+    store = (model_store or default_model_store()).resolve()
+    if config is not None and not config.is_file():
+        print(f"error: no config file {config}", file=sys.stderr)
+        return 1
+    shared = ["--config", str(config.resolve())] if config is not None else []
+    # A swarm on this machine is for its owner: anyone who can reach it may sign up, unless
+    # the config says otherwise.
+    registration = [] if _sets(config, "gateway", "registration") else ["--registration", "open"]
     keys.init_operator(data_dir)
     swarm = LocalSwarm(data_dir)
     previous = signal.signal(signal.SIGTERM, _raise_stop)
@@ -181,13 +226,12 @@ def run_up(port: int, nodes: int, model: str | None, data_dir: Path | None, as_j
         names = [f"node-{i}" for i in range(nodes)]
         plans = {
             # Started again, a gateway keeps its HTTP port and finds the nodes that stayed.
-            # A swarm on this machine, for its owner: anyone who can reach it may sign up.
             "gateway": Plan(
                 "gateway",
-                lambda: ["--port", gateway_port[0], "--registration", "open", *addrs(names)],
+                lambda: ["--port", gateway_port[0], *registration, *shared, *addrs(names)],
             ),
         }
-        model_flags = ["--model", model, "--model-store", str(data_dir)]
+        model_flags = ["--model", model, "--model-store", str(store), *shared]
         for name in names:
             plans[name] = Plan("node", lambda: [*addrs(["gateway", *names]), *model_flags])
         supervisor = Supervisor(swarm, plans)
@@ -196,7 +240,7 @@ def run_up(port: int, nodes: int, model: str | None, data_dir: Path | None, as_j
         gateway = swarm.status("gateway")
         url = str(gateway["url"])
         gateway_port[0] = url.rsplit(":", 1)[1]
-        _prepare(model, data_dir)
+        _prepare(model, store)
         for name in names:
             supervisor.start(name, time.monotonic())
         swarm.wait(names, "ready", READY_TIMEOUT)

@@ -19,7 +19,8 @@ class NodeConfig:
     models: list[str | dict[str, Any]] = dataclasses.field(default_factory=list)
     # [[node.engines]] tables: models served by vLLM, llama-server or SGLang (docs/engines.md)
     engines: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    model_store: Path | None = None  # where converted models live (default: data_dir)
+    # Where converted models live (default: one store for the host, models.default_model_store)
+    model_store: Path | None = None
     capacity: int = 0  # 0: the models' own batch sizes
     slots: int = 0  # generations per text model at once; 0: from its size and free memory
     max_queue: int = 16

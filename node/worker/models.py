@@ -105,6 +105,19 @@ def hub_cache_dir() -> Path:
     return Path(os.path.expandvars(home)).expanduser() / "hub"
 
 
+def default_model_store() -> Path:
+    """Where converted models live unless a node is told otherwise, shared by every data
+    directory on the host (so a new local swarm does not convert the default model again):
+    ``$BITINGLIP_MODEL_STORE``, else ``$BITINGLIP_HOME``, else ``$XDG_CACHE_HOME/bitinglip``,
+    else ``~/.cache/bitinglip``."""
+    for name in ("BITINGLIP_MODEL_STORE", "BITINGLIP_HOME"):
+        value = os.environ.get(name)
+        if value:
+            return Path(value).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "bitinglip"
+
+
 def converted_dir(data_dir: Path, model_id: str) -> Path:
     """Where a model converted by this node lives inside its data directory."""
     return data_dir / "models" / model_id.replace("/", "--")

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -51,6 +52,12 @@ def _refresh(hardware: Hardware) -> Hardware:
     from node.worker.hardware import refresh_free
 
     return refresh_free(hardware)
+
+
+def _default_store() -> Path:
+    from node.worker.models import default_model_store
+
+    return default_model_store()
 
 
 def _memory_name(hardware: Hardware) -> str:
@@ -143,7 +150,7 @@ class Node:
         }
 
     def _make(self, spec: ModelSpec) -> Callable[[Progress], ModelRunner]:
-        store = self.config.model_store or self.config.data_dir
+        store = self.config.model_store or _default_store()
 
         def make(progress: Progress) -> ModelRunner:
             promised = [0]

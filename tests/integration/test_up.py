@@ -153,3 +153,40 @@ def test_a_node_stopped_while_it_loads_exits_at_once(tmp_path: Path) -> None:
         if node.poll() is None:
             node.kill()
             node.wait()
+
+
+def test_up_passes_its_config_to_every_peer_and_shares_one_model_store(tmp_path: Path) -> None:
+    config = tmp_path / "swarm.toml"
+    config.write_text(
+        '[gateway]\nregistration = "closed"\n[gateway.plans.default]\nrequests_per_minute = 2\n'
+        "[node]\nmax_queue = 3\n"
+    )
+    store = tmp_path / "store"
+    command = [sys.executable, "-m", "node.cli", "up", "--model", "echo", "--port", "0"]
+    command += ["--nodes", "1", "--data-dir", str(tmp_path / "data"), "--json"]
+    command += ["--config", str(config)]
+    env = os.environ | {"BITINGLIP_MODEL_STORE": str(store)}
+    up = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+    )
+    try:
+        assert up.stdout is not None
+        ready = json.loads(up.stdout.readline())
+        url, headers = ready["url"], {"Authorization": f"Bearer {ready['token']}"}
+        body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+        codes = [
+            httpx.post(f"{url}/v1/chat/completions", headers=headers, json=body).status_code
+            for _ in range(3)
+        ]
+        assert codes == [200, 200, 429]  # the config's plan
+        register = {"username": "someone", "password": "a long password indeed"}
+        assert httpx.post(f"{url}/v1/auth/register", json=register).status_code == 403
+        node = next(
+            p for p in psutil.Process(up.pid).children(recursive=True) if "node" in p.cmdline()
+        )
+        line = node.cmdline()
+        assert line[line.index("--model-store") + 1] == str(store.resolve())
+        assert line[line.index("--config") + 1] == str(config.resolve())
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.wait(30)

@@ -162,3 +162,20 @@ def test_interrupted_conversion_leaves_nothing_behind(
     with pytest.raises(KeyboardInterrupt):
         resolve(DEFAULT_MODEL, data, no_progress)
     assert list(target.parent.iterdir()) == []
+
+
+def test_converted_models_have_one_store_per_host(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from node.worker.models import default_model_store
+
+    for name in ("BITINGLIP_MODEL_STORE", "BITINGLIP_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert default_model_store() == tmp_path / ".cache" / "bitinglip"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert default_model_store() == tmp_path / "cache" / "bitinglip"
+    monkeypatch.setenv("BITINGLIP_HOME", str(tmp_path / "home"))
+    assert default_model_store() == tmp_path / "home"
+    monkeypatch.setenv("BITINGLIP_MODEL_STORE", str(tmp_path / "store"))
+    assert default_model_store() == tmp_path / "store"
