@@ -89,39 +89,71 @@ def memory_cell(hw: PeerHardware | None) -> Text:
     return cell(f"{used / scale:.1f}/{hw.memory_total / scale:.1f} {unit} {hw.memory}".rstrip())
 
 
-def table(peers: Sequence[PeerStatus]) -> Table:
+# Columns in the order they are given up when the terminal is too narrow: the last first.
+# MODELS wraps instead (it is the reason to look); hidden columns are named under the table.
+COLUMNS = (
+    "PEER", "ROLE", "MODELS", "RUN/QUEUE/CAP", "MEMORY used/total", "DEVICE", "SEEN",
+    "TOK/S", "ADDRESS", "VERSION",
+)  # fmt: skip
+_RIGHT = {"RUN/QUEUE/CAP", "MEMORY used/total", "TOK/S"}
+_MODELS_MIN = 16  # MODELS wraps down to this width
+_GAP = 2  # between columns: rich's padding of one on each side
+
+
+def _cells(p: PeerStatus) -> dict[str, Text | str]:
+    address = short_addr(p.addrs[0]) if p.addrs else "-"
+    if len(p.addrs) > 1:
+        address += f" +{len(p.addrs) - 1}"
+    seen = Text(ago(p.last_seen), style="green" if p.healthy else "red")
+    if not p.healthy:
+        seen.append(" (not responding)")
+    return {
+        "PEER": cell(short_id(p.peer_id), "bold cyan" if p.healthy else "dim"),
+        "ROLE": cell(p.role),
+        "ADDRESS": cell(address),
+        "DEVICE": cell(_device(p.hardware)),
+        "MEMORY used/total": memory_cell(p.hardware),
+        "MODELS": models_cell(p.models),
+        "RUN/QUEUE/CAP": load_cell(p.load),
+        "TOK/S": "-" if p.load is None else f"{p.load.tokens_per_s:.1f}",
+        "SEEN": seen,
+        "VERSION": cell(p.version),
+    }
+
+
+def fitting(rows: Sequence[dict[str, Text | str]], width: int | None) -> list[str]:
+    """The columns that fit ``width`` cells (all of them for None), least important
+    dropped first; MODELS counts at its narrowest, since it wraps."""
+    shown = list(COLUMNS)
+    if width is None:
+        return shown
+
+    def need(name: str) -> int:
+        widest = max([len(name), *(Text(str(r[name])).cell_len for r in rows)])
+        if name == "DEVICE":
+            widest = min(widest, 28)
+        return min(widest, _MODELS_MIN) if name == "MODELS" else widest
+
+    while len(shown) > 2 and sum(map(need, shown)) + _GAP * (len(shown) - 1) > width:
+        shown.pop()
+    return shown
+
+
+def table(peers: Sequence[PeerStatus], width: int | None = None) -> tuple[Table, list[str]]:
+    """The peers' table fitted to ``width`` (None: every column), and the columns left out."""
+    rows = [_cells(p) for p in peers]
+    shown = fitting(rows, width)
     grid = Table(box=None, header_style="bold", pad_edge=False, expand=False)
-    grid.add_column("PEER", no_wrap=True)
-    grid.add_column("ROLE", no_wrap=True)
-    grid.add_column("ADDRESS", no_wrap=True)
-    grid.add_column("DEVICE", max_width=28, no_wrap=True, overflow="ellipsis")
-    grid.add_column("MEMORY used/total", justify="right", no_wrap=True)
-    grid.add_column("MODELS")
-    grid.add_column("RUN/QUEUE/CAP", justify="right", no_wrap=True)
-    grid.add_column("TOK/S", justify="right", no_wrap=True)
-    grid.add_column("SEEN", no_wrap=True)
-    grid.add_column("VERSION", no_wrap=True)
-    for p in peers:
-        address = short_addr(p.addrs[0]) if p.addrs else "-"
-        if len(p.addrs) > 1:
-            address += f" +{len(p.addrs) - 1}"
-        speed = "-" if p.load is None else f"{p.load.tokens_per_s:.1f}"
-        seen = Text(ago(p.last_seen), style="green" if p.healthy else "red")
-        if not p.healthy:
-            seen.append(" (not responding)")
-        grid.add_row(
-            cell(short_id(p.peer_id), "bold cyan" if p.healthy else "dim"),
-            cell(p.role),
-            cell(address),
-            cell(_device(p.hardware)),
-            memory_cell(p.hardware),
-            models_cell(p.models),
-            load_cell(p.load),
-            speed,
-            seen,
-            cell(p.version),
-        )
-    return grid
+    for name in shown:
+        if name == "MODELS":
+            grid.add_column(name, min_width=min(_MODELS_MIN, len(name)))
+        elif name == "DEVICE":
+            grid.add_column(name, max_width=28, no_wrap=True, overflow="ellipsis")
+        else:
+            grid.add_column(name, justify="right" if name in _RIGHT else "left", no_wrap=True)
+    for row in rows:
+        grid.add_row(*(row[name] for name in shown))
+    return grid, [name for name in COLUMNS if name not in shown]
 
 
 def summary_line(summary: Summary) -> str:
@@ -146,6 +178,11 @@ def _s(n: int) -> str:
     return "" if n == 1 else "s"
 
 
-def render(peers: Sequence[PeerStatus]) -> RenderableType:
-    """The table and, under it, the summary line."""
-    return Group(table(peers), cell(summary_line(summarize(peers)), "bold"))
+def render(peers: Sequence[PeerStatus], width: int | None = None) -> RenderableType:
+    """The table fitted to ``width`` (None: every column) and, under it, the summary line
+    and the columns left out for width, if any."""
+    grid, hidden = table(peers, width)
+    parts: list[RenderableType] = [grid, cell(summary_line(summarize(peers)), "bold")]
+    if hidden:
+        parts.append(cell(f"not shown for width: {', '.join(hidden)} (--wide shows all)", "dim"))
+    return Group(*parts)

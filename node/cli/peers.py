@@ -43,6 +43,7 @@ from protocols.peers import PeerStatus, arrange, to_json
 TOKEN_ENV = "BITINGLIP_TOKEN"
 HTTP_TIMEOUT = 10.0
 DEFAULT_INTERVAL = 2.0
+WIDE = 400  # columns given to a --wide table printed to a pipe
 
 
 class Refused(Exception):
@@ -86,6 +87,9 @@ def register(commands: Any) -> None:
     )
     peers.add_argument("--model", metavar="ID", help="only peers that list this model")
     peers.add_argument("--json", action="store_true", help="print JSON: peers and a summary")
+    peers.add_argument(
+        "--wide", action="store_true", help="every column, however wide the terminal"
+    )
     peers.add_argument(
         "--watch",
         nargs="?",
@@ -282,13 +286,19 @@ async def _once(source: Source, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(to_json(peers), indent=2))
     else:
-        Console().print(render(peers))
+        console = _console(args)
+        console.print(render(peers, None if args.wide else console.width))
     return 0
+
+
+def _console(args: argparse.Namespace) -> Console:
+    """The terminal's width, or room for every column with ``--wide`` (a pipe included)."""
+    return Console(width=WIDE) if args.wide and not Console().is_terminal else Console()
 
 
 async def _watch(source: Source, args: argparse.Namespace) -> int:
     """Refresh until cancelled; after the first look, failures show and are retried."""
-    console = Console()
+    console = _console(args)
     peers = arrange(await source.snapshot(), args.model)
     error: str | None = None
     # Redraw in place on a terminal; a pipe or a log gets one frame after another.
@@ -302,9 +312,10 @@ async def _watch(source: Source, args: argparse.Namespace) -> int:
                 else:
                     print(f"error: {error}", file=sys.stderr, flush=True)
             elif live is not None:
-                live.update(_frame(source, peers, args, error), refresh=True)
+                frame = _frame(source, peers, args, error, console.width)
+                live.update(frame, refresh=True)
             else:
-                console.print(_frame(source, peers, args, error))
+                console.print(_frame(source, peers, args, error, console.width))
             await trio.sleep(args.watch)
             try:
                 peers, error = arrange(await source.snapshot(), args.model), None
@@ -313,7 +324,11 @@ async def _watch(source: Source, args: argparse.Namespace) -> int:
 
 
 def _frame(
-    source: Source, peers: list[PeerStatus], args: argparse.Namespace, error: str | None
+    source: Source,
+    peers: list[PeerStatus],
+    args: argparse.Namespace,
+    error: str | None,
+    width: int,
 ) -> RenderableType:
     shown = f" · model {args.model}" if args.model else ""
     header = Text(
@@ -321,7 +336,7 @@ def _frame(
         " · Ctrl-C to stop",
         style="dim",
     )
-    parts: list[RenderableType] = [header, render(peers)]
+    parts: list[RenderableType] = [header, render(peers, None if args.wide else width)]
     if error is not None:
         parts.append(cell(f"{error} (showing the last answer)", "bold red"))
     return Group(*parts)

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from gateway.api.peers import snapshot
 from gateway.client.peer_view import (
+    COLUMNS,
     ago,
     human_bytes,
     load_cell,
@@ -254,8 +255,8 @@ def test_the_table_for_people() -> None:
     text = console.export_text()
     lines = text.splitlines()
     assert lines[0].split() == [
-        "PEER", "ROLE", "ADDRESS", "DEVICE", "MEMORY", "used/total", "MODELS",
-        "RUN/QUEUE/CAP", "TOK/S", "SEEN", "VERSION",
+        "PEER", "ROLE", "MODELS", "RUN/QUEUE/CAP", "MEMORY", "used/total", "DEVICE", "SEEN",
+        "TOK/S", "ADDRESS", "VERSION",
     ]  # fmt: skip
     assert [line.split()[0] for line in lines[1:6]] == [short_id(p.peer_id) for p in arrange(SWARM)]
     busy = next(line for line in lines if "Busy0001" in line)
@@ -319,3 +320,29 @@ def test_the_gateway_lists_itself_then_its_nodes() -> None:
     # Known from its record only: never connected, so not healthy and no rtt.
     assert not silent["healthy"] and silent["rtt_ms"] is None and silent["last_seen"] == 11.0
     assert all(PeerStatus.from_json(p).to_json() == p for p in peers)
+
+
+@pytest.mark.parametrize("width", [80, 60, 40])
+def test_a_narrow_terminal_drops_the_least_important_columns_and_says_so(width: int) -> None:
+    console = Console(record=True, width=width, color_system=None)
+    console.print(render(arrange(SWARM), width))
+    lines = console.export_text().splitlines()
+    assert all(len(line.rstrip()) <= width for line in lines)
+    header = lines[0].split()
+    assert header[:2] == ["PEER", "ROLE"]
+    kept = [c for c in COLUMNS if c.split()[0] in header]
+    assert kept == list(COLUMNS[: len(kept)])  # given up from the end, in order
+    dropped = ", ".join(COLUMNS[len(kept) :])
+    footer = " ".join(line.strip() for line in lines if "not shown" in line or "--wide" in line)
+    assert "not shown for width:" in footer and "(--wide shows all)" in footer
+    assert dropped.split(", ")[-1] in footer  # every hidden column is named
+    for peer in arrange(SWARM):
+        assert any(line.startswith(short_id(peer.peer_id)) for line in lines)
+
+
+def test_wide_shows_every_column() -> None:
+    console = Console(record=True, width=400, color_system=None)
+    console.print(render(arrange(SWARM), None))
+    text = console.export_text()
+    assert all(c.split()[0] in text.splitlines()[0] for c in COLUMNS)
+    assert "not shown" not in text
