@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Literal, get_args
 
 from keys import default_data_dir
+
+# How a gateway picks the node for a call (``gateway.routing.router``): by expected wait, or
+# ignoring load, round-robin or at random (kept to measure expected wait against).
+Policy = Literal["expected-wait", "round-robin", "random"]
+POLICIES: tuple[Policy, ...] = get_args(Policy)
 
 
 @dataclasses.dataclass
@@ -25,3 +31,8 @@ class GatewayConfig:
     default_plan: str = "default"  # the plan new users get
     registration: bool = True  # whether anyone may register at POST /v1/auth/register
     session_ttl: float = 86400.0  # seconds a login token lives
+    routing: Policy = "expected-wait"
+
+    def __post_init__(self) -> None:
+        if self.routing not in POLICIES:
+            raise ValueError(f"routing must be one of {', '.join(POLICIES)}, not {self.routing!r}")

@@ -62,7 +62,7 @@ async def run_gateway(config: GatewayConfig) -> None:
     host = PeerHost(identity, operator_public)
     table = PeerTable()
     tracker = Tracker(host, table, certificate, operator_public)
-    router = Router(table, tracker)
+    router = Router(table, tracker, config.routing)
     share = MeshEvents()
     services = Services(
         backend=router,
