@@ -22,6 +22,9 @@ class Fleet:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.echoes: dict[str, str] = {}  # name -> URL
         self._procs: list[subprocess.Popen[bytes]] = []
+        self._logs: dict[int, Path] = {}  # pid -> its log, to show when it dies
+        self._dead: list[str] = []  # found stopped in swarms since dropped
+        self._reported: set[int] = set()
         self._swarms: list[Swarm] = []
         self.litellm: litellm_proxy.Proxy | None = None
         self.litellm_reason = "not started"  # why LiteLLM is not there, when it is not
@@ -33,6 +36,7 @@ class Fleet:
         with (self.logs / f"{name}.log").open("ab") as log:
             proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log)
         self._procs.append(proc)
+        self._logs[proc.pid] = self.logs / f"{name}.log"
         assert proc.stdout is not None
         line = proc.stdout.readline().decode().strip()  # printed once bound
         if not line.startswith("http://"):
@@ -50,6 +54,7 @@ class Fleet:
             return
         self.litellm = litellm_proxy.start(groups, self.work / "litellm")
         self._procs.append(self.litellm.proc)
+        self._logs[self.litellm.proc.pid] = self.litellm.log
 
     def litellm_ready(self) -> litellm_proxy.Proxy | None:
         """The proxy once it answers; None (and ``litellm_reason``) when it cannot."""
@@ -77,6 +82,7 @@ class Fleet:
         return swarm
 
     def drop(self, swarm: Swarm) -> None:
+        self._dead += self._stopped(self._of_swarm(swarm))
         swarm.stop()
         self._swarms.remove(swarm)
 
@@ -85,6 +91,31 @@ class Fleet:
         for swarm in self._swarms:
             running += [p.pid for p in swarm.local.procs.values() if p.poll() is None]
         return running
+
+    def dead(self) -> list[str]:
+        """Every process of this run that stopped on its own since the last call, with the
+        end of its log."""
+        found = [(p, self._logs.get(p.pid)) for p in self._procs]
+        for swarm in self._swarms:
+            found += self._of_swarm(swarm)
+        dead, self._dead = self._dead + self._stopped(found), []
+        return dead
+
+    @staticmethod
+    def _of_swarm(swarm: Swarm) -> list[tuple[subprocess.Popen[bytes], Path | None]]:
+        logs = swarm.local.data_dir / "logs"
+        return [(p, logs / f"{name}.log") for name, p in swarm.local.procs.items()]
+
+    def _stopped(self, found: list[tuple[subprocess.Popen[bytes], Path | None]]) -> list[str]:
+        report = []
+        for proc, log in found:
+            if proc.poll() is None or proc.pid in self._reported:
+                continue
+            self._reported.add(proc.pid)
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log else []
+            shown = log.name if log else str(proc.args)
+            report.append(f"{shown} exited with {proc.returncode}: " + " / ".join(tail))
+        return report
 
     def pin(self, cores: set[int]) -> None:
         """Every server process started so far onto ``cores``."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from scripts.benchlib import ROOT
 
 VENV = ROOT / ".venv-litellm"
-SPEC = "litellm[proxy]==1.80.0"
+SPEC = "litellm[proxy]==1.80.0"  # as in scripts/setup-litellm
 SETUP = ROOT / "scripts" / "setup-litellm"
 MASTER_KEY = "sk-bench"
 START_TIMEOUT = 180.0
@@ -35,9 +35,8 @@ def version() -> str:
 def ready_reason(install: bool) -> str | None:
     """None when the proxy can run; otherwise why not. With ``install``, a missing venv is
     made first (a minute or so, from PyPI)."""
-    if (VENV / ".bitinglip-setup").exists() and (
-        VENV / ".bitinglip-setup"
-    ).read_text().strip() == SPEC:
+    stamp = VENV / ".bitinglip-setup"  # written by scripts/setup-litellm once installed
+    if stamp.exists() and stamp.read_text().strip() == SPEC:
         return None
     if not install:
         return f"{VENV.name} is missing (scripts/setup-litellm makes it)"

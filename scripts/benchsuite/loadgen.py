@@ -60,6 +60,18 @@ class Connection:
         self._writer: asyncio.StreamWriter | None = None
 
     async def call(self, request: bytes) -> tuple[int, bytes]:
+        """Send ``request``, read the answer: (status, body). A kept-alive connection that the
+        server closed while it sat idle (its keep-alive timeout) is reopened and the call sent
+        again, once, as HTTP clients do when no byte of an answer came back."""
+        reused = self._writer is not None
+        try:
+            return await self._exchange(request)
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            if not reused or (isinstance(exc, asyncio.IncompleteReadError) and exc.partial):
+                raise
+            return await self._exchange(request)
+
+    async def _exchange(self, request: bytes) -> tuple[int, bytes]:
         if self._writer is None:
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
         reader, writer = self._reader, self._writer

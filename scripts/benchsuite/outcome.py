@@ -55,7 +55,6 @@ class Context:
     argv: list[str]
     client_cores: set[int]
     server_cores: set[int]
-    install_litellm: bool
 
     @property
     def command(self) -> str:

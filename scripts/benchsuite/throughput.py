@@ -46,6 +46,7 @@ def run(ctx: Context, swarm: Swarm) -> Outcome:
     data: dict[str, Any] = {
         name: {
             str(level): {"rps": round(r.rate, 1), "errors": r.errors}
+            | ({"first_error": r.first_error} if r.errors else {})
             | (Stats.of(r.latencies).rounded() if r.latencies else {})
             for level, r in by.items()
         }

@@ -181,3 +181,34 @@ def test_a_loop_counts_the_calls_that_fail() -> None:
     run = asyncio.run(main())
     assert (run.latencies, run.errors) == ([], 2)
     assert run.first_error.startswith("CallError: HTTP 503")
+
+
+def test_a_connection_the_server_closed_while_idle_is_reopened_once() -> None:
+    body = answer("hi")
+    connections = 0
+
+    async def once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Answers one call, then closes without saying so, as at a keep-alive timeout.
+        nonlocal connections
+        connections += 1
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    async def main() -> list[tuple[int, bytes]]:
+        server = await asyncio.start_server(once, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        connection = Connection(url)
+        try:
+            first = await connection.call(Target("t", url).request("hi"))
+            await asyncio.sleep(0.05)  # the server's close arrives
+            return [first, await connection.call(Target("t", url).request("hi"))]
+        finally:
+            connection.close()
+            server.close()
+
+    assert asyncio.run(main()) == [(200, body), (200, body)]
+    assert connections == 2
