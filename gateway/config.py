@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from keys import ScryptCost, default_data_dir
 
 Registration = Literal["open", "invite", "closed"]
+
+# How a gateway picks the node for a call (``gateway.routing.router``): by expected wait, or
+# ignoring load, round-robin or at random (kept to measure expected wait against).
+Policy = Literal["expected-wait", "round-robin", "random"]
+POLICIES: tuple[Policy, ...] = get_args(Policy)
 
 
 @dataclasses.dataclass
@@ -53,7 +58,11 @@ class GatewayConfig:
     auth_per_address: int = 20  # login and register attempts a minute per client address
     auth_per_user: int = 10  # ... and per user name
 
+    routing: Policy = "expected-wait"
+
     def __post_init__(self) -> None:
+        if self.routing not in POLICIES:
+            raise ValueError(f"routing must be one of {', '.join(POLICIES)}, not {self.routing!r}")
         if self.registration not in ("open", "invite", "closed"):
             raise ValueError(
                 f"registration must be open, invite or closed, not {self.registration!r}"

@@ -75,7 +75,7 @@ async def run_gateway(config: GatewayConfig) -> None:
 
     table = PeerTable()
     tracker = Tracker(host, table)
-    router = Router(table, tracker)
+    router = Router(table, tracker, config.routing)
     share = MeshEvents()
     services = Services(
         backend=router,

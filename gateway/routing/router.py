@@ -8,18 +8,24 @@ path; a node sends its first image only once all are made, so one that dies whil
 making them has answered nothing yet and is passed over like one that cannot be reached.
 Speech streams like text (its first audio chunk is its first reply), a window of speech
 to transcribe is answered whole, and a chat with pictures streams exactly as text does.
+
+Which node goes first is the routing policy: ``expected-wait`` (the default) ranks by the
+peer table's expected wait; ``round-robin`` and ``random`` ignore load and exist to be
+measured against it (``scripts/bench``). Failover is the same under each.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.routing.peer_table import PeerTable
+from gateway.config import Policy
+from gateway.routing.peer_table import PeerEntry, PeerTable
 from gateway.routing.tracker import Tracker
 from node.p2p.rpc_client import Call, CallFailed, ConnectionLost, RemoteError
 from protocols import (
@@ -141,10 +147,19 @@ class Heard:
 
 
 class Router:
-    def __init__(self, table: PeerTable, tracker: Tracker) -> None:
+    def __init__(
+        self,
+        table: PeerTable,
+        tracker: Tracker,
+        policy: Policy = "expected-wait",
+        rng: random.Random | None = None,
+    ) -> None:
         self.table = table
         self.tracker = tracker
+        self.policy = policy
         self.retries = 0
+        self._rng = rng or random.Random()
+        self._turn = 0  # round-robin: calls routed so far
 
     def models(self, task: str | None = None) -> list[str]:
         """Every model id the swarm advertises (for ``task`` only, when given)."""
@@ -174,17 +189,29 @@ class Router:
             for model, entries in self.table.models().items()
         }
 
-    async def _candidates(self, model: str, task: str, tried: set[str]) -> list[str]:
+    async def _candidates(self, model: str, task: str, tried: set[str], turn: int) -> list[str]:
         if model not in self.models(task):
             await self.tracker.find_model(model)
             if model not in self.models(task):
                 raise UnknownModel(model, self.models(task))
-        now = time.time()
-        return [
-            e.peer_id
-            for e in self.table.candidates(model, now, tried)
+        ready = [
+            e
+            for e in self.table.candidates(model, time.time())
             if e.peer_id in self.tracker.clients
         ]
+        return [e.peer_id for e in self._ordered(ready, turn) if e.peer_id not in tried]
+
+    def _ordered(self, ready: list[PeerEntry], turn: int) -> list[PeerEntry]:
+        """``ready`` (best expected wait first) in the order this policy tries them."""
+        if self.policy == "round-robin":
+            # Rotated over every ready node, tried ones included, so a retry goes to the next
+            # node in the cycle.
+            cycle = sorted(ready, key=lambda e: e.peer_id)
+            start = turn % len(cycle) if cycle else 0
+            return cycle[start:] + cycle[:start]
+        if self.policy == "random":
+            return self._rng.sample(ready, len(ready))
+        return ready
 
     def _why_none(self, model: str) -> str:
         states = [
@@ -277,8 +304,10 @@ class Router:
         """Open ``method`` on the best node that answers it: (peer, call, first reply)."""
         tried: set[str] = set()
         last_error = ""
+        turn = self._turn
+        self._turn += 1
         for _ in range(MAX_ATTEMPTS):
-            peers = await self._candidates(model, task, tried)
+            peers = await self._candidates(model, task, tried, turn)
             if not peers:
                 break
             peer = peers[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
@@ -14,6 +15,7 @@ from typing import Any, cast
 import pytest
 import trio
 
+from gateway.config import Policy
 from gateway.routing.peer_table import PeerEntry, PeerTable
 from gateway.routing.router import (
     MAX_ATTEMPTS,
@@ -625,3 +627,59 @@ async def test_an_image_call_for_a_text_model_is_an_unknown_model(
         await router.generate_image(image_params(1), timeout=1)
     assert caught.value.available == []
     assert node.calls == []
+
+
+# --- routing policies ---------------------------------------------------------------------
+
+
+def policy_router(table: PeerTable, tracker: FakeTracker, policy: Policy) -> Router:
+    return Router(table, cast(Tracker, tracker), policy, random.Random(7))
+
+
+async def routed(router: Router, calls: int) -> list[str]:
+    peers = []
+    for _ in range(calls):
+        async with router.generate(chat(), timeout=1) as generation:
+            peers.append(generation.peer_id)
+            await generation.text()
+    return peers
+
+
+async def test_round_robin_takes_every_ready_node_in_turn_whatever_its_load(
+    table: PeerTable, tracker: FakeTracker
+) -> None:
+    for peer, inflight in (("peer-c", 0), ("peer-a", 9), ("peer-b", 3)):
+        add(table, tracker, peer, FakeNode(answer("x")), load_=load(inflight=inflight))
+    add(table, tracker, "peer-d", models={"m": "loading"})
+    router = policy_router(table, tracker, "round-robin")
+    assert await routed(router, 7) == ["peer-a", "peer-b", "peer-c"] * 2 + ["peer-a"]
+
+
+async def test_round_robin_fails_over_to_the_next_node_in_the_cycle(
+    table: PeerTable, tracker: FakeTracker
+) -> None:
+    add(table, tracker, "peer-a", FakeNode(answer("a")))
+    add(table, tracker, "peer-b", FakeNode([Error(1, ErrorCode.OVERLOADED, "full")]))
+    add(table, tracker, "peer-c", FakeNode(answer("c")))
+    router = policy_router(table, tracker, "round-robin")
+    assert await routed(router, 3) == ["peer-a", "peer-c", "peer-c"]
+    assert router.retries == 1
+
+
+async def test_random_spreads_calls_over_ready_nodes_whatever_their_load(
+    table: PeerTable, tracker: FakeTracker
+) -> None:
+    add(table, tracker, "peer-idle", FakeNode(answer("x")))
+    add(table, tracker, "peer-busy", FakeNode(answer("x")), load_=load(inflight=50))
+    add(table, tracker, "peer-draining", FakeNode(answer("x")), load_=load(draining=True))
+    peers = await routed(policy_router(table, tracker, "random"), 40)
+    assert set(peers) == {"peer-idle", "peer-busy"}
+    assert 10 <= peers.count("peer-busy") <= 30  # seeded: the same count every run
+
+
+async def test_expected_wait_is_the_default_policy(table: PeerTable, tracker: FakeTracker) -> None:
+    add(table, tracker, "peer-a", FakeNode(answer("x")), load_=load(inflight=1))
+    add(table, tracker, "peer-b", FakeNode(answer("x")))
+    router = Router(table, cast(Tracker, tracker))
+    assert router.policy == "expected-wait"
+    assert await routed(router, 3) == ["peer-b"] * 3

@@ -1,0 +1,1 @@
+"""Helpers of the scripts in this folder; the scripts themselves are run, not imported."""
