@@ -3,7 +3,9 @@
 Discovery: every peer the DHT knows about is looked up under ``/bitinglip/node/<id>``,
 all at once with a short timeout each (``node.p2p.discovery``), so peers that are gone
 cannot delay finding the ones that are here; a record that verifies and names a node
-that is not revoked gets a connection. Each connection is one
+that is not revoked gets a connection. A node admitted on a connection of this gateway's
+own is adopted at once instead: its record is asked for over RPC as soon as it is admitted,
+with no DHT round trip or wait for the next look. Each connection is one
 reused RPC stream carrying both the node's ``watch`` load updates and this gateway's
 calls. A node whose stream breaks leaves routing at once; a node that goes silent is
 suspect after three missed heartbeats and gone when its record expires.
@@ -23,6 +25,7 @@ from node.p2p.host import PeerHost
 from node.p2p.rpc_client import CallFailed, RpcClient
 from protocols import (
     RPC_PROTOCOL,
+    Certificate,
     NodeRecord,
     RemoteProtocolError,
     model_key,
@@ -33,7 +36,11 @@ from protocols.events import WatchUpdate
 
 logger = logging.getLogger(__name__)
 
-DISCOVER_INTERVAL = 2.0
+DISCOVER_INTERVAL = 1.0
+# A node met on a connection: how often, and how long, to ask it for its record before it
+# has published one (it advertises as soon as it has joined).
+ADOPT_EVERY = 0.1
+ADOPT_FOR = 5.0
 # A peer with no node record yet (a client, or a node that has not published) is looked up
 # again after 1 s, then 2, 4, ... up to 30 s: a node that just started is found at once.
 RETRY_FIRST = 1.0
@@ -55,6 +62,7 @@ class Tracker:
         self.on_gateway: Callable[[NodeRecord], None] | None = None
         self.gateways: set[str] = set()
         self.changed = trio.Event()
+        host.on_member = self._met
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -64,6 +72,29 @@ class Tracker:
                 await self.discover()
                 self.table.expire(time.time())
                 await trio.sleep(DISCOVER_INTERVAL)
+
+    def _met(self, peer: str, cert: Certificate) -> None:
+        """A peer was admitted on a connection: if it is a node, adopt it now."""
+        tracked = peer in self.clients or peer in self._connecting
+        if cert.role == "node" and not tracked and self._nursery is not None:
+            self._nursery.start_soon(self._adopt, peer)
+
+    async def _adopt(self, peer: str) -> None:
+        """Ask a node just met for its signed record, and track it like one found."""
+        with trio.move_on_after(ADOPT_FOR):
+            try:
+                stream = await self.host.open_stream(peer, [], RPC_PROTOCOL)
+                client = RpcClient(stream, self.host.certificate)
+                async with client.running():
+                    while peer not in self.clients and peer not in self._connecting:
+                        reply = await client.call("record", {}, timeout=ADOPT_FOR)
+                        value = reply.get("record")
+                        if isinstance(value, bytes) and value:
+                            self._take(peer, value)
+                            return
+                        await trio.sleep(ADOPT_EVERY)  # not published yet
+            except Exception as exc:  # gone, or not serving yet: discovery finds it later
+                logger.debug("could not adopt node %s: %r", peer[-8:], exc)
 
     def _verify(self, value: bytes) -> NodeRecord | None:
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -120,6 +120,9 @@ class PeerHost:
         self.gate.revocations = saved
         self.peer_id = str(self.host.get_id())
         self._bootstrap: list[str] = []
+        # Told of each peer admitted on a connection, with its certificate: a gateway
+        # adopts a node it meets at once instead of waiting to find its record.
+        self.on_member: Callable[[str, Certificate], None] | None = None
 
     @classmethod
     def of(cls, data_dir: Path, role: str) -> PeerHost:
@@ -285,6 +288,8 @@ class PeerHost:
 
         if cert.role in SERVER_ROLES:
             await self.dht.routing_table.add_peer(ID.from_base58(peer))
+        if self.on_member is not None:
+            self.on_member(peer, cert)
 
     def _removed(self, peer: str) -> None:
         from libp2p.peer.id import ID

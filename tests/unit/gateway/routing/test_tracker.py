@@ -161,3 +161,60 @@ async def test_a_revoked_node_is_not_tracked() -> None:
     tracker = Tracker(cast(PeerHost, host), PeerTable())
     await tracker.discover()
     assert tracker.table.entries == {}
+
+
+class MeetingHost(FakeHost):
+    """A host whose DHT never answers, connected to one node that serves RPC in memory:
+    its record is published only after its first ``unpublished`` asks."""
+
+    def __init__(self, peer: str, record: bytes, unpublished: int) -> None:
+        super().__init__({}, [], {peer})
+        self.record = record
+        self.unpublished = unpublished
+        self.asked = 0
+        self.nursery: trio.Nursery | None = None
+
+    async def open_stream(self, peer: str, addrs: list[str], protocol: str) -> Any:
+        import trio.testing
+
+        from node.p2p.rpc_server import Caller, RpcServer
+        from node.p2p.streams import TrioByteStream
+
+        async def record(params: Any, caller: Any, emit: Any) -> dict[str, Any]:
+            self.asked += 1
+            published = self.asked > self.unpublished
+            return {"seq": 1 if published else 0, "record": self.record if published else b""}
+
+        left, right = trio.testing.memory_stream_pair()
+        server = RpcServer({"record": record}, lambda cert, peer: Caller(peer, "gateway"))
+        assert self.nursery is not None
+        self.nursery.start_soon(server.serve, TrioByteStream(right), "gateway")
+        return TrioByteStream(left)
+
+
+async def test_a_node_met_on_a_connection_is_adopted_without_the_dht(
+    autojump_clock: Any,
+) -> None:
+    peer, record = node_record()
+    host = MeetingHost(peer, record, unpublished=3)
+    tracker = Tracker(cast(PeerHost, host), PeerTable())
+    connecting: list[str] = []
+    tracker._connect_soon = lambda record: connecting.append(record.peer_id)  # type: ignore[method-assign]
+    tracker.discover = trio.sleep_forever  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        host.nursery = nursery
+        await nursery.start(tracker.run)
+        started = trio.current_time()
+        cert = Certificate(peer, "node", time.time(), time.time() + 60)
+        assert host.on_member is not None  # type: ignore[attr-defined]
+        host.on_member(peer, cert)  # type: ignore[attr-defined]
+        while peer not in connecting:
+            await trio.sleep(0.01)
+        took = trio.current_time() - started
+        nursery.cancel_scope.cancel()
+    assert host.lookups == 0  # no DHT round trip
+    assert host.asked == 4 and took < 1  # asked again until it had published
+    assert peer in tracker.table.entries
+    client_met = Certificate(peer, "client", time.time(), time.time() + 60)
+    other = Tracker(cast(PeerHost, MeetingHost(peer, record, 0)), PeerTable())
+    other._met(peer, client_met)  # a client is not adopted (and no nursery is needed)
