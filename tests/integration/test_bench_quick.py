@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-NAMES = ("overhead", "throughput", "routing", "footprint", "batching", "load-freshness")
+NAMES = (
+    "overhead", "throughput", "routing", "footprint", "batching", "load-freshness", "discovery",
+)  # fmt: skip
 
 
 def test_the_quick_suite_reports_every_sub_benchmark() -> None:
@@ -31,6 +33,7 @@ def test_the_quick_suite_reports_every_sub_benchmark() -> None:
     assert {"expected-wait", "round-robin", "random", "ideal"} <= set(results["routing"]["70%"])
     assert {"gateway", "node"} <= set(results["footprint"]["idle"])
     assert {"rise", "fall", "dht"} <= set(results["load-freshness"])
+    assert {"routable_p99_s", "killed_out_max_s"} <= set(results["discovery"])
     for name in ("overhead", "throughput", "routing"):
         litellm = results[name]["litellm"]
         assert litellm == "run" or litellm.startswith("not run: "), litellm
