@@ -61,11 +61,6 @@ class SpeechParams(PeerParams):
     voice: str = ""
     speed: float = 1.0
 
-    def __post_init__(self) -> None:
-        problem = self._problem()
-        if problem:
-            raise ValueError(problem)
-
     def _problem(self) -> str | None:
         if not self.input.strip():
             return "input must not be empty"
@@ -133,11 +128,6 @@ class TranscribeParams(PeerParams):
     prompt: str = ""
     temperature: float = 0.0
     timestamps: bool = False
-
-    def __post_init__(self) -> None:
-        problem = self._problem()
-        if problem:
-            raise ValueError(problem)
 
     def _problem(self) -> str | None:
         if problem := _rate_problem(self.sample_rate):

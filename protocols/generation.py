@@ -36,6 +36,15 @@ class PeerParams:
 
     _WHAT: ClassVar[str]  # how a refusal names the parameters
 
+    def __post_init__(self) -> None:
+        problem = self._problem()
+        if problem:
+            raise ValueError(problem)
+
+    def _problem(self) -> str | None:
+        """What is wrong with these parameters, in a sentence; None when nothing is."""
+        return None
+
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -70,11 +79,6 @@ class GenerateParams(PeerParams):
     # False: the caller wants the whole answer at once; the node sends it in the end frame,
     # one frame instead of one per burst of tokens.
     stream: bool = True
-
-    def __post_init__(self) -> None:
-        problem = self._problem()
-        if problem:
-            raise ValueError(problem)
 
     def _problem(self) -> str | None:
         if (self.messages is None) == (self.prompt is None):
@@ -149,11 +153,6 @@ class ImageParams(PeerParams):
     steps: int = 30
     guidance: float = 7.5
     seed: int | None = None
-
-    def __post_init__(self) -> None:
-        problem = self._problem()
-        if problem:
-            raise ValueError(problem)
 
     def _problem(self) -> str | None:
         if not self.prompt:

@@ -70,11 +70,6 @@ class VisionParams(PeerParams):
     seed: int | None = None
     stream: bool = True
 
-    def __post_init__(self) -> None:
-        problem = self._problem()
-        if problem:
-            raise ValueError(problem)
-
     def _problem(self) -> str | None:
         if not self.messages:
             return "messages must not be empty"
