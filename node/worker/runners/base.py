@@ -13,11 +13,12 @@ text model's).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from protocols import (
     AudioChunk,
@@ -138,6 +139,17 @@ class Measured(Protocol):
 
     @property
     def tokens_per_s(self) -> float: ...
+
+
+def drop_model(runner: Any, busy: threading.Lock | None = None) -> None:
+    """Take ``runner._model`` away (under ``busy``, so a call in progress finishes first)
+    and give its memory back; this function then holds the model's last reference."""
+    with busy or contextlib.nullcontext():
+        model, runner._model = runner._model, None
+    if model is not None:
+        device = str(model.device)
+        del model
+        free_device_memory(device)
 
 
 def free_device_memory(device: str) -> None:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from node.worker.runners.base import Progress, free_device_memory
+from node.worker.runners.base import Progress, drop_model
 from protocols import AudioChunk, ModelInfo, SpeechParams
 from protocols.audio import MAX_CHUNK_BYTES, SAMPLE_BYTES
 
@@ -119,12 +119,7 @@ class _Speaker:
 
     def close(self) -> None:
         """Drop the model; waits for a call in progress to finish its piece."""
-        with self._busy:
-            model, self._model = self._model, None
-        if model is not None:
-            device = str(model.device)
-            del model
-            free_device_memory(device)
+        drop_model(self, self._busy)
 
 
 class VitsSpeech(_Speaker):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from node.worker.runners.base import Delta, Progress, free_device_memory
+from node.worker.runners.base import Delta, Progress, drop_model
 from node.worker.runners.batch import BatchEngine, Pick
 from node.worker.runners.kv import FALLBACK_CONTEXT, default_slots
 from protocols import GenerateParams, ModelInfo
@@ -175,10 +175,7 @@ class TextRunner:
         if engine is None:
             return
         engine.close()
-        model, self._model = self._model, None
-        device = str(model.device)
-        del model
-        free_device_memory(device)
+        drop_model(self)
 
     def _encode(self, params: GenerateParams) -> list[int]:
         tokenizer = self._tokenizer

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from node.worker.runners.base import GenerationCancelled, Progress, free_device_memory
+from node.worker.runners.base import GenerationCancelled, Progress, drop_model
 from protocols import ModelInfo, Segment, TranscribeParams, Transcript
 
 logger = logging.getLogger(__name__)
@@ -160,9 +160,4 @@ class WhisperRunner:
         return [t for t in sequence if t != eos]
 
     def close(self) -> None:
-        with self._busy:
-            model, self._model = self._model, None
-        if model is not None:
-            device = str(model.device)
-            del model
-            free_device_memory(device)
+        drop_model(self, self._busy)

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from node.worker.runners.base import Delta, Progress, free_device_memory
+from node.worker.runners.base import Delta, Progress, drop_model
 from protocols import ModelInfo, VisionParams
 from protocols.vision import MAX_VISION_SIDE
 
@@ -146,12 +146,7 @@ class _Describer:
         yield Delta(held, prompt_tokens, counted[0], finish)
 
     def close(self) -> None:
-        with self._busy:
-            model, self._model = self._model, None
-        if model is not None:
-            device = str(model.device)
-            del model
-            free_device_memory(device)
+        drop_model(self, self._busy)
 
 
 class VisionChat(_Describer):
