@@ -15,6 +15,7 @@ operator methods refuse anyone but a caller with the ``operator`` role.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import secrets
@@ -160,33 +161,22 @@ class NodeService:
     async def rpc_load_model(
         self, params: dict[str, Any], caller: Caller, emit: Emit
     ) -> dict[str, Any]:
-        control = self._operator(caller)
-        try:
-            spec = ModelSpec.from_wire(params)
-        except RemoteProtocolError as exc:
-            raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
+        control, spec = self._operator(caller), _parsed(ModelSpec.from_wire, params)
 
         async def report(message: str, fraction: float | None) -> None:
             await emit({"message": message, "fraction": fraction})
 
-        try:
+        with _refusals():
             return await control.load_model(spec, report)
-        except Busy as exc:
-            raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
-        except NotEnoughMemory as exc:
-            raise RpcError(ErrorCode.NO_MEMORY, str(exc)) from exc
 
     async def rpc_unload_model(
         self, params: dict[str, Any], caller: Caller, emit: Emit
     ) -> dict[str, Any]:
-        control = self._operator(caller)
-        try:
-            request = Unload.from_wire(params)
-        except RemoteProtocolError as exc:
-            raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
+        control, request = self._operator(caller), _parsed(Unload.from_wire, params)
         if self.roster.get(request.model) is None:
             raise RpcError(ErrorCode.MODEL_NOT_FOUND, f"this node has no {request.model!r}")
-        return await control.unload_model(request)
+        with _refusals():
+            return await control.unload_model(request)
 
     def _operator(self, caller: Caller) -> Control:
         if caller.role != "operator":
@@ -332,16 +322,31 @@ async def _slot(scheduler: Scheduler, model: str) -> AsyncIterator[None]:
         raise RpcError(ErrorCode.UNAVAILABLE, f"{model} {exc}") from exc
 
 
+def _parsed(parse: Callable[[dict[str, Any]], P], params: dict[str, Any]) -> P:
+    try:
+        return parse(params)
+    except RemoteProtocolError as exc:
+        raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
+
+
+@contextlib.contextmanager
+def _refusals() -> Iterator[None]:
+    """A load or unload the node turns down, as the code that says why."""
+    try:
+        yield
+    except Busy as exc:
+        raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
+    except NotEnoughMemory as exc:
+        raise RpcError(ErrorCode.NO_MEMORY, str(exc)) from exc
+
+
 def _inference_params(
     caller: Caller, parse: Callable[[dict[str, Any]], P], params: dict[str, Any]
 ) -> P:
     """Only gateways run models; their parameters are checked like any peer input."""
     if caller.role != "gateway":
         raise RpcError(ErrorCode.UNAUTHORIZED, "only gateways may run inference")
-    try:
-        return parse(params)
-    except RemoteProtocolError as exc:
-        raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
+    return _parsed(parse, params)
 
 
 def _is_text(runner: object) -> TypeGuard[Runner]:

@@ -40,6 +40,8 @@ class FakeControl:
         return {"model": {"id": spec.id}, "seconds": 0.1}
 
     async def unload_model(self, request: Unload) -> dict[str, Any]:
+        if request.model == "soon":
+            raise Busy("soon is still loading: unload it once it is ready")
         self.unloaded.append(request)
         return {"model": request.model, "calls_drained": 0}
 
@@ -64,6 +66,7 @@ async def node(service: NodeService, cert: bytes = b"operator") -> AsyncIterator
 
 def service(control: FakeControl | None = None) -> NodeService:
     roster = Roster.of({"echo": EchoRunner()}, 2, 2)
+    roster.begin(ModelSpec("soon"), "text-generation")
     return NodeService(roster, lambda: 0, control=control or FakeControl())
 
 
@@ -105,6 +108,7 @@ async def test_refusals_name_their_reason() -> None:
             ("load_model", {"id": "twice"}, ErrorCode.BAD_REQUEST, "already ready"),
             ("load_model", {"id": "m", "slots": -2}, ErrorCode.BAD_REQUEST, "slots should be"),
             ("unload_model", {"model": "nope"}, ErrorCode.MODEL_NOT_FOUND, "has no 'nope'"),
+            ("unload_model", {"model": "soon"}, ErrorCode.BAD_REQUEST, "still loading"),
             ("unload_model", {"timeout": 1}, ErrorCode.BAD_REQUEST, "model is missing"),
         ]
         for method, params, code, words in cases:
