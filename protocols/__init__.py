@@ -4,6 +4,7 @@ Nothing here does I/O or imports trio, libp2p or torch: bytes in, values out.
 """
 
 from protocols.audio import AudioChunk, Segment, SpeechParams, TranscribeParams, Transcript
+from protocols.embedding import EmbedParams, Vectors
 from protocols.errors import (
     ErrorCode,
     FrameTooLarge,
@@ -81,6 +82,7 @@ __all__ = [
     "Certificate",
     "ChatMessage",
     "Chunk",
+    "EmbedParams",
     "End",
     "Error",
     "ErrorCode",
@@ -112,6 +114,7 @@ __all__ = [
     "TranscribeParams",
     "Transcript",
     "UsageEvent",
+    "Vectors",
     "VisionMessage",
     "VisionParams",
     "WatchUpdate",

@@ -28,7 +28,14 @@ MODEL_KEY_PREFIX = "/bitinglip/model/"
 DHT_NAMESPACE = "bitinglip"
 
 ROLES = ("node", "gateway", "client", "operator")
-TASKS = ("text-generation", "text-to-image", "text-to-speech", "speech-to-text", "image-to-text")
+TASKS = (
+    "text-generation",
+    "text-to-image",
+    "text-to-speech",
+    "speech-to-text",
+    "image-to-text",
+    "embedding",
+)
 MODEL_STATES = ("loading", "ready", "draining", "failed")
 
 
@@ -61,6 +68,13 @@ class ModelInfo:
     context_length: int
     max_batch: int
     state: str
+    # What the model can do beyond its task, for clients choosing one (``/v1/models``):
+    # a chat template, one that reads tool definitions; an embedding model's vector size,
+    # and whether it was trained to be cut shorter (Matryoshka).
+    chat: bool = False
+    tools: bool = False
+    dimensions: int = 0
+    matryoshka: bool = False
 
 
 @dataclass(frozen=True)

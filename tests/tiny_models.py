@@ -522,3 +522,84 @@ def build_tiny_blip(path: Path) -> Path:
     hf.BlipForConditionalGeneration(config).save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+EMBEDDING_DIMENSIONS = 32
+EMBEDDING_CONTEXT = 64
+
+
+def build_tiny_sentence_bert(
+    path: Path, pooling: str = "mean", normalize: bool = True, matryoshka: bool = False
+) -> Path:
+    """Save a tiny random BERT in sentence-transformers' layout: the transformer at the top
+    (with ``sentence_bert_config.json``), ``1_Pooling`` (``pooling``: ``mean``, ``cls``,
+    ``max`` or ``lasttoken``) and, with ``normalize``, ``2_Normalize``; ``matryoshka``
+    writes a model card naming the loss sentence-transformers writes for such models.
+    Reads at most ``EMBEDDING_CONTEXT`` tokens, [CLS] and [SEP] included."""
+    import json
+
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    hf = transformers_any()
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    vocab = {t: i for i, t in enumerate(special + PUNCTUATION + WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    hf.PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+    ).save_pretrained(path)
+    config = hf.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=EMBEDDING_DIMENSIONS,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=0,
+    )
+    torch.manual_seed(1234)
+    hf.BertModel(config, add_pooling_layer=False).save_pretrained(path)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
+    ]
+    if normalize:
+        modules.append(
+            {
+                "idx": 2,
+                "name": "2",
+                "path": "2_Normalize",
+                "type": "sentence_transformers.models.Normalize",
+            }
+        )
+        (path / "2_Normalize").mkdir()
+    (path / "modules.json").write_text(json.dumps(modules))
+    (path / "1_Pooling").mkdir()
+    modes = {"cls": "cls_token", "mean": "mean_tokens", "max": "max_tokens"}
+    pooling_config: dict[str, Any] = {"word_embedding_dimension": EMBEDDING_DIMENSIONS}
+    pooling_config |= {f"pooling_mode_{m}": False for m in modes.values()}
+    pooling_config["pooling_mode_lasttoken"] = pooling == "lasttoken"
+    if pooling in modes:
+        pooling_config[f"pooling_mode_{modes[pooling]}"] = True
+    (path / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config))
+    settings = {"max_seq_length": EMBEDDING_CONTEXT, "do_lower_case": True}
+    (path / "sentence_bert_config.json").write_text(json.dumps(settings))
+    if matryoshka:
+        (path / "README.md").write_text(
+            "Trained with `MatryoshkaLoss`, matryoshka_dims: [32, 16, 8]\n"
+        )
+    return path

@@ -1,5 +1,5 @@
-"""The node's RPC methods: generate, generate_image, speak, transcribe, describe, status,
-watch, record, and the operator's load_model and unload_model.
+"""The node's RPC methods: generate, generate_image, speak, transcribe, describe, embed,
+status, watch, record, and the operator's load_model and unload_model.
 
 ``generate`` streams text deltas as chunks, each with the token counts so far, and ends
 with usage; ``generate_image`` sends
@@ -7,6 +7,8 @@ each image as its own chunk (one PNG per frame keeps frames under the size cap) 
 with the count and the seed used; ``speak`` streams audio chunks as the model makes them
 and ends with the seconds made; ``transcribe`` answers one window of speech with its
 transcript; ``describe`` (pictures in a chat) streams text exactly as ``generate`` does;
+``embed`` sends its vectors a chunk at a time, in input order, and ends with their
+dimensions and the tokens read;
 ``watch`` streams the node's live load whenever it changes (coalesced) and at least every
 second, which is how gateways see load far fresher than the DHT record can carry it.
 ``load_model`` streams the loading's progress and ends with the model's description; both
@@ -33,6 +35,7 @@ from node.worker.memory import NotEnoughMemory
 from node.worker.roster import Busy, Roster
 from node.worker.runners.base import (
     Delta,
+    Embedder,
     ImageRunner,
     Runner,
     SpeechRunner,
@@ -43,6 +46,7 @@ from node.worker.scheduler import Draining, Overloaded, Scheduler
 from node.worker.threads import drain, in_thread, pump
 from protocols import (
     AudioChunk,
+    EmbedParams,
     ErrorCode,
     GenerateParams,
     ImageParams,
@@ -99,6 +103,7 @@ class NodeService:
             "speak": self.rpc_speak,
             "transcribe": self.rpc_transcribe,
             "describe": self.rpc_describe,
+            "embed": self.rpc_embed,
             "status": self.rpc_status,
             "watch": self.rpc_watch,
             "record": self.rpc_record,
@@ -309,6 +314,21 @@ class NodeService:
                 lambda flag: runner.describe(request, flag), request.stream, emit, scheduler
             )
 
+    async def rpc_embed(self, params: dict[str, Any], caller: Caller, emit: Emit) -> dict[str, Any]:
+        request = _inference_params(caller, EmbedParams.from_wire, params)
+        runner, scheduler = self._runner(request.model, _is_embedder, "embeddings")
+        started = time.monotonic()
+        try:
+            async with _slot(scheduler, request.model):
+                embedded = await in_thread(lambda flag: runner.embed(request, flag))
+        except ValueError as exc:
+            raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
+        scheduler.record_speed(embedded.tokens, time.monotonic() - started)
+        for chunk in embedded.vectors:
+            await emit(chunk.to_wire())
+        dimensions = embedded.vectors[0].dimensions if embedded.vectors else 0
+        return {"dimensions": dimensions, "prompt_tokens": embedded.tokens}
+
 
 @asynccontextmanager
 async def _slot(scheduler: Scheduler, model: str) -> AsyncIterator[None]:
@@ -367,6 +387,10 @@ def _is_transcriber(runner: object) -> TypeGuard[TranscriptionRunner]:
 
 def _is_vision(runner: object) -> TypeGuard[VisionRunner]:
     return isinstance(runner, VisionRunner)
+
+
+def _is_embedder(runner: object) -> TypeGuard[Embedder]:
+    return isinstance(runner, Embedder)
 
 
 def _finished(delta: Delta) -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from node.worker.memory import Estimate, estimate
 from node.worker.model_store import (
+    EMBEDDING,
     IMAGE_TO_TEXT,
     SPEECH_TO_TEXT,
     TEXT_GENERATION,
@@ -40,7 +41,8 @@ def load_runner(
     """Load ``spec.id``: ``echo`` (or ``echo-*``) needs no torch; anything else is
     resolved from a local path, the Hugging Face cache, or the bundled default model,
     and served by what its directory holds (``model_task``): a diffusers pipeline makes
-    images; a text-to-speech, speech-to-text or image-to-text model gets its runner; anything
+    images; a text-to-speech, speech-to-text, image-to-text or embedding model gets its
+    runner; anything
     else is a transformers causal LM batching ``spec.slots`` generations (0: as many as
     ``free_memory`` holds key/value caches for, once it is loaded)."""
     if is_echo(spec.id):
@@ -95,6 +97,11 @@ def _load(
 
         admit(estimate(path, dtype, 1))
         return load_vision(spec.id, path, device, dtype, progress)
+    if task == EMBEDDING:
+        from node.worker.runners.embedding import EmbeddingRunner
+
+        admit(estimate(path, dtype, 0))
+        return EmbeddingRunner.load(spec.id, path, device, dtype, progress)
     admit(estimate(path, dtype, spec.slots))
     return TextRunner.load(spec.id, path, device, dtype, spec.slots, progress, free_memory)
 

@@ -51,6 +51,7 @@ TEXT_TO_IMAGE = "text-to-image"
 TEXT_TO_SPEECH = "text-to-speech"
 SPEECH_TO_TEXT = "speech-to-text"
 IMAGE_TO_TEXT = "image-to-text"
+EMBEDDING = "embedding"
 # The architectures each speech runner serves (``runners.speech``, ``runners.transcribe``).
 SPEECH_ARCHITECTURES = {"VitsModel", "SpeechT5ForTextToSpeech"}
 TRANSCRIBE_ARCHITECTURES = {"WhisperForConditionalGeneration"}
@@ -221,9 +222,13 @@ def remove(model_id: str, data_dir: Path | None = None) -> Removed:
 def model_task(path: Path) -> str | None:
     """What the model in ``path`` serves, from its files alone: a diffusers pipeline makes
     images; a config's architectures tell speech models apart; a generating head with a
-    vision encoder reads pictures, and a causal language model writes text."""
+    vision encoder reads pictures, and a causal language model writes text. A model saved
+    in sentence-transformers' layout (``modules.json``) makes embeddings, whatever its
+    architecture: some embedding models are causal language models pooled at the last token."""
     if (path / "model_index.json").is_file():
         return TEXT_TO_IMAGE
+    if (path / "modules.json").is_file():
+        return EMBEDDING
     try:
         config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError):

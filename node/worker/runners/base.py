@@ -8,7 +8,7 @@ A text model is a ``Runner``; an image model is an ``ImageRunner``, which checks
 ``cancelled`` between denoising steps and raises ``GenerationCancelled`` when it is set.
 A text-to-speech model is a ``SpeechRunner`` (audio as it is made), a speech-to-text model a
 ``TranscriptionRunner`` and an image-to-text model a ``VisionRunner`` (text deltas, as a
-text model's).
+text model's). An embedding model is an ``Embedder``: a vector for each input.
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ from typing import Any, Protocol, runtime_checkable
 
 from protocols import (
     AudioChunk,
+    EmbedParams,
     GenerateParams,
     ImageParams,
     ModelInfo,
     SpeechParams,
     TranscribeParams,
     Transcript,
+    Vectors,
     VisionParams,
 )
 
@@ -129,8 +131,30 @@ class VisionRunner(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class Embedded:
+    """An embedding call's answer: the vectors in input order, in chunks that each fit an
+    RPC frame, and the tokens the model read."""
+
+    vectors: list[Vectors]
+    tokens: int
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def embed(self, params: EmbedParams, cancelled: threading.Event) -> Embedded:
+        """A vector for each input of ``params``. Raises ``GenerationCancelled`` once
+        ``cancelled`` is set."""
+        ...
+
+    def close(self) -> None: ...
+
+
 # Whatever a node can serve under a model id.
-ModelRunner = Runner | ImageRunner | SpeechRunner | TranscriptionRunner | VisionRunner
+ModelRunner = Runner | ImageRunner | SpeechRunner | TranscriptionRunner | VisionRunner | Embedder
 
 
 @runtime_checkable
