@@ -89,6 +89,7 @@ async def run_gateway(config: GatewayConfig) -> None:
             config.data_dir / "images", config.image_ttl, config.image_store_bytes
         ),
         media=router,
+        embeddings=router,
         media_limits=MediaLimits(
             max_audio_seconds=config.max_audio_seconds,
             fetch_image_urls=config.fetch_image_urls,

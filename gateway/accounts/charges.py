@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from protocols import GenerateParams
+from protocols import EmbedParams, GenerateParams
 from protocols.vision import VisionParams
 
 # Tokens a chat template may add around the messages: role markers per message, and a
@@ -29,6 +29,8 @@ SILENT_TOKENS = 16
 # English runs ~4 bytes a token and CJK ~3: 3 overestimates, and the estimate is only
 # reserved (or charged where a node gave no counts).
 BYTES_PER_TOKEN = 3
+# Tokens an embedding model's tokenizer may add to each text: [CLS] and [SEP], a prefix.
+EMBED_SPECIAL_TOKENS = 8
 # Tokens one picture may take in a vision model's prompt (LLaVA's 576 patches, with room).
 IMAGE_TOKENS = 2048
 
@@ -98,6 +100,22 @@ def charge(params: Asked, reported: Mapping[str, Any], forwarded: str, finished:
     hidden = sum(len(s.encode()) for s in params.stop) + SILENT_TOKENS
     most = min(params.max_tokens, size + hidden)
     return Charge(min(prompt, prompt_bound(params)), min(completion, most))
+
+
+def embedding_bound(params: EmbedParams) -> int:
+    """The most tokens an embedding call can read: token arrays as given; for texts, a
+    token a byte (a byte-level tokenizer's worst) and the special tokens around each."""
+    if params.tokens:
+        return sum(map(len, params.tokens))
+    return sum(len(t.encode()) for t in params.texts) + EMBED_SPECIAL_TOKENS * params.count
+
+
+def embedding_charge(params: EmbedParams, reported: object) -> int:
+    """What an answered embedding call costs: the tokens its node read, at most what the
+    inputs can make (the bound where the node said nothing)."""
+    bound = embedding_bound(params)
+    counted = _count(reported)
+    return bound if counted is None else min(counted, bound)
 
 
 def _count(value: object) -> int | None:

@@ -14,6 +14,7 @@ from gateway.api import (
     chat,
     completions,
     dashboard,
+    embeddings,
     images,
     metrics,
     openapi,
@@ -25,7 +26,19 @@ from gateway.api.services import Services
 from gateway.api.uploads import MEDIA_PATHS, ByPath
 
 # The API's areas, in the order their routes are matched.
-AREAS = [chat, completions, peers, metrics, dashboard, images, audio, accounts, usage, openapi]
+AREAS = [
+    chat,
+    completions,
+    embeddings,
+    peers,
+    metrics,
+    dashboard,
+    images,
+    audio,
+    accounts,
+    usage,
+    openapi,
+]
 
 
 def create_app(

@@ -21,8 +21,15 @@ from gateway.api.auth import Authenticator
 from gateway.api.image_store import ImageStore
 from gateway.api.metrics import GatewayMetrics
 from gateway.media import MediaLimits
-from gateway.routing.router import Generation, Heard, Images, Speech
-from protocols import GenerateParams, ImageParams, SpeechParams, TranscribeParams, VisionParams
+from gateway.routing.router import Embeddings, Generation, Heard, Images, Speech
+from protocols import (
+    EmbedParams,
+    GenerateParams,
+    ImageParams,
+    SpeechParams,
+    TranscribeParams,
+    VisionParams,
+)
 
 
 class Backend(Protocol):
@@ -57,6 +64,12 @@ class MediaBackend(Protocol):
     ) -> AbstractAsyncContextManager[Generation]: ...
 
 
+class EmbeddingBackend(Protocol):
+    """Embeddings on the swarm side (a ``Router`` in production)."""
+
+    async def embed(self, params: EmbedParams, timeout: float) -> Embeddings: ...
+
+
 @dataclass
 class Services:
     backend: Backend
@@ -75,6 +88,8 @@ class Services:
     # None: this gateway answers no speech and reads no pictures.
     media: MediaBackend | None = None
     media_limits: MediaLimits = field(default_factory=MediaLimits)
+    # None: this gateway answers no embeddings.
+    embeddings: EmbeddingBackend | None = None
     # Users, keys, plans and usage; None: no accounts (operator-issued tokens only).
     store: Store | None = None
     accounts: Accounts | None = None

@@ -8,6 +8,7 @@ path; a node sends its first image only once all are made, so one that dies whil
 making them has answered nothing yet and is passed over like one that cannot be reached.
 Speech streams like text (its first audio chunk is its first reply), a window of speech
 to transcribe is answered whole, and a chat with pictures streams exactly as text does.
+An embedding call is answered whole too: the node sends its vectors only once all are made.
 
 Which node goes first is the routing policy: ``expected-wait`` (the default) ranks by the
 peer table's expected wait; ``round-robin`` and ``random`` ignore load and exist to be
@@ -30,6 +31,7 @@ from gateway.routing.tracker import Tracker
 from node.p2p.rpc_client import Call, CallFailed, ConnectionLost, RemoteError
 from protocols import (
     AudioChunk,
+    EmbedParams,
     ErrorCode,
     GenerateParams,
     ImageParams,
@@ -37,8 +39,10 @@ from protocols import (
     SpeechParams,
     TranscribeParams,
     Transcript,
+    Vectors,
     VisionParams,
 )
+from protocols.embedding import FLOAT_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +150,17 @@ class Heard:
     transcript: Transcript
 
 
+@dataclass(frozen=True)
+class Embeddings:
+    """An answered embedding call: one packed float32 vector per input, in input order, the
+    vectors' size, the tokens the node read, and the node."""
+
+    peer_id: str
+    rows: list[bytes]
+    dimensions: int
+    prompt_tokens: int
+
+
 class Router:
     def __init__(
         self,
@@ -245,13 +260,7 @@ class Router:
             "generate_image", params.model, "text-to-image", params.to_wire(), timeout
         )
         async with opened as (peer, call, first):
-            try:
-                chunks = [first] if first is not None else []
-                chunks += [chunk async for chunk in call]
-            except RemoteError as exc:
-                raise UpstreamError(exc.code, f"node failed mid-answer: {exc.message}") from exc
-            except ConnectionLost as exc:
-                raise UpstreamError(ErrorCode.UNAVAILABLE, f"node lost mid-answer: {exc}") from exc
+            chunks = await _every_chunk(call, first)
         images: list[bytes] = []
         for chunk in chunks:
             image = chunk.get("image")
@@ -287,6 +296,28 @@ class Router:
             return Heard(peer, Transcript.from_wire(call.result or {}, params.seconds))
         except RemoteProtocolError as exc:
             raise UpstreamError(ErrorCode.INTERNAL, f"node {peer[-8:]}: {exc}") from exc
+
+    async def embed(self, params: EmbedParams, timeout: float) -> Embeddings:
+        """A vector for each input, made by the best node that takes the call."""
+        opened = self._answered("embed", params.model, "embedding", params.to_wire(), timeout)
+        async with opened as (peer, call, first):
+            chunks = await _every_chunk(call, first)
+        result = call.result or {}
+        dimensions, tokens = result.get("dimensions"), result.get("prompt_tokens")
+        try:
+            rows = [row for chunk in chunks for row in Vectors.from_wire(chunk).rows()]
+        except RemoteProtocolError as exc:
+            raise UpstreamError(ErrorCode.INTERNAL, f"node {peer[-8:]}: {exc}") from exc
+        wanted = params.dimensions or dimensions
+        if (
+            not isinstance(dimensions, int)
+            or not isinstance(tokens, int)
+            or dimensions != wanted
+            or len(rows) != params.count
+            or any(len(row) != dimensions * FLOAT_BYTES for row in rows)
+        ):
+            raise UpstreamError(ErrorCode.INTERNAL, f"node {peer[-8:]} sent a malformed answer")
+        return Embeddings(peer, rows, dimensions, tokens)
 
     @asynccontextmanager
     async def describe(self, params: VisionParams, timeout: float) -> AsyncIterator[Generation]:
@@ -340,3 +371,15 @@ class Router:
             logger.info("node %s did not take the call (%s); trying another", peer[-8:], last_error)
         reason = self._why_none(model)
         raise NoPeerReady(f"{reason}; last error: {last_error}" if last_error else reason)
+
+
+async def _every_chunk(call: Call, first: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The rest of an answer that is used only whole; a failure half-way fails the call."""
+    try:
+        chunks = [first] if first is not None else []
+        chunks += [chunk async for chunk in call]
+    except RemoteError as exc:
+        raise UpstreamError(exc.code, f"node failed mid-answer: {exc.message}") from exc
+    except ConnectionLost as exc:
+        raise UpstreamError(ErrorCode.UNAVAILABLE, f"node lost mid-answer: {exc}") from exc
+    return chunks
