@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 GENERATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 # The methods that run a model; each is counted and timed.
-GENERATING = frozenset({"generate", "generate_image", "speak", "transcribe", "describe"})
+GENERATING = frozenset({"generate", "generate_image", "speak", "transcribe", "describe", "embed"})
 STREAMING_TEXT = frozenset({"generate", "describe"})  # timed to their first text
 OTHER = "other"  # the model label of a call for a model this node does not serve
 
