@@ -76,6 +76,24 @@ class ModelInfo:
     dimensions: int = 0
     matryoshka: bool = False
 
+    def capabilities(self) -> dict[str, bool]:
+        """What a client may ask of this model, by feature (``/v1/models``)."""
+        text = self.task == "text-generation"
+        return {
+            # A picture reader answers chats too: with pictures, or text alone.
+            "chat": (text and self.chat) or self.task == "image-to-text",
+            "completion": text,
+            "tools": text and self.tools,
+            # Constrained decoding holds any text model to a JSON schema.
+            "json": text,
+            "embeddings": self.task == "embedding",
+            "dimensions": self.task == "embedding" and self.matryoshka,
+            "vision": self.task == "image-to-text",
+            "speech": self.task == "text-to-speech",
+            "transcription": self.task == "speech-to-text",
+            "image": self.task == "text-to-image",
+        }
+
 
 @dataclass(frozen=True)
 class Load:

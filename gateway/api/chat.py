@@ -34,20 +34,7 @@ def install(app: FastAPI) -> None:
     @app.get("/v1/models")
     async def list_models(request: Request, claims: User) -> dict[str, Any]:
         serving = services(request).backend.serving()
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": m,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": "bitinglip",
-                    "task": next((p["task"] for p in peers if "task" in p), None),
-                    "peers": peers,
-                }
-                for m, peers in sorted(serving.items())
-            ],
-        }
+        return {"object": "list", "data": [model_entry(m, p) for m, p in sorted(serving.items())]}
 
     @app.post("/v1/chat/completions", openapi_extra=json_body(app, oa.ChatCompletionRequest))
     async def chat_completions(request: Request, claims: User) -> Response:
@@ -57,6 +44,25 @@ def install(app: FastAPI) -> None:
         )
         render = _ChatChunks(oa.completion_id(), body.model, body.include_usage())
         return await answer(started, render, body.stream)
+
+
+def model_entry(model: str, peers: list[dict[str, Any]]) -> dict[str, Any]:
+    """One model of ``/v1/models``: OpenAI's Model object, with the task, what the model can
+    do on any of its peers (``capabilities``) and, for an embedding model, its vector size."""
+    capabilities: dict[str, bool] = {}
+    for peer in peers:
+        for name, able in peer.get("capabilities", {}).items():
+            capabilities[name] = capabilities.get(name, False) or able
+    sizes = [p["dimensions"] for p in peers if "dimensions" in p]
+    return {
+        "id": model,
+        "object": "model",
+        "created": 0,
+        "owned_by": "bitinglip",
+        "task": next((p["task"] for p in peers if "task" in p), None),
+        "capabilities": capabilities,
+        "peers": peers,
+    } | ({"dimensions": max(sizes)} if sizes else {})
 
 
 @dataclass

@@ -186,23 +186,27 @@ class Router:
         )
 
     def serving(self) -> dict[str, list[dict[str, Any]]]:
-        """Model id → the nodes that list it, with state and load."""
+        """Model id → the nodes that list it, with state, load and what the model can do
+        there (an embedding model's vector size too)."""
         now = time.time()
-        return {
-            model: [
-                {
-                    "peer_id": e.peer_id,
-                    "state": next(m.state for m in e.record.models if m.id == model),
-                    "task": next(m.task for m in e.record.models if m.id == model),
-                    "healthy": not e.suspect(now) and not e.load.draining,
-                    "inflight": e.load.inflight,
-                    "queued": e.load.queued,
-                    "capacity": e.load.capacity,
-                }
-                for e in entries
-            ]
-            for model, entries in self.table.models().items()
-        }
+        served: dict[str, list[dict[str, Any]]] = {}
+        for model, entries in self.table.models().items():
+            for e in entries:
+                info = next(m for m in e.record.models if m.id == model)
+                served.setdefault(model, []).append(
+                    {
+                        "peer_id": e.peer_id,
+                        "state": info.state,
+                        "task": info.task,
+                        "healthy": not e.suspect(now) and not e.load.draining,
+                        "inflight": e.load.inflight,
+                        "queued": e.load.queued,
+                        "capacity": e.load.capacity,
+                        "capabilities": info.capabilities(),
+                    }
+                    | ({"dimensions": info.dimensions} if info.dimensions else {})
+                )
+        return served
 
     async def _candidates(self, model: str, task: str, tried: set[str], turn: int) -> list[str]:
         if model not in self.models(task):

@@ -130,6 +130,12 @@ def test_listed_metered_and_counted(embedding: Embedding) -> None:
         embedding.matryoshka: "embedding",
         embedding.plain: "embedding",
     }
+    able = {m["id"]: {k for k, v in m["capabilities"].items() if v} for m in listed}
+    assert able == {
+        embedding.matryoshka: {"embeddings", "dimensions"},
+        embedding.plain: {"embeddings"},
+    }
+    assert {m["dimensions"] for m in listed} == {EMBEDDING_DIMENSIONS}
     shown = peers("--gateway", swarm.url(), "--token", token, "--json")
     assert shown.returncode == 0, shown.stderr
     [node] = [p for p in json.loads(shown.stdout)["peers"] if p["role"] == "node"]

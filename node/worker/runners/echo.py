@@ -24,7 +24,7 @@ class EchoRunner:
     @property
     def info(self) -> ModelInfo:
         return ModelInfo(
-            self._model_id, "text-generation", "none", 1 << 20, self._max_batch, "ready"
+            self._model_id, "text-generation", "none", 1 << 20, self._max_batch, "ready", chat=True
         )
 
     def generate(self, params: GenerateParams, cancelled: threading.Event) -> Iterator[Delta]:

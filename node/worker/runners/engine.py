@@ -204,7 +204,10 @@ class EngineRunner:
     def info(self) -> ModelInfo:
         state = "ready" if self._ready else "loading"
         context = self._context or _FALLBACK_CONTEXT
-        return ModelInfo(self._model_id, "text-generation", "auto", context, self._slots, state)
+        # The engine answers chats itself, with the model's own template.
+        return ModelInfo(
+            self._model_id, "text-generation", "auto", context, self._slots, state, chat=True
+        )
 
     @property
     def url(self) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -136,8 +137,16 @@ class TextRunner:
 
     @property
     def info(self) -> ModelInfo:
+        template = self._tokenizer.chat_template
         return ModelInfo(
-            self._model_id, "text-generation", self._dtype, self._context, self._max_batch, "ready"
+            self._model_id,
+            "text-generation",
+            self._dtype,
+            self._context,
+            self._max_batch,
+            "ready",
+            chat=bool(template),
+            tools=reads_tools(template),
         )
 
     @property
@@ -357,6 +366,14 @@ def _stop_prefix_len(text: str, stops: list[str]) -> int:
                 best = size
                 break
     return best
+
+
+def reads_tools(template: object) -> bool:
+    """Whether a chat template (or a map of named ones, as some tokenizers keep) renders
+    tool definitions: it reads the ``tools`` variable, or one of them is named for tools."""
+    if isinstance(template, dict):
+        return "tool_use" in template or any(reads_tools(t) for t in template.values())
+    return isinstance(template, str) and re.search(r"\btools\b", template) is not None
 
 
 def default_dtype(device: str) -> str:

@@ -550,6 +550,12 @@ def test_serving_describes_each_node_of_each_model(
     )
     add(table, tracker, "peer-b", load_=load(draining=True))
     add(table, tracker, "peer-c", connected=False)
+    # A text model without a chat template: completions (and JSON), no chat.
+    every = ("chat", "completion", "tools", "json", "embeddings", "dimensions", "vision")
+    text = {
+        name: name in ("completion", "json")
+        for name in (*every, "speech", "transcription", "image")
+    }
     assert router.serving() == {
         "m": [
             {
@@ -560,6 +566,7 @@ def test_serving_describes_each_node_of_each_model(
                 "inflight": 2,
                 "queued": 3,
                 "capacity": 4,
+                "capabilities": text,
             },
             {
                 "peer_id": "peer-b",
@@ -569,6 +576,7 @@ def test_serving_describes_each_node_of_each_model(
                 "inflight": 0,
                 "queued": 0,
                 "capacity": 1,
+                "capabilities": text,
             },
             {
                 "peer_id": "peer-c",
@@ -578,6 +586,7 @@ def test_serving_describes_each_node_of_each_model(
                 "inflight": 0,
                 "queued": 0,
                 "capacity": 1,
+                "capabilities": text,
             },
         ],
         "x": [
@@ -589,6 +598,7 @@ def test_serving_describes_each_node_of_each_model(
                 "inflight": 2,
                 "queued": 3,
                 "capacity": 4,
+                "capabilities": text,
             },
         ],
     }

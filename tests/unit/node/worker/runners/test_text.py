@@ -13,11 +13,17 @@ import torch
 from node.worker.loading import load_runner
 from node.worker.models import DEFAULT_MODEL
 from node.worker.runners.base import Delta, no_progress
-from node.worker.runners.text import TextRunner
+from node.worker.runners.text import TextRunner, reads_tools
 from protocols import ChatMessage, GenerateParams, ModelInfo
 from protocols.operator import ModelSpec
 from tests.stand_in_directml import stand_in_directml
-from tests.tiny_models import CONTEXT_LENGTH, Converted, build_tiny_llama, converted_default_model
+from tests.tiny_models import (
+    CHAT_TEMPLATE,
+    CONTEXT_LENGTH,
+    Converted,
+    build_tiny_llama,
+    converted_default_model,
+)
 
 # Models (tiny ones built here, or the real default) take seconds to build and load.
 pytestmark = pytest.mark.slow
@@ -48,7 +54,9 @@ def text_of(deltas: list[Delta]) -> str:
 
 
 def test_info(tiny: TextRunner) -> None:
-    assert tiny.info == ModelInfo("tiny", "text-generation", "float32", CONTEXT_LENGTH, 4, "ready")
+    assert tiny.info == ModelInfo(
+        "tiny", "text-generation", "float32", CONTEXT_LENGTH, 4, "ready", chat=True
+    )
 
 
 def test_streams_several_deltas_then_finishes(tiny: TextRunner) -> None:
@@ -211,3 +219,10 @@ def test_default_model_knows_the_capital_of_france(default_model: Converted) -> 
     assert "Paris" in text_of(deltas)
     assert deltas[-1].finish_reason == "stop"  # the model ended its answer itself
     assert 0 < deltas[-1].completion_tokens < 30
+
+
+def test_a_template_that_renders_tools_is_told_apart() -> None:
+    assert not reads_tools(None) and not reads_tools(CHAT_TEMPLATE)
+    assert reads_tools("{% if tools %}{{ tools | tojson }}{% endif %}{{ messages }}")
+    assert not reads_tools("{{ messages }} {{ toolsmith }}")
+    assert reads_tools({"default": CHAT_TEMPLATE, "tool_use": "{{ messages }}"})
