@@ -15,6 +15,8 @@ ROLES = ("system", "user", "assistant")
 MAX_PROMPT_CHARS = 200_000
 MAX_NEW_TOKENS = 8192
 MAX_STOP_SEQUENCES = 4
+# Choices one text call may ask for; a gateway's plans may allow fewer.
+MAX_CHOICES = 16
 MAX_IMAGES = 4
 MAX_IMAGE_PROMPT_CHARS = 4000
 # 1024x1024 keeps even an incompressible RGB PNG (~3.2 MB) inside one 4 MiB RPC frame.
@@ -79,6 +81,8 @@ class GenerateParams(PeerParams):
     # False: the caller wants the whole answer at once; the node sends it in the end frame,
     # one frame instead of one per burst of tokens.
     stream: bool = True
+    # Choices: answers to the same prompt, each sampled with its own seed.
+    n: int = 1
 
     def _problem(self) -> str | None:
         if (self.messages is None) == (self.prompt is None):
@@ -90,6 +94,8 @@ class GenerateParams(PeerParams):
                 return f"message roles must be one of {', '.join(ROLES)}"
         if self.prompt_chars() > MAX_PROMPT_CHARS:
             return f"prompt is longer than {MAX_PROMPT_CHARS} characters"
+        if not 1 <= self.n <= MAX_CHOICES:
+            return f"n must be between 1 and {MAX_CHOICES}"
         return sampling_problem(self.max_tokens, self.temperature, self.top_p, self.stop)
 
     def prompt_chars(self) -> int:
@@ -115,6 +121,7 @@ class GenerateParams(PeerParams):
             stop=[exact(s, str, "stop") for s in required(body, "stop", list)],
             seed=None if body.get("seed") is None else exact(body.get("seed"), int, "seed"),
             stream=True if body.get("stream") is None else exact(body["stream"], bool, "stream"),
+            n=1 if body.get("n") is None else exact(body["n"], int, "n"),
         )
 
 

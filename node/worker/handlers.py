@@ -2,7 +2,9 @@
 status, watch, record, and the operator's load_model and unload_model.
 
 ``generate`` streams text deltas as chunks, each with the token counts so far, and ends
-with usage; ``generate_image`` sends
+with usage; asked for ``n`` choices, it runs ``n`` generations side by side (a batched
+runner decodes them in one batch), each chunk naming its choice's ``index``, and ends with
+each choice's finish; ``generate_image`` sends
 each image as its own chunk (one PNG per frame keeps frames under the size cap) and ends
 with the count and the seed used; ``speak`` streams audio chunks as the model makes them
 and ends with the seconds made; ``transcribe`` answers one window of speech with its
@@ -23,9 +25,10 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, replace
+from functools import partial
 from typing import Any, Protocol, TypeGuard, TypeVar
 
 import trio
@@ -142,9 +145,21 @@ class NodeService:
     ) -> dict[str, Any]:
         request = _inference_params(caller, GenerateParams.from_wire, params)
         runner, scheduler = self._runner(request.model, _is_text, "text")
+        # Each choice its own seed, so they differ when sampled; a seed given makes them
+        # all repeatable. Greedy choices are the same whatever their seeds.
+        seeds = [
+            secrets.randbelow(MAX_SEED + 1)
+            if request.seed is None
+            else (request.seed + i) % (MAX_SEED + 1)
+            for i in range(request.n)
+        ]
+        choices = [request] if request.n == 1 else [replace(request, n=1, seed=s) for s in seeds]
         async with _slot(scheduler, request.model):
             return await self._generate(
-                lambda flag: runner.generate(request, flag), request.stream, emit, scheduler
+                [partial(runner.generate, choice) for choice in choices],
+                request.stream,
+                emit,
+                scheduler,
             )
 
     def _runner(
@@ -192,29 +207,33 @@ class NodeService:
 
     async def _generate(
         self,
-        start: Callable[[threading.Event], Iterator[Delta]],
+        starts: list[Callable[[threading.Event], Iterator[Delta]]],
         stream: bool,
         emit: Emit,
         scheduler: Scheduler,
     ) -> dict[str, Any]:
-        """Relay the deltas ``start(cancelled)`` yields: as chunks if ``stream``, else whole
-        in the end frame."""
+        """Relay the deltas each ``start(cancelled)`` yields (one per choice): as chunks if
+        ``stream``, else whole in the end frame. Several choices name their ``index``."""
         cancelled = threading.Event()
         try:
-            deltas = start(cancelled)
+            choices = [start(cancelled) for start in starts]
         except ValueError as exc:
             raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
+        several = len(choices) > 1
         started = time.monotonic()
-        send, receive = trio.open_memory_channel[Delta | Exception](math.inf)
-        last: Delta | None = None
-        whole: list[str] = []  # the answer, when the caller did not ask for a stream
+        send, receive = trio.open_memory_channel[tuple[int, Delta] | Exception](math.inf)
+        last: dict[int, Delta] = {}
+        whole: dict[int, list[str]] = {}  # the answers, when the caller did not ask for a stream
         failure: Exception | None = None
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(pump, deltas, send, cancelled, _finished)
+                for index, deltas in enumerate(choices):
+                    tagged = _indexed(index, deltas)
+                    nursery.start_soon(pump, tagged, send.clone(), cancelled, _finished)
+                send.close()  # each pump closes its own clone: the loop ends with the last
                 async for first in receive:
                     # Deltas that arrived while the last chunk was being written go
-                    # out together: one frame instead of one per token.
+                    # out together: one frame instead of one per token (and per choice).
                     batch = [first, *drain(receive)]
                     failure = next((i for i in batch if isinstance(i, Exception)), None)
                     if failure is not None:
@@ -222,32 +241,41 @@ class NodeService:
                         # exception group and hide its message and error code.
                         nursery.cancel_scope.cancel()
                         break
-                    pieces = [d for d in batch if isinstance(d, Delta)]
-                    last = pieces[-1]
-                    text = "".join(d.text for d in pieces)
-                    if text and stream:
-                        # The counts so far go with the text: a caller that hangs up, or
-                        # a call that fails, is charged for what it was sent.
-                        counts = {
-                            "prompt_tokens": last.prompt_tokens,
-                            "completion_tokens": last.completion_tokens,
-                        }
-                        await emit({"text": text} | counts)
-                    elif text:
-                        whole.append(text)
+                    texts: dict[int, str] = {}
+                    for index, delta in (i for i in batch if not isinstance(i, Exception)):
+                        last[index] = delta
+                        texts[index] = texts.get(index, "") + delta.text
+                    for index, text in texts.items():
+                        if text and stream:
+                            # The counts so far (every choice's) go with the text: a caller
+                            # that hangs up, or a call that fails, is charged for what it
+                            # was sent.
+                            counts = _counts(last.values())
+                            await emit({"text": text} | counts | _index(several, index))
+                        elif text:
+                            whole.setdefault(index, []).append(text)
         finally:
             # Tells the runner to stop between tokens when the caller has gone away.
             cancelled.set()
         if failure is not None:
             raise failure
-        if last is None:
+        if len(last) < len(choices):
             raise RpcError(ErrorCode.INTERNAL, "the model produced nothing")
-        scheduler.record_speed(last.completion_tokens, time.monotonic() - started)
-        return {
-            "finish_reason": last.finish_reason or "stop",
-            "prompt_tokens": last.prompt_tokens,
-            "completion_tokens": last.completion_tokens,
-        } | ({} if stream else {"text": "".join(whole)})
+        ends = [last[i] for i in range(len(choices))]
+        counts = _counts(ends)
+        scheduler.record_speed(counts["completion_tokens"], time.monotonic() - started)
+        answers = ["".join(whole.get(i, [])) for i in range(len(choices))]
+        end: dict[str, Any] = {"finish_reason": ends[0].finish_reason or "stop"} | counts
+        if several:
+            end["choices"] = [
+                {
+                    "finish_reason": d.finish_reason or "stop",
+                    "completion_tokens": d.completion_tokens,
+                }
+                for d in ends
+            ]
+            return end | ({} if stream else {"texts": answers})
+        return end | ({} if stream else {"text": answers[0]})
 
     async def rpc_generate_image(
         self, params: dict[str, Any], caller: Caller, emit: Emit
@@ -311,7 +339,7 @@ class NodeService:
         runner, scheduler = self._runner(request.model, _is_vision, "pictures")
         async with _slot(scheduler, request.model):
             return await self._generate(
-                lambda flag: runner.describe(request, flag), request.stream, emit, scheduler
+                [partial(runner.describe, request)], request.stream, emit, scheduler
             )
 
     async def rpc_embed(self, params: dict[str, Any], caller: Caller, emit: Emit) -> dict[str, Any]:
@@ -393,5 +421,28 @@ def _is_embedder(runner: object) -> TypeGuard[Embedder]:
     return isinstance(runner, Embedder)
 
 
-def _finished(delta: Delta) -> bool:
-    return delta.finish_reason is not None
+def _finished(item: tuple[int, Delta]) -> bool:
+    return item[1].finish_reason is not None
+
+
+def _indexed(index: int, deltas: Iterator[Delta]) -> Iterator[tuple[int, Delta]]:
+    """``deltas`` tagged with their choice's index; closing this closes them."""
+    try:
+        for delta in deltas:
+            yield index, delta
+    finally:
+        if isinstance(deltas, Generator):
+            deltas.close()
+
+
+def _counts(latest: Iterable[Delta]) -> dict[str, int]:
+    """The tokens of every choice so far, from each choice's latest delta."""
+    deltas = list(latest)
+    return {
+        "prompt_tokens": deltas[0].prompt_tokens if deltas else 0,
+        "completion_tokens": sum(d.completion_tokens for d in deltas),
+    }
+
+
+def _index(several: bool, index: int) -> dict[str, int]:
+    return {"index": index} if several else {}

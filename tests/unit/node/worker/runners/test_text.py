@@ -5,13 +5,16 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from node.worker.handlers import NodeService
 from node.worker.loading import load_runner
 from node.worker.models import DEFAULT_MODEL
+from node.worker.roster import Roster
 from node.worker.runners.base import Delta, no_progress
 from node.worker.runners.text import TextRunner, reads_tools
 from protocols import ChatMessage, GenerateParams, ModelInfo
@@ -24,6 +27,7 @@ from tests.tiny_models import (
     build_tiny_llama,
     converted_default_model,
 )
+from tests.unit.node.p2p.test_rpc import connected
 
 # Models (tiny ones built here, or the real default) take seconds to build and load.
 pytestmark = pytest.mark.slow
@@ -226,3 +230,21 @@ def test_a_template_that_renders_tools_is_told_apart() -> None:
     assert reads_tools("{% if tools %}{{ tools | tojson }}{% endif %}{{ messages }}")
     assert not reads_tools("{{ messages }} {{ toolsmith }}")
     assert reads_tools({"default": CHAT_TEMPLATE, "tool_use": "{{ messages }}"})
+
+
+async def test_several_choices_run_in_one_batch_each_with_its_own_seed(tiny: TextRunner) -> None:
+    service = NodeService(Roster.of({"tiny": tiny}, 1, 1), lambda: 0)
+    asked = GenerateParams(model="tiny", prompt="the cat", max_tokens=8, temperature=1.0)
+    async with connected(service) as (client, _):
+        sampled = await client.call("generate", replace(asked, n=3, seed=5, stream=False).to_wire())
+        again = await client.call("generate", replace(asked, n=3, seed=5, stream=False).to_wire())
+        greedy = replace(asked, n=2, temperature=0.0, stream=False)
+        same = await client.call("generate", greedy.to_wire())
+    assert len(set(sampled["texts"])) == 3  # a seed each
+    assert again["texts"] == sampled["texts"]  # the seeds follow from the one given
+    # Choice i is what the call with seed 5 + i alone would write.
+    alone = "".join(d.text for d in tiny.generate(replace(asked, seed=6), threading.Event()))
+    assert sampled["texts"][1] == alone
+    assert [c["completion_tokens"] for c in sampled["choices"]] == [8, 8, 8]
+    assert sampled["completion_tokens"] == 24
+    assert same["texts"][0] == same["texts"][1]
