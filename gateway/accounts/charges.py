@@ -78,9 +78,15 @@ def prompt_bound(params: Asked) -> int:
     )
 
 
+def choices(params: Asked) -> int:
+    """How many answers the call asked for (chats with pictures have one)."""
+    return params.n if isinstance(params, GenerateParams) else 1
+
+
 def budget(params: Asked) -> int:
-    """The tokens to reserve for the call before it starts."""
-    return params.max_tokens + prompt_estimate(params)
+    """The tokens to reserve for the call before it starts: the prompt is read once, each
+    choice may write ``max_tokens``."""
+    return choices(params) * params.max_tokens + prompt_estimate(params)
 
 
 def charge(params: Asked, reported: Mapping[str, Any], forwarded: str, finished: bool) -> Charge:
@@ -96,9 +102,9 @@ def charge(params: Asked, reported: Mapping[str, Any], forwarded: str, finished:
         prompt = prompt_estimate(params)
     if completion is None:
         completion = math.ceil(size / BYTES_PER_TOKEN)
-    # Stop sequences are generated but not forwarded.
-    hidden = sum(len(s.encode()) for s in params.stop) + SILENT_TOKENS
-    most = min(params.max_tokens, size + hidden)
+    # Stop sequences are generated but not forwarded; by each choice.
+    hidden = (sum(len(s.encode()) for s in params.stop) + SILENT_TOKENS) * choices(params)
+    most = min(choices(params) * params.max_tokens, size + hidden)
     return Charge(min(prompt, prompt_bound(params)), min(completion, most))
 
 

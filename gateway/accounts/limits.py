@@ -44,6 +44,8 @@ class Plan:
     tokens_per_day: int = 200_000
     images_per_day: int = 100
     concurrent: int = 4
+    # Answers one chat or completion may ask for (``n``).
+    max_choices: int = 4
 
     @classmethod
     def from_table(cls, name: str, table: Mapping[str, Any]) -> Plan:

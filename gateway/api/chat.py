@@ -94,6 +94,7 @@ def _params(body: oa.ChatCompletionRequest) -> GenerateParams:
         return GenerateParams(
             messages=messages,
             max_tokens=body.max_completion_tokens or body.max_tokens or 256,
+            n=body.n,
             **body.sampling(),
         )
     except ValueError as exc:

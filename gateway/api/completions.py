@@ -23,7 +23,9 @@ def install(app: FastAPI) -> None:
         body = await parse(request, oa.CompletionRequest, any_type=True)  # behind a token
         try:
             prompt = body.text()
-            params = GenerateParams(prompt=prompt, max_tokens=body.max_tokens, **body.sampling())
+            params = GenerateParams(
+                prompt=prompt, max_tokens=body.max_tokens, n=body.n, **body.sampling()
+            )
         except ValueError as exc:
             raise ApiError(400, str(exc), "invalid_request") from exc
         started = await start(request, claims, params, "completion")

@@ -3,6 +3,7 @@
 ``routed`` is that pipeline for text and image routes alike. Text routes then answer
 whole or as SSE: chat and legacy completions differ only in request shape and how they
 render text, so they hand a ``Renderer`` to ``stream`` and keep nothing else of their own.
+A renderer words one choice; several (``n``) are its events with their ``index`` changed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 import keys
 from gateway.accounts import charges
 from gateway.accounts.errors import Refused
+from gateway.accounts.limits import Plan
 from gateway.accounts.metering import Outcome, metered, rate_headers
 from gateway.api import openai_api as oa
 from gateway.api.errors import ApiError, refusal, routing_error, upstream_message
@@ -69,11 +71,18 @@ class Renderer:
     def usage(self, usage: dict[str, int]) -> dict[str, Any]:
         raise NotImplementedError
 
-    def closing(self, finish_reason: str, usage: dict[str, int]) -> list[dict[str, Any]]:
-        events = [self.finish(finish_reason)]
+    def closing(self, finish_reasons: list[str], usage: dict[str, int]) -> list[dict[str, Any]]:
+        events = [as_choice(self.finish(r), i) for i, r in enumerate(finish_reasons)]
         if self.include_usage:
             events.append(self.usage(usage))
         return events
+
+
+def as_choice(event: dict[str, Any], index: int) -> dict[str, Any]:
+    """``event``, rendered for the first choice, for choice ``index``."""
+    if index == 0:
+        return event
+    return event | {"choices": [c | {"index": index} for c in event.get("choices", [])]}
 
 
 @asynccontextmanager
@@ -111,6 +120,11 @@ async def start(
 ) -> Started:
     """Admit the call and route it to a node."""
     s = services(request)
+    if isinstance(params, GenerateParams) and params.n > 1:
+        plan = s.accounts.plan_of(claims.sub) if s.accounts is not None else Plan()
+        if params.n > plan.max_choices:
+            message = f"n is at most {plan.max_choices} on plan {plan.name!r}"
+            raise ApiError(400, message, "invalid_request", "n")
     stack = AsyncExitStack()
     try:
         admitted = routed(request, claims, params.model, kind, tokens=charges.budget(params))
@@ -146,24 +160,41 @@ def _open(
     return s.media.describe(params, s.request_timeout)
 
 
-def _finish_reason(started: Started) -> str:
-    reason = started.generation.usage.get("finish_reason")
-    return reason if reason in FINISH_REASONS else "stop"
+def _finish_reasons(started: Started) -> list[str]:
+    """Why each choice ended, as the node says (``stop`` where it says nothing sensible)."""
+    usage = started.generation.usage
+    told = usage.get("choices")
+    ends = (
+        [c.get("finish_reason") for c in told if isinstance(c, dict)]
+        if isinstance(told, list)
+        else []
+    )
+    if len(ends) != _choices(started):
+        ends = [usage.get("finish_reason")] * _choices(started)
+    return [r if r in FINISH_REASONS else "stop" for r in ends]
 
 
-async def collect(started: Started) -> tuple[str, dict[str, int]]:
-    """The whole answer and its usage; failures become HTTP errors carrying the
-    rate-limit headers."""
-    text = ""
+def _choices(started: Started) -> int:
+    return charges.choices(started.params)
+
+
+async def collect(started: Started) -> tuple[list[str], dict[str, int]]:
+    """The whole answer (a text per choice) and its usage; failures become HTTP errors
+    carrying the rate-limit headers."""
+    texts = [""] * _choices(started)  # forwarded (and so charged) only once complete
     try:
         async with started.stack:
             try:
-                text = await started.generation.text()
+                received = list(texts)
+                async for index, text in started.generation.pieces():
+                    if 0 <= index < len(received):
+                        received[index] += text
+                texts = received
             except UpstreamError as exc:
                 raise routing_error(exc) from exc
             finally:
-                usage = _settle(started, text)
-            return text, usage
+                usage = _settle(started, "".join(texts))
+            return texts, usage
     except ApiError as exc:
         exc.headers.update(started.headers)
         raise
@@ -174,8 +205,14 @@ async def answer(started: Started, render: Renderer, stream: bool) -> Response:
     else the whole answer once the text is complete. Both carry the call's headers."""
     if stream:
         return event_stream(started, render)
-    text, usage = await collect(started)
-    body = render.whole(text, _finish_reason(started), usage)
+    texts, usage = await collect(started)
+    wholes = [
+        render.whole(text, reason, usage)
+        for text, reason in zip(texts, _finish_reasons(started), strict=True)
+    ]
+    body = wholes[0] | {
+        "choices": [c | {"index": i} for i, w in enumerate(wholes) for c in w["choices"]]
+    }
     return JSONResponse(body, headers=started.headers)
 
 
@@ -216,14 +253,16 @@ async def stream(started: Started, render: Renderer) -> AsyncGenerator[bytes, No
     forwarded so far.
     """
     forwarded: list[str] = []
+    choices = _choices(started)
     async with started.stack:
         try:
-            for event in render.opening():
-                yield oa.sse(event)
-            async for piece in started.generation.deltas():
-                if piece:
+            for index in range(choices):
+                for event in render.opening():
+                    yield oa.sse(as_choice(event, index))
+            async for index, piece in started.generation.pieces():
+                if piece and 0 <= index < choices:
                     forwarded.append(piece)
-                    yield oa.sse(render.piece(piece))
+                    yield oa.sse(as_choice(render.piece(piece), index))
         except UpstreamError as exc:
             started.outcome.status = 502
             closing = [oa.error_body(502, upstream_message(exc), exc.code.value.lower())]
@@ -232,7 +271,7 @@ async def stream(started: Started, render: Renderer) -> AsyncGenerator[bytes, No
         finally:
             usage = _settle(started, "".join(forwarded))
     if not closing:
-        closing = render.closing(_finish_reason(started), usage)
+        closing = render.closing(_finish_reasons(started), usage)
     for event in closing:
         yield oa.sse(event)
     yield oa.sse("[DONE]")

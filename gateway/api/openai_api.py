@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from protocols.generation import MAX_NEW_TOKENS
+from protocols.generation import MAX_CHOICES, MAX_NEW_TOKENS
 
 
 class ContentPart(BaseModel):
@@ -70,7 +70,8 @@ class GenerationRequest(BaseModel):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=0, lt=2**63)
-    n: int = Field(default=1, ge=1, le=1)
+    # Choices: the plan's max_choices bounds them further.
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stream_options: StreamOptions | None = None
 

@@ -44,6 +44,10 @@ async def start_if_shown(
             "invalid_request",
             "model",
         )
+    if body.n > 1:
+        raise ApiError(
+            400, "a chat with pictures has one answer: n must be 1", "invalid_request", "n"
+        )
     if len(shown) > MAX_VISION_IMAGES:
         message = f"a chat shows at most {MAX_VISION_IMAGES} pictures"
         raise ApiError(400, message, "invalid_image", "messages")

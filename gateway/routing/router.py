@@ -20,8 +20,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,8 +73,9 @@ class UpstreamError(RoutingError):
 
 @dataclass
 class Generation:
-    """An answered call: ``deltas()`` yields text; ``usage`` holds the node's counts so
-    far (each chunk carries them), then its end data."""
+    """An answered call: ``pieces()`` yields text with the index of its choice (0 unless
+    several were asked for), ``deltas()`` the text alone; ``usage`` holds the node's counts
+    so far (each chunk carries them, every choice's together), then its end data."""
 
     peer_id: str
     call: Call
@@ -85,27 +86,39 @@ class Generation:
     def finished(self) -> bool:
         return self.call.result is not None
 
-    def _counted(self, chunk: dict[str, Any]) -> str:
+    def _counted(self, chunk: dict[str, Any]) -> tuple[int, str]:
         counts: dict[str, Any] = {
             k: chunk[k] for k in ("prompt_tokens", "completion_tokens") if k in chunk
         }
         if counts:
             self.usage = counts
-        return str(chunk.get("text", ""))
+        index = chunk.get("index", 0)
+        return index if isinstance(index, int) else -1, str(chunk.get("text", ""))
 
-    async def deltas(self) -> AsyncIterator[str]:
+    async def pieces(self) -> AsyncGenerator[tuple[int, str], None]:
+        """(choice index, text) as the node sends them; an index the node made up is -1."""
         try:
             if self.first is not None:
                 yield self._counted(self.first)
             async for chunk in self.call:
                 yield self._counted(chunk)
-            if self.call.result and "text" in self.call.result:
-                yield str(self.call.result["text"])  # a non-streamed answer comes whole
+            # A non-streamed answer comes whole: one text, or one per choice.
+            result = self.call.result or {}
+            if "text" in result:
+                yield 0, str(result["text"])
+            texts = result.get("texts")
+            for index, text in enumerate(texts if isinstance(texts, list) else []):
+                yield index, str(text)
         except RemoteError as exc:
             raise UpstreamError(exc.code, f"node failed mid-answer: {exc.message}") from exc
         except ConnectionLost as exc:
             raise UpstreamError(ErrorCode.UNAVAILABLE, f"node lost mid-answer: {exc}") from exc
         self.usage = self.call.result or {}
+
+    async def deltas(self) -> AsyncIterator[str]:
+        async with aclosing(self.pieces()) as pieces:
+            async for _, text in pieces:
+                yield text
 
     async def text(self) -> str:
         return "".join([piece async for piece in self.deltas()])

@@ -62,6 +62,17 @@ def test_completion_is_bounded_by_the_text_forwarded() -> None:
     assert found == Charge(9, 2 + 3 + charges.SILENT_TOKENS)
 
 
+def test_each_choice_may_write_max_tokens() -> None:
+    claimed = {"prompt_tokens": 9, "completion_tokens": 10**6}
+    text = "one two three " * 20
+    assert charge(params(max_tokens=8, n=3), claimed, text, True) == Charge(9, 24)
+    # Each choice's stop sequences and silent tokens are not forwarded.
+    hidden = 3 * (3 + charges.SILENT_TOKENS)
+    found = charge(params(max_tokens=8000, n=3, stop=["END"]), claimed, "hi", True)
+    assert found == Charge(9, 2 + hidden)
+    assert charges.budget(params(max_tokens=8, n=3)) == 24 + charges.prompt_estimate(PROMPT)
+
+
 def test_a_call_that_forwarded_nothing_and_did_not_finish_costs_nothing() -> None:
     claimed = {"prompt_tokens": 9, "completion_tokens": 4}
     assert charge(params(), claimed, "", False) == Charge(0, 0)

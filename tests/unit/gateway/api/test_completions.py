@@ -56,7 +56,7 @@ async def test_streamed_completion(backend: FakeBackend) -> None:
         ({"prompt": ["a", "b"]}, "prompt"),
         ({"prompt": 5}, "prompt"),
         ({"max_tokens": 0}, "max_tokens"),
-        ({"n": 3}, "n"),
+        ({"n": 17}, "n"),
     ],
 )
 async def test_bad_requests_name_the_field(

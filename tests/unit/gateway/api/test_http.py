@@ -361,7 +361,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("max_tokens a word", chat(max_tokens="many"), "max_tokens"),
     ("max_tokens zero", chat(max_tokens=0), "max_tokens"),
     ("max_tokens too big", chat(max_tokens=10**6), "max_tokens"),
-    ("n two", chat(n=2), "n"),
+    ("n too many", chat(n=17), "n"),
     ("negative seed", chat(seed=-1), "seed"),
     ("stream_options wrong", chat(stream_options=[1]), "stream_options"),
 ]

@@ -188,3 +188,10 @@ async def test_without_a_swarm_side_for_pictures_it_is_a_503(swarm: Swarm) -> No
         body = {"model": "looker", "messages": [shown(picture())]}
         response = await c.post("/v1/chat/completions", json=body, headers=AUTH)
     assert response.status_code == 503
+
+
+async def test_a_chat_with_pictures_has_one_choice(client: httpx.AsyncClient, swarm: Swarm) -> None:
+    body = {"model": "looker", "messages": [shown(picture())], "n": 2}
+    response = await client.post("/v1/chat/completions", json=body, headers=AUTH)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "n"
+    assert swarm.looks == []
