@@ -59,6 +59,7 @@ IMAGE_TASK = "text-to-image"
 SPEECH_TASK = "text-to-speech"
 LISTEN_TASK = "speech-to-text"
 VISION_TASK = "image-to-text"
+EMBEDDING_TASK = "embedding"
 
 
 class GatewayClient:

@@ -11,7 +11,13 @@ import struct
 import time
 from pathlib import Path
 
-from gateway.client.api_client import LISTEN_TASK, SPEECH_TASK, VISION_TASK, GatewayClient
+from gateway.client.api_client import (
+    EMBEDDING_TASK,
+    LISTEN_TASK,
+    SPEECH_TASK,
+    VISION_TASK,
+    GatewayClient,
+)
 from gateway.client.repl_render import Screen
 
 # name -> (arguments, what it does), as the REPL's ``COMMANDS``.
@@ -25,6 +31,7 @@ MEDIA_TASKS = {
     SPEECH_TASK: "speaks (/say)",
     LISTEN_TASK: "writes down speech (/listen)",
     VISION_TASK: "reads pictures (/look)",
+    EMBEDDING_TASK: "makes embeddings (POST /v1/embeddings)",
 }
 LOOK_PROMPT = "Describe this picture."
 _UNKNOWN = 0xFFFFFFFF

@@ -103,6 +103,9 @@ def test_media_models_are_not_chatted_with() -> None:
     assert unchattable(MODELS, "eyes") == (
         "'eyes' reads pictures (/look), it does not chat (chat models: chat)"
     )
+    assert unchattable(MODELS | {"vectors": "embedding"}, "vectors") == (
+        "'vectors' makes embeddings (POST /v1/embeddings), it does not chat (chat models: chat)"
+    )
 
 
 def test_sized_wav_leaves_anything_else_alone() -> None:
