@@ -6,6 +6,7 @@ import struct
 from typing import Any
 
 import pytest
+from hypothesis import given
 
 from protocols import EmbedParams, RemoteProtocolError, Vectors
 from protocols.embedding import (
@@ -15,6 +16,7 @@ from protocols.embedding import (
     MAX_EMBED_TOTAL_CHARS,
     floats,
 )
+from tests.unit.protocols.test_hostile_input import near_misses, refused_only
 
 
 def test_round_trip() -> None:
@@ -75,3 +77,14 @@ def test_vectors_are_whole_float32_rows() -> None:
                 {"vectors": data, "count": 0}, {"vectors": "x", "count": 1}):  # fmt: skip
         with pytest.raises(RemoteProtocolError, match="bad vectors"):
             Vectors.from_wire(bad)
+
+
+@given(
+    near_misses(EmbedParams("m", ["a", "b"], dimensions=8).to_wire())
+    | near_misses(EmbedParams("m", tokens=[[1, 2]]).to_wire())
+    | near_misses(Vectors(struct.pack("<2f", 1, 2), 1).to_wire())
+)
+def test_against_arbitrary_input(body: dict[str, Any]) -> None:
+    # Only RemoteProtocolError may come out, as from every decoder in protocols/.
+    refused_only(EmbedParams.from_wire, body)
+    refused_only(Vectors.from_wire, body)
