@@ -141,7 +141,7 @@ def write_section(section: str, doc: Path = DOC) -> None:
 
 AMPLE_PLAN = (
     "requests_per_minute = 100000000\ntokens_per_day = 1000000000\n"
-    "images_per_day = 1000\nconcurrent = 100000\n"
+    "images_per_day = 1000\nconcurrent = 100000\nmax_choices = 16\n"
 )
 
 
