@@ -80,7 +80,20 @@ def test_the_wire_form_is_every_field() -> None:
         "stop": [],
         "seed": None,
         "stream": False,
+        "n": 1,
     }
+
+
+def test_choices_travel_and_are_bounded() -> None:
+    assert GenerateParams.from_wire(_wire(n=3)).n == 3
+    body = _wire()
+    del body["n"]  # a gateway that knows nothing of choices asks for one
+    assert GenerateParams.from_wire(body).n == 1
+    for bad in (0, 17):
+        with pytest.raises(RemoteProtocolError, match="n must be between 1 and 16"):
+            GenerateParams.from_wire(_wire(n=bad))
+    with pytest.raises(RemoteProtocolError, match="n should be an integer"):
+        GenerateParams.from_wire(_wire(n=True))
 
 
 @pytest.mark.parametrize("stream", [True, False])
