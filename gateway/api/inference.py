@@ -85,14 +85,16 @@ async def routed(
     *,
     tokens: int = 0,
     images: int = 0,
+    audio: int = 0,
 ) -> AsyncIterator[Outcome]:
     """Meter → route → error → headers: the call is admitted by the meters and recorded
     however it ends; a refusal or a routing failure becomes an HTTP error, and every HTTP
-    error carries the caller's rate-limit headers. ``tokens`` and ``images``: the most
-    the call may use, held back from the caller's quotas until it ends."""
+    error carries the caller's rate-limit headers. ``tokens``, ``images`` and ``audio``
+    (seconds): the most the call may use, held back from the caller's quotas until it ends."""
     meters = services(request).meters
     try:
-        async with metered(meters, claims, model, kind, tokens=tokens, images=images) as outcome:
+        metering = metered(meters, claims, model, kind, tokens=tokens, images=images, audio=audio)
+        async with metering as outcome:
             try:
                 yield outcome
             except (UnknownModel, NoPeerReady, UpstreamError) as exc:

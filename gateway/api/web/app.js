@@ -366,18 +366,21 @@ const SERIES = {
   tokens: [["prompt_tokens", "Prompt tokens"], ["completion_tokens", "Completion tokens"]],
   requests: [["requests", "Requests"]],
   images: [["images", "Images"]],
+  audio: [["audio_seconds", "Seconds of audio"]],
 };
+
+const emptyDay = () => ({ requests: 0, prompt_tokens: 0, completion_tokens: 0, images: 0, audio_seconds: 0 });
 
 function daily(rows, span) {
   const byDate = new Map();
   const today = new Date();
   for (let i = span - 1; i >= 0; i -= 1) {
     const day = new Date(Date.UTC(today.getUTCFullYear(), today.getUTCMonth(), today.getUTCDate() - i));
-    byDate.set(day.toISOString().slice(0, 10), { requests: 0, prompt_tokens: 0, completion_tokens: 0, images: 0 });
+    byDate.set(day.toISOString().slice(0, 10), emptyDay());
   }
   for (const row of rows) {
     const key = String(row.date || "").slice(0, 10);
-    if (!byDate.has(key)) byDate.set(key, { requests: 0, prompt_tokens: 0, completion_tokens: 0, images: 0 });
+    if (!byDate.has(key)) byDate.set(key, emptyDay());
     const day = byDate.get(key);
     for (const field of Object.keys(day)) day[field] += Number(row[field]) || 0;
   }
@@ -469,6 +472,7 @@ function renderUsage(reply, span) {
     ["Prompt tokens", numbers.format(count("prompt_tokens"))],
     ["Completion tokens", numbers.format(count("completion_tokens"))],
     ["Images", numbers.format(count("images"))],
+    ["Seconds of audio", numbers.format(count("audio_seconds"))],
   ]);
   drawChart(daily(usageRows, span), $("usage-metric").value);
   renderLimits(reply && typeof reply.limits === "object" && reply.limits ? reply.limits : {});
@@ -479,6 +483,7 @@ const QUOTAS = [
   ["requests_this_minute", "requests_per_minute", "Requests this minute"],
   ["tokens_today", "tokens_per_day", "Tokens today"],
   ["images_today", "images_per_day", "Images today"],
+  ["audio_seconds_today", "audio_seconds_per_day", "Seconds of audio today"],
   ["inflight", "concurrent", "Calls running at once"],
 ];
 

@@ -10,6 +10,7 @@ that client against a real swarm.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import os
 import re
@@ -100,7 +101,8 @@ class RecordingMeter:
             raise ApiError(429, "daily quota of images used up", "rate_limited")
 
     async def record(self, claims: keys.Claims, outcome: Outcome) -> None:
-        self.outcomes.append(outcome)
+        # A copy: what a durable meter would write now, whatever the route changes later.
+        self.outcomes.append(dataclasses.replace(outcome))
 
     def headers(self, claims: keys.Claims) -> dict[str, str]:
         return {"X-RateLimit-Remaining": str(100 - len(self.outcomes))}
