@@ -8,13 +8,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from node.worker.runners.tool_calls import CallParser, ForcedParser, tool_format
+from protocols import ToolCall
 from tests.tiny_models import TOOL_TEMPLATE
 
 NAMES = {"get_weather", "add"}
 
 
 def run(parser: CallParser | ForcedParser, pieces: list[str]) -> tuple[str, list[tuple[str, str]]]:
-    content, calls = "", []
+    content, calls = "", list[ToolCall]()
     for piece in pieces:
         text, made = parser.feed(piece)
         content, calls = content + text, calls + made
