@@ -254,12 +254,15 @@ class ImageParams(PeerParams):
     steps: int = 30
     guidance: float = 7.5
     seed: int | None = None
+    # What the images should not show; empty: nothing in particular.
+    negative_prompt: str = ""
 
     def _problem(self) -> str | None:
         if not self.prompt:
             return "prompt must not be empty"
-        if len(self.prompt) > MAX_IMAGE_PROMPT_CHARS:
-            return f"prompt is longer than {MAX_IMAGE_PROMPT_CHARS} characters"
+        for name, text in (("prompt", self.prompt), ("negative_prompt", self.negative_prompt)):
+            if len(text) > MAX_IMAGE_PROMPT_CHARS:
+                return f"{name} is longer than {MAX_IMAGE_PROMPT_CHARS} characters"
         if not 1 <= self.n <= MAX_IMAGES:
             return f"n must be between 1 and {MAX_IMAGES}"
         for name, side in (("width", self.width), ("height", self.height)):
@@ -284,6 +287,8 @@ class ImageParams(PeerParams):
             steps=required(body, "steps", int),
             guidance=finite(body.get("guidance"), "guidance"),
             seed=None if body.get("seed") is None else exact(body.get("seed"), int, "seed"),
+            # Absent from a gateway older than the field.
+            negative_prompt=exact(body.get("negative_prompt", ""), str, "negative_prompt"),
         )
 
 

@@ -200,11 +200,12 @@ async def test_url_is_served_without_a_token(client: httpx.AsyncClient, image_di
 
 
 async def test_diffusion_knobs_pass_through(client: httpx.AsyncClient, backend: FakeImages) -> None:
-    body = request(steps=4, guidance_scale=0, quality="hd", style="vivid", user="x")
+    body = request(steps=4, guidance_scale=0, negative_prompt="blur", quality="hd", user="x")
     response = await client.post("/v1/images/generations", json=body, headers=AUTH)
     assert response.status_code == 200, response.text
     params = backend.calls[0][0]
     assert (params.steps, params.guidance, params.seed) == (4, 0.0, None)
+    assert params.negative_prompt == "blur"
     assert response.json()["seed"] == backend.seeds[0]  # the node's choice comes back
 
 
