@@ -184,6 +184,21 @@ class UsageTotal:
     images: int
 
 
+@dataclass(frozen=True)
+class UsageSum:
+    """Calls summed over one user, one model or one day (``key``)."""
+
+    key: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    images: int
+
+
+# What usage may be summed by, and the column that holds it.
+USAGE_GROUPS = {"user": "user", "model": "model", "date": "day"}
+
+
 def check_username(name: str) -> None:
     """Raise ``ValueError`` for a name no user may have."""
     if not USERNAME.fullmatch(name):
@@ -454,6 +469,18 @@ class Store:
             params,
         )
         return [UsageTotal(*row) for row in rows]
+
+    def usage_by(self, since_day: str, group: str) -> list[UsageSum]:
+        """Calls from ``since_day`` on summed by ``group`` (a key of ``USAGE_GROUPS``), the
+        most tokens first: one row per user, model or day however many calls there were."""
+        column = USAGE_GROUPS[group]
+        rows = self._read(
+            f"SELECT {column}, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(images)"
+            f" FROM usage WHERE day >= ? GROUP BY {column}"
+            " ORDER BY SUM(prompt_tokens + completion_tokens) DESC, COUNT(*) DESC, 1",
+            (since_day,),
+        )
+        return [UsageSum(*row) for row in rows]
 
     def day_totals(self, day: str) -> dict[str, tuple[int, int]]:
         """User → (tokens, images) used on ``day``."""

@@ -240,40 +240,31 @@ async function loadNodes() {
 
 // --- usage ---------------------------------------------------------------------------------
 
-// Rows (one per day, user and model) summed by one field, biggest first.
-function sumBy(rows, field) {
-  const totals = new Map();
-  for (const row of rows) {
-    const t = totals.get(row[field]) || { requests: 0, tokens: 0, images: 0 };
-    t.requests += row.requests;
-    t.tokens += row.prompt_tokens + row.completion_tokens;
-    t.images += row.images;
-    totals.set(row[field], t);
-  }
-  return [...totals.entries()].sort(([a, x], [b, y]) => y.tokens - x.tokens || y.requests - x.requests
-    || String(a).localeCompare(String(b)));
-}
-
-function usageTable(caption, label, entries) {
-  const most = Math.max(1, ...entries.map(([, t]) => t.tokens));
-  const rows = entries.map(([name, t]) => el("tr", { "data-name": name },
-    el("td", { text: name }),
-    el("td", { class: "num", text: numbers.format(t.requests) }),
-    el("td", { class: "num" }, el("div", { class: "stack" }, el("span", { text: numbers.format(t.tokens) }),
-      meter(t.tokens, most, `${name}: tokens`))),
-    el("td", { class: "num", text: numbers.format(t.images) })));
+// One table of usage summed by user, model or day, with a bar of tokens on each row.
+function usageTable(caption, label, field, rows) {
+  const tokens = (r) => r.prompt_tokens + r.completion_tokens;
+  const most = Math.max(1, ...rows.map(tokens));
+  const body = rows.map((r) => el("tr", { "data-name": r[field] },
+    el("td", { text: r[field] }),
+    el("td", { class: "num", text: numbers.format(r.requests) }),
+    el("td", { class: "num" }, el("div", { class: "stack" }, el("span", { text: numbers.format(tokens(r)) }),
+      meter(tokens(r), most, `${r[field]}: tokens`))),
+    el("td", { class: "num", text: numbers.format(r.images) })));
   return el("div", {}, el("h4", { text: caption }),
-    table(caption, [[label], ["Requests", "num"], ["Tokens", "num"], ["Images", "num"]], rows, "No usage yet."));
+    table(caption, [[label], ["Requests", "num"], ["Tokens", "num"], ["Images", "num"]], body, "No usage yet."));
 }
 
+// The gateway sums the usage (one row per user, model or day), however many calls there were.
 async function loadUsage() {
   const days = Number($("op-usage-days").value) || 30;
+  const by = (field) => api(`/v1/admin/usage?days=${days}&by=${field}`).then((r) => r.data || []);
   try {
-    const rows = (await api(`/v1/admin/usage?days=${days}`)).data || [];
+    const [users, models, dates] = await Promise.all([by("user"), by("model"), by("date")]);
+    dates.sort((a, b) => (a.date < b.date ? 1 : -1)); // newest first
     $("op-usage-tables").replaceChildren(
-      usageTable("By user", "User", sumBy(rows, "user")),
-      usageTable("By model", "Model", sumBy(rows, "model")),
-      usageTable("By day", "Day", sumBy(rows, "date").sort(([a], [b]) => (a < b ? 1 : -1))));
+      usageTable("By user", "User", "user", users),
+      usageTable("By model", "Model", "model", models),
+      usageTable("By day", "Day", "date", dates));
   } catch (failure) {
     handle(failure, $("op-usage-error"), "show the usage");
   }

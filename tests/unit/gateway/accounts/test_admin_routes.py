@@ -3,13 +3,15 @@ an admin signed in with a password, and refused to everyone else."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from gateway.accounts.limits import Plan, Plans
+from gateway.accounts.limits import Plan, Plans, utc_day
 from tests.unit.gateway.accounts.test_account_settings import login, refused, works
 from tests.unit.gateway.accounts.test_accounts import PASSWORD, Gateway, bearer, gateway
 from tests.unit.gateway.api.test_http import assert_error, chat
@@ -173,3 +175,35 @@ async def test_plans_are_listed_with_their_limits(gw: Gateway) -> None:
     assert body["default"] == "default"
     assert [p["name"] for p in body["data"]] == ["default", "pro", "tiny"]
     assert body["data"][1] == Plan("pro", requests_per_minute=600).as_json()
+
+
+async def test_usage_summed_by_user_model_or_day(gw: Gateway) -> None:
+    root = await admin(gw)
+    for name, calls in (("alice", 2), ("bobby", 1)):
+        key = bearer((await gw.new_key((await gw.register(name))["token"]))["key"])
+        for _ in range(calls):
+            response = await gw.client.post("/v1/chat/completions", json=chat(), headers=key)
+            assert response.status_code == 200
+
+    async def by(field: str) -> dict[str, Any]:
+        response = await gw.client.get(f"/v1/admin/usage?days=7&by={field}", headers=root)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    users = await by("user")
+    assert [(r["user"], r["requests"]) for r in users["data"]] == [("alice", 2), ("bobby", 1)]
+    assert users["totals"]["requests"] == 3
+    per_call = users["data"][1]["prompt_tokens"]
+    assert users["data"][0]["prompt_tokens"] == 2 * per_call > 0
+    models = await by("model")
+    assert [(r["model"], r["requests"]) for r in models["data"]] == [("echo", 3)]
+    days = await by("date")
+    assert [(r["date"], r["requests"]) for r in days["data"]] == [(utc_day(time.time()), 3)]
+    assert days["totals"] == users["totals"] == models["totals"]
+
+    for query in ("by=peer", "by=user&user=alice", "by=user&days=0"):
+        response = await gw.client.get(f"/v1/admin/usage?{query}", headers=root)
+        assert response.status_code == 400, (query, response.text)
+    user = await gw.client.get("/v1/admin/usage?by=user", headers=bearer(await login(gw, "x")))
+    assert_error(user, 403, "permission_error", "insufficient_scope")
