@@ -3,6 +3,7 @@ ended, the password changed, the account deleted; and what each leaves refused."
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,9 @@ import httpx
 import pytest
 import trio
 
+import keys
 from gateway.accounts.database import Store
+from gateway.accounts.errors import Refused
 from gateway.accounts.settings import DELETED_PREFIX
 from gateway.accounts.throttle import SignInThrottle
 from tests.unit.gateway.accounts.test_accounts import PASSWORD, Gateway, bearer, gateway
@@ -102,6 +105,22 @@ async def test_ending_a_session_refuses_its_token_at_once(gw: Gateway) -> None:
     # Once ended, it is no more: 404, like a session that was never the caller's.
     again = await gw.client.delete(f"/v1/auth/sessions/{phone_id}", headers=bearer(laptop))
     assert_error(again, 404, "not_found_error", "session_not_found")
+
+
+async def test_logging_out_ends_the_session_in_the_list(gw: Gateway) -> None:
+    here = (await gw.register())["token"]
+    there = await login(gw, "Elsewhere")
+    assert (await gw.client.post("/v1/auth/logout", headers=bearer(there))).status_code == 200
+    assert [s["agent"] for s in await sessions(gw, here)] == ["python-httpx/" + httpx.__version__]
+
+
+async def test_an_expired_session_is_not_listed_nor_ended(gw: Gateway) -> None:
+    token = (await gw.register())["token"]
+    claims = keys.Claims("alice", "old-session", "session", time.time() - 1)
+    await gw.accounts.sessions.start(claims, "Yesterday", None)
+    assert [s["current"] for s in await sessions(gw, token)] == [True]  # not yesterday's
+    with pytest.raises(Refused, match="no session 'old-session'"):
+        await gw.accounts.sessions.end("alice", "old-session")
 
 
 async def test_nobody_ends_another_users_session(gw: Gateway) -> None:
