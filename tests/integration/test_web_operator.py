@@ -89,6 +89,7 @@ def test_an_admin_manages_users_keys_and_sees_usage(
     carol_row = page.locator('#op-users-list tr[data-user="carol"]')
     expect(carol_row).to_contain_text("active")
     expect(page.get_by_label("New user's name")).to_have_value("")
+    expect(page.get_by_role("button", name="Disable root")).to_have_count(0)
     carol = log_in(url, "carol", "Carol's laptop")
     made = httpx.post(
         f"{url}/v1/keys", json={"name": "laptop"}, headers={"Authorization": f"Bearer {carol}"}

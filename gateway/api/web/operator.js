@@ -84,7 +84,8 @@ function userRow(user) {
       (e) => patchUser(user, { plan: e.target.value }, `now on plan ${e.target.value}`))),
     el("td", {}, el("span", { class: `badge ${state[0]}`, text: state[1] })),
     el("td", { text: when(user.created) }),
-    el("td", { class: "num" }, el("button", {
+    // An admin cannot disable themselves (the gateway refuses it): no button to try.
+    el("td", { class: "num" }, user.username === (signedIn() || {}).username ? null : el("button", {
       type: "button", class: user.disabled ? "small" : "danger small", text: toggle,
       "aria-label": `${toggle} ${user.username}`,
       onclick: () => patchUser(user, { disabled: !user.disabled }, user.disabled ? "enabled" : "disabled"),
