@@ -21,13 +21,14 @@ logger = logging.getLogger(__name__)
 DELETED_PREFIX = "~deleted-"
 
 
-async def _confirm(accounts: Accounts, user: str, password: str, address: str | None) -> str:
-    """The user's name as stored, once ``password`` is theirs; 403 otherwise."""
+async def _confirm(
+    accounts: Accounts, user: str, password: str, address: str | None, param: str
+) -> str:
+    """The user's name as stored, once ``password`` (the body's field ``param``) is theirs;
+    403 otherwise."""
     found = await accounts.check_password(user, password, address)
     if found is None:
-        raise Refused(
-            "the current password is wrong", "wrong_password", "password", status_hint=403
-        )
+        raise Refused("the current password is wrong", "wrong_password", param, status_hint=403)
     return found.name
 
 
@@ -41,7 +42,7 @@ async def change_password(
 ) -> list[str]:
     """Set a new password and end every session of ``user`` but ``keep`` (the one asking);
     the ids of the sessions ended."""
-    name = await _confirm(accounts, user, current, address)
+    name = await _confirm(accounts, user, current, address, "current_password")
     hashed = await accounts.hash_new_password(new)
     await accounts.store.call(accounts.store.set_password, name, hashed)
     ended = await accounts.sessions.end_all(name, keep)
@@ -54,7 +55,7 @@ async def delete_account(
 ) -> str:
     """Delete ``user``: keys revoked, sessions ended, usage kept under an anonymous name
     (returned). Every token the account made is refused at once."""
-    name = await _confirm(accounts, user, password, address)
+    name = await _confirm(accounts, user, password, address, "password")
     alias = DELETED_PREFIX + secrets.token_hex(4)
     revoked = await accounts.store.call(accounts.store.delete_user, name, alias, time.time())
     if revoked is None:

@@ -187,6 +187,7 @@ async def test_a_password_change_needs_the_current_one_and_a_strong_one(gw: Gate
     token = (await gw.register())["token"]
     wrong = await change(gw, token, "not my password", NEW_PASSWORD)
     assert assert_error(wrong, 403, "permission_error", "wrong_password")
+    assert wrong.json()["error"]["param"] == "current_password"
     weak = await change(gw, token, PASSWORD, "short")
     assert assert_error(weak, 400, "invalid_request_error", "weak_password")
     for bad in ({}, {"current_password": PASSWORD}, {"new_password": 5, "current_password": "x"}):
