@@ -5,7 +5,8 @@ first reply is skipped and the next one tried, transparently: the user is charge
 for the call that answered. A failure after the first token ends that stream with an
 error, since the tokens already sent cannot be taken back. Image calls take the same
 path; a node sends its first image only once all are made, so one that dies while
-making them has answered nothing yet and is passed over like one that cannot be reached.
+making them has answered nothing yet and is passed over like one that cannot be reached,
+unless the call asked for its steps: then the first step is the first reply.
 Speech streams like text (its first audio chunk is its first reply), a window of speech
 to transcribe is answered whole, and a chat with pictures streams exactly as text does.
 
@@ -19,8 +20,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,7 @@ from protocols import (
     ErrorCode,
     GenerateParams,
     ImageParams,
+    ImageStep,
     RemoteProtocolError,
     SpeechParams,
     TokenLogprob,
@@ -129,6 +131,63 @@ def _piece(chunk: dict[str, Any]) -> Piece:
     except ValueError as exc:
         raise UpstreamError(ErrorCode.INTERNAL, f"node sent a malformed answer: {exc}") from exc
     return Piece(str(chunk.get("text", "")), logprobs, calls)
+
+
+@dataclass
+class Drawing:
+    """An image call a node has begun: ``events()`` yields its steps (when the call asked for
+    them), then its images, which it also keeps; ``seed`` is the seed the node used."""
+
+    peer_id: str
+    call: Call
+    first: dict[str, Any] | None
+    n: int
+    images: list[bytes] = field(default_factory=list)
+
+    @property
+    def seed(self) -> int | None:
+        seed = (self.call.result or {}).get("seed")
+        return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+    async def events(self) -> AsyncIterator[ImageStep | bytes]:
+        with _mid_answer():
+            chunks = self.call if self.first is None else _after(self.first, self.call)
+            async for chunk in chunks:
+                image = chunk.get("image")
+                if isinstance(image, bytes) and len(self.images) < self.n:
+                    self.images.append(image)
+                    yield image
+                elif self.images:  # a step after an image, or one image too many
+                    raise self._malformed()
+                else:
+                    try:
+                        yield ImageStep.from_wire(chunk)
+                    except RemoteProtocolError as exc:
+                        raise self._malformed() from exc
+        if len(self.images) != self.n:
+            raise self._malformed()
+
+    def _malformed(self) -> UpstreamError:
+        return UpstreamError(
+            ErrorCode.INTERNAL, f"node {self.peer_id[-8:]} sent a malformed answer"
+        )
+
+
+async def _after(first: dict[str, Any], rest: Call) -> AsyncIterator[dict[str, Any]]:
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
+@contextmanager
+def _mid_answer() -> Iterator[None]:
+    """A node's failure once it has begun to answer, as the ``UpstreamError`` it is."""
+    try:
+        yield
+    except RemoteError as exc:
+        raise UpstreamError(exc.code, f"node failed mid-answer: {exc.message}") from exc
+    except ConnectionLost as exc:
+        raise UpstreamError(ErrorCode.UNAVAILABLE, f"node lost mid-answer: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -263,28 +322,21 @@ class Router:
         async with opened as (peer, call, first):
             yield Generation(peer, call, first)
 
-    async def generate_image(self, params: ImageParams, timeout: float) -> Images:
-        """Generate images on the best node that takes the call."""
+    @asynccontextmanager
+    async def draw(self, params: ImageParams, timeout: float) -> AsyncIterator[Drawing]:
+        """Generate images on the best node that takes the call, step by step."""
         opened = self._answered(
             "generate_image", params.model, "text-to-image", params.to_wire(), timeout
         )
         async with opened as (peer, call, first):
-            try:
-                chunks = [first] if first is not None else []
-                chunks += [chunk async for chunk in call]
-            except RemoteError as exc:
-                raise UpstreamError(exc.code, f"node failed mid-answer: {exc.message}") from exc
-            except ConnectionLost as exc:
-                raise UpstreamError(ErrorCode.UNAVAILABLE, f"node lost mid-answer: {exc}") from exc
-        images: list[bytes] = []
-        for chunk in chunks:
-            image = chunk.get("image")
-            if isinstance(image, bytes):
-                images.append(image)
-        seed = (call.result or {}).get("seed")
-        if len(images) != len(chunks) or len(images) != params.n:
-            raise UpstreamError(ErrorCode.INTERNAL, f"node {peer[-8:]} sent a malformed answer")
-        return Images(peer, images, seed if isinstance(seed, int) else None)
+            yield Drawing(peer, call, first, params.n)
+
+    async def generate_image(self, params: ImageParams, timeout: float) -> Images:
+        """Generate images on the best node that takes the call."""
+        async with self.draw(params, timeout) as drawing:
+            async for _ in drawing.events():
+                pass
+        return Images(drawing.peer_id, drawing.images, drawing.seed)
 
     @asynccontextmanager
     async def speak(self, params: SpeechParams, timeout: float) -> AsyncIterator[Speech]:
