@@ -64,16 +64,10 @@ def test_openai_client_through_a_real_swarm(swarm: LocalSwarmFixture, tmp_path: 
     assert [p.read_bytes() for p in stored] == [png]
 
     # Streamed: the node's steps in order, then the very same image.
-    events = list(
-        client.images.generate(
-            model=model,
-            prompt="a red cat",
-            size=cast(Any, "64x64"),
-            stream=True,
-            extra_body=knobs,
-        )  # fmt: skip
+    stream = client.images.generate(
+        model=model, prompt="a red cat", size=cast(Any, "64x64"), stream=True, extra_body=knobs
     )
-    *steps, done = events
+    *steps, done = list(stream)
     assert done.type == "image_generation.completed"
     assert base64.b64decode(done.b64_json) == png
     assert {e.type for e in steps} == {"image_generation.progress"}
