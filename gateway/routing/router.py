@@ -62,8 +62,23 @@ class UnknownModel(RoutingError):
         self.available = available
 
 
+# How long a caller turned away should wait before trying again (Retry-After), by why no
+# node could take the call. A rough guess, meant to keep clients from hammering the gateway:
+# a node busy with other calls frees a slot as soon as one ends; loading a model takes
+# seconds (a small one) to minutes; a node draining or not answering is replaced, or gone
+# from the table, within its record's TTL.
+WAIT_BUSY = 2
+WAIT_LOADING = 15
+WAIT_AWAY = 5
+
+
 class NoPeerReady(RoutingError):
-    """The model exists in the swarm but no node can take the call now."""
+    """The model exists in the swarm but no node can take the call now; ``retry_after``:
+    seconds after which one may (an estimate)."""
+
+    def __init__(self, message: str, retry_after: int = WAIT_AWAY) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class UpstreamError(RoutingError):
@@ -307,6 +322,24 @@ class Router:
         ]
         return f"no node can take {model!r} now ({'; '.join(states) or 'none connected'})"
 
+    def _wait(self, model: str) -> int:
+        """Seconds until some node may take ``model``: the soonest of each node's guess."""
+        now = time.time()
+        waits = [
+            WAIT_LOADING
+            if m.state == "loading"
+            else WAIT_BUSY
+            if m.state == "ready"
+            and not e.load.draining
+            and not e.suspect(now)
+            and e.peer_id in self.tracker.clients
+            else WAIT_AWAY
+            for e in self.table.models().get(model, [])
+            for m in e.record.models
+            if m.id == model
+        ]
+        return min(waits, default=WAIT_AWAY)
+
     def _ended(self, peer: str) -> None:
         entry = self.table.entries.get(peer)
         if entry is not None:
@@ -415,4 +448,5 @@ class Router:
             self.retries += 1
             logger.info("node %s did not take the call (%s); trying another", peer[-8:], last_error)
         reason = self._why_none(model)
-        raise NoPeerReady(f"{reason}; last error: {last_error}" if last_error else reason)
+        message = f"{reason}; last error: {last_error}" if last_error else reason
+        raise NoPeerReady(message, self._wait(model))

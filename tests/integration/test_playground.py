@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, Request, ViewportSize, expect
 
+from gateway.routing.router import WAIT_AWAY
 from tests.integration.axe import blocking
 from tests.integration.conftest import LocalSwarmFixture
 from tests.integration.test_dashboard import PASSWORD, browser, open_page
@@ -361,3 +362,25 @@ def test_keyboard_phone_width_and_accessibility(
     assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
     assert blocking(page) == []
     assert problems == []
+
+
+def test_a_model_no_node_can_serve_reads_as_a_sentence_with_the_wait(
+    played: Played, browser: Browser
+) -> None:
+    """Last in this module: it stops the echo node."""
+    problems: list[str] = []
+    page = signed_in(browser, played.url, "waiter", problems)
+    played.swarm.kill("echo")
+    page.get_by_label("Message", exact=True).fill("anyone there?")
+    page.get_by_role("button", name="Send").click()
+    error = page.locator("#chat-error")
+    expect(error).to_contain_text("No node can answer now: no node can take 'echo' now")
+    expect(error).to_contain_text(re.compile(r"Try again in [1-9][0-9]* s\.$"))
+    # The page's wait is the gateway's estimate, sent as Retry-After.
+    headers = {"Authorization": f"Bearer {session_token(page)}"}
+    body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+    refused = httpx.post(f"{played.url}/v1/chat/completions", json=body, headers=headers)
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "no_peer_ready"
+    assert refused.headers["Retry-After"] == str(WAIT_AWAY)  # the node is gone, not busy
+    # The browser logs the refusal the test provoked; nothing else.
+    assert problems == ["Failed to load resource: the server responded with a status of 503 ()"]
