@@ -361,6 +361,15 @@ def test_keyboard_phone_width_and_accessibility(
     box = send.bounding_box()
     assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
     assert blocking(page) == []
+
+    # The dark scheme is audited as well: its colours are the page's own, not the light ones.
+    page.emulate_media(color_scheme="dark")
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(15, 18, 22)"
+    for name in ["Chat", "Image", "Speech", "Vision"]:
+        tab(page, name)
+        found = blocking(page)
+        assert found == [], f"{name}, dark:\n" + "\n".join(found)
+    page.screenshot(path=tmp_path / "playground-phone-dark.png", full_page=True)
     assert problems == []
 
 
