@@ -21,7 +21,7 @@ from gateway.api.auth import Authenticator
 from gateway.api.image_store import ImageStore
 from gateway.api.metrics import GatewayMetrics
 from gateway.media import MediaLimits
-from gateway.routing.router import Generation, Heard, Images, Speech
+from gateway.routing.router import Drawing, Generation, Heard, Images, Speech
 from protocols import GenerateParams, ImageParams, SpeechParams, TranscribeParams, VisionParams
 
 
@@ -41,6 +41,10 @@ class ImageBackend(Protocol):
     """Image generation on the swarm side (a ``Router`` in production)."""
 
     async def generate_image(self, params: ImageParams, timeout: float) -> Images: ...
+
+    def draw(self, params: ImageParams, timeout: float) -> AbstractAsyncContextManager[Drawing]:
+        """The call opened on a node, to follow step by step."""
+        ...
 
 
 class MediaBackend(Protocol):
