@@ -374,12 +374,16 @@ def test_keyboard_phone_width_and_accessibility(
 
 
 def test_a_model_no_node_can_serve_reads_as_a_sentence_with_the_wait(
-    played: Played, browser: Browser
+    swarm: LocalSwarmFixture, browser: Browser
 ) -> None:
-    """Last in this module: it stops the echo node."""
+    """On a swarm of its own: it stops the echo node."""
+    swarm.start_gateway()
+    swarm.start_node("echo", [swarm.addr("gateway")], ["echo"])
+    swarm.wait_ready(["echo"])
+    wait_tasks(swarm.url(), swarm.token(), {"echo": "text-generation"})
     problems: list[str] = []
-    page = signed_in(browser, played.url, "waiter", problems)
-    played.swarm.kill("echo")
+    page = signed_in(browser, swarm.url(), "waiter", problems)
+    swarm.kill("echo")
     page.get_by_label("Message", exact=True).fill("anyone there?")
     page.get_by_role("button", name="Send").click()
     error = page.locator("#chat-error")
@@ -388,7 +392,7 @@ def test_a_model_no_node_can_serve_reads_as_a_sentence_with_the_wait(
     # The page's wait is the gateway's estimate, sent as Retry-After.
     headers = {"Authorization": f"Bearer {session_token(page)}"}
     body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
-    refused = httpx.post(f"{played.url}/v1/chat/completions", json=body, headers=headers)
+    refused = httpx.post(f"{swarm.url()}/v1/chat/completions", json=body, headers=headers)
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "no_peer_ready"
     assert refused.headers["Retry-After"] == str(WAIT_AWAY)  # the node is gone, not busy
     # The browser logs the refusal the test provoked; nothing else.
