@@ -75,7 +75,15 @@ async def run_gateway(config: GatewayConfig) -> None:
 
     table = PeerTable()
     tracker = Tracker(host, table)
-    router = Router(table, tracker, config.routing)
+    router = Router(
+        table,
+        tracker,
+        config.routing,
+        max_wait=config.max_queue_wait,
+        node_queue=config.node_queue,
+        max_queued=config.queue_limit,
+        max_queued_per_user=config.queue_per_user,
+    )
     share = MeshEvents()
     services = Services(
         backend=router,
@@ -98,6 +106,7 @@ async def run_gateway(config: GatewayConfig) -> None:
         store=store,
         accounts=accounts,
         limiter=limiter,
+        queue=router,
     )
     services.metrics.observe_swarm(table, lambda: router.retries)
     apart = config.metrics_port is not None

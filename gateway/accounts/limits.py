@@ -44,6 +44,8 @@ class Plan:
     tokens_per_day: int = 200_000
     images_per_day: int = 100
     concurrent: int = 4
+    # Calls waiting for a busy model go in priority order: a higher class before a lower.
+    priority: int = 1
 
     @classmethod
     def from_table(cls, name: str, table: Mapping[str, Any]) -> Plan:

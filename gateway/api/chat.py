@@ -53,7 +53,7 @@ def install(app: FastAPI) -> None:
     async def chat_completions(request: Request, claims: User) -> Response:
         body = await parse(request, oa.ChatCompletionRequest, any_type=True)  # behind a token
         started = await vision.start_if_shown(request, claims, body) or await start(
-            request, claims, _params(body), "chat"
+            request, claims, _params(body), "chat", body.stream
         )
         render = _ChatChunks(oa.completion_id(), body.model, body.include_usage())
         return await answer(started, render, body.stream)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from typing import Any
 
@@ -77,7 +78,14 @@ def routing_error(exc: Exception) -> ApiError:
     if isinstance(exc, UnknownModel):
         return ApiError(404, str(exc), "model_not_found", "model")
     if isinstance(exc, NoPeerReady):
-        return ApiError(503, node_text(str(exc)), "no_peer_ready")
+        # When the queue's estimate says it is worth trying again, the client is told when.
+        wait = exc.retry_after
+        later = (
+            {}
+            if wait is None or math.isinf(wait)
+            else {"Retry-After": str(max(1, math.ceil(wait)))}
+        )
+        return ApiError(503, node_text(str(exc)), "no_peer_ready", headers=later)
     if isinstance(exc, UpstreamError):
         status = {ErrorCode.BAD_REQUEST: 400, ErrorCode.DEADLINE_EXCEEDED: 504}.get(exc.code, 502)
         return ApiError(status, upstream_message(exc), exc.code.value.lower())

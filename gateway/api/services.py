@@ -21,6 +21,7 @@ from gateway.api.auth import Authenticator
 from gateway.api.image_store import ImageStore
 from gateway.api.metrics import GatewayMetrics
 from gateway.media import MediaLimits
+from gateway.routing.dispatch import Ticket, Wait
 from gateway.routing.router import Generation, Heard, Images, Speech
 from protocols import GenerateParams, ImageParams, SpeechParams, TranscribeParams, VisionParams
 
@@ -29,7 +30,7 @@ class Backend(Protocol):
     """What the HTTP layer needs from the swarm side (a ``Router`` in production)."""
 
     def generate(
-        self, params: GenerateParams, timeout: float
+        self, params: GenerateParams, timeout: float, ticket: Ticket | None = None
     ) -> AbstractAsyncContextManager[Generation]: ...
 
     def serving(self) -> dict[str, list[dict[str, Any]]]:
@@ -53,8 +54,22 @@ class MediaBackend(Protocol):
     async def transcribe(self, params: TranscribeParams, timeout: float) -> Heard: ...
 
     def describe(
-        self, params: VisionParams, timeout: float
+        self, params: VisionParams, timeout: float, ticket: Ticket | None = None
     ) -> AbstractAsyncContextManager[Generation]: ...
+
+
+class Queue(Protocol):
+    """Where text calls wait for a busy model (a ``Router`` in production)."""
+
+    max_wait: float  # the longest a call may wait, and the default
+
+    async def ask(self, model: str, task: str, wait: Wait) -> Ticket: ...
+
+    async def wait_turn(self, ticket: Ticket, timeout: float) -> bool: ...
+
+    def where(self, ticket: Ticket) -> tuple[int, float]: ...
+
+    def cancel(self, ticket: Ticket) -> None: ...
 
 
 @dataclass
@@ -79,6 +94,8 @@ class Services:
     store: Store | None = None
     accounts: Accounts | None = None
     limiter: Limiter | None = None
+    # None: calls are not queued here (they go to a node, or fail, at once).
+    queue: Queue | None = None
 
 
 def services(request: Request) -> Services:

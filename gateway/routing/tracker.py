@@ -203,7 +203,7 @@ class Tracker:
                         "node %s joined: %s", peer[-8:], ", ".join(entry.record.ready_models())
                     )
                 update = WatchUpdate.from_wire(body)
-                self.table.update_load(peer, update.load)
+                self.table.update_load(peer, update.load, models=update.models)
                 if update.record_seq > entry.record.seq:
                     await self._refresh_record(peer, client)
                 self._bump()

@@ -124,7 +124,8 @@ class NodeService:
     async def rpc_watch(self, params: dict[str, Any], caller: Caller, emit: Emit) -> dict[str, Any]:
         while True:
             seen = self.roster.version
-            await emit(WatchUpdate(self.load(), self._signed_record()[0]).to_wire())
+            update = WatchUpdate(self.load(), self._signed_record()[0], self.roster.model_loads())
+            await emit(update.to_wire())
             sent = trio.current_time()
             with trio.move_on_after(WATCH_INTERVAL):
                 await self.roster.wait_changed(seen)

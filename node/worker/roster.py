@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 from node.worker.runners.base import Measured, ModelRunner
 from node.worker.scheduler import Changes, Scheduler
-from protocols import Load, ModelInfo
+from protocols import Load, ModelInfo, ModelLoad
 from protocols.operator import ModelSpec
 
 
@@ -146,6 +146,14 @@ class Roster:
             memory_free,
             self.draining,
         )
+
+    def model_loads(self) -> dict[str, ModelLoad]:
+        """Each ready model's slots, calls and queue room (gateways send no more than fits)."""
+        return {
+            h.spec.id: ModelLoad(s.inflight, s.queued, s.capacity, s.max_queue)
+            for h in self._held.values()
+            if h.state == "ready" and (s := h.scheduler) is not None
+        }
 
     def _schedulers(self) -> list[Scheduler]:
         return [h.scheduler for h in self._held.values() if h.scheduler is not None]

@@ -85,6 +85,7 @@ def test_plan_defaults_and_json() -> None:
         "tokens_per_day": 200_000,
         "images_per_day": 100,
         "concurrent": 4,
+        "priority": 1,
     }
 
 

@@ -181,6 +181,7 @@ async def test_own_usage(gw: Gateway) -> None:
         "tokens_per_day": 200_000,
         "images_per_day": 100,
         "concurrent": 4,
+        "priority": 1,
         "requests_this_minute": 3,
         "tokens_today": 60,
         "images_today": 0,

@@ -24,6 +24,7 @@ from gateway.api.auth import Authenticator
 from gateway.api.inference import NODE_HEADER
 from gateway.api.services import Services
 from gateway.media import MediaLimits
+from gateway.routing.dispatch import Ticket
 from gateway.routing.router import Generation, Heard, Speech, UnknownModel
 from node.p2p.rpc_client import Call
 from protocols import (
@@ -88,14 +89,14 @@ class FakeMedia:
         return Heard(PEER, Transcript(text, "fr", [segment] if params.timestamps else [], 1, 2))
 
     def describe(
-        self, params: VisionParams, timeout: float
+        self, params: VisionParams, timeout: float, ticket: Ticket | None = None
     ) -> AbstractAsyncContextManager[Generation]:
         raise UnknownModel(params.model, [])
 
 
 class NoText:
     def generate(
-        self, params: GenerateParams, timeout: float
+        self, params: GenerateParams, timeout: float, ticket: Ticket | None = None
     ) -> AbstractAsyncContextManager[Generation]:
         raise UnknownModel(params.model, [])
 

@@ -36,6 +36,7 @@ from gateway.api.image_store import DEFAULT_TTL as IMAGE_TTL
 from gateway.api.image_store import ImageStore
 from gateway.api.inference import NODE_HEADER
 from gateway.api.services import ImageBackend, Services
+from gateway.routing.dispatch import Ticket
 from gateway.routing.router import Generation, Images, NoPeerReady, UnknownModel, UpstreamError
 from protocols import ErrorCode, GenerateParams, ImageParams
 from protocols.generation import MAX_SEED
@@ -83,7 +84,7 @@ class NoText:
     """The text side, unused here."""
 
     def generate(
-        self, params: GenerateParams, timeout: float
+        self, params: GenerateParams, timeout: float, ticket: Ticket | None = None
     ) -> AbstractAsyncContextManager[Generation]:
         raise UnknownModel(params.model, [])
 

@@ -18,6 +18,7 @@ from PIL import Image
 from gateway.api.app import create_app
 from gateway.api.auth import Authenticator
 from gateway.api.services import Services
+from gateway.routing.dispatch import Ticket
 from gateway.routing.router import Generation, Heard, Speech, UnknownModel
 from node.p2p.rpc_client import Call
 from protocols import GenerateParams, SpeechParams, TranscribeParams, VisionMessage, VisionParams
@@ -51,13 +52,17 @@ class Swarm:
         }
 
     @asynccontextmanager
-    async def generate(self, params: GenerateParams, timeout: float) -> AsyncIterator[Generation]:
+    async def generate(
+        self, params: GenerateParams, timeout: float, ticket: Ticket | None = None
+    ) -> AsyncIterator[Generation]:
         self.texts.append(params)
         call = answer("said", {"prompt_tokens": 1, "completion_tokens": 1})
         yield Generation(PEER, call, await anext(call, None))
 
     @asynccontextmanager
-    async def describe(self, params: VisionParams, timeout: float) -> AsyncIterator[Generation]:
+    async def describe(
+        self, params: VisionParams, timeout: float, ticket: Ticket | None = None
+    ) -> AsyncIterator[Generation]:
         if params.model not in self.serving():
             raise UnknownModel(params.model, ["looker"])
         self.looks.append(params)

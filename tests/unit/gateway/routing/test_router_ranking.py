@@ -78,6 +78,7 @@ class FakeTracker:
         self.lookups: list[str] = []
         self.found: dict[str, list[tuple[str, FakeNode, dict[str, str]]]] = {}
         self.table: PeerTable | None = None
+        self.changed = trio.Event()  # never set: nothing changes unless a test says so
 
     async def find_model(self, model: str) -> None:
         self.lookups.append(model)
@@ -179,7 +180,7 @@ async def test_nodes_without_a_connection_are_not_candidates(
     router: Router, table: PeerTable, tracker: FakeTracker
 ) -> None:
     add(table, tracker, "peer-a", FakeNode(answer("from a")))
-    add(table, tracker, "peer-b", FakeNode(answer("from b")), load_=load(inflight=5))
+    add(table, tracker, "peer-b", FakeNode(answer("from b")), load_=load(5, capacity=8))
     del tracker.clients["peer-a"]
     async with router.generate(chat(), timeout=1) as generation:
         assert generation.peer_id == "peer-b"
@@ -273,7 +274,8 @@ async def test_a_final_refusal_reaches_the_caller_without_failover(
 async def test_at_most_max_attempts_nodes_are_tried(
     router: Router, table: PeerTable, tracker: FakeTracker
 ) -> None:
-    nodes = [FakeNode([Error(1, ErrorCode.OVERLOADED, f"full {i}")]) for i in range(5)]
+    # Refusals that are failures (a full node is waited for instead: test_dispatch).
+    nodes = [FakeNode([Error(1, ErrorCode.UNAVAILABLE, f"full {i}")]) for i in range(5)]
     for i, node in enumerate(nodes):
         add(table, tracker, f"peer-{i}", node, load_=load(inflight=i))
     with pytest.raises(NoPeerReady) as caught:
@@ -353,7 +355,7 @@ async def test_a_model_of_another_task_is_unknown_to_this_one(
 async def test_no_ready_node_says_why_for_each_node(
     router: Router, table: PeerTable, tracker: FakeTracker
 ) -> None:
-    add(table, tracker, "peer-0000aaaaaaaa", models={"m": "loading"})
+    add(table, tracker, "peer-0000aaaaaaaa", models={"m": "failed"})
     add(table, tracker, "peer-0000bbbbbbbb", load_=load(draining=True))
     add(table, tracker, "peer-0000cccccccc", connected=False)
     add(table, tracker, "peer-0000dddddddd", models={"other": "ready"})
@@ -361,7 +363,7 @@ async def test_no_ready_node_says_why_for_each_node(
         async with router.generate(chat(), timeout=1):
             pass
     assert str(caught.value) == (
-        "no node can take 'm' now (aaaaaaaa: loading; bbbbbbbb: ready (draining); "
+        "no node can take 'm' now (aaaaaaaa: failed; bbbbbbbb: ready (draining); "
         "cccccccc: ready (not responding))"
     )
     assert router.retries == 0
@@ -649,7 +651,7 @@ async def test_round_robin_takes_every_ready_node_in_turn_whatever_its_load(
     table: PeerTable, tracker: FakeTracker
 ) -> None:
     for peer, inflight in (("peer-c", 0), ("peer-a", 9), ("peer-b", 3)):
-        add(table, tracker, peer, FakeNode(answer("x")), load_=load(inflight=inflight))
+        add(table, tracker, peer, FakeNode(answer("x")), load_=load(inflight, capacity=16))
     add(table, tracker, "peer-d", models={"m": "loading"})
     router = policy_router(table, tracker, "round-robin")
     assert await routed(router, 7) == ["peer-a", "peer-b", "peer-c"] * 2 + ["peer-a"]
@@ -670,7 +672,7 @@ async def test_random_spreads_calls_over_ready_nodes_whatever_their_load(
     table: PeerTable, tracker: FakeTracker
 ) -> None:
     add(table, tracker, "peer-idle", FakeNode(answer("x")))
-    add(table, tracker, "peer-busy", FakeNode(answer("x")), load_=load(inflight=50))
+    add(table, tracker, "peer-busy", FakeNode(answer("x")), load_=load(50, capacity=64))
     add(table, tracker, "peer-draining", FakeNode(answer("x")), load_=load(draining=True))
     peers = await routed(policy_router(table, tracker, "random"), 40)
     assert set(peers) == {"peer-idle", "peer-busy"}
