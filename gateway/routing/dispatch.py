@@ -6,10 +6,12 @@ once. Otherwise it waits in the ``FairQueue``: each time the peer table changes 
 load update says a slot freed, a node joined or loaded the model) or a call of this gateway
 ends, the queue is pumped and the next calls in fair order are granted to nodes with room.
 
-Its estimated wait (ETA) is the calls ahead of it (in this queue and in the nodes' own
-queues) over the model's slots, times the time a call holds a slot, measured here on the
-calls this gateway sent. A call whose ETA is past its caller's limit is refused at once,
-with that estimate for Retry-After; one that waits past its limit anyway gives up then.
+Its estimated wait (ETA) is the calls ahead of it in this queue, plus itself, over the rate
+at which the model's calls end: each that ends frees a place for the next. The rate is
+measured on this gateway's recent calls, and is at least the model's slots over the time a
+call holds one (the rate of an idle swarm, before a backlog has been measured). A call
+whose ETA is past its caller's limit is refused at once, with that estimate for
+Retry-After; one that waits past its limit anyway gives up then.
 
 Error tree::
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -37,6 +40,9 @@ LOAD_GUESS = 15.0
 FIRST_GUESS = 1.0
 REPORT_EVERY = 1.0  # a waiting call hears its position at least this often
 REFUSALS_KEPT = 10.0  # seconds refusals count as demand
+# The rate calls end at is measured on at most this many of the last calls, in this window.
+ENDS_KEPT = 64
+RATE_WINDOW = 10.0
 
 
 class Refused(Exception):
@@ -93,7 +99,6 @@ class Dispatcher:
     def __init__(
         self,
         table: PeerTable,
-        changed: Callable[[], trio.Event],
         usable: Callable[[PeerEntry], bool],
         order: Callable[[list[PeerEntry], int], list[PeerEntry]] = lambda entries, turn: entries,
         *,
@@ -103,17 +108,18 @@ class Dispatcher:
         max_per_user: int = 64,
     ) -> None:
         self.table = table
-        self._changed = changed  # an event set at the peer table's next change
         self._usable = usable  # connected, and routable by this gateway
         self._order = order  # the routing policy: nodes in the order to try, for a call's turn
         self._asked = 0
         self._wall = wall  # the clock node records and load updates are stamped with
         self.node_queue = node_queue
         self.queue = FairQueue(max_total, max_per_user)
+        # Waiting tickets wait for their own grant; the queue is pumped where room appears
+        # (a load update, a call that ends), so a long queue costs nothing per change.
         self._tickets: dict[Waiter, Ticket] = {}
         self._hold: dict[str, float] = {}  # model → seconds a call holds a slot (EWMA)
+        self._ends: dict[str, deque[float]] = {}  # model → when its last calls ended
         self._refusals: dict[str, list[float]] = {}
-        self._local_change = trio.Event()
 
     # Asking and waiting.
 
@@ -172,11 +178,9 @@ class Dispatcher:
                 raise self._refuse(ticket.model, TooLong(message, self.eta_for(ticket.model, 0)))
             if now >= until:
                 return False
-            changed, local = self._changed(), self._local_change
+            # Pumped where room appears (``changed``, ``release``), not by each waiter.
             with trio.move_on_at(until):
-                async with trio.open_nursery() as nursery:
-                    for event in (changed, local, ticket.granted):
-                        nursery.start_soon(_set_then_cancel, event, nursery.cancel_scope)
+                await ticket.granted.wait()
 
     def where(self, ticket: Ticket) -> tuple[int, float]:
         """A waiting ticket's position (0: next) and ETA in seconds."""
@@ -212,13 +216,20 @@ class Dispatcher:
             if entry.sent.get(model, 0) > 0:
                 entry.sent[model] -= 1
         if served and ticket.dispatched_at is not None:
-            held = trio.current_time() - ticket.dispatched_at
+            now = trio.current_time()
+            held = now - ticket.dispatched_at
             last = self._hold.get(model)
             self._hold[model] = held if last is None else 0.8 * last + 0.2 * held
+            self._ends.setdefault(model, deque(maxlen=ENDS_KEPT)).append(now)
         ticket.peer = None
-        self._wake()
+        self.pump(model)
 
     # The queue's engine.
+
+    def changed(self) -> None:
+        """The peer table changed (a load update, a node joined or left): grant what fits."""
+        for model in self.queue.models():
+            self.pump(model)
 
     def pump(self, model: str) -> None:
         """Grant the calls waiting for ``model``, in fair order, while nodes have room."""
@@ -261,12 +272,7 @@ class Dispatcher:
         if not self.queue.remove(ticket.waiter):
             return False
         self._tickets.pop(ticket.waiter, None)
-        self._wake()  # the calls behind it moved up
         return True
-
-    def _wake(self) -> None:
-        self._local_change.set()
-        self._local_change = trio.Event()
 
     # Estimates and demand.
 
@@ -279,14 +285,24 @@ class Dispatcher:
 
     def eta_for(self, model: str, position: int) -> float:
         """Seconds until the call with ``position`` calls ahead of it in this queue is
-        likely sent: those calls and the ones in the nodes' own queues go first, as many
-        at once as the model has slots, each holding one for the measured time."""
+        likely sent: one call must end for each of them and one for itself."""
         ready = [e for e in self.table.candidates(model, self._wall()) if self._usable(e)]
         slots = sum(e.models[model].capacity if model in e.models else 0 for e in ready)
         if not slots:
             return LOAD_GUESS if self.table.loadable(model) else math.inf
-        ahead = position + sum(e.backlog(model) for e in ready) + 1
-        return ahead * self.hold_time(model) / slots
+        return (position + 1) / self.end_rate(model, slots)
+
+    def end_rate(self, model: str, slots: int) -> float:
+        """Calls of ``model`` a second that end: as measured over this gateway's last calls
+        (the rate of a busy swarm, node queues and batching included), and at least
+        ``slots`` over the time a call holds one. A call's hold counts its wait in a node's
+        queue, so that floor alone would be low when the nodes are busy; the measured rate
+        alone would be low when calls were few."""
+        now = trio.current_time()
+        ends = [t for t in self._ends.get(model, ()) if t > now - RATE_WINDOW]
+        spread = ends[-1] - ends[0] if len(ends) > 2 else 0.0
+        measured = (len(ends) - 1) / spread if spread > 0 else 0.0
+        return max(measured, slots / self.hold_time(model))
 
     def _too_long(self, model: str, seconds: float) -> str:
         if math.isinf(seconds):
@@ -323,8 +339,3 @@ class Dispatcher:
                 loading=states.count("loading"),
             )
         return found
-
-
-async def _set_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()

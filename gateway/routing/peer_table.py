@@ -77,11 +77,6 @@ class PeerEntry:
         )
         return max(0, slots.capacity + min(slots.max_queue, node_queue) - busy)
 
-    def backlog(self, model: str) -> int:
-        """Calls for ``model`` waiting in the node's own queue."""
-        slots = self.models.get(model)
-        return 0 if slots is None else slots.queued
-
 
 @dataclass
 class PeerTable:

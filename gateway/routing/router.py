@@ -174,7 +174,6 @@ class Router:
         self._rng = rng or random.Random()
         self.dispatcher = Dispatcher(
             table,
-            lambda: tracker.changed,
             lambda e: e.peer_id in tracker.clients,
             self._ordered,
             node_queue=node_queue,
@@ -182,6 +181,7 @@ class Router:
             max_per_user=max_queued_per_user,
             wall=lambda: time.time(),
         )
+        tracker.on_change.append(self.dispatcher.changed)
 
     def models(self, task: str | None = None) -> list[str]:
         """Every model id the swarm advertises (for ``task`` only, when given)."""

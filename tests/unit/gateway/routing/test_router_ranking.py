@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
 from typing import Any, cast
@@ -78,7 +78,7 @@ class FakeTracker:
         self.lookups: list[str] = []
         self.found: dict[str, list[tuple[str, FakeNode, dict[str, str]]]] = {}
         self.table: PeerTable | None = None
-        self.changed = trio.Event()  # never set: nothing changes unless a test says so
+        self.on_change: list[Callable[[], None]] = []  # table changes a test makes
 
     async def find_model(self, model: str) -> None:
         self.lookups.append(model)
