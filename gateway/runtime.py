@@ -31,6 +31,7 @@ from gateway.media import MediaLimits
 from gateway.mesh.events import MeshEvents
 from gateway.mesh.record import GATEWAY_RECORD_TTL, gateway_record
 from gateway.mesh.subscriptions import MeshSubscriptions
+from gateway.routing.demand import publish_demand
 from gateway.routing.peer_table import PeerTable
 from gateway.routing.router import Router
 from gateway.routing.tracker import Tracker
@@ -149,6 +150,11 @@ async def run_gateway(config: GatewayConfig) -> None:
             await nursery.start(partial(supervised, "gateway sync", sync.run, takes_status=True))
             await nursery.start(partial(supervised, "discovery", tracker.run, takes_status=True))
             nursery.start_soon(supervised, "advertiser", advertiser.run)
+            nursery.start_soon(
+                supervised,
+                "demand",
+                partial(publish_demand, router.dispatcher.demand, lambda: tracker.clients),
+            )
             nursery.start_soon(partial(supervised, "accounts", accounts.run, takes_status=True))
             nursery.start_soon(
                 supervised, "token keys", partial(watch_token_keys, config, auth, accounts)

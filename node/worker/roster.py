@@ -9,6 +9,7 @@ holds up another's calls; the node advertises the sum as its load.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 
@@ -30,6 +31,7 @@ class Held:
     runner: ModelRunner | None = None
     scheduler: Scheduler | None = None
     reason: str = ""  # why it failed
+    ready_at: float = 0.0  # when it became ready (time.monotonic)
 
     @property
     def info(self) -> ModelInfo:
@@ -82,6 +84,7 @@ class Roster:
         held = self._held[model]
         slots = runner.info.max_batch if self.capacity <= 0 else self.capacity
         held.runner, held.state = runner, "draining" if self.draining else "ready"
+        held.ready_at = time.monotonic()
         held.scheduler = Scheduler(max(1, slots), self.max_queue, self.changes)
         if self.draining:
             held.scheduler.drain()
