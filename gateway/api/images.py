@@ -22,7 +22,7 @@ from gateway.accounts.metering import rate_headers
 from gateway.api.auth import User
 from gateway.api.bodies import json_body, parse
 from gateway.api.errors import ApiError
-from gateway.api.inference import NODE_HEADER, routed
+from gateway.api.inference import NODE_HEADER, caller_wait, routed
 from gateway.api.services import services
 from protocols import ImageParams
 from protocols.generation import (
@@ -100,7 +100,8 @@ def install(app: FastAPI) -> None:
         if backend is None:
             raise ApiError(503, "this gateway does not route image generation", "no_peer_ready")
         async with routed(request, claims, body.model, "image", images=params.n) as outcome:
-            result = await backend.generate_image(params, s.request_timeout)
+            wait = caller_wait(request, s, claims)
+            result = await backend.generate_image(params, s.request_timeout, wait)
             outcome.peer_id = result.peer_id
             if s.image_store is not None and body.response_format == "url":
                 names = await trio.to_thread.run_sync(

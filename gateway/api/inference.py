@@ -162,7 +162,14 @@ async def _ask(
     """The call's place in the queue (None where this gateway does not queue)."""
     if s.queue is None:
         return None
-    limit = s.queue.max_wait
+    task = "text-generation" if isinstance(params, GenerateParams) else "image-to-text"
+    return await s.queue.ask(params.model, task, caller_wait(request, s, claims))
+
+
+def caller_wait(request: Request, s: Services, claims: keys.Claims) -> Wait:
+    """Who is calling, at what priority, and how long they will wait for a node: the
+    gateway's limit, or less if the client says so (``X-Max-Wait``)."""
+    limit = Wait().max_wait if s.queue is None else s.queue.max_wait
     asked = request.headers.get(MAX_WAIT_HEADER)
     if asked is not None:
         try:
@@ -174,8 +181,7 @@ async def _ask(
                 400, "X-Max-Wait must be a number of seconds, 0 or more", "invalid_request"
             )
     priority = 1 if s.accounts is None else s.accounts.plan_of(claims.sub).priority
-    task = "text-generation" if isinstance(params, GenerateParams) else "image-to-text"
-    return await s.queue.ask(params.model, task, Wait(claims.sub, priority, limit))
+    return Wait(claims.sub, priority, limit)
 
 
 def _settle(started: Started, forwarded: str) -> dict[str, int]:

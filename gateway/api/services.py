@@ -41,17 +41,21 @@ class Backend(Protocol):
 class ImageBackend(Protocol):
     """Image generation on the swarm side (a ``Router`` in production)."""
 
-    async def generate_image(self, params: ImageParams, timeout: float) -> Images: ...
+    async def generate_image(
+        self, params: ImageParams, timeout: float, wait: Wait | None = None
+    ) -> Images: ...
 
 
 class MediaBackend(Protocol):
     """Speech and pictures on the swarm side (a ``Router`` in production)."""
 
     def speak(
-        self, params: SpeechParams, timeout: float
+        self, params: SpeechParams, timeout: float, wait: Wait | None = None
     ) -> AbstractAsyncContextManager[Speech]: ...
 
-    async def transcribe(self, params: TranscribeParams, timeout: float) -> Heard: ...
+    async def transcribe(
+        self, params: TranscribeParams, timeout: float, wait: Wait | None = None
+    ) -> Heard: ...
 
     def describe(
         self, params: VisionParams, timeout: float, ticket: Ticket | None = None

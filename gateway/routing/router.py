@@ -274,10 +274,13 @@ class Router:
         async with opened as (peer, call, first):
             yield Generation(peer, call, first)
 
-    async def generate_image(self, params: ImageParams, timeout: float) -> Images:
-        """Generate images on the best node that takes the call."""
+    async def generate_image(
+        self, params: ImageParams, timeout: float, wait: Wait | None = None
+    ) -> Images:
+        """Generate images on the best node that takes the call (waiting in the queue as
+        ``wait`` says: its caller's turn among the others)."""
         opened = self._answered(
-            "generate_image", params.model, "text-to-image", params.to_wire(), timeout
+            "generate_image", params.model, "text-to-image", params.to_wire(), timeout, wait=wait
         )
         async with opened as (peer, call, first):
             try:
@@ -298,16 +301,23 @@ class Router:
         return Images(peer, images, seed if isinstance(seed, int) else None)
 
     @asynccontextmanager
-    async def speak(self, params: SpeechParams, timeout: float) -> AsyncIterator[Speech]:
-        """Stream speech from the best node that takes the call."""
-        opened = self._answered("speak", params.model, "text-to-speech", params.to_wire(), timeout)
+    async def speak(
+        self, params: SpeechParams, timeout: float, wait: Wait | None = None
+    ) -> AsyncIterator[Speech]:
+        """Stream speech from the best node that takes the call (queued as ``wait`` says)."""
+        opened = self._answered(
+            "speak", params.model, "text-to-speech", params.to_wire(), timeout, wait=wait
+        )
         async with opened as (peer, call, first):
             yield Speech(peer, call, first)
 
-    async def transcribe(self, params: TranscribeParams, timeout: float) -> Heard:
-        """One window of speech, heard by the best node that takes the call."""
+    async def transcribe(
+        self, params: TranscribeParams, timeout: float, wait: Wait | None = None
+    ) -> Heard:
+        """One window of speech, heard by the best node that takes the call (queued as
+        ``wait`` says)."""
         opened = self._answered(
-            "transcribe", params.model, "speech-to-text", params.to_wire(), timeout
+            "transcribe", params.model, "speech-to-text", params.to_wire(), timeout, wait=wait
         )
         async with opened as (peer, call, first):
             try:
@@ -343,13 +353,14 @@ class Router:
         wire: dict[str, Any],
         timeout: float,
         ticket: Ticket | None = None,
+        wait: Wait | None = None,
     ) -> AsyncIterator[tuple[str, Call, dict[str, Any] | None]]:
-        """Open ``method`` on the node ``ticket`` is granted (asking for one if none was
-        given): (peer, call, first reply). A node that refuses (OVERLOADED) sends the call
-        back to the head of the queue for the next freed slot; one that fails before
-        answering does too, at most ``MAX_ATTEMPTS`` times."""
+        """Open ``method`` on the node ``ticket`` is granted (asking for one as ``wait``
+        says if none was given): (peer, call, first reply). A node that refuses
+        (OVERLOADED) sends the call back to the head of the queue for the next freed slot;
+        one that fails before answering does too, at most ``MAX_ATTEMPTS`` times."""
         if ticket is None:
-            ticket = await self.ask(model, task, Wait(max_wait=self.max_wait))
+            ticket = await self.ask(model, task, wait or Wait(max_wait=self.max_wait))
         failures = 0
         last_error = ""
         while True:

@@ -24,7 +24,7 @@ from gateway.api.auth import Authenticator
 from gateway.api.inference import NODE_HEADER
 from gateway.api.services import Services
 from gateway.media import MediaLimits
-from gateway.routing.dispatch import Ticket
+from gateway.routing.dispatch import Ticket, Wait
 from gateway.routing.router import Generation, Heard, Speech, UnknownModel
 from node.p2p.rpc_client import Call
 from protocols import (
@@ -63,10 +63,14 @@ class FakeMedia:
     def __init__(self) -> None:
         self.spoken: list[SpeechParams] = []
         self.heard: list[TranscribeParams] = []
+        self.waits: list[Wait | None] = []  # each call's place in the queue, as asked
 
     @asynccontextmanager
-    async def speak(self, params: SpeechParams, timeout: float) -> AsyncIterator[Speech]:
+    async def speak(
+        self, params: SpeechParams, timeout: float, wait: Wait | None = None
+    ) -> AsyncIterator[Speech]:
         self.spoken.append(params)
+        self.waits.append(wait)
         if params.model not in ("voice", "croaky"):
             raise UnknownModel(params.model, ["voice"])
         words = params.input.split()
@@ -79,8 +83,11 @@ class FakeMedia:
         call = call_of([*chunks, end])
         yield Speech(PEER, call, await anext(call, None))
 
-    async def transcribe(self, params: TranscribeParams, timeout: float) -> Heard:
+    async def transcribe(
+        self, params: TranscribeParams, timeout: float, wait: Wait | None = None
+    ) -> Heard:
         self.heard.append(params)
+        self.waits.append(wait)
         if params.model != "ears":
             raise UnknownModel(params.model, ["ears"])
         n = len(self.heard)
@@ -151,6 +158,7 @@ async def test_speech_as_a_streamed_wav(
     assert response.headers[NODE_HEADER] == PEER
     assert response.content[:4] == b"RIFF" and len(response.content) == 44 + 3 * RATE // 10 * 2
     assert media.spoken == [SpeechParams("voice", "one two three", "", 2.0)]
+    assert media.waits == [Wait("alice", 1, 60.0)]  # waits its turn as its caller, not anyone
     [outcome] = meter.outcomes
     assert (outcome.kind, outcome.prompt_tokens, outcome.status) == ("speech", 13, 200)
 
@@ -238,6 +246,7 @@ async def test_long_audio_is_heard_in_windows_each_given_what_came_before(
         "Names: Ada. window 1 window 2",
     ]
     assert [p.language for p in media.heard] == [None, "fr", "fr"]  # the first one's, kept
+    assert media.waits == [Wait("alice", 1, 60.0)] * 3
     assert all(p.timestamps and p.seconds <= 30 for p in media.heard)
     [outcome] = meter.outcomes
     assert (outcome.kind, outcome.prompt_tokens, outcome.completion_tokens) == (

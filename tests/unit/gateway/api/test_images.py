@@ -36,7 +36,7 @@ from gateway.api.image_store import DEFAULT_TTL as IMAGE_TTL
 from gateway.api.image_store import ImageStore
 from gateway.api.inference import NODE_HEADER
 from gateway.api.services import ImageBackend, Services
-from gateway.routing.dispatch import Ticket
+from gateway.routing.dispatch import Ticket, Wait
 from gateway.routing.router import Generation, Images, NoPeerReady, UnknownModel, UpstreamError
 from protocols import ErrorCode, GenerateParams, ImageParams
 from protocols.generation import MAX_SEED
@@ -62,10 +62,14 @@ class FakeImages:
 
     def __init__(self) -> None:
         self.calls: list[tuple[ImageParams, float]] = []
+        self.waits: list[Wait | None] = []  # each call's place in the queue, as asked
         self.seeds: list[int] = []  # the seed each call used
 
-    async def generate_image(self, params: ImageParams, timeout: float) -> Images:
+    async def generate_image(
+        self, params: ImageParams, timeout: float, wait: Wait | None = None
+    ) -> Images:
         self.calls.append((params, timeout))
+        self.waits.append(wait)
         if params.model == "busy":
             raise NoPeerReady("no node can take 'busy' now (a1b2c3d4: loading)")
         if params.model == "broken":
@@ -171,9 +175,11 @@ def decoded(data: bytes) -> Image.Image:
 
 async def test_b64_json(client: httpx.AsyncClient, backend: FakeImages) -> None:
     body = request(n=3, size="96x64", response_format="b64_json", seed=5)
-    response = await client.post("/v1/images/generations", json=body, headers=AUTH)
+    patient = AUTH | {"X-Max-Wait": "12.5"}
+    response = await client.post("/v1/images/generations", json=body, headers=patient)
     assert response.status_code == 200, response.text
     assert response.headers[NODE_HEADER] == PEER
+    assert backend.waits == [Wait("alice", 1, 12.5)]  # its caller's turn, and limit
     answer = response.json()
     assert set(answer) == {"created", "data", "seed"}
     assert abs(answer["created"] - time.time()) < 5
