@@ -685,3 +685,29 @@ async def test_expected_wait_is_the_default_policy(table: PeerTable, tracker: Fa
     router = Router(table, cast(Tracker, tracker))
     assert router.policy == "expected-wait"
     assert await routed(router, 3) == ["peer-b"] * 3
+
+
+async def test_a_refused_call_waits_for_the_nodes_next_load_update_then_succeeds(
+    router: Router, table: PeerTable, tracker: FakeTracker
+) -> None:
+    # The only node says OVERLOADED: it counts as full until it next reports its load, and
+    # the call waits at the head of the queue instead of failing or retrying at once.
+    node = FakeNode([Error(1, ErrorCode.OVERLOADED, "full")])
+    add(table, tracker, "peer-a", node)
+    texts: list[str] = []
+
+    async def ask() -> None:
+        async with router.generate(chat(), timeout=5) as generation:
+            texts.append(await generation.text())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ask)
+        await trio.sleep(0.3)
+        assert len(node.calls) == 1 and texts == []
+        assert router.dispatcher.queue.waiting("m") == 1
+        node.frames = answer("ok")
+        table.update_load("peer-a", load(), now=T0)
+        for hear in tracker.on_change:  # what the tracker does on every load update
+            hear()
+    assert texts == ["ok"] and len(node.calls) == 2
+    assert router.retries == 1
