@@ -87,13 +87,15 @@ class Load:
 
 @dataclass(frozen=True)
 class ModelLoad:
-    """One model's share of a node's load: its slots, the calls on them, and the room in
-    its own short queue (``max_queue``), so gateways can tell how many more it takes."""
+    """One model's share of a node's load: its slots, the calls on them, the room in its
+    own short queue (``max_queue``), so gateways can tell how many more it takes, and its
+    measured speed (tokens a second, every slot together; 0: not measured)."""
 
     inflight: int
     queued: int
     capacity: int
     max_queue: int
+    tokens_per_s: float = 0.0
 
     @property
     def room(self) -> int:

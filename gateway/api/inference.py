@@ -11,7 +11,7 @@ import math
 import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import trio
@@ -163,7 +163,8 @@ async def _ask(
     if s.queue is None:
         return None
     task = "text-generation" if isinstance(params, GenerateParams) else "image-to-text"
-    return await s.queue.ask(params.model, task, caller_wait(request, s, claims))
+    wait = replace(caller_wait(request, s, claims), tokens=params.max_tokens)
+    return await s.queue.ask(params.model, task, wait)
 
 
 def caller_wait(request: Request, s: Services, claims: keys.Claims) -> Wait:

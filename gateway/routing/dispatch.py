@@ -36,7 +36,8 @@ from protocols import ModelDemand
 
 # A model no node serves yet but one may load: how long its first call is told to expect.
 LOAD_GUESS = 15.0
-# Before any call of a model has been measured: the time it is taken to hold a slot.
+# Before any call of a model has been timed here, a call is taken to hold a slot for its
+# tokens at the speed its nodes report per slot; this long when they report none.
 FIRST_GUESS = 1.0
 REPORT_EVERY = 1.0  # a waiting call hears its position at least this often
 REFUSALS_KEPT = 10.0  # seconds refusals count as demand
@@ -66,6 +67,7 @@ class Wait:
     user: str = ""
     priority: int = 0
     max_wait: float = 60.0
+    tokens: int = 0  # the most the call may write, where it says (text): sizes the first ETA
 
 
 # What a waiting call is told: its position (0: next) and ETA in seconds.
@@ -83,6 +85,7 @@ class Ticket:
     # Nodes that failed this call before answering: it goes elsewhere if it can.
     avoid: set[str] = field(default_factory=set)
     turn: int = 0  # calls asked before it (round-robin routing takes nodes in turn)
+    tokens: int = 0  # the most it may write (``Wait.tokens``)
 
     @property
     def model(self) -> str:
@@ -127,7 +130,7 @@ class Dispatcher:
         """A ticket for one call of ``model``: granted now if a node has room and no call
         waits before it, else queued; ``Refused`` if it cannot wait that long or at all."""
         waiter = Waiter(model, wait.user, wait.priority, trio.current_time())
-        ticket = Ticket(waiter, wait.max_wait, turn=self._asked)
+        ticket = Ticket(waiter, wait.max_wait, turn=self._asked, tokens=wait.tokens)
         self._asked += 1
         if not self.queue.waiting(model):
             peer = self._with_room(ticket)
@@ -137,11 +140,14 @@ class Dispatcher:
         try:
             self.queue.push(ticket.waiter)
         except QueueFull as exc:
-            eta = self.eta_for(model, self.queue.waiting(model))
+            eta = self.eta_for(model, self.queue.waiting(model), wait.tokens)
             raise self._refuse(model, Full(str(exc), eta)) from exc
         self._tickets[ticket.waiter] = ticket
         ticket.eta = self.eta(ticket)
-        if ticket.eta > wait.max_wait:
+        # An estimate from a guessed hold time (no call of the model timed here yet) is no
+        # reason to turn a call away: it waits, up to its limit, and is told the guess.
+        sure = model in self._hold or not self.ready(model)
+        if ticket.eta > wait.max_wait and sure:
             self._drop(ticket)
             raise self._refuse(model, TooLong(self._too_long(model, ticket.eta), ticket.eta))
         return ticket
@@ -276,23 +282,38 @@ class Dispatcher:
 
     # Estimates and demand.
 
-    def hold_time(self, model: str) -> float:
-        return self._hold.get(model, FIRST_GUESS)
+    def hold_time(self, model: str, tokens: int = 0) -> float:
+        """Seconds a call of ``model`` holds a slot: as timed here; before that, ``tokens``
+        at the best per-slot speed its nodes report; failing both, ``FIRST_GUESS``."""
+        held = self._hold.get(model)
+        if held is not None:
+            return held
+        speeds = [
+            m.tokens_per_s / max(1, m.capacity)
+            for e in self.table.entries.values()
+            if (m := e.models.get(model)) is not None and m.tokens_per_s > 0
+        ]
+        if tokens > 0 and speeds:
+            return tokens / max(speeds)
+        return FIRST_GUESS
 
     def eta(self, ticket: Ticket) -> float:
         """Seconds until ``ticket`` is likely sent."""
-        return self.eta_for(ticket.model, self.queue.position(ticket.waiter))
+        return self.eta_for(ticket.model, self.queue.position(ticket.waiter), ticket.tokens)
 
-    def eta_for(self, model: str, position: int) -> float:
+    def eta_for(self, model: str, position: int, tokens: int = 0) -> float:
         """Seconds until the call with ``position`` calls ahead of it in this queue is
         likely sent: one call must end for each of them and one for itself."""
         ready = [e for e in self.table.candidates(model, self._wall()) if self._usable(e)]
-        slots = sum(e.models[model].capacity if model in e.models else 0 for e in ready)
+        # A node that reports only its total load counts all its slots, as ``room`` does.
+        slots = sum(
+            e.models[model].capacity if model in e.models else e.load.capacity for e in ready
+        )
         if not slots:
             return LOAD_GUESS if self.table.loadable(model) else math.inf
-        return (position + 1) / self.end_rate(model, slots)
+        return (position + 1) / self.end_rate(model, slots, tokens)
 
-    def end_rate(self, model: str, slots: int) -> float:
+    def end_rate(self, model: str, slots: int, tokens: int = 0) -> float:
         """Calls of ``model`` a second that end: as measured over this gateway's last calls
         (the rate of a busy swarm, node queues and batching included), and at least
         ``slots`` over the time a call holds one. A call's hold counts its wait in a node's
@@ -302,7 +323,7 @@ class Dispatcher:
         ends = [t for t in self._ends.get(model, ()) if t > now - RATE_WINDOW]
         spread = ends[-1] - ends[0] if len(ends) > 2 else 0.0
         measured = (len(ends) - 1) / spread if spread > 0 else 0.0
-        return max(measured, slots / self.hold_time(model))
+        return max(measured, slots / self.hold_time(model, tokens))
 
     def _too_long(self, model: str, seconds: float) -> str:
         if math.isinf(seconds):

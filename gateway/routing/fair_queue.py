@@ -2,14 +2,22 @@
 
 Higher priority classes go first. Within a class, users take turns (round-robin): each
 user's calls wait first come, first served, and a user with a burst of calls waits behind
-one call of every other user per turn, so nobody's burst starves anyone. The queue is
-bounded per user and in total: past either bound a call is refused (``QueueFull``).
+one call of every other user per turn, so nobody's burst starves anyone. A user who starts
+waiting joins the turn order by when they were last served, not at its back: one who was
+not served lately goes before the user with the burst, so a single call waits for at most
+one call ahead of it, not one of the burst's too. The queue is bounded per user and in
+total: past either bound a call is refused (``QueueFull``).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
+
+# Users whose last turn is remembered, per queue: past this the longest ago are forgotten
+# (and count as never served, which changes nothing for them).
+SERVED_KEPT = 4096
 
 
 class QueueFull(Exception):
@@ -45,6 +53,8 @@ class FairQueue:
         self._models: dict[str, dict[int, _Class]] = {}
         self._per_user: dict[str, int] = {}
         self._total = 0
+        self._turns = itertools.count(1)
+        self._served: dict[tuple[str, str], int] = {}  # (model, user) → their last turn
 
     def __len__(self) -> int:
         return self._total
@@ -75,7 +85,10 @@ class FairQueue:
         users = (
             self._models.setdefault(waiter.model, {}).setdefault(waiter.priority, _Class()).users
         )
-        line = users.setdefault(waiter.user, deque())
+        line = users.get(waiter.user)
+        if line is None:
+            line = deque()
+            self._join(users, waiter.model, waiter.user, line)
         if front:
             # It had its turn already: it takes it again, before every other user.
             line.appendleft(waiter)
@@ -100,8 +113,27 @@ class FairQueue:
         waiter = calls.popleft()
         if calls:
             users[user] = calls  # to the back of the turn order
+        self._served.pop((model, user), None)
+        self._served[(model, user)] = next(self._turns)
+        if len(self._served) > SERVED_KEPT:
+            del self._served[next(iter(self._served))]  # the longest ago
         self._forget(waiter)
         return waiter
+
+    def _join(
+        self, users: dict[str, deque[Waiter]], model: str, user: str, line: deque[Waiter]
+    ) -> None:
+        """Put ``user``'s new line in the turn order before every user served since them
+        (the order is by last turn: the user just served is at the back)."""
+        last = self._served.get((model, user), 0)
+        order = list(users.items())
+        at = next(
+            (i for i, (u, _) in enumerate(order) if self._served.get((model, u), 0) > last),
+            len(order),
+        )
+        order.insert(at, (user, line))
+        users.clear()
+        users.update(order)
 
     def remove(self, waiter: Waiter) -> bool:
         """Take ``waiter`` out (it gave up); False if it was not waiting."""

@@ -151,9 +151,12 @@ class Roster:
         )
 
     def model_loads(self) -> dict[str, ModelLoad]:
-        """Each ready model's slots, calls and queue room (gateways send no more than fits)."""
+        """Each ready model's slots, calls, queue room (gateways send no more than fits) and
+        speed (what a gateway expects a call to take before it has timed one)."""
         return {
-            h.spec.id: ModelLoad(s.inflight, s.queued, s.capacity, s.max_queue)
+            h.spec.id: ModelLoad(
+                s.inflight, s.queued, s.capacity, s.max_queue, round(h.tokens_per_s, 2)
+            )
             for h in self._held.values()
             if h.state == "ready" and (s := h.scheduler) is not None
         }

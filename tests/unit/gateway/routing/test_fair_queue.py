@@ -74,3 +74,18 @@ def test_a_call_that_gives_up_leaves_and_the_oldest_wait_is_known() -> None:
     assert queue.waiting("m") == 1 and queue.models() == ["m"]
     queue.remove(kept)
     assert queue.models() == [] and queue.oldest("m") is None
+
+
+def test_a_user_who_starts_waiting_goes_before_the_users_served_since_them() -> None:
+    queue = FairQueue(100, 100)
+    for _ in range(4):
+        queue.push(Waiter("m", "burst", 1, 0.0))
+    assert queue.pop("m").user == "burst"  # type: ignore[union-attr]
+    # A newcomer is next, not after another of the burst's calls.
+    single = Waiter("m", "single", 1, 1.0)
+    queue.push(single)
+    assert queue.position(single) == 0
+    assert queue.pop("m").user == "single"  # type: ignore[union-attr]
+    # Back soon with another call, it was served after the burst was: the burst goes first.
+    queue.push(Waiter("m", "single", 1, 2.0))
+    assert drain(queue) == ["burst", "single", "burst", "burst"]

@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from gateway.config import Policy
+from gateway.routing.dispatch import Wait
 from gateway.routing.peer_table import PeerEntry, PeerTable
 from gateway.routing.router import (
     MAX_ATTEMPTS,
@@ -36,6 +37,7 @@ from protocols import (
     ImageParams,
     Load,
     Message,
+    ModelLoad,
 )
 from tests.unit.gateway.routing.test_peer_table import T0, record
 
@@ -711,3 +713,23 @@ async def test_a_refused_call_waits_for_the_nodes_next_load_update_then_succeeds
             hear()
     assert texts == ["ok"] and len(node.calls) == 2
     assert router.retries == 1
+
+
+async def test_before_a_call_is_timed_the_eta_comes_from_the_nodes_speed(
+    router: Router, table: PeerTable, tracker: FakeTracker
+) -> None:
+    add(table, tracker, "peer-a")
+    both_busy = {"m": ModelLoad(2, 0, 2, 0, tokens_per_s=40.0)}
+    table.update_load("peer-a", load(inflight=2, capacity=2), now=T0, models=both_busy)
+    # 20 tokens/s a slot: a call of up to 100 tokens holds one 5 s, and with two slots one
+    # ends every 2.5 s. The node's speed, not a fixed guess.
+    first = await router.ask("m", TEXT, Wait("ann", 1, 60.0, tokens=100))
+    assert router.where(first) == (0, 2.5)
+    # A guess, however long, does not turn a call away: it waits up to its own limit.
+    second = await router.ask("m", TEXT, Wait("bob", 1, 1.0, tokens=100))
+    assert router.where(second) == (1, 5.0)
+    # Without a speed from the node either, a call is taken to hold a slot for a second.
+    table.update_load("peer-a", load(inflight=2, capacity=2), now=T0, models={})
+    assert router.where(first) == (0, 0.5)
+    router.cancel(first)
+    router.cancel(second)
