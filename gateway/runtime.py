@@ -31,6 +31,7 @@ from gateway.media import MediaLimits
 from gateway.mesh.events import MeshEvents
 from gateway.mesh.record import GATEWAY_RECORD_TTL, gateway_record
 from gateway.mesh.subscriptions import MeshSubscriptions
+from gateway.routing.demand import publish_demand
 from gateway.routing.peer_table import PeerTable
 from gateway.routing.router import Router
 from gateway.routing.tracker import Tracker
@@ -75,7 +76,15 @@ async def run_gateway(config: GatewayConfig) -> None:
 
     table = PeerTable()
     tracker = Tracker(host, table)
-    router = Router(table, tracker, config.routing)
+    router = Router(
+        table,
+        tracker,
+        config.routing,
+        max_wait=config.max_queue_wait,
+        node_queue=config.node_queue,
+        max_queued=config.queue_limit,
+        max_queued_per_user=config.queue_per_user,
+    )
     share = MeshEvents()
     services = Services(
         backend=router,
@@ -98,6 +107,7 @@ async def run_gateway(config: GatewayConfig) -> None:
         store=store,
         accounts=accounts,
         limiter=limiter,
+        queue=router,
     )
     services.metrics.observe_swarm(table, lambda: router.retries)
     apart = config.metrics_port is not None
@@ -142,6 +152,11 @@ async def run_gateway(config: GatewayConfig) -> None:
             await nursery.start(partial(supervised, "gateway sync", sync.run, takes_status=True))
             await nursery.start(partial(supervised, "discovery", tracker.run, takes_status=True))
             nursery.start_soon(supervised, "advertiser", advertiser.run)
+            nursery.start_soon(
+                supervised,
+                "demand",
+                partial(publish_demand, router.dispatcher.demand, lambda: tracker.clients),
+            )
             nursery.start_soon(partial(supervised, "accounts", accounts.run, takes_status=True))
             nursery.start_soon(
                 supervised, "token keys", partial(watch_token_keys, config, auth, accounts)

@@ -45,6 +45,8 @@ class Plan:
     images_per_day: int = 100
     concurrent: int = 4
     audio_seconds_per_day: int = 3600
+    # Calls waiting for a busy model go in priority order: a higher class before a lower.
+    priority: int = 1
 
     @classmethod
     def from_table(cls, name: str, table: Mapping[str, Any]) -> Plan:

@@ -33,7 +33,7 @@ from gateway.accounts.metering import Outcome, rate_headers
 from gateway.api.auth import User
 from gateway.api.bodies import json_body, parse
 from gateway.api.errors import ApiError, routing_error
-from gateway.api.inference import NODE_HEADER, routed
+from gateway.api.inference import NODE_HEADER, caller_wait, routed
 from gateway.api.services import MediaBackend, Services, services
 from gateway.media import BadMedia
 from gateway.media.sound import (
@@ -131,7 +131,8 @@ async def _speak(request: Request, claims: keys.Claims, params: SpeechParams, fm
         most = math.ceil(len(params.input) / (SPEECH_CHARS_PER_SECOND * params.speed))
         calling = routed(request, claims, params.model, "speech", audio=most)
         outcome = await stack.enter_async_context(calling)
-        speech = await stack.enter_async_context(media.speak(params, s.request_timeout))
+        wait = caller_wait(request, s, claims)
+        speech = await stack.enter_async_context(media.speak(params, s.request_timeout, wait))
     except BaseException:
         await stack.__aexit__(*sys.exc_info())  # the meters see the failure and its status
         raise
@@ -207,6 +208,7 @@ def _transcriber(task: str) -> Callable[..., Awaitable[Response]]:
         segments: list[Segment] = []
         language = form.language
         most = math.ceil(decoded.seconds)
+        wait = caller_wait(request, s, claims)
         async with routed(request, claims, form.model, kind, audio=most) as outcome:
             for start, pcm in windows(decoded):
                 carried = " ".join([form.prompt, *text])[-CARRIED_CHARS:].strip()
@@ -217,7 +219,7 @@ def _transcriber(task: str) -> Callable[..., Awaitable[Response]]:
                     )  # fmt: skip
                 except ValueError as exc:
                     raise ApiError(400, str(exc), "invalid_request") from exc
-                heard = await media.transcribe(params, s.request_timeout)
+                heard = await media.transcribe(params, s.request_timeout, wait)
                 outcome.peer_id = heard.peer_id
                 heard_to = start + pcm_seconds(pcm, TRANSCRIBE_RATE)
                 outcome.audio_seconds = min(most, math.ceil(heard_to))

@@ -58,7 +58,7 @@ def install(app: FastAPI) -> None:
             raise ApiError(400, f"{old} is not supported: send {new}", "invalid_request", old)
         params = _params(body)
         started = await vision.start_if_shown(request, claims, body, params.engine_field())
-        started = started or await start(request, claims, params, "chat")
+        started = started or await start(request, claims, params, "chat", body.stream)
         render = _ChatChunks(oa.completion_id(), body.model, body.include_usage())
         return await answer(started, render, body.stream)
 

@@ -33,7 +33,7 @@ def install(app: FastAPI) -> None:
             )
         except ValueError as exc:
             raise ApiError(400, str(exc), "invalid_request") from exc
-        started = await start(request, claims, params, "completion")
+        started = await start(request, claims, params, "completion", body.stream)
         id_ = f"cmpl-{uuid.uuid4().hex[:24]}"
         render = _TextChunks(id_, body.model, body.include_usage(), prompt if body.echo else "")
         return await answer(started, render, body.stream)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from typing import Any
 
@@ -27,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.accounts.errors import Busy, LimitReached, Refused
 from gateway.api import openai_api as oa
 from gateway.api.asgi import HttpMiddleware
-from gateway.routing.router import NoPeerReady, UnknownModel, UpstreamError
+from gateway.routing.router import WAIT_AWAY, NoPeerReady, UnknownModel, UpstreamError
 from protocols import ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -81,8 +82,12 @@ def routing_error(exc: Exception) -> ApiError:
     if isinstance(exc, UnknownModel):
         return ApiError(404, str(exc), "model_not_found", "model")
     if isinstance(exc, NoPeerReady):
-        wait = {"Retry-After": str(exc.retry_after)}
-        return ApiError(503, node_text(str(exc)), "no_peer_ready", headers=wait)
+        # The queue's estimate, or the router's guess from the nodes' states: a client told
+        # when to come back does not hammer the gateway meanwhile.
+        wait = exc.retry_after
+        seconds = WAIT_AWAY if wait is None or math.isinf(wait) else max(1, math.ceil(wait))
+        later = {"Retry-After": str(seconds)}
+        return ApiError(503, node_text(str(exc)), "no_peer_ready", headers=later)
     if isinstance(exc, UpstreamError):
         status = {ErrorCode.BAD_REQUEST: 400, ErrorCode.DEADLINE_EXCEEDED: 504}.get(exc.code, 502)
         message = upstream_message(exc)

@@ -32,7 +32,7 @@ from gateway.api import openai_api as oa
 from gateway.api.auth import User
 from gateway.api.bodies import json_body, parse
 from gateway.api.errors import ApiError, upstream_message
-from gateway.api.inference import NODE_HEADER, EventStream, opened, routed
+from gateway.api.inference import NODE_HEADER, EventStream, caller_wait, opened, routed
 from gateway.api.services import ImageBackend, services
 from gateway.routing.router import Drawing, UpstreamError
 from protocols import ImageParams, ImageStep
@@ -118,7 +118,8 @@ def install(app: FastAPI) -> None:
         if body.stream:
             return await _streamed(request, claims, backend, params)
         async with routed(request, claims, body.model, "image", images=params.n) as outcome:
-            result = await backend.generate_image(params, s.request_timeout)
+            wait = caller_wait(request, s, claims)
+            result = await backend.generate_image(params, s.request_timeout, wait)
             outcome.peer_id = result.peer_id
             if s.image_store is not None and body.response_format == "url":
                 names = await trio.to_thread.run_sync(
@@ -147,9 +148,10 @@ async def _streamed(
     request: Request, claims: keys.Claims, backend: ImageBackend, params: ImageParams
 ) -> Response:
     s = services(request)
+    wait = caller_wait(request, s, claims)
     admitted = routed(request, claims, params.model, "image", images=params.n)
     stack, outcome, drawing = await opened(
-        admitted, lambda: backend.draw(params, s.request_timeout)
+        admitted, lambda: backend.draw(params, s.request_timeout, wait)
     )
     outcome.peer_id = drawing.peer_id
     headers = {NODE_HEADER: drawing.peer_id} | rate_headers(s.meters, claims)

@@ -7,10 +7,11 @@ render text, so they hand a ``Renderer`` to ``stream`` and keep nothing else of 
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import trio
@@ -24,11 +25,18 @@ from gateway.accounts.errors import Refused
 from gateway.accounts.metering import Outcome, metered, rate_headers
 from gateway.api import openai_api as oa
 from gateway.api.errors import ApiError, refusal, routing_error, upstream_message
-from gateway.api.services import Services, services
+from gateway.api.services import Queue, Services, services
+from gateway.routing.dispatch import Ticket, Wait
 from gateway.routing.router import Generation, NoPeerReady, Piece, UnknownModel, UpstreamError
 from protocols import GenerateParams, VisionParams
 
 NODE_HEADER = "X-BitingLip-Node"
+# How long the call waited in the gateway's queue for a node, in seconds.
+QUEUE_WAIT_HEADER = "X-Queue-Wait"
+# The longest a client will wait in the queue, in seconds (at most the gateway's own limit).
+MAX_WAIT_HEADER = "x-max-wait"
+# A streamed call still waiting hears its place this often, as an SSE comment.
+QUEUE_REPORT_EVERY = 1.0
 # What a node may say about why it stopped; anything else reads as "stop".
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls"})
 
@@ -37,13 +45,23 @@ T = TypeVar("T")
 
 @dataclass
 class Started:
-    """A call that a node has begun to answer; ``stack`` ends it (and its metering)."""
+    """A call that a node has begun to answer, or (``generation`` None) a streamed call
+    still waiting in the queue, which ``opener`` opens on its turn; ``stack`` ends it (and
+    its metering)."""
 
-    generation: Generation
+    generation: Generation | None
     outcome: Outcome
     stack: AsyncExitStack
     headers: dict[str, str]
     params: GenerateParams | VisionParams
+    ticket: Ticket | None = None
+    queue: Queue | None = None
+    opener: Callable[[], AbstractAsyncContextManager[Generation]] | None = None
+
+    @property
+    def answered(self) -> Generation:
+        assert self.generation is not None, "the call has not been sent to a node yet"
+        return self.generation
 
 
 @dataclass
@@ -112,15 +130,35 @@ async def routed(
 
 
 async def start(
-    request: Request, claims: keys.Claims, params: GenerateParams | VisionParams, kind: str
+    request: Request,
+    claims: keys.Claims,
+    params: GenerateParams | VisionParams,
+    kind: str,
+    stream: bool = False,
 ) -> Started:
-    """Admit the call and route it to a node."""
+    """Admit the call and route it to a node: at once, or after waiting its turn in the
+    queue. A ``stream`` that must wait comes back unsent, to wait while its response
+    tells the client its place."""
     s = services(request)
-    admitted = routed(request, claims, params.model, kind, tokens=charges.budget(params))
-    stack, outcome, generation = await opened(admitted, lambda: _open(s, params))
+    stack = AsyncExitStack()
+    try:
+        admitted = routed(request, claims, params.model, kind, tokens=charges.budget(params))
+        outcome = await stack.enter_async_context(admitted)
+        ticket = await _ask(request, s, claims, params)
+        headers = rate_headers(s.meters, claims)
+        if stream and ticket is not None and not ticket.granted.is_set():
+            opener = _opener(s, params, ticket)
+            return Started(None, outcome, stack, headers, params, ticket, s.queue, opener)
+        generation = await stack.enter_async_context(_open(s, params, ticket))
+    except BaseException:
+        # Let the meters see the failure (and its status) before it propagates.
+        await stack.__aexit__(*sys.exc_info())
+        raise
     outcome.peer_id = generation.peer_id
-    headers = {NODE_HEADER: generation.peer_id} | rate_headers(s.meters, claims)
-    return Started(generation, outcome, stack, headers, params)
+    headers = {NODE_HEADER: generation.peer_id} | headers
+    if ticket is not None:
+        headers[QUEUE_WAIT_HEADER] = f"{ticket.waited:.3f}"
+    return Started(generation, outcome, stack, headers, params, ticket, s.queue)
 
 
 async def opened(
@@ -140,10 +178,39 @@ async def opened(
     return stack, outcome, opened
 
 
+async def _ask(
+    request: Request, s: Services, claims: keys.Claims, params: GenerateParams | VisionParams
+) -> Ticket | None:
+    """The call's place in the queue (None where this gateway does not queue)."""
+    if s.queue is None:
+        return None
+    task = "text-generation" if isinstance(params, GenerateParams) else "image-to-text"
+    wait = replace(caller_wait(request, s, claims), tokens=params.max_tokens)
+    return await s.queue.ask(params.model, task, wait)
+
+
+def caller_wait(request: Request, s: Services, claims: keys.Claims) -> Wait:
+    """Who is calling, at what priority, and how long they will wait for a node: the
+    gateway's limit, or less if the client says so (``X-Max-Wait``)."""
+    limit = Wait().max_wait if s.queue is None else s.queue.max_wait
+    asked = request.headers.get(MAX_WAIT_HEADER)
+    if asked is not None:
+        try:
+            limit = min(limit, float(asked))
+        except ValueError:
+            limit = math.nan
+        if not limit >= 0:  # also false for nan
+            raise ApiError(
+                400, "X-Max-Wait must be a number of seconds, 0 or more", "invalid_request"
+            )
+    priority = 1 if s.accounts is None else s.accounts.plan_of(claims.sub).priority
+    return Wait(claims.sub, priority, limit)
+
+
 def _settle(started: Started, forwarded: str) -> dict[str, int]:
     """Charge the call for what the node says it used, checked against the request and
     the text ``forwarded`` to the caller; the usage to show."""
-    generation = started.generation
+    generation = started.answered
     charge = charges.charge(started.params, generation.usage, forwarded, generation.finished)
     started.outcome.prompt_tokens = charge.prompt_tokens
     started.outcome.completion_tokens = charge.completion_tokens
@@ -151,18 +218,43 @@ def _settle(started: Started, forwarded: str) -> dict[str, int]:
 
 
 def _open(
-    s: Services, params: GenerateParams | VisionParams
+    s: Services, params: GenerateParams | VisionParams, ticket: Ticket | None = None
 ) -> AbstractAsyncContextManager[Generation]:
-    """A text generation, or a chat with pictures (which answers in text the same way)."""
+    """A text generation, or a chat with pictures (which answers in text the same way),
+    on ``ticket``'s turn where it has one."""
+    extra = () if ticket is None else (ticket,)
     if isinstance(params, GenerateParams):
-        return s.backend.generate(params, s.request_timeout)
+        return s.backend.generate(params, s.request_timeout, *extra)
     if s.media is None:
         raise ApiError(503, "this gateway does not route pictures", "no_peer_ready")
-    return s.media.describe(params, s.request_timeout)
+    return s.media.describe(params, s.request_timeout, *extra)
+
+
+def _opener(
+    s: Services, params: GenerateParams | VisionParams, ticket: Ticket
+) -> Callable[[], AbstractAsyncContextManager[Generation]]:
+    return lambda: _open(s, params, ticket)
+
+
+async def _waiting(started: Started) -> AsyncIterator[bytes]:
+    """SSE comments while a streamed call waits its turn (``: queued, position 3, eta
+    2.1s``), then one saying how long it waited. Leaving early gives its place up."""
+    ticket, queue = started.ticket, started.queue
+    assert ticket is not None and queue is not None
+    try:
+        while True:
+            position, eta = queue.where(ticket)
+            yield f": queued, position {position + 1}, eta {eta:.1f}s\n\n".encode()
+            if await queue.wait_turn(ticket, QUEUE_REPORT_EVERY):
+                break
+    except BaseException:
+        queue.cancel(ticket)
+        raise
+    yield f": dispatched, waited {ticket.waited:.3f}s\n\n".encode()
 
 
 def _finish_reason(started: Started) -> str:
-    reason = started.generation.usage.get("finish_reason")
+    reason = started.answered.usage.get("finish_reason")
     return reason if reason in FINISH_REASONS else "stop"
 
 
@@ -187,7 +279,7 @@ async def collect(started: Started) -> tuple[Piece, dict[str, int]]:
     try:
         async with started.stack:
             try:
-                pieces = [piece async for piece in started.generation.pieces()]
+                pieces = [piece async for piece in started.answered.pieces()]
             except UpstreamError as exc:
                 raise routing_error(exc) from exc
             finally:
@@ -249,10 +341,25 @@ async def stream(started: Started, render: Renderer) -> AsyncGenerator[bytes, No
     """
     forwarded: list[Piece] = []
     async with started.stack:
+        if started.generation is None:
+            opener, failed = started.opener, None
+            assert opener is not None, "a call waiting in the queue comes with its opener"
+            try:
+                async for comment in _waiting(started):
+                    yield comment
+                started.generation = await started.stack.enter_async_context(opener())
+            except (NoPeerReady, UnknownModel, UpstreamError) as exc:
+                failed = routing_error(exc)
+            if failed is not None:  # the response has begun: the error goes as an event
+                started.outcome.status = failed.status
+                yield oa.sse(failed.body)
+                yield oa.sse("[DONE]")
+                return
+            started.outcome.peer_id = started.answered.peer_id
         try:
             for event in render.opening():
                 yield oa.sse(event)
-            async for piece in started.generation.pieces():
+            async for piece in started.answered.pieces():
                 forwarded.append(piece)
                 for event in render.piece(piece):
                     yield oa.sse(event)

@@ -51,7 +51,8 @@ async def start_if_shown(
     if len(shown) > MAX_VISION_IMAGES:
         message = f"a chat shows at most {MAX_VISION_IMAGES} pictures"
         raise ApiError(400, message, "invalid_image", "messages")
-    return await start(request, claims, await _params(s.media_limits, body), "vision")
+    params = await _params(s.media_limits, body)
+    return await start(request, claims, params, "vision", body.stream)
 
 
 def _task(s: Services, model: str) -> str | None:

@@ -18,6 +18,7 @@ measured against it (``scripts/bench``). Failover is the same under each.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import Policy
+from gateway.routing.dispatch import Dispatcher, Refused, Ticket, Wait
 from gateway.routing.peer_table import PeerEntry, PeerTable
 from gateway.routing.tracker import Tracker
 from node.p2p.rpc_client import Call, CallFailed, ConnectionLost, RemoteError
@@ -74,9 +76,9 @@ WAIT_AWAY = 5
 
 class NoPeerReady(RoutingError):
     """The model exists in the swarm but no node can take the call now; ``retry_after``:
-    seconds after which one may (an estimate)."""
+    seconds after which one may (the queue's estimate, or a guess from the nodes' states)."""
 
-    def __init__(self, message: str, retry_after: int = WAIT_AWAY) -> None:
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
@@ -251,13 +253,28 @@ class Router:
         tracker: Tracker,
         policy: Policy = "expected-wait",
         rng: random.Random | None = None,
+        *,
+        max_wait: float = 60.0,
+        node_queue: int = 2,
+        max_queued: int = 1024,
+        max_queued_per_user: int = 64,
     ) -> None:
         self.table = table
         self.tracker = tracker
         self.policy = policy
         self.retries = 0
+        self.max_wait = max_wait  # for calls that do not say
         self._rng = rng or random.Random()
-        self._turn = 0  # round-robin: calls routed so far
+        self.dispatcher = Dispatcher(
+            table,
+            lambda e: e.peer_id in tracker.clients,
+            self._ordered,
+            node_queue=node_queue,
+            max_total=max_queued,
+            max_per_user=max_queued_per_user,
+            wall=lambda: time.time(),
+        )
+        tracker.on_change.append(self.dispatcher.changed)
 
     def models(self, task: str | None = None) -> list[str]:
         """Every model id the swarm advertises (for ``task`` only, when given)."""
@@ -287,17 +304,33 @@ class Router:
             for model, entries in self.table.models().items()
         }
 
-    async def _candidates(self, model: str, task: str, tried: set[str], turn: int) -> list[str]:
-        if model not in self.models(task):
+    async def ask(self, model: str, task: str, wait: Wait) -> Ticket:
+        """A place for one call of ``model``: granted now, or waiting in the fair queue.
+        ``UnknownModel`` if no node serves or would load it; ``NoPeerReady`` (with when
+        to retry) if it cannot wait within ``wait.max_wait``."""
+        if model not in self.models(task) and not self.table.loadable(model):
             await self.tracker.find_model(model)
-            if model not in self.models(task):
+            if model not in self.models(task) and not self.table.loadable(model):
                 raise UnknownModel(model, self.models(task))
-        ready = [
-            e
-            for e in self.table.candidates(model, time.time())
-            if e.peer_id in self.tracker.clients
-        ]
-        return [e.peer_id for e in self._ordered(ready, turn) if e.peer_id not in tried]
+        try:
+            return self.dispatcher.ask(model, wait)
+        except Refused as exc:
+            if math.isinf(exc.retry_after):  # no node can take it at all: say why
+                raise NoPeerReady(self._why_none(model), self._wait(model)) from exc
+            raise NoPeerReady(str(exc), exc.retry_after) from exc
+
+    async def wait_turn(self, ticket: Ticket, timeout: float) -> bool:
+        """Whether ``ticket`` was granted within ``timeout``; ``NoPeerReady`` past its limit."""
+        try:
+            return await self.dispatcher.wait_turn(ticket, timeout)
+        except Refused as exc:
+            raise NoPeerReady(str(exc), exc.retry_after) from exc
+
+    def where(self, ticket: Ticket) -> tuple[int, float]:
+        return self.dispatcher.where(ticket)
+
+    def cancel(self, ticket: Ticket) -> None:
+        self.dispatcher.cancel(ticket)
 
     def _ordered(self, ready: list[PeerEntry], turn: int) -> list[PeerEntry]:
         """``ready`` (best expected wait first) in the order this policy tries them."""
@@ -340,48 +373,57 @@ class Router:
         ]
         return min(waits, default=WAIT_AWAY)
 
-    def _ended(self, peer: str) -> None:
-        entry = self.table.entries.get(peer)
-        if entry is not None:
-            entry.local_delta -= 1
-            entry.open_calls = max(0, entry.open_calls - 1)
-
     @asynccontextmanager
-    async def generate(self, params: GenerateParams, timeout: float) -> AsyncIterator[Generation]:
-        """Stream a text generation from the best node that takes it."""
+    async def generate(
+        self, params: GenerateParams, timeout: float, ticket: Ticket | None = None
+    ) -> AsyncIterator[Generation]:
+        """Stream a text generation from the best node that takes it (on ``ticket``'s
+        turn, when the caller asked for one)."""
         opened = self._answered(
-            "generate", params.model, "text-generation", params.to_wire(), timeout
+            "generate", params.model, "text-generation", params.to_wire(), timeout, ticket
         )
         async with opened as (peer, call, first):
             yield Generation(peer, call, first)
 
     @asynccontextmanager
-    async def draw(self, params: ImageParams, timeout: float) -> AsyncIterator[Drawing]:
-        """Generate images on the best node that takes the call, step by step."""
+    async def draw(
+        self, params: ImageParams, timeout: float, wait: Wait | None = None
+    ) -> AsyncIterator[Drawing]:
+        """Generate images on the best node that takes the call, step by step (waiting in
+        the queue as ``wait`` says: its caller's turn among the others)."""
         opened = self._answered(
-            "generate_image", params.model, "text-to-image", params.to_wire(), timeout
+            "generate_image", params.model, "text-to-image", params.to_wire(), timeout, wait=wait
         )
         async with opened as (peer, call, first):
             yield Drawing(peer, call, first, params.n)
 
-    async def generate_image(self, params: ImageParams, timeout: float) -> Images:
+    async def generate_image(
+        self, params: ImageParams, timeout: float, wait: Wait | None = None
+    ) -> Images:
         """Generate images on the best node that takes the call."""
-        async with self.draw(params, timeout) as drawing:
+        async with self.draw(params, timeout, wait) as drawing:
             async for _ in drawing.events():
                 pass
         return Images(drawing.peer_id, drawing.images, drawing.seed)
 
     @asynccontextmanager
-    async def speak(self, params: SpeechParams, timeout: float) -> AsyncIterator[Speech]:
-        """Stream speech from the best node that takes the call."""
-        opened = self._answered("speak", params.model, "text-to-speech", params.to_wire(), timeout)
+    async def speak(
+        self, params: SpeechParams, timeout: float, wait: Wait | None = None
+    ) -> AsyncIterator[Speech]:
+        """Stream speech from the best node that takes the call (queued as ``wait`` says)."""
+        opened = self._answered(
+            "speak", params.model, "text-to-speech", params.to_wire(), timeout, wait=wait
+        )
         async with opened as (peer, call, first):
             yield Speech(peer, call, first)
 
-    async def transcribe(self, params: TranscribeParams, timeout: float) -> Heard:
-        """One window of speech, heard by the best node that takes the call."""
+    async def transcribe(
+        self, params: TranscribeParams, timeout: float, wait: Wait | None = None
+    ) -> Heard:
+        """One window of speech, heard by the best node that takes the call (queued as
+        ``wait`` says)."""
         opened = self._answered(
-            "transcribe", params.model, "speech-to-text", params.to_wire(), timeout
+            "transcribe", params.model, "speech-to-text", params.to_wire(), timeout, wait=wait
         )
         async with opened as (peer, call, first):
             try:
@@ -398,44 +440,55 @@ class Router:
             raise UpstreamError(ErrorCode.INTERNAL, f"node {peer[-8:]}: {exc}") from exc
 
     @asynccontextmanager
-    async def describe(self, params: VisionParams, timeout: float) -> AsyncIterator[Generation]:
+    async def describe(
+        self, params: VisionParams, timeout: float, ticket: Ticket | None = None
+    ) -> AsyncIterator[Generation]:
         """Stream the answer to a chat with pictures from the best node that takes it."""
         opened = self._answered(
-            "describe", params.model, "image-to-text", params.to_wire(), timeout
+            "describe", params.model, "image-to-text", params.to_wire(), timeout, ticket
         )
         async with opened as (peer, call, first):
             yield Generation(peer, call, first)
 
     @asynccontextmanager
     async def _answered(
-        self, method: str, model: str, task: str, wire: dict[str, Any], timeout: float
+        self,
+        method: str,
+        model: str,
+        task: str,
+        wire: dict[str, Any],
+        timeout: float,
+        ticket: Ticket | None = None,
+        wait: Wait | None = None,
     ) -> AsyncIterator[tuple[str, Call, dict[str, Any] | None]]:
-        """Open ``method`` on the best node that answers it: (peer, call, first reply)."""
-        tried: set[str] = set()
+        """Open ``method`` on the node ``ticket`` is granted (asking for one as ``wait``
+        says if none was given): (peer, call, first reply). A node that refuses
+        (OVERLOADED) sends the call back to the head of the queue for the next freed slot;
+        one that fails before answering does too, at most ``MAX_ATTEMPTS`` times."""
+        if ticket is None:
+            ticket = await self.ask(model, task, wait or Wait(max_wait=self.max_wait))
+        failures = 0
         last_error = ""
-        turn = self._turn
-        self._turn += 1
-        for _ in range(MAX_ATTEMPTS):
-            peers = await self._candidates(model, task, tried, turn)
-            if not peers:
-                break
-            peer = peers[0]
-            tried.add(peer)
+        while True:
+            try:
+                peer = await self.dispatcher.turn(ticket)
+            except Refused as exc:
+                reason = f"{exc}; last error: {last_error}" if last_error else str(exc)
+                raise NoPeerReady(reason, exc.retry_after) from exc
             client = self.tracker.clients.get(peer)
-            entry = self.table.entries.get(peer)
-            if client is None or entry is None:
-                continue
-            entry.local_delta += 1
-            entry.open_calls += 1
+            ended = _Ended()
             async with AsyncExitStack() as stack:
-                stack.callback(self._ended, peer)
+                stack.callback(self._release, ticket, ended)
                 try:
+                    if client is None:
+                        raise CallFailed("the node's connection closed")
                     call = await stack.enter_async_context(client.open_call(method, wire, timeout))
                     first = await anext(call, None)
                 except RemoteError as exc:
                     if exc.code not in RETRYABLE:
                         raise UpstreamError(exc.code, exc.message) from exc
                     last_error = exc.message
+                    ended.full = exc.code == ErrorCode.OVERLOADED
                 except ConnectionLost as exc:
                     if exc.started:
                         raise UpstreamError(ErrorCode.UNAVAILABLE, str(exc)) from exc
@@ -443,10 +496,26 @@ class Router:
                 except CallFailed as exc:
                     last_error = str(exc)
                 else:
+                    ended.served = True
                     yield peer, call, first
                     return
             self.retries += 1
+            if not ended.full:
+                failures += 1
+                ticket.avoid.add(peer)
             logger.info("node %s did not take the call (%s); trying another", peer[-8:], last_error)
-        reason = self._why_none(model)
-        message = f"{reason}; last error: {last_error}" if last_error else reason
-        raise NoPeerReady(message, self._wait(model))
+            if failures >= MAX_ATTEMPTS or not self.dispatcher.ready(model, ticket.avoid):
+                reason = self._why_none(model)
+                raise NoPeerReady(f"{reason}; last error: {last_error}", self._wait(model))
+            self.dispatcher.again(ticket)
+
+    def _release(self, ticket: Ticket, ended: _Ended) -> None:
+        self.dispatcher.release(ticket, ended.served, ended.full)
+
+
+@dataclass
+class _Ended:
+    """How a call sent to a node ended: answered (``served``) or refused as full."""
+
+    served: bool = False
+    full: bool = False

@@ -62,6 +62,7 @@ class Tracker:
         self.on_gateway: Callable[[NodeRecord], None] | None = None
         self.gateways: set[str] = set()
         self.changed = trio.Event()
+        self.on_change: list[Callable[[], None]] = []  # told of every change to the table
         host.on_member = self._met
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -203,7 +204,7 @@ class Tracker:
                         "node %s joined: %s", peer[-8:], ", ".join(entry.record.ready_models())
                     )
                 update = WatchUpdate.from_wire(body)
-                self.table.update_load(peer, update.load)
+                self.table.update_load(peer, update.load, models=update.models)
                 if update.record_seq > entry.record.seq:
                     await self._refresh_record(peer, client)
                 self._bump()
@@ -218,3 +219,5 @@ class Tracker:
     def _bump(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
+        for hear in self.on_change:
+            hear()

@@ -46,6 +46,7 @@ from node.worker.scheduler import Draining, Overloaded, Scheduler
 from node.worker.threads import drain, in_thread, pump
 from protocols import (
     AudioChunk,
+    Demand,
     ErrorCode,
     GenerateParams,
     ImageParams,
@@ -90,11 +91,13 @@ class NodeService:
         memory_free: Callable[[], int],
         signed_record: Callable[[], tuple[int, bytes]] = lambda: (0, b""),
         control: Control | None = None,
+        on_demand: Callable[[str, Demand], None] | None = None,
     ) -> None:
         self.roster = roster
         self._memory_free = memory_free
         self._signed_record = signed_record
         self._control = control
+        self._on_demand = on_demand  # a gateway's demand report, by its peer id
 
     @property
     def handlers(self) -> dict[str, Handler]:
@@ -109,6 +112,7 @@ class NodeService:
             "record": self.rpc_record,
             "load_model": self.rpc_load_model,
             "unload_model": self.rpc_unload_model,
+            "demand": self.rpc_demand,
         }
 
     def load(self) -> Load:
@@ -129,7 +133,8 @@ class NodeService:
     async def rpc_watch(self, params: dict[str, Any], caller: Caller, emit: Emit) -> dict[str, Any]:
         while True:
             seen = self.roster.version
-            await emit(WatchUpdate(self.load(), self._signed_record()[0]).to_wire())
+            update = WatchUpdate(self.load(), self._signed_record()[0], self.roster.model_loads())
+            await emit(update.to_wire())
             sent = trio.current_time()
             with trio.move_on_after(WATCH_INTERVAL):
                 await self.roster.wait_changed(seen)
@@ -182,6 +187,15 @@ class NodeService:
             raise RpcError(ErrorCode.MODEL_NOT_FOUND, f"this node has no {request.model!r}")
         with _refusals():
             return await control.unload_model(request)
+
+    async def rpc_demand(
+        self, params: dict[str, Any], caller: Caller, emit: Emit
+    ) -> dict[str, Any]:
+        """A gateway's report of the calls waiting for each model (node.worker.placement)."""
+        demand = _inference_params(caller, Demand.from_wire, params)
+        if self._on_demand is not None:
+            self._on_demand(caller.peer_id, demand)
+        return {}
 
     def _operator(self, caller: Caller) -> Control:
         if caller.role != "operator":

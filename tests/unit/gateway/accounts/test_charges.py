@@ -18,6 +18,7 @@ import trio
 from gateway.accounts import charges
 from gateway.accounts.charges import Charge, charge
 from gateway.accounts.database import Store, UsageRecord
+from gateway.routing.dispatch import Ticket
 from gateway.routing.router import Generation
 from node.p2p.rpc_client import Call
 from protocols import ChatMessage, Chunk, End, Error, ErrorCode, GenerateParams, Message
@@ -86,7 +87,9 @@ class Scripted(FakeBackend):
         self.done = trio.Event()
 
     @asynccontextmanager
-    async def generate(self, params: GenerateParams, timeout: float) -> AsyncIterator[Generation]:
+    async def generate(
+        self, params: GenerateParams, timeout: float, ticket: Ticket | None = None
+    ) -> AsyncIterator[Generation]:
         if params.model != "scripted":
             async with super().generate(params, timeout) as generation:
                 yield generation

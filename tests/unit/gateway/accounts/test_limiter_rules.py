@@ -86,6 +86,7 @@ def test_plan_defaults_and_json() -> None:
         "images_per_day": 100,
         "concurrent": 4,
         "audio_seconds_per_day": 3600,
+        "priority": 1,
     }
 
 

@@ -21,6 +21,7 @@ from gateway.accounts.errors import Refused
 from gateway.accounts.limits import Limiter, Plan, Plans, seconds_to_midnight, utc_day
 from gateway.accounts.metering import Outcome
 from gateway.api.errors import ApiError, refusal
+from gateway.routing.dispatch import Ticket
 from gateway.routing.router import Generation
 from protocols import GenerateParams
 from tests.unit.gateway.accounts.test_accounts import Gateway, gateway
@@ -57,7 +58,9 @@ class HeldBackend(FakeBackend):
         self.release = trio.Event()
 
     @asynccontextmanager
-    async def generate(self, params: GenerateParams, timeout: float) -> AsyncIterator[Generation]:
+    async def generate(
+        self, params: GenerateParams, timeout: float, ticket: Ticket | None = None
+    ) -> AsyncIterator[Generation]:
         async with super().generate(params, timeout) as generation:
             self.entered.set()
             await self.release.wait()

@@ -182,6 +182,7 @@ async def test_own_usage(gw: Gateway) -> None:
         "images_per_day": 100,
         "concurrent": 4,
         "audio_seconds_per_day": 3600,
+        "priority": 1,
         "requests_this_minute": 3,
         "tokens_today": 60,
         "images_today": 0,

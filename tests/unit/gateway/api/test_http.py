@@ -28,6 +28,7 @@ from gateway.api.app import create_app
 from gateway.api.auth import Authenticator
 from gateway.api.inference import NODE_HEADER
 from gateway.api.services import Services
+from gateway.routing.dispatch import Ticket
 from gateway.routing.router import (
     WAIT_AWAY,
     Generation,
@@ -95,7 +96,9 @@ class FakeBackend:
         return [*chunks, End(1, usage | {"finish_reason": reason})]
 
     @asynccontextmanager
-    async def generate(self, params: GenerateParams, timeout: float) -> AsyncIterator[Generation]:
+    async def generate(
+        self, params: GenerateParams, timeout: float, ticket: Ticket | None = None
+    ) -> AsyncIterator[Generation]:
         self.calls.append((params, timeout))
         if params.model == "busy":
             raise NoPeerReady("no node can take 'busy' now (a1b2c3d4: ready (draining))")

@@ -41,6 +41,7 @@ from gateway.api.image_store import DEFAULT_TTL as IMAGE_TTL
 from gateway.api.image_store import ImageStore
 from gateway.api.inference import NODE_HEADER
 from gateway.api.services import ImageBackend, Services
+from gateway.routing.dispatch import Ticket, Wait
 from gateway.routing.router import (
     Drawing,
     Generation,
@@ -74,15 +75,22 @@ class FakeImages:
 
     def __init__(self) -> None:
         self.calls: list[tuple[ImageParams, float]] = []
+        self.waits: list[Wait | None] = []  # each call's place in the queue, as asked
         self.seeds: list[int] = []  # the seed each call used
 
-    async def generate_image(self, params: ImageParams, timeout: float) -> Images:
+    async def generate_image(
+        self, params: ImageParams, timeout: float, wait: Wait | None = None
+    ) -> Images:
+        self.waits.append(wait)
         return self._made(params, timeout)
 
     @asynccontextmanager
-    async def draw(self, params: ImageParams, timeout: float) -> AsyncIterator[Drawing]:
+    async def draw(
+        self, params: ImageParams, timeout: float, wait: Wait | None = None
+    ) -> AsyncIterator[Drawing]:
         """The frames a node sends for the call, through a real ``Call``: each step, then
         the images; ``late`` fails after two steps."""
+        self.waits.append(wait)
         late = params.model == "late"
         made = self._made(replace(params, model="pics") if late else params, timeout)
         send, receive = trio.open_memory_channel[Message](math.inf)
@@ -115,7 +123,7 @@ class NoText:
     """The text side, unused here."""
 
     def generate(
-        self, params: GenerateParams, timeout: float
+        self, params: GenerateParams, timeout: float, ticket: Ticket | None = None
     ) -> AbstractAsyncContextManager[Generation]:
         raise UnknownModel(params.model, [])
 
@@ -203,9 +211,11 @@ def decoded(data: bytes) -> Image.Image:
 
 async def test_b64_json(client: httpx.AsyncClient, backend: FakeImages) -> None:
     body = request(n=3, size="96x64", response_format="b64_json", seed=5)
-    response = await client.post("/v1/images/generations", json=body, headers=AUTH)
+    patient = AUTH | {"X-Max-Wait": "12.5"}
+    response = await client.post("/v1/images/generations", json=body, headers=patient)
     assert response.status_code == 200, response.text
     assert response.headers[NODE_HEADER] == PEER
+    assert backend.waits == [Wait("alice", 1, 12.5)]  # its caller's turn, and limit
     answer = response.json()
     assert set(answer) == {"created", "data", "seed"}
     assert abs(answer["created"] - time.time()) < 5

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import cast
@@ -65,6 +65,7 @@ class FakeTracker:
 
     def __init__(self) -> None:
         self.clients: dict[str, RpcClient] = {}
+        self.on_change: list[Callable[[], None]] = []
 
     async def find_model(self, model: str) -> None:
         pass
