@@ -66,7 +66,7 @@ from protocols.rpc import (
     decode,
     encode,
 )
-from protocols.tools import Tool, ToolCall, call_schema
+from protocols.tools import CallPart, Calls, Tool, ToolCall, assembled, call_schema, merged
 from protocols.vision import VisionMessage, VisionParams
 
 __all__ = [
@@ -79,6 +79,8 @@ __all__ = [
     "RPC_PROTOCOL",
     "SERVER_ROLES",
     "AudioChunk",
+    "CallPart",
+    "Calls",
     "Cancel",
     "Certificate",
     "ChatMessage",
@@ -122,6 +124,7 @@ __all__ = [
     "WatchUpdate",
     "answer_from_wire",
     "answer_to_wire",
+    "assembled",
     "call_schema",
     "check_member",
     "decode",
@@ -131,6 +134,7 @@ __all__ = [
     "event_to_wire",
     "issue_certificate",
     "issue_revocations",
+    "merged",
     "model_key",
     "node_key",
     "peer_id_of",

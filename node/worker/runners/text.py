@@ -29,8 +29,8 @@ from node.worker.runners.batch import BatchEngine
 from node.worker.runners.grammar import ANY_OBJECT, Constraint, Grammars
 from node.worker.runners.kv import FALLBACK_CONTEXT, default_slots
 from node.worker.runners.sampling import Picker, Sampling, picker
-from node.worker.runners.tool_calls import CallParser, ForcedParser, tool_format
-from protocols import GenerateParams, ModelInfo, TokenLogprob, ToolCall, call_schema
+from node.worker.runners.tool_calls import CallParser, NamedParser, forced_parser, tool_format
+from protocols import CallPart, GenerateParams, ModelInfo, TokenLogprob, call_schema
 
 if TYPE_CHECKING:
     pass
@@ -272,9 +272,9 @@ class _Shaper:
         self._produced = produced
         self._sent = 0  # tokens whose logprobs went out
         names = {t.name for t in params.tools}
-        self._parser: CallParser | ForcedParser | None = None
+        self._parser: CallParser | NamedParser | None = None
         if params.tool_choice in ("required", "function"):
-            self._parser = ForcedParser(names, params.tool_name)
+            self._parser = forced_parser(names, params.tool_name)
         elif params.tools and params.tool_choice == "auto" and runner.tool_format is not None:
             self._parser = CallParser(runner.tool_format, names, params.parallel_tool_calls)
         # Mistral's [TOOL_CALLS] is a special token: the parser must see it.
@@ -305,7 +305,7 @@ class _Shaper:
     def _delta(
         self,
         content: str,
-        calls: list[ToolCall],
+        calls: list[CallPart],
         logprobs: tuple[TokenLogprob, ...],
         tokens: int,
         finish: str | None,

@@ -31,8 +31,8 @@ from protocols.generation import (
         ({"prompt": "x", "messages": [ChatMessage("user", "x")]}, "give exactly one of"),
         ({"messages": []}, "messages must not be empty"),
         (
-            {"messages": [ChatMessage("user", "x"), ChatMessage("tool", "x")]},
-            "message roles must be one of system, user, assistant",
+            {"messages": [ChatMessage("user", "x"), ChatMessage("robot", "x")]},
+            "message roles must be one of system, user, assistant, tool",
         ),
         ({"prompt": "x" * 200_001}, "prompt is longer than 200000 characters"),
         ({"prompt": "x", "max_tokens": 0}, "max_tokens must be between 1 and 8192"),
@@ -80,6 +80,14 @@ def test_the_wire_form_is_every_field() -> None:
         "stop": [],
         "seed": None,
         "stream": False,
+        "tools": [],
+        "tool_choice": "auto",
+        "tool_name": None,
+        "parallel_tool_calls": True,
+        "response_format": "text",
+        "json_schema": None,
+        "logprobs": False,
+        "top_logprobs": 0,
     }
 
 
