@@ -24,6 +24,10 @@ MAX_TOOL_NAME = 64
 # OpenAI's rule for function names; it keeps them safe to splice into a template.
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TOOL_CHOICES = ("auto", "none", "required", "function")
+# Calls one forced answer may hold: two per tool (the weather in two cities), so a weak
+# model cannot keep adding calls until max_tokens; past the last, the list must end.
+CALLS_PER_TOOL = 2
+MAX_FORCED_CALLS = 8
 
 
 @dataclass(frozen=True)
@@ -163,10 +167,15 @@ def tools_problem(tools: list[Tool], choice: str, name: str | None) -> str | Non
     return None
 
 
+def max_calls(tools: list[Tool], parallel: bool) -> int:
+    """The most calls a forced answer may make."""
+    return min(CALLS_PER_TOOL * len(tools), MAX_FORCED_CALLS) if parallel else 1
+
+
 def call_schema(tools: list[Tool], parallel: bool) -> dict[str, Any]:
     """The JSON schema of the model's calls: a list of ``{"name", "arguments"}`` objects
-    (one at most unless ``parallel``), each naming one of ``tools`` with arguments that
-    satisfy that tool's parameters."""
+    (``max_calls`` at most), each naming one of ``tools`` with arguments that satisfy that
+    tool's parameters."""
     one = {
         "anyOf": [
             {
@@ -181,4 +190,4 @@ def call_schema(tools: list[Tool], parallel: bool) -> dict[str, Any]:
             for tool in tools
         ]
     }
-    return {"type": "array", "items": one, "minItems": 1} | ({} if parallel else {"maxItems": 1})
+    return {"type": "array", "items": one, "minItems": 1, "maxItems": max_calls(tools, parallel)}
