@@ -11,6 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent.parent
 NAMES = (
     "overhead", "throughput", "routing", "footprint", "batching", "load-freshness", "discovery",
+    "constrained",
 )  # fmt: skip
 
 
@@ -34,6 +35,8 @@ def test_the_quick_suite_reports_every_sub_benchmark() -> None:
     assert {"gateway", "node"} <= set(results["footprint"]["idle"])
     assert {"rise", "fall", "dht"} <= set(results["load-freshness"])
     assert {"routable_p99_s", "killed_out_max_s"} <= set(results["discovery"])
+    rows = results["constrained"]["rows"]
+    assert [r["tokenizer"] for r in rows if r["engine"] == "xgrammar"] == ["tiny test model"]
     for name in ("overhead", "throughput", "routing"):
         litellm = results[name]["litellm"]
         assert litellm == "run" or litellm.startswith("not run: "), litellm
