@@ -59,6 +59,25 @@ def call_id() -> str:
     return f"call_{secrets.token_hex(12)}"
 
 
+def nine_character_ids(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` (in a template's form) with every call id cut to the 9 letters and digits
+    Mistral's templates require: the last 9 of the id's own, zero-padded, so a call and the
+    answer quoting it keep the same id."""
+
+    def short(value: str) -> str:
+        return "".join(c for c in value if c.isascii() and c.isalnum())[-9:].rjust(9, "0")
+
+    out = []
+    for message in messages:
+        message = dict(message)
+        if "tool_calls" in message:
+            message["tool_calls"] = [c | {"id": short(c["id"])} for c in message["tool_calls"]]
+        if "tool_call_id" in message:
+            message["tool_call_id"] = short(message["tool_call_id"])
+        out.append(message)
+    return out
+
+
 def as_call(name: Any, arguments: Any, names: set[str]) -> ToolCall | None:
     """A call to one of ``names`` with object arguments (or their JSON text), else None."""
     if isinstance(arguments, str):
