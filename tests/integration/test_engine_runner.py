@@ -170,8 +170,14 @@ def test_tools_pass_through_and_calls_stream_back(start: Start) -> None:
         ChatMessage("tool", "sunny", tool_call_id="call_1"),
         ChatMessage("user", "paris please"),
     ]
-    named = {"tool_choice": "function", "tool_name": "get_weather"}
-    deltas = run(runner, messages=history, tools=[WEATHER], parallel_tool_calls=False, **named)
+    deltas = run(
+        runner,
+        messages=history,
+        tools=[WEATHER],
+        tool_choice="function",
+        tool_name="get_weather",
+        parallel_tool_calls=False,
+    )
     parts = [p for d in deltas for p in d.tool_calls]
     assert parts[0].id and parts[0].name == "get_weather" and len(parts) == 4
     (made,) = assembled(parts)
