@@ -69,7 +69,7 @@ from protocols.rpc import (
     decode,
     encode,
 )
-from protocols.tools import Tool, ToolCall, call_schema
+from protocols.tools import CallPart, Calls, Tool, ToolCall, assembled, call_schema, merged
 from protocols.vision import VisionMessage, VisionParams
 
 __all__ = [
@@ -82,6 +82,8 @@ __all__ = [
     "RPC_PROTOCOL",
     "SERVER_ROLES",
     "AudioChunk",
+    "CallPart",
+    "Calls",
     "Cancel",
     "Certificate",
     "ChatMessage",
@@ -129,6 +131,7 @@ __all__ = [
     "WatchUpdate",
     "answer_from_wire",
     "answer_to_wire",
+    "assembled",
     "call_schema",
     "check_member",
     "decode",
@@ -138,6 +141,7 @@ __all__ = [
     "event_to_wire",
     "issue_certificate",
     "issue_revocations",
+    "merged",
     "model_key",
     "node_key",
     "peer_id_of",

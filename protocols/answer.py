@@ -1,5 +1,5 @@
 """What a node's text answer carries besides its text: token log probabilities and the
-tool calls parsed out of the model's output.
+tool calls parsed out of the model's output (in parts, as they are written).
 
 Both travel in the ``generate`` stream's chunks (and in the end frame of an answer sent
 whole) as compact lists, checked on arrival like any peer input.
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from protocols.tools import ToolCall
+from protocols.tools import CallPart
 from protocols.validate import exact, finite
 
 MAX_TOP_LOGPROBS = 20
@@ -57,20 +57,18 @@ def _pair(body: Any) -> tuple[str, float]:
     return exact(pair[0], str, "token"), _logprob(pair[1])
 
 
-def answer_to_wire(logprobs: list[TokenLogprob], calls: list[ToolCall]) -> dict[str, Any]:
+def answer_to_wire(logprobs: list[TokenLogprob], calls: list[CallPart]) -> dict[str, Any]:
     """The extra fields of a chunk or end frame (none when there is nothing to carry)."""
     extra: dict[str, Any] = {}
     if logprobs:
         extra["logprobs"] = [lp.to_wire() for lp in logprobs]
     if calls:
-        extra["tool_calls"] = [
-            {"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls
-        ]
+        extra["tool_calls"] = [c.to_wire() for c in calls]
     return extra
 
 
-def answer_from_wire(body: dict[str, Any]) -> tuple[list[TokenLogprob], list[ToolCall]]:
-    """The logprobs and tool calls in a chunk or end frame from a node."""
+def answer_from_wire(body: dict[str, Any]) -> tuple[list[TokenLogprob], list[CallPart]]:
+    """The logprobs and tool call parts in a chunk or end frame from a node."""
     logprobs = exact(body.get("logprobs", []), list, "logprobs")
     calls = exact(body.get("tool_calls", []), list, "tool_calls")
-    return [TokenLogprob.from_wire(lp) for lp in logprobs], [ToolCall.from_wire(c) for c in calls]
+    return [TokenLogprob.from_wire(lp) for lp in logprobs], [CallPart.from_wire(c) for c in calls]

@@ -597,9 +597,9 @@ def build_scripted_llama(path: Path) -> Path:
     return path
 
 
-def build_tiny_bpe_llama(path: Path) -> Path:
+def build_tiny_bpe_llama(path: Path, chat_template: str = TOOL_TEMPLATE) -> Path:
     """Save a tiny random Llama with a byte-level BPE tokenizer (any text, JSON included,
-    can be written with it) and ``TOOL_TEMPLATE``; return ``path``."""
+    can be written with it) and ``chat_template``; return ``path``."""
     import torch
     from tokenizers import ByteLevelBPETokenizer
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -618,7 +618,7 @@ def build_tiny_bpe_llama(path: Path) -> Path:
         eos_token="</s>",
         unk_token="<unk>",
     )
-    tokenizer.chat_template = TOOL_TEMPLATE
+    tokenizer.chat_template = chat_template
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,

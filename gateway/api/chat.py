@@ -17,7 +17,7 @@ from gateway.api.errors import NODE_FIELDS, ApiError
 from gateway.api.inference import Renderer, answer, start
 from gateway.api.services import services
 from gateway.routing.router import Piece
-from protocols import ChatMessage, GenerateParams, ToolCall
+from protocols import ChatMessage, GenerateParams, ToolCall, assembled
 
 
 def install(app: FastAPI) -> None:
@@ -66,10 +66,9 @@ def install(app: FastAPI) -> None:
 @dataclass
 class _ChatChunks(Renderer):
     created: int = field(default_factory=lambda: int(time.time()))
-    calls: int = 0  # tool calls streamed so far: the next one's index
 
     def whole(self, answer: Piece, finish_reason: str, usage: dict[str, int]) -> dict[str, Any]:
-        message = oa.assistant_message(answer.text, answer.tool_calls)
+        message = oa.assistant_message(answer.text, assembled(answer.tool_calls))
         logprobs = oa.chat_logprobs(answer.logprobs) if answer.logprobs else None
         return oa.chat_completion(
             self.id, self.model, message, finish_reason, usage, self.created, logprobs
@@ -84,16 +83,9 @@ class _ChatChunks(Renderer):
             logprobs = oa.chat_logprobs(piece.logprobs) if piece.logprobs else None
             delta = {"content": piece.text}
             events.append(oa.chunk(self.id, self.model, self.created, delta, logprobs=logprobs))
-        # As OpenAI streams a call: its id and name first, then its arguments.
-        for call in oa.tool_calls(piece.tool_calls, self.calls):
-            head = call | {"function": {"name": call["function"]["name"], "arguments": ""}}
-            tail = {
-                "index": call["index"],
-                "function": {"arguments": call["function"]["arguments"]},
-            }
-            for part in (head, tail):
-                events.append(oa.chunk(self.id, self.model, self.created, {"tool_calls": [part]}))
-        self.calls += len(piece.tool_calls)
+        for part in piece.tool_calls:
+            for call in oa.tool_call_deltas(part):
+                events.append(oa.chunk(self.id, self.model, self.created, {"tool_calls": [call]}))
         return events
 
     def finish(self, finish_reason: str) -> dict[str, Any]:

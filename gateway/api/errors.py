@@ -74,7 +74,9 @@ def refusal(exc: Refused) -> ApiError:
 
 
 # Request fields a node may refuse for its model.
-NODE_FIELDS = frozenset({"tools", "tool_choice", "response_format", "logprobs", "top_logprobs"})
+NODE_FIELDS = frozenset(
+    {"messages", "tools", "tool_choice", "response_format", "logprobs", "top_logprobs"}
+)
 
 
 def routing_error(exc: Exception) -> ApiError:

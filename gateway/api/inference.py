@@ -28,7 +28,7 @@ from gateway.api.errors import ApiError, refusal, routing_error, upstream_messag
 from gateway.api.services import Queue, Services, services
 from gateway.routing.dispatch import Ticket, Wait
 from gateway.routing.router import Generation, NoPeerReady, Piece, UnknownModel, UpstreamError
-from protocols import GenerateParams, VisionParams
+from protocols import GenerateParams, VisionParams, merged
 
 NODE_HEADER = "X-BitingLip-Node"
 # How long the call waited in the gateway's queue for a node, in seconds.
@@ -261,14 +261,17 @@ def _finish_reason(started: Started) -> str:
 def forwarded_text(pieces: list[Piece]) -> str:
     """What ``pieces`` put in front of the caller, tool calls included (what the tokens
     charged for them must fit in)."""
-    return "".join(p.text + "".join(c.name + c.arguments for c in p.tool_calls) for p in pieces)
+    return "".join(
+        p.text + "".join((c.name or "") + c.arguments for c in p.tool_calls) for p in pieces
+    )
 
 
 def joined(pieces: list[Piece]) -> Piece:
+    """The whole answer in one piece, each tool call in one part."""
     return Piece(
         "".join(p.text for p in pieces),
         [lp for p in pieces for lp in p.logprobs],
-        [c for p in pieces for c in p.tool_calls],
+        merged([c for p in pieces for c in p.tool_calls]),
     )
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from protocols import TokenLogprob, Tool, ToolCall
+from protocols import CallPart, TokenLogprob, Tool, ToolCall
 from protocols.answer import MAX_TOP_LOGPROBS
 from protocols.generation import MAX_NEW_TOKENS
 
@@ -284,10 +284,24 @@ def assistant_message(text: str, calls: list[ToolCall]) -> dict[str, Any]:
     return {"content": text if text.strip() else None, "tool_calls": tool_calls(calls)}
 
 
-def tool_calls(calls: list[ToolCall], first: int = 0) -> list[dict[str, Any]]:
+def tool_call_deltas(part: CallPart) -> list[dict[str, Any]]:
+    """A call's part as OpenAI streams it: a call's start is its index, id, type and name
+    with empty arguments; each stretch of arguments is the index and that text."""
+    deltas: list[dict[str, Any]] = []
+    if part.id is not None:
+        function = {"name": part.name, "arguments": ""}
+        deltas.append(
+            {"index": part.index, "id": part.id, "type": "function", "function": function}
+        )
+    if part.arguments:
+        deltas.append({"index": part.index, "function": {"arguments": part.arguments}})
+    return deltas
+
+
+def tool_calls(calls: list[ToolCall]) -> list[dict[str, Any]]:
     return [
         {
-            "index": first + i,
+            "index": i,
             "id": call.id,
             "type": "function",
             "function": {"name": call.name, "arguments": call.arguments},

@@ -33,6 +33,8 @@ from gateway.routing.tracker import Tracker
 from node.p2p.rpc_client import Call, CallFailed, ConnectionLost, RemoteError
 from protocols import (
     AudioChunk,
+    CallPart,
+    Calls,
     ErrorCode,
     GenerateParams,
     ImageParams,
@@ -40,7 +42,6 @@ from protocols import (
     RemoteProtocolError,
     SpeechParams,
     TokenLogprob,
-    ToolCall,
     TranscribeParams,
     Transcript,
     VisionParams,
@@ -95,18 +96,20 @@ class Piece:
 
     text: str
     logprobs: list[TokenLogprob] = field(default_factory=list)
-    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_calls: list[CallPart] = field(default_factory=list)
 
 
 @dataclass
 class Generation:
     """An answered call: ``pieces()`` yields its pieces (``deltas()`` their text alone);
-    ``usage`` holds the node's counts so far (each chunk carries them), then its end data."""
+    ``usage`` holds the node's counts so far (each chunk carries them), then its end data;
+    ``calls`` the tool calls put together from their parts so far."""
 
     peer_id: str
     call: Call
     first: dict[str, Any] | None
     usage: dict[str, Any] = field(default_factory=dict)
+    calls: Calls = field(default_factory=Calls)
 
     @property
     def finished(self) -> bool:
@@ -118,7 +121,16 @@ class Generation:
         }
         if counts:
             self.usage = counts
-        return _piece(chunk)
+        return self._piece(chunk)
+
+    def _piece(self, chunk: dict[str, Any]) -> Piece:
+        try:
+            logprobs, parts = answer_from_wire(chunk)
+            for part in parts:
+                self.calls.add(part)
+        except ValueError as exc:
+            raise UpstreamError(ErrorCode.INTERNAL, f"node sent a malformed answer: {exc}") from exc
+        return Piece(str(chunk.get("text", "")), logprobs, parts)
 
     async def pieces(self) -> AsyncIterator[Piece]:
         try:
@@ -127,7 +139,7 @@ class Generation:
             async for chunk in self.call:
                 yield self._counted(chunk)
             if self.call.result and "text" in self.call.result:
-                yield _piece(self.call.result)  # a non-streamed answer comes whole
+                yield self._piece(self.call.result)  # a non-streamed answer comes whole
         except RemoteError as exc:
             raise UpstreamError(exc.code, f"node failed mid-answer: {exc.message}") from exc
         except ConnectionLost as exc:
@@ -140,14 +152,6 @@ class Generation:
 
     async def text(self) -> str:
         return "".join([piece async for piece in self.deltas()])
-
-
-def _piece(chunk: dict[str, Any]) -> Piece:
-    try:
-        logprobs, calls = answer_from_wire(chunk)
-    except ValueError as exc:
-        raise UpstreamError(ErrorCode.INTERNAL, f"node sent a malformed answer: {exc}") from exc
-    return Piece(str(chunk.get("text", "")), logprobs, calls)
 
 
 @dataclass

@@ -57,6 +57,7 @@ from protocols import (
     TranscribeParams,
     VisionParams,
     answer_to_wire,
+    merged,
 )
 from protocols.events import WatchUpdate
 from protocols.generation import MAX_SEED
@@ -261,7 +262,7 @@ class NodeService:
             "finish_reason": last.finish_reason or "stop",
             "prompt_tokens": last.prompt_tokens,
             "completion_tokens": last.completion_tokens,
-        } | ({} if stream else _joined(whole) or {"text": ""})
+        } | ({} if stream else _joined(whole, whole=True) or {"text": ""})
 
     async def rpc_generate_image(
         self, params: dict[str, Any], caller: Caller, emit: Emit
@@ -423,11 +424,13 @@ def _from_thread(send: trio.MemorySendChannel[ImageStep]) -> Steps:
     return steps
 
 
-def _joined(deltas: list[Delta]) -> dict[str, Any]:
-    """One chunk for ``deltas``: their text, logprobs and tool calls; empty if none has any."""
+def _joined(deltas: list[Delta], whole: bool = False) -> dict[str, Any]:
+    """One chunk for ``deltas``: their text, logprobs and tool call parts; empty if none has
+    any. A ``whole`` answer sends each call in one part; a stream keeps them as made."""
     text = "".join(d.text for d in deltas)
+    parts = [c for d in deltas for c in d.tool_calls]
     extra = answer_to_wire(
-        [lp for d in deltas for lp in d.logprobs], [c for d in deltas for c in d.tool_calls]
+        [lp for d in deltas for lp in d.logprobs], merged(parts) if whole else parts
     )
     return ({"text": text} if text or extra else {}) | extra
 

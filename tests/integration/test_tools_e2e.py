@@ -99,10 +99,15 @@ def test_a_streamed_tool_call_comes_in_openai_chunks(tools_swarm: Swarm) -> None
     )
     parts = [c.choices[0] for c in stream if c.choices]
     deltas = [d for p in parts for d in p.delta.tool_calls or []]
-    assert deltas[0].index == 0 and deltas[0].id and deltas[0].function
-    assert deltas[0].function.name == "get_weather"
-    arguments = "".join(d.function.arguments or "" for d in deltas if d.function)
-    assert json.loads(arguments) == {"city": "paris"}
+    # As OpenAI's: the index, id and name with empty arguments, then the arguments in
+    # fragments as the model writes them.
+    assert deltas[0].index == 0 and deltas[0].id and deltas[0].type == "function"
+    assert deltas[0].function and deltas[0].function.name == "get_weather"
+    assert deltas[0].function.arguments == ""
+    fragments = [d.function.arguments for d in deltas[1:] if d.function]
+    assert len(fragments) > 1 and all(fragments)
+    assert all(d.index == 0 and d.id is None for d in deltas[1:])
+    assert json.loads("".join(f or "" for f in fragments)) == {"city": "paris"}
     assert parts[-1].finish_reason == "tool_calls"
     assert not "".join(p.delta.content or "" for p in parts)
 

@@ -22,12 +22,12 @@ from typing import Any, Protocol, runtime_checkable
 
 from protocols import (
     AudioChunk,
+    CallPart,
     GenerateParams,
     ImageParams,
     ModelInfo,
     SpeechParams,
     TokenLogprob,
-    ToolCall,
     TranscribeParams,
     Transcript,
     VisionParams,
@@ -64,8 +64,8 @@ class Delta:
     finish_reason: str | None = None
     # The log probabilities of the tokens behind this piece, when the call asked for them.
     logprobs: tuple[TokenLogprob, ...] = ()
-    # Tool calls completed in this piece (parsed out of the model's output).
-    tool_calls: tuple[ToolCall, ...] = ()
+    # Tool calls parsed out of the model's output, in parts as they are written.
+    tool_calls: tuple[CallPart, ...] = ()
 
 
 @runtime_checkable

@@ -29,8 +29,14 @@ from node.worker.runners.batch import BatchEngine
 from node.worker.runners.grammar import ANY_OBJECT, Constraint, Grammars
 from node.worker.runners.kv import FALLBACK_CONTEXT, default_slots
 from node.worker.runners.sampling import Picker, Sampling, picker
-from node.worker.runners.tool_calls import CallParser, ForcedParser, tool_format
-from protocols import GenerateParams, ModelInfo, TokenLogprob, ToolCall, call_schema
+from node.worker.runners.tool_calls import (
+    CallParser,
+    NamedParser,
+    forced_parser,
+    nine_character_ids,
+    tool_format,
+)
+from protocols import CallPart, GenerateParams, ModelInfo, TokenLogprob, call_schema
 
 if TYPE_CHECKING:
     pass
@@ -171,16 +177,32 @@ class TextRunner:
                     )
                 # tool_choice none: the model is not told of the tools, so it cannot call one.
                 offered = params.tools if params.tool_choice != "none" else []
-                encoded = tokenizer.apply_chat_template(
-                    [m.template_form() for m in params.messages],
-                    tools=[t.template_form() for t in offered] or None,
-                    add_generation_prompt=True,
-                    return_dict=True,
-                    return_tensors="pt",
-                )
+                messages = [m.template_form() for m in params.messages]
+                if self.tool_format == "mistral":
+                    messages = nine_character_ids(messages)
+                encoded = self._render(messages, [t.template_form() for t in offered])
             else:
                 encoded = tokenizer(params.prompt or "", return_tensors="pt")
         return [int(i) for i in encoded["input_ids"][0]]
+
+    def _render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Any:
+        """The chat rendered and encoded; ``ValueError`` for a conversation the template
+        refuses (Llama 3.1's takes one call per turn, Mistral's wants tool answers to follow
+        calls)."""
+        from jinja2 import TemplateError
+
+        try:
+            return self._tokenizer.apply_chat_template(
+                messages,
+                tools=tools or None,
+                add_generation_prompt=True,
+                return_dict=True,
+                return_tensors="pt",
+            )
+        except TemplateError as exc:
+            raise ValueError(
+                f"messages: the chat template of {self._model_id} refuses them: {exc}"
+            ) from exc
 
     def _stream(
         self, params: GenerateParams, cancelled: threading.Event, prompt: list[int], max_new: int
@@ -272,9 +294,9 @@ class _Shaper:
         self._produced = produced
         self._sent = 0  # tokens whose logprobs went out
         names = {t.name for t in params.tools}
-        self._parser: CallParser | ForcedParser | None = None
+        self._parser: CallParser | NamedParser | None = None
         if params.tool_choice in ("required", "function"):
-            self._parser = ForcedParser(names, params.tool_name)
+            self._parser = forced_parser(names, params.tool_name)
         elif params.tools and params.tool_choice == "auto" and runner.tool_format is not None:
             self._parser = CallParser(runner.tool_format, names, params.parallel_tool_calls)
         # Mistral's [TOOL_CALLS] is a special token: the parser must see it.
@@ -305,7 +327,7 @@ class _Shaper:
     def _delta(
         self,
         content: str,
-        calls: list[ToolCall],
+        calls: list[CallPart],
         logprobs: tuple[TokenLogprob, ...],
         tokens: int,
         finish: str | None,

@@ -369,6 +369,11 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         chat() | {"messages": [{"role": "assistant"}, {"role": "user", "content": "x"}]},
         "messages.0.content",
     ),
+    (
+        "content a number",
+        chat() | {"messages": [{"role": "user", "content": 5}]},
+        "messages.0.content.str",
+    ),
     ("temperature a word", chat(temperature="hot"), "temperature"),
     ("temperature too high", chat(temperature=2.5), "temperature"),
     ("top_p zero", chat(top_p=0), "top_p"),

@@ -13,7 +13,8 @@ import torch
 
 from node.worker.runners.base import no_progress
 from node.worker.runners.text import TextRunner
-from protocols import ChatMessage, GenerateParams
+from protocols import ChatMessage, GenerateParams, Tool, assembled
+from protocols.tools import max_calls
 from tests.tiny_models import build_tiny_bpe_llama
 
 pytestmark = pytest.mark.slow
@@ -61,3 +62,32 @@ def test_constrained_and_free_sequences_share_a_batch(tmp_path: Path) -> None:
     assert results[3] == results[4] and results[3][1] == "length"
     text, reason = results[5]
     assert reason == "length" or isinstance(json.loads(text), dict)
+
+
+def test_forced_parallel_calls_are_bounded(tmp_path: Path) -> None:
+    """Sampled freely, these seeds have the random model list three and five calls to one
+    tool; the grammar ends the list at two."""
+    torch.set_num_threads(1)
+    runner = TextRunner.load("m", build_tiny_bpe_llama(tmp_path / "m"), "cpu", None, 4, no_progress)
+    city = {"type": "object", "properties": {"city": {"enum": ["paris", "rome"]}}}
+    tool = Tool("get_weather", "", city | {"required": ["city"]})
+    counts = []
+    try:
+        for seed in (0, 10, 2):
+            params = GenerateParams(
+                model="m",
+                messages=[ChatMessage("user", "hi")],
+                tools=[tool],
+                tool_choice="required",
+                max_tokens=300,
+                temperature=1.0,
+                seed=seed,
+            )
+            deltas = list(runner.generate(params, threading.Event()))
+            assert deltas[-1].finish_reason == "tool_calls"
+            calls = assembled([part for d in deltas for part in d.tool_calls])
+            assert all(json.loads(c.arguments)["city"] in ("paris", "rome") for c in calls)
+            counts.append(len(calls))
+    finally:
+        runner.close()
+    assert counts == [max_calls([tool], True), max_calls([tool], True), 1] == [2, 2, 1]

@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.worker.runners.tool_calls import CallParser, ForcedParser, tool_format
-from protocols import ToolCall
+from node.worker.runners.tool_calls import CallParser, NamedParser, forced_parser, tool_format
+from protocols import CallPart, assembled
 from tests.tiny_models import TOOL_TEMPLATE
 
 NAMES = {"get_weather", "add"}
 
 
-def run(parser: CallParser | ForcedParser, pieces: list[str]) -> tuple[str, list[tuple[str, str]]]:
-    content, calls = "", list[ToolCall]()
+def parts_of(parser: CallParser | NamedParser, pieces: list[str]) -> tuple[str, list[CallPart]]:
+    content, parts = "", list[CallPart]()
     for piece in pieces:
         text, made = parser.feed(piece)
-        content, calls = content + text, calls + made
+        content, parts = content + text, parts + made
     text, made = parser.close()
-    return content + text, [(c.name, c.arguments) for c in calls + made]
+    return content + text, parts + made
+
+
+def run(parser: CallParser | NamedParser, pieces: list[str]) -> tuple[str, list[tuple[str, str]]]:
+    content, parts = parts_of(parser, pieces)
+    return content, [(c.name, c.arguments) for c in assembled(parts)]
 
 
 def chars(text: str) -> list[str]:
@@ -90,24 +96,72 @@ def test_mistral_both_generations() -> None:
     v11 = '[TOOL_CALLS]add[ARGS]{"a": 1}[TOOL_CALLS]get_weather[ARGS]{"city": "Rome"}'
     calls = run(CallParser("mistral", NAMES), [v11])[1]
     assert calls == [("add", '{"a": 1}'), ("get_weather", '{"city": "Rome"}')]
-    assert run(CallParser("mistral", NAMES), ["[TOOL_CALLS]add[ARGS]{broken"]) == (
-        "add[ARGS]{broken",
+    assert run(CallParser("mistral", NAMES), ["[TOOL_CALLS]nope[ARGS]{broken"]) == (
+        "nope[ARGS]{broken",
         [],
     )
 
 
+def test_a_call_cut_off_keeps_the_arguments_written() -> None:
+    # Its name and the start of its arguments went out already: max_tokens cut it.
+    assert run(CallParser("mistral", NAMES), ["[TOOL_CALLS]add[ARGS]{broken"]) == (
+        "",
+        [("add", "{broken")],
+    )
+
+
 def test_forced_calls() -> None:
-    listed = json.dumps([{"name": "add", "arguments": {"a": 1}}])
-    assert run(ForcedParser(NAMES), [listed]) == ("", [("add", '{"a": 1}')])
-    assert run(ForcedParser(NAMES, "get_weather"), ['{"city": "Oslo"}'])[1] == [
+    listed = json.dumps([{"name": "add", "arguments": {"a": 1}}, {"name": "add", "arguments": {}}])
+    for pieces in ([listed], chars(listed)):
+        assert run(forced_parser(NAMES, None), pieces) == ("", [("add", '{"a": 1}'), ("add", "{}")])
+    assert run(forced_parser(NAMES, "get_weather"), ['{"city": "Oslo"}'])[1] == [
         ("get_weather", '{"city": "Oslo"}')
     ]
-    cut = '[{"name": "add", "argu'  # max_tokens reached
-    assert run(ForcedParser(NAMES), [cut]) == (cut, [])
+    cut = '[{"name": "add", "argu'  # max_tokens reached before a name and arguments
+    assert run(forced_parser(NAMES, None), [cut]) == (cut, [])
 
 
-@given(st.lists(st.text(alphabet=st.sampled_from('<>/{}[]"tool_call:name,arguments TOOL_CALLS'))))
+@pytest.mark.parametrize(
+    ("form", "text"),
+    [
+        (
+            "hermes",
+            'Hi <tool_call>{"name": "add", "arguments": {"a": "}{\\"", "b": [1, {}]}}</tool_call>',
+        ),
+        ("llama3", '{"name": "add", "parameters": {"a": "}{\\"", "b": [1, {}]}}'),
+        ("mistral", '[TOOL_CALLS][{"name": "add", "arguments": {"a": "}{\\"", "b": [1, {}]}}]'),
+        ("mistral", '[TOOL_CALLS]add[ARGS]{"a": "}{\\"", "b": [1, {}]}'),
+        ("list", '[{"name": "add", "arguments": {"a": "}{\\"", "b": [1, {}]}}]'),
+    ],
+)
+def test_arguments_stream_as_they_are_written(form: str, text: str) -> None:
+    parser = CallParser(form, NAMES)
+    fed: list[CallPart] = []
+    for at, char in enumerate(text):
+        fed += parser.feed(char)[1]
+        if fed:  # the name goes out before the arguments are complete
+            assert fed[0].name == "add" and fed[0].id and fed[0].index == 0
+            assert at < text.index('"b"')
+            break
+    content, parts = parts_of(CallParser(form, NAMES), chars(text))
+    assert len(parts) > 10  # the arguments, a character at a time
+    assert all(p.index == 0 and p.id is None for p in parts[1:])
+    (call,) = assembled(parts)
+    assert call.arguments == "".join(p.arguments for p in parts)
+    assert json.loads(call.arguments) == {"a": '}{"', "b": [1, {}]}
+    assert content == ("Hi " if form == "hermes" else "")
+
+
+def test_a_named_call_streams_its_arguments_from_the_start() -> None:
+    parser = NamedParser("add")
+    assert parser.feed('{"a"')[1][0].name == "add"
+    assert parser.feed(": 1}") == ("", [CallPart(0, ": 1}")])
+
+
+@given(
+    st.lists(st.text(alphabet=st.sampled_from('<>/{}[]"\\tool_call:name,arguments TOOL_CALLS add')))
+)
 def test_hostile_output_never_crashes(pieces: list[str]) -> None:
-    for form in ("hermes", "llama3", "mistral"):
+    for form in ("hermes", "llama3", "mistral", "list"):
         content, calls = run(CallParser(form, NAMES), pieces)
         assert calls or content == "".join(pieces) or form == "mistral"
