@@ -53,6 +53,7 @@ from protocols.records import (
 )
 from protocols.rpc import (
     HELLO_MAX_FRAME,
+    MAX_REQUEST_ID,
     RPC_PROTOCOL,
     Cancel,
     Chunk,
@@ -64,6 +65,7 @@ from protocols.rpc import (
     Request,
     decode,
     encode,
+    is_request_id,
 )
 from protocols.vision import VisionMessage, VisionParams
 
@@ -72,6 +74,7 @@ __all__ = [
     "DEFAULT_MAX_FRAME",
     "DHT_NAMESPACE",
     "HELLO_MAX_FRAME",
+    "MAX_REQUEST_ID",
     "REVOKED_KEY",
     "REVOKED_PROTOCOL",
     "RPC_PROTOCOL",
@@ -121,6 +124,7 @@ __all__ = [
     "encode_frame",
     "event_from_wire",
     "event_to_wire",
+    "is_request_id",
     "issue_certificate",
     "issue_revocations",
     "model_key",

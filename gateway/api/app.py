@@ -21,6 +21,7 @@ from gateway.api import (
     usage,
 )
 from gateway.api.errors import BodyLimit, install_error_handlers
+from gateway.api.request_ids import RequestIds
 from gateway.api.services import Services
 from gateway.api.uploads import MEDIA_PATHS, ByPath
 
@@ -48,4 +49,5 @@ def create_app(
         area.install(app)
     # Audio uploads take larger bodies than the rest.
     larger = BodyLimit(app, max(max_body_bytes, max_upload_bytes))
-    return ByPath(BodyLimit(app, max_body_bytes), dict.fromkeys(MEDIA_PATHS, larger))
+    # Outermost: a refusal for size, too, names its request.
+    return RequestIds(ByPath(BodyLimit(app, max_body_bytes), dict.fromkeys(MEDIA_PATHS, larger)))

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from node.p2p.logs import current_request_id
 from protocols.generation import MAX_NEW_TOKENS
 
 
@@ -208,11 +209,14 @@ ERROR_TYPES = {
 def error_body(
     status: int, message: str, code: str | None = None, param: str | None = None
 ) -> dict[str, Any]:
+    """OpenAI's error shape, plus the call's request id (clients ignore fields they do not
+    know; a person quoting the body quotes the id)."""
     return {
         "error": {
             "message": message,
             "type": ERROR_TYPES.get(status, "server_error"),
             "param": param,
             "code": code,
+            "request_id": current_request_id(),
         }
     }

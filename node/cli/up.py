@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -22,8 +23,12 @@ from typing import Any
 
 import keys
 from keys.files import write_atomic
+from node.cli import log_format as log_format_flag
 from node.cli.supervise import Plan, Supervisor
+from node.p2p import logs
 from node.p2p.readiness import read_status
+
+logger = logging.getLogger(__name__)
 
 READY_TIMEOUT = 600.0
 # How often the peers' certificates are looked at: each is renewed past half its life.
@@ -88,7 +93,7 @@ class LocalSwarm:
                 message = str(status.get("message") or status.get("state") or "starting")
                 if shown.get(name) != message:
                     shown[name] = message
-                    print(f"  {name}: {message}", file=sys.stderr, flush=True)
+                    logger.info("%s: %s", name, message)
                 if status.get("state") != state:
                     pending.append(name)
             if not pending:
@@ -139,7 +144,7 @@ def _prepare(model: str, data_dir: Path) -> None:
 
     def progress(message: str, fraction: float | None) -> None:
         shown = f" ({fraction:.0%})" if fraction is not None else ""
-        print(f"  {model}: {message}{shown}", file=sys.stderr, flush=True)
+        logger.info("%s: %s%s", model, message, shown)
 
     resolve(model, data_dir, progress)
 
@@ -172,10 +177,13 @@ def register(commands: Any) -> None:
         help="converted models (default: shared by every data dir, ~/.cache/bitinglip)",
     )
     up.add_argument("--json", action="store_true", help="print the ready line as JSON")
+    log_format_flag.add_flag(up)
     up.set_defaults(func=_up)
 
 
 def _up(args: argparse.Namespace) -> int:
+    log_format = logs.log_format(args.log_format)
+    logs.configure("info", log_format)
     return run_up(
         args.port,
         args.nodes,
@@ -184,6 +192,7 @@ def _up(args: argparse.Namespace) -> int:
         args.json,
         config=args.config,
         model_store=args.model_store,
+        log_format=log_format,
     )
 
 
@@ -196,6 +205,7 @@ def run_up(
     *,
     config: Path | None = None,
     model_store: Path | None = None,
+    log_format: str = "text",
 ) -> int:
     from node.worker.models import DEFAULT_MODEL, default_model_store
 
@@ -203,9 +213,10 @@ def run_up(
     data_dir = (data_dir or keys.default_data_dir()).resolve()
     store = (model_store or default_model_store()).resolve()
     if config is not None and not config.is_file():
-        print(f"error: no config file {config}", file=sys.stderr)
+        logger.error("no config file %s", config)
         return 1
     shared = ["--config", str(config.resolve())] if config is not None else []
+    shared += ["--log-format", log_format]
     # A swarm on this machine is for its owner: anyone who can reach it may sign up, unless
     # the config says otherwise.
     registration = [] if _sets(config, "gateway", "registration") else ["--registration", "open"]
@@ -213,9 +224,11 @@ def run_up(
     swarm = LocalSwarm(data_dir)
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
-        print(
-            f"starting a gateway and {nodes} node(s) serving {model} (logs: {data_dir / 'logs'})",
-            file=sys.stderr,
+        logger.info(
+            "starting a gateway and %d node(s) serving %s (logs: %s)",
+            nodes,
+            model,
+            data_dir / "logs",
         )
         gateway_port = [str(port)]
 
@@ -251,7 +264,7 @@ def run_up(
         renew_at = time.monotonic() + RENEW_INTERVAL
         while True:
             for line in supervisor.tick(time.monotonic()):
-                print(line, file=sys.stderr, flush=True)
+                logger.info("%s", line)
             if time.monotonic() >= renew_at:
                 swarm.renew()
                 renew_at = time.monotonic() + RENEW_INTERVAL
@@ -259,14 +272,14 @@ def run_up(
     except (KeyboardInterrupt, _Stop):
         return 0
     except (RuntimeError, OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        logger.error("%s", exc)
         return 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         (data_dir / SWARM_FILE).unlink(missing_ok=True)
         swarm.stop()
         signal.signal(signal.SIGTERM, previous)
-        print("swarm stopped", file=sys.stderr)
+        logger.info("swarm stopped")
 
 
 def local_token(data_dir: Path, gateway_dir: Path, user: str = LOCAL_USER) -> str:
