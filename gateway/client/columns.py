@@ -107,11 +107,15 @@ def table(
     return grid, [c.name for c in columns if c not in shown]
 
 
-def hidden_note(hidden: Sequence[str]) -> Text | None:
-    """The line under a table naming the columns left out for width, if any."""
+WIDE_HINT = "--wide shows all"
+
+
+def hidden_note(hidden: Sequence[str], hint: str = WIDE_HINT) -> Text | None:
+    """The line under a table naming the columns left out for width, if any, and ``hint``:
+    how to see them."""
     if not hidden:
         return None
-    return cell(f"not shown for width: {', '.join(hidden)} (--wide shows all)", "dim")
+    return cell(f"not shown for width: {', '.join(hidden)} ({hint})", "dim")
 
 
 def render(
@@ -124,11 +128,12 @@ def render(
     title: str | None = None,
     caption: str | None = None,
     below: Sequence[RenderableType] = (),
+    hint: str = WIDE_HINT,
 ) -> RenderableType:
     """The fitted table, then ``below`` (a summary, say), then the note naming the
     columns left out, if any."""
     grid, hidden = table(
         columns, rows, width, keep=keep, header=header, title=title, caption=caption
     )
-    note = hidden_note(hidden)
+    note = hidden_note(hidden, hint)
     return Group(grid, *below, *([note] if note is not None else []))

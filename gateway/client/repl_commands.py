@@ -135,7 +135,7 @@ class Commands(MediaCommands):
         models = self.client.models()
         tasks = self.client.tasks(models)
         self.session.models = [m for m, task in tasks.items() if task == TEXT_TASK]
-        self.screen.show(models_table(models, tasks, self.session.model))
+        self.screen.show(models_table(models, tasks, self.session.model, self.screen.width))
 
     def cmd_model(self, arg: str) -> None:
         if not arg:
@@ -197,10 +197,10 @@ class Commands(MediaCommands):
         return self.session.image_dir
 
     def cmd_usage(self, arg: str) -> None:
-        self.screen.show(usage_table(self.client.usage()))
+        self.screen.show(usage_table(self.client.usage(), self.screen.width))
 
     def cmd_peers(self, arg: str) -> None:
-        self.screen.show(peers_table(self.client.peers()))
+        self.screen.show(peers_table(self.client.peers(), self.screen.width))
 
     def cmd_clear(self, arg: str) -> None:
         self.session.messages.clear()

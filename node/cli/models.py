@@ -18,6 +18,7 @@ from rich.text import Text
 
 from gateway.client import columns
 from gateway.client.columns import Column
+from gateway.client.peer_view import human_bytes
 from gateway.client.terminal import cell
 from node.cli import tables
 from node.worker import model_store
@@ -28,7 +29,6 @@ EXIT_NOT_FOUND = 2
 EXIT_GATED = 3
 EXIT_UNREACHABLE = 4
 
-_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 # Shown in this order; long model ids wrap rather than push the rest off.
 COLUMNS = (
     Column("MODEL", wrap=20),
@@ -69,7 +69,7 @@ def _pull(args: argparse.Namespace) -> int:
         footprint = model_store.model_footprint(path)
     except model_store.ModelStoreError as exc:
         return _error(exc)
-    needs = f", weights need {_bytes(footprint.bytes)}" if footprint else ""
+    needs = f", weights need {human_bytes(footprint.bytes)}" if footprint else ""
     print(f"pulled {args.model_id} into {path}{needs}")
     return 0
 
@@ -92,7 +92,7 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     rows = [_row(m, model_store.fits(m, hardware)) for m in found]
     where = (
-        f"FITS: the weights within this host's {_bytes(hardware.memory_total)} {memory} "
+        f"FITS: the weights within this host's {human_bytes(hardware.memory_total)} {memory} "
         f"({hardware.backend}, {hardware.device_name})"
     )
     tables.show(
@@ -110,9 +110,9 @@ def _row(m: StoredModel, fit: bool | None) -> dict[str, Text | str]:
     return {
         "MODEL": cell(m.id),
         "TASK": cell(m.task or "other"),
-        "SIZE": _bytes(m.size_on_disk),
+        "SIZE": human_bytes(m.size_on_disk),
         "PARAMS": _count(m.footprint.parameters) if m.footprint else "?",
-        "WEIGHTS": _bytes(m.footprint.bytes) if m.footprint else "?",
+        "WEIGHTS": human_bytes(m.footprint.bytes) if m.footprint else "?",
         "FITS": "?" if fit is None else Text("yes", "green") if fit else Text("no", "red"),
         "SOURCE": cell(m.source),
     }
@@ -124,7 +124,7 @@ def _rm(args: argparse.Namespace) -> int:
     except model_store.ModelStoreError as exc:
         return _error(exc)
     where = ", ".join(str(p) for p in removed.paths)
-    print(f"removed {removed.id}: freed {_bytes(removed.freed)} ({where})")
+    print(f"removed {removed.id}: freed {human_bytes(removed.freed)} ({where})")
     return 0
 
 
@@ -156,13 +156,6 @@ def _model_json(m: StoredModel, fits: bool | None) -> dict[str, Any]:
         "weights_bytes": m.footprint.bytes if m.footprint else None,
         "fits": fits,
     }
-
-
-def _bytes(n: int) -> str:
-    value, unit = float(max(0, n)), 0
-    while value >= 1024 and unit < len(_UNITS) - 1:
-        value, unit = value / 1024, unit + 1
-    return f"{n} B" if unit == 0 else f"{value:.1f} {_UNITS[unit]}"
 
 
 def _count(n: int) -> str:
