@@ -70,7 +70,7 @@ class _Context(logging.Filter):
 
 class TextFormatter(logging.Formatter):
     """``12:00:01 INFO    gateway.runtime [req 5f2a…]: message`` on one line: line breaks
-    in a message or a traceback are written as ``\\n``."""
+    in a message or a traceback are written as ``\\n`` (and ``\\r``)."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s%(call)s: %(message)s", "%H:%M:%S")
@@ -78,7 +78,8 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         request_id = getattr(record, "request_id", None)
         record.call = f" [req {request_id}]" if request_id else ""
-        return super().format(record).replace("\n", "\\n")
+        # A line break a caller put in a path must not start a line that looks like ours.
+        return super().format(record).replace("\r", "\\r").replace("\n", "\\n")
 
 
 class JsonFormatter(logging.Formatter):
@@ -98,8 +99,6 @@ class JsonFormatter(logging.Formatter):
             line["request_id"] = request_id
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        elif record.exc_text:
-            line["exc"] = record.exc_text
         return json.dumps(line, ensure_ascii=False, default=str)
 
 

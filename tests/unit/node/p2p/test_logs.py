@@ -84,10 +84,12 @@ def test_a_traceback_and_line_breaks_stay_on_one_line(
         raise ValueError("bad\nvalue")
     except ValueError:
         logger.exception("two\nlines")
-    (shown,) = lines(text)
+    logger.info("GET /a\r\n12:00:00 INFO forged")
+    shown, path = lines(text)
+    assert path.endswith(": GET /a\\r\\n12:00:00 INFO forged")
     assert "ERROR" in shown and "two\\nlines" in shown
     assert "Traceback" in shown and "ValueError: bad\\nvalue" in shown
-    (line,) = lines(machine)
+    line, _ = lines(machine)
     record = json.loads(line)
     assert record["message"] == "two\nlines"
     assert record["exc"].startswith("Traceback") and record["exc"].endswith("bad\nvalue")
