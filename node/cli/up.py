@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -47,9 +48,17 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise _Stop()
 
 
+def _to_stderr(line: str) -> None:
+    print(f"  {line}", file=sys.stderr, flush=True)
+
+
 class LocalSwarm:
-    def __init__(self, data_dir: Path) -> None:
+    """Peer processes on this machine. ``say`` tells of their progress (to stderr, unless
+    ``bitinglip up`` logs it)."""
+
+    def __init__(self, data_dir: Path, say: Callable[[str], None] = _to_stderr) -> None:
         self.data_dir = data_dir
+        self.say = say
         self.run_dir = data_dir / "run"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.roles: dict[Path, str] = {}  # each peer directory and its role
@@ -93,7 +102,7 @@ class LocalSwarm:
                 message = str(status.get("message") or status.get("state") or "starting")
                 if shown.get(name) != message:
                     shown[name] = message
-                    logger.info("%s: %s", name, message)
+                    self.say(f"{name}: {message}")
                 if status.get("state") != state:
                     pending.append(name)
             if not pending:
@@ -221,7 +230,7 @@ def run_up(
     # the config says otherwise.
     registration = [] if _sets(config, "gateway", "registration") else ["--registration", "open"]
     keys.init_operator(data_dir)
-    swarm = LocalSwarm(data_dir)
+    swarm = LocalSwarm(data_dir, logger.info)
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
         logger.info(
