@@ -11,15 +11,20 @@ Only entry points call ``configure``; modules log through ``logging.getLogger(__
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import secrets
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, ParamSpec, TypeVar
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 FORMATS = ("text", "json")
 FORMAT_ENV = "BITINGLIP_LOG_FORMAT"
@@ -36,6 +41,19 @@ def current_request_id() -> str | None:
 def set_request_id(request_id: str | None) -> None:
     """Name the call this task (and the tasks it starts from now on) serves."""
     _request_id.set(request_id)
+
+
+def outside_calls(task: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """``task`` run with no request id. For tasks a call may start but that outlive it (a
+    connection opened to serve the call's model): they would otherwise carry the call's id
+    on every line, and on every RPC call, for as long as they run."""
+
+    @functools.wraps(task)
+    async def apart(*args: P.args, **kwargs: P.kwargs) -> T:
+        set_request_id(None)
+        return await task(*args, **kwargs)
+
+    return apart
 
 
 def new_request_id() -> str:

@@ -3,6 +3,7 @@ of the call being served; the id travels with an RPC call to the peer serving it
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import logging
@@ -13,6 +14,8 @@ import pytest
 import trio
 import trio.testing
 
+from gateway.mesh.subscriptions import MeshSubscriptions
+from gateway.routing.tracker import Tracker
 from node.p2p import logs
 from node.p2p.rpc_client import RpcClient
 from node.p2p.rpc_server import Caller, RpcServer
@@ -133,3 +136,27 @@ async def test_an_rpc_call_carries_the_callers_request_id_to_the_server() -> Non
         await client.call("whoami", {})
         nursery.cancel_scope.cancel()
     assert seen == [None, "call-7"]
+
+
+async def test_a_task_that_outlives_the_call_starting_it_does_not_carry_its_id() -> None:
+    marked: list[str | None] = []
+    unmarked: list[str | None] = []
+
+    @logs.outside_calls
+    async def connection(into: list[str | None]) -> None:
+        into.append(logs.current_request_id())
+
+    async def helper(into: list[str | None]) -> None:
+        into.append(logs.current_request_id())
+
+    async def call() -> None:
+        logs.set_request_id("call-1")
+        nursery.start_soon(connection, marked)
+        nursery.start_soon(helper, unmarked)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(call)
+    assert (marked, unmarked) == ([None], ["call-1"])
+    # The gateway's long-lived tasks a call's model lookup may start are marked.
+    for task in (Tracker._hold_connection, MeshSubscriptions._subscribe):
+        assert inspect.unwrap(task) is not task
