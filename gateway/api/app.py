@@ -10,6 +10,7 @@ from starlette.types import ASGIApp
 
 from gateway.api import (
     accounts,
+    admin,
     audio,
     chat,
     completions,
@@ -18,6 +19,7 @@ from gateway.api import (
     metrics,
     openapi,
     peers,
+    settings,
     usage,
 )
 from gateway.api.errors import BodyLimit, install_error_handlers
@@ -26,7 +28,20 @@ from gateway.api.services import Services
 from gateway.api.uploads import MEDIA_PATHS, ByPath
 
 # The API's areas, in the order their routes are matched.
-AREAS = [chat, completions, peers, metrics, dashboard, images, audio, accounts, usage, openapi]
+AREAS = [
+    chat,
+    completions,
+    peers,
+    metrics,
+    dashboard,
+    images,
+    audio,
+    accounts,
+    settings,
+    admin,
+    usage,
+    openapi,
+]
 
 
 def create_app(

@@ -13,11 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
-
 from gateway.client.api_client import TEXT_TASK, ClientError, GatewayClient, UnknownModel
 from gateway.client.repl_media import MEDIA_COMMANDS, MEDIA_TASKS, MediaCommands, new_file
-from gateway.client.repl_render import Screen, models_table, peers_table, usage_table
+from gateway.client.repl_render import (
+    Screen,
+    help_table,
+    models_table,
+    peers_table,
+    usage_table,
+)
 from protocols.generation import MAX_NEW_TOKENS
 
 # name -> (arguments, what it does)
@@ -123,12 +127,7 @@ class Commands(MediaCommands):
             self.screen.error(str(exc))
 
     def cmd_help(self, arg: str) -> None:
-        grid = Table(box=None, show_header=False, pad_edge=False)
-        grid.add_column(style="bold", no_wrap=True)
-        grid.add_column()
-        for name, (args, what) in COMMANDS.items():
-            grid.add_row(f"/{name} {args}".rstrip(), what)
-        self.screen.show(grid)
+        self.screen.show(help_table(COMMANDS, self.screen.width))
         self.screen.note(TIPS)
 
     def cmd_models(self, arg: str) -> None:

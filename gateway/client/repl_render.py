@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
@@ -21,7 +21,7 @@ from gateway.client.peer_view import ago, load_cell, models_cell, short_id
 from gateway.client.terminal import cell, printable
 from protocols.peers import PeerStatus, arrange
 
-USAGE_COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "images")
+USAGE_COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "images", "audio_seconds")
 
 
 class Screen:
@@ -84,7 +84,10 @@ MODEL_COLUMNS = (
 USAGE_TABLE = (
     Column("DATE"),
     Column("MODEL", wrap=12),
-    *(Column(name, right=True) for name in ("REQUESTS", "PROMPT", "COMPLETION", "IMAGES")),
+    *(
+        Column(name, right=True)
+        for name in ("REQUESTS", "PROMPT", "COMPLETION", "IMAGES", "AUDIO S")
+    ),
 )
 PEER_COLUMNS = (
     Column("PEER", style="cyan"),
@@ -93,12 +96,22 @@ PEER_COLUMNS = (
     Column("RUN/QUEUE/CAP", right=True),
     Column("SEEN"),
 )
+HELP_COLUMNS = (Column("COMMAND", style="bold"), Column("WHAT", wrap=20))
 # There is no --wide inside the REPL.
 HINT = "a wider terminal shows all"
 
 
 def _table(columns: Sequence[Column], rows: Sequence[Row], width: int | None) -> RenderableType:
     return render(columns, rows, width, hint=HINT)
+
+
+def help_table(commands: Mapping[str, tuple[str, str]], width: int | None = None) -> RenderableType:
+    """``/help``: each command with its arguments, and what it does."""
+    rows: list[Row] = [
+        {"COMMAND": f"/{name} {args}".rstrip(), "WHAT": what}
+        for name, (args, what) in commands.items()
+    ]
+    return render(HELP_COLUMNS, rows, width, header=False, hint=HINT)
 
 
 def models_table(

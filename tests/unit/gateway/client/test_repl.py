@@ -124,5 +124,5 @@ def test_tables_fit_a_narrow_terminal() -> None:
         assert lines[0].split()[:2] == ["DATE", "MODEL"] and "total" in out.getvalue()
     note = " ".join(line.strip() for line in lines if line.strip())
     assert note.endswith(
-        "not shown for width: PROMPT, COMPLETION, IMAGES (a wider terminal shows all)"
+        "not shown for width: PROMPT, COMPLETION, IMAGES, AUDIO S (a wider terminal shows all)"
     )
