@@ -35,6 +35,7 @@ from gateway.routing.demand import publish_demand
 from gateway.routing.peer_table import PeerTable
 from gateway.routing.router import Router
 from gateway.routing.tracker import Tracker
+from node.p2p import logs
 from node.p2p.admission import serve_rpc
 from node.p2p.advertise import Advertiser
 from node.p2p.host import PeerHost
@@ -49,6 +50,7 @@ async def run_gateway(config: GatewayConfig) -> None:
     status.update(role="gateway", state="starting", pid=os.getpid())
     identity = keys.identity(config.data_dir)
     host = PeerHost.of(config.data_dir, "gateway")
+    logs.set_peer(host.peer_id)
     token_keys = keys.jwt_keys(config.data_dir)
     store = Store.open(config.accounts_dir)
     plans = Plans.from_config(config.plans, config.default_plan)

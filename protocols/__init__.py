@@ -57,6 +57,7 @@ from protocols.records import (
 )
 from protocols.rpc import (
     HELLO_MAX_FRAME,
+    MAX_REQUEST_ID,
     RPC_PROTOCOL,
     Cancel,
     Chunk,
@@ -68,6 +69,7 @@ from protocols.rpc import (
     Request,
     decode,
     encode,
+    is_request_id,
 )
 from protocols.tools import CallPart, Calls, Tool, ToolCall, assembled, call_schema, merged
 from protocols.vision import VisionMessage, VisionParams
@@ -77,6 +79,7 @@ __all__ = [
     "DEFAULT_MAX_FRAME",
     "DHT_NAMESPACE",
     "HELLO_MAX_FRAME",
+    "MAX_REQUEST_ID",
     "REVOKED_KEY",
     "REVOKED_PROTOCOL",
     "RPC_PROTOCOL",
@@ -139,6 +142,7 @@ __all__ = [
     "encode_frame",
     "event_from_wire",
     "event_to_wire",
+    "is_request_id",
     "issue_certificate",
     "issue_revocations",
     "merged",

@@ -23,6 +23,7 @@ from gateway.api import (
     usage,
 )
 from gateway.api.errors import BodyLimit, install_error_handlers
+from gateway.api.request_ids import RequestIds
 from gateway.api.services import Services
 from gateway.api.uploads import MEDIA_PATHS, ByPath
 
@@ -63,4 +64,5 @@ def create_app(
         area.install(app)
     # Audio uploads take larger bodies than the rest.
     larger = BodyLimit(app, max(max_body_bytes, max_upload_bytes))
-    return ByPath(BodyLimit(app, max_body_bytes), dict.fromkeys(MEDIA_PATHS, larger))
+    # Outermost: a refusal for size, too, names its request.
+    return RequestIds(ByPath(BodyLimit(app, max_body_bytes), dict.fromkeys(MEDIA_PATHS, larger)))

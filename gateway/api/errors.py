@@ -1,7 +1,8 @@
 """HTTP errors in OpenAI's shape, and the request-size guard.
 
 Every failure a client can cause becomes an ``ApiError`` with a 4xx status and a body
-``{"error": {"message", "type", "param", "code"}}``; nothing a client sends yields a 5xx.
+``{"error": {"message", "type", "param", "code", "request_id"}}`` (the last names the call,
+``gateway.api.request_ids``); nothing a client sends yields a 5xx.
 This is the one place where the domain's errors (the accounts' refusals, routing failures)
 become HTTP errors.
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from node.p2p.logs import current_request_id
 from protocols import CallPart, TokenLogprob, Tool, ToolCall
 from protocols.answer import MAX_TOP_LOGPROBS
 from protocols.generation import MAX_NEW_TOKENS
@@ -389,11 +390,14 @@ ERROR_TYPES = {
 def error_body(
     status: int, message: str, code: str | None = None, param: str | None = None
 ) -> dict[str, Any]:
+    """OpenAI's error shape, plus the call's request id (clients ignore fields they do not
+    know; a person quoting the body quotes the id)."""
     return {
         "error": {
             "message": message,
             "type": ERROR_TYPES.get(status, "server_error"),
             "param": param,
             "code": code,
+            "request_id": current_request_id(),
         }
     }

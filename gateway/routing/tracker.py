@@ -22,6 +22,7 @@ import trio
 from gateway.routing.peer_table import PeerTable
 from node.p2p.discovery import look_up
 from node.p2p.host import PeerHost
+from node.p2p.logs import outside_calls
 from node.p2p.rpc_client import CallFailed, RpcClient
 from protocols import (
     RPC_PROTOCOL,
@@ -165,6 +166,7 @@ class Tracker:
         self._connecting.add(record.peer_id)
         self._nursery.start_soon(self._hold_connection, record)
 
+    @outside_calls  # a call's lookup may start it; the connection outlives the call
     async def _hold_connection(self, record: NodeRecord) -> None:
         peer = record.peer_id
         try:

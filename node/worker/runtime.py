@@ -22,6 +22,7 @@ import trio
 
 import keys
 from keys.files import raw_public
+from node.p2p import logs
 from node.p2p.admission import serve_rpc
 from node.p2p.advertise import Advertiser
 from node.p2p.host import PeerHost
@@ -99,6 +100,7 @@ class Node:
         self.status = StatusFile(config.ready_file)
         self.identity = keys.identity(config.data_dir)
         self.host = PeerHost.of(config.data_dir, "node")
+        logs.set_peer(self.host.peer_id)
         self.roster = Roster(config.max_queue, config.capacity)
         self.hardware = Hardware("cpu", "unknown", "RAM", 0, 0)
         # Memory promised to models still loading, not yet visible as used.

@@ -153,6 +153,7 @@ MESSAGES: list[Message] = [
     Request(1, "generate", {"model": "m", "prompt": "hi", "nested": {"a": [1, 2.5, None]}}),
     Request(2**63 - 1, "watch"),
     Request(7, "generate", {}, timeout_ms=30_000),
+    Request(8, "generate", {}, request_id="req-2f9c.a:1_B"),
     Chunk(3, {"text": "tok"}),
     Chunk(0, {}),
     End(3, {"finish_reason": "stop", "completion_tokens": 4}),

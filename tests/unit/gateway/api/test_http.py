@@ -162,7 +162,8 @@ def assert_error(response: httpx.Response, status: int, kind: str, code: str | N
     body = response.json()
     assert set(body) == {"error"}
     error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}
+    assert set(error) == {"message", "type", "param", "code", "request_id"}
+    assert error["request_id"] == response.headers["X-Request-Id"]
     assert (error["type"], error["code"]) == (kind, code)
     assert isinstance(error["message"], str)
     assert error["message"]

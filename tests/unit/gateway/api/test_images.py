@@ -191,7 +191,8 @@ def request(**extra: Any) -> dict[str, Any]:
 def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
     assert response.status_code == status, response.text
     error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
+    assert set(error) == {"message", "type", "param", "code", "request_id"}
+    assert error["request_id"] == response.headers["X-Request-Id"]
     assert error["message"]
     return cast(dict[str, Any], error)
 
