@@ -42,7 +42,8 @@ class GatewayConfig:
     ready_file: Path | None = None
     log_level: str = "info"
     # [gateway.plans.<name>] tables: requests_per_minute, tokens_per_day, images_per_day,
-    # concurrent. A plan called "default" is built in (60, 200000, 100, 4) and may be redefined.
+    # concurrent, audio_seconds_per_day, priority (higher waits less in the queue). A plan
+    # called "default" is built in (60, 200000, 100, 4, 3600, priority 1) and may be redefined.
     plans: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     default_plan: str = "default"  # the plan new users get
     # Who may register at POST /v1/auth/register: "open" (anyone), "invite" (with a code
@@ -59,6 +60,13 @@ class GatewayConfig:
     auth_per_user: int = 10  # ... and per user name
 
     routing: Policy = "expected-wait"
+    # Calls that find every node busy wait in a fair queue (docs/design.md): how long at most
+    # (a client may ask for less with X-Max-Wait), how many in all and per user, and how
+    # many places of each node's own short queue this gateway fills on top of its free slots.
+    max_queue_wait: float = 60.0
+    queue_limit: int = 1024
+    queue_per_user: int = 64
+    node_queue: int = 2
 
     def __post_init__(self) -> None:
         if self.routing not in POLICIES:
@@ -72,6 +80,10 @@ class GatewayConfig:
         if self.scrypt_n < 2**14:
             raise ValueError("scrypt_n below 16384 makes passwords cheap to guess")
         ScryptCost(self.scrypt_n)  # raises for a value scrypt cannot take
+        if not 0 < self.max_queue_wait <= self.request_timeout:
+            raise ValueError("max_queue_wait must be above 0 and at most request_timeout")
+        if self.queue_limit < 1 or self.queue_per_user < 1 or self.node_queue < 0:
+            raise ValueError("queue_limit and queue_per_user must be at least 1, node_queue 0")
 
     @property
     def accounts_dir(self) -> Path:

@@ -31,9 +31,11 @@ from gateway.media import MediaLimits
 from gateway.mesh.events import MeshEvents
 from gateway.mesh.record import GATEWAY_RECORD_TTL, gateway_record
 from gateway.mesh.subscriptions import MeshSubscriptions
+from gateway.routing.demand import publish_demand
 from gateway.routing.peer_table import PeerTable
 from gateway.routing.router import Router
 from gateway.routing.tracker import Tracker
+from node.p2p import logs
 from node.p2p.admission import serve_rpc
 from node.p2p.advertise import Advertiser
 from node.p2p.host import PeerHost
@@ -48,6 +50,7 @@ async def run_gateway(config: GatewayConfig) -> None:
     status.update(role="gateway", state="starting", pid=os.getpid())
     identity = keys.identity(config.data_dir)
     host = PeerHost.of(config.data_dir, "gateway")
+    logs.set_peer(host.peer_id)
     token_keys = keys.jwt_keys(config.data_dir)
     store = Store.open(config.accounts_dir)
     plans = Plans.from_config(config.plans, config.default_plan)
@@ -75,7 +78,15 @@ async def run_gateway(config: GatewayConfig) -> None:
 
     table = PeerTable()
     tracker = Tracker(host, table)
-    router = Router(table, tracker, config.routing)
+    router = Router(
+        table,
+        tracker,
+        config.routing,
+        max_wait=config.max_queue_wait,
+        node_queue=config.node_queue,
+        max_queued=config.queue_limit,
+        max_queued_per_user=config.queue_per_user,
+    )
     share = MeshEvents()
     services = Services(
         backend=router,
@@ -99,6 +110,7 @@ async def run_gateway(config: GatewayConfig) -> None:
         store=store,
         accounts=accounts,
         limiter=limiter,
+        queue=router,
     )
     services.metrics.observe_swarm(table, lambda: router.retries)
     apart = config.metrics_port is not None
@@ -116,7 +128,9 @@ async def run_gateway(config: GatewayConfig) -> None:
     share.on_usage.append(limiter.note_remote)
     share.on_revoke.append(accounts.revoke_remote)
     usage.on_usage.append(
-        lambda r: share.usage(r.user, 1, r.prompt_tokens + r.completion_tokens, r.images)
+        lambda r: share.usage(
+            r.user, 1, r.prompt_tokens + r.completion_tokens, r.images, r.audio_seconds
+        )
     )
     accounts.on_revoke.append(share.revoked)
     advertiser = Advertiser(host, identity, gateway_record(host, identity), GATEWAY_RECORD_TTL)
@@ -141,6 +155,11 @@ async def run_gateway(config: GatewayConfig) -> None:
             await nursery.start(partial(supervised, "gateway sync", sync.run, takes_status=True))
             await nursery.start(partial(supervised, "discovery", tracker.run, takes_status=True))
             nursery.start_soon(supervised, "advertiser", advertiser.run)
+            nursery.start_soon(
+                supervised,
+                "demand",
+                partial(publish_demand, router.dispatcher.demand, lambda: tracker.clients),
+            )
             nursery.start_soon(partial(supervised, "accounts", accounts.run, takes_status=True))
             nursery.start_soon(
                 supervised, "token keys", partial(watch_token_keys, config, auth, accounts)

@@ -3,6 +3,7 @@
 Nothing here does I/O or imports trio, libp2p or torch: bytes in, values out.
 """
 
+from protocols.answer import TokenLogprob, answer_from_wire, answer_to_wire
 from protocols.audio import AudioChunk, Segment, SpeechParams, TranscribeParams, Transcript
 from protocols.embedding import EmbedParams, Vectors
 from protocols.errors import (
@@ -13,7 +14,9 @@ from protocols.errors import (
     RemoteProtocolError,
 )
 from protocols.events import (
+    Demand,
     GatewayEvent,
+    ModelDemand,
     RevokeEvent,
     UsageEvent,
     WatchUpdate,
@@ -21,7 +24,7 @@ from protocols.events import (
     event_to_wire,
 )
 from protocols.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
-from protocols.generation import ChatMessage, GenerateParams, ImageParams
+from protocols.generation import ChatMessage, GenerateParams, ImageParams, ImageStep
 from protocols.identity import peer_id_of
 from protocols.membership import (
     ADMIT_PROTOCOL,
@@ -41,6 +44,7 @@ from protocols.records import (
     Hardware,
     Load,
     ModelInfo,
+    ModelLoad,
     NodeRecord,
     issue_certificate,
     model_key,
@@ -54,6 +58,7 @@ from protocols.records import (
 )
 from protocols.rpc import (
     HELLO_MAX_FRAME,
+    MAX_REQUEST_ID,
     RPC_PROTOCOL,
     Cancel,
     Chunk,
@@ -65,7 +70,9 @@ from protocols.rpc import (
     Request,
     decode,
     encode,
+    is_request_id,
 )
+from protocols.tools import CallPart, Calls, Tool, ToolCall, assembled, call_schema, merged
 from protocols.vision import VisionMessage, VisionParams
 
 __all__ = [
@@ -73,15 +80,19 @@ __all__ = [
     "DEFAULT_MAX_FRAME",
     "DHT_NAMESPACE",
     "HELLO_MAX_FRAME",
+    "MAX_REQUEST_ID",
     "REVOKED_KEY",
     "REVOKED_PROTOCOL",
     "RPC_PROTOCOL",
     "SERVER_ROLES",
     "AudioChunk",
+    "CallPart",
+    "Calls",
     "Cancel",
     "Certificate",
     "ChatMessage",
     "Chunk",
+    "Demand",
     "EmbedParams",
     "End",
     "Error",
@@ -93,11 +104,14 @@ __all__ = [
     "Hardware",
     "Hello",
     "ImageParams",
+    "ImageStep",
     "Load",
     "LocalProtocolError",
     "Message",
     "MessageDecoder",
+    "ModelDemand",
     "ModelInfo",
+    "ModelLoad",
     "NodeRecord",
     "PeerHardware",
     "PeerLoad",
@@ -111,6 +125,9 @@ __all__ = [
     "Segment",
     "SpeechParams",
     "Summary",
+    "TokenLogprob",
+    "Tool",
+    "ToolCall",
     "TranscribeParams",
     "Transcript",
     "UsageEvent",
@@ -118,14 +135,20 @@ __all__ = [
     "VisionMessage",
     "VisionParams",
     "WatchUpdate",
+    "answer_from_wire",
+    "answer_to_wire",
+    "assembled",
+    "call_schema",
     "check_member",
     "decode",
     "encode",
     "encode_frame",
     "event_from_wire",
     "event_to_wire",
+    "is_request_id",
     "issue_certificate",
     "issue_revocations",
+    "merged",
     "model_key",
     "node_key",
     "peer_id_of",

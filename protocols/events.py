@@ -1,5 +1,6 @@
-"""What peers stream to each other on long-lived calls: a node's ``watch`` updates, and the
-events gateways share (a call counted against a user, a key revoked).
+"""What peers stream to each other on long-lived calls: a node's ``watch`` updates, the
+events gateways share (a call counted against a user, a key revoked), and the demand a
+gateway tells nodes about (calls waiting for a model).
 
 Each is a frozen dataclass with its wire map (``to_wire``) and a checked way back
 (``from_wire``, ``RemoteProtocolError`` for a malformed map), like every other payload.
@@ -8,31 +9,83 @@ Each is a frozen dataclass with its wire map (``to_wire``) and a checked way bac
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
 
 from protocols.errors import RemoteProtocolError
-from protocols.records import Load
-from protocols.validate import exact, finite
+from protocols.records import Load, ModelLoad
+from protocols.validate import exact, finite, flat
+
+T = TypeVar("T")
+
+# Models one update or demand report may name: far more than a node serves, few enough
+# that a peer cannot make another hold much.
+MAX_MODELS = 256
 
 
 @dataclass(frozen=True)
 class WatchUpdate:
-    """A node's load, and the seq of its signed record (fetch the record when it moves)."""
+    """A node's load, each ready model's share of it, and the seq of its signed record
+    (fetch the record when it moves)."""
 
     load: Load
     record_seq: int
+    models: dict[str, ModelLoad] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
-        return asdict(self.load) | {"record_seq": self.record_seq}
+        models = {m: asdict(load) for m, load in self.models.items()}
+        return asdict(self.load) | {"record_seq": self.record_seq, "models": models}
 
     @classmethod
     def from_wire(cls, body: dict[str, Any]) -> WatchUpdate:
         load = Load.from_update(body)
         try:
-            return cls(load, exact(body.get("record_seq", 0), int, "record_seq"))
+            models = _models(body.get("models", {}), ModelLoad)
+            return cls(load, exact(body.get("record_seq", 0), int, "record_seq"), models)
         except ValueError as exc:
             raise RemoteProtocolError(f"malformed watch update: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class ModelDemand:
+    """What one gateway sees of the calls for one model: how many wait now, how long the
+    oldest has waited, how many it refused lately, and how many nodes serve or load it."""
+
+    queued: int
+    oldest_wait: float
+    refused: int
+    ready: int
+    loading: int
+
+    @property
+    def wanted(self) -> bool:
+        return self.queued > 0 or self.refused > 0
+
+
+@dataclass(frozen=True)
+class Demand:
+    """A gateway's demand report: model id → its demand (``demand`` RPC, about once a
+    second while calls wait)."""
+
+    models: dict[str, ModelDemand]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"models": {m: asdict(d) for m, d in self.models.items()}}
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> Demand:
+        try:
+            return cls(_models(body.get("models"), ModelDemand))
+        except ValueError as exc:
+            raise RemoteProtocolError(f"malformed demand: {exc}") from exc
+
+
+def _models(body: Any, kind: type[T]) -> dict[str, T]:
+    """A map of model id → ``kind``, at most ``MAX_MODELS`` of them."""
+    entries = exact(body, dict, "models")
+    if len(entries) > MAX_MODELS:
+        raise ValueError(f"more than {MAX_MODELS} models")
+    return {exact(m, str, "model"): flat(kind, v) for m, v in entries.items()}
 
 
 @dataclass(frozen=True)
@@ -44,6 +97,7 @@ class UsageEvent:
     tokens: int
     images: int
     at: float
+    audio_seconds: int = 0  # absent from older gateways' events
 
 
 @dataclass(frozen=True)
@@ -76,6 +130,7 @@ def event_from_wire(body: dict[str, Any]) -> GatewayEvent | None:
                 exact(body.get("tokens"), int, "tokens"),
                 exact(body.get("images"), int, "images"),
                 finite(body.get("at"), "at"),
+                exact(body.get("audio_seconds", 0), int, "audio_seconds"),
             )
         expires_at = body.get("expires_at")
         if not (isinstance(expires_at, float) and expires_at == math.inf):

@@ -69,10 +69,12 @@ class ModelInfo:
     max_batch: int
     state: str
     # What the model can do beyond its task, for clients choosing one (``/v1/models``):
-    # a chat template, one that reads tool definitions; an embedding model's vector size,
-    # and whether it was trained to be cut shorter (Matryoshka).
+    # a chat template, one that reads tool definitions, decoding that can be held to a
+    # JSON schema; an embedding model's vector size, and whether it was trained to be cut
+    # shorter (Matryoshka).
     chat: bool = False
     tools: bool = False
+    constrained: bool = False
     dimensions: int = 0
     matryoshka: bool = False
 
@@ -84,8 +86,7 @@ class ModelInfo:
             "chat": (text and self.chat) or self.task == "image-to-text",
             "completion": text,
             "tools": text and self.tools,
-            # Constrained decoding holds any text model to a JSON schema.
-            "json": text,
+            "json": text and self.constrained,
             "embeddings": self.task == "embedding",
             "dimensions": self.task == "embedding" and self.matryoshka,
             "vision": self.task == "image-to-text",
@@ -117,6 +118,24 @@ class Load:
             raise RemoteProtocolError(f"malformed load: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class ModelLoad:
+    """One model's share of a node's load: its slots, the calls on them, the room in its
+    own short queue (``max_queue``), so gateways can tell how many more it takes, and its
+    measured speed (tokens a second, every slot together; 0: not measured)."""
+
+    inflight: int
+    queued: int
+    capacity: int
+    max_queue: int
+    tokens_per_s: float = 0.0
+
+    @property
+    def room(self) -> int:
+        """Calls it takes now before refusing with OVERLOADED."""
+        return max(0, self.capacity + self.max_queue - self.inflight - self.queued)
+
+
 _IDLE: dict[str, Any] = {
     "inflight": 0,
     "queued": 0,
@@ -140,6 +159,9 @@ class NodeRecord:
     seq: int
     issued_at: float
     ttl: float
+    # Models this node would load if they were wanted (its placement policy allows them and
+    # it has them on disk, or may fetch them): a gateway queues calls for them.
+    can_load: list[str] = field(default_factory=list)
 
     @property
     def expires_at(self) -> float:
@@ -166,6 +188,10 @@ class NodeRecord:
                 seq=exact(body["seq"], int, "seq"),
                 issued_at=finite(body["issued_at"], "issued_at"),
                 ttl=finite(body["ttl"], "ttl"),
+                can_load=[
+                    exact(m, str, "can_load")
+                    for m in exact(body.get("can_load", []), list, "can_load")
+                ],
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise RemoteProtocolError(f"malformed node record: {exc}") from exc

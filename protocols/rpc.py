@@ -6,10 +6,15 @@ one long-lived stream. The server answers each id with zero or more ``Chunk`` fr
 followed by exactly one ``End`` or ``Error``. ``Cancel`` stops a call in flight.
 
 Each frame is a msgpack map ``{"t": <type>, ...}`` inside a length-prefixed frame.
+
+A ``Request`` may carry the request id of the HTTP call it serves (``"rid"``), so the
+caller's and the server's log lines for one call share it. Peers that predate it send
+none, and ignore it when they receive it.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +25,15 @@ from protocols.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 RPC_PROTOCOL = "/bitinglip/rpc/1.0.0"
 # A Hello holds one certificate (~200 bytes): the first frame on a stream is capped at this.
 HELLO_MAX_FRAME = 8 * 1024
+# A request id is a short token safe in a log line and a header: no spaces, no quotes.
+MAX_REQUEST_ID = 64
+_REQUEST_ID = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_REQUEST_ID}}}")
+
+
+def is_request_id(value: object) -> bool:
+    """Whether ``value`` is a usable request id: 1 to ``MAX_REQUEST_ID`` characters of
+    letters, digits and ``. _ : -``."""
+    return isinstance(value, str) and _REQUEST_ID.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -33,6 +47,7 @@ class Request:
     method: str
     params: dict[str, Any] = field(default_factory=dict)
     timeout_ms: int | None = None
+    request_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,8 +83,10 @@ def encode(message: Message, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
     match message:
         case Hello(certificate):
             body = {"t": "hello", "cert": certificate}
-        case Request(id_, method, params, timeout_ms):
+        case Request(id_, method, params, timeout_ms, request_id):
             body = {"t": "req", "id": id_, "m": method, "p": params, "to": timeout_ms}
+            if request_id is not None:
+                body["rid"] = request_id
         case Chunk(id_, data):
             body = {"t": "chunk", "id": id_, "d": data}
         case End(id_, data):
@@ -108,7 +125,12 @@ def decode(payload: bytes) -> Message:
             not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0
         ):
             raise RemoteProtocolError("field 'to' must be a positive integer")
-        return Request(_id(body), _field(body, "m", str), _field(body, "p", dict), timeout)
+        request_id = body.get("rid")
+        if request_id is not None and not is_request_id(request_id):
+            raise RemoteProtocolError("field 'rid' is not a request id")
+        return Request(
+            _id(body), _field(body, "m", str), _field(body, "p", dict), timeout, request_id
+        )
     if kind == "chunk":
         return Chunk(_id(body), _field(body, "d", dict))
     if kind == "end":

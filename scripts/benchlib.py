@@ -153,9 +153,9 @@ def gateway_config(path: Path, settings: dict[str, str] | None = None) -> Path:
     return path
 
 
-def bench_token(data_dir: Path, accounts: Path) -> str:
-    """A week's token for the ``bench`` user (on the ample plan) of the accounts database
-    in ``accounts``, as the operator issues one."""
+def bench_token(data_dir: Path, accounts: Path, user: str = "bench") -> str:
+    """A week's token for ``user`` (on the ample plan) of the accounts database in
+    ``accounts``, as the operator issues one."""
     import keys
     from gateway.accounts.database import Store
     from gateway.accounts.users import create_user, operator_token
@@ -163,9 +163,9 @@ def bench_token(data_dir: Path, accounts: Path) -> str:
     signing = keys.jwt_keys(data_dir).private
     assert signing is not None
     with Store.open(accounts) as store:
-        if store.user("bench") is None:
-            create_user(store, "bench", None, "bench", time.time())
-        return operator_token(store, signing, "bench", 7 * 86400)
+        if store.user(user) is None:
+            create_user(store, user, None, "bench", time.time())
+        return operator_token(store, signing, user, 7 * 86400)
 
 
 @dataclass

@@ -6,24 +6,39 @@ the node's counts by them: never negative, never more completion tokens than wer
 for or than the forwarded text can hold, never more prompt tokens than the prompt can
 make. Where a node said nothing, the same facts give an estimate.
 
+A chat's prompt is more than its messages' text: the tools a template lists (Llama 3.1's
+indents their JSON), the instructions it adds when there are tools, the calls earlier
+answers made (their names, arguments and ids) and the ids tool answers quote. A JSON
+schema is compiled into a grammar, not rendered, on a node's own engine; an external
+engine may render it, so the bound leaves room for it.
+
 A call that ended early (the caller hung up, the node failed mid-answer) is charged for
 what was forwarded: a node sends its counts so far with every chunk.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from protocols import EmbedParams, GenerateParams
+from protocols import ChatMessage, EmbedParams, GenerateParams
 from protocols.vision import VisionParams
 
 # Tokens a chat template may add around the messages: role markers per message, and a
 # default system prompt some templates insert.
 TEMPLATE_TOKENS = 256
 MESSAGE_TOKENS = 16
+# What a template adds when tools are offered: Qwen's and Llama 3.1's instructions on how to
+# call run to about 600 bytes; an estimate of those tokens and a bound.
+TOOLS_TOKENS_ESTIMATE = 256
+TOOLS_TOKENS = 1024
+# The JSON around one earlier call's name and arguments, and a tool answer's frame.
+CALL_TOKENS = 32
+# Llama 3.1 renders tools with tojson(indent=4): the widest form a template gives them.
+TOOLS_INDENT = 4
 # Tokens that leave no text in the answer: end of text, a partial character held back.
 SILENT_TOKENS = 16
 # English runs ~4 bytes a token and CJK ~3: 3 overestimates, and the estimate is only
@@ -44,16 +59,48 @@ class Charge:
     completion_tokens: int
 
 
-def prompt_bytes(params: Asked) -> int:
+def prompt_bytes(params: Asked, indent: int | None = None) -> int:
+    """Bytes of what the prompt is made of: its text, the calls and ids in the messages, and
+    the tools as JSON (indented by ``indent``, as a template may render them)."""
     if isinstance(params, VisionParams):
         return sum(len(m.text.encode()) for m in params.messages)
     if params.messages is not None:
-        return sum(len(m.content.encode()) for m in params.messages)
+        return sum(_message_bytes(m) for m in params.messages) + _tools_bytes(params, indent)
     return len((params.prompt or "").encode())
+
+
+def _message_bytes(message: ChatMessage) -> int:
+    calls = sum(len((c.id + c.name + c.arguments).encode()) for c in message.tool_calls)
+    return len(message.content.encode()) + calls + len((message.tool_call_id or "").encode())
+
+
+def _tools_bytes(params: GenerateParams, indent: int | None) -> int:
+    if not params.tools:
+        return 0
+    listed = [t.template_form() for t in params.tools]
+    return len(json.dumps(listed, indent=indent, ensure_ascii=False).encode())
 
 
 def _messages(params: Asked) -> int:
     return len(params.messages) if params.messages is not None else 0
+
+
+def _calls(params: Asked) -> int:
+    """Calls and tool answers in the messages: each has its own frame of JSON."""
+    if isinstance(params, VisionParams) or params.messages is None:
+        return 0
+    return sum(len(m.tool_calls) + (m.tool_call_id is not None) for m in params.messages)
+
+
+def _schema_bytes(params: Asked) -> int:
+    if isinstance(params, VisionParams) or params.json_schema is None:
+        return 0
+    return len(json.dumps(params.json_schema, ensure_ascii=False).encode())
+
+
+def _tools(params: Asked, tokens: int) -> int:
+    """``tokens`` if tools are offered (their instructions), else 0."""
+    return tokens if isinstance(params, GenerateParams) and params.tools else 0
 
 
 def _pictures(params: Asked) -> int:
@@ -64,16 +111,20 @@ def _pictures(params: Asked) -> int:
 def prompt_estimate(params: Asked) -> int:
     """About as many tokens as the prompt makes, on the high side."""
     text = math.ceil(prompt_bytes(params) / BYTES_PER_TOKEN) + 4 * _messages(params) + 16
-    return text + _pictures(params)
+    calls = math.ceil(CALL_TOKENS * _calls(params) / BYTES_PER_TOKEN)
+    return text + calls + _tools(params, TOOLS_TOKENS_ESTIMATE) + _pictures(params)
 
 
 def prompt_bound(params: Asked) -> int:
     """The most tokens the prompt can make: a byte-level tokenizer spends at most one a
     byte, plus what the chat template adds and the pictures take."""
     return (
-        prompt_bytes(params)
+        prompt_bytes(params, TOOLS_INDENT)
         + MESSAGE_TOKENS * _messages(params)
+        + CALL_TOKENS * _calls(params)
         + TEMPLATE_TOKENS
+        + _tools(params, TOOLS_TOKENS)
+        + _schema_bytes(params)
         + _pictures(params)
     )
 

@@ -10,6 +10,7 @@ from starlette.types import ASGIApp
 
 from gateway.api import (
     accounts,
+    admin,
     audio,
     chat,
     completions,
@@ -19,9 +20,11 @@ from gateway.api import (
     metrics,
     openapi,
     peers,
+    settings,
     usage,
 )
 from gateway.api.errors import BodyLimit, install_error_handlers
+from gateway.api.request_ids import RequestIds
 from gateway.api.services import Services
 from gateway.api.uploads import MEDIA_PATHS, ByPath
 
@@ -36,6 +39,8 @@ AREAS = [
     images,
     audio,
     accounts,
+    settings,
+    admin,
     usage,
     openapi,
 ]
@@ -61,4 +66,5 @@ def create_app(
         area.install(app)
     # Audio uploads take larger bodies than the rest.
     larger = BodyLimit(app, max(max_body_bytes, max_upload_bytes))
-    return ByPath(BodyLimit(app, max_body_bytes), dict.fromkeys(MEDIA_PATHS, larger))
+    # Outermost: a refusal for size, too, names its request.
+    return RequestIds(ByPath(BodyLimit(app, max_body_bytes), dict.fromkeys(MEDIA_PATHS, larger)))

@@ -13,10 +13,11 @@ from gateway.api import openai_api as oa
 from gateway.api import vision
 from gateway.api.auth import User
 from gateway.api.bodies import json_body, parse
-from gateway.api.errors import ApiError
+from gateway.api.errors import NODE_FIELDS, ApiError
 from gateway.api.inference import Renderer, answer, start
 from gateway.api.services import services
-from protocols import ChatMessage, GenerateParams
+from gateway.routing.router import Piece
+from protocols import ChatMessage, GenerateParams, ToolCall, assembled
 
 
 def install(app: FastAPI) -> None:
@@ -39,9 +40,12 @@ def install(app: FastAPI) -> None:
     @app.post("/v1/chat/completions", openapi_extra=json_body(app, oa.ChatCompletionRequest))
     async def chat_completions(request: Request, claims: User) -> Response:
         body = await parse(request, oa.ChatCompletionRequest, any_type=True)  # behind a token
-        started = await vision.start_if_shown(request, claims, body) or await start(
-            request, claims, _params(body), "chat"
-        )
+        if (old := body.replaced()) is not None:
+            new = oa.REPLACED_FIELDS[old]
+            raise ApiError(400, f"{old} is not supported: send {new}", "invalid_request", old)
+        params = _params(body)
+        started = await vision.start_if_shown(request, claims, body, params.engine_field())
+        started = started or await start(request, claims, params, "chat", body.stream)
         render = _ChatChunks(oa.completion_id(), body.model, body.include_usage())
         return await answer(started, render, body.stream)
 
@@ -69,14 +73,26 @@ def model_entry(model: str, peers: list[dict[str, Any]]) -> dict[str, Any]:
 class _ChatChunks(Renderer):
     created: int = field(default_factory=lambda: int(time.time()))
 
-    def whole(self, text: str, finish_reason: str, usage: dict[str, int]) -> dict[str, Any]:
-        return oa.chat_completion(self.id, self.model, text, finish_reason, usage, self.created)
+    def whole(self, answer: Piece, finish_reason: str, usage: dict[str, int]) -> dict[str, Any]:
+        message = oa.assistant_message(answer.text, assembled(answer.tool_calls))
+        logprobs = oa.chat_logprobs(answer.logprobs) if answer.logprobs else None
+        return oa.chat_completion(
+            self.id, self.model, message, finish_reason, usage, self.created, logprobs
+        )
 
     def opening(self) -> list[dict[str, Any]]:
         return [oa.chunk(self.id, self.model, self.created, {"role": "assistant", "content": ""})]
 
-    def piece(self, text: str) -> dict[str, Any]:
-        return oa.chunk(self.id, self.model, self.created, {"content": text})
+    def piece(self, piece: Piece) -> list[dict[str, Any]]:
+        events = []
+        if piece.text or piece.logprobs:
+            logprobs = oa.chat_logprobs(piece.logprobs) if piece.logprobs else None
+            delta = {"content": piece.text}
+            events.append(oa.chunk(self.id, self.model, self.created, delta, logprobs=logprobs))
+        for part in piece.tool_calls:
+            for call in oa.tool_call_deltas(part):
+                events.append(oa.chunk(self.id, self.model, self.created, {"tool_calls": [call]}))
+        return events
 
     def finish(self, finish_reason: str) -> dict[str, Any]:
         return oa.chunk(self.id, self.model, self.created, {}, finish_reason)
@@ -88,7 +104,13 @@ class _ChatChunks(Renderer):
 def _params(body: oa.ChatCompletionRequest) -> GenerateParams:
     # "developer" is OpenAI's newer name for the system role.
     messages = [
-        ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in body.messages
+        ChatMessage(
+            "system" if m.role == "developer" else m.role,
+            m.text(),
+            [ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or []],
+            m.tool_call_id,
+        )
+        for m in body.messages
     ]
     try:
         return GenerateParams(
@@ -96,6 +118,13 @@ def _params(body: oa.ChatCompletionRequest) -> GenerateParams:
             max_tokens=body.max_completion_tokens or body.max_tokens or 256,
             n=body.n,
             **body.sampling(),
+            **body.extras(),
         )
     except ValueError as exc:
-        raise ApiError(400, str(exc), "invalid_request") from exc
+        raise ApiError(400, str(exc), "invalid_request", _field(str(exc))) from exc
+
+
+def _field(message: str) -> str | None:
+    """The request field a refusal names first ("tools: ..."), if it names one."""
+    named = message.partition(":")[0]
+    return named if named in NODE_FIELDS else None

@@ -23,7 +23,7 @@ from gateway.accounts.metering import rate_headers
 from gateway.api.auth import User
 from gateway.api.bodies import json_body, parse
 from gateway.api.errors import ApiError
-from gateway.api.inference import NODE_HEADER, routed
+from gateway.api.inference import NODE_HEADER, caller_wait, routed
 from gateway.api.services import services
 from protocols import EmbedParams
 from protocols.embedding import floats
@@ -59,7 +59,8 @@ def install(app: FastAPI) -> None:
             raise ApiError(503, "this gateway does not route embeddings", "no_peer_ready")
         budget = charges.embedding_bound(params)
         async with routed(request, claims, body.model, "embedding", tokens=budget) as outcome:
-            made = await s.embeddings.embed(params, s.request_timeout)
+            wait = caller_wait(request, s, claims)
+            made = await s.embeddings.embed(params, s.request_timeout, wait)
             outcome.peer_id = made.peer_id
             outcome.prompt_tokens = charges.embedding_charge(params, made.prompt_tokens)
         encode = _base64 if body.encoding_format == "base64" else floats

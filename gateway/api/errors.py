@@ -1,7 +1,8 @@
 """HTTP errors in OpenAI's shape, and the request-size guard.
 
 Every failure a client can cause becomes an ``ApiError`` with a 4xx status and a body
-``{"error": {"message", "type", "param", "code"}}``; nothing a client sends yields a 5xx.
+``{"error": {"message", "type", "param", "code", "request_id"}}`` (the last names the call,
+``gateway.api.request_ids``); nothing a client sends yields a 5xx.
 This is the one place where the domain's errors (the accounts' refusals, routing failures)
 become HTTP errors.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from typing import Any
 
@@ -27,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.accounts.errors import Busy, LimitReached, Refused
 from gateway.api import openai_api as oa
 from gateway.api.asgi import HttpMiddleware
-from gateway.routing.router import NoPeerReady, UnknownModel, UpstreamError
+from gateway.routing.router import WAIT_AWAY, NoPeerReady, UnknownModel, UpstreamError
 from protocols import ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -72,15 +74,30 @@ def refusal(exc: Refused) -> ApiError:
     return ApiError(exc.status_hint, exc.message, exc.code, exc.param, headers=headers)
 
 
+# Request fields a node may refuse for its model.
+NODE_FIELDS = frozenset(
+    {"messages", "tools", "tool_choice", "response_format", "logprobs", "top_logprobs"}
+)
+
+
 def routing_error(exc: Exception) -> ApiError:
     """The HTTP face of a routing failure."""
     if isinstance(exc, UnknownModel):
         return ApiError(404, str(exc), "model_not_found", "model")
     if isinstance(exc, NoPeerReady):
-        return ApiError(503, node_text(str(exc)), "no_peer_ready")
+        # The queue's estimate, or the router's guess from the nodes' states: a client told
+        # when to come back does not hammer the gateway meanwhile.
+        wait = exc.retry_after
+        seconds = WAIT_AWAY if wait is None or math.isinf(wait) else max(1, math.ceil(wait))
+        later = {"Retry-After": str(seconds)}
+        return ApiError(503, node_text(str(exc)), "no_peer_ready", headers=later)
     if isinstance(exc, UpstreamError):
         status = {ErrorCode.BAD_REQUEST: 400, ErrorCode.DEADLINE_EXCEEDED: 504}.get(exc.code, 502)
-        return ApiError(status, upstream_message(exc), exc.code.value.lower())
+        message = upstream_message(exc)
+        # A node names the field it cannot honour first ("tools: ..."): so does the error.
+        named = message.partition(":")[0]
+        param = named if status == 400 and named in NODE_FIELDS else None
+        return ApiError(status, message, exc.code.value.lower(), param)
     raise exc
 
 

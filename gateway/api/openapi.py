@@ -29,6 +29,8 @@ ERROR_SCHEMA: dict[str, Any] = {
                 "type": {"type": "string"},
                 "param": {"type": ["string", "null"]},
                 "code": {"type": ["string", "null"]},
+                # The X-Request-Id of the call: quote it when reporting the failure.
+                "request_id": {"type": ["string", "null"]},
             },
         }
     },

@@ -21,7 +21,8 @@ from gateway.api.auth import Authenticator
 from gateway.api.image_store import ImageStore
 from gateway.api.metrics import GatewayMetrics
 from gateway.media import MediaLimits
-from gateway.routing.router import Embeddings, Generation, Heard, Images, Speech
+from gateway.routing.dispatch import Ticket, Wait
+from gateway.routing.router import Drawing, Embeddings, Generation, Heard, Images, Speech
 from protocols import (
     EmbedParams,
     GenerateParams,
@@ -36,7 +37,7 @@ class Backend(Protocol):
     """What the HTTP layer needs from the swarm side (a ``Router`` in production)."""
 
     def generate(
-        self, params: GenerateParams, timeout: float
+        self, params: GenerateParams, timeout: float, ticket: Ticket | None = None
     ) -> AbstractAsyncContextManager[Generation]: ...
 
     def serving(self) -> dict[str, list[dict[str, Any]]]:
@@ -47,27 +48,53 @@ class Backend(Protocol):
 class ImageBackend(Protocol):
     """Image generation on the swarm side (a ``Router`` in production)."""
 
-    async def generate_image(self, params: ImageParams, timeout: float) -> Images: ...
+    async def generate_image(
+        self, params: ImageParams, timeout: float, wait: Wait | None = None
+    ) -> Images: ...
+
+    def draw(
+        self, params: ImageParams, timeout: float, wait: Wait | None = None
+    ) -> AbstractAsyncContextManager[Drawing]:
+        """The call opened on a node, to follow step by step."""
+        ...
 
 
 class MediaBackend(Protocol):
     """Speech and pictures on the swarm side (a ``Router`` in production)."""
 
     def speak(
-        self, params: SpeechParams, timeout: float
+        self, params: SpeechParams, timeout: float, wait: Wait | None = None
     ) -> AbstractAsyncContextManager[Speech]: ...
 
-    async def transcribe(self, params: TranscribeParams, timeout: float) -> Heard: ...
+    async def transcribe(
+        self, params: TranscribeParams, timeout: float, wait: Wait | None = None
+    ) -> Heard: ...
 
     def describe(
-        self, params: VisionParams, timeout: float
+        self, params: VisionParams, timeout: float, ticket: Ticket | None = None
     ) -> AbstractAsyncContextManager[Generation]: ...
 
 
 class EmbeddingBackend(Protocol):
     """Embeddings on the swarm side (a ``Router`` in production)."""
 
-    async def embed(self, params: EmbedParams, timeout: float) -> Embeddings: ...
+    async def embed(
+        self, params: EmbedParams, timeout: float, wait: Wait | None = None
+    ) -> Embeddings: ...
+
+
+class Queue(Protocol):
+    """Where text calls wait for a busy model (a ``Router`` in production)."""
+
+    max_wait: float  # the longest a call may wait, and the default
+
+    async def ask(self, model: str, task: str, wait: Wait) -> Ticket: ...
+
+    async def wait_turn(self, ticket: Ticket, timeout: float) -> bool: ...
+
+    def where(self, ticket: Ticket) -> tuple[int, float]: ...
+
+    def cancel(self, ticket: Ticket) -> None: ...
 
 
 @dataclass
@@ -94,6 +121,8 @@ class Services:
     store: Store | None = None
     accounts: Accounts | None = None
     limiter: Limiter | None = None
+    # None: calls are not queued here (they go to a node, or fail, at once).
+    queue: Queue | None = None
 
 
 def services(request: Request) -> Services:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rich.console import Group, RenderableType
+from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from gateway.client import columns
+from gateway.client.columns import Column
 from gateway.client.terminal import cell, printable
 from protocols.peers import PeerHardware, PeerLoad, PeerModel, PeerStatus, Summary, summarize
 
@@ -92,12 +94,17 @@ def memory_cell(hw: PeerHardware | None) -> Text:
 # Columns in the order they are given up when the terminal is too narrow: the last first.
 # MODELS wraps instead (it is the reason to look); hidden columns are named under the table.
 COLUMNS = (
-    "PEER", "ROLE", "MODELS", "RUN/QUEUE/CAP", "MEMORY used/total", "DEVICE", "SEEN",
-    "TOK/S", "ADDRESS", "VERSION",
-)  # fmt: skip
-_RIGHT = {"RUN/QUEUE/CAP", "MEMORY used/total", "TOK/S"}
-_MODELS_MIN = 16  # MODELS wraps down to this width
-_GAP = 2  # between columns: rich's padding of one on each side
+    Column("PEER"),
+    Column("ROLE"),
+    Column("MODELS", wrap=16),
+    Column("RUN/QUEUE/CAP", right=True),
+    Column("MEMORY used/total", right=True),
+    Column("DEVICE", cut=28),
+    Column("SEEN"),
+    Column("TOK/S", right=True),
+    Column("ADDRESS"),
+    Column("VERSION"),
+)
 
 
 def _cells(p: PeerStatus) -> dict[str, Text | str]:
@@ -121,39 +128,9 @@ def _cells(p: PeerStatus) -> dict[str, Text | str]:
     }
 
 
-def fitting(rows: Sequence[dict[str, Text | str]], width: int | None) -> list[str]:
-    """The columns that fit ``width`` cells (all of them for None), least important
-    dropped first; MODELS counts at its narrowest, since it wraps."""
-    shown = list(COLUMNS)
-    if width is None:
-        return shown
-
-    def need(name: str) -> int:
-        widest = max([len(name), *(Text(str(r[name])).cell_len for r in rows)])
-        if name == "DEVICE":
-            widest = min(widest, 28)
-        return min(widest, _MODELS_MIN) if name == "MODELS" else widest
-
-    while len(shown) > 2 and sum(map(need, shown)) + _GAP * (len(shown) - 1) > width:
-        shown.pop()
-    return shown
-
-
 def table(peers: Sequence[PeerStatus], width: int | None = None) -> tuple[Table, list[str]]:
     """The peers' table fitted to ``width`` (None: every column), and the columns left out."""
-    rows = [_cells(p) for p in peers]
-    shown = fitting(rows, width)
-    grid = Table(box=None, header_style="bold", pad_edge=False, expand=False)
-    for name in shown:
-        if name == "MODELS":
-            grid.add_column(name, min_width=min(_MODELS_MIN, len(name)))
-        elif name == "DEVICE":
-            grid.add_column(name, max_width=28, no_wrap=True, overflow="ellipsis")
-        else:
-            grid.add_column(name, justify="right" if name in _RIGHT else "left", no_wrap=True)
-    for row in rows:
-        grid.add_row(*(row[name] for name in shown))
-    return grid, [name for name in COLUMNS if name not in shown]
+    return columns.table(COLUMNS, [_cells(p) for p in peers], width)
 
 
 def summary_line(summary: Summary) -> str:
@@ -181,8 +158,5 @@ def _s(n: int) -> str:
 def render(peers: Sequence[PeerStatus], width: int | None = None) -> RenderableType:
     """The table fitted to ``width`` (None: every column) and, under it, the summary line
     and the columns left out for width, if any."""
-    grid, hidden = table(peers, width)
-    parts: list[RenderableType] = [grid, cell(summary_line(summarize(peers)), "bold")]
-    if hidden:
-        parts.append(cell(f"not shown for width: {', '.join(hidden)} (--wide shows all)", "dim"))
-    return Group(*parts)
+    summary = cell(summary_line(summarize(peers)), "bold")
+    return columns.render(COLUMNS, [_cells(p) for p in peers], width, below=[summary])

@@ -13,11 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
-
 from gateway.client.api_client import TEXT_TASK, ClientError, GatewayClient, UnknownModel
 from gateway.client.repl_media import MEDIA_COMMANDS, MEDIA_TASKS, MediaCommands, new_file
-from gateway.client.repl_render import Screen, models_table, peers_table, usage_table
+from gateway.client.repl_render import (
+    Screen,
+    help_table,
+    models_table,
+    peers_table,
+    usage_table,
+)
 from protocols.generation import MAX_NEW_TOKENS
 
 # name -> (arguments, what it does)
@@ -123,19 +127,14 @@ class Commands(MediaCommands):
             self.screen.error(str(exc))
 
     def cmd_help(self, arg: str) -> None:
-        grid = Table(box=None, show_header=False, pad_edge=False)
-        grid.add_column(style="bold", no_wrap=True)
-        grid.add_column()
-        for name, (args, what) in COMMANDS.items():
-            grid.add_row(f"/{name} {args}".rstrip(), what)
-        self.screen.show(grid)
+        self.screen.show(help_table(COMMANDS, self.screen.width))
         self.screen.note(TIPS)
 
     def cmd_models(self, arg: str) -> None:
         models = self.client.models()
         tasks = self.client.tasks(models)
         self.session.models = [m for m, task in tasks.items() if task == TEXT_TASK]
-        self.screen.show(models_table(models, tasks, self.session.model))
+        self.screen.show(models_table(models, tasks, self.session.model, self.screen.width))
 
     def cmd_model(self, arg: str) -> None:
         if not arg:
@@ -197,10 +196,10 @@ class Commands(MediaCommands):
         return self.session.image_dir
 
     def cmd_usage(self, arg: str) -> None:
-        self.screen.show(usage_table(self.client.usage()))
+        self.screen.show(usage_table(self.client.usage(), self.screen.width))
 
     def cmd_peers(self, arg: str) -> None:
-        self.screen.show(peers_table(self.client.peers()))
+        self.screen.show(peers_table(self.client.peers(), self.screen.width))
 
     def cmd_clear(self, arg: str) -> None:
         self.session.messages.clear()

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
+from gateway.client.columns import Column, Row, render
 from gateway.client.peer_view import ago, load_cell, models_cell, short_id
 from gateway.client.terminal import cell, printable
 from protocols.peers import PeerStatus, arrange
 
-USAGE_COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "images")
+USAGE_COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "images", "audio_seconds")
 
 
 class Screen:
@@ -62,6 +62,11 @@ class Screen:
     def show(self, renderable: RenderableType) -> None:
         self.console.print(renderable)
 
+    @property
+    def width(self) -> int:
+        """The terminal's width: tables fit it."""
+        return self.console.width
+
 
 def stats_line(tokens: int, seconds: float, node: str) -> str:
     rate = f"{tokens / seconds:.1f}" if seconds > 0 else "-"
@@ -69,21 +74,57 @@ def stats_line(tokens: int, seconds: float, node: str) -> str:
     return f"{tokens} tokens · {seconds:.2f} s · {rate} tokens/s{served}"
 
 
-def _grid(*columns: str) -> Table:
-    grid = Table(box=None, header_style="bold", pad_edge=False)
-    for name in columns:
-        numeric = name in {"REQUESTS", "PROMPT", "COMPLETION", "IMAGES"}
-        grid.add_column(name, justify="right" if numeric else "left", no_wrap=numeric)
-    return grid
+# The REPL's tables; on a narrow terminal the last columns are given up first.
+MODEL_COLUMNS = (
+    Column("MODEL"),
+    Column("TASK"),
+    Column("READY"),
+    Column("PEERS", wrap=16),
+)
+USAGE_TABLE = (
+    Column("DATE"),
+    Column("MODEL", wrap=12),
+    *(
+        Column(name, right=True)
+        for name in ("REQUESTS", "PROMPT", "COMPLETION", "IMAGES", "AUDIO S")
+    ),
+)
+PEER_COLUMNS = (
+    Column("PEER", style="cyan"),
+    Column("ROLE"),
+    Column("MODELS", wrap=16),
+    Column("RUN/QUEUE/CAP", right=True),
+    Column("SEEN"),
+)
+HELP_COLUMNS = (Column("COMMAND", style="bold"), Column("WHAT", wrap=20))
+# There is no --wide inside the REPL.
+HINT = "a wider terminal shows all"
+
+
+def _table(columns: Sequence[Column], rows: Sequence[Row], width: int | None) -> RenderableType:
+    return render(columns, rows, width, hint=HINT)
+
+
+def help_table(commands: Mapping[str, tuple[str, str]], width: int | None = None) -> RenderableType:
+    """``/help``: each command with its arguments, and what it does."""
+    rows: list[Row] = [
+        {"COMMAND": f"/{name} {args}".rstrip(), "WHAT": what}
+        for name, (args, what) in commands.items()
+    ]
+    return render(HELP_COLUMNS, rows, width, header=False, hint=HINT)
 
 
 def models_table(
-    models: Sequence[dict[str, Any]], tasks: dict[str, str], current: str | None
+    models: Sequence[dict[str, Any]],
+    tasks: dict[str, str],
+    current: str | None,
+    width: int | None = None,
 ) -> RenderableType:
-    """Each model, what it does, and the peers that serve it: short id, state and load."""
+    """Each model, what it does, and the peers that serve it: short id, state and load;
+    fitted to ``width`` (None: every column)."""
     if not models:
         return Text("no node serves a model right now", style="dim")
-    grid = _grid("MODEL", "TASK", "READY", "PEERS")
+    rows: list[Row] = []
     for model in models:
         peers = [p for p in model.get("peers") or [] if isinstance(p, dict)]
         ready = sum(p.get("state") == "ready" and p.get("healthy", True) is True for p in peers)
@@ -98,20 +139,25 @@ def models_table(
             cells.append(shown, style="" if state == "ready" else "yellow")
         name = str(model.get("id", "?"))
         label = cell(f"{name} *", "bold") if name == current else cell(name)
-        grid.add_row(label, cell(tasks.get(name, "?")), f"{ready}/{len(peers)}", cells)
-    return grid
+        task = cell(tasks.get(name, "?"))
+        rows.append(
+            {"MODEL": label, "TASK": task, "READY": f"{ready}/{len(peers)}", "PEERS": cells}
+        )
+    return _table(MODEL_COLUMNS, rows, width)
 
 
-def usage_table(body: dict[str, Any]) -> RenderableType:
-    """``GET /v1/usage``: a row per day and model, the totals, then the limits."""
-    rows = [r for r in body.get("data") or [] if isinstance(r, dict)]
-    grid = _grid("DATE", "MODEL", "REQUESTS", "PROMPT", "COMPLETION", "IMAGES")
-    for row in rows:
-        grid.add_row(cell(row.get("date", "")), cell(row.get("model", "")), *_counts(row))
+def usage_table(body: dict[str, Any], width: int | None = None) -> RenderableType:
+    """``GET /v1/usage``: a row per day and model, the totals, then the limits; fitted to
+    ``width`` (None: every column)."""
+    found = [r for r in body.get("data") or [] if isinstance(r, dict)]
+    rows: list[Row] = [
+        {"DATE": cell(r.get("date", "")), "MODEL": cell(r.get("model", "")), **_counts(r)}
+        for r in found
+    ]
     totals = body.get("totals")
     if isinstance(totals, dict):
-        grid.add_row(Text("total", style="bold"), "", *_counts(totals), style="bold")
-    parts: list[RenderableType] = [grid if rows else Text("no usage yet", style="dim")]
+        rows.append({"DATE": cell("total", "bold"), "MODEL": "", **_counts(totals, "bold")})
+    parts = [_table(USAGE_TABLE, rows, width) if found else Text("no usage yet", style="dim")]
     limits = body.get("limits")
     if isinstance(limits, dict) and limits:
         shown = ", ".join(f"{k} {_plain(v)}" for k, v in limits.items())
@@ -119,16 +165,21 @@ def usage_table(body: dict[str, Any]) -> RenderableType:
     return Group(*parts)
 
 
-def _counts(row: dict[str, Any]) -> list[Text]:
-    return [cell(f"{v:,}" if isinstance(v := row.get(c, 0), int) else v) for c in USAGE_COLUMNS]
+def _counts(row: dict[str, Any], style: str = "") -> dict[str, Text | str]:
+    """The usage counts of ``row`` by column, thousands grouped."""
+    return {
+        column.name: cell(f"{v:,}" if isinstance(v := row.get(key, 0), int) else v, style)
+        for column, key in zip(USAGE_TABLE[2:], USAGE_COLUMNS, strict=True)
+    }
 
 
 def _plain(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
-def peers_table(peers: Sequence[dict[str, Any]]) -> RenderableType:
-    """``GET /v1/peers``, compact: who, what they serve, their load and when last heard."""
+def peers_table(peers: Sequence[dict[str, Any]], width: int | None = None) -> RenderableType:
+    """``GET /v1/peers``, compact: who, what they serve, their load and when last heard;
+    fitted to ``width`` (None: every column)."""
     statuses = []
     for body in peers:
         try:
@@ -137,16 +188,18 @@ def peers_table(peers: Sequence[dict[str, Any]]) -> RenderableType:
             continue  # one malformed entry should not hide the others
     if not statuses:
         return Text("the gateway knows no peers", style="dim")
-    grid = _grid("PEER", "ROLE", "MODELS", "RUN/QUEUE/CAP", "SEEN")
+    rows: list[Row] = []
     for p in arrange(statuses):
         seen = Text(ago(p.last_seen), style="green" if p.healthy else "red")
         if not p.healthy:
             seen.append(" (not responding)")
-        grid.add_row(
-            cell(short_id(p.peer_id), "cyan"),
-            cell(p.role),
-            models_cell(p.models),
-            load_cell(p.load),
-            seen,
+        rows.append(
+            {
+                "PEER": cell(short_id(p.peer_id)),
+                "ROLE": cell(p.role),
+                "MODELS": models_cell(p.models),
+                "RUN/QUEUE/CAP": load_cell(p.load),
+                "SEEN": seen,
+            }
         )
-    return grid
+    return _table(PEER_COLUMNS, rows, width)

@@ -20,6 +20,7 @@ from typing import Any
 import trio
 
 from node.p2p.host import PeerHost
+from node.p2p.logs import outside_calls
 from node.p2p.rpc_client import CallFailed, RemoteError, RpcClient
 from node.p2p.rpc_server import Caller, Emit, RpcError
 from protocols import RPC_PROTOCOL, ErrorCode, NodeRecord, RemoteProtocolError
@@ -96,6 +97,7 @@ class MeshSubscriptions:
         self.peers.add(record.peer_id)
         self._nursery.start_soon(self._subscribe, record)
 
+    @outside_calls  # a call's lookup may meet the gateway; the subscription outlives the call
     async def _subscribe(self, record: NodeRecord) -> None:
         peer = record.peer_id
         foreign = False

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from protocols import Load, NodeRecord
+from protocols import Load, ModelLoad, NodeRecord
 
 # Seconds without a load update (one a second at least): two and a half missed heartbeats,
 # so a hung node is out of routing within 3 s of its last word.
@@ -35,6 +35,13 @@ class PeerEntry:
     local_delta: int = 0
     # This gateway's calls open on the node now, whatever the node says about its load.
     open_calls: int = 0
+    # Each ready model's slots and queue, as of the node's last load update.
+    models: dict[str, ModelLoad] = field(default_factory=dict)
+    # Per model: this gateway's calls sent since that update, and its calls open now.
+    sent: dict[str, int] = field(default_factory=dict)
+    open_by_model: dict[str, int] = field(default_factory=dict)
+    # Models the node refused a call for (OVERLOADED) since its last load update.
+    refused: set[str] = field(default_factory=set)
 
     @property
     def peer_id(self) -> str:
@@ -53,6 +60,23 @@ class PeerEntry:
         speed = 1.0 + min(max(0.0, load.tokens_per_s), MAX_RANKED_TOKENS_PER_S) / 100.0
         return ahead / capacity / speed
 
+    def room(self, model: str, node_queue: int) -> int:
+        """How many more calls for ``model`` this gateway may send now: the node's free
+        slots plus up to ``node_queue`` places in its own queue, less what this gateway
+        sent since the node last spoke. Other gateways' calls count once the node reports
+        them, so a node's slots are not promised twice for longer than one update."""
+        if model in self.refused:
+            return 0
+        slots = self.models.get(model)
+        if slots is None:  # a node that reports only its total load
+            load = self.load
+            slots = ModelLoad(load.inflight, load.queued, load.capacity, node_queue)
+        busy = max(
+            slots.inflight + slots.queued + self.sent.get(model, 0),
+            self.open_by_model.get(model, 0),
+        )
+        return max(0, slots.capacity + min(slots.max_queue, node_queue) - busy)
+
 
 @dataclass
 class PeerTable:
@@ -69,13 +93,30 @@ class PeerTable:
             entry.record = record
         return entry
 
-    def update_load(self, peer_id: str, load: Load, now: float | None = None) -> None:
+    def update_load(
+        self,
+        peer_id: str,
+        load: Load,
+        now: float | None = None,
+        models: dict[str, ModelLoad] | None = None,
+    ) -> None:
         entry = self.entries.get(peer_id)
         if entry is not None:
             entry.load = load
             entry.last_seen = time.time() if now is None else now
             entry.connected = True
             entry.local_delta = 0
+            entry.models = models or {}
+            entry.sent = {}
+            entry.refused = set()
+
+    def loadable(self, model: str) -> bool:
+        """Whether a node would load ``model`` (or is loading it) if it were wanted."""
+        return any(
+            model in e.record.can_load
+            or any(m.id == model and m.state == "loading" for m in e.record.models)
+            for e in self.entries.values()
+        )
 
     def remove(self, peer_id: str) -> None:
         self.entries.pop(peer_id, None)

@@ -22,6 +22,7 @@ import trio
 from gateway.routing.peer_table import PeerTable
 from node.p2p.discovery import look_up
 from node.p2p.host import PeerHost
+from node.p2p.logs import outside_calls
 from node.p2p.rpc_client import CallFailed, RpcClient
 from protocols import (
     RPC_PROTOCOL,
@@ -62,6 +63,7 @@ class Tracker:
         self.on_gateway: Callable[[NodeRecord], None] | None = None
         self.gateways: set[str] = set()
         self.changed = trio.Event()
+        self.on_change: list[Callable[[], None]] = []  # told of every change to the table
         host.on_member = self._met
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -164,6 +166,7 @@ class Tracker:
         self._connecting.add(record.peer_id)
         self._nursery.start_soon(self._hold_connection, record)
 
+    @outside_calls  # a call's lookup may start it; the connection outlives the call
     async def _hold_connection(self, record: NodeRecord) -> None:
         peer = record.peer_id
         try:
@@ -203,7 +206,7 @@ class Tracker:
                         "node %s joined: %s", peer[-8:], ", ".join(entry.record.ready_models())
                     )
                 update = WatchUpdate.from_wire(body)
-                self.table.update_load(peer, update.load)
+                self.table.update_load(peer, update.load, models=update.models)
                 if update.record_seq > entry.record.seq:
                     await self._refresh_record(peer, client)
                 self._bump()
@@ -218,3 +221,5 @@ class Tracker:
     def _bump(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
+        for hear in self.on_change:
+            hear()

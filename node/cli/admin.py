@@ -19,18 +19,34 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from rich.console import Console
-from rich.table import Table
 
 import keys
 from gateway.accounts.database import FILENAME, KeyRecord, Store, UserRecord
 from gateway.accounts.errors import Refused
 from gateway.accounts.invites import new_invite
 from gateway.accounts.users import create_user, operator_token
+from gateway.client import columns
+from gateway.client.columns import Column
 from gateway.client.terminal import cell
 from gateway.config import GatewayConfig
+from node.cli import tables
 
 EXIT_NOT_FOUND = 2
+# Tables, their columns given up from the end on a narrow terminal.
+USER_COLUMNS = tuple(
+    Column(name, right=name == "LIVE KEYS")
+    for name in ("USER", "PLAN", "STATE", "LIVE KEYS", "PASSWORD", "CREATED")
+)
+KEY_COLUMNS = (
+    Column("ID"),
+    Column("USER"),
+    Column("NAME", wrap=16),
+    Column("CREATED"),
+    Column("EXPIRES"),
+    Column("STATE"),
+)
+# An id (what `tokens revoke` takes) and whether it still works matter most.
+KEY_KEEP = ("ID", "STATE", "USER", "NAME", "EXPIRES", "CREATED")
 
 
 def gateway_dir(data_dir: Path | None) -> Path:
@@ -54,7 +70,7 @@ def register(commands: Any) -> None:
     add.add_argument("--admin", action="store_true", help="may use the admin routes")
     add.add_argument("--config", type=Path, help="the gateway's TOML file, where plans are")
     listing = _command(actions, "list", "list the users", _users_list)
-    listing.add_argument("--json", action="store_true")
+    tables.add_flags(listing)
     for name, helps in (("disable", "refuse every token of a user"), ("enable", "undo disable")):
         _command(actions, name, helps, _users_disable).add_argument("name")
     plan = _command(actions, "set-plan", "move a user to another plan", _users_set_plan)
@@ -87,7 +103,7 @@ def register_tokens(commands: Any) -> None:
     issue.set_defaults(func=_tokens_issue)
     listing = _command(tokens, "list", "list the API keys users made", _tokens_list)
     listing.add_argument("--user")
-    listing.add_argument("--json", action="store_true")
+    tables.add_flags(listing)
     revoke = _command(tokens, "revoke", "refuse a token from now on", _tokens_revoke)
     revoke.add_argument("token", metavar="JTI", help="a key id or token id, or the token itself")
 
@@ -196,19 +212,19 @@ def _users_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_user_json(u, live[u.name.casefold()]) for u in users], indent=2))
         return 0
-    table = Table(title=cell(f"users in {store.path}"))
-    for column in ("user", "plan", "state", "password", "live keys", "created"):
-        table.add_column(column)
-    for u in users:
-        table.add_row(
-            cell(u.name),
-            cell(u.plan),
-            ("disabled" if u.disabled else "active") + (", admin" if u.admin else ""),
-            "set" if u.password else "none",
-            str(live[u.name.casefold()]),
-            _when(u.created),
-        )
-    Console().print(table)
+    rows = [
+        {
+            "USER": cell(u.name),
+            "PLAN": cell(u.plan),
+            "STATE": ("disabled" if u.disabled else "active") + (", admin" if u.admin else ""),
+            "PASSWORD": "set" if u.password else "none",
+            "LIVE KEYS": str(live[u.name.casefold()]),
+            "CREATED": _when(u.created),
+        }
+        for u in users
+    ]
+    title = f"users in {store.path}"
+    tables.show(lambda width: columns.render(USER_COLUMNS, rows, width, title=title), args.wide)
     return 0
 
 
@@ -243,17 +259,24 @@ def _tokens_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_key_json(k) for k in found], indent=2))
         return 0
-    table = Table(title=cell(f"API keys in {store.path}"))
-    for column in ("id", "user", "name", "created", "expires", "state"):
-        table.add_column(column)
     now = time.time()
-    for k in found:
-        state = "revoked" if k.revoked_at else "expired" if k.expires_at <= now else "live"
-        # A key's name is whatever its user chose: literal text, never markup.
-        table.add_row(
-            cell(k.jti), cell(k.user), cell(k.name), _when(k.created), _when(k.expires_at), state
-        )
-    Console().print(table)
+    # A key's name is whatever its user chose: literal text, never markup.
+    rows = [
+        {
+            "ID": cell(k.jti),
+            "USER": cell(k.user),
+            "NAME": cell(k.name),
+            "STATE": "revoked" if k.revoked_at else "expired" if k.expires_at <= now else "live",
+            "EXPIRES": _when(k.expires_at),
+            "CREATED": _when(k.created),
+        }
+        for k in found
+    ]
+    title = f"API keys in {store.path}"
+    tables.show(
+        lambda width: columns.render(KEY_COLUMNS, rows, width, keep=KEY_KEEP, title=title),
+        args.wide,
+    )
     return 0
 
 

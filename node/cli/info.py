@@ -13,11 +13,13 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
+from rich.console import RenderableType
 
+from gateway.client import columns
+from gateway.client.columns import Column
 from gateway.client.peer_view import human_bytes
 from gateway.client.terminal import cell
+from node.cli import tables
 from node.worker.hardware import VRAM_TOTAL_ENV, probe
 from protocols import Hardware
 
@@ -27,7 +29,7 @@ BACKENDS = {"cuda": "CUDA", "directml": "DirectML", "mps": "MPS", "cpu": "CPU"}
 def register(node_actions: Any) -> None:
     """Add ``info`` to the actions of the ``node`` command group."""
     info = node_actions.add_parser("info", help="show the hardware this node would advertise")
-    info.add_argument("--json", action="store_true", help="one JSON object, memory in bytes")
+    tables.add_flags(info, "one JSON object, memory in bytes")
     info.set_defaults(func=_info)
 
 
@@ -37,19 +39,21 @@ def _info(args: argparse.Namespace) -> int:
         # The record's own field names and raw bytes, for scripts.
         print(json.dumps(asdict(hardware), indent=2))
     else:
-        Console().print(table(hardware))
+        tables.show(lambda width: table(hardware, width), args.wide)
     return 0
 
 
-def table(hardware: Hardware) -> Table:
+# A name and a value per line; a long value (a device name) wraps.
+COLUMNS = (Column("name", style="bold"), Column("value", wrap=20))
+
+
+def table(hardware: Hardware, width: int | None = None) -> RenderableType:
     """Two aligned columns, a name and a value per line, for people."""
-    grid = Table(box=None, show_header=False, pad_edge=False)
-    grid.add_column(style="bold", no_wrap=True)
-    grid.add_column()
-    for name, value in rows(hardware):
-        # Literal text, not markup: a device name may hold brackets.
-        grid.add_row(name, cell(value))
-    return grid
+    # Literal text, not markup: a device name may hold brackets.
+    lines: list[columns.Row] = [
+        {"name": name, "value": cell(value)} for name, value in rows(hardware)
+    ]
+    return columns.render(COLUMNS, lines, width, header=False)
 
 
 def rows(hardware: Hardware) -> list[tuple[str, str]]:

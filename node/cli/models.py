@@ -14,10 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
+from gateway.client import columns
+from gateway.client.columns import Column
+from gateway.client.peer_view import human_bytes
 from gateway.client.terminal import cell
+from node.cli import tables
 from node.worker import model_store
 from node.worker.model_store import StoredModel
 from node.worker.models import hub_cache_dir
@@ -26,7 +29,18 @@ EXIT_NOT_FOUND = 2
 EXIT_GATED = 3
 EXIT_UNREACHABLE = 4
 
-_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+# Shown in this order; long model ids wrap rather than push the rest off.
+COLUMNS = (
+    Column("MODEL", wrap=20),
+    Column("TASK"),
+    Column("SIZE", right=True),
+    Column("PARAMS", right=True),
+    Column("WEIGHTS", right=True),
+    Column("FITS"),
+    Column("SOURCE"),
+)
+# Given up from the end when the terminal is narrow: whether a model fits matters most.
+KEEP = ("MODEL", "FITS", "WEIGHTS", "TASK", "SOURCE", "SIZE", "PARAMS")
 
 
 def register(commands: Any) -> None:
@@ -37,7 +51,7 @@ def register(commands: Any) -> None:
     pull.add_argument("--revision", help="a branch, tag or commit (default: main)")
     pull.set_defaults(func=_pull)
     listing = actions.add_parser("list", help="the models on disk, their sizes and memory needs")
-    listing.add_argument("--json", action="store_true")
+    tables.add_flags(listing)
     rm = actions.add_parser("rm", help="delete a model from the cache and the data dir")
     rm.add_argument("model_id", metavar="ID")
     for parser, func in ((listing, _list), (rm, _rm)):
@@ -55,7 +69,7 @@ def _pull(args: argparse.Namespace) -> int:
         footprint = model_store.model_footprint(path)
     except model_store.ModelStoreError as exc:
         return _error(exc)
-    needs = f", weights need {_bytes(footprint.bytes)}" if footprint else ""
+    needs = f", weights need {human_bytes(footprint.bytes)}" if footprint else ""
     print(f"pulled {args.model_id} into {path}{needs}")
     return 0
 
@@ -76,34 +90,32 @@ def _list(args: argparse.Namespace) -> int:
         models = [_model_json(m, model_store.fits(m, hardware)) for m in found]
         print(json.dumps({"host": host, "models": models}, indent=2))
         return 0
-    table = Table(
-        title=cell(f"models in {hub_cache_dir()}"),
-        caption=cell(
-            f"FITS: the weights within this host's {_bytes(hardware.memory_total)} {memory} "
-            f"({hardware.backend}, {hardware.device_name})"
-        ),
-        box=None,
-        header_style="bold",
-        pad_edge=False,
+    rows = [_row(m, model_store.fits(m, hardware)) for m in found]
+    where = (
+        f"FITS: the weights within this host's {human_bytes(hardware.memory_total)} {memory} "
+        f"({hardware.backend}, {hardware.device_name})"
     )
-    for column in ("MODEL", "TASK", "SIZE", "PARAMS", "WEIGHTS", "FITS", "SOURCE"):
-        right = column in ("SIZE", "PARAMS", "WEIGHTS")
-        table.add_column(column, no_wrap=True, justify="right" if right else "left")
-    for m in found:
-        fit = model_store.fits(m, hardware)
-        table.add_row(
-            cell(m.id),
-            cell(m.task or "other"),
-            _bytes(m.size_on_disk),
-            _count(m.footprint.parameters) if m.footprint else "?",
-            _bytes(m.footprint.bytes) if m.footprint else "?",
-            "?" if fit is None else "[green]yes[/]" if fit else "[red]no[/]",
-            cell(m.source),
-        )
-    Console().print(table)
+    tables.show(
+        lambda width: columns.render(
+            COLUMNS, rows, width, keep=KEEP, title=f"models in {hub_cache_dir()}", caption=where
+        ),
+        args.wide,
+    )
     if not found:
         print("no models yet: `bitinglip models pull ID` downloads one")
     return 0
+
+
+def _row(m: StoredModel, fit: bool | None) -> dict[str, Text | str]:
+    return {
+        "MODEL": cell(m.id),
+        "TASK": cell(m.task or "other"),
+        "SIZE": human_bytes(m.size_on_disk),
+        "PARAMS": _count(m.footprint.parameters) if m.footprint else "?",
+        "WEIGHTS": human_bytes(m.footprint.bytes) if m.footprint else "?",
+        "FITS": "?" if fit is None else Text("yes", "green") if fit else Text("no", "red"),
+        "SOURCE": cell(m.source),
+    }
 
 
 def _rm(args: argparse.Namespace) -> int:
@@ -112,7 +124,7 @@ def _rm(args: argparse.Namespace) -> int:
     except model_store.ModelStoreError as exc:
         return _error(exc)
     where = ", ".join(str(p) for p in removed.paths)
-    print(f"removed {removed.id}: freed {_bytes(removed.freed)} ({where})")
+    print(f"removed {removed.id}: freed {human_bytes(removed.freed)} ({where})")
     return 0
 
 
@@ -144,13 +156,6 @@ def _model_json(m: StoredModel, fits: bool | None) -> dict[str, Any]:
         "weights_bytes": m.footprint.bytes if m.footprint else None,
         "fits": fits,
     }
-
-
-def _bytes(n: int) -> str:
-    value, unit = float(max(0, n)), 0
-    while value >= 1024 and unit < len(_UNITS) - 1:
-        value, unit = value / 1024, unit + 1
-    return f"{n} B" if unit == 0 else f"{value:.1f} {_UNITS[unit]}"
 
 
 def _count(n: int) -> str:

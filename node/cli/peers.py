@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import trio
-from rich.console import Console, Group, RenderableType
+from rich.console import Group, RenderableType
 from rich.live import Live
 from rich.text import Text
 
@@ -36,6 +36,7 @@ from gateway.client.api_client import GatewayClient
 from gateway.client.peer_view import render
 from gateway.client.terminal import cell
 from keys.keyring import CERTIFICATE, OPERATOR_KEY
+from node.cli import tables
 from node.cli.light_client import Unreachable, client_certificate, open_light_client
 from node.cli.up import CLIENT_DIR, SWARM_FILE
 from protocols.peers import PeerStatus, arrange, to_json
@@ -43,7 +44,6 @@ from protocols.peers import PeerStatus, arrange, to_json
 TOKEN_ENV = "BITINGLIP_TOKEN"
 HTTP_TIMEOUT = 10.0
 DEFAULT_INTERVAL = 2.0
-WIDE = 400  # columns given to a --wide table printed to a pipe
 
 
 class Refused(Exception):
@@ -86,10 +86,7 @@ def register(commands: Any) -> None:
         help="holds swarm.json from `bitinglip up` and the client certificate",
     )
     peers.add_argument("--model", metavar="ID", help="only peers that list this model")
-    peers.add_argument("--json", action="store_true", help="print JSON: peers and a summary")
-    peers.add_argument(
-        "--wide", action="store_true", help="every column, however wide the terminal"
-    )
+    tables.add_flags(peers, "print JSON: peers and a summary")
     peers.add_argument(
         "--watch",
         nargs="?",
@@ -286,19 +283,13 @@ async def _once(source: Source, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(to_json(peers), indent=2))
     else:
-        console = _console(args)
-        console.print(render(peers, None if args.wide else console.width))
+        tables.show(lambda width: render(peers, width), args.wide)
     return 0
-
-
-def _console(args: argparse.Namespace) -> Console:
-    """The terminal's width, or room for every column with ``--wide`` (a pipe included)."""
-    return Console(width=WIDE) if args.wide and not Console().is_terminal else Console()
 
 
 async def _watch(source: Source, args: argparse.Namespace) -> int:
     """Refresh until cancelled; after the first look, failures show and are retried."""
-    console = _console(args)
+    console = tables.console(args.wide)
     peers = arrange(await source.snapshot(), args.model)
     error: str | None = None
     # Redraw in place on a terminal; a pipe or a log gets one frame after another.

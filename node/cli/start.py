@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
-from node.cli import info, manage
+from node.cli import info, log_format, manage
+from node.p2p import logs
 
 
 def register(commands: Any) -> None:
@@ -67,16 +67,11 @@ def register(commands: Any) -> None:
     gstart.set_defaults(func=_gateway_start)
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, fmt: str) -> None:
     # Imported here: libp2p takes a second to import, which client commands need not pay.
     from node.p2p.host import quiet_libp2p_logs
 
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+    logs.configure(level, fmt)
     quiet_libp2p_logs(logging.DEBUG if level.lower() == "debug" else logging.CRITICAL)
     logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
 
@@ -88,6 +83,7 @@ def _peer_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", action="append", help="multiaddr of a peer to join through")
     parser.add_argument("--ready-file", type=Path, help="write status JSON here")
     parser.add_argument("--log-level", help="debug, info, warning")
+    log_format.add_flag(parser)
 
 
 def _overrides(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
@@ -123,7 +119,7 @@ def _node_start(args: argparse.Namespace) -> int:
         ),
         args.config,
     )
-    _setup_logging(config.log_level)
+    _setup_logging(config.log_level, logs.log_format(args.log_format))
     if not config.models and not config.engines:
         from node.worker.models import DEFAULT_MODEL
 
@@ -158,6 +154,6 @@ def _gateway_start(args: argparse.Namespace) -> int:
         ),
         args.config,
     )
-    _setup_logging(config.log_level)
+    _setup_logging(config.log_level, logs.log_format(args.log_format))
     trio.run(run_gateway, config)
     return 0

@@ -10,20 +10,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import keys
 from keys.files import write_atomic
+from node.cli import log_format as log_format_flag
 from node.cli.supervise import Plan, Supervisor
+from node.p2p import logs
 from node.p2p.readiness import read_status
+
+logger = logging.getLogger(__name__)
 
 READY_TIMEOUT = 600.0
 # How often the peers' certificates are looked at: each is renewed past half its life.
@@ -42,9 +48,17 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise _Stop()
 
 
+def _to_stderr(line: str) -> None:
+    print(f"  {line}", file=sys.stderr, flush=True)
+
+
 class LocalSwarm:
-    def __init__(self, data_dir: Path) -> None:
+    """Peer processes on this machine. ``say`` tells of their progress (to stderr, unless
+    ``bitinglip up`` logs it)."""
+
+    def __init__(self, data_dir: Path, say: Callable[[str], None] = _to_stderr) -> None:
         self.data_dir = data_dir
+        self.say = say
         self.run_dir = data_dir / "run"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.roles: dict[Path, str] = {}  # each peer directory and its role
@@ -88,7 +102,7 @@ class LocalSwarm:
                 message = str(status.get("message") or status.get("state") or "starting")
                 if shown.get(name) != message:
                     shown[name] = message
-                    print(f"  {name}: {message}", file=sys.stderr, flush=True)
+                    self.say(f"{name}: {message}")
                 if status.get("state") != state:
                     pending.append(name)
             if not pending:
@@ -139,7 +153,7 @@ def _prepare(model: str, data_dir: Path) -> None:
 
     def progress(message: str, fraction: float | None) -> None:
         shown = f" ({fraction:.0%})" if fraction is not None else ""
-        print(f"  {model}: {message}{shown}", file=sys.stderr, flush=True)
+        logger.info("%s: %s%s", model, message, shown)
 
     resolve(model, data_dir, progress)
 
@@ -172,10 +186,13 @@ def register(commands: Any) -> None:
         help="converted models (default: shared by every data dir, ~/.cache/bitinglip)",
     )
     up.add_argument("--json", action="store_true", help="print the ready line as JSON")
+    log_format_flag.add_flag(up)
     up.set_defaults(func=_up)
 
 
 def _up(args: argparse.Namespace) -> int:
+    log_format = logs.log_format(args.log_format)
+    logs.configure("info", log_format)
     return run_up(
         args.port,
         args.nodes,
@@ -184,6 +201,7 @@ def _up(args: argparse.Namespace) -> int:
         args.json,
         config=args.config,
         model_store=args.model_store,
+        log_format=log_format,
     )
 
 
@@ -196,6 +214,7 @@ def run_up(
     *,
     config: Path | None = None,
     model_store: Path | None = None,
+    log_format: str = "text",
 ) -> int:
     from node.worker.models import DEFAULT_MODEL, default_model_store
 
@@ -203,19 +222,22 @@ def run_up(
     data_dir = (data_dir or keys.default_data_dir()).resolve()
     store = (model_store or default_model_store()).resolve()
     if config is not None and not config.is_file():
-        print(f"error: no config file {config}", file=sys.stderr)
+        logger.error("no config file %s", config)
         return 1
     shared = ["--config", str(config.resolve())] if config is not None else []
+    shared += ["--log-format", log_format]
     # A swarm on this machine is for its owner: anyone who can reach it may sign up, unless
     # the config says otherwise.
     registration = [] if _sets(config, "gateway", "registration") else ["--registration", "open"]
     keys.init_operator(data_dir)
-    swarm = LocalSwarm(data_dir)
+    swarm = LocalSwarm(data_dir, logger.info)
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
-        print(
-            f"starting a gateway and {nodes} node(s) serving {model} (logs: {data_dir / 'logs'})",
-            file=sys.stderr,
+        logger.info(
+            "starting a gateway and %d node(s) serving %s (logs: %s)",
+            nodes,
+            model,
+            data_dir / "logs",
         )
         gateway_port = [str(port)]
 
@@ -251,7 +273,7 @@ def run_up(
         renew_at = time.monotonic() + RENEW_INTERVAL
         while True:
             for line in supervisor.tick(time.monotonic()):
-                print(line, file=sys.stderr, flush=True)
+                logger.info("%s", line)
             if time.monotonic() >= renew_at:
                 swarm.renew()
                 renew_at = time.monotonic() + RENEW_INTERVAL
@@ -259,14 +281,14 @@ def run_up(
     except (KeyboardInterrupt, _Stop):
         return 0
     except (RuntimeError, OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        logger.error("%s", exc)
         return 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         (data_dir / SWARM_FILE).unlink(missing_ok=True)
         swarm.stop()
         signal.signal(signal.SIGTERM, previous)
-        print("swarm stopped", file=sys.stderr)
+        logger.info("swarm stopped")
 
 
 def local_token(data_dir: Path, gateway_dir: Path, user: str = LOCAL_USER) -> str:

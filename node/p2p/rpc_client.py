@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from node.p2p.logs import current_request_id
 from node.p2p.messages import MessageStream
 from node.p2p.streams import ByteStream, StreamBroken
 from protocols import (
@@ -162,7 +163,8 @@ class RpcClient:
     async def open_call(
         self, method: str, params: dict[str, Any], timeout: float | None = None
     ) -> AsyncIterator[Call]:
-        """Start a call; leaving the block before it ends cancels it on the peer."""
+        """Start a call; leaving the block before it ends cancels it on the peer. The
+        request id of the call this task serves, if any, goes with it."""
         if self._closed:
             raise ConnectionLost(self.closed_reason or "connection closed")
         call_id = next(self._ids)
@@ -172,7 +174,8 @@ class RpcClient:
         call = Call(call_id, receive)
         try:
             try:
-                await self._send(Request(call_id, method, params, timeout_ms))
+                request = Request(call_id, method, params, timeout_ms, current_request_id())
+                await self._send(request)
             except StreamBroken as exc:
                 raise ConnectionLost(str(exc)) from exc
             yield call

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
@@ -24,6 +25,7 @@ from typing import Any
 
 import trio
 
+from node.p2p.logs import set_request_id
 from node.p2p.messages import MessageStream
 from node.p2p.streams import ByteStream, StreamBroken
 from protocols import (
@@ -72,6 +74,22 @@ Emit = Callable[[dict[str, Any]], Awaitable[None]]
 Handler = Callable[[dict[str, Any], Caller, Emit], Awaitable[dict[str, Any]]]
 # Checks a Hello certificate for the remote peer; returns the caller or raises RpcError.
 Authorize = Callable[[bytes, str], Caller]
+
+
+def _log_call(request: Request, caller: Caller, reply: Message | None, took: float) -> None:
+    """One line per call: at info for calls serving an HTTP call (they carry its request
+    id), at debug for the swarm's own upkeep (status, watch, record)."""
+    outcome = reply.code.value if isinstance(reply, Error) else "ok" if reply else "caller gone"
+    level = logging.INFO if request.request_id else logging.DEBUG
+    logger.log(
+        level,
+        "rpc %s from %s %s: %s in %.0f ms",
+        request.method,
+        caller.role,
+        caller.peer_id,
+        outcome,
+        took * 1000,
+    )
 
 
 class _Connection(MessageStream):
@@ -195,6 +213,9 @@ class RpcServer:
         async def emit(data: dict[str, Any]) -> None:
             await conn.send(Chunk(request.id, data))
 
+        # This task's lines, and the tasks it starts, name the HTTP call it serves.
+        set_request_id(request.request_id)
+        began = time.perf_counter()
         reply: Message | None = None
         try:
             with scope:
@@ -220,6 +241,7 @@ class RpcServer:
         except StreamBroken:
             pass  # the caller is gone; the read loop ends the connection
         finally:
+            _log_call(request, caller, reply, time.perf_counter() - began)
             conn.calls.pop(request.id, None)
             self._calls[caller.peer_id] -= 1
             if not self._calls[caller.peer_id]:

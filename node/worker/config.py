@@ -30,6 +30,10 @@ class NodeConfig:
     log_level: str = "info"
     metrics_port: int | None = None  # Prometheus metrics over HTTP; None: off, 0: any free port
     metrics_host: str = "127.0.0.1"
+    # [node.placement]: load wanted models and unload idle ones on this node's own judgement
+    # (node.worker.placement.Policy: allowed, pinned, reserve_bytes, idle_unload, wanted_for,
+    # retry_after, pull). Off unless it names allowed models.
+    placement: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def model_specs(self) -> list[ModelSpec]:
         """The models to load at start; ``ValueError`` naming a malformed entry.

@@ -1,12 +1,13 @@
 """The node's RPC methods: generate, generate_image, speak, transcribe, describe, embed,
 status, watch, record, and the operator's load_model and unload_model.
 
-``generate`` streams text deltas as chunks, each with the token counts so far, and ends
-with usage; asked for ``n`` choices, it runs ``n`` generations side by side (a batched
-runner decodes them in one batch), each chunk naming its choice's ``index``, and ends with
-each choice's finish; ``generate_image`` sends
-each image as its own chunk (one PNG per frame keeps frames under the size cap) and ends
-with the count and the seed used; ``speak`` streams audio chunks as the model makes them
+``generate`` streams text deltas (with their logprobs and tool call parts) as chunks,
+each with the token counts so far, and ends with usage; asked for ``n`` choices, it runs
+``n`` generations side by side (a batched runner decodes them in one batch), each chunk
+naming its choice's ``index``, and ends with each choice's finish; ``generate_image``
+sends each denoising step as a chunk when asked to (``progress``), then each image as its
+own chunk (one PNG per frame keeps frames under the size cap) and ends with the count and
+the seed used; ``speak`` streams audio chunks as the model makes them
 and ends with the seconds made; ``transcribe`` answers one window of speech with its
 transcript; ``describe`` (pictures in a chat) streams text exactly as ``generate`` does;
 ``embed`` sends its vectors a chunk at a time, in input order, and ends with their
@@ -42,22 +43,28 @@ from node.worker.runners.base import (
     ImageRunner,
     Runner,
     SpeechRunner,
+    Steps,
     TranscriptionRunner,
     VisionRunner,
+    no_steps,
 )
 from node.worker.scheduler import Draining, Overloaded, Scheduler
 from node.worker.threads import drain, in_thread, pump
 from protocols import (
     AudioChunk,
+    Demand,
     EmbedParams,
     ErrorCode,
     GenerateParams,
     ImageParams,
+    ImageStep,
     Load,
     RemoteProtocolError,
     SpeechParams,
     TranscribeParams,
     VisionParams,
+    answer_to_wire,
+    merged,
 )
 from protocols.events import WatchUpdate
 from protocols.generation import MAX_SEED
@@ -92,11 +99,13 @@ class NodeService:
         memory_free: Callable[[], int],
         signed_record: Callable[[], tuple[int, bytes]] = lambda: (0, b""),
         control: Control | None = None,
+        on_demand: Callable[[str, Demand], None] | None = None,
     ) -> None:
         self.roster = roster
         self._memory_free = memory_free
         self._signed_record = signed_record
         self._control = control
+        self._on_demand = on_demand  # a gateway's demand report, by its peer id
 
     @property
     def handlers(self) -> dict[str, Handler]:
@@ -112,6 +121,7 @@ class NodeService:
             "record": self.rpc_record,
             "load_model": self.rpc_load_model,
             "unload_model": self.rpc_unload_model,
+            "demand": self.rpc_demand,
         }
 
     def load(self) -> Load:
@@ -132,7 +142,8 @@ class NodeService:
     async def rpc_watch(self, params: dict[str, Any], caller: Caller, emit: Emit) -> dict[str, Any]:
         while True:
             seen = self.roster.version
-            await emit(WatchUpdate(self.load(), self._signed_record()[0]).to_wire())
+            update = WatchUpdate(self.load(), self._signed_record()[0], self.roster.model_loads())
+            await emit(update.to_wire())
             sent = trio.current_time()
             with trio.move_on_after(WATCH_INTERVAL):
                 await self.roster.wait_changed(seen)
@@ -198,6 +209,15 @@ class NodeService:
         with _refusals():
             return await control.unload_model(request)
 
+    async def rpc_demand(
+        self, params: dict[str, Any], caller: Caller, emit: Emit
+    ) -> dict[str, Any]:
+        """A gateway's report of the calls waiting for each model (node.worker.placement)."""
+        demand = _inference_params(caller, Demand.from_wire, params)
+        if self._on_demand is not None:
+            self._on_demand(caller.peer_id, demand)
+        return {}
+
     def _operator(self, caller: Caller) -> Control:
         if caller.role != "operator":
             raise RpcError(ErrorCode.UNAUTHORIZED, "only the swarm's operator may load models")
@@ -223,7 +243,7 @@ class NodeService:
         started = time.monotonic()
         send, receive = trio.open_memory_channel[tuple[int, Delta] | Exception](math.inf)
         last: dict[int, Delta] = {}
-        whole: dict[int, list[str]] = {}  # the answers, when the caller did not ask for a stream
+        whole: dict[int, list[Delta]] = {}  # the answers, when the caller did not ask for a stream
         failure: Exception | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -241,19 +261,20 @@ class NodeService:
                         # exception group and hide its message and error code.
                         nursery.cancel_scope.cancel()
                         break
-                    texts: dict[int, str] = {}
+                    made: dict[int, list[Delta]] = {}
                     for index, delta in (i for i in batch if not isinstance(i, Exception)):
                         last[index] = delta
-                        texts[index] = texts.get(index, "") + delta.text
-                    for index, text in texts.items():
-                        if text and stream:
+                        made.setdefault(index, []).append(delta)
+                    for index, pieces in made.items():
+                        chunk = _joined(pieces)
+                        if chunk and stream:
                             # The counts so far (every choice's) go with the text: a caller
                             # that hangs up, or a call that fails, is charged for what it
                             # was sent.
                             counts = _counts(last.values())
-                            await emit({"text": text} | counts | _index(several, index))
-                        elif text:
-                            whole.setdefault(index, []).append(text)
+                            await emit(chunk | counts | _index(several, index))
+                        elif chunk:
+                            whole.setdefault(index, []).extend(pieces)
         finally:
             # Tells the runner to stop between tokens when the caller has gone away.
             cancelled.set()
@@ -264,18 +285,21 @@ class NodeService:
         ends = [last[i] for i in range(len(choices))]
         counts = _counts(ends)
         scheduler.record_speed(counts["completion_tokens"], time.monotonic() - started)
-        answers = ["".join(whole.get(i, [])) for i in range(len(choices))]
+        # A whole answer goes in the end frame: at the top for one choice, in each of
+        # several choices' entries otherwise.
+        answers = [
+            {} if stream else _joined(whole.get(i, []), whole=True) or {"text": ""}
+            for i in range(len(choices))
+        ]
         end: dict[str, Any] = {"finish_reason": ends[0].finish_reason or "stop"} | counts
-        if several:
-            end["choices"] = [
-                {
-                    "finish_reason": d.finish_reason or "stop",
-                    "completion_tokens": d.completion_tokens,
-                }
-                for d in ends
-            ]
-            return end | ({} if stream else {"texts": answers})
-        return end | ({} if stream else {"text": answers[0]})
+        if not several:
+            return end | answers[0]
+        end["choices"] = [
+            {"finish_reason": d.finish_reason or "stop", "completion_tokens": d.completion_tokens}
+            | answer
+            for d, answer in zip(ends, answers, strict=True)
+        ]
+        return end
 
     async def rpc_generate_image(
         self, params: dict[str, Any], caller: Caller, emit: Emit
@@ -284,11 +308,30 @@ class NodeService:
         runner, scheduler = self._runner(request.model, _is_image, "images")
         if request.seed is None:  # chosen here so the caller learns it and can repeat the images
             request = replace(request, seed=secrets.randbelow(MAX_SEED + 1))
-        try:
-            async with _slot(scheduler, request.model):
-                images = await in_thread(lambda flag: runner.generate_images(request, flag))
-        except ValueError as exc:
-            raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
+        send, receive = trio.open_memory_channel[ImageStep](math.inf)
+        steps = _from_thread(send) if request.progress else no_steps
+        made: list[list[bytes]] = []
+        failure: list[Exception] = []
+
+        async def make() -> None:
+            with send:  # closed once the model is done: the relay sends what is left, and ends
+                try:
+                    made.append(
+                        await in_thread(lambda flag: runner.generate_images(request, flag, steps))
+                    )
+                except Exception as exc:  # raised below: inside the nursery it would be grouped
+                    failure.append(exc)
+
+        async with _slot(scheduler, request.model), trio.open_nursery() as nursery:
+            nursery.start_soon(make)
+            async for first in receive:
+                # Steps that came while one was being sent fold into the latest.
+                await emit([first, *drain(receive)][-1].to_wire())
+        if failure:
+            if isinstance(failure[0], ValueError):
+                raise RpcError(ErrorCode.BAD_REQUEST, str(failure[0])) from failure[0]
+            raise failure[0]
+        images = made[0]
         for image in images:
             await emit({"image": image})
         return {"images": len(images), "seed": request.seed}
@@ -446,3 +489,30 @@ def _counts(latest: Iterable[Delta]) -> dict[str, int]:
 
 def _index(several: bool, index: int) -> dict[str, int]:
     return {"index": index} if several else {}
+
+
+def _from_thread(send: trio.MemorySendChannel[ImageStep]) -> Steps:
+    """A ``Steps`` for the runner's thread that hands each step to this trio loop, in order
+    (callbacks run FIFO, all before the thread's own completion)."""
+    token = trio.lowlevel.current_trio_token()
+
+    def put(step: ImageStep) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            send.send_nowait(step)
+
+    def steps(step: int, of: int) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(put, ImageStep(step, of))
+
+    return steps
+
+
+def _joined(deltas: list[Delta], whole: bool = False) -> dict[str, Any]:
+    """One chunk for ``deltas``: their text, logprobs and tool call parts; empty if none has
+    any. A ``whole`` answer sends each call in one part; a stream keeps them as made."""
+    text = "".join(d.text for d in deltas)
+    parts = [c for d in deltas for c in d.tool_calls]
+    extra = answer_to_wire(
+        [lp for d in deltas for lp in d.logprobs], merged(parts) if whole else parts
+    )
+    return ({"text": text} if text or extra else {}) | extra

@@ -9,12 +9,13 @@ holds up another's calls; the node advertises the sum as its load.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 
 from node.worker.runners.base import Measured, ModelRunner
 from node.worker.scheduler import Changes, Scheduler
-from protocols import Load, ModelInfo
+from protocols import Load, ModelInfo, ModelLoad
 from protocols.operator import ModelSpec
 
 
@@ -30,6 +31,7 @@ class Held:
     runner: ModelRunner | None = None
     scheduler: Scheduler | None = None
     reason: str = ""  # why it failed
+    ready_at: float = 0.0  # when it became ready (time.monotonic)
 
     @property
     def info(self) -> ModelInfo:
@@ -82,6 +84,7 @@ class Roster:
         held = self._held[model]
         slots = runner.info.max_batch if self.capacity <= 0 else self.capacity
         held.runner, held.state = runner, "draining" if self.draining else "ready"
+        held.ready_at = time.monotonic()
         held.scheduler = Scheduler(max(1, slots), self.max_queue, self.changes)
         if self.draining:
             held.scheduler.drain()
@@ -146,6 +149,17 @@ class Roster:
             memory_free,
             self.draining,
         )
+
+    def model_loads(self) -> dict[str, ModelLoad]:
+        """Each ready model's slots, calls, queue room (gateways send no more than fits) and
+        speed (what a gateway expects a call to take before it has timed one)."""
+        return {
+            h.spec.id: ModelLoad(
+                s.inflight, s.queued, s.capacity, s.max_queue, round(h.tokens_per_s, 2)
+            )
+            for h in self._held.values()
+            if h.state == "ready" and (s := h.scheduler) is not None
+        }
 
     def _schedulers(self) -> list[Scheduler]:
         return [h.scheduler for h in self._held.values() if h.scheduler is not None]

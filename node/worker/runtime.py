@@ -1,7 +1,8 @@
 """A node process: join the swarm, load models, advertise, serve, drain on shutdown.
 
-Models load at start (from the config) and at runtime (an operator's ``load_model``),
-both through ``_load``; ``unload_model`` drains one model and frees its memory.
+Models load at start (from the config), at runtime (an operator's ``load_model``) and where
+the swarm wants them (``[node.placement]``, node.worker.placement), all through ``_load``;
+``unload_model`` drains one model and frees its memory.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import trio
 
 import keys
 from keys.files import raw_public
+from node.p2p import logs
 from node.p2p.admission import serve_rpc
 from node.p2p.advertise import Advertiser
 from node.p2p.host import PeerHost
@@ -30,16 +32,19 @@ from node.p2p.version import VERSION
 from node.worker import memory
 from node.worker.config import NodeConfig
 from node.worker.handlers import NodeService, Report
-from node.worker.loading import load_runner, task_of
+from node.worker.loading import is_echo, load_runner, task_of
 from node.worker.metrics import NodeMetrics
+from node.worker.placement import Board, Here, Placement, Policy
 from node.worker.roster import Busy, Held, Roster
 from node.worker.runners import EngineRunner, EngineSpec, ModelRunner, Progress
-from protocols import Hardware, NodeRecord
+from protocols import Demand, Hardware, NodeRecord
 from protocols.operator import ModelSpec, Unload
 
 logger = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT = 30.0
+PLACE_EVERY = 0.5  # seconds between placement decisions
+STORE_EVERY = 10.0  # seconds between looks at which allowed models the store holds
 
 
 def _probe() -> Hardware:
@@ -48,16 +53,36 @@ def _probe() -> Hardware:
     return probe()
 
 
-def _refresh(hardware: Hardware) -> Hardware:
+def _refresh(hardware: Hardware, exact: bool = False) -> Hardware:
     from node.worker.hardware import refresh_free
 
-    return refresh_free(hardware)
+    return refresh_free(hardware, exact)
 
 
 def _default_store() -> Path:
     from node.worker.models import default_model_store
 
     return default_model_store()
+
+
+def _stored(models: list[str], store: Path) -> dict[str, int | None]:
+    """Which of ``models`` this node has on disk, each with its weights' bytes (None when
+    unknown); echo models need nothing."""
+    from node.worker.model_store import list_models, model_footprint
+
+    held = {m.id: m for m in list_models(store)}
+    found: dict[str, int | None] = {}
+    for model in models:
+        local = Path(model).expanduser()
+        if is_echo(model):
+            found[model] = 0
+        elif model in held:
+            footprint = held[model].footprint
+            found[model] = None if footprint is None else footprint.bytes
+        elif local.is_dir():
+            footprint = model_footprint(local)
+            found[model] = None if footprint is None else footprint.bytes
+    return found
 
 
 def _memory_name(hardware: Hardware) -> str:
@@ -75,17 +100,23 @@ class Node:
         self.status = StatusFile(config.ready_file)
         self.identity = keys.identity(config.data_dir)
         self.host = PeerHost.of(config.data_dir, "node")
+        logs.set_peer(self.host.peer_id)
         self.roster = Roster(config.max_queue, config.capacity)
         self.hardware = Hardware("cpu", "unknown", "RAM", 0, 0)
         # Memory promised to models still loading, not yet visible as used.
         self._promised = 0
         self._promising = threading.Lock()
         self.advertiser = Advertiser(self.host, self.identity, self._record, config.record_ttl)
+        self.policy = Policy.from_table(config.placement)
+        self.placement = Placement(self.policy)
+        self.board = Board()
+        self._stored: dict[str, int | None] = {}  # allowed models on disk: weights' bytes
         self.service = NodeService(
             self.roster,
             lambda: self.hardware.memory_free,
             lambda: (self.advertiser.seq, self.advertiser.signed),
             control=self,
+            on_demand=self._heard_demand,
         )
 
     def _record(self, seq: int, now: float) -> NodeRecord:
@@ -101,7 +132,20 @@ class Node:
             seq=seq,
             issued_at=now,
             ttl=self.config.record_ttl,
+            can_load=self._can_load(),
         )
+
+    def _can_load(self) -> list[str]:
+        """The models this node would load if they were wanted (gateways queue their calls);
+        one being unloaded counts: a call that comes meanwhile waits for it to come back."""
+        if not self.policy.enabled:
+            return []
+        here = {h.spec.id for h in self.roster if h.state in ("loading", "ready")}
+        return [
+            m
+            for m in self.policy.allowed
+            if m not in here and (m in self._stored or self.policy.pull)
+        ]
 
     # Loading and unloading.
 
@@ -166,7 +210,7 @@ class Node:
                     progress,
                     admit,
                     self.config.echo_delay,
-                    lambda: _refresh(self.hardware).memory_free,
+                    lambda: _refresh(self.hardware, exact=True).memory_free,
                 )
             finally:
                 with self._promising:
@@ -180,7 +224,7 @@ class Node:
         if needs is None:
             logger.warning("%s: no safetensors weights, so its memory needs are unknown", model)
             return 0
-        free = _refresh(self.hardware).memory_free
+        free = _refresh(self.hardware, exact=True).memory_free
         with self._promising:
             memory.admit(model, needs, max(0, free - self._promised), _memory_name(self.hardware))
             self._promised += needs.total
@@ -252,6 +296,69 @@ class Node:
         except Exception as exc:  # advertised as failed; the node serves the others
             self.status.update(state="failed", message=f"{spec.id}: {exc}")
 
+    # Placement: models where the swarm wants them.
+
+    def _heard_demand(self, gateway: str, demand: Demand) -> None:
+        self.board.report(gateway, demand, time.monotonic())
+
+    async def _look_at_store(self) -> None:
+        """Which allowed models are on disk now (they go in the record's ``can_load``)."""
+        store = self.config.model_store or _default_store()
+        stored = await trio.to_thread.run_sync(_stored, self.policy.allowed, store)
+        if stored != self._stored:
+            self._stored = stored
+            self.advertiser.republish_soon()
+
+    async def _place(self) -> None:
+        """Load what is wanted and fits, unload what sits idle, by ``self.policy``."""
+        looked = time.monotonic()
+        async with trio.open_nursery() as loads:
+            while True:
+                now = time.monotonic()
+                if now - looked >= STORE_EVERY:
+                    await self._look_at_store()
+                    looked = now
+                for action in self.placement.decide(
+                    now, self.board.merged(now), self._here(now), self._room()
+                ):
+                    if action.kind == "load":
+                        loads.start_soon(self._load_wanted, action.model)
+                    else:
+                        loads.start_soon(self._unload_idle, action.model)
+                await trio.sleep(PLACE_EVERY)
+
+    def _here(self, now: float) -> dict[str, Here]:
+        return {
+            h.spec.id: Here(
+                h.state,
+                0.0 if h.scheduler is None else h.scheduler.idle_for,
+                now - h.ready_at if h.state == "ready" else 0.0,
+            )
+            for h in self.roster
+        }
+
+    def _room(self) -> dict[str, bool]:
+        """Per allowed model on disk: whether its weights fit the free memory less the
+        reserve (unknown sizes are left to admission)."""
+        free = self.hardware.memory_free - self.policy.reserve_bytes
+        return {m: size is None or size <= free for m, size in self._stored.items()}
+
+    async def _load_wanted(self, model: str) -> None:
+        logger.info("%s: wanted by the swarm, loading", model)
+        spec = ModelSpec(model, slots=self.config.slots)
+        try:
+            await self._load(spec, self._make(spec))
+        except Exception as exc:  # advertised as failed; tried again after retry_after
+            logger.warning("%s: could not load on demand: %s", model, exc)
+            self.placement.failed(model, time.monotonic())
+
+    async def _unload_idle(self, model: str) -> None:
+        logger.info("%s: idle, unloading", model)
+        try:
+            await self.unload_model(Unload(model))
+        except (Busy, KeyError) as exc:  # it changed state meanwhile: decided again soon
+            logger.info("%s: not unloaded: %s", model, exc)
+
     def _status_models(self) -> None:
         ready = sorted(h.spec.id for h in self.roster if h.state == "ready")
         self.status.update(models=ready)
@@ -304,6 +411,9 @@ class Node:
             # An unexpected error in either is logged and the task started again.
             nursery.start_soon(supervised, "advertiser", self.advertiser.run)
             nursery.start_soon(supervised, "memory refresh", self._refresh_hardware)
+            if self.policy.enabled:
+                await self._look_at_store()
+                nursery.start_soon(supervised, "placement", self._place)
             async with trio.open_nursery() as loaders:
                 for spec in self.specs:
                     loaders.start_soon(self._load_at_start, spec, self._make(spec))

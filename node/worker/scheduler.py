@@ -8,6 +8,7 @@ all the models of a node) so watchers see load move.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -55,12 +56,21 @@ class Scheduler:
         self._waiters: deque[trio.Event] = deque()
         self._calls: set[trio.CancelScope] = set()
         self._stopped = False
+        self.last_busy = time.monotonic()  # when a call last came or went
+
+    @property
+    def idle_for(self) -> float:
+        """Seconds since the last call ended (0 while one runs or waits)."""
+        if self.inflight or self.queued:
+            return 0.0
+        return time.monotonic() - self.last_busy
 
     @property
     def version(self) -> int:
         return self.changes.version
 
     def _bump(self) -> None:
+        self.last_busy = time.monotonic()
         self.changes.bump()
 
     async def wait_changed(self, seen: int) -> None:

@@ -96,7 +96,7 @@ async def pump(
 
 
 def drain(receive: trio.MemoryReceiveChannel[T]) -> list[T]:
-    """What ``receive`` holds now, without waiting."""
+    """Whatever ``receive`` holds now, without waiting."""
     items: list[T] = []
     while True:
         try:

@@ -122,6 +122,11 @@ class Handler(BaseHTTPRequestHandler):
             self.state.waiting -= 1
             self.state.running += 1
         try:
+            if chat and body.get("tools"):
+                self._call(body, source, prompt_tokens)
+                return
+            if chat and body.get("response_format"):  # the words as a JSON answer
+                source = json.dumps({"echo": source}, separators=(",", ":"))
             self._stream(body, chat, source.split() or ["(empty)"], prompt_tokens)
         finally:
             with self.state.lock:
@@ -154,7 +159,18 @@ class Handler(BaseHTTPRequestHandler):
                         self._event(_choice(chat, piece, None))
                     break
                 produced += piece
-                self._event(_choice(chat, piece, None))
+                event = _choice(chat, piece, None)
+                if chat and body.get("logprobs"):
+                    top = [{"token": piece, "logprob": -0.5}, {"token": "x", "logprob": -2.0}]
+                    lp = [
+                        {
+                            "token": piece,
+                            "logprob": -0.5,
+                            "top_logprobs": top[: body["top_logprobs"]],
+                        }
+                    ]
+                    event["choices"][0]["logprobs"] = {"content": lp}
+                self._event(event)
             self._event(_choice(chat, "", reason))
             if body.get("stream_options", {}).get("include_usage") and not self.state.args.no_usage:
                 usage = {"prompt_tokens": prompt, "completion_tokens": count}
@@ -165,6 +181,28 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             with self.state.lock:
                 self.state.disconnects += 1
+
+    def _call(self, body: dict[str, Any], source: str, prompt: int) -> None:
+        """A call to the named tool (else the first) with the prompt's words as arguments,
+        streamed as vLLM streams one: id and name, then the arguments in three pieces."""
+        choice = body.get("tool_choice")
+        name = choice["function"]["name"] if isinstance(choice, dict) else None
+        name = name or body["tools"][0]["function"]["name"]
+        arguments = json.dumps({"words": source.split()})
+        third = len(arguments) // 3 + 1
+        head = {"index": 0, "id": "chatcmpl-tool-1", "type": "function"}
+        deltas = [head | {"function": {"name": name, "arguments": ""}}] + [
+            {"index": 0, "function": {"arguments": arguments[i : i + third]}}
+            for i in range(0, len(arguments), third)
+        ]
+        for delta in deltas:
+            self._event({"choices": [{"index": 0, "delta": {"tool_calls": [delta]}}]})
+        self._event({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+        usage = {"prompt_tokens": prompt, "completion_tokens": 3}
+        self._event({"choices": [], "usage": usage})
+        self._write(b"data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
 
     def _event(self, data: dict[str, Any]) -> None:
         self._write(b"data: " + json.dumps(data).encode() + b"\n\n")

@@ -11,6 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent.parent
 NAMES = (
     "overhead", "throughput", "routing", "footprint", "batching", "load-freshness", "discovery",
+    "queue",
+    "constrained",
 )  # fmt: skip
 
 
@@ -34,6 +36,10 @@ def test_the_quick_suite_reports_every_sub_benchmark() -> None:
     assert {"gateway", "node"} <= set(results["footprint"]["idle"])
     assert {"rise", "fall", "dht"} <= set(results["load-freshness"])
     assert {"routable_p99_s", "killed_out_max_s"} <= set(results["discovery"])
+    assert results["queue"]["failed"] == 0, results["queue"]
+    assert {"wait_s", "ideal_wait_s", "user_spread_s", "eta_error_s"} <= set(results["queue"])
+    rows = results["constrained"]["rows"]
+    assert [r["tokenizer"] for r in rows if r["engine"] == "xgrammar"] == ["tiny test model"]
     for name in ("overhead", "throughput", "routing"):
         litellm = results[name]["litellm"]
         assert litellm == "run" or litellm.startswith("not run: "), litellm

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -40,7 +41,7 @@ from node.worker.runners.engine_wire import (
     read_chunk,
     request_body,
 )
-from protocols import ChatMessage, ErrorCode, GenerateParams
+from protocols import ChatMessage, ErrorCode, GenerateParams, Tool, ToolCall, assembled
 
 FAKE = Path(__file__).with_name("fake_engine.py")
 Start = Callable[..., EngineRunner]
@@ -155,6 +156,71 @@ def test_stop_and_sampling_are_passed_through(start: Start) -> None:
     assert (body["stop"], body["seed"], body["temperature"]) == (["thr"], 7, 0.5)
     assert "top_p" not in body  # unset: the engine applies the model's own default
     assert body["prompt"] == "one two three four"
+
+
+WEATHER = Tool("get_weather", "The weather.", {"type": "object"})
+
+
+def test_tools_pass_through_and_calls_stream_back(start: Start) -> None:
+    runner = start()
+    call = ToolCall("call_1", "get_weather", '{"city": "rome"}')
+    history = [
+        ChatMessage("user", "rome"),
+        ChatMessage("assistant", "", [call]),
+        ChatMessage("tool", "sunny", tool_call_id="call_1"),
+        ChatMessage("user", "paris please"),
+    ]
+    deltas = run(
+        runner,
+        messages=history,
+        tools=[WEATHER],
+        tool_choice="function",
+        tool_name="get_weather",
+        parallel_tool_calls=False,
+    )
+    parts = [p for d in deltas for p in d.tool_calls]
+    assert parts[0].id and parts[0].name == "get_weather" and len(parts) == 4
+    (made,) = assembled(parts)
+    assert made.arguments == '{"words": ["paris", "please"]}'
+    assert deltas[-1].finish_reason == "tool_calls"
+    body = stats(runner)["requests"][-1]
+    assert body["tools"] == [WEATHER.template_form()]
+    assert body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert body["parallel_tool_calls"] is False
+    assert body["messages"][1]["tool_calls"] == [
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "rome"}'},
+        }
+    ]
+    assert body["messages"][2]["tool_call_id"] == "call_1"
+
+
+def test_json_answers_and_logprobs_pass_through(start: Start) -> None:
+    runner = start()
+    ask = [ChatMessage("user", "red green")]
+    deltas = run(
+        runner, messages=ask, response_format="json_schema", json_schema={"type": "object"}
+    )
+    assert json.loads("".join(d.text for d in deltas)) == {"echo": "red green"}
+    assert stats(runner)["requests"][-1]["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "answer", "schema": {"type": "object"}},
+    }
+    deltas = run(runner, messages=ask, logprobs=True, top_logprobs=1)
+    logprobs = [lp for d in deltas for lp in d.logprobs]
+    assert [lp.token for lp in logprobs] == ["red", " green"]
+    assert logprobs[0].logprob == -0.5 and logprobs[0].top == (("red", -0.5),)
+    # The legacy endpoint's logprobs come in another shape: refused by name, not dropped.
+    with pytest.raises(ValueError, match=r"^logprobs: "):
+        run(runner, prompt="red", logprobs=True)
+
+
+def test_a_malformed_tool_call_from_the_engine_is_its_fault() -> None:
+    bad = '{"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "x"}]}}]}'
+    with pytest.raises(EngineProtocolError, match="tool call starts with both"):
+        read_chunk(bad)
 
 
 def test_without_usage_the_pieces_are_counted(start: Start) -> None:

@@ -22,7 +22,7 @@ import keys
 @pytest.mark.parametrize("stop_with", [signal.SIGINT, signal.SIGTERM])
 def test_up_serves_then_stops_everything(tmp_path: Path, stop_with: signal.Signals) -> None:
     command = [sys.executable, "-m", "node.cli", "up", "--model", "echo", "--port", "0"]
-    command += ["--nodes", "2", "--data-dir", str(tmp_path), "--json"]
+    command += ["--nodes", "2", "--data-dir", str(tmp_path), "--json", "--log-format", "json"]
     up = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert up.stdout is not None
@@ -44,6 +44,13 @@ def test_up_serves_then_stops_everything(tmp_path: Path, stop_with: signal.Signa
         assert up.wait(30) == 0
         _gone, alive = psutil.wait_procs(children, timeout=10)
         assert not alive, f"still running: {alive}"
+        # Its own lines and its peers' are JSON, one object a line.
+        assert up.stderr is not None
+        said = [json.loads(line) for line in up.stderr.read().splitlines()]
+        assert said[-1]["message"] == "swarm stopped" and said[-1]["logger"] == "node.cli.up"
+        for peer in ["gateway", "node-0", "node-1"]:
+            logged = (tmp_path / "logs" / f"{peer}.log").read_text().splitlines()
+            assert logged and all(json.loads(line)["peer"] for line in logged)
     finally:
         if up.poll() is None:
             up.kill()

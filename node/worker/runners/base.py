@@ -22,11 +22,13 @@ from typing import Any, Protocol, runtime_checkable
 
 from protocols import (
     AudioChunk,
+    CallPart,
     EmbedParams,
     GenerateParams,
     ImageParams,
     ModelInfo,
     SpeechParams,
+    TokenLogprob,
     TranscribeParams,
     Transcript,
     Vectors,
@@ -41,18 +43,31 @@ def no_progress(message: str, fraction: float | None) -> None:
     """A ``Progress`` that reports nothing."""
 
 
+# A denoising step done: (step, of steps). Called from the runner's thread.
+Steps = Callable[[int, int], None]
+
+
+def no_steps(step: int, steps: int) -> None:
+    """A ``Steps`` that reports nothing."""
+
+
 @dataclass(frozen=True)
 class Delta:
     """A piece of generated text, with token counts so far.
 
     The last delta of a generation has ``finish_reason`` set: ``stop`` (end of text or
-    a stop sequence), ``length`` (max_tokens reached) or ``cancelled``.
+    a stop sequence), ``length`` (max_tokens reached), ``tool_calls`` (the model ended
+    after calling tools) or ``cancelled``.
     """
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str | None = None
+    # The log probabilities of the tokens behind this piece, when the call asked for them.
+    logprobs: tuple[TokenLogprob, ...] = ()
+    # Tool calls parsed out of the model's output, in parts as they are written.
+    tool_calls: tuple[CallPart, ...] = ()
 
 
 @runtime_checkable
@@ -82,8 +97,11 @@ class ImageRunner(Protocol):
         """What the node advertises about this model."""
         ...
 
-    def generate_images(self, params: ImageParams, cancelled: threading.Event) -> list[bytes]:
-        """Generate ``params.n`` images, each as PNG bytes.
+    def generate_images(
+        self, params: ImageParams, cancelled: threading.Event, steps: Steps = no_steps
+    ) -> list[bytes]:
+        """Generate ``params.n`` images, each as PNG bytes, calling ``steps`` after each
+        denoising step.
 
         Raises ``GenerationCancelled`` once ``cancelled`` is set.
         """
@@ -183,3 +201,11 @@ def free_device_memory(device: str) -> None:
         import torch
 
         torch.cuda.empty_cache()
+
+
+def refuse_extras(params: GenerateParams, model_id: str) -> None:
+    """``ValueError`` naming the first field of ``params`` that a runner without tools,
+    constrained decoding or logprobs would otherwise have to drop."""
+    asked = params.engine_field()
+    if asked is not None:
+        raise ValueError(f"{asked}: {model_id} cannot honour it on this node")

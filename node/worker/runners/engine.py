@@ -38,7 +38,7 @@ from node.worker.runners.engine_wire import (
     read_chunk,
     request_body,
 )
-from protocols import GenerateParams, ModelInfo
+from protocols import CallPart, GenerateParams, ModelInfo
 
 logger = logging.getLogger(__name__)
 
@@ -204,9 +204,17 @@ class EngineRunner:
     def info(self) -> ModelInfo:
         state = "ready" if self._ready else "loading"
         context = self._context or _FALLBACK_CONTEXT
-        # The engine answers chats itself, with the model's own template.
+        # The engine answers chats itself, with the model's own template, and is passed a
+        # response_format to hold its answer to.
         return ModelInfo(
-            self._model_id, "text-generation", "auto", context, self._slots, state, chat=True
+            self._model_id,
+            "text-generation",
+            "auto",
+            context,
+            self._slots,
+            state,
+            chat=True,
+            constrained=True,
         )
 
     @property
@@ -243,6 +251,8 @@ class EngineRunner:
         drop the request: at the next event, or within 50 ms when the engine is silent
         (the request is queued, or the caller stopped reading). The last delta then
         says ``cancelled``.
+        A chat's tools, JSON answer and logprobs are passed on; the engine's tool call parts
+        and logprobs come back in the deltas.
         """
         path, body = request_body(params, self._served or self._model_id)
         return self._stream(path, body, cancelled)
@@ -272,6 +282,7 @@ class EngineRunner:
         completion_tokens: int | None = None
         finish: str | None = None
         events = SseDecoder()
+        begun: set[int] = set()  # tool calls started
         abandoned = False
         try:
             # A connection of its own, never reused: closing it is what stops the engine.
@@ -294,10 +305,13 @@ class EngineRunner:
                         prompt_tokens = chunk.prompt_tokens or prompt_tokens
                         completion_tokens = chunk.completion_tokens or completion_tokens
                         if chunk.finish_reason is not None:
-                            finish = "length" if chunk.finish_reason == "length" else "stop"
-                        if chunk.text:
+                            finish = _finish(chunk.finish_reason)
+                        calls = _restarts_dropped(chunk.calls, begun)
+                        if chunk.text or calls or chunk.logprobs:
                             pieces += 1
-                            yield Delta(chunk.text, prompt_tokens or 0, pieces)
+                            yield Delta(
+                                chunk.text, prompt_tokens or 0, pieces, None, chunk.logprobs, calls
+                            )
         except httpx.HTTPError as exc:
             if not cancelled.is_set():
                 state = "its process is running" if self.pid else "its process has exited"
@@ -491,3 +505,18 @@ class EngineRunner:
             self._load = EngineLoad(int(values[running]), int(values.get(waiting, 0)))
         else:
             self._load = None
+
+
+def _finish(reason: str) -> str:
+    return reason if reason in ("length", "tool_calls") else "stop"
+
+
+def _restarts_dropped(parts: tuple[CallPart, ...], begun: set[int]) -> tuple[CallPart, ...]:
+    """``parts``, where one that starts a call already started (some engines repeat the
+    id and name on every delta) is only more of its arguments."""
+    kept = tuple(
+        CallPart(p.index, p.arguments) if p.id is not None and p.index in begun else p
+        for p in parts
+    )
+    begun.update(p.index for p in kept if p.id is not None)
+    return kept

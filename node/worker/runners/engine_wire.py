@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from protocols import GenerateParams
+from protocols import CallPart, ChatMessage, GenerateParams, TokenLogprob
+from protocols.validate import exact
 
 # An SSE event longer than this is not something an engine sends.
 MAX_EVENT_BYTES = 1 << 20
@@ -46,21 +47,32 @@ class EngineRejected(EngineError, ValueError):
 
 @dataclass(frozen=True)
 class Chunk:
-    """One event of a streamed completion: text, a finish reason, or the usage."""
+    """One event of a streamed completion: text, a finish reason, or the usage; in a chat,
+    parts of tool calls and the log probabilities of its tokens too."""
 
     text: str = ""
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    calls: tuple[CallPart, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 def request_body(params: GenerateParams, model: str) -> tuple[str, dict[str, Any]]:
-    """The path and JSON body of a streamed completion of ``params`` by ``model``."""
+    """The path and JSON body of a streamed completion of ``params`` by ``model``.
+
+    A chat's tools, tool choice, JSON answer and logprobs are passed on as OpenAI's API
+    spells them (an engine that cannot honour one refuses the call, and the caller hears
+    why); logprobs of a raw prompt are refused here (``ValueError`` naming the field): the
+    legacy endpoint gives them in another shape.
+    """
     body: dict[str, Any]
     if params.messages is not None:
         path = "/v1/chat/completions"
-        body = {"messages": [{"role": m.role, "content": m.content} for m in params.messages]}
+        body = {"messages": [_message(m) for m in params.messages]} | _chat_fields(params)
     else:
+        if params.logprobs:
+            raise ValueError(f"logprobs: {model} gives them in chats only")
         path = "/v1/completions"
         body = {"prompt": params.prompt or ""}
     body |= {
@@ -81,6 +93,36 @@ def request_body(params: GenerateParams, model: str) -> tuple[str, dict[str, Any
     if params.seed is not None:
         body["seed"] = params.seed
     return path, body
+
+
+def _message(message: ChatMessage) -> dict[str, Any]:
+    body: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        body["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        body["tool_call_id"] = message.tool_call_id
+    return body
+
+
+def _chat_fields(params: GenerateParams) -> dict[str, Any]:
+    """The tools, response format and logprobs fields of a chat, those it sets only."""
+    fields: dict[str, Any] = {}
+    if params.tools:
+        named = {"type": "function", "function": {"name": params.tool_name}}
+        fields["tools"] = [t.template_form() for t in params.tools]
+        fields["tool_choice"] = named if params.tool_choice == "function" else params.tool_choice
+        fields["parallel_tool_calls"] = params.parallel_tool_calls
+    if params.response_format == "json_object":
+        fields["response_format"] = {"type": "json_object"}
+    elif params.json_schema is not None:
+        schema = {"name": "answer", "schema": params.json_schema}
+        fields["response_format"] = {"type": "json_schema", "json_schema": schema}
+    if params.logprobs:
+        fields |= {"logprobs": True, "top_logprobs": params.top_logprobs}
+    return fields
 
 
 class SseDecoder:
@@ -129,11 +171,54 @@ def read_chunk(data: str) -> Chunk:
     delta = choice.get("delta")
     text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
     reason = choice.get("finish_reason")
+    try:
+        calls = _call_parts(delta.get("tool_calls") if isinstance(delta, dict) else None)
+        logprobs = _logprobs(choice.get("logprobs") if isinstance(delta, dict) else None)
+    except ValueError as exc:
+        raise EngineProtocolError(f"the engine sent a malformed chunk: {exc}") from exc
     return Chunk(
         text if isinstance(text, str) else "",
         reason if isinstance(reason, str) else None,
         prompt,
         completion,
+        calls,
+        logprobs,
+    )
+
+
+def _call_parts(calls: Any) -> tuple[CallPart, ...]:
+    """A chat delta's ``tool_calls``: a part with an id starts a call (with its name)."""
+    parts = []
+    for call in exact(calls or [], list, "tool_calls"):
+        call = exact(call, dict, "tool call")
+        function = exact(call.get("function") or {}, dict, "function")
+        start = call.get("id") is not None
+        body = {"index": call.get("index", 0), "arguments": function.get("arguments") or ""}
+        parts.append(
+            CallPart.from_wire(
+                body | ({"id": call["id"], "name": function.get("name")} if start else {})
+            )
+        )
+    return tuple(parts)
+
+
+def _logprobs(logprobs: Any) -> tuple[TokenLogprob, ...]:
+    """A chat choice's ``logprobs.content``, as the node's own engine reports them."""
+    if logprobs is None:
+        return ()
+    content = exact(exact(logprobs, dict, "logprobs").get("content") or [], list, "content")
+    return tuple(
+        TokenLogprob.from_wire(
+            [
+                exact(t, dict, "logprob").get("token"),
+                t.get("logprob"),
+                [
+                    [exact(top, dict, "top logprob").get("token"), top.get("logprob")]
+                    for top in exact(t.get("top_logprobs") or [], list, "top_logprobs")
+                ],
+            ]
+        )
+        for t in content
     )
 
 

@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 
 from protocols import (
+    Demand,
     Load,
+    ModelDemand,
     RemoteProtocolError,
     RevokeEvent,
     UsageEvent,
@@ -16,6 +18,7 @@ from protocols import (
     event_from_wire,
     event_to_wire,
 )
+from protocols.events import MAX_MODELS
 
 
 def test_watch_update_round_trip() -> None:
@@ -104,3 +107,23 @@ def test_a_revoke_event_with_an_integer_expiry_reads_it_as_a_float() -> None:
     event = event_from_wire(REVOKE | {"expires_at": 1800})
     assert event == RevokeEvent("k1", 1800.0)
     assert isinstance(event, RevokeEvent) and type(event.expires_at) is float
+
+
+def test_demand_round_trip() -> None:
+    demand = Demand({"m": ModelDemand(queued=3, oldest_wait=1.5, refused=1, ready=0, loading=1)})
+    assert Demand.from_wire(demand.to_wire()) == demand
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"models": []},
+        {"models": {"m": {"queued": "3"}}},
+        {"models": {"m": {"queued": 1, "oldest_wait": 0.0, "refused": 0, "ready": 0}}},
+        {"models": {f"m{i}": {} for i in range(MAX_MODELS + 1)}},
+    ],
+)
+def test_a_malformed_demand_is_refused(body: dict[str, Any]) -> None:
+    with pytest.raises(RemoteProtocolError):
+        Demand.from_wire(body)

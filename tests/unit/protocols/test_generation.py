@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from protocols import ChatMessage, GenerateParams, ImageParams, RemoteProtocolError
+from protocols import ChatMessage, GenerateParams, ImageParams, ImageStep, RemoteProtocolError
 from protocols.generation import (
     IMAGE_SIDE_STEP,
     MAX_GUIDANCE,
@@ -31,8 +31,8 @@ from protocols.generation import (
         ({"prompt": "x", "messages": [ChatMessage("user", "x")]}, "give exactly one of"),
         ({"messages": []}, "messages must not be empty"),
         (
-            {"messages": [ChatMessage("user", "x"), ChatMessage("tool", "x")]},
-            "message roles must be one of system, user, assistant",
+            {"messages": [ChatMessage("user", "x"), ChatMessage("robot", "x")]},
+            "message roles must be one of system, user, assistant, tool",
         ),
         ({"prompt": "x" * 200_001}, "prompt is longer than 200000 characters"),
         ({"prompt": "x", "max_tokens": 0}, "max_tokens must be between 1 and 8192"),
@@ -81,6 +81,14 @@ def test_the_wire_form_is_every_field() -> None:
         "seed": None,
         "stream": False,
         "n": 1,
+        "tools": [],
+        "tool_choice": "auto",
+        "tool_name": None,
+        "parallel_tool_calls": True,
+        "response_format": "text",
+        "json_schema": None,
+        "logprobs": False,
+        "top_logprobs": 0,
     }
 
 
@@ -213,6 +221,7 @@ def test_image_params_accept_the_edges(changes: dict[str, Any]) -> None:
     [
         ({"prompt": ""}, "prompt must not be empty"),
         ({"prompt": "x" * 4001}, "prompt is longer than 4000 characters"),
+        ({"negative_prompt": "x" * 4001}, "negative_prompt is longer than 4000 characters"),
         ({"n": 0}, "n must be between 1 and 4"),
         ({"n": 5}, "n must be between 1 and 4"),
         ({"width": 56}, "width must be a multiple of 8 between 64 and 1024"),
@@ -255,7 +264,7 @@ def test_side_problem(side: int, ok: bool) -> None:
 
 
 def test_image_params_round_trip_through_the_wire() -> None:
-    params = image(n=2, width=768, height=64, steps=4, guidance=1, seed=11)
+    params = image(n=2, width=768, height=64, steps=4, guidance=1, seed=11, negative_prompt="dog")
     assert params.to_wire() == {
         "model": "sd",
         "prompt": "a cat",
@@ -265,6 +274,8 @@ def test_image_params_round_trip_through_the_wire() -> None:
         "steps": 4,
         "guidance": 1,
         "seed": 11,
+        "negative_prompt": "dog",
+        "progress": False,
     }
     back = ImageParams.from_wire(params.to_wire())
     assert back == params
@@ -275,6 +286,42 @@ def test_image_from_wire_without_a_seed() -> None:
     body = image().to_wire()
     del body["seed"]
     assert ImageParams.from_wire(body).seed is None
+
+
+def test_image_from_wire_of_an_older_gateway_has_no_negative_prompt() -> None:
+    body = image().to_wire()
+    del body["negative_prompt"]
+    assert ImageParams.from_wire(body).negative_prompt == ""
+
+
+def test_image_from_wire_of_an_older_gateway_asks_for_no_progress() -> None:
+    body = image(progress=True).to_wire()
+    assert ImageParams.from_wire(body).progress is True
+    del body["progress"]
+    assert ImageParams.from_wire(body).progress is False
+
+
+def test_image_steps_round_trip() -> None:
+    assert ImageStep.from_wire(ImageStep(3, 20).to_wire()) == ImageStep(3, 20)
+    assert ImageStep.from_wire({"step": 1, "steps": 1}) == ImageStep(1, 1)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"steps": 20}, "step is missing"),
+        ({"step": 1}, "steps is missing"),
+        ({"step": True, "steps": 20}, "step should be an integer"),
+        ({"step": 1, "steps": 2.0}, "steps should be an integer"),
+        ({"step": 0, "steps": 20}, "step 0 of 20 is out of range"),
+        ({"step": 21, "steps": 20}, "step 21 of 20 is out of range"),
+        ({"step": 1, "steps": 10**9}, f"step 1 of {10**9} is out of range"),
+    ],
+)
+def test_image_steps_refuse_what_no_node_could_mean(body: dict[str, Any], message: str) -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        ImageStep.from_wire(body)
+    assert str(caught.value) == f"bad image step: {message}"
 
 
 def _image_wire(**changes: Any) -> dict[str, Any]:
@@ -295,6 +342,8 @@ def _image_wire(**changes: Any) -> dict[str, Any]:
         (_image_wire(guidance=False), "guidance should be a finite number"),
         (_image_wire(seed="1"), "seed should be an integer"),
         (_image_wire(seed=True), "seed should be an integer"),
+        (_image_wire(negative_prompt=None), "negative_prompt should be a string"),
+        (_image_wire(progress=1), "progress should be a boolean"),
         (_image_wire(n=9), "n must be between 1 and 4"),
         (_image_wire(guidance=10**400), "int too large to convert to float"),
     ],

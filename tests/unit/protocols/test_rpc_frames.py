@@ -7,7 +7,15 @@ from typing import Any
 
 import pytest
 
-from protocols import Cancel, Chunk, RemoteProtocolError, Request, decode
+from protocols import (
+    MAX_REQUEST_ID,
+    Cancel,
+    Chunk,
+    RemoteProtocolError,
+    Request,
+    decode,
+    is_request_id,
+)
 from protocols.codec import pack
 
 
@@ -65,6 +73,23 @@ def test_a_request_without_a_timeout_field_has_none() -> None:
     body = _req()
     del body["to"]
     assert decode(pack(body)) == Request(1, "generate", {}, None)
+
+
+def test_a_request_from_a_peer_without_request_ids_has_none() -> None:
+    assert decode(pack(_req())) == Request(1, "generate", {}, None, request_id=None)
+
+
+@pytest.mark.parametrize("rid", ["a", "0f3e-9c", "x" * MAX_REQUEST_ID, "A.b_c:d-1"])
+def test_a_request_carries_a_safe_request_id(rid: str) -> None:
+    assert decode(pack(_req(rid=rid))) == Request(1, "generate", {}, None, rid)
+
+
+@pytest.mark.parametrize(
+    "rid", ["", "x" * (MAX_REQUEST_ID + 1), "has space", 'q"uote', "line\nbreak", "é", 5, b"x"]
+)
+def test_a_request_id_that_is_not_safe_is_refused(rid: Any) -> None:
+    assert not is_request_id(rid)
+    assert refused(_req(rid=rid)) == "field 'rid' is not a request id"
 
 
 @pytest.mark.parametrize("kind", ["query", None, 1])

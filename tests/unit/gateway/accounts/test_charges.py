@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,21 @@ import trio
 from gateway.accounts import charges
 from gateway.accounts.charges import Charge, charge
 from gateway.accounts.database import Store, UsageRecord
+from gateway.routing.dispatch import Ticket
 from gateway.routing.router import Generation
 from node.p2p.rpc_client import Call
-from protocols import ChatMessage, Chunk, End, Error, ErrorCode, GenerateParams, Message
+from protocols import (
+    ChatMessage,
+    Chunk,
+    End,
+    Error,
+    ErrorCode,
+    GenerateParams,
+    Message,
+    Tool,
+    ToolCall,
+)
+from tests.chat_templates import FAMILIES, chat_template
 from tests.conftest import served
 from tests.unit.gateway.accounts.test_accounts import Gateway, gateway
 from tests.unit.gateway.api.test_http import PEER, FakeBackend, chat, sse_events
@@ -85,6 +99,65 @@ def test_the_prompt_estimate_lies_between_the_words_and_the_bound() -> None:
     assert charges.budget(long) == 256 + charges.prompt_estimate(long)
 
 
+def _agent_turn() -> GenerateParams:
+    """A second turn of an agent: long tool definitions, a call with long arguments and
+    the tool's answer, around a short question (ids of 9 characters, as Mistral's)."""
+    tools = [
+        Tool(
+            f"tool_{i}",
+            "Looks things up. " * 40,
+            {"type": "object", "properties": {f"p{j}": {"type": "string"} for j in range(20)}},
+        )
+        for i in range(4)
+    ]
+    call = ToolCall("abcdefghi", "tool_0", json.dumps({"p0": "x" * 1500}))
+    messages = [
+        ChatMessage("system", "Be brief."),
+        ChatMessage("user", "What is up?"),
+        ChatMessage("assistant", "", [call]),
+        ChatMessage("tool", "y" * 1500, tool_call_id="abcdefghi"),
+    ]
+    return params(messages=messages, tools=tools)
+
+
+def _rendered(asked: GenerateParams, family: str) -> str:
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    # Typed as one string; it gives the rendered conversations and their masks.
+    rendered: Any = render_jinja_template(
+        conversations=[[m.template_form() for m in asked.messages or []]],
+        tools=[t.template_form() for t in asked.tools],
+        chat_template=chat_template(family),
+        add_generation_prompt=True,
+        bos_token="<s>",
+        eos_token="</s>",
+    )
+    return str(rendered[0][0])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tools_and_calls_count_towards_the_prompt(family: str) -> None:
+    asked = _agent_turn()
+    rendered = _rendered(asked, family)
+    size = len(rendered.encode())
+    # A byte-level tokenizer spends at most a token a byte: the bound holds whatever the
+    # template, and would not if the tools and calls were left out.
+    assert size <= charges.prompt_bound(asked)
+    bare = params(messages=[replace(m, tool_calls=[]) for m in asked.messages or []])
+    assert charges.prompt_bound(bare) < size
+    # English and JSON run at 3 to 4 bytes a token, a run of spaces at one token: the
+    # budget reserves no less.
+    words = len(re.sub(r"\s+", " ", rendered).encode())
+    assert charges.prompt_estimate(asked) >= words / 4 > charges.prompt_estimate(bare)
+
+
+def test_a_schema_leaves_room_in_the_bound_only() -> None:
+    schema = {"type": "object", "properties": {"a" * 500: {"type": "string"}}}
+    asked = params(response_format="json_schema", json_schema=schema)
+    assert charges.prompt_bound(asked) >= BOUND + 500
+    assert charges.prompt_estimate(asked) == charges.prompt_estimate(PROMPT)
+
+
 # --- over HTTP ----------------------------------------------------------------------------
 
 
@@ -97,7 +170,9 @@ class Scripted(FakeBackend):
         self.done = trio.Event()
 
     @asynccontextmanager
-    async def generate(self, params: GenerateParams, timeout: float) -> AsyncIterator[Generation]:
+    async def generate(
+        self, params: GenerateParams, timeout: float, ticket: Ticket | None = None
+    ) -> AsyncIterator[Generation]:
         if params.model != "scripted":
             async with super().generate(params, timeout) as generation:
                 yield generation

@@ -182,12 +182,16 @@ async def test_own_usage(gw: Gateway) -> None:
         "images_per_day": 100,
         "concurrent": 4,
         "max_choices": 4,
+        "audio_seconds_per_day": 3600,
+        "priority": 1,
         "requests_this_minute": 3,
         "tokens_today": 60,
         "images_today": 0,
+        "audio_seconds_today": 0,
         "inflight": 0,
         "tokens_held": 0,
         "images_held": 0,
+        "audio_seconds_held": 0,
     }
 
 
@@ -197,6 +201,7 @@ def used(requests: int, prompt: int, completion: int) -> dict[str, int]:
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "images": 0,
+        "audio_seconds": 0,
     }
 
 

@@ -24,6 +24,7 @@ from gateway.api.auth import Authenticator
 from gateway.api.inference import NODE_HEADER
 from gateway.api.services import Services
 from gateway.media import MediaLimits
+from gateway.routing.dispatch import Ticket, Wait
 from gateway.routing.router import Generation, Heard, Speech, UnknownModel
 from node.p2p.rpc_client import Call
 from protocols import (
@@ -55,22 +56,27 @@ def call_of(frames: list[Message]) -> Call:
 
 
 class FakeMedia:
-    """``voice`` speaks one tenth of a second per word, a chunk per word; ``croaky`` fails
-    after its first chunk. ``ears`` hears "window N" in window N, with one segment, and
-    says the language was French. Anything else is unknown."""
+    """``voice`` speaks one tenth of a second per word, a chunk per word, ``droning`` five
+    seconds per word; ``croaky`` fails after its first chunk. ``ears`` hears "window N" in
+    window N, with one segment, and says the language was French. Anything else is unknown."""
 
     def __init__(self) -> None:
         self.spoken: list[SpeechParams] = []
         self.heard: list[TranscribeParams] = []
+        self.waits: list[Wait | None] = []  # each call's place in the queue, as asked
 
     @asynccontextmanager
-    async def speak(self, params: SpeechParams, timeout: float) -> AsyncIterator[Speech]:
+    async def speak(
+        self, params: SpeechParams, timeout: float, wait: Wait | None = None
+    ) -> AsyncIterator[Speech]:
         self.spoken.append(params)
-        if params.model not in ("voice", "croaky"):
+        self.waits.append(wait)
+        if params.model not in ("voice", "croaky", "droning"):
             raise UnknownModel(params.model, ["voice"])
         words = params.input.split()
+        samples = RATE * 5 if params.model == "droning" else RATE // 10
         chunks: list[Message] = [
-            Chunk(1, AudioChunk(b"\x10\x00" * (RATE // 10), RATE).to_wire()) for _ in words
+            Chunk(1, AudioChunk(b"\x10\x00" * samples, RATE).to_wire()) for _ in words
         ]
         end: Message = End(1, {"audio_seconds": len(words) / 10})
         if params.model == "croaky":
@@ -78,8 +84,11 @@ class FakeMedia:
         call = call_of([*chunks, end])
         yield Speech(PEER, call, await anext(call, None))
 
-    async def transcribe(self, params: TranscribeParams, timeout: float) -> Heard:
+    async def transcribe(
+        self, params: TranscribeParams, timeout: float, wait: Wait | None = None
+    ) -> Heard:
         self.heard.append(params)
+        self.waits.append(wait)
         if params.model != "ears":
             raise UnknownModel(params.model, ["ears"])
         n = len(self.heard)
@@ -88,14 +97,14 @@ class FakeMedia:
         return Heard(PEER, Transcript(text, "fr", [segment] if params.timestamps else [], 1, 2))
 
     def describe(
-        self, params: VisionParams, timeout: float
+        self, params: VisionParams, timeout: float, ticket: Ticket | None = None
     ) -> AbstractAsyncContextManager[Generation]:
         raise UnknownModel(params.model, [])
 
 
 class NoText:
     def generate(
-        self, params: GenerateParams, timeout: float
+        self, params: GenerateParams, timeout: float, ticket: Ticket | None = None
     ) -> AbstractAsyncContextManager[Generation]:
         raise UnknownModel(params.model, [])
 
@@ -150,8 +159,23 @@ async def test_speech_as_a_streamed_wav(
     assert response.headers[NODE_HEADER] == PEER
     assert response.content[:4] == b"RIFF" and len(response.content) == 44 + 3 * RATE // 10 * 2
     assert media.spoken == [SpeechParams("voice", "one two three", "", 2.0)]
+    assert media.waits == [Wait("alice", 1, 60.0)]  # waits its turn as its caller, not anyone
     [outcome] = meter.outcomes
-    assert (outcome.kind, outcome.prompt_tokens, outcome.status) == ("speech", 13, 200)
+    # 0.3 s of speech sent: one second charged; 13 characters at speed 2 may take at most 2.
+    assert (outcome.kind, outcome.prompt_tokens, outcome.status) == ("speech", 0, 200)
+    assert (outcome.audio_seconds, outcome.budget_audio) == (1, 2)
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac"])
+async def test_speech_is_charged_at_most_what_its_input_can_say(
+    client: httpx.AsyncClient, meter: RecordingMeter, fmt: str
+) -> None:
+    # Ten seconds for seven characters: a node cannot charge more than 4 characters a second.
+    body = {"model": "droning", "input": "hum hum", "response_format": fmt}
+    response = await client.post("/v1/audio/speech", json=body, headers=AUTH)
+    assert response.status_code == 200, response.text
+    [outcome] = meter.outcomes
+    assert outcome.audio_seconds == outcome.budget_audio == 2
 
 
 @pytest.mark.parametrize(("fmt", "container"), [("mp3", "MP3"), ("flac", "FLAC"), ("opus", "OGG")])
@@ -237,13 +261,15 @@ async def test_long_audio_is_heard_in_windows_each_given_what_came_before(
         "Names: Ada. window 1 window 2",
     ]
     assert [p.language for p in media.heard] == [None, "fr", "fr"]  # the first one's, kept
+    assert media.waits == [Wait("alice", 1, 60.0)] * 3
     assert all(p.timestamps and p.seconds <= 30 for p in media.heard)
     [outcome] = meter.outcomes
     assert (outcome.kind, outcome.prompt_tokens, outcome.completion_tokens) == (
         "transcription",
-        3,
-        6,
+        0,
+        0,
     )
+    assert outcome.audio_seconds == outcome.budget_audio == 65
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import pytest
 from gateway.api.app import create_app
 from gateway.api.auth import Authenticator
 from gateway.api.services import Services
+from gateway.routing.dispatch import Wait
 from gateway.routing.router import Embeddings, UnknownModel, UpstreamError
 from protocols import EmbedParams, ErrorCode
 from protocols.embedding import MAX_EMBED_INPUTS
@@ -27,12 +28,16 @@ class Swarm(NoText):
 
     def __init__(self, tokens: int = 7) -> None:
         self.asked: list[EmbedParams] = []
+        self.waits: list[Wait | None] = []
         self.tokens = tokens
 
     def serving(self) -> dict[str, list[dict[str, Any]]]:
         return {"vectors": [{"peer_id": PEER, "state": "ready", "task": "embedding"}]}
 
-    async def embed(self, params: EmbedParams, timeout: float) -> Embeddings:
+    async def embed(
+        self, params: EmbedParams, timeout: float, wait: Wait | None = None
+    ) -> Embeddings:
+        self.waits.append(wait)
         if params.model != "vectors":
             raise UnknownModel(params.model, ["vectors"])
         if params.dimensions == 2:
@@ -80,6 +85,8 @@ async def test_a_list_of_strings_as_floats(
     ]
     assert body["usage"] == {"prompt_tokens": 7, "total_tokens": 7}
     assert swarm.asked == [EmbedParams("vectors", ["the cat", "a dog"])]
+    # It waits for a node as its caller, in the queue every call shares.
+    assert [w.user if w else None for w in swarm.waits] == ["alice"]
     [outcome] = meter.outcomes
     assert (outcome.kind, outcome.prompt_tokens, outcome.peer_id) == ("embedding", 7, PEER)
     assert outcome.budget_tokens == len("the cat") + len("a dog") + 2 * 8

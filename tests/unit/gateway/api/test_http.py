@@ -28,7 +28,14 @@ from gateway.api.app import create_app
 from gateway.api.auth import Authenticator
 from gateway.api.inference import NODE_HEADER
 from gateway.api.services import Services
-from gateway.routing.router import Generation, NoPeerReady, UnknownModel, UpstreamError
+from gateway.routing.dispatch import Ticket
+from gateway.routing.router import (
+    WAIT_AWAY,
+    Generation,
+    NoPeerReady,
+    UnknownModel,
+    UpstreamError,
+)
 from keys.tokens import ALGORITHM, ISSUER
 from node.p2p.rpc_client import Call
 from protocols import Chunk, End, Error, ErrorCode, GenerateParams, Message
@@ -89,7 +96,9 @@ class FakeBackend:
         return [*chunks, End(1, usage | {"finish_reason": reason})]
 
     @asynccontextmanager
-    async def generate(self, params: GenerateParams, timeout: float) -> AsyncIterator[Generation]:
+    async def generate(
+        self, params: GenerateParams, timeout: float, ticket: Ticket | None = None
+    ) -> AsyncIterator[Generation]:
         self.calls.append((params, timeout))
         if params.model == "busy":
             raise NoPeerReady("no node can take 'busy' now (a1b2c3d4: ready (draining))")
@@ -153,7 +162,8 @@ def assert_error(response: httpx.Response, status: int, kind: str, code: str | N
     body = response.json()
     assert set(body) == {"error"}
     error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}
+    assert set(error) == {"message", "type", "param", "code", "request_id"}
+    assert error["request_id"] == response.headers["X-Request-Id"]
     assert (error["type"], error["code"]) == (kind, code)
     assert isinstance(error["message"], str)
     assert error["message"]
@@ -355,6 +365,16 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("no messages", chat() | {"messages": []}, "messages"),
     ("bad role", chat() | {"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
     ("content missing", chat() | {"messages": [{"role": "user"}]}, "messages.0.content"),
+    (
+        "assistant content missing without tool calls",
+        chat() | {"messages": [{"role": "assistant"}, {"role": "user", "content": "x"}]},
+        "messages.0.content",
+    ),
+    (
+        "content a number",
+        chat() | {"messages": [{"role": "user", "content": 5}]},
+        "messages.0.content.str",
+    ),
     ("temperature a word", chat(temperature="hot"), "temperature"),
     ("temperature too high", chat(temperature=2.5), "temperature"),
     ("top_p zero", chat(top_p=0), "top_p"),
@@ -434,6 +454,7 @@ async def test_unknown_model_is_404_naming_available_models(client: httpx.AsyncC
 async def test_no_peer_ready_is_503(client: httpx.AsyncClient) -> None:
     response = await client.post("/v1/chat/completions", json=chat("busy"), headers=auth())
     assert "draining" in assert_error(response, 503, "server_error", "no_peer_ready")
+    assert response.headers["Retry-After"] == str(WAIT_AWAY)  # the router's estimate
 
 
 @pytest.mark.parametrize(
@@ -470,6 +491,7 @@ async def test_completion_shape(client: httpx.AsyncClient, backend: FakeBackend)
         {
             "index": 0,
             "message": {"role": "assistant", "content": "Hello there world"},
+            "logprobs": None,
             "finish_reason": "stop",
         }
     ]
@@ -560,12 +582,19 @@ async def test_stream_sends_role_then_content_then_finish_then_done(
     assert len({c["id"] for c in chunks}) == 1
     assert all(c["model"] == "echo" for c in chunks)
     assert chunks[0]["choices"] == [
-        {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+        {
+            "index": 0,
+            "delta": {"role": "assistant", "content": ""},
+            "logprobs": None,
+            "finish_reason": None,
+        }
     ]
     content = chunks[1:-1]
     assert [c["choices"][0]["delta"]["content"] for c in content] == ["Hello", " there", " world"]
     assert all(c["choices"][0]["finish_reason"] is None for c in content)
-    assert chunks[-1]["choices"] == [{"index": 0, "delta": {}, "finish_reason": "stop"}]
+    assert chunks[-1]["choices"] == [
+        {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
+    ]
     assert all("usage" not in c for c in chunks)
     assert (backend.open, backend.closed) == (1, 1)
 

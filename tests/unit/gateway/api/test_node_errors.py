@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from gateway.api.errors import MAX_NODE_MESSAGE, node_text
+from gateway.routing.dispatch import Ticket
 from gateway.routing.router import Generation, NoPeerReady, UpstreamError
 from node.p2p.rpc_client import Call
 from protocols import Chunk, Error, ErrorCode, GenerateParams, Message
@@ -46,7 +47,9 @@ class FailingNode(FakeBackend):
     """Each model in ``LEAKY`` fails with its node error; ``midway`` after one chunk."""
 
     @asynccontextmanager
-    async def generate(self, params: GenerateParams, timeout: float) -> AsyncIterator[Generation]:
+    async def generate(
+        self, params: GenerateParams, timeout: float, ticket: Ticket | None = None
+    ) -> AsyncIterator[Generation]:
         if params.model == "midway":
             send, receive = trio.open_memory_channel[Message](math.inf)
             send.send_nowait(Chunk(1, {"text": "Hel"}))

@@ -18,6 +18,7 @@ from PIL import Image
 from gateway.api.app import create_app
 from gateway.api.auth import Authenticator
 from gateway.api.services import Services
+from gateway.routing.dispatch import Ticket, Wait
 from gateway.routing.router import Generation, Heard, Speech, UnknownModel
 from node.p2p.rpc_client import Call
 from protocols import GenerateParams, SpeechParams, TranscribeParams, VisionMessage, VisionParams
@@ -51,23 +52,31 @@ class Swarm:
         }
 
     @asynccontextmanager
-    async def generate(self, params: GenerateParams, timeout: float) -> AsyncIterator[Generation]:
+    async def generate(
+        self, params: GenerateParams, timeout: float, ticket: Ticket | None = None
+    ) -> AsyncIterator[Generation]:
         self.texts.append(params)
         call = answer("said", {"prompt_tokens": 1, "completion_tokens": 1})
         yield Generation(PEER, call, await anext(call, None))
 
     @asynccontextmanager
-    async def describe(self, params: VisionParams, timeout: float) -> AsyncIterator[Generation]:
+    async def describe(
+        self, params: VisionParams, timeout: float, ticket: Ticket | None = None
+    ) -> AsyncIterator[Generation]:
         if params.model not in self.serving():
             raise UnknownModel(params.model, ["looker"])
         self.looks.append(params)
         call = answer("seen", {"prompt_tokens": 40, "completion_tokens": 1})
         yield Generation(PEER, call, await anext(call, None))
 
-    def speak(self, params: SpeechParams, timeout: float) -> AbstractAsyncContextManager[Speech]:
+    def speak(
+        self, params: SpeechParams, timeout: float, wait: Wait | None = None
+    ) -> AbstractAsyncContextManager[Speech]:
         raise UnknownModel(params.model, [])
 
-    async def transcribe(self, params: TranscribeParams, timeout: float) -> Heard:
+    async def transcribe(
+        self, params: TranscribeParams, timeout: float, wait: Wait | None = None
+    ) -> Heard:
         raise UnknownModel(params.model, [])
 
 

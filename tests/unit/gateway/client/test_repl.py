@@ -109,3 +109,20 @@ def test_tables_from_api_bodies() -> None:
     assert stats_line(10, 0.5, "12D3KooWAAAAnode1234") == (
         "10 tokens · 0.50 s · 20.0 tokens/s · node node1234"
     )
+
+
+def test_tables_fit_a_narrow_terminal() -> None:
+    usage = {
+        "data": [{"date": "2025-03-01", "model": "HuggingFaceTB/SmolLM2-135M-Instruct"}],
+        "totals": {"requests": 1_234_567, "prompt_tokens": 98_765_432, "completion_tokens": 5},
+    }
+    for width in (80, 40):
+        out = io.StringIO()
+        Console(file=out, width=width, no_color=True).print(usage_table(usage, width))
+        lines = out.getvalue().splitlines()
+        assert all(len(line.rstrip()) <= width for line in lines)
+        assert lines[0].split()[:2] == ["DATE", "MODEL"] and "total" in out.getvalue()
+    note = " ".join(line.strip() for line in lines if line.strip())
+    assert note.endswith(
+        "not shown for width: PROMPT, COMPLETION, IMAGES, AUDIO S (a wider terminal shows all)"
+    )

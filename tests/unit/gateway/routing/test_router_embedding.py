@@ -77,11 +77,8 @@ async def test_models_say_what_they_can_do() -> None:
     assert able == {"embeddings", "dimensions"}
     assert (lines["object"], lines["task"], lines["dimensions"]) == ("model", "embedding", 3)
     echo = model_entry("echo", serving["echo"])
-    assert {name for name, yes in echo["capabilities"].items() if yes} == {
-        "chat",
-        "completion",
-        "json",
-    }
+    # An echo cannot hold its answer to a schema.
+    assert {name for name, yes in echo["capabilities"].items() if yes} == {"chat", "completion"}
     assert "dimensions" not in echo
 
 
@@ -89,8 +86,10 @@ def test_capabilities_follow_the_task() -> None:
     def able(info: ModelInfo) -> set[str]:
         return {name for name, yes in info.capabilities().items() if yes}
 
-    assert able(ModelInfo("t", "text-generation", "f", 1, 1, "ready")) == {"completion", "json"}
-    tools = ModelInfo("t", "text-generation", "f", 1, 1, "ready", chat=True, tools=True)
+    assert able(ModelInfo("t", "text-generation", "f", 1, 1, "ready")) == {"completion"}
+    tools = ModelInfo(
+        "t", "text-generation", "f", 1, 1, "ready", chat=True, tools=True, constrained=True
+    )
     assert able(tools) == {"chat", "completion", "json", "tools"}
     assert able(ModelInfo("v", "image-to-text", "f", 1, 1, "ready")) == {"chat", "vision"}
     assert able(ModelInfo("s", "text-to-speech", "f", 1, 1, "ready")) == {"speech"}

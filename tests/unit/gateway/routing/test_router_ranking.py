@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
 from typing import Any, cast
@@ -16,9 +16,13 @@ import pytest
 import trio
 
 from gateway.config import Policy
+from gateway.routing.dispatch import Wait
 from gateway.routing.peer_table import PeerEntry, PeerTable
 from gateway.routing.router import (
     MAX_ATTEMPTS,
+    WAIT_AWAY,
+    WAIT_BUSY,
+    WAIT_LOADING,
     Images,
     NoPeerReady,
     Router,
@@ -36,6 +40,7 @@ from protocols import (
     ImageParams,
     Load,
     Message,
+    ModelLoad,
 )
 from tests.unit.gateway.routing.test_peer_table import T0, record
 
@@ -78,6 +83,7 @@ class FakeTracker:
         self.lookups: list[str] = []
         self.found: dict[str, list[tuple[str, FakeNode, dict[str, str]]]] = {}
         self.table: PeerTable | None = None
+        self.on_change: list[Callable[[], None]] = []  # table changes a test makes
 
     async def find_model(self, model: str) -> None:
         self.lookups.append(model)
@@ -179,7 +185,7 @@ async def test_nodes_without_a_connection_are_not_candidates(
     router: Router, table: PeerTable, tracker: FakeTracker
 ) -> None:
     add(table, tracker, "peer-a", FakeNode(answer("from a")))
-    add(table, tracker, "peer-b", FakeNode(answer("from b")), load_=load(inflight=5))
+    add(table, tracker, "peer-b", FakeNode(answer("from b")), load_=load(5, capacity=8))
     del tracker.clients["peer-a"]
     async with router.generate(chat(), timeout=1) as generation:
         assert generation.peer_id == "peer-b"
@@ -273,7 +279,8 @@ async def test_a_final_refusal_reaches_the_caller_without_failover(
 async def test_at_most_max_attempts_nodes_are_tried(
     router: Router, table: PeerTable, tracker: FakeTracker
 ) -> None:
-    nodes = [FakeNode([Error(1, ErrorCode.OVERLOADED, f"full {i}")]) for i in range(5)]
+    # Refusals that are failures (a full node is waited for instead: test_dispatch).
+    nodes = [FakeNode([Error(1, ErrorCode.UNAVAILABLE, f"full {i}")]) for i in range(5)]
     for i, node in enumerate(nodes):
         add(table, tracker, f"peer-{i}", node, load_=load(inflight=i))
     with pytest.raises(NoPeerReady) as caught:
@@ -283,6 +290,7 @@ async def test_at_most_max_attempts_nodes_are_tried(
     assert MAX_ATTEMPTS == 3
     assert router.retries == MAX_ATTEMPTS
     assert str(caught.value).endswith(f"; last error: full {MAX_ATTEMPTS - 1}")
+    assert caught.value.retry_after == WAIT_BUSY  # full now; a slot frees when a call ends
     assert all(e.local_delta == 0 for e in table.entries.values())
 
 
@@ -353,7 +361,7 @@ async def test_a_model_of_another_task_is_unknown_to_this_one(
 async def test_no_ready_node_says_why_for_each_node(
     router: Router, table: PeerTable, tracker: FakeTracker
 ) -> None:
-    add(table, tracker, "peer-0000aaaaaaaa", models={"m": "loading"})
+    add(table, tracker, "peer-0000aaaaaaaa", models={"m": "failed"})
     add(table, tracker, "peer-0000bbbbbbbb", load_=load(draining=True))
     add(table, tracker, "peer-0000cccccccc", connected=False)
     add(table, tracker, "peer-0000dddddddd", models={"other": "ready"})
@@ -361,10 +369,23 @@ async def test_no_ready_node_says_why_for_each_node(
         async with router.generate(chat(), timeout=1):
             pass
     assert str(caught.value) == (
-        "no node can take 'm' now (aaaaaaaa: loading; bbbbbbbb: ready (draining); "
+        "no node can take 'm' now (aaaaaaaa: failed; bbbbbbbb: ready (draining); "
         "cccccccc: ready (not responding))"
     )
     assert router.retries == 0
+    # The soonest guess: a node draining or silent is gone from the table sooner than a
+    # model loads.
+    assert caught.value.retry_after == WAIT_AWAY
+
+
+async def test_a_model_still_loading_asks_for_a_longer_wait(
+    router: Router, table: PeerTable, tracker: FakeTracker
+) -> None:
+    add(table, tracker, "peer-0000aaaaaaaa", models={"m": "loading"})
+    with pytest.raises(NoPeerReady) as caught:
+        async with router.generate(chat(), timeout=1):
+            pass
+    assert caught.value.retry_after == WAIT_LOADING > WAIT_AWAY > WAIT_BUSY
 
 
 # --- what the caller reads ----------------------------------------------------------------
@@ -550,12 +571,9 @@ def test_serving_describes_each_node_of_each_model(
     )
     add(table, tracker, "peer-b", load_=load(draining=True))
     add(table, tracker, "peer-c", connected=False)
-    # A text model without a chat template: completions (and JSON), no chat.
+    # A text model without a chat template or constrained decoding: completions only.
     every = ("chat", "completion", "tools", "json", "embeddings", "dimensions", "vision")
-    text = {
-        name: name in ("completion", "json")
-        for name in (*every, "speech", "transcription", "image")
-    }
+    text = {name: name == "completion" for name in (*every, "speech", "transcription", "image")}
     assert router.serving() == {
         "m": [
             {
@@ -659,7 +677,7 @@ async def test_round_robin_takes_every_ready_node_in_turn_whatever_its_load(
     table: PeerTable, tracker: FakeTracker
 ) -> None:
     for peer, inflight in (("peer-c", 0), ("peer-a", 9), ("peer-b", 3)):
-        add(table, tracker, peer, FakeNode(answer("x")), load_=load(inflight=inflight))
+        add(table, tracker, peer, FakeNode(answer("x")), load_=load(inflight, capacity=16))
     add(table, tracker, "peer-d", models={"m": "loading"})
     router = policy_router(table, tracker, "round-robin")
     assert await routed(router, 7) == ["peer-a", "peer-b", "peer-c"] * 2 + ["peer-a"]
@@ -680,7 +698,7 @@ async def test_random_spreads_calls_over_ready_nodes_whatever_their_load(
     table: PeerTable, tracker: FakeTracker
 ) -> None:
     add(table, tracker, "peer-idle", FakeNode(answer("x")))
-    add(table, tracker, "peer-busy", FakeNode(answer("x")), load_=load(inflight=50))
+    add(table, tracker, "peer-busy", FakeNode(answer("x")), load_=load(50, capacity=64))
     add(table, tracker, "peer-draining", FakeNode(answer("x")), load_=load(draining=True))
     peers = await routed(policy_router(table, tracker, "random"), 40)
     assert set(peers) == {"peer-idle", "peer-busy"}
@@ -693,3 +711,49 @@ async def test_expected_wait_is_the_default_policy(table: PeerTable, tracker: Fa
     router = Router(table, cast(Tracker, tracker))
     assert router.policy == "expected-wait"
     assert await routed(router, 3) == ["peer-b"] * 3
+
+
+async def test_a_refused_call_waits_for_the_nodes_next_load_update_then_succeeds(
+    router: Router, table: PeerTable, tracker: FakeTracker
+) -> None:
+    # The only node says OVERLOADED: it counts as full until it next reports its load, and
+    # the call waits at the head of the queue instead of failing or retrying at once.
+    node = FakeNode([Error(1, ErrorCode.OVERLOADED, "full")])
+    add(table, tracker, "peer-a", node)
+    texts: list[str] = []
+
+    async def ask() -> None:
+        async with router.generate(chat(), timeout=5) as generation:
+            texts.append(await generation.text())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ask)
+        await trio.sleep(0.3)
+        assert len(node.calls) == 1 and texts == []
+        assert router.dispatcher.queue.waiting("m") == 1
+        node.frames = answer("ok")
+        table.update_load("peer-a", load(), now=T0)
+        for hear in tracker.on_change:  # what the tracker does on every load update
+            hear()
+    assert texts == ["ok"] and len(node.calls) == 2
+    assert router.retries == 1
+
+
+async def test_before_a_call_is_timed_the_eta_comes_from_the_nodes_speed(
+    router: Router, table: PeerTable, tracker: FakeTracker
+) -> None:
+    add(table, tracker, "peer-a")
+    both_busy = {"m": ModelLoad(2, 0, 2, 0, tokens_per_s=40.0)}
+    table.update_load("peer-a", load(inflight=2, capacity=2), now=T0, models=both_busy)
+    # 20 tokens/s a slot: a call of up to 100 tokens holds one 5 s, and with two slots one
+    # ends every 2.5 s. The node's speed, not a fixed guess.
+    first = await router.ask("m", TEXT, Wait("ann", 1, 60.0, tokens=100))
+    assert router.where(first) == (0, 2.5)
+    # A guess, however long, does not turn a call away: it waits up to its own limit.
+    second = await router.ask("m", TEXT, Wait("bob", 1, 1.0, tokens=100))
+    assert router.where(second) == (1, 5.0)
+    # Without a speed from the node either, a call is taken to hold a slot for a second.
+    table.update_load("peer-a", load(inflight=2, capacity=2), now=T0, models={})
+    assert router.where(first) == (0, 0.5)
+    router.cancel(first)
+    router.cancel(second)

@@ -1,7 +1,15 @@
-"""The node's ``generate`` over in-memory streams: what each streamed chunk carries."""
+"""The node's handlers over in-memory streams: what each streamed ``generate`` chunk
+carries, and who may report demand."""
 
 from __future__ import annotations
 
+import pytest
+
+from node.p2p.rpc_client import RemoteError
+from node.worker.handlers import NodeService
+from node.worker.roster import Roster
+from node.worker.runners import EchoRunner
+from protocols import Demand, ErrorCode, ModelDemand
 from tests.unit.node.p2p.test_rpc import connected, make_service, params
 
 
@@ -43,8 +51,26 @@ async def test_several_choices_whole_come_in_the_end_frame() -> None:
     async with connected(make_service()) as (client, _):
         whole = await client.call("generate", params("one two", n=2, stream=False))
         one = await client.call("generate", params("one two", stream=False))
-    assert whole["texts"] == ["one two", "one two"] and "text" not in whole
+    assert [c["text"] for c in whole["choices"]] == ["one two", "one two"]
+    assert "text" not in whole
     assert whole["completion_tokens"] == 4
     assert one == {"finish_reason": "stop", "prompt_tokens": 2, "completion_tokens": 2} | {
         "text": "one two"
     }
+
+
+async def test_a_gateways_demand_report_reaches_placement_and_no_one_elses() -> None:
+    heard: list[tuple[str, Demand]] = []
+    roster = Roster.of({"echo": EchoRunner()}, 1, 1)
+    service = NodeService(roster, lambda: 0, on_demand=lambda *report: heard.append(report))
+    demand = Demand({"m": ModelDemand(2, 1.0, 0, 0, 0)})
+    async with connected(service) as (client, _):
+        assert await client.call("demand", demand.to_wire()) == {}
+        with pytest.raises(RemoteError) as malformed:
+            await client.call("demand", {"models": {"m": {"queued": "2"}}})
+    async with connected(service, b"client-cert") as (client, _):
+        with pytest.raises(RemoteError) as stranger:
+            await client.call("demand", demand.to_wire())
+    assert heard == [("peer-a", demand)]
+    assert malformed.value.code == ErrorCode.BAD_REQUEST
+    assert stranger.value.code == ErrorCode.UNAUTHORIZED

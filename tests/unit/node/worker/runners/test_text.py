@@ -59,7 +59,14 @@ def text_of(deltas: list[Delta]) -> str:
 
 def test_info(tiny: TextRunner) -> None:
     assert tiny.info == ModelInfo(
-        "tiny", "text-generation", "float32", CONTEXT_LENGTH, 4, "ready", chat=True
+        "tiny",
+        "text-generation",
+        "float32",
+        CONTEXT_LENGTH,
+        4,
+        "ready",
+        chat=True,
+        constrained=True,
     )
 
 
@@ -240,11 +247,12 @@ async def test_several_choices_run_in_one_batch_each_with_its_own_seed(tiny: Tex
         again = await client.call("generate", replace(asked, n=3, seed=5, stream=False).to_wire())
         greedy = replace(asked, n=2, temperature=0.0, stream=False)
         same = await client.call("generate", greedy.to_wire())
-    assert len(set(sampled["texts"])) == 3  # a seed each
-    assert again["texts"] == sampled["texts"]  # the seeds follow from the one given
+    texts = [c["text"] for c in sampled["choices"]]
+    assert len(set(texts)) == 3  # a seed each
+    assert [c["text"] for c in again["choices"]] == texts  # the seeds follow from the one given
     # Choice i is what the call with seed 5 + i alone would write.
     alone = "".join(d.text for d in tiny.generate(replace(asked, seed=6), threading.Event()))
-    assert sampled["texts"][1] == alone
+    assert texts[1] == alone
     assert [c["completion_tokens"] for c in sampled["choices"]] == [8, 8, 8]
     assert sampled["completion_tokens"] == 24
-    assert same["texts"][0] == same["texts"][1]
+    assert same["choices"][0]["text"] == same["choices"][1]["text"]
