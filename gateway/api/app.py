@@ -15,6 +15,7 @@ from gateway.api import (
     completions,
     dashboard,
     images,
+    jobs,
     metrics,
     openapi,
     peers,
@@ -25,7 +26,19 @@ from gateway.api.services import Services
 from gateway.api.uploads import MEDIA_PATHS, ByPath
 
 # The API's areas, in the order their routes are matched.
-AREAS = [chat, completions, peers, metrics, dashboard, images, audio, accounts, usage, openapi]
+AREAS = [
+    chat,
+    completions,
+    jobs,
+    peers,
+    metrics,
+    dashboard,
+    images,
+    audio,
+    accounts,
+    usage,
+    openapi,
+]
 
 
 def create_app(

@@ -13,8 +13,9 @@ from gateway.api import openai_api as oa
 from gateway.api import vision
 from gateway.api.auth import User
 from gateway.api.bodies import json_body, parse
+from gateway.api.cached import respond
 from gateway.api.errors import ApiError
-from gateway.api.inference import Renderer, answer, start
+from gateway.api.inference import Renderer, answer
 from gateway.api.services import services
 from protocols import ChatMessage, GenerateParams
 
@@ -52,11 +53,11 @@ def install(app: FastAPI) -> None:
     @app.post("/v1/chat/completions", openapi_extra=json_body(app, oa.ChatCompletionRequest))
     async def chat_completions(request: Request, claims: User) -> Response:
         body = await parse(request, oa.ChatCompletionRequest, any_type=True)  # behind a token
-        started = await vision.start_if_shown(request, claims, body) or await start(
-            request, claims, _params(body), "chat"
-        )
         render = _ChatChunks(oa.completion_id(), body.model, body.include_usage())
-        return await answer(started, render, body.stream)
+        started = await vision.start_if_shown(request, claims, body)
+        if started is not None:
+            return await answer(started, render, body.stream)
+        return await respond(request, claims, _params(body), "chat", render, body.stream)
 
 
 @dataclass

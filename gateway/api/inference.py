@@ -8,7 +8,7 @@ render text, so they hand a ``Renderer`` to ``stream`` and keep nothing else of 
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -24,11 +24,12 @@ from gateway.accounts.errors import Refused
 from gateway.accounts.metering import Outcome, metered, rate_headers
 from gateway.api import openai_api as oa
 from gateway.api.errors import ApiError, refusal, routing_error, upstream_message
+from gateway.api.response_cache import Answer
 from gateway.api.services import Services, services
 from gateway.routing.router import Generation, NoPeerReady, UnknownModel, UpstreamError
 from protocols import GenerateParams, VisionParams
 
-NODE_HEADER = "X-BitingLip-Node"
+NODE_HEADER = oa.NODE_HEADER
 # What a node may say about why it stopped; anything else reads as "stop".
 FINISH_REASONS = frozenset({"stop", "length"})
 
@@ -42,6 +43,8 @@ class Started:
     stack: AsyncExitStack
     headers: dict[str, str]
     params: GenerateParams | VisionParams
+    # Called with the answer once the call ended normally (the response cache keeps it).
+    keep: Callable[[Answer], None] | None = None
 
 
 @dataclass
@@ -151,6 +154,18 @@ def _finish_reason(started: Started) -> str:
     return reason if reason in FINISH_REASONS else "stop"
 
 
+def _kept(started: Started, pieces: list[str], usage: dict[str, int]) -> None:
+    """Hand a call that the node finished to ``keep``."""
+    if started.keep is not None and started.generation.finished:
+        answer = Answer(
+            tuple(pieces),
+            _finish_reason(started),
+            usage["prompt_tokens"],
+            usage["completion_tokens"],
+        )
+        started.keep(answer)
+
+
 async def collect(started: Started) -> tuple[str, dict[str, int]]:
     """The whole answer and its usage; failures become HTTP errors carrying the
     rate-limit headers."""
@@ -163,6 +178,7 @@ async def collect(started: Started) -> tuple[str, dict[str, int]]:
                 raise routing_error(exc) from exc
             finally:
                 usage = _settle(started, text)
+            _kept(started, [text], usage)
             return text, usage
     except ApiError as exc:
         exc.headers.update(started.headers)
@@ -232,6 +248,7 @@ async def stream(started: Started, render: Renderer) -> AsyncGenerator[bytes, No
         finally:
             usage = _settle(started, "".join(forwarded))
     if not closing:
+        _kept(started, forwarded, usage)
         closing = render.closing(_finish_reason(started), usage)
     for event in closing:
         yield oa.sse(event)

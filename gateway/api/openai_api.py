@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from protocols.generation import MAX_NEW_TOKENS
 
+# Names the node that answered (or "cache"), on every inference answer.
+NODE_HEADER = "X-BitingLip-Node"
+
 
 class ContentPart(BaseModel):
     type: Literal["text"]

@@ -19,7 +19,9 @@ from gateway.accounts.metering import Meter
 from gateway.accounts.users import Accounts
 from gateway.api.auth import Authenticator
 from gateway.api.image_store import ImageStore
+from gateway.api.job_runner import Jobs
 from gateway.api.metrics import GatewayMetrics
+from gateway.api.response_cache import ResponseCache
 from gateway.media import MediaLimits
 from gateway.routing.router import Generation, Heard, Images, Speech
 from protocols import GenerateParams, ImageParams, SpeechParams, TranscribeParams, VisionParams
@@ -79,6 +81,13 @@ class Services:
     store: Store | None = None
     accounts: Accounts | None = None
     limiter: Limiter | None = None
+    # Deterministic text answers kept in memory; None: every call goes to a node.
+    cache: ResponseCache | None = None
+    cache_shared: bool = False  # whether users are answered from each other's calls
+    # A model's build as the nodes advertise it: part of every cache key.
+    revision: Callable[[str], str] = field(default=lambda model: "")
+    # Jobs: queued calls answered later; None: this gateway takes no jobs.
+    jobs: Jobs | None = None
 
 
 def services(request: Request) -> Services:

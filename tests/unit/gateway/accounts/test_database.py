@@ -41,7 +41,7 @@ def test_new_database_is_private_wal_and_versioned(tmp_path: Path) -> None:
         assert store._read("PRAGMA foreign_keys")[0][0] == 1
     raw = sqlite3.connect(tmp_path / FILENAME)
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
     raw.close()
 
 

@@ -85,6 +85,10 @@ def test_plan_defaults_and_json() -> None:
         "tokens_per_day": 200_000,
         "images_per_day": 100,
         "concurrent": 4,
+        "job_priority": 10,
+        "jobs_kept": 100,
+        "response_cache": 1,
+        "cache_hit_percent": 0,
     }
 
 

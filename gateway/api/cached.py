@@ -1,0 +1,104 @@
+"""Text routes answered through the response cache (``gateway.api.response_cache``).
+
+``respond`` is what a text route does with its parameters: a deterministic call whose
+answer is kept is answered from it, else routed to a node and its answer kept. A hit is
+still a call: the meters admit it (it counts a request against the rate limit) and record
+it, charged the plan's ``cache_hit_percent`` of the tokens the answer first took (none by
+default). Every cacheable answer says which it was in ``X-Cache``: ``hit``, ``miss``, or
+``bypass`` when the caller sent ``Cache-Control: no-cache`` (the answer is kept anyway,
+unless it also said ``no-store``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from functools import partial
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+import keys
+from gateway.accounts.limits import Plan
+from gateway.accounts.metering import rate_headers
+from gateway.api import openai_api as oa
+from gateway.api.inference import NODE_HEADER, Renderer, answer, routed, start
+from gateway.api.response_cache import Answer, cache_key, deterministic
+from gateway.api.services import Services, services
+from protocols import GenerateParams
+
+CACHE_HEADER = "X-Cache"
+CACHED_NODE = "cache"  # the node a hit names, in its header and its usage row
+
+
+async def respond(
+    request: Request,
+    claims: keys.Claims,
+    params: GenerateParams,
+    kind: str,
+    render: Renderer,
+    stream: bool,
+) -> Response:
+    """Answer a text call from the cache if it may be, else from a node."""
+    s = services(request)
+    key = _key(s, claims, params, kind)
+    if key is None:
+        return await answer(await start(request, claims, params, kind), render, stream)
+    directives = {d.strip().lower() for d in request.headers.get("cache-control", "").split(",")}
+    bypass = bool(directives & {"no-cache", "no-store"})
+    if not bypass and s.cache is not None and (hit := s.cache.get(key)) is not None:
+        return await _replay(request, claims, params, kind, hit, render, stream)
+    started = await start(request, claims, params, kind)
+    if s.cache is not None and "no-store" not in directives:
+        started.keep = partial(s.cache.put, key)
+    started.headers[CACHE_HEADER] = "bypass" if bypass else "miss"
+    return await answer(started, render, stream)
+
+
+def _plan(s: Services, user: str) -> Plan:
+    return s.accounts.plan_of(user) if s.accounts is not None else Plan()
+
+
+def _key(s: Services, claims: keys.Claims, params: GenerateParams, kind: str) -> str | None:
+    """The call's cache key; None if it is not to be cached."""
+    if s.cache is None or not deterministic(params) or not _plan(s, claims.sub).response_cache:
+        return None
+    owner = "*" if s.cache_shared else claims.sub.casefold()
+    return cache_key(owner, kind, s.revision(params.model), params)
+
+
+async def _replay(
+    request: Request,
+    claims: keys.Claims,
+    params: GenerateParams,
+    kind: str,
+    hit: Answer,
+    render: Renderer,
+    stream: bool,
+) -> Response:
+    s = services(request)
+    percent = _plan(s, claims.sub).cache_hit_percent
+    prompt = hit.prompt_tokens * percent // 100
+    completion = hit.completion_tokens * percent // 100
+    async with routed(request, claims, params.model, kind, tokens=prompt + completion) as outcome:
+        outcome.peer_id = CACHED_NODE
+        outcome.prompt_tokens = prompt
+        outcome.completion_tokens = completion
+    headers = {NODE_HEADER: CACHED_NODE, CACHE_HEADER: "hit"} | rate_headers(s.meters, claims)
+    usage = oa.usage(hit.prompt_tokens, hit.completion_tokens)
+    if not stream:
+        return JSONResponse(render.whole(hit.text, hit.finish_reason, usage), headers=headers)
+    events = _events(hit, render, usage)
+    headers["Cache-Control"] = "no-cache"
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+
+async def _events(hit: Answer, render: Renderer, usage: dict[str, int]) -> AsyncIterator[bytes]:
+    """The answer's chunks as they first came, as server-sent events."""
+    for event in render.opening():
+        yield oa.sse(event)
+    for piece in hit.pieces:
+        if piece:
+            yield oa.sse(render.piece(piece))
+    for event in render.closing(hit.finish_reason, usage):
+        yield oa.sse(event)
+    yield oa.sse("[DONE]")
