@@ -12,10 +12,13 @@ unless it also said ``no-store``).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from functools import partial
 
+import trio
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 import keys
 from gateway.accounts.limits import Plan
@@ -79,17 +82,42 @@ async def _replay(
     percent = _plan(s, claims.sub).cache_hit_percent
     prompt = hit.prompt_tokens * percent // 100
     completion = hit.completion_tokens * percent // 100
-    async with routed(request, claims, params.model, kind, tokens=prompt + completion) as outcome:
-        outcome.peer_id = CACHED_NODE
-        outcome.prompt_tokens = prompt
-        outcome.completion_tokens = completion
+    stack = AsyncExitStack()
+    admitted = routed(request, claims, params.model, kind, tokens=prompt + completion)
+    outcome = await stack.enter_async_context(admitted)
+    outcome.peer_id = CACHED_NODE
+    outcome.prompt_tokens = prompt
+    outcome.completion_tokens = completion
     headers = {NODE_HEADER: CACHED_NODE, CACHE_HEADER: "hit"} | rate_headers(s.meters, claims)
     usage = oa.usage(hit.prompt_tokens, hit.completion_tokens)
     if not stream:
-        return JSONResponse(render.whole(hit.text, hit.finish_reason, usage), headers=headers)
+        body = render.whole(hit.text, hit.finish_reason, usage)
+        return _ThenRecord(JSONResponse(body, headers=headers), stack)
     events = _events(hit, render, usage)
     headers["Cache-Control"] = "no-cache"
-    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+    streamed = StreamingResponse(events, media_type="text/event-stream", headers=headers)
+    return _ThenRecord(streamed, stack)
+
+
+class _ThenRecord(Response):
+    """``response``, and then, however sending it ended, the end of the call's metering.
+    A hit's usage row is written after its answer has gone out: waiting for the database
+    would take most of a hit's time, and a gateway that dies in between loses the row of a
+    call that cost no tokens (unless the plan charges hits)."""
+
+    def __init__(self, response: Response, stack: AsyncExitStack) -> None:
+        self._response = response
+        self._stack = stack
+        self.status_code = response.status_code
+        self.raw_headers = response.raw_headers
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._response(scope, receive, send)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._stack.aclose()
 
 
 async def _events(hit: Answer, render: Renderer, usage: dict[str, int]) -> AsyncIterator[bytes]:
