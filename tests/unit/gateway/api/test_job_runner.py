@@ -1,9 +1,11 @@
 """The job runner against a scripted API in process and a real SQLite file: what each way a
-call can end makes of its job, the order jobs run in, and the caller they run as."""
+call can end makes of its job, the order jobs run in, the caller they run as, and webhooks
+to a real server (reached only at public addresses)."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,8 +17,11 @@ from starlette.types import Receive, Scope, Send
 import keys
 from gateway.accounts.database import Store
 from gateway.accounts.jobs import Job, JobStore
+from gateway.accounts.webhooks import SIGNATURE_HEADER, verify
 from gateway.api.auth import ON_BEHALF
-from gateway.api.job_runner import Jobs
+from gateway.api.job_runner import Jobs, Webhooks
+from gateway.media.fetch import resolve_public
+from tests.conftest import served
 
 
 class Scripted:
@@ -146,3 +151,46 @@ async def test_jobs_run_by_priority_then_age_and_a_running_one_is_cancelled(
     assert api.order == ["first", "old", "new", "low"]
     still = await jobs.db.call(jobs.store.get, slow.id)
     assert still is not None and still.state == "cancelled"
+
+
+async def test_webhooks_go_only_to_public_addresses_signed(tmp_path: Path) -> None:
+    received: list[tuple[bytes, dict[bytes, bytes]]] = []
+
+    async def receiver(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        received.append(((await receive())["body"], dict(scope["headers"])))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def hooks_test(host: str, port: int) -> list[str]:
+        """``hooks.test`` stands for a public host; anything else is checked as it is."""
+        return ["127.0.0.1"] if host == "hooks.test" else await resolve_public(host, port)
+
+    with Store.open(tmp_path) as store:
+        jobs = Jobs(JobStore(store), owner="gw", webhooks=Webhooks(hooks_test, timeout=5))
+        jobs.app = Scripted()
+        async with served(receiver) as url, trio.open_nursery() as nursery:
+            await nursery.start(jobs.run)
+            request = {"model": "ok", "messages": [{"role": "user", "content": "hi"}]}
+            port = url.rsplit(":", 1)[1]
+            for hook in (f"http://127.0.0.1:{port}/h", f"http://hooks.test:{port}/h"):
+                job = await jobs.db.call(
+                    jobs.store.submit, CLAIMS, "chat", "ok", request, 0, hook, "http://gw", 9
+                )
+                jobs.wake()
+                await ended(jobs, job)
+            with trio.fail_after(5):
+                while not received:
+                    await trio.sleep(0.02)
+            await trio.sleep(0.2)  # the first job's webhook had its chance too
+            nursery.cancel_scope.cancel()
+        secret = jobs.store.webhook_secret("alice")
+    assert len(received) == 1  # the loopback address by number was refused
+    body, headers = received[0]
+    verify(secret, body, headers[SIGNATURE_HEADER.lower().encode()].decode(), time.time())
+    assert headers[b"host"] == f"hooks.test:{port}".encode()
+    assert json.loads(body)["id"] == job.id and json.loads(body)["state"] == "done"
