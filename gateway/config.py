@@ -42,7 +42,8 @@ class GatewayConfig:
     ready_file: Path | None = None
     log_level: str = "info"
     # [gateway.plans.<name>] tables: requests_per_minute, tokens_per_day, images_per_day,
-    # concurrent. A plan called "default" is built in (60, 200000, 100, 4) and may be redefined.
+    # concurrent, audio_seconds_per_day. A plan called "default" is built in (60, 200000, 100,
+    # 4, 3600) and may be redefined.
     plans: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     default_plan: str = "default"  # the plan new users get
     # Who may register at POST /v1/auth/register: "open" (anyone), "invite" (with a code

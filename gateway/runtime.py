@@ -134,7 +134,9 @@ async def run_gateway(config: GatewayConfig) -> None:
     share.on_usage.append(limiter.note_remote)
     share.on_revoke.append(accounts.revoke_remote)
     usage.on_usage.append(
-        lambda r: share.usage(r.user, 1, r.prompt_tokens + r.completion_tokens, r.images)
+        lambda r: share.usage(
+            r.user, 1, r.prompt_tokens + r.completion_tokens, r.images, r.audio_seconds
+        )
     )
     accounts.on_revoke.append(share.revoked)
     advertiser = Advertiser(host, identity, gateway_record(host, identity), GATEWAY_RECORD_TTL)

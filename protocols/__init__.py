@@ -3,6 +3,7 @@
 Nothing here does I/O or imports trio, libp2p or torch: bytes in, values out.
 """
 
+from protocols.answer import TokenLogprob, answer_from_wire, answer_to_wire
 from protocols.audio import AudioChunk, Segment, SpeechParams, TranscribeParams, Transcript
 from protocols.errors import (
     ErrorCode,
@@ -65,6 +66,7 @@ from protocols.rpc import (
     decode,
     encode,
 )
+from protocols.tools import Tool, ToolCall, call_schema
 from protocols.vision import VisionMessage, VisionParams
 
 __all__ = [
@@ -109,12 +111,18 @@ __all__ = [
     "Segment",
     "SpeechParams",
     "Summary",
+    "TokenLogprob",
+    "Tool",
+    "ToolCall",
     "TranscribeParams",
     "Transcript",
     "UsageEvent",
     "VisionMessage",
     "VisionParams",
     "WatchUpdate",
+    "answer_from_wire",
+    "answer_to_wire",
+    "call_schema",
     "check_member",
     "decode",
     "encode",

@@ -44,6 +44,7 @@ class UsageEvent:
     tokens: int
     images: int
     at: float
+    audio_seconds: int = 0  # absent from older gateways' events
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ def event_from_wire(body: dict[str, Any]) -> GatewayEvent | None:
                 exact(body.get("tokens"), int, "tokens"),
                 exact(body.get("images"), int, "images"),
                 finite(body.get("at"), "at"),
+                exact(body.get("audio_seconds", 0), int, "audio_seconds"),
             )
         expires_at = body.get("expires_at")
         if not (isinstance(expires_at, float) and expires_at == math.inf):

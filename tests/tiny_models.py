@@ -522,3 +522,117 @@ def build_tiny_blip(path: Path) -> Path:
     hf.BlipForConditionalGeneration(config).save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+# A Hermes-style template (as Qwen's): tools listed in a system turn, calls in <tool_call>
+# tags, a tool's answer in its own turn. The generation prompt ends in ":" after a user
+# turn and in "," after a tool's answer, which is all the scripted model below looks at.
+TOOL_TEMPLATE = (
+    "{% if tools %}<s> system : tools {% for t in tools %}{{ t['function']['name'] }} "
+    "{% endfor %}<tool_call> </s> {% endif %}"
+    "{% for m in messages %}<s> {{ m['role'] }} : {{ m['content'] or '' }} "
+    "{% for c in m.tool_calls or [] %}<tool_call> {{ c['function']['name'] }} </tool_call> "
+    "{% endfor %}</s> {% endfor %}"
+    "{% if add_generation_prompt %}<s> assistant "
+    "{% if messages[-1]['role'] == 'tool' %}, {% else %}: {% endif %}{% endif %}"
+)
+# What the scripted model says: after a user's turn it calls get_weather for Paris; after
+# the tool's answer it answers in words.
+SCRIPTED_CALL = [
+    "<tool_call>", '{"name":', '"get_weather",', '"arguments":', '{"city":', '"paris"}}',
+    "</tool_call>",
+]  # fmt: skip
+SCRIPTED_ANSWER = ["the", "weather", "is", "sunny", "."]
+
+
+def build_scripted_llama(path: Path) -> Path:
+    """Save a Llama whose weights make it follow a script: its next token depends only on
+    its last one (each token's embedding is one-hot, every layer adds nothing, and the
+    output head maps each token to its successor), so after ":" it writes
+    ``SCRIPTED_CALL`` and after "," ``SCRIPTED_ANSWER``, each followed by end of text."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = ["system", "user", "assistant", "tool", "tools", "get_weather", ":", ","]
+    tokens = SPECIAL + words + SCRIPTED_CALL + SCRIPTED_ANSWER
+    vocab = {token: i for i, token in enumerate(tokens)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+    )
+    tokenizer.chat_template = TOOL_TEMPLATE
+    size = 64  # hidden width: at least the vocabulary, for one-hot embeddings
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=size,
+        intermediate_size=size,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        max_position_embeddings=CONTEXT_LENGTH,
+        pad_token_id=vocab["<pad>"],
+        bos_token_id=vocab["<s>"],
+        eos_token_id=vocab["</s>"],
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    successor = {":": SCRIPTED_CALL[0], ",": SCRIPTED_ANSWER[0]}
+    for script in (SCRIPTED_CALL, SCRIPTED_ANSWER):
+        successor |= dict(zip(script, [*script[1:], "</s>"], strict=True))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() > 1:
+                parameter.zero_()
+        model.model.embed_tokens.weight[:, :] = torch.eye(len(vocab), size)
+        for token, after in successor.items():
+            model.lm_head.weight[vocab[after], vocab[token]] = 1.0
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def build_tiny_bpe_llama(path: Path) -> Path:
+    """Save a tiny random Llama with a byte-level BPE tokenizer (any text, JSON included,
+    can be written with it) and ``TOOL_TEMPLATE``; return ``path``."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    corpus = [
+        " ".join(WORDS),
+        '{"city": "paris", "days": 3, "sunny": true, "tags": ["a", "b"]} null false',
+        "<s> </s> <tool_call> </tool_call> 0123456789 : , . [ ] { }",
+    ]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus, vocab_size=400, min_frequency=1, special_tokens=SPECIAL)
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=bpe._tokenizer,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+    )
+    tokenizer.chat_template = TOOL_TEMPLATE
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=CONTEXT_LENGTH,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(4321)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

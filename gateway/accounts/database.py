@@ -88,6 +88,10 @@ _MIGRATIONS = [
         used_at REAL
     );
     """,
+    # Speech and transcriptions are charged by the seconds of audio they make or hear.
+    """
+    ALTER TABLE usage ADD COLUMN audio_seconds INTEGER NOT NULL DEFAULT 0;
+    """,
     # Jobs (gateway.accounts.jobs) and each user's secret that signs their webhooks.
     """
     CREATE TABLE jobs (
@@ -177,6 +181,7 @@ class UsageRecord:
     images: int
     status: int
     latency_ms: int
+    audio_seconds: int = 0
 
 
 @dataclass(frozen=True)
@@ -188,6 +193,16 @@ class UsageTotal:
     prompt_tokens: int
     completion_tokens: int
     images: int
+    audio_seconds: int
+
+
+@dataclass(frozen=True)
+class DayTotal:
+    """One user's quota counts for a day."""
+
+    tokens: int
+    images: int
+    audio_seconds: int
 
 
 def check_username(name: str) -> None:
@@ -399,8 +414,8 @@ class Store:
         with self._transaction() as db:
             db.executemany(
                 "INSERT INTO usage (ts, day, user, key_id, model, peer, kind, prompt_tokens,"
-                " completion_tokens, images, status, latency_ms)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " completion_tokens, images, status, latency_ms, audio_seconds)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [astuple(r) for r in records],
             )
 
@@ -411,27 +426,27 @@ class Store:
             where, params = where + " AND user = ?", [since_day, user]
         rows = self._read(
             "SELECT day, user, model, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens),"
-            f" SUM(images) FROM usage WHERE {where}"
+            f" SUM(images), SUM(audio_seconds) FROM usage WHERE {where}"
             " GROUP BY day, user, model ORDER BY day DESC, user, model",
             params,
         )
         return [UsageTotal(*row) for row in rows]
 
-    def day_totals(self, day: str) -> dict[str, tuple[int, int]]:
-        """User → (tokens, images) used on ``day``."""
+    def day_totals(self, day: str) -> dict[str, DayTotal]:
+        """What each user used on ``day``."""
         rows = self._read(
-            "SELECT user, SUM(prompt_tokens + completion_tokens), SUM(images) FROM usage"
-            " WHERE day = ? GROUP BY user",
+            "SELECT user, SUM(prompt_tokens + completion_tokens), SUM(images),"
+            " SUM(audio_seconds) FROM usage WHERE day = ? GROUP BY user",
             (day,),
         )
-        return {str(u): (int(t), int(i)) for u, t, i in rows}
+        return {str(u): DayTotal(int(t), int(i), int(a)) for u, t, i, a in rows}
 
     def usage_records(self, user: str | None = None) -> list[UsageRecord]:
         """Every call, oldest first (for audits and tests; ``usage`` sums them)."""
         where, params = ("WHERE user = ?", (user,)) if user is not None else ("", ())
         rows = self._read(
             "SELECT ts, day, user, key_id, model, peer, kind, prompt_tokens, completion_tokens,"
-            f" images, status, latency_ms FROM usage {where} ORDER BY id",
+            f" images, status, latency_ms, audio_seconds FROM usage {where} ORDER BY id",
             params,
         )
         return [UsageRecord(*row) for row in rows]

@@ -1,11 +1,11 @@
 """Plans and the meter that enforces them: requests per minute, daily quotas, concurrency.
 
-The state is in memory (a sliding minute of request times, today's token and image
-counts, calls in flight per user); the daily counts start from the usage store, so a
+The state is in memory (a sliding minute of request times, today's token, image and
+audio counts, calls in flight per user); the daily counts start from the usage store, so a
 restart does not hand out a fresh quota. ``note_remote`` counts calls that another gateway
 served into the same windows. A refusal is a ``LimitReached`` (an HTTP 429 with ``Retry-After``).
 
-A call is admitted only if the most it may use (its ``budget_tokens`` or ``budget_images``)
+A call is admitted only if the most it may use (its token, image or audio budget)
 fits in what is left of the quota besides what the user's calls in flight hold back; the
 budget is held back until the call is recorded, which settles it with what was used. So
 calls started together cannot overshoot a quota, and a budget is never left held: every
@@ -27,7 +27,7 @@ from typing import Any
 import keys
 from gateway.accounts.database import Store
 from gateway.accounts.errors import LimitReached
-from gateway.accounts.metering import Outcome
+from gateway.accounts.metering import AUDIO_KINDS, Outcome
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class Plan:
     tokens_per_day: int = 200_000
     images_per_day: int = 100
     concurrent: int = 4
+    audio_seconds_per_day: int = 3600
     # Jobs: the highest priority a job may ask for (0 up to this), and how many jobs are
     # kept (waiting, running or with a result) at once.
     job_priority: int = 10
@@ -123,17 +124,24 @@ class _Usage:
     day: str = ""
     tokens: int = 0
     images: int = 0
+    audio: int = 0
     inflight: int = 0
     # What the calls in flight may still use: held back from the quotas until they end.
     held_tokens: int = 0
     held_images: int = 0
+    held_audio: int = 0
 
     def roll(self, now: float) -> None:
         while self.recent and self.recent[0] <= now - WINDOW:
             self.recent.popleft()
         today = utc_day(now)
         if self.day != today:
-            self.day, self.tokens, self.images = today, 0, 0
+            self.day, self.tokens, self.images, self.audio = today, 0, 0, 0
+
+    def add(self, tokens: int, images: int, audio: int) -> None:
+        self.tokens += tokens
+        self.images += images
+        self.audio += audio
 
 
 @dataclass(frozen=True)
@@ -159,10 +167,8 @@ class Limiter:
     async def load(self, store: Store) -> None:
         """Start today's quotas from what the store says was used today."""
         now = self._clock()
-        for user, (tokens, images) in (await store.call(store.day_totals, utc_day(now))).items():
-            state = self._state(user, now)
-            state.tokens += tokens
-            state.images += images
+        for user, used in (await store.call(store.day_totals, utc_day(now))).items():
+            self._state(user, now).add(used.tokens, used.images, used.audio_seconds)
 
     def _state(self, user: str, now: float) -> _Usage:
         state = self._users.setdefault(user.casefold(), _Usage())
@@ -184,6 +190,11 @@ class Limiter:
         if outcome.kind == "image":
             quota = _Quota("images", plan.images_per_day, state.images, state.held_images)
             self._check(claims, quota, outcome.budget_images, on, now, "ask for fewer images")
+        elif outcome.kind in AUDIO_KINDS:
+            quota = _Quota(
+                "seconds of audio", plan.audio_seconds_per_day, state.audio, state.held_audio
+            )
+            self._check(claims, quota, outcome.budget_audio, on, now, "send less")
         else:
             quota = _Quota("tokens", plan.tokens_per_day, state.tokens, state.held_tokens)
             self._check(claims, quota, outcome.budget_tokens, on, now, "lower max_tokens")
@@ -191,6 +202,7 @@ class Limiter:
         state.inflight += 1
         state.held_tokens += outcome.budget_tokens
         state.held_images += outcome.budget_images
+        state.held_audio += outcome.budget_audio
 
     def _check(
         self, claims: keys.Claims, quota: _Quota, budget: int, on: str, now: float, hint: str
@@ -220,10 +232,14 @@ class Limiter:
         state.inflight = max(0, state.inflight - 1)
         state.held_tokens = max(0, state.held_tokens - outcome.budget_tokens)
         state.held_images = max(0, state.held_images - outcome.budget_images)
-        state.tokens += outcome.prompt_tokens + outcome.completion_tokens
-        state.images += outcome.images
+        state.held_audio = max(0, state.held_audio - outcome.budget_audio)
+        state.add(
+            outcome.prompt_tokens + outcome.completion_tokens, outcome.images, outcome.audio_seconds
+        )
 
-    def note_remote(self, user: str, requests: int, tokens: int, images: int, at: float) -> None:
+    def note_remote(
+        self, user: str, requests: int, tokens: int, images: int, at: float, audio: int = 0
+    ) -> None:
         """Count calls another gateway served for ``user`` at ``at`` (wall-clock seconds)."""
         now = self._clock()
         state = self._state(user, now)
@@ -233,8 +249,7 @@ class Limiter:
             # Kept in time order, so the oldest request still leaves the window first.
             state.recent = deque(sorted([*state.recent, *[min(at, now)] * count]))
         if utc_day(at) == state.day:
-            state.tokens += max(0, tokens)
-            state.images += max(0, images)
+            state.add(max(0, tokens), max(0, images), max(0, audio))
 
     def headers(self, claims: keys.Claims) -> dict[str, str]:
         now = self._clock()
@@ -261,9 +276,11 @@ class Limiter:
             "requests_this_minute": len(state.recent),
             "tokens_today": state.tokens,
             "images_today": state.images,
+            "audio_seconds_today": state.audio,
             "inflight": state.inflight,
             "tokens_held": state.held_tokens,
             "images_held": state.held_images,
+            "audio_seconds_held": state.held_audio,
         }
 
     def _refuse(self, claims: keys.Claims, message: str, code: str, wait: int) -> LimitReached:

@@ -17,6 +17,9 @@ import trio
 
 import keys
 
+# Calls charged by the seconds of audio they make (speech) or hear (the others).
+AUDIO_KINDS = frozenset({"speech", "transcription", "translation"})
+
 
 @dataclass
 class Outcome:
@@ -25,15 +28,17 @@ class Outcome:
     user: str
     key_id: str
     model: str
-    kind: str  # "chat" | "completion" | "image"
+    kind: str  # "chat" | "completion" | "image" | one of AUDIO_KINDS | ...
     # The most the call may use, known before it starts: quotas hold it back at admission
     # and settle with what was used, so calls at once cannot overshoot a quota together.
     budget_tokens: int = 0
     budget_images: int = 0
+    budget_audio: int = 0
     peer_id: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     images: int = 0
+    audio_seconds: int = 0  # made or heard, whole seconds rounded up
     status: int = 200
     started: float = field(default_factory=time.monotonic)
     latency: float = 0.0
@@ -62,10 +67,11 @@ async def metered(
     *,
     tokens: int = 0,
     images: int = 0,
+    audio: int = 0,
 ) -> AsyncIterator[Outcome]:
     """Run a call through every meter; the outcome is recorded however the call ends.
-    ``tokens`` and ``images``: the most the call may use."""
-    outcome = Outcome(claims.sub, claims.jti, model, kind, tokens, images)
+    ``tokens``, ``images`` and ``audio`` (seconds): the most the call may use."""
+    outcome = Outcome(claims.sub, claims.jti, model, kind, tokens, images, audio)
     admitted: list[Meter] = []
     try:
         for meter in meters:

@@ -65,6 +65,7 @@ class UsageMeter:
             images=outcome.images,
             status=outcome.status,
             latency_ms=round(outcome.latency * 1000),
+            audio_seconds=outcome.audio_seconds,
         )
         if not await self._write(record):
             return

@@ -2,13 +2,16 @@
 (OpenAI's shapes).
 
 Speech streams: WAV and raw PCM go out a chunk at a time as the node makes them; MP3, FLAC
-and Opus are encoded once the speech is whole. It is metered by the characters of its
-input (recorded as prompt tokens).
+and Opus are encoded once the speech is whole.
 
 A transcription is a multipart upload. The gateway decodes it (``gateway.media.sound``),
 cuts it into windows of at most 30 s and has each heard in turn by the best node, passing
-the text heard so far as the next window's prompt; it is metered by the tokens the nodes
-were given and wrote. Both record the seconds of audio in the metrics.
+the text heard so far as the next window's prompt.
+
+Both are charged in seconds of audio against the plan's daily quota: speech by the seconds
+the gateway forwarded (up to a bound from the input's length, so a node cannot inflate it),
+a transcription by the seconds of the windows heard. Whole seconds, rounded up, as OpenAI
+reports them.
 """
 
 from __future__ import annotations
@@ -49,11 +52,16 @@ from protocols.audio import (
     MAX_TRANSCRIBE_PROMPT_CHARS,
     MAX_VOICE_CHARS,
     TRANSCRIBE_RATE,
+    pcm_seconds,
 )
 
 FORM_FIELDS = 32
 # Of the text heard so far, what the next window is given as its prompt.
 CARRIED_CHARS = 800
+# The most seconds speech is charged for (and held back from the quota while it is made):
+# 4 characters a second at speed 1 is far slower than anyone speaks (~14), so real speech
+# is charged what it lasts, and a node cannot inflate the charge beyond it.
+SPEECH_CHARS_PER_SECOND = 4.0
 
 
 class SpeechRequest(BaseModel):
@@ -120,13 +128,14 @@ async def _speak(request: Request, claims: keys.Claims, params: SpeechParams, fm
     media = _media(s)
     stack = AsyncExitStack()
     try:
-        outcome = await stack.enter_async_context(routed(request, claims, params.model, "speech"))
+        most = math.ceil(len(params.input) / (SPEECH_CHARS_PER_SECOND * params.speed))
+        calling = routed(request, claims, params.model, "speech", audio=most)
+        outcome = await stack.enter_async_context(calling)
         speech = await stack.enter_async_context(media.speak(params, s.request_timeout))
     except BaseException:
         await stack.__aexit__(*sys.exc_info())  # the meters see the failure and its status
         raise
     outcome.peer_id = speech.peer_id
-    outcome.prompt_tokens = len(params.input)  # speech is charged by its input's characters
     headers = {NODE_HEADER: speech.peer_id} | rate_headers(s.meters, claims)
     if fmt in ("wav", "pcm"):
         body = _streamed(s, stack, speech, outcome, fmt)
@@ -139,12 +148,14 @@ async def _speak(request: Request, claims: keys.Claims, params: SpeechParams, fm
                 raise routing_error(exc) from exc
             if not pieces:
                 raise ApiError(502, f"node {speech.peer_id[-8:]} made no audio", "internal")
+            seconds = sum(p.seconds for p in pieces)
+            outcome.audio_seconds = min(outcome.budget_audio, math.ceil(seconds))
     except ApiError as exc:
         exc.headers.update(headers)
         raise
     rate = pieces[0].sample_rate
     pcm = b"".join(p.pcm for p in pieces)
-    s.metrics.audio_done("speech", params.model, len(pcm) / 2 / rate)
+    s.metrics.audio_done("speech", params.model, seconds)
     audio = await trio.to_thread.run_sync(encode, pcm, rate, fmt)
     return Response(audio, media_type=CONTENT_TYPES[fmt], headers=headers)
 
@@ -167,6 +178,8 @@ async def _streamed(
                     else:
                         resampler = PcmStream(chunk.sample_rate)
                 seconds += chunk.seconds
+                # What was sent so far, if it stops here.
+                outcome.audio_seconds = min(outcome.budget_audio, math.ceil(seconds))
                 yield chunk.pcm if resampler is None else resampler.feed(chunk.pcm)
         except UpstreamError:
             outcome.status = 502
@@ -193,7 +206,8 @@ def _transcriber(task: str) -> Callable[..., Awaitable[Response]]:
         text: list[str] = []
         segments: list[Segment] = []
         language = form.language
-        async with routed(request, claims, form.model, kind) as outcome:
+        most = math.ceil(decoded.seconds)
+        async with routed(request, claims, form.model, kind, audio=most) as outcome:
             for start, pcm in windows(decoded):
                 carried = " ".join([form.prompt, *text])[-CARRIED_CHARS:].strip()
                 try:
@@ -205,8 +219,8 @@ def _transcriber(task: str) -> Callable[..., Awaitable[Response]]:
                     raise ApiError(400, str(exc), "invalid_request") from exc
                 heard = await media.transcribe(params, s.request_timeout)
                 outcome.peer_id = heard.peer_id
-                outcome.prompt_tokens += heard.transcript.prompt_tokens
-                outcome.completion_tokens += heard.transcript.completion_tokens
+                heard_to = start + pcm_seconds(pcm, TRANSCRIBE_RATE)
+                outcome.audio_seconds = min(most, math.ceil(heard_to))
                 # The first window's language holds for the rest of the file.
                 language = language or heard.transcript.language or None
                 if heard.transcript.text:

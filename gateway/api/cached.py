@@ -24,7 +24,7 @@ import keys
 from gateway.accounts.limits import Plan
 from gateway.accounts.metering import rate_headers
 from gateway.api import openai_api as oa
-from gateway.api.inference import NODE_HEADER, Renderer, answer, routed, start
+from gateway.api.inference import NODE_HEADER, Renderer, answer, joined, routed, start
 from gateway.api.response_cache import Answer, cache_key, deterministic
 from gateway.api.services import Services, services
 from protocols import GenerateParams
@@ -91,7 +91,7 @@ async def _replay(
     headers = {NODE_HEADER: CACHED_NODE, CACHE_HEADER: "hit"} | rate_headers(s.meters, claims)
     usage = oa.usage(hit.prompt_tokens, hit.completion_tokens)
     if not stream:
-        body = render.whole(hit.text, hit.finish_reason, usage)
+        body = render.whole(joined(list(hit.pieces)), hit.finish_reason, usage)
         return _ThenRecord(JSONResponse(body, headers=headers), stack)
     events = _events(hit, render, usage)
     headers["Cache-Control"] = "no-cache"
@@ -125,8 +125,8 @@ async def _events(hit: Answer, render: Renderer, usage: dict[str, int]) -> Async
     for event in render.opening():
         yield oa.sse(event)
     for piece in hit.pieces:
-        if piece:
-            yield oa.sse(render.piece(piece))
+        for event in render.piece(piece):
+            yield oa.sse(event)
     for event in render.closing(hit.finish_reason, usage):
         yield oa.sse(event)
     yield oa.sse("[DONE]")

@@ -14,10 +14,11 @@ from gateway.api import vision
 from gateway.api.auth import User
 from gateway.api.bodies import json_body, parse
 from gateway.api.cached import respond
-from gateway.api.errors import ApiError
+from gateway.api.errors import NODE_FIELDS, ApiError
 from gateway.api.inference import Renderer, answer
 from gateway.api.services import services
-from protocols import ChatMessage, GenerateParams
+from gateway.routing.router import Piece
+from protocols import ChatMessage, GenerateParams, ToolCall
 
 
 def install(app: FastAPI) -> None:
@@ -53,25 +54,49 @@ def install(app: FastAPI) -> None:
     @app.post("/v1/chat/completions", openapi_extra=json_body(app, oa.ChatCompletionRequest))
     async def chat_completions(request: Request, claims: User) -> Response:
         body = await parse(request, oa.ChatCompletionRequest, any_type=True)  # behind a token
+        if (old := body.replaced()) is not None:
+            new = oa.REPLACED_FIELDS[old]
+            raise ApiError(400, f"{old} is not supported: send {new}", "invalid_request", old)
+        params = _params(body)
         render = _ChatChunks(oa.completion_id(), body.model, body.include_usage())
-        started = await vision.start_if_shown(request, claims, body)
+        started = await vision.start_if_shown(request, claims, body, params.engine_field())
         if started is not None:
             return await answer(started, render, body.stream)
-        return await respond(request, claims, _params(body), "chat", render, body.stream)
+        return await respond(request, claims, params, "chat", render, body.stream)
 
 
 @dataclass
 class _ChatChunks(Renderer):
     created: int = field(default_factory=lambda: int(time.time()))
+    calls: int = 0  # tool calls streamed so far: the next one's index
 
-    def whole(self, text: str, finish_reason: str, usage: dict[str, int]) -> dict[str, Any]:
-        return oa.chat_completion(self.id, self.model, text, finish_reason, usage, self.created)
+    def whole(self, answer: Piece, finish_reason: str, usage: dict[str, int]) -> dict[str, Any]:
+        message = oa.assistant_message(answer.text, answer.tool_calls)
+        logprobs = oa.chat_logprobs(answer.logprobs) if answer.logprobs else None
+        return oa.chat_completion(
+            self.id, self.model, message, finish_reason, usage, self.created, logprobs
+        )
 
     def opening(self) -> list[dict[str, Any]]:
         return [oa.chunk(self.id, self.model, self.created, {"role": "assistant", "content": ""})]
 
-    def piece(self, text: str) -> dict[str, Any]:
-        return oa.chunk(self.id, self.model, self.created, {"content": text})
+    def piece(self, piece: Piece) -> list[dict[str, Any]]:
+        events = []
+        if piece.text or piece.logprobs:
+            logprobs = oa.chat_logprobs(piece.logprobs) if piece.logprobs else None
+            delta = {"content": piece.text}
+            events.append(oa.chunk(self.id, self.model, self.created, delta, logprobs=logprobs))
+        # As OpenAI streams a call: its id and name first, then its arguments.
+        for call in oa.tool_calls(piece.tool_calls, self.calls):
+            head = call | {"function": {"name": call["function"]["name"], "arguments": ""}}
+            tail = {
+                "index": call["index"],
+                "function": {"arguments": call["function"]["arguments"]},
+            }
+            for part in (head, tail):
+                events.append(oa.chunk(self.id, self.model, self.created, {"tool_calls": [part]}))
+        self.calls += len(piece.tool_calls)
+        return events
 
     def finish(self, finish_reason: str) -> dict[str, Any]:
         return oa.chunk(self.id, self.model, self.created, {}, finish_reason)
@@ -83,13 +108,26 @@ class _ChatChunks(Renderer):
 def _params(body: oa.ChatCompletionRequest) -> GenerateParams:
     # "developer" is OpenAI's newer name for the system role.
     messages = [
-        ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in body.messages
+        ChatMessage(
+            "system" if m.role == "developer" else m.role,
+            m.text(),
+            [ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or []],
+            m.tool_call_id,
+        )
+        for m in body.messages
     ]
     try:
         return GenerateParams(
             messages=messages,
             max_tokens=body.max_completion_tokens or body.max_tokens or 256,
             **body.sampling(),
+            **body.extras(),
         )
     except ValueError as exc:
-        raise ApiError(400, str(exc), "invalid_request") from exc
+        raise ApiError(400, str(exc), "invalid_request", _field(str(exc))) from exc
+
+
+def _field(message: str) -> str | None:
+    """The request field a refusal names first ("tools: ..."), if it names one."""
+    named = message.partition(":")[0]
+    return named if named in NODE_FIELDS else None

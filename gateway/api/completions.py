@@ -15,6 +15,7 @@ from gateway.api.bodies import json_body, parse
 from gateway.api.cached import respond
 from gateway.api.errors import ApiError
 from gateway.api.inference import Renderer
+from gateway.routing.router import Piece
 from protocols import GenerateParams
 
 
@@ -24,7 +25,13 @@ def install(app: FastAPI) -> None:
         body = await parse(request, oa.CompletionRequest, any_type=True)  # behind a token
         try:
             prompt = body.text()
-            params = GenerateParams(prompt=prompt, max_tokens=body.max_tokens, **body.sampling())
+            params = GenerateParams(
+                prompt=prompt,
+                max_tokens=body.max_tokens,
+                logprobs=body.logprobs is not None,
+                top_logprobs=body.logprobs or 0,
+                **body.sampling(),
+            )
         except ValueError as exc:
             raise ApiError(400, str(exc), "invalid_request") from exc
         id_ = f"cmpl-{uuid.uuid4().hex[:24]}"
@@ -35,15 +42,30 @@ def install(app: FastAPI) -> None:
 @dataclass
 class _TextChunks(Renderer):
     prefix: str = ""  # the prompt, echoed before the answer
+    offset: int = -1  # where the next token's text starts in the answer; set at first use
 
-    def whole(self, text: str, finish_reason: str, usage: dict[str, int]) -> dict[str, Any]:
-        return oa.text_completion(self.id, self.model, self.prefix + text, finish_reason, usage)
+    def whole(self, answer: Piece, finish_reason: str, usage: dict[str, int]) -> dict[str, Any]:
+        text = self.prefix + answer.text
+        logprobs = self._logprobs(answer)
+        return oa.text_completion(self.id, self.model, text, finish_reason, usage, logprobs)
 
     def opening(self) -> list[dict[str, Any]]:
         return [oa.text_completion(self.id, self.model, self.prefix, None)] if self.prefix else []
 
-    def piece(self, text: str) -> dict[str, Any]:
-        return oa.text_completion(self.id, self.model, text, None)
+    def piece(self, piece: Piece) -> list[dict[str, Any]]:
+        if not piece.text and not piece.logprobs:
+            return []
+        logprobs = self._logprobs(piece)
+        return [oa.text_completion(self.id, self.model, piece.text, None, None, logprobs)]
+
+    def _logprobs(self, piece: Piece) -> dict[str, Any] | None:
+        if not piece.logprobs:
+            return None
+        if self.offset < 0:
+            self.offset = len(self.prefix)
+        shown = oa.text_logprobs(piece.logprobs, self.offset)
+        self.offset += sum(len(lp.token) for lp in piece.logprobs)
+        return shown
 
     def finish(self, finish_reason: str) -> dict[str, Any]:
         return oa.text_completion(self.id, self.model, "", finish_reason)

@@ -15,11 +15,12 @@ from fastapi.staticfiles import StaticFiles
 WEB = Path(__file__).parent / "web"
 
 # The page holds a session token: it runs only its own scripts, talks only to this
-# origin, and cannot be framed.
+# origin, and cannot be framed. The speech the playground plays is a blob: URL.
 PAGE_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        "media-src blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",

@@ -72,6 +72,10 @@ def refusal(exc: Refused) -> ApiError:
     return ApiError(exc.status_hint, exc.message, exc.code, exc.param, headers=headers)
 
 
+# Request fields a node may refuse for its model.
+NODE_FIELDS = frozenset({"tools", "tool_choice", "response_format", "logprobs", "top_logprobs"})
+
+
 def routing_error(exc: Exception) -> ApiError:
     """The HTTP face of a routing failure."""
     if isinstance(exc, UnknownModel):
@@ -80,7 +84,11 @@ def routing_error(exc: Exception) -> ApiError:
         return ApiError(503, node_text(str(exc)), "no_peer_ready")
     if isinstance(exc, UpstreamError):
         status = {ErrorCode.BAD_REQUEST: 400, ErrorCode.DEADLINE_EXCEEDED: 504}.get(exc.code, 502)
-        return ApiError(status, upstream_message(exc), exc.code.value.lower())
+        message = upstream_message(exc)
+        # A node names the field it cannot honour first ("tools: ..."): so does the error.
+        named = message.partition(":")[0]
+        param = named if status == 400 and named in NODE_FIELDS else None
+        return ApiError(status, message, exc.code.value.lower(), param)
     raise exc
 
 

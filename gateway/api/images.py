@@ -50,6 +50,7 @@ class ImageGenerationRequest(BaseModel):
     # Beyond OpenAI's API: the diffusion knobs.
     steps: int = Field(default=30, ge=1, le=MAX_IMAGE_STEPS)
     guidance_scale: float = Field(default=7.5, ge=0.0, le=MAX_GUIDANCE)
+    negative_prompt: str = Field(default="", max_length=MAX_IMAGE_PROMPT_CHARS)
 
     @field_validator("size")
     @classmethod
@@ -73,6 +74,7 @@ class ImageGenerationRequest(BaseModel):
             steps=self.steps,
             guidance=self.guidance_scale,
             seed=self.seed,
+            negative_prompt=self.negative_prompt,
         )
 
 

@@ -26,12 +26,12 @@ from gateway.api import openai_api as oa
 from gateway.api.errors import ApiError, refusal, routing_error, upstream_message
 from gateway.api.response_cache import Answer
 from gateway.api.services import Services, services
-from gateway.routing.router import Generation, NoPeerReady, UnknownModel, UpstreamError
+from gateway.routing.router import Generation, NoPeerReady, Piece, UnknownModel, UpstreamError
 from protocols import GenerateParams, VisionParams
 
 NODE_HEADER = oa.NODE_HEADER
 # What a node may say about why it stopped; anything else reads as "stop".
-FINISH_REASONS = frozenset({"stop", "length"})
+FINISH_REASONS = frozenset({"stop", "length", "tool_calls"})
 
 
 @dataclass
@@ -50,20 +50,21 @@ class Started:
 @dataclass
 class Renderer:
     """How a text route words its answer: ``whole``, or as a stream of events (``opening``,
-    a ``piece`` per delta, ``closing``); a stream ends with usage only if it was asked for."""
+    the events of each ``piece``, ``closing``); a stream ends with usage only if it was
+    asked for."""
 
     id: str
     model: str
     include_usage: bool
 
-    def whole(self, text: str, finish_reason: str, usage: dict[str, int]) -> dict[str, Any]:
+    def whole(self, answer: Piece, finish_reason: str, usage: dict[str, int]) -> dict[str, Any]:
         """The complete answer, with why it ended and the tokens charged."""
         raise NotImplementedError
 
     def opening(self) -> list[dict[str, Any]]:
         raise NotImplementedError
 
-    def piece(self, text: str) -> dict[str, Any]:
+    def piece(self, piece: Piece) -> list[dict[str, Any]]:
         raise NotImplementedError
 
     def finish(self, finish_reason: str) -> dict[str, Any]:
@@ -88,14 +89,16 @@ async def routed(
     *,
     tokens: int = 0,
     images: int = 0,
+    audio: int = 0,
 ) -> AsyncIterator[Outcome]:
     """Meter → route → error → headers: the call is admitted by the meters and recorded
     however it ends; a refusal or a routing failure becomes an HTTP error, and every HTTP
-    error carries the caller's rate-limit headers. ``tokens`` and ``images``: the most
-    the call may use, held back from the caller's quotas until it ends."""
+    error carries the caller's rate-limit headers. ``tokens``, ``images`` and ``audio``
+    (seconds): the most the call may use, held back from the caller's quotas until it ends."""
     meters = services(request).meters
     try:
-        async with metered(meters, claims, model, kind, tokens=tokens, images=images) as outcome:
+        metering = metered(meters, claims, model, kind, tokens=tokens, images=images, audio=audio)
+        async with metering as outcome:
             try:
                 yield outcome
             except (UnknownModel, NoPeerReady, UpstreamError) as exc:
@@ -154,7 +157,7 @@ def _finish_reason(started: Started) -> str:
     return reason if reason in FINISH_REASONS else "stop"
 
 
-def _kept(started: Started, pieces: list[str], usage: dict[str, int]) -> None:
+def _kept(started: Started, pieces: list[Piece], usage: dict[str, int]) -> None:
     """Hand a call that the node finished to ``keep``."""
     if started.keep is not None and started.generation.finished:
         answer = Answer(
@@ -166,20 +169,34 @@ def _kept(started: Started, pieces: list[str], usage: dict[str, int]) -> None:
         started.keep(answer)
 
 
-async def collect(started: Started) -> tuple[str, dict[str, int]]:
+def forwarded_text(pieces: list[Piece]) -> str:
+    """What ``pieces`` put in front of the caller, tool calls included (what the tokens
+    charged for them must fit in)."""
+    return "".join(p.text + "".join(c.name + c.arguments for c in p.tool_calls) for p in pieces)
+
+
+def joined(pieces: list[Piece]) -> Piece:
+    return Piece(
+        "".join(p.text for p in pieces),
+        [lp for p in pieces for lp in p.logprobs],
+        [c for p in pieces for c in p.tool_calls],
+    )
+
+
+async def collect(started: Started) -> tuple[Piece, dict[str, int]]:
     """The whole answer and its usage; failures become HTTP errors carrying the
     rate-limit headers."""
-    text = ""
+    pieces: list[Piece] = []
     try:
         async with started.stack:
             try:
-                text = await started.generation.text()
+                pieces = [piece async for piece in started.generation.pieces()]
             except UpstreamError as exc:
                 raise routing_error(exc) from exc
             finally:
-                usage = _settle(started, text)
-            _kept(started, [text], usage)
-            return text, usage
+                usage = _settle(started, forwarded_text(pieces))
+            _kept(started, pieces, usage)
+            return joined(pieces), usage
     except ApiError as exc:
         exc.headers.update(started.headers)
         raise
@@ -190,8 +207,8 @@ async def answer(started: Started, render: Renderer, stream: bool) -> Response:
     else the whole answer once the text is complete. Both carry the call's headers."""
     if stream:
         return event_stream(started, render)
-    text, usage = await collect(started)
-    body = render.whole(text, _finish_reason(started), usage)
+    whole, usage = await collect(started)
+    body = render.whole(whole, _finish_reason(started), usage)
     return JSONResponse(body, headers=started.headers)
 
 
@@ -231,22 +248,22 @@ async def stream(started: Started, render: Renderer) -> AsyncGenerator[bytes, No
     call that ends early, the client gone or the node failed, is charged for the text
     forwarded so far.
     """
-    forwarded: list[str] = []
+    forwarded: list[Piece] = []
     async with started.stack:
         try:
             for event in render.opening():
                 yield oa.sse(event)
-            async for piece in started.generation.deltas():
-                if piece:
-                    forwarded.append(piece)
-                    yield oa.sse(render.piece(piece))
+            async for piece in started.generation.pieces():
+                forwarded.append(piece)
+                for event in render.piece(piece):
+                    yield oa.sse(event)
         except UpstreamError as exc:
             started.outcome.status = 502
             closing = [oa.error_body(502, upstream_message(exc), exc.code.value.lower())]
         else:
             closing = []
         finally:
-            usage = _settle(started, "".join(forwarded))
+            usage = _settle(started, forwarded_text(forwarded))
     if not closing:
         _kept(started, forwarded, usage)
         closing = render.closing(_finish_reason(started), usage)

@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from protocols import TokenLogprob, Tool, ToolCall
+from protocols.answer import MAX_TOP_LOGPROBS
 from protocols.generation import MAX_NEW_TOKENS
 
 # Names the node that answered (or "cache"), on every inference answer.
@@ -37,24 +39,82 @@ class ImagePart(BaseModel):
         return self.image_url if isinstance(self.image_url, str) else self.image_url.url
 
 
+class FunctionCallIn(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    arguments: str = Field(max_length=100_000)
+
+
+class ToolCallIn(BaseModel):
+    """A call an assistant made earlier in the conversation."""
+
+    id: str = Field(max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["system", "user", "assistant", "developer"]
-    content: str | list[Annotated[ContentPart | ImagePart, Field(discriminator="type")]]
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    # None: an assistant message that only calls tools.
+    content: str | list[Annotated[ContentPart | ImagePart, Field(discriminator="type")]] | None = (
+        None
+    )
+    tool_calls: list[ToolCallIn] | None = Field(default=None, max_length=128)
+    tool_call_id: str | None = Field(default=None, max_length=256)
 
     def text(self) -> str:
         """The message's text, without its pictures."""
-        if isinstance(self.content, str):
-            return self.content
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
         return "".join(part.text for part in self.content if isinstance(part, ContentPart))
 
     def pictures(self) -> list[ImagePart]:
         return (
             []
-            if isinstance(self.content, str)
+            if self.content is None or isinstance(self.content, str)
             else [part for part in self.content if isinstance(part, ImagePart)]
         )
+
+
+class FunctionDef(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    description: str = Field(default="", max_length=10_000)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    strict: bool | None = None
+
+
+class ToolIn(BaseModel):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+# Older OpenAI fields this API does not take, and what to send instead: refused, never
+# silently dropped.
+REPLACED_FIELDS = {"functions": "tools", "function_call": "tool_choice"}
 
 
 class StreamOptions(BaseModel):
@@ -64,7 +124,7 @@ class StreamOptions(BaseModel):
 class GenerationRequest(BaseModel):
     """What chat and legacy completions share: the model, sampling and streaming."""
 
-    # Clients send fields we do not use (logprobs, user, ...): accept and ignore them.
+    # Clients send fields that change nothing here (user, metadata, ...): accept them.
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1, max_length=256)
@@ -101,6 +161,37 @@ class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessageIn] = Field(min_length=1, max_length=1024)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
+    tools: list[ToolIn] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+    response_format: ResponseFormat | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    def extras(self) -> dict[str, Any]:
+        """The ``GenerateParams`` fields for tools, response format and logprobs."""
+        choice = self.tool_choice or "auto"
+        named = isinstance(choice, NamedToolChoice)
+        format_ = self.response_format or ResponseFormat(type="text")
+        if format_.type == "json_schema" and format_.json_schema is None:
+            raise ValueError("response_format: json_schema needs a json_schema object")
+        return {
+            "tools": [
+                Tool(t.function.name, t.function.description, t.function.parameters)
+                for t in self.tools or []
+            ],
+            "tool_choice": "function" if named else choice,
+            "tool_name": choice.function.name if isinstance(choice, NamedToolChoice) else None,
+            "parallel_tool_calls": self.parallel_tool_calls,
+            "response_format": format_.type,
+            "json_schema": format_.json_schema.schema_ if format_.json_schema else None,
+            "logprobs": self.logprobs,
+            "top_logprobs": self.top_logprobs or 0,
+        }
+
+    def replaced(self) -> str | None:
+        """The first field sent that this API takes under another name, if any."""
+        return next((f for f in REPLACED_FIELDS if f in (self.model_extra or {})), None)
 
 
 class CompletionRequest(GenerationRequest):
@@ -109,6 +200,8 @@ class CompletionRequest(GenerationRequest):
     prompt: str | list[str]
     max_tokens: int = Field(default=16, ge=1, le=MAX_NEW_TOKENS)
     echo: bool = False
+    # The legacy shape: how many of the likeliest tokens to list at each position.
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
     def text(self) -> str:
         if isinstance(self.prompt, str):
@@ -119,14 +212,20 @@ class CompletionRequest(GenerationRequest):
 
 
 def text_completion(
-    id_: str, model: str, text: str, finish_reason: str | None, usage_: dict[str, int] | None = None
+    id_: str,
+    model: str,
+    text: str,
+    finish_reason: str | None,
+    usage_: dict[str, int] | None = None,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    choice = {"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish_reason}
     body: dict[str, Any] = {
         "id": id_,
         "object": "text_completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [choice],
     }
     if usage_ is not None:
         body["usage"] = usage_
@@ -148,10 +247,11 @@ def usage(prompt: int, completion: int) -> dict[str, int]:
 def chat_completion(
     id_: str,
     model: str,
-    text: str,
+    message: dict[str, Any],
     finish_reason: str,
     usage_: dict[str, int],
     created: int | None = None,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "id": id_,
@@ -161,11 +261,68 @@ def chat_completion(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": {"role": "assistant"} | message,
+                "logprobs": logprobs,
                 "finish_reason": finish_reason,
             }
         ],
         "usage": usage_,
+    }
+
+
+def assistant_message(text: str, calls: list[ToolCall]) -> dict[str, Any]:
+    """An answer's message: its text (None when it only calls tools) and its calls."""
+    if not calls:
+        return {"content": text}
+    return {"content": text if text.strip() else None, "tool_calls": tool_calls(calls)}
+
+
+def tool_calls(calls: list[ToolCall], first: int = 0) -> list[dict[str, Any]]:
+    return [
+        {
+            "index": first + i,
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments},
+        }
+        for i, call in enumerate(calls)
+    ]
+
+
+# What a JSON body says for a token the model rules out (JSON has no -Infinity), as vLLM.
+FLOOR_LOGPROB = -9999.0
+
+
+def _finite(logprob: float) -> float:
+    return max(logprob, FLOOR_LOGPROB)
+
+
+def _token(token: str, logprob: float) -> dict[str, Any]:
+    return {"token": token, "logprob": _finite(logprob), "bytes": list(token.encode())}
+
+
+def chat_logprobs(logprobs: list[TokenLogprob]) -> dict[str, Any]:
+    """``choices[].logprobs`` of a chat answer (or chunk)."""
+    return {
+        "content": [
+            _token(lp.token, lp.logprob) | {"top_logprobs": [_token(t, v) for t, v in lp.top]}
+            for lp in logprobs
+        ],
+        "refusal": None,
+    }
+
+
+def text_logprobs(logprobs: list[TokenLogprob], offset: int) -> dict[str, Any]:
+    """``choices[].logprobs`` of a legacy completion, its first token at ``offset``."""
+    offsets: list[int] = []
+    for lp in logprobs:
+        offsets.append(offset)
+        offset += len(lp.token)
+    return {
+        "tokens": [lp.token for lp in logprobs],
+        "token_logprobs": [_finite(lp.logprob) for lp in logprobs],
+        "top_logprobs": [{t: _finite(v) for t, v in lp.top} for lp in logprobs],
+        "text_offset": offsets,
     }
 
 
@@ -176,15 +333,15 @@ def chunk(
     delta: dict[str, Any],
     finish_reason: str | None = None,
     usage_: dict[str, int] | None = None,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
     body: dict[str, Any] = {
         "id": id_,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": []
-        if usage_ is not None
-        else [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        "choices": [] if usage_ is not None else [choice],
     }
     if usage_ is not None:
         body["usage"] = usage_

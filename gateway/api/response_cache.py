@@ -4,8 +4,9 @@ A call is deterministic when it samples greedily (``temperature`` 0) or with a f
 ``seed``: the same model build then gives the same answer. The key is a SHA-256 of the
 canonical request (model, messages or prompt, every sampling parameter), the build
 (``advertised_revision``: what the nodes serving the model say about it) and, unless the
-operator shares entries between users, the user. What is kept is the answer's text as it
-was forwarded, piece by piece, with why it ended and its token counts: a hit is rendered
+operator shares entries between users, the user. What is kept is the answer as it was
+forwarded, piece by piece (text, logprobs, tool calls), with why it ended and its token
+counts: a hit is rendered
 afresh for the asking route, whole or streamed chunk by chunk, and a plain call and a
 streamed one share entries.
 
@@ -23,28 +24,40 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.routing.peer_table import PeerTable
+from gateway.routing.router import Piece
 from protocols import GenerateParams
 
 # What an entry costs besides its text: the key, the record, the dictionary's slot.
 ENTRY_OVERHEAD = 256
+LOGPROB_OVERHEAD = 64  # a token's logprob record, besides its text
 
 
 @dataclass(frozen=True)
 class Answer:
-    """A text call's answer as the caller received it."""
+    """A text call's answer as the caller received it: its pieces (text, logprobs, tool
+    calls), why it ended, and its token counts."""
 
-    pieces: tuple[str, ...]
+    pieces: tuple[Piece, ...]
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
 
     @property
     def size(self) -> int:
-        return ENTRY_OVERHEAD + sum(len(piece.encode()) for piece in self.pieces)
+        return ENTRY_OVERHEAD + sum(_piece_size(piece) for piece in self.pieces)
 
-    @property
-    def text(self) -> str:
-        return "".join(self.pieces)
+
+def _piece_size(piece: Piece) -> int:
+    """About the bytes ``piece`` holds in memory (its text, logprobs and tool calls)."""
+    logprobs = sum(
+        LOGPROB_OVERHEAD + len(lp.token.encode()) + sum(len(t.encode()) for t, _ in lp.top)
+        for lp in piece.logprobs
+    )
+    calls = sum(
+        len(c.id.encode()) + len(c.name.encode()) + len(c.arguments.encode())
+        for c in piece.tool_calls
+    )
+    return len(piece.text.encode()) + logprobs + calls
 
 
 def deterministic(params: GenerateParams) -> bool:

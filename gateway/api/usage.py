@@ -25,6 +25,7 @@ def _rows(totals: list[UsageTotal], with_user: bool) -> list[dict[str, Any]]:
             "prompt_tokens": t.prompt_tokens,
             "completion_tokens": t.completion_tokens,
             "images": t.images,
+            "audio_seconds": t.audio_seconds,
         }
         for t in totals
     ]
@@ -36,6 +37,7 @@ def _totals(totals: list[UsageTotal]) -> dict[str, int]:
         "prompt_tokens": sum(t.prompt_tokens for t in totals),
         "completion_tokens": sum(t.completion_tokens for t in totals),
         "images": sum(t.images for t in totals),
+        "audio_seconds": sum(t.audio_seconds for t in totals),
     }
 
 

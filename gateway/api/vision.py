@@ -27,10 +27,11 @@ IMAGE_TO_TEXT = "image-to-text"
 
 
 async def start_if_shown(
-    request: Request, claims: keys.Claims, body: oa.ChatCompletionRequest
+    request: Request, claims: keys.Claims, body: oa.ChatCompletionRequest, text_only: str | None
 ) -> Started | None:
     """Start the chat on an image-to-text model if it is one for such a model (it carries
-    pictures, or names one); None leaves it to the text route."""
+    pictures, or names one); None leaves it to the text route. ``text_only`` names a field
+    the call sets that only a text model honours: such a chat is refused here."""
     s = services(request)
     shown = [picture for m in body.messages for picture in m.pictures()]
     task = _task(s, body.model)
@@ -44,6 +45,9 @@ async def start_if_shown(
             "invalid_request",
             "model",
         )
+    if text_only is not None:
+        message = f"{text_only}: an image-to-text model cannot honour it"
+        raise ApiError(400, message, "invalid_request", text_only)
     if len(shown) > MAX_VISION_IMAGES:
         message = f"a chat shows at most {MAX_VISION_IMAGES} pictures"
         raise ApiError(400, message, "invalid_image", "messages")
@@ -61,7 +65,7 @@ async def _params(limits: MediaLimits, body: oa.ChatCompletionRequest) -> Vision
     messages = []
     for m in body.messages:
         parts: list[Part] = []
-        for part in m.content if isinstance(m.content, list) else [m.content]:
+        for part in m.content if isinstance(m.content, list) else [m.content or ""]:
             if isinstance(part, oa.ImagePart):
                 try:
                     images.append(await picture(limits, part.url))

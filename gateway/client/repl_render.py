@@ -21,7 +21,7 @@ from gateway.client.peer_view import ago, load_cell, models_cell, short_id
 from gateway.client.terminal import cell, printable
 from protocols.peers import PeerStatus, arrange
 
-USAGE_COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "images")
+USAGE_COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "images", "audio_seconds")
 
 
 class Screen:
@@ -105,7 +105,7 @@ def models_table(
 def usage_table(body: dict[str, Any]) -> RenderableType:
     """``GET /v1/usage``: a row per day and model, the totals, then the limits."""
     rows = [r for r in body.get("data") or [] if isinstance(r, dict)]
-    grid = _grid("DATE", "MODEL", "REQUESTS", "PROMPT", "COMPLETION", "IMAGES")
+    grid = _grid("DATE", "MODEL", "REQUESTS", "PROMPT", "COMPLETION", "IMAGES", "AUDIO S")
     for row in rows:
         grid.add_row(cell(row.get("date", "")), cell(row.get("model", "")), *_counts(row))
     totals = body.get("totals")

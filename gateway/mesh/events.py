@@ -22,12 +22,13 @@ def _nowhere(event: dict[str, Any]) -> None:
 class MeshEvents:
     def __init__(self) -> None:
         self.publish: Publish = _nowhere
-        self.on_usage: list[Callable[[str, int, int, int, float], None]] = []
+        self.on_usage: list[Callable[[str, int, int, int, float, int], None]] = []
         self.on_revoke: list[Callable[[str, float], None]] = []
 
-    def usage(self, user: str, requests: int, tokens: int, images: int) -> None:
+    def usage(self, user: str, requests: int, tokens: int, images: int, audio: int) -> None:
         """A call was counted here: tell the other gateways."""
-        self.publish(event_to_wire(UsageEvent(user, requests, tokens, images, time.time())))
+        event = UsageEvent(user, requests, tokens, images, time.time(), audio)
+        self.publish(event_to_wire(event))
 
     def revoked(self, jti: str, expires_at: float) -> None:
         """A key was revoked here: tell the other gateways."""
@@ -37,7 +38,14 @@ class MeshEvents:
         """An event from another gateway."""
         if isinstance(event, UsageEvent):
             for note in self.on_usage:
-                note(event.user, event.requests, event.tokens, event.images, event.at)
+                note(
+                    event.user,
+                    event.requests,
+                    event.tokens,
+                    event.images,
+                    event.at,
+                    event.audio_seconds,
+                )
         else:
             for revoke in self.on_revoke:
                 revoke(event.jti, event.expires_at)

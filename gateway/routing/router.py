@@ -35,9 +35,12 @@ from protocols import (
     ImageParams,
     RemoteProtocolError,
     SpeechParams,
+    TokenLogprob,
+    ToolCall,
     TranscribeParams,
     Transcript,
     VisionParams,
+    answer_from_wire,
 )
 
 logger = logging.getLogger(__name__)
@@ -67,10 +70,19 @@ class UpstreamError(RoutingError):
         self.code = code
 
 
+@dataclass(frozen=True)
+class Piece:
+    """A piece of a text answer: its text, and the logprobs and tool calls that came with it."""
+
+    text: str
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+
+
 @dataclass
 class Generation:
-    """An answered call: ``deltas()`` yields text; ``usage`` holds the node's counts so
-    far (each chunk carries them), then its end data."""
+    """An answered call: ``pieces()`` yields its pieces (``deltas()`` their text alone);
+    ``usage`` holds the node's counts so far (each chunk carries them), then its end data."""
 
     peer_id: str
     call: Call
@@ -81,30 +93,42 @@ class Generation:
     def finished(self) -> bool:
         return self.call.result is not None
 
-    def _counted(self, chunk: dict[str, Any]) -> str:
+    def _counted(self, chunk: dict[str, Any]) -> Piece:
         counts: dict[str, Any] = {
             k: chunk[k] for k in ("prompt_tokens", "completion_tokens") if k in chunk
         }
         if counts:
             self.usage = counts
-        return str(chunk.get("text", ""))
+        return _piece(chunk)
 
-    async def deltas(self) -> AsyncIterator[str]:
+    async def pieces(self) -> AsyncIterator[Piece]:
         try:
             if self.first is not None:
                 yield self._counted(self.first)
             async for chunk in self.call:
                 yield self._counted(chunk)
             if self.call.result and "text" in self.call.result:
-                yield str(self.call.result["text"])  # a non-streamed answer comes whole
+                yield _piece(self.call.result)  # a non-streamed answer comes whole
         except RemoteError as exc:
             raise UpstreamError(exc.code, f"node failed mid-answer: {exc.message}") from exc
         except ConnectionLost as exc:
             raise UpstreamError(ErrorCode.UNAVAILABLE, f"node lost mid-answer: {exc}") from exc
         self.usage = self.call.result or {}
 
+    async def deltas(self) -> AsyncIterator[str]:
+        async for piece in self.pieces():
+            yield piece.text
+
     async def text(self) -> str:
         return "".join([piece async for piece in self.deltas()])
+
+
+def _piece(chunk: dict[str, Any]) -> Piece:
+    try:
+        logprobs, calls = answer_from_wire(chunk)
+    except ValueError as exc:
+        raise UpstreamError(ErrorCode.INTERNAL, f"node sent a malformed answer: {exc}") from exc
+    return Piece(str(chunk.get("text", "")), logprobs, calls)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ multistream-select reads are bounded (``node.p2p.multistream``).
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -67,8 +68,15 @@ def _libp2p_key_pair(identity: Ed25519PrivateKey) -> Any:
     return KeyPair(private, private.get_public_key())
 
 
+# py-libp2p's yamux sends a window update after every read by default; go-yamux waits until
+# half the window is read. Each update is a Noise-encrypted socket write, one or more per
+# RPC: waiting as go-yamux does served 19-27% more calls through a gateway here.
+YAMUX_RELEASE_ON_READ = "PY_YAMUX_RELEASE_ON_READ"
+
+
 def _make_host(identity: Ed25519PrivateKey) -> Any:
     bound_multistream_reads()
+    os.environ.setdefault(YAMUX_RELEASE_ON_READ, "0")  # an operator's own setting wins
     from libp2p import new_host
     from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
     from libp2p.network.config import ConnectionConfig

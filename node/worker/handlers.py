@@ -51,6 +51,7 @@ from protocols import (
     SpeechParams,
     TranscribeParams,
     VisionParams,
+    answer_to_wire,
 )
 from protocols.events import WatchUpdate
 from protocols.generation import MAX_SEED
@@ -202,7 +203,7 @@ class NodeService:
         started = time.monotonic()
         send, receive = trio.open_memory_channel[Delta | Exception](math.inf)
         last: Delta | None = None
-        whole: list[str] = []  # the answer, when the caller did not ask for a stream
+        whole: list[Delta] = []  # the answer, when the caller did not ask for a stream
         failure: Exception | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -219,17 +220,17 @@ class NodeService:
                         break
                     pieces = [d for d in batch if isinstance(d, Delta)]
                     last = pieces[-1]
-                    text = "".join(d.text for d in pieces)
-                    if text and stream:
+                    chunk = _joined(pieces)
+                    if chunk and stream:
                         # The counts so far go with the text: a caller that hangs up, or
                         # a call that fails, is charged for what it was sent.
                         counts = {
                             "prompt_tokens": last.prompt_tokens,
                             "completion_tokens": last.completion_tokens,
                         }
-                        await emit({"text": text} | counts)
-                    elif text:
-                        whole.append(text)
+                        await emit(chunk | counts)
+                    elif chunk:
+                        whole += pieces
         finally:
             # Tells the runner to stop between tokens when the caller has gone away.
             cancelled.set()
@@ -242,7 +243,7 @@ class NodeService:
             "finish_reason": last.finish_reason or "stop",
             "prompt_tokens": last.prompt_tokens,
             "completion_tokens": last.completion_tokens,
-        } | ({} if stream else {"text": "".join(whole)})
+        } | ({} if stream else _joined(whole) or {"text": ""})
 
     async def rpc_generate_image(
         self, params: dict[str, Any], caller: Caller, emit: Emit
@@ -367,6 +368,15 @@ def _is_transcriber(runner: object) -> TypeGuard[TranscriptionRunner]:
 
 def _is_vision(runner: object) -> TypeGuard[VisionRunner]:
     return isinstance(runner, VisionRunner)
+
+
+def _joined(deltas: list[Delta]) -> dict[str, Any]:
+    """One chunk for ``deltas``: their text, logprobs and tool calls; empty if none has any."""
+    text = "".join(d.text for d in deltas)
+    extra = answer_to_wire(
+        [lp for d in deltas for lp in d.logprobs], [c for d in deltas for c in d.tool_calls]
+    )
+    return ({"text": text} if text or extra else {}) | extra
 
 
 def _finished(delta: Delta) -> bool:

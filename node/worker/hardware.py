@@ -5,6 +5,10 @@ The node advertises the result in its record, so the probe must work on any host
 or ROCm GPU, a DirectML GPU on Windows, Apple silicon, or a plain CPU, including a host
 where torch is not installed at all (then only the CPU path runs, without importing it).
 Versions come from the installed packages' metadata: reading them imports nothing.
+
+Importing torch costs a process some 200 MB that a node serving no torch model (the echo
+model, an external engine) need never pay, so the probe runs in a child process unless
+torch is already imported here, and free device memory is read again only once it is.
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +35,40 @@ logger = logging.getLogger(__name__)
 VRAM_TOTAL_ENV = "BITINGLIP_VRAM_TOTAL"
 
 
+# The package root, for a child process to import this module from.
+_ROOT = Path(__file__).resolve().parents[2]
+PROBE_TIMEOUT = 120.0  # seconds: a first CUDA initialisation can be slow
+
+
 def probe() -> Hardware:
     """Detect the best backend torch can use here, with its memory and the library versions."""
+    lean = not torch_imported() and importlib.util.find_spec("torch") is not None
+    device = _device_apart() if lean else _device()
     return dataclasses.replace(
-        _device(), torch=_version("torch"), transformers=_version("transformers")
+        device, torch=_version("torch"), transformers=_version("transformers")
     )
+
+
+def torch_imported() -> bool:
+    return "torch" in sys.modules
+
+
+def _device_apart() -> Hardware:
+    """``_device()`` as a child process finds it; in this process if that fails."""
+    path = os.pathsep.join(filter(None, [str(_ROOT), os.environ.get("PYTHONPATH")]))
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "node.worker.hardware"],
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT,
+            check=True,
+            env=os.environ | {"PYTHONPATH": path},
+        )
+        return Hardware(**json.loads(out.stdout.strip().splitlines()[-1]))
+    except (OSError, subprocess.SubprocessError, ValueError, TypeError, IndexError) as exc:
+        logger.warning("probing the device in a child process failed (%s): probing here", exc)
+        return _device()
 
 
 def _device() -> Hardware:
@@ -70,8 +105,12 @@ def device_for(backend: str) -> str:
     raise ValueError(f"unknown backend {backend!r}")
 
 
-def refresh_free(hw: Hardware) -> Hardware:
-    """``hw`` with its free memory read again (cheap: no device enumeration)."""
+def refresh_free(hw: Hardware, exact: bool = False) -> Hardware:
+    """``hw`` with its free memory read again (cheap: no device enumeration). A device's
+    memory is read only once torch is imported here, or when ``exact`` (before a model is
+    admitted: loading it imports torch anyway)."""
+    if hw.backend != "cpu" and not torch_imported() and not exact:
+        return hw
     if hw.backend == "cuda":
         import torch
 
@@ -157,3 +196,7 @@ def _mps_memory() -> tuple[int, int]:
     allocated = getattr(torch.mps, "current_allocated_memory", None)
     used = int(allocated()) if allocated is not None else 0
     return total, max(0, total - used)
+
+
+if __name__ == "__main__":  # the child process of ``_device_apart``
+    print(json.dumps(dataclasses.asdict(_device())))

@@ -31,15 +31,26 @@ from starlette.types import Receive, Scope, Send
 
 from node.p2p.metrics import model_counters, peer_registry
 from node.p2p.rpc_server import Caller, Emit, Handler, RpcError
+from node.p2p.streams import StreamBroken
 from protocols import Hardware, Load
 
 logger = logging.getLogger(__name__)
 
+# What ends a call whose caller went away.
+_CALLER_LEFT = (trio.Cancelled, StreamBroken)
 GENERATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 # The methods that run a model; each is counted and timed.
 GENERATING = frozenset({"generate", "generate_image", "speak", "transcribe", "describe"})
 STREAMING_TEXT = frozenset({"generate", "describe"})  # timed to their first text
 OTHER = "other"  # the model label of a call for a model this node does not serve
+
+
+def _caller_left(exc: BaseException) -> bool:
+    """Whether ``exc`` says only that the caller left: a cancellation (from inside a nursery,
+    a group of them) or the stream broken while the answer was being sent."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(_CALLER_LEFT)[1] is None
+    return isinstance(exc, _CALLER_LEFT)
 
 
 class NodeMetrics:
@@ -101,8 +112,9 @@ class NodeMetrics:
         except RpcError as exc:
             status = exc.code.value.lower()
             raise
-        except trio.Cancelled:
-            status = "cancelled"
+        except BaseException as exc:
+            if _caller_left(exc):
+                status = "cancelled"
             raise
         finally:
             self.requests.labels(method, status).inc()

@@ -48,10 +48,10 @@ def _probe() -> Hardware:
     return probe()
 
 
-def _refresh(hardware: Hardware) -> Hardware:
+def _refresh(hardware: Hardware, exact: bool = False) -> Hardware:
     from node.worker.hardware import refresh_free
 
-    return refresh_free(hardware)
+    return refresh_free(hardware, exact)
 
 
 def _default_store() -> Path:
@@ -166,7 +166,7 @@ class Node:
                     progress,
                     admit,
                     self.config.echo_delay,
-                    lambda: _refresh(self.hardware).memory_free,
+                    lambda: _refresh(self.hardware, exact=True).memory_free,
                 )
             finally:
                 with self._promising:
@@ -180,7 +180,7 @@ class Node:
         if needs is None:
             logger.warning("%s: no safetensors weights, so its memory needs are unknown", model)
             return 0
-        free = _refresh(self.hardware).memory_free
+        free = _refresh(self.hardware, exact=True).memory_free
         with self._promising:
             memory.admit(model, needs, max(0, free - self._promised), _memory_name(self.hardware))
             self._promised += needs.total

@@ -59,8 +59,12 @@ def gateway_url(swarm: LocalSwarmFixture) -> str:
     return url
 
 
-def open_page(browser: Browser, url: str, problems: list[str]) -> Page:
-    page = browser.new_page(viewport={"width": 1280, "height": 900}, color_scheme="light")
+def open_page(browser: Browser, url: str, problems: list[str], *, audited: bool = False) -> Page:
+    """``url`` in a new page whose console errors go to ``problems``. An ``audited`` page
+    lets the accessibility audit inject axe-core past the page's script policy."""
+    page = browser.new_page(
+        viewport={"width": 1280, "height": 900}, color_scheme="light", bypass_csp=audited
+    )
 
     def on_console(message: ConsoleMessage) -> None:
         # Refusals the test provokes are logged too; anything else (a script error, a

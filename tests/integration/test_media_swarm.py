@@ -295,6 +295,14 @@ def test_calls_are_counted_and_listed(media: Media) -> None:
 
     with Store.open(media.swarm.data_dir / "peers" / "gateway") as store:
         rows = {r.kind: r for r in store.usage_records("counted")}
-    assert rows["speech"].prompt_tokens == len("Count me.")
-    assert rows["transcription"].completion_tokens > 0
+    # Audio is charged in seconds: speech by what was sent (at most 4 characters a second),
+    # a transcription by what was heard; not in tokens.
+    speech, heard = rows["speech"], rows["transcription"]
+    assert 1 <= speech.audio_seconds <= 3 and speech.prompt_tokens == 0
+    assert heard.audio_seconds == 2 and heard.prompt_tokens == heard.completion_tokens == 0
+    usage = httpx.get(
+        f"{url}/v1/usage", headers={"Authorization": f"Bearer {media.swarm.token('counted')}"}
+    ).json()
+    assert usage["totals"]["audio_seconds"] == speech.audio_seconds + 2
+    assert usage["limits"]["audio_seconds_today"] == speech.audio_seconds + 2
     assert rows["vision"].prompt_tokens > 0 and rows["vision"].completion_tokens == 3

@@ -11,7 +11,7 @@ const $ = (id) => document.getElementById(id);
 
 // --- the API ----------------------------------------------------------------------------
 
-class ApiError extends Error {
+export class ApiError extends Error {
   constructor(status, message, code = null, retryAfter = null) {
     super(message);
     this.status = status;
@@ -30,6 +30,9 @@ function loadSession() {
 }
 
 let session = loadSession();
+
+// The signed-in user's session token, for the page's other modules (the playground).
+export const bearer = () => (session ? session.token : null);
 
 async function api(path, { method = "GET", body, auth = true } = {}) {
   const headers = { Accept: "application/json" };
@@ -64,8 +67,16 @@ async function api(path, { method = "GET", body, auth = true } = {}) {
   return data;
 }
 
+const sentence = (text) => (/[.!?]$/.test(text) ? text : `${text}.`);
+
+// "Try again in N s." from a refusal's Retry-After, else ``otherwise``.
+function wait(error, otherwise) {
+  const seconds = Number(error.retryAfter);
+  return Number.isFinite(seconds) && seconds > 0 ? `Try again in ${Math.ceil(seconds)} s.` : otherwise;
+}
+
 // What a person should read for a failed call.
-function explain(error, what) {
+export function explain(error, what) {
   if (!(error instanceof ApiError)) return `Could not ${what}: ${error}`;
   switch (error.status) {
     case 0:
@@ -74,10 +85,10 @@ function explain(error, what) {
       return `You may not ${what}: ${error.message}`;
     case 404:
       return `This gateway cannot ${what} (${error.message}).`;
-    case 429: {
-      const wait = error.retryAfter ? ` Try again in ${error.retryAfter} s.` : " Try again soon.";
-      return `Too many requests.${wait}`;
-    }
+    case 429:
+      return `Too many requests: ${sentence(error.message)} ${wait(error, "Try again soon.")}`;
+    case 503:
+      return `No node can ${what} now: ${sentence(error.message)} ${wait(error, "Try again in a moment.")}`;
     default:
       if (error.status >= 500) return `The gateway failed to ${what} (${error.status}): ${error.message}`;
       return `Could not ${what}: ${error.message}`;
@@ -86,7 +97,7 @@ function explain(error, what) {
 
 // --- small DOM helpers -------------------------------------------------------------------
 
-function el(tag, props = {}, ...children) {
+export function el(tag, props = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(props)) {
     if (value === undefined || value === null || value === false) continue;
@@ -106,7 +117,7 @@ function svg(tag, attrs = {}, text) {
   return node;
 }
 
-function show(node, message) {
+export function show(node, message) {
   node.textContent = message || "";
   node.hidden = !message;
 }
@@ -215,7 +226,7 @@ async function signOut() {
 }
 
 // A refused token ends the session; other failures are shown where they happened.
-function handle(error, where, what) {
+export function handle(error, where, what) {
   if (error instanceof ApiError && error.status === 401) {
     logout("Your session has ended. Please log in again.");
     return;
@@ -366,18 +377,21 @@ const SERIES = {
   tokens: [["prompt_tokens", "Prompt tokens"], ["completion_tokens", "Completion tokens"]],
   requests: [["requests", "Requests"]],
   images: [["images", "Images"]],
+  audio: [["audio_seconds", "Seconds of audio"]],
 };
+
+const emptyDay = () => ({ requests: 0, prompt_tokens: 0, completion_tokens: 0, images: 0, audio_seconds: 0 });
 
 function daily(rows, span) {
   const byDate = new Map();
   const today = new Date();
   for (let i = span - 1; i >= 0; i -= 1) {
     const day = new Date(Date.UTC(today.getUTCFullYear(), today.getUTCMonth(), today.getUTCDate() - i));
-    byDate.set(day.toISOString().slice(0, 10), { requests: 0, prompt_tokens: 0, completion_tokens: 0, images: 0 });
+    byDate.set(day.toISOString().slice(0, 10), emptyDay());
   }
   for (const row of rows) {
     const key = String(row.date || "").slice(0, 10);
-    if (!byDate.has(key)) byDate.set(key, { requests: 0, prompt_tokens: 0, completion_tokens: 0, images: 0 });
+    if (!byDate.has(key)) byDate.set(key, emptyDay());
     const day = byDate.get(key);
     for (const field of Object.keys(day)) day[field] += Number(row[field]) || 0;
   }
@@ -469,6 +483,7 @@ function renderUsage(reply, span) {
     ["Prompt tokens", numbers.format(count("prompt_tokens"))],
     ["Completion tokens", numbers.format(count("completion_tokens"))],
     ["Images", numbers.format(count("images"))],
+    ["Seconds of audio", numbers.format(count("audio_seconds"))],
   ]);
   drawChart(daily(usageRows, span), $("usage-metric").value);
   renderLimits(reply && typeof reply.limits === "object" && reply.limits ? reply.limits : {});
@@ -479,6 +494,7 @@ const QUOTAS = [
   ["requests_this_minute", "requests_per_minute", "Requests this minute"],
   ["tokens_today", "tokens_per_day", "Tokens today"],
   ["images_today", "images_per_day", "Images today"],
+  ["audio_seconds_today", "audio_seconds_per_day", "Seconds of audio today"],
   ["inflight", "concurrent", "Calls running at once"],
 ];
 

@@ -26,6 +26,8 @@ from protocols import (
     ImageParams,
     ModelInfo,
     SpeechParams,
+    TokenLogprob,
+    ToolCall,
     TranscribeParams,
     Transcript,
     VisionParams,
@@ -44,13 +46,18 @@ class Delta:
     """A piece of generated text, with token counts so far.
 
     The last delta of a generation has ``finish_reason`` set: ``stop`` (end of text or
-    a stop sequence), ``length`` (max_tokens reached) or ``cancelled``.
+    a stop sequence), ``length`` (max_tokens reached), ``tool_calls`` (the model ended
+    after calling tools) or ``cancelled``.
     """
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str | None = None
+    # The log probabilities of the tokens behind this piece, when the call asked for them.
+    logprobs: tuple[TokenLogprob, ...] = ()
+    # Tool calls completed in this piece (parsed out of the model's output).
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @runtime_checkable
@@ -159,3 +166,11 @@ def free_device_memory(device: str) -> None:
         import torch
 
         torch.cuda.empty_cache()
+
+
+def refuse_extras(params: GenerateParams, model_id: str) -> None:
+    """``ValueError`` naming the first field of ``params`` that a runner without tools,
+    constrained decoding or logprobs would otherwise have to drop."""
+    asked = params.engine_field()
+    if asked is not None:
+        raise ValueError(f"{asked}: {model_id} cannot honour it on this node")

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from node.worker.runners.base import Delta
+from node.worker.runners.base import Delta, refuse_extras
 from protocols import GenerateParams, ModelInfo
 
 
@@ -28,6 +28,10 @@ class EchoRunner:
         )
 
     def generate(self, params: GenerateParams, cancelled: threading.Event) -> Iterator[Delta]:
+        refuse_extras(params, self._model_id)  # an echo has no logits and no template
+        return self._echo(params, cancelled)
+
+    def _echo(self, params: GenerateParams, cancelled: threading.Event) -> Iterator[Delta]:
         if params.messages is not None:
             source = params.messages[-1].content
             prompt_tokens = sum(len(m.content.split()) + 1 for m in params.messages)

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from node.worker.runners.base import Delta
+from node.worker.runners.base import Delta, refuse_extras
 from node.worker.runners.engine_process import EngineProcess, describe_exit, free_port
 from node.worker.runners.engine_wire import (
     EngineError,
@@ -240,7 +240,10 @@ class EngineRunner:
         drop the request: at the next event, or within 50 ms when the engine is silent
         (the request is queued, or the caller stopped reading). The last delta then
         says ``cancelled``.
+        Tools, a JSON answer and logprobs are not passed on (yet): a call that sets one is
+        refused (``ValueError`` naming it) rather than answered without it.
         """
+        refuse_extras(params, self._model_id)
         path, body = request_body(params, self._served or self._model_id)
         return self._stream(path, body, cancelled)
 

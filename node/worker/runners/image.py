@@ -90,6 +90,7 @@ class DiffusersRunner:
                 generator.manual_seed(params.seed)
             result = pipeline(
                 prompt=params.prompt,
+                negative_prompt=params.negative_prompt or None,
                 num_images_per_prompt=params.n,
                 width=params.width,
                 height=params.height,

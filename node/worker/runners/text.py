@@ -6,12 +6,11 @@ text deltas. Stop sequences are matched on the text (holding back any tail that 
 the start of one); a stop sequence or a caller that goes away takes the request out of
 the batch at the next step, so abandoned work does not keep the model busy.
 
-Sampling draws from a per-request ``torch.Generator`` instead of the global RNG: a seeded
-request gives the same text whatever else shares its batch. What a request leaves unset
-(temperature, top_p) comes from the model's own generation config, read as transformers'
-``generate`` reads it: greedy unless it asks to sample. A generation caught in a loop (the
-same run of tokens over and over) is ended, as a small model can repeat itself until
-``max_tokens``.
+Each request picks its tokens as ``sampling`` says (a grammar's mask first, for a JSON
+answer or a forced tool call; its log probabilities recorded when asked). Tools are
+rendered by the model's chat template, and the calls the model writes are parsed out of
+its text as ``tool_calls`` says. A generation caught in a loop (the same run of tokens
+over and over) is ended, as a small model can repeat itself until ``max_tokens``.
 """
 
 from __future__ import annotations
@@ -21,17 +20,20 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from node.worker.runners.base import Delta, Progress, drop_model
-from node.worker.runners.batch import BatchEngine, Pick
+from node.worker.runners.batch import BatchEngine
+from node.worker.runners.grammar import ANY_OBJECT, Constraint, Grammars
 from node.worker.runners.kv import FALLBACK_CONTEXT, default_slots
-from protocols import GenerateParams, ModelInfo
+from node.worker.runners.sampling import Picker, Sampling, picker
+from node.worker.runners.tool_calls import CallParser, ForcedParser, tool_format
+from protocols import GenerateParams, ModelInfo, TokenLogprob, ToolCall, call_schema
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -41,30 +43,6 @@ logger = logging.getLogger(__name__)
 LOOP_PERIOD = 32
 LOOP_REPEATS = 4
 LOOP_SPAN = 64
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How a model chooses tokens when a request does not say: temperature 0 is greedy,
-    top_k 0 keeps every token, repetition_penalty 1 changes nothing."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-
-    @classmethod
-    def of(cls, config: Any) -> Sampling:
-        """The defaults in a transformers ``GenerationConfig``."""
-        penalty = float(getattr(config, "repetition_penalty", None) or 1.0)
-        if not getattr(config, "do_sample", False):
-            return cls(repetition_penalty=penalty)
-        return cls(
-            float(getattr(config, "temperature", None) or 1.0),
-            float(getattr(config, "top_p", None) or 1.0),
-            int(getattr(config, "top_k", None) or 0),
-            penalty,
-        )
 
 
 class TextRunner:
@@ -95,6 +73,8 @@ class TextRunner:
         self.defaults = Sampling.of(model.generation_config)
         # Fast tokenizers are Rust objects shared between request threads.
         self._encoding = threading.Lock()
+        self.tool_format = tool_format(tokenizer.chat_template)
+        self._grammars: Grammars | None = None  # built for the first constrained call
 
     @classmethod
     def load(
@@ -185,9 +165,18 @@ class TextRunner:
                     raise ValueError(
                         f"{self._model_id} has no chat template: send a raw prompt instead"
                     )
-                messages = [{"role": m.role, "content": m.content} for m in params.messages]
+                if params.tools and self.tool_format is None:
+                    raise ValueError(
+                        f"tools: the chat template of {self._model_id} does not render tools"
+                    )
+                # tool_choice none: the model is not told of the tools, so it cannot call one.
+                offered = params.tools if params.tool_choice != "none" else []
                 encoded = tokenizer.apply_chat_template(
-                    messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+                    [m.template_form() for m in params.messages],
+                    tools=[t.template_form() for t in offered] or None,
+                    add_generation_prompt=True,
+                    return_dict=True,
+                    return_tensors="pt",
                 )
             else:
                 encoded = tokenizer(params.prompt or "", return_tensors="pt")
@@ -201,31 +190,30 @@ class TextRunner:
         engine = self._engine
         if engine is None:
             raise RuntimeError(f"{self._model_id} is closed")
-        pick = _picker(params, self.defaults, prompt)
+        pick = picker(params, self.defaults, prompt, self._constraint(params))
         channel = engine.submit(prompt, max_new, pick, _Either(cancelled, halt))
-        text = _TextStream(self._tokenizer)
-        pending = ""  # text not yet sent: it may be the start of a stop sequence
-        tokens = 0
         produced: list[int] = []
+        shape = _Shaper(self, params, pick, prompt_tokens, produced)
+        text = _TextStream(self._tokenizer, skip_special=shape.skip_special)
+        pending = ""  # text not yet sent: it may be the start of a stop sequence
         try:
             for token in channel:
-                tokens += 1
                 produced.append(token)
                 if looping(produced):
                     logger.info("%s: ended a generation caught in a loop", self._model_id)
                     halt.set()
-                    yield Delta(pending + text.flush(), prompt_tokens, tokens, "stop")
+                    yield shape.last(pending + text.flush(), len(produced), "stop")
                     return
                 pending += text.add(token)
                 cut = _first_stop(pending, params.stop)
                 if cut >= 0:
                     halt.set()
-                    yield Delta(pending[:cut], prompt_tokens, tokens, "stop")
+                    yield shape.last(pending[:cut], len(produced), "stop")
                     return
                 keep = _stop_prefix_len(pending, params.stop)
                 ready, pending = pending[: len(pending) - keep], pending[len(pending) - keep :]
-                if ready:
-                    yield Delta(ready, prompt_tokens, tokens)
+                if ready and (delta := shape.piece(ready)) is not None:
+                    yield delta
         finally:
             halt.set()
         finished = channel.finished
@@ -236,9 +224,108 @@ class TextRunner:
         rest = pending + text.flush()
         cut = _first_stop(rest, params.stop)
         if cut >= 0:
-            yield Delta(rest[:cut], prompt_tokens, finished.tokens, "stop")
+            yield shape.last(rest[:cut], finished.tokens, "stop")
         else:
-            yield Delta(rest, prompt_tokens, finished.tokens, finished.reason)
+            yield shape.last(rest, finished.tokens, finished.reason)
+
+    def _constraint(self, params: GenerateParams) -> Constraint | None:
+        """The grammar ``params`` holds its answer to, if any."""
+        if params.response_format == "json_schema":
+            schema = params.json_schema
+        elif params.response_format == "json_object":
+            schema = ANY_OBJECT
+        elif params.tool_choice == "required":
+            schema = call_schema(params.tools, params.parallel_tool_calls)
+        elif params.tool_choice == "function":
+            (tool,) = [t for t in params.tools if t.name == params.tool_name]
+            schema = tool.parameters or ANY_OBJECT
+        else:
+            return None
+        with self._encoding:
+            if self._grammars is None:
+                vocab = int(self._model.config.vocab_size)
+                self._grammars = Grammars(self._tokenizer, vocab, self._eos)
+            grammars = self._grammars
+        return grammars.constraint(schema or ANY_OBJECT)
+
+    def token_texts(self, ids: list[int]) -> list[str]:
+        """Each token's own text (as decoded alone)."""
+        with self._encoding:
+            return [str(t) for t in self._tokenizer.batch_decode([[i] for i in ids])]
+
+
+class _Shaper:
+    """Turns one generation's text into deltas: tool calls parsed out of it, and the log
+    probabilities of the tokens ``produced`` so far attached to the piece they made."""
+
+    def __init__(
+        self,
+        runner: TextRunner,
+        params: GenerateParams,
+        pick: object,
+        prompt_tokens: int,
+        produced: list[int],
+    ) -> None:
+        self._runner = runner
+        self._picker = pick if params.logprobs and isinstance(pick, Picker) else None
+        self._prompt_tokens = prompt_tokens
+        self._produced = produced
+        self._sent = 0  # tokens whose logprobs went out
+        names = {t.name for t in params.tools}
+        self._parser: CallParser | ForcedParser | None = None
+        if params.tool_choice in ("required", "function"):
+            self._parser = ForcedParser(names, params.tool_name)
+        elif params.tools and params.tool_choice == "auto" and runner.tool_format is not None:
+            self._parser = CallParser(runner.tool_format, names, params.parallel_tool_calls)
+        # Mistral's [TOOL_CALLS] is a special token: the parser must see it.
+        self.skip_special = not (
+            isinstance(self._parser, CallParser) and self._parser.format == "mistral"
+        )
+        self._called = False
+
+    def piece(self, text: str) -> Delta | None:
+        """The delta for ``text``, the answer going on; None when it has nothing to say."""
+        content, calls = (text, []) if self._parser is None else self._parser.feed(text)
+        logprobs = self._logprobs()
+        if not content and not calls and not logprobs:
+            return None
+        return self._delta(content, calls, logprobs, len(self._produced), None)
+
+    def last(self, text: str, tokens: int, finish: str) -> Delta:
+        """The last delta, with ``finish`` (``tool_calls`` if the model ended by calling)."""
+        content, calls = (text, []) if self._parser is None else self._parser.feed(text)
+        if self._parser is not None:
+            rest, more = self._parser.close()
+            content, calls = content + rest, calls + more
+        delta = self._delta(content, calls, self._logprobs(), tokens, finish)
+        if self._called and finish == "stop":
+            delta = replace(delta, finish_reason="tool_calls")
+        return delta
+
+    def _delta(
+        self,
+        content: str,
+        calls: list[ToolCall],
+        logprobs: tuple[TokenLogprob, ...],
+        tokens: int,
+        finish: str | None,
+    ) -> Delta:
+        self._called = self._called or bool(calls)
+        return Delta(content, self._prompt_tokens, tokens, finish, logprobs, tuple(calls))
+
+    def _logprobs(self) -> tuple[TokenLogprob, ...]:
+        """Those of the tokens produced since the last call (never the end token)."""
+        if self._picker is None:
+            return ()
+        chosen = self._picker.chosen[self._sent : len(self._produced)]
+        self._sent += len(chosen)
+        ids = [c.token for c in chosen] + [i for c in chosen for i, _ in c.top]
+        texts = iter(self._runner.token_texts(ids))
+        named = [next(texts) for _ in chosen]
+        return tuple(
+            TokenLogprob(name, c.logprob, tuple((next(texts), lp) for _, lp in c.top))
+            for name, c in zip(named, chosen, strict=True)
+        )
 
 
 class _Either:
@@ -255,11 +342,11 @@ class _Either:
 class _TextStream:
     """Turns token ids into text in word-sized pieces, as ``TextIteratorStreamer`` does."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, skip_special: bool = True) -> None:
         from transformers import TextIteratorStreamer
 
         self._text: Any = TextIteratorStreamer(
-            tokenizer, skip_prompt=False, skip_special_tokens=True
+            tokenizer, skip_prompt=False, skip_special_tokens=skip_special
         )
 
     def add(self, token: int) -> str:
@@ -281,52 +368,6 @@ class _TextStream:
                 return "".join(pieces)
             if isinstance(piece, str):  # the end marker is not text
                 pieces.append(piece)
-
-
-def _picker(params: GenerateParams, defaults: Sampling, prompt: list[int]) -> Pick:
-    """How one request chooses its next token: greedy, or sampled with its own generator;
-    what the request leaves unset comes from the model's ``defaults``."""
-    import torch
-
-    temperature = defaults.temperature if params.temperature is None else params.temperature
-    top_p = defaults.top_p if params.top_p is None else params.top_p
-    top_k, penalty = defaults.top_k, defaults.repetition_penalty
-    if temperature <= 0 and penalty == 1.0:
-        return None  # greedy, batched by the engine
-    seen = list(prompt)  # the penalty applies to every token of the context
-    # On the CPU: every backend can move probabilities there, not every one has generators.
-    generator = torch.Generator(device="cpu")
-    if params.seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(params.seed)
-
-    def pick(logits: torch.Tensor) -> int:
-        logits = logits.float()
-        if penalty != 1.0:
-            # As transformers does: a seen token's logit is divided by the penalty if
-            # positive, multiplied by it if negative.
-            ids = torch.tensor(sorted(set(seen)), device=logits.device)
-            chosen = logits[ids]
-            logits = logits.clone()
-            logits[ids] = torch.where(chosen > 0, chosen / penalty, chosen * penalty)
-        if temperature <= 0:
-            token = int(logits.argmax())
-        else:
-            probs = torch.softmax(logits / temperature, dim=-1).cpu()
-            if top_k > 0:
-                kth = probs.topk(min(top_k, probs.numel())).values[-1]
-                probs = probs.masked_fill(probs < kth, 0.0)
-            if top_p < 1.0:
-                ordered, order = probs.sort(dim=-1, descending=True)
-                # Drop a token when the ones above it already cover top_p; the first stays.
-                outside = ordered.cumsum(dim=-1) - ordered >= top_p * ordered.sum()
-                probs = probs.scatter(-1, order, ordered.masked_fill(outside, 0.0))
-            token = int(torch.multinomial(probs, 1, generator=generator))
-        seen.append(token)
-        return token
-
-    return pick
 
 
 def looping(tokens: list[int]) -> bool:

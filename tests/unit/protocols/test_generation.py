@@ -200,6 +200,7 @@ def test_image_params_accept_the_edges(changes: dict[str, Any]) -> None:
     [
         ({"prompt": ""}, "prompt must not be empty"),
         ({"prompt": "x" * 4001}, "prompt is longer than 4000 characters"),
+        ({"negative_prompt": "x" * 4001}, "negative_prompt is longer than 4000 characters"),
         ({"n": 0}, "n must be between 1 and 4"),
         ({"n": 5}, "n must be between 1 and 4"),
         ({"width": 56}, "width must be a multiple of 8 between 64 and 1024"),
@@ -242,7 +243,7 @@ def test_side_problem(side: int, ok: bool) -> None:
 
 
 def test_image_params_round_trip_through_the_wire() -> None:
-    params = image(n=2, width=768, height=64, steps=4, guidance=1, seed=11)
+    params = image(n=2, width=768, height=64, steps=4, guidance=1, seed=11, negative_prompt="dog")
     assert params.to_wire() == {
         "model": "sd",
         "prompt": "a cat",
@@ -252,6 +253,7 @@ def test_image_params_round_trip_through_the_wire() -> None:
         "steps": 4,
         "guidance": 1,
         "seed": 11,
+        "negative_prompt": "dog",
     }
     back = ImageParams.from_wire(params.to_wire())
     assert back == params
@@ -262,6 +264,12 @@ def test_image_from_wire_without_a_seed() -> None:
     body = image().to_wire()
     del body["seed"]
     assert ImageParams.from_wire(body).seed is None
+
+
+def test_image_from_wire_of_an_older_gateway_has_no_negative_prompt() -> None:
+    body = image().to_wire()
+    del body["negative_prompt"]
+    assert ImageParams.from_wire(body).negative_prompt == ""
 
 
 def _image_wire(**changes: Any) -> dict[str, Any]:
@@ -282,6 +290,7 @@ def _image_wire(**changes: Any) -> dict[str, Any]:
         (_image_wire(guidance=False), "guidance should be a finite number"),
         (_image_wire(seed="1"), "seed should be an integer"),
         (_image_wire(seed=True), "seed should be an integer"),
+        (_image_wire(negative_prompt=None), "negative_prompt should be a string"),
         (_image_wire(n=9), "n must be between 1 and 4"),
         (_image_wire(guidance=10**400), "int too large to convert to float"),
     ],

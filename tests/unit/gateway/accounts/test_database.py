@@ -21,6 +21,7 @@ import keys
 from gateway.accounts.database import (
     _MIGRATIONS,
     FILENAME,
+    DayTotal,
     KeyRecord,
     SchemaTooNew,
     Store,
@@ -41,7 +42,7 @@ def test_new_database_is_private_wal_and_versioned(tmp_path: Path) -> None:
         assert store._read("PRAGMA foreign_keys")[0][0] == 1
     raw = sqlite3.connect(tmp_path / FILENAME)
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == len(_MIGRATIONS)
     raw.close()
 
 
@@ -134,8 +135,10 @@ def test_keys_and_revocations(tmp_path: Path) -> None:
         assert store.revocations(2000.0) == {"operator-token": None}
 
 
-def _usage(day: str, user: str, model: str, tokens: int, images: int = 0) -> UsageRecord:
-    return UsageRecord(1.0, day, user, "k", model, "peer", "chat", tokens, 1, images, 200, 3)
+def _usage(
+    day: str, user: str, model: str, tokens: int, images: int = 0, audio: int = 0
+) -> UsageRecord:
+    return UsageRecord(1.0, day, user, "k", model, "peer", "chat", tokens, 1, images, 200, 3, audio)
 
 
 def test_usage_sums(tmp_path: Path) -> None:
@@ -146,13 +149,16 @@ def test_usage_sums(tmp_path: Path) -> None:
                 _usage("2026-01-02", "alice", "echo", 10),
                 _usage("2026-01-02", "Alice", "echo", 5, images=1),
                 _usage("2026-01-02", "bob", "sd", 0, images=4),
+                _usage("2026-01-02", "bob", "tts", 0, audio=7),
             ]
         )
         totals = store.usage("2026-01-02")
         assert [(t.day, t.user.lower(), t.model, t.requests) for t in totals] == [
             ("2026-01-02", "alice", "echo", 2),
             ("2026-01-02", "bob", "sd", 1),
+            ("2026-01-02", "bob", "tts", 1),
         ]
+        assert totals[2].audio_seconds == 7
         assert (totals[0].prompt_tokens, totals[0].completion_tokens, totals[0].images) == (
             15,
             2,
@@ -160,8 +166,8 @@ def test_usage_sums(tmp_path: Path) -> None:
         )
         assert [t.day for t in store.usage("2000-01-01", "alice")] == ["2026-01-02", "2026-01-01"]
         totals_by_user = {u.lower(): v for u, v in store.day_totals("2026-01-02").items()}
-        assert totals_by_user == {"alice": (17, 1), "bob": (1, 4)}
-        assert len(store.usage_records("bob")) == 1
+        assert totals_by_user == {"alice": DayTotal(17, 1, 0), "bob": DayTotal(2, 4, 7)}
+        assert [r.audio_seconds for r in store.usage_records("bob")] == [0, 7]
 
 
 def test_safe_from_many_threads(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any, cast
 import pytest
 
 import keys
-from gateway.accounts.database import Store
+from gateway.accounts.database import DayTotal, Store
 from gateway.accounts.errors import LimitReached
 from gateway.accounts.limits import (
     DEFAULT_PLAN,
@@ -85,6 +85,7 @@ def test_plan_defaults_and_json() -> None:
         "tokens_per_day": 200_000,
         "images_per_day": 100,
         "concurrent": 4,
+        "audio_seconds_per_day": 3600,
         "job_priority": 10,
         "jobs_kept": 100,
         "response_cache": 1,
@@ -394,9 +395,11 @@ async def test_status_is_the_plan_and_what_is_used() -> None:
         "requests_this_minute": 2,
         "tokens_today": 4,
         "images_today": 2,
+        "audio_seconds_today": 0,
         "inflight": 1,
         "tokens_held": 0,
         "images_held": 0,
+        "audio_seconds_held": 0,
     }
 
 
@@ -418,26 +421,27 @@ async def test_each_user_gets_their_own_plan() -> None:
 class DayTotals:
     """The part of the store ``Limiter.load`` reads: today's totals per user."""
 
-    def __init__(self, totals: dict[str, tuple[int, int]]) -> None:
+    def __init__(self, totals: dict[str, DayTotal]) -> None:
         self.totals = totals
         self.days: list[str] = []
 
     async def call(self, fn: Any, *args: Any) -> Any:
         return fn(*args)
 
-    def day_totals(self, day: str) -> dict[str, tuple[int, int]]:
+    def day_totals(self, day: str) -> dict[str, DayTotal]:
         self.days.append(day)
         return self.totals
 
 
 async def test_load_adds_todays_stored_usage_to_what_is_already_counted() -> None:
     lim = limiter(Clock(), tokens_per_day=100)
-    lim.note_remote("ann", 0, 30, 1, T0)
-    store = DayTotals({"ann": (50, 2), "Bob": (7, 0)})
+    lim.note_remote("ann", 0, 30, 1, T0, audio=5)
+    store = DayTotals({"ann": DayTotal(50, 2, 6), "Bob": DayTotal(7, 0, 0)})
     await lim.load(cast(Store, store))
     assert store.days == ["2026-03-14"]
     status = lim.status("ann")
     assert (status["tokens_today"], status["images_today"]) == (80, 3)
+    assert status["audio_seconds_today"] == 11
     assert lim.status("bob")["tokens_today"] == 7
 
 

@@ -261,6 +261,28 @@ async def test_image_quota() -> None:
     await lim.admit(claims(), Outcome("alice", "j", "echo", "chat"))  # text is not images
 
 
+async def test_audio_quota_holds_then_charges_seconds() -> None:
+    clock = Clock()
+    lim = limiter(clock, audio_seconds_per_day=10)
+    speech = Outcome("alice", "j", "tts", "speech", budget_audio=8)
+    await lim.admit(claims(), speech)
+    assert lim.status("alice")["audio_seconds_held"] == 8
+    # Held back while it runs: a transcription of 3 s does not fit beside it.
+    with pytest.raises(ApiError, match="besides what your calls in flight"):
+        await lim.admit(claims(), Outcome("alice", "j", "w", "transcription", budget_audio=3))
+    speech.audio_seconds = 5  # it lasted less than the most it could
+    await lim.record(claims(), speech)
+    status = lim.status("alice")
+    assert (status["audio_seconds_today"], status["audio_seconds_held"]) == (5, 0)
+    assert status["tokens_today"] == 0  # audio is not charged in tokens
+    await lim.admit(claims(), Outcome("alice", "j", "w", "translation", budget_audio=5))
+    with pytest.raises(ApiError) as caught:
+        await lim.admit(claims(), Outcome("alice", "j", "w", "transcription", budget_audio=1))
+    assert caught.value.body["error"]["code"] == "insufficient_quota"
+    assert "10 seconds of audio" in caught.value.body["error"]["message"]
+    await lim.admit(claims(), Outcome("alice", "j", "echo", "chat"))  # text is not audio
+
+
 async def test_note_remote_counts_requests_into_the_window() -> None:
     clock = Clock()
     lim = limiter(clock, requests_per_minute=3)
@@ -284,27 +306,31 @@ async def test_note_remote_counts_tokens_and_images_for_today_only() -> None:
     lim.note_remote("alice", 1, 1000, 10, clock.now - 86400)  # yesterday
     status = lim.status("alice")
     assert (status["tokens_today"], status["images_today"]) == (60, 1)
-    lim.note_remote("alice", 0, 40, 2, clock.now)
+    lim.note_remote("alice", 0, 40, 2, clock.now, audio=7)
+    assert lim.status("alice")["audio_seconds_today"] == 7
     with pytest.raises(ApiError, match="100 tokens"):
         await lim.admit(claims(), Outcome("alice", "j", "echo", "chat"))
     with pytest.raises(ApiError, match="3 images"):
         await lim.admit(claims(), Outcome("alice", "j", "sd", "image"))
 
 
-def used(at: float, tokens: int, images: int) -> UsageRecord:
-    kind = "image" if images else "chat"
-    return UsageRecord(at, utc_day(at), "alice", "k", "m", "p", kind, tokens, 0, images, 200, 5)
+def used(at: float, tokens: int, images: int, audio: int = 0) -> UsageRecord:
+    kind = "image" if images else "speech" if audio else "chat"
+    return UsageRecord(
+        at, utc_day(at), "alice", "k", "m", "p", kind, tokens, 0, images, 200, 5, audio
+    )
 
 
 async def test_daily_quotas_start_from_the_store(tmp_path: Path) -> None:
     clock = Clock()
     async with gateway(tmp_path) as g:
-        rows = [used(T0 - 60, 50, 0), used(T0 - 30, 0, 2), used(T0 - 86400, 999, 9)]
-        await g.store.call(g.store.add_usage, rows)
+        rows = [used(T0 - 60, 50, 0), used(T0 - 30, 0, 2), used(T0 - 86400, 999, 9, 99)]
+        await g.store.call(g.store.add_usage, [*rows, used(T0 - 9, 0, 0, 4)])
         lim = limiter(clock, tokens_per_day=50)
         await lim.load(g.store)
         status = lim.status("alice")
         assert (status["tokens_today"], status["images_today"]) == (50, 2)
+        assert status["audio_seconds_today"] == 4
         with pytest.raises(ApiError, match="50 tokens"):
             await lim.admit(claims(), Outcome("alice", "j", "echo", "chat"))
 

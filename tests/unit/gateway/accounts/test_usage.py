@@ -181,6 +181,7 @@ async def test_own_usage(gw: Gateway) -> None:
         "tokens_per_day": 200_000,
         "images_per_day": 100,
         "concurrent": 4,
+        "audio_seconds_per_day": 3600,
         "job_priority": 10,
         "jobs_kept": 100,
         "response_cache": 1,
@@ -188,9 +189,11 @@ async def test_own_usage(gw: Gateway) -> None:
         "requests_this_minute": 3,
         "tokens_today": 60,
         "images_today": 0,
+        "audio_seconds_today": 0,
         "inflight": 0,
         "tokens_held": 0,
         "images_held": 0,
+        "audio_seconds_held": 0,
     }
 
 
@@ -200,6 +203,7 @@ def used(requests: int, prompt: int, completion: int) -> dict[str, int]:
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "images": 0,
+        "audio_seconds": 0,
     }
 
 

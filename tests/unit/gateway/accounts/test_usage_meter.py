@@ -214,18 +214,21 @@ async def test_own_usage_by_day_and_model_with_totals_and_limits(tmp_path: Path)
         "object": "list",
         "data": [
             {"date": "2026-03-14", "model": "echo", "requests": 2, "prompt_tokens": 30,
-             "completion_tokens": 3, "images": 0},
+             "completion_tokens": 3, "images": 0, "audio_seconds": 0},
             {"date": "2026-03-14", "model": "sd", "requests": 1, "prompt_tokens": 0,
-             "completion_tokens": 0, "images": 3},
+             "completion_tokens": 0, "images": 3, "audio_seconds": 0},
             {"date": "2026-03-13", "model": "echo", "requests": 1, "prompt_tokens": 5,
-             "completion_tokens": 5, "images": 0},
+             "completion_tokens": 5, "images": 0, "audio_seconds": 0},
         ],
-        "totals": {"requests": 4, "prompt_tokens": 35, "completion_tokens": 8, "images": 3},
+        "totals": {"requests": 4, "prompt_tokens": 35, "completion_tokens": 8, "images": 3,
+                   "audio_seconds": 0},
         "limits": {"name": "default", "requests_per_minute": 7, "tokens_per_day": 1000,
-                   "images_per_day": 9, "concurrent": 2, "job_priority": 10, "jobs_kept": 100,
-                   "response_cache": 1, "cache_hit_percent": 0, "requests_this_minute": 0,
-                   "tokens_today": 0, "images_today": 0, "inflight": 0, "tokens_held": 0,
-                   "images_held": 0},
+                   "images_per_day": 9, "concurrent": 2, "audio_seconds_per_day": 3600,
+                   "job_priority": 10, "jobs_kept": 100, "response_cache": 1,
+                   "cache_hit_percent": 0,
+                   "requests_this_minute": 0, "tokens_today": 0, "images_today": 0,
+                   "audio_seconds_today": 0, "inflight": 0, "tokens_held": 0,
+                   "images_held": 0, "audio_seconds_held": 0},
     }  # fmt: skip
 
 
@@ -269,11 +272,12 @@ async def test_admin_usage_lists_every_user_or_one(tmp_path: Path) -> None:
         "prompt_tokens": 31,
         "completion_tokens": 4,
         "images": 3,
+        "audio_seconds": 0,
     }
     assert "limits" not in everyone
     assert bob.json()["data"] == [
         {"date": "2026-03-14", "model": "echo", "user": "bob", "requests": 1,
-         "prompt_tokens": 1, "completion_tokens": 1, "images": 0}
+         "prompt_tokens": 1, "completion_tokens": 1, "images": 0, "audio_seconds": 0}
     ]  # fmt: skip
     assert refused.status_code == 403
 

@@ -55,9 +55,9 @@ def call_of(frames: list[Message]) -> Call:
 
 
 class FakeMedia:
-    """``voice`` speaks one tenth of a second per word, a chunk per word; ``croaky`` fails
-    after its first chunk. ``ears`` hears "window N" in window N, with one segment, and
-    says the language was French. Anything else is unknown."""
+    """``voice`` speaks one tenth of a second per word, a chunk per word, ``droning`` five
+    seconds per word; ``croaky`` fails after its first chunk. ``ears`` hears "window N" in
+    window N, with one segment, and says the language was French. Anything else is unknown."""
 
     def __init__(self) -> None:
         self.spoken: list[SpeechParams] = []
@@ -66,11 +66,12 @@ class FakeMedia:
     @asynccontextmanager
     async def speak(self, params: SpeechParams, timeout: float) -> AsyncIterator[Speech]:
         self.spoken.append(params)
-        if params.model not in ("voice", "croaky"):
+        if params.model not in ("voice", "croaky", "droning"):
             raise UnknownModel(params.model, ["voice"])
         words = params.input.split()
+        samples = RATE * 5 if params.model == "droning" else RATE // 10
         chunks: list[Message] = [
-            Chunk(1, AudioChunk(b"\x10\x00" * (RATE // 10), RATE).to_wire()) for _ in words
+            Chunk(1, AudioChunk(b"\x10\x00" * samples, RATE).to_wire()) for _ in words
         ]
         end: Message = End(1, {"audio_seconds": len(words) / 10})
         if params.model == "croaky":
@@ -151,7 +152,21 @@ async def test_speech_as_a_streamed_wav(
     assert response.content[:4] == b"RIFF" and len(response.content) == 44 + 3 * RATE // 10 * 2
     assert media.spoken == [SpeechParams("voice", "one two three", "", 2.0)]
     [outcome] = meter.outcomes
-    assert (outcome.kind, outcome.prompt_tokens, outcome.status) == ("speech", 13, 200)
+    # 0.3 s of speech sent: one second charged; 13 characters at speed 2 may take at most 2.
+    assert (outcome.kind, outcome.prompt_tokens, outcome.status) == ("speech", 0, 200)
+    assert (outcome.audio_seconds, outcome.budget_audio) == (1, 2)
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac"])
+async def test_speech_is_charged_at_most_what_its_input_can_say(
+    client: httpx.AsyncClient, meter: RecordingMeter, fmt: str
+) -> None:
+    # Ten seconds for seven characters: a node cannot charge more than 4 characters a second.
+    body = {"model": "droning", "input": "hum hum", "response_format": fmt}
+    response = await client.post("/v1/audio/speech", json=body, headers=AUTH)
+    assert response.status_code == 200, response.text
+    [outcome] = meter.outcomes
+    assert outcome.audio_seconds == outcome.budget_audio == 2
 
 
 @pytest.mark.parametrize(("fmt", "container"), [("mp3", "MP3"), ("flac", "FLAC"), ("opus", "OGG")])
@@ -241,9 +256,10 @@ async def test_long_audio_is_heard_in_windows_each_given_what_came_before(
     [outcome] = meter.outcomes
     assert (outcome.kind, outcome.prompt_tokens, outcome.completion_tokens) == (
         "transcription",
-        3,
-        6,
+        0,
+        0,
     )
+    assert outcome.audio_seconds == outcome.budget_audio == 65
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ that client against a real swarm.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import os
 import re
@@ -100,7 +101,8 @@ class RecordingMeter:
             raise ApiError(429, "daily quota of images used up", "rate_limited")
 
     async def record(self, claims: keys.Claims, outcome: Outcome) -> None:
-        self.outcomes.append(outcome)
+        # A copy: what a durable meter would write now, whatever the route changes later.
+        self.outcomes.append(dataclasses.replace(outcome))
 
     def headers(self, claims: keys.Claims) -> dict[str, str]:
         return {"X-RateLimit-Remaining": str(100 - len(self.outcomes))}
@@ -198,11 +200,12 @@ async def test_url_is_served_without_a_token(client: httpx.AsyncClient, image_di
 
 
 async def test_diffusion_knobs_pass_through(client: httpx.AsyncClient, backend: FakeImages) -> None:
-    body = request(steps=4, guidance_scale=0, quality="hd", style="vivid", user="x")
+    body = request(steps=4, guidance_scale=0, negative_prompt="blur", quality="hd", user="x")
     response = await client.post("/v1/images/generations", json=body, headers=AUTH)
     assert response.status_code == 200, response.text
     params = backend.calls[0][0]
     assert (params.steps, params.guidance, params.seed) == (4, 0.0, None)
+    assert params.negative_prompt == "blur"
     assert response.json()["seed"] == backend.seeds[0]  # the node's choice comes back
 
 

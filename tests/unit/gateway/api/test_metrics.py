@@ -25,6 +25,7 @@ from gateway.routing.peer_table import PeerTable
 from node.cli.main import build_parser
 from node.p2p.config import load
 from node.p2p.rpc_server import Caller, Emit, RpcError
+from node.p2p.streams import StreamBroken
 from node.worker.config import NodeConfig
 from node.worker.metrics import NodeMetrics
 from node.worker.runners import EchoRunner
@@ -255,6 +256,41 @@ async def test_node_counts_calls_by_method_and_outcome() -> None:
     assert get("bitinglip_node_memory_free_bytes", {"kind": "VRAM"}) == 6 * GIB
     assert get("bitinglip_node_memory_total_bytes", {"kind": "RAM"}) is None
     assert get("bitinglip_node_info", {"peer_id": "12D3KooWNode", "version": "0.1.0"}) == 1
+
+
+async def test_a_call_whose_caller_left_counts_as_cancelled() -> None:
+    """However the leaving reaches the handler: cancelled inside a nursery (a group of
+    cancellations), or the stream broken under an answer; a real failure stays internal."""
+    metrics = node_metrics(Load(0, 0, 4, 0.0, 6 * GIB))
+
+    async def in_a_nursery(params: dict[str, Any], caller: Caller, emit: Emit) -> dict[str, Any]:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep_forever)
+            await trio.sleep_forever()
+        raise AssertionError("never ends by itself")
+
+    async def broken(params: dict[str, Any], caller: Caller, emit: Emit) -> dict[str, Any]:
+        raise StreamBroken("the caller is gone")
+
+    async def failing(params: dict[str, Any], caller: Caller, emit: Emit) -> dict[str, Any]:
+        raise KeyError("bug")
+
+    handlers = metrics.instrument({"generate": in_a_nursery, "speak": broken, "status": failing})
+    caller = Caller("12D3KooWGateway", "gateway")
+
+    async def emit(data: dict[str, Any]) -> None:
+        pass
+
+    with trio.move_on_after(0.01):
+        await handlers["generate"]({"model": "echo"}, caller, emit)
+    with pytest.raises(StreamBroken):
+        await handlers["speak"]({"model": "echo"}, caller, emit)
+    with pytest.raises(KeyError):
+        await handlers["status"]({}, caller, emit)
+    get = metrics.registry.get_sample_value
+    assert get("bitinglip_node_requests_total", {"method": "generate", "status": "cancelled"}) == 1
+    assert get("bitinglip_node_requests_total", {"method": "speak", "status": "cancelled"}) == 1
+    assert get("bitinglip_node_requests_total", {"method": "status", "status": "internal"}) == 1
 
 
 async def test_node_metrics_server_binds_port_zero() -> None:

@@ -7,12 +7,14 @@ import pytest
 from gateway.accounts.webhooks import BadSignature, sign, verify
 from gateway.api.response_cache import (
     ENTRY_OVERHEAD,
+    LOGPROB_OVERHEAD,
     Answer,
     ResponseCache,
     cache_key,
     deterministic,
 )
-from protocols import ChatMessage, GenerateParams
+from gateway.routing.router import Piece
+from protocols import ChatMessage, GenerateParams, TokenLogprob, ToolCall
 
 
 def params(**changes: object) -> GenerateParams:
@@ -25,7 +27,7 @@ def params(**changes: object) -> GenerateParams:
 
 
 def answer(text: str) -> Answer:
-    return Answer((text,), "stop", 1, 1)
+    return Answer((Piece(text),), "stop", 1, 1)
 
 
 class Clock:
@@ -55,6 +57,17 @@ def test_the_key_covers_everything_that_changes_the_answer_and_nothing_else() ->
         cache_key("alice", "chat", "float16/2048", params(messages=[ChatMessage("user", "ho")])),
     ]:
         assert other != base
+
+
+def test_an_answer_is_sized_by_everything_it_holds() -> None:
+    piece = Piece(
+        "héllo",
+        [TokenLogprob("hé", -0.5, (("hé", -0.5), ("ha", -1.0)))],
+        [ToolCall("call_1", "add", '{"a":1}')],
+    )
+    logprob = LOGPROB_OVERHEAD + len("hé".encode()) * 2 + len(b"ha")
+    call = len(b"call_1") + len(b"add") + len(b'{"a":1}')
+    assert Answer((piece,), "stop", 1, 1).size == ENTRY_OVERHEAD + 6 + logprob + call
 
 
 def test_entries_expire() -> None:

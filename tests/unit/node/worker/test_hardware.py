@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
+import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 import pytest
 import torch
 
+from node.worker import hardware
 from node.worker.hardware import VRAM_TOTAL_ENV, device_for, probe, refresh_free
 from protocols import Hardware
 from tests.stand_in_directml import stand_in_directml
@@ -149,3 +153,39 @@ def test_probe_mps(no_gpu: None, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_device_for_unknown_backend() -> None:
     with pytest.raises(ValueError, match="unknown backend"):
         device_for("tpu")
+
+
+def test_a_process_without_torch_probes_in_a_child_and_stays_lean(tmp_path: Path) -> None:
+    script = (
+        "import json, sys\n"
+        "from node.worker.hardware import probe\n"
+        "hw = probe()\n"
+        "print(json.dumps([hw.backend, hw.memory_total, 'torch' in sys.modules]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
+    backend, total, imported = json.loads(out.stdout)
+    assert (backend, total) == ("cpu", psutil.virtual_memory().total)
+    assert imported is False  # the probe's torch stayed in the child
+
+
+def test_a_failed_child_probe_falls_back_to_probing_here(
+    no_gpu: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise subprocess.CalledProcessError(1, "python")
+
+    monkeypatch.setattr(subprocess, "run", broken)
+    monkeypatch.setattr(hardware, "torch_imported", lambda: False)
+    assert probe().backend == "cpu"
+
+
+def test_device_memory_is_read_again_only_once_torch_is_imported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hw = Hardware("cuda", "some gpu", "VRAM", 24 * GiB, 20 * GiB)
+    monkeypatch.setattr(hardware, "torch_imported", lambda: False)
+    assert refresh_free(hw) == hw  # no model here has imported torch: nothing to read
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (7 * GiB, 24 * GiB))
+    assert refresh_free(hw, exact=True).memory_free == 7 * GiB

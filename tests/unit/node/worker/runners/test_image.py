@@ -107,6 +107,12 @@ def test_same_seed_same_bytes(runner: DiffusersRunner) -> None:
     assert unseeded[0] != unseeded[1]
 
 
+def test_negative_prompt_changes_the_image(runner: DiffusersRunner) -> None:
+    plain = runner.generate_images(params(seed=11), threading.Event())
+    avoided = runner.generate_images(params(seed=11, negative_prompt="blue"), threading.Event())
+    assert avoided != plain
+
+
 class CancelAfter(threading.Event):
     """An event that reads as set from its ``checks``-th look on, counting the looks."""
 

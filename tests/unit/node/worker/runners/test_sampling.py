@@ -12,13 +12,9 @@ import torch
 from transformers import GenerationConfig
 
 from node.worker.runners.base import no_progress
-from node.worker.runners.text import (
-    LOOP_SPAN,
-    Sampling,
-    TextRunner,
-    _picker,
-    looping,
-)
+from node.worker.runners.sampling import Sampling
+from node.worker.runners.sampling import picker as _picker
+from node.worker.runners.text import LOOP_SPAN, TextRunner, looping
 from protocols import GenerateParams
 from tests.tiny_models import build_tiny_llama
 
