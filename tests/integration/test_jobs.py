@@ -1,9 +1,11 @@
 """Jobs on a real gateway with echo nodes: submitted, followed, listed and cancelled over
 HTTP and with ``bitinglip jobs``; finished after the gateway is killed and started again,
-charged once; moved to another node when theirs dies; announced to a webhook, signed."""
+charged once; moved to another node when theirs dies; announced to a webhook, signed; and
+an image job on a tiny Stable Diffusion, answered as the images route answers."""
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -20,7 +22,9 @@ from gateway.accounts.database import Store
 from gateway.accounts.webhooks import SIGNATURE_HEADER, verify
 from node.cli.main import main
 from tests.integration.conftest import LocalSwarmFixture
+from tests.integration.test_images_swarm import wait_for_model
 from tests.integration.test_swarm import wait_nodes
+from tests.tiny_models import build_tiny_sd
 from tests.unit.gateway.accounts.test_accounts import bearer
 
 
@@ -229,3 +233,34 @@ def test_a_finished_job_calls_its_webhook_signed(swarm: LocalSwarmFixture) -> No
     delivered = json.loads(body)
     assert delivered["id"] == job and delivered["state"] == "done"
     assert delivered["result"]["choices"][0]["message"]["content"] == "w0 w1"
+
+
+def test_an_image_job_answers_as_the_images_route_does(
+    swarm: LocalSwarmFixture, tmp_path: Path
+) -> None:
+    model = str(build_tiny_sd(tmp_path / "tiny-sd"))
+    swarm.start_gateway()
+    swarm.start_node("node-0", [swarm.addr("gateway")], [model])
+    swarm.wait_ready(["node-0"])
+    url, token = swarm.url(), swarm.token()
+    wait_for_model(url, token, model)
+    body = {"model": model, "prompt": "a red cat", "size": "64x64", "steps": 2, "seed": 3}
+    inline = body | {"response_format": "b64_json"}
+    direct = httpx.post(
+        f"{url}/v1/images/generations", json=inline, headers=bearer(token), timeout=60
+    )
+    assert direct.status_code == 200, direct.text
+
+    as_job = submit(url, token, {"kind": "image", "request": inline})
+    done = wait_state(url, token, as_job["id"], {"done", "failed"})
+    assert done["state"] == "done", done
+    assert done["result"]["data"] == direct.json()["data"]  # the same seed, the same picture
+    assert done["result"]["seed"] == 3
+
+    linked = submit(url, token, {"kind": "image", "request": body})
+    done = wait_state(url, token, linked["id"], {"done", "failed"})
+    picture = done["result"]["data"][0]["url"]
+    assert picture.startswith(f"{url}/v1/images/")
+    fetched = httpx.get(picture, timeout=10)
+    assert fetched.status_code == 200
+    assert fetched.content == base64.b64decode(direct.json()["data"][0]["b64_json"])
