@@ -49,11 +49,14 @@ async def respond(
     directives = {d.strip().lower() for d in request.headers.get("cache-control", "").split(",")}
     bypass = bool(directives & {"no-cache", "no-store"})
     if not bypass and s.cache is not None and (hit := s.cache.get(key)) is not None:
+        s.metrics.response_cache.labels("hit").inc()
         return await _replay(request, claims, params, kind, hit, render, stream)
+    result = "bypass" if bypass else "miss"
+    s.metrics.response_cache.labels(result).inc()
     started = await start(request, claims, params, kind)
     if s.cache is not None and "no-store" not in directives:
         started.keep = partial(s.cache.put, key)
-    started.headers[CACHE_HEADER] = "bypass" if bypass else "miss"
+    started.headers[CACHE_HEADER] = result
     return await answer(started, render, stream)
 
 

@@ -56,3 +56,6 @@ async def test_a_hit_is_charged_the_plan_s_share_and_recorded(tmp_path: Path) ->
     ]
     assert limiter.status("ann")["tokens_today"] == 18 + 4 + 9 + 2
     assert limiter.status("ann")["requests_this_minute"] == 2
+    exported = services.metrics.exposition().decode()
+    assert 'bitinglip_gateway_response_cache_total{result="hit"} 1.0' in exported
+    assert 'bitinglip_gateway_response_cache_total{result="miss"} 1.0' in exported
