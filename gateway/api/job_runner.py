@@ -94,6 +94,7 @@ class Jobs:
         self._scopes: dict[str, trio.CancelScope] = {}
         self._wake = trio.Event()
         self._began = 0.0
+        self._nursery: trio.Nursery | None = None  # where jobs and webhook deliveries run
 
     def wake(self) -> None:
         """Look at the queue now (a job was submitted or ended)."""
@@ -114,6 +115,7 @@ class Jobs:
         task_status.started()
         expired_at = 0.0
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             while True:
                 while len(self._scopes) < self.running:
                     job = await self.db.call(self.store.claim, self.owner)
@@ -136,7 +138,7 @@ class Jobs:
             with scope:
                 status, body, headers = await self._dispatch(job)
             if scope.cancelled_caught:
-                await self._ended(job)
+                self._ended(job)
                 return
             await self._settle(job, status, body, headers)
         except Exception:
@@ -144,7 +146,7 @@ class Jobs:
             with trio.CancelScope(shield=True):
                 error = {"message": "the gateway failed to run the job", "code": "internal"}
                 await self.db.call(self._finish, job, "failed", 500, None, error, None)
-                await self._ended(job)
+                self._ended(job)
         finally:
             del self._scopes[job.id]
             self.wake()
@@ -171,7 +173,7 @@ class Jobs:
         node = headers.get(NODE_HEADER)
         if status < 400:
             await self.db.call(self._finish, job, "done", status, body, None, node)
-            await self._ended(job)
+            self._ended(job)
             return
         error = body.get("error") if isinstance(body.get("error"), dict) else {}
         assert isinstance(error, dict)
@@ -184,7 +186,7 @@ class Jobs:
             await self.db.call(self._requeue, job, 0.0, False)
             return
         await self.db.call(self._finish, job, "failed", status, None, error, node)
-        await self._ended(job)
+        self._ended(job)
 
     def _wait(self, status: int, code: object, headers: httpx.Headers) -> float | None:
         """Seconds to wait before trying again a call turned away before it began, the
@@ -249,10 +251,13 @@ class Jobs:
             shown["error"] = job.error | {"status": job.status}
         return shown
 
-    async def _ended(self, job: Job) -> None:
-        """Call the webhook of a job that ended (as it is now: it may have been cancelled)."""
-        if self.webhooks is None or job.webhook is None:
-            return
+    def _ended(self, job: Job) -> None:
+        """Call the webhook of a job that ended, apart: its slot is free for the next job."""
+        if self.webhooks is not None and job.webhook is not None and self._nursery is not None:
+            self._nursery.start_soon(self._deliver, job, job.webhook, self.webhooks)
+
+    async def _deliver(self, job: Job, url: str, hooks: Webhooks) -> None:
+        """POST the job as it is now (it may have been cancelled) to ``url``, signed."""
         ended = await self.db.call(self.store.get, job.id)
         if ended is None:
             return
@@ -263,16 +268,15 @@ class Jobs:
             SIGNATURE_HEADER: sign(secret, body, time.time()),
             "User-Agent": "BitingLip-Webhook/1",
         }
-        hooks = self.webhooks
         with trio.move_on_after(hooks.timeout) as deadline:
             try:
                 async with httpx.AsyncClient(timeout=hooks.timeout) as client:
                     response = await send_pinned(
-                        client, "POST", job.webhook, hooks.resolve, headers=headers, content=body
+                        client, "POST", url, hooks.resolve, headers=headers, content=body
                     )
                     await response.aclose()
                 logger.info("job %s: webhook answered %d", job.id, response.status_code)
-            except BadMedia as exc:
+            except (BadMedia, httpx.HTTPError) as exc:
                 logger.warning("job %s: webhook not delivered: %s", job.id, exc)
         if deadline.cancelled_caught:
             logger.warning("job %s: webhook took longer than %g s", job.id, hooks.timeout)

@@ -125,7 +125,13 @@ def install(app: FastAPI) -> None:
         before: str | None = Query(default=None, max_length=64),
     ) -> dict[str, Any]:
         """The caller's jobs, newest first; ``before`` (a job id) pages on."""
-        jobs = _jobs(services(request))
+        s = services(request)
+        jobs = _jobs(s)
+        if before is not None:
+            try:
+                await _own(s, before, claims.sub)
+            except ApiError as exc:
+                raise ApiError(400, str(exc), "invalid_request", "before") from exc
         found = await jobs.db.call(jobs.store.page, claims.sub, limit + 1, before)
         shown = [await jobs.view(job) for job in found[:limit]]
         more = len(found) > limit

@@ -111,6 +111,8 @@ def test_jobs_over_http_and_the_cli(
         f"{url}/v1/jobs", params={"limit": 5, "before": first["next"]}, headers=bearer(alice)
     ).json()
     assert [j["id"] for j in rest["data"]] == [job["id"]] and not rest["has_more"]
+    elsewhere = httpx.get(f"{url}/v1/jobs", params={"before": job["id"]}, headers=bearer(bob))
+    assert elsewhere.status_code == 400 and elsewhere.json()["error"]["param"] == "before"
 
     # The same through the CLI.
     cli = ["--gateway", url, "--token", alice]
