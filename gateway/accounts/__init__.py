@@ -8,6 +8,7 @@ from gateway.accounts.database import Store
 from gateway.accounts.errors import Busy, LimitReached, Refused
 from gateway.accounts.limits import Limiter, Plan, Plans
 from gateway.accounts.metering import Meter, Outcome, metered
+from gateway.accounts.sessions import Sessions
 from gateway.accounts.throttle import PasswordWork, SignInThrottle
 from gateway.accounts.usage import UsageMeter
 from gateway.accounts.users import Accounts, create_user, operator_token
@@ -23,6 +24,7 @@ __all__ = [
     "Plan",
     "Plans",
     "Refused",
+    "Sessions",
     "SignInThrottle",
     "Store",
     "UsageMeter",

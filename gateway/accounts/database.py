@@ -92,6 +92,20 @@ _MIGRATIONS = [
     """
     ALTER TABLE usage ADD COLUMN audio_seconds INTEGER NOT NULL DEFAULT 0;
     """,
+    # Logins, so a user sees where they are signed in and ends any of them.
+    """
+    CREATE TABLE sessions (
+        jti TEXT PRIMARY KEY,
+        user TEXT NOT NULL COLLATE NOCASE REFERENCES users(name),
+        created REAL NOT NULL,
+        last_used REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        agent TEXT NOT NULL,
+        address TEXT,
+        ended_at REAL
+    );
+    CREATE INDEX sessions_by_user ON sessions(user);
+    """,
     # Jobs (gateway.accounts.jobs) and each user's secret that signs their webhooks.
     """
     CREATE TABLE jobs (
@@ -166,6 +180,20 @@ class KeyRecord:
 
 
 @dataclass(frozen=True)
+class SessionRecord:
+    """One login: its session token's id, and the browser or program that holds it."""
+
+    jti: str
+    user: str
+    created: float
+    last_used: float
+    expires_at: float
+    agent: str  # the client's User-Agent, as it said
+    address: str | None
+    ended_at: float | None = None
+
+
+@dataclass(frozen=True)
 class UsageRecord:
     """One inference call, as billed."""
 
@@ -203,6 +231,22 @@ class DayTotal:
     tokens: int
     images: int
     audio_seconds: int
+
+
+@dataclass(frozen=True)
+class UsageSum:
+    """Calls summed over one user, one model or one day (``key``)."""
+
+    key: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    images: int
+    audio_seconds: int
+
+
+# What usage may be summed by, and the column that holds it.
+USAGE_GROUPS = {"user": "user", "model": "model", "date": "day"}
 
 
 def check_username(name: str) -> None:
@@ -400,12 +444,64 @@ class Store:
                 "UPDATE api_keys SET revoked_at = ? WHERE jti = ? AND revoked_at IS NULL",
                 (now, jti),
             )
+            db.execute(
+                "UPDATE sessions SET ended_at = ? WHERE jti = ? AND ended_at IS NULL", (now, jti)
+            )
 
     def revocations(self, now: float) -> dict[str, float | None]:
         """Revoked token ids that could still verify, with their expiry; expired ones go."""
         self._write("DELETE FROM revocations WHERE expires_at < ?", (now,))
         rows = self._read("SELECT jti, expires_at FROM revocations")
         return {str(jti): expires for jti, expires in rows}
+
+    def delete_user(self, name: str, alias: str, now: float) -> list[tuple[str, float]] | None:
+        """Remove ``name`` in one transaction: its keys and sessions revoked and gone, its
+        usage kept under ``alias``. The ids revoked, with their expiry; None: no such user."""
+        with self._transaction() as db:
+            if not db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchall():
+                return None
+            live = db.execute(
+                "SELECT jti, expires_at FROM api_keys WHERE user = ? AND revoked_at IS NULL"
+                " UNION ALL SELECT jti, expires_at FROM sessions"
+                " WHERE user = ? AND ended_at IS NULL",
+                (name, name),
+            ).fetchall()
+            db.executemany(
+                "INSERT OR IGNORE INTO revocations VALUES (?, ?, ?)",
+                [(jti, exp, now) for jti, exp in live],
+            )
+            for table in ("api_keys", "sessions"):
+                db.execute(f"DELETE FROM {table} WHERE user = ?", (name,))
+            db.execute("UPDATE usage SET user = ? WHERE user = ?", (alias, name))
+            db.execute("UPDATE invites SET used_by = ? WHERE used_by = ?", (alias, name))
+            db.execute("DELETE FROM users WHERE name = ?", (name,))
+        return [(str(jti), float(exp)) for jti, exp in live]
+
+    # --- sessions ------------------------------------------------------------------------
+
+    def add_session(self, session: SessionRecord) -> None:
+        self._write("INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", astuple(session))
+
+    def sessions(self, user: str, now: float) -> list[SessionRecord]:
+        """``user``'s sessions not ended nor expired, most recently used first."""
+        rows = self._read(
+            "SELECT * FROM sessions WHERE user = ? AND ended_at IS NULL AND expires_at > ?"
+            " ORDER BY last_used DESC, jti",
+            (user, now),
+        )
+        return [SessionRecord(*row) for row in rows]
+
+    def session(self, jti: str) -> SessionRecord | None:
+        rows = self._read("SELECT * FROM sessions WHERE jti = ?", (jti,))
+        return SessionRecord(*rows[0]) if rows else None
+
+    def touch_sessions(self, used: dict[str, float]) -> None:
+        """Note when each session (by id) was last used, in one transaction."""
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE sessions SET last_used = max(last_used, ?) WHERE jti = ?",
+                [(at, jti) for jti, at in used.items()],
+            )
 
     # --- usage ---------------------------------------------------------------------------
 
@@ -431,6 +527,18 @@ class Store:
             params,
         )
         return [UsageTotal(*row) for row in rows]
+
+    def usage_by(self, since_day: str, group: str) -> list[UsageSum]:
+        """Calls from ``since_day`` on summed by ``group`` (a key of ``USAGE_GROUPS``), the
+        most tokens first: one row per user, model or day however many calls there were."""
+        column = USAGE_GROUPS[group]
+        rows = self._read(
+            f"SELECT {column}, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(images),"
+            f" SUM(audio_seconds) FROM usage WHERE day >= ? GROUP BY {column}"
+            " ORDER BY SUM(prompt_tokens + completion_tokens) DESC, COUNT(*) DESC, 1",
+            (since_day,),
+        )
+        return [UsageSum(*row) for row in rows]
 
     def day_totals(self, day: str) -> dict[str, DayTotal]:
         """What each user used on ``day``."""

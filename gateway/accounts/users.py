@@ -32,6 +32,7 @@ from gateway.accounts.database import (
 from gateway.accounts.errors import Refused
 from gateway.accounts.invites import invite_hash, new_invite
 from gateway.accounts.limits import Plan, Plans
+from gateway.accounts.sessions import Sessions
 from gateway.accounts.throttle import PasswordWork, SignInThrottle
 from gateway.config import Registration
 from keys.passwords import check_strength
@@ -78,6 +79,7 @@ class Accounts:
         self._revoked: dict[str, float] = {}
         self._unsaved: list[tuple[str, float]] = []  # revocations heard from other gateways
         self._version = -1
+        self.sessions = Sessions(store, self.revoke)
 
     # --- what every request consults -----------------------------------------------------
 
@@ -88,6 +90,7 @@ class Accounts:
         user = self._users.get(claims.sub.casefold())
         if user is not None and user.disabled:
             raise keys.TokenError(f"user {claims.sub!r} is disabled")
+        self.sessions.seen(claims)
 
     def plan_of(self, user: str) -> Plan:
         """The user's plan; a token naming nobody in the table gets the default one."""
@@ -148,6 +151,7 @@ class Accounts:
         """Save revocations heard from elsewhere; reload if another process changed the
         database; forget revocations of tokens that can no longer verify anyway."""
         await self._save_unsaved()
+        await self.sessions.flush()
         if await self.store.call(self.store.data_version) != self._version:
             await self._reload(announce=True)
         since = time.time() - keys.LEEWAY
@@ -165,6 +169,10 @@ class Accounts:
         """Refuse ``jti`` from now on, here and (through ``on_revoke``) elsewhere."""
         exp = None if math.isinf(expires_at) else expires_at
         await self.store.call(self.store.revoke, jti, exp, time.time())
+        self.revoked(jti, expires_at)
+
+    def revoked(self, jti: str, expires_at: float) -> None:
+        """A revocation already saved in the store: refused here at once, and announced."""
         self._revoked[jti] = expires_at
         self._announce(jti, expires_at)
 
@@ -204,29 +212,50 @@ class Accounts:
             )
         self._throttle.check(address, name)
         _check_username(name)
-        _check_strength(password)  # before taking a hashing thread
-        hashed = await self._hashing.run(_hash_new_password, password, self._cost)
+        hashed = await self.hash_new_password(password)
         code = invite_hash(invite) if self._registration == "invite" and invite else None
         user = await self.store.call(
             add_user, self.store, name, hashed, self.plans.default, time.time(), invite=code
         )
-        self._users[user.name.casefold()] = _public(user)
+        self.remember(user)
         logger.info("registered user %s", user.name)
         return user
 
     async def login(self, name: str, password: str, address: str | None = None) -> UserRecord:
         self._signing_key()
+        user = await self.check_password(name, password, address)
+        if user is None:
+            raise Refused("wrong username or password", "invalid_credentials", status_hint=401)
+        if user.disabled:
+            raise Refused(f"user {user.name!r} is disabled", "account_disabled", status_hint=403)
+        return user
+
+    async def check_password(
+        self, name: str, password: str, address: str | None = None
+    ) -> UserRecord | None:
+        """The user if ``password`` is theirs, else None; each try counts against the
+        sign-in throttle, like a login."""
         self._throttle.check(address, name)
         user = await self.store.call(self.store.user, name)
         stored = user.password if user else None
         ok = await self._hashing.run(keys.verify_password, password, stored, self._cost)
         if user is None or not ok:
-            raise Refused("wrong username or password", "invalid_credentials", status_hint=401)
-        if user.disabled:
-            raise Refused(f"user {user.name!r} is disabled", "account_disabled", status_hint=403)
+            return None
         if keys.needs_rehash(stored, self._cost):
             await self._rehash(user.name, password)
         return user
+
+    async def hash_new_password(self, password: str) -> str:
+        """``password`` checked for strength and hashed, off the event loop."""
+        _check_strength(password)  # before taking a hashing thread
+        return await self._hashing.run(_hash_new_password, password, self._cost)
+
+    def remember(self, user: UserRecord) -> None:
+        """Take a change to ``user`` made here into the caches at once."""
+        self._users[user.name.casefold()] = _public(user)
+
+    def forget(self, name: str) -> None:
+        self._users.pop(name.casefold(), None)
 
     async def _rehash(self, name: str, password: str) -> None:
         """Store ``password`` again at the current cost: hashes made before a raise of
@@ -237,9 +266,14 @@ class Accounts:
             return
         await self.store.call(self.store.set_password, name, hashed)
 
-    def session(self, user: str) -> tuple[str, keys.Claims]:
-        """A session token for ``user``, with its claims."""
-        return self._issue(user, self._session_ttl, "session")
+    async def session(
+        self, user: str, agent: str = "", address: str | None = None
+    ) -> tuple[str, keys.Claims]:
+        """A session token for ``user``, with its claims, recorded as a login from ``agent``
+        (the client's User-Agent) at ``address``."""
+        token, claims = self._issue(user, self._session_ttl, "session")
+        await self.sessions.start(claims, agent, address)
+        return token, claims
 
     async def invite(self, ttl: float) -> tuple[str, float]:
         """A new single-use invite code and when it expires."""

@@ -49,16 +49,17 @@ def accounts(request: Request) -> Accounts:
     return found
 
 
-def _address(request: Request) -> str | None:
+def address(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-def _logged_in(found: Accounts, user: UserRecord) -> dict[str, Any]:
-    token, claims = found.session(user.name)
+async def _logged_in(request: Request, found: Accounts, user: UserRecord) -> dict[str, Any]:
+    agent = request.headers.get("user-agent", "")
+    token, claims = await found.session(user.name, agent, address(request))
     return {"user": found.profile(user.name), "token": token, "expires_at": int(claims.exp)}
 
 
-def _key(key: KeyRecord) -> dict[str, Any]:
+def key_json(key: KeyRecord) -> dict[str, Any]:
     return {
         "id": key.jti,
         "name": key.name,
@@ -73,15 +74,15 @@ def install(app: FastAPI) -> None:
     async def register(request: Request) -> dict[str, Any]:
         found = accounts(request)
         body = await parse(request, Registration)
-        user = await found.register(body.username, body.password, body.invite, _address(request))
-        return _logged_in(found, user)
+        user = await found.register(body.username, body.password, body.invite, address(request))
+        return await _logged_in(request, found, user)
 
     @app.post("/v1/auth/login", openapi_extra=json_body(app, Credentials))
     async def login(request: Request) -> dict[str, Any]:
         found = accounts(request)
         body = await parse(request, Credentials)
-        user = await found.login(body.username, body.password, _address(request))
-        return _logged_in(found, user)
+        user = await found.login(body.username, body.password, address(request))
+        return await _logged_in(request, found, user)
 
     @app.post("/v1/auth/logout")
     async def logout(request: Request, claims: Session) -> dict[str, Any]:
@@ -95,7 +96,7 @@ def install(app: FastAPI) -> None:
 
     @app.get("/v1/keys")
     async def list_keys(request: Request, claims: Session) -> dict[str, Any]:
-        return {"data": [_key(k) for k in await accounts(request).keys_of(claims.sub)]}
+        return {"data": [key_json(k) for k in await accounts(request).keys_of(claims.sub)]}
 
     @app.post("/v1/keys", status_code=201, openapi_extra=json_body(app, NewKey))
     async def create_key(request: Request, claims: Session) -> dict[str, Any]:

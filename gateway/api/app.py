@@ -10,6 +10,7 @@ from starlette.types import ASGIApp
 
 from gateway.api import (
     accounts,
+    admin,
     audio,
     chat,
     completions,
@@ -19,6 +20,7 @@ from gateway.api import (
     metrics,
     openapi,
     peers,
+    settings,
     usage,
 )
 from gateway.api.errors import BodyLimit, install_error_handlers
@@ -36,6 +38,8 @@ AREAS = [
     images,
     audio,
     accounts,
+    settings,
+    admin,
     usage,
     openapi,
 ]

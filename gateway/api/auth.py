@@ -3,9 +3,10 @@
 A valid signature is not the whole story: the token must be bound to this gateway's
 accounts (its audience) and live no longer than they allow, and guards (the accounts, with
 their revoked token ids and disabled users) may still refuse it. Scopes: ``inference``
-(API keys), ``session`` (a login; manages the user's keys), ``admin`` (operator-issued,
-and only for a user this gateway's table marks admin: anyone holding the signing key can
-write the scope, only this gateway's operator can mark the user).
+(API keys), ``session`` (a login; manages the user's keys and account, and the admin routes
+for an admin), ``admin`` (operator-issued). Admin routes serve only a user this gateway's
+table marks admin: anyone holding the signing key can write the scope, only this gateway's
+operator can mark the user.
 """
 
 from __future__ import annotations
@@ -118,7 +119,11 @@ def require_scope(scope: str) -> Callable[[Request], Awaitable[keys.Claims]]:
 
 
 async def require_admin(request: Request) -> keys.Claims:
-    claims = await require_scope("admin")(request)
+    """An admin token, or the session of an admin who logged in (the web app's operator
+    views): either way the user must be an enabled admin in this gateway's table."""
+    claims = await require_user(request)
+    if claims.scope not in ("admin", "session"):
+        raise ApiError(403, "this needs an admin token", "insufficient_scope")
     table: AdminTable | None = request.app.state.services.accounts
     if table is None or not await table.is_admin(claims.sub):
         raise ApiError(403, f"{claims.sub!r} is not an admin of this gateway", "insufficient_scope")

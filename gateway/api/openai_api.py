@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from protocols import TokenLogprob, Tool, ToolCall
 from protocols.answer import MAX_TOP_LOGPROBS
@@ -56,12 +56,22 @@ class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    # None: an assistant message that only calls tools.
-    content: str | list[Annotated[ContentPart | ImagePart, Field(discriminator="type")]] | None = (
-        None
-    )
+    # Before ``content``: its check reads them.
     tool_calls: list[ToolCallIn] | None = Field(default=None, max_length=128)
     tool_call_id: str | None = Field(default=None, max_length=256)
+    # None only for an assistant message that calls tools.
+    content: str | list[Annotated[ContentPart | ImagePart, Field(discriminator="type")]] | None = (
+        Field(default=None, validate_default=True)
+    )
+
+    @field_validator("content")
+    @classmethod
+    def _content_present(cls, content: Any, info: ValidationInfo) -> Any:
+        if content is None and not (
+            info.data.get("role") == "assistant" and info.data.get("tool_calls")
+        ):
+            raise ValueError("required (only an assistant message that calls tools may omit it)")
+        return content
 
     def text(self) -> str:
         """The message's text, without its pictures."""

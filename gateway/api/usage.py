@@ -1,13 +1,15 @@
-"""``GET /v1/usage`` and ``GET /v1/admin/usage``: usage summed up per day and model."""
+"""``GET /v1/usage`` and ``GET /v1/admin/usage``: usage summed up per day and model, or for
+the operator by one of user, model or day."""
 
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request
 
-from gateway.accounts.database import UsageTotal
+from gateway.accounts.database import Store, UsageSum, UsageTotal
 from gateway.accounts.limits import utc_day
 from gateway.api.auth import Admin, User
 from gateway.api.errors import ApiError
@@ -31,7 +33,7 @@ def _rows(totals: list[UsageTotal], with_user: bool) -> list[dict[str, Any]]:
     ]
 
 
-def _totals(totals: list[UsageTotal]) -> dict[str, int]:
+def _totals(totals: Sequence[UsageTotal | UsageSum]) -> dict[str, int]:
     return {
         "requests": sum(t.requests for t in totals),
         "prompt_tokens": sum(t.prompt_tokens for t in totals),
@@ -41,12 +43,34 @@ def _totals(totals: list[UsageTotal]) -> dict[str, int]:
     }
 
 
-async def _usage(request: Request, days: int, user: str | None) -> list[UsageTotal]:
+def _store(request: Request) -> Store:
     store = services(request).store
     if store is None:
         raise ApiError(503, "usage is not recorded on this gateway", "usage_disabled")
-    since = utc_day(time.time() - (days - 1) * DAY)
-    return await store.call(store.usage, since, user)
+    return store
+
+
+def _since(days: int) -> str:
+    return utc_day(time.time() - (days - 1) * DAY)
+
+
+async def _usage(request: Request, days: int, user: str | None) -> list[UsageTotal]:
+    store = _store(request)
+    return await store.call(store.usage, _since(days), user)
+
+
+def _sums(sums: list[UsageSum], by: str) -> list[dict[str, Any]]:
+    return [
+        {
+            by: s.key,
+            "requests": s.requests,
+            "prompt_tokens": s.prompt_tokens,
+            "completion_tokens": s.completion_tokens,
+            "images": s.images,
+            "audio_seconds": s.audio_seconds,
+        }
+        for s in sums
+    ]
 
 
 Days = Annotated[int, Query(ge=1, le=366, description="how many days back, today included")]
@@ -66,7 +90,21 @@ def install(app: FastAPI) -> None:
 
     @app.get("/v1/admin/usage")
     async def all_usage(
-        request: Request, claims: Admin, days: Days = 30, user: str | None = None
+        request: Request,
+        claims: Admin,
+        days: Days = 30,
+        user: str | None = None,
+        by: Annotated[
+            Literal["user", "model", "date"] | None,
+            Query(description="sum by this alone: one row per user, model or day"),
+        ] = None,
     ) -> dict[str, Any]:
-        totals = await _usage(request, days, user)
-        return {"object": "list", "data": _rows(totals, with_user=True), "totals": _totals(totals)}
+        if by is None:
+            totals = await _usage(request, days, user)
+            data = _rows(totals, with_user=True)
+            return {"object": "list", "data": data, "totals": _totals(totals)}
+        if user is not None:
+            raise ApiError(400, "by and user do not go together", "invalid_request", "by")
+        store = _store(request)
+        sums = await store.call(store.usage_by, _since(days), by)
+        return {"object": "list", "data": _sums(sums, by), "totals": _totals(sums)}

@@ -110,6 +110,15 @@ export function el(tag, props = {}, ...children) {
   return node;
 }
 
+// A table in a scrolling box: a header row of [label, class?], then rows, or one muted
+// line saying there are none.
+function table(caption, headers, rows, empty) {
+  const head = el("tr", {}, ...headers.map(([label, cls]) => el("th", { scope: "col", class: cls, text: label })));
+  const body = rows.length ? rows : [el("tr", {}, el("td", { colspan: headers.length, class: "muted", text: empty }))];
+  return el("div", { class: "table-wrap" },
+    el("table", {}, el("caption", { class: "sr-only", text: caption }), el("thead", {}, head), el("tbody", {}, ...body)));
+}
+
 function svg(tag, attrs = {}, text) {
   const node = document.createElementNS(SVG, tag);
   for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
@@ -208,6 +217,8 @@ function expired() {
 
 function logout(message) {
   session = null;
+  profile = null;
+  document.dispatchEvent(new CustomEvent("bitinglip:signed-out"));
   sessionStorage.removeItem(SESSION);
   stopPolling();
   render();
@@ -274,9 +285,19 @@ async function submitLogin(event) {
   }
 }
 
+let profile = null;
+
+// The signed-in user's profile (GET /v1/auth/me), or null.
+function signedIn() {
+  return profile;
+}
+
 async function loadMe() {
   try {
     const me = await api("/v1/auth/me");
+    // The operator and account views (operator.js, account.js) start from the profile.
+    profile = me;
+    document.dispatchEvent(new CustomEvent("bitinglip:signed-in", { detail: me }));
     const plan = me && me.plan && (me.plan.name || me.plan.id);
     $("account-plan").textContent = plan ? String(plan) : "";
     $("account-plan").hidden = !plan;
@@ -689,3 +710,7 @@ function start() {
 }
 
 start();
+
+export {
+  api, ApiError, el, explain, handle, logout, meter, notice, numbers, shortId, show, signedIn, table, when,
+};

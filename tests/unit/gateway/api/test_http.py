@@ -355,6 +355,11 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("no messages", chat() | {"messages": []}, "messages"),
     ("bad role", chat() | {"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
     ("content missing", chat() | {"messages": [{"role": "user"}]}, "messages.0.content"),
+    (
+        "assistant content missing without tool calls",
+        chat() | {"messages": [{"role": "assistant"}, {"role": "user", "content": "x"}]},
+        "messages.0.content",
+    ),
     ("temperature a word", chat(temperature="hot"), "temperature"),
     ("temperature too high", chat(temperature=2.5), "temperature"),
     ("top_p zero", chat(top_p=0), "top_p"),
@@ -470,6 +475,7 @@ async def test_completion_shape(client: httpx.AsyncClient, backend: FakeBackend)
         {
             "index": 0,
             "message": {"role": "assistant", "content": "Hello there world"},
+            "logprobs": None,
             "finish_reason": "stop",
         }
     ]
@@ -560,12 +566,19 @@ async def test_stream_sends_role_then_content_then_finish_then_done(
     assert len({c["id"] for c in chunks}) == 1
     assert all(c["model"] == "echo" for c in chunks)
     assert chunks[0]["choices"] == [
-        {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+        {
+            "index": 0,
+            "delta": {"role": "assistant", "content": ""},
+            "logprobs": None,
+            "finish_reason": None,
+        }
     ]
     content = chunks[1:-1]
     assert [c["choices"][0]["delta"]["content"] for c in content] == ["Hello", " there", " world"]
     assert all(c["choices"][0]["finish_reason"] is None for c in content)
-    assert chunks[-1]["choices"] == [{"index": 0, "delta": {}, "finish_reason": "stop"}]
+    assert chunks[-1]["choices"] == [
+        {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
+    ]
     assert all("usage" not in c for c in chunks)
     assert (backend.open, backend.closed) == (1, 1)
 
