@@ -21,7 +21,6 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 import keys
-from gateway.accounts.limits import Plan
 from gateway.accounts.metering import rate_headers
 from gateway.api import openai_api as oa
 from gateway.api.inference import NODE_HEADER, Renderer, answer, joined, routed, start
@@ -60,13 +59,9 @@ async def respond(
     return await answer(started, render, stream)
 
 
-def _plan(s: Services, user: str) -> Plan:
-    return s.accounts.plan_of(user) if s.accounts is not None else Plan()
-
-
 def _key(s: Services, claims: keys.Claims, params: GenerateParams, kind: str) -> str | None:
     """The call's cache key; None if it is not to be cached."""
-    if s.cache is None or not deterministic(params) or not _plan(s, claims.sub).response_cache:
+    if s.cache is None or not deterministic(params) or not s.plan_of(claims.sub).response_cache:
         return None
     owner = "*" if s.cache_shared else claims.sub.casefold()
     return cache_key(owner, kind, s.revision(params.model), params)
@@ -82,7 +77,7 @@ async def _replay(
     stream: bool,
 ) -> Response:
     s = services(request)
-    percent = _plan(s, claims.sub).cache_hit_percent
+    percent = s.plan_of(claims.sub).cache_hit_percent
     prompt = hit.prompt_tokens * percent // 100
     completion = hit.completion_tokens * percent // 100
     stack = AsyncExitStack()

@@ -16,7 +16,6 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from gateway.accounts.jobs import MAX_PAGE, Job
-from gateway.accounts.limits import Plan
 from gateway.api import openai_api as oa
 from gateway.api.auth import User
 from gateway.api.bodies import json_body, parse
@@ -55,10 +54,6 @@ def _jobs(s: Services) -> Jobs:
     return s.jobs
 
 
-def _plan(s: Services, user: str) -> Plan:
-    return s.accounts.plan_of(user) if s.accounts is not None else Plan()
-
-
 def _checked(s: Services, user: str, body: JobRequest) -> str:
     """The job's model, once its body is one its route takes and the rest is allowed."""
     try:
@@ -69,7 +64,7 @@ def _checked(s: Services, user: str, body: JobRequest) -> str:
         raise ApiError(400, f"{where}: {first.get('msg')}", "invalid_request", where) from exc
     if getattr(call, "stream", False):
         raise ApiError(400, "a job's answer is kept whole: leave stream out", "invalid_request")
-    plan = _plan(s, user)
+    plan = s.plan_of(user)
     if body.priority > plan.job_priority:
         raise ApiError(
             400,
@@ -101,7 +96,7 @@ def install(app: FastAPI) -> None:
         jobs = _jobs(s)
         body = await parse(request, JobRequest, any_type=True)  # behind a token
         model = _checked(s, claims.sub, body)
-        kept = _plan(s, claims.sub).jobs_kept
+        kept = s.plan_of(claims.sub).jobs_kept
         base = str(request.base_url).rstrip("/")
         job = await jobs.db.call(
             jobs.store.submit,

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from fastapi import Request
 
 from gateway.accounts.database import Store
-from gateway.accounts.limits import Limiter
+from gateway.accounts.limits import Limiter, Plan
 from gateway.accounts.metering import Meter
 from gateway.accounts.users import Accounts
 from gateway.api.auth import Authenticator
@@ -88,6 +88,10 @@ class Services:
     revision: Callable[[str], str] = field(default=lambda model: "")
     # Jobs: queued calls answered later; None: this gateway takes no jobs.
     jobs: Jobs | None = None
+
+    def plan_of(self, user: str) -> Plan:
+        """``user``'s plan; the built-in default where this gateway keeps no accounts."""
+        return self.accounts.plan_of(user) if self.accounts is not None else Plan()
 
 
 def services(request: Request) -> Services:
