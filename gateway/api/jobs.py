@@ -13,12 +13,12 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from gateway.accounts.jobs import MAX_PAGE, Job
 from gateway.api import openai_api as oa
 from gateway.api.auth import User
-from gateway.api.bodies import json_body, parse
+from gateway.api.bodies import json_body, parse, validated
 from gateway.api.errors import ApiError
 from gateway.api.images import ImageGenerationRequest
 from gateway.api.job_runner import Jobs
@@ -56,12 +56,7 @@ def _jobs(s: Services) -> Jobs:
 
 def _checked(s: Services, user: str, body: JobRequest) -> str:
     """The job's model, once its body is one its route takes and the rest is allowed."""
-    try:
-        call = BODIES[body.kind].model_validate(body.request)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(["request", *(str(p) for p in first.get("loc", ()))])
-        raise ApiError(400, f"{where}: {first.get('msg')}", "invalid_request", where) from exc
+    call = validated(BODIES[body.kind], body.request, ("request",))
     if getattr(call, "stream", False):
         raise ApiError(400, "a job's answer is kept whole: leave stream out", "invalid_request")
     plan = s.plan_of(user)

@@ -85,6 +85,9 @@ def test_jobs_over_http_and_the_cli(
     streamed = chat(1)
     streamed["request"]["stream"] = True
     assert httpx.post(f"{url}/v1/jobs", json=streamed, headers=bearer(alice)).status_code == 400
+    no_messages = {"kind": "chat", "request": {"model": "echo"}}
+    refused = httpx.post(f"{url}/v1/jobs", json=no_messages, headers=bearer(alice))
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "request.messages"
     hooked = httpx.post(
         f"{url}/v1/jobs", json=chat(1, webhook="http://example.com/"), headers=bearer(alice)
     )
