@@ -126,6 +126,7 @@ async def run_gateway(config: GatewayConfig) -> None:
         metrics_route=not apart,
     )
     jobs.app = app
+    jobs.on_end.append(lambda state: services.metrics.jobs_ended.labels(state).inc())
     sync = MeshSubscriptions(
         host, accounts.audience, apply=share.apply, forget=tracker.forget_gateway
     )

@@ -30,6 +30,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import httpx
@@ -95,6 +96,7 @@ class Jobs:
         self._wake = trio.Event()
         self._began = 0.0
         self._nursery: trio.Nursery | None = None  # where jobs and webhook deliveries run
+        self.on_end: list[Callable[[State], None]] = []  # told how each job it ran ended
 
     def wake(self) -> None:
         """Look at the queue now (a job was submitted or ended)."""
@@ -145,8 +147,7 @@ class Jobs:
             logger.exception("job %s could not be run", job.id)
             with trio.CancelScope(shield=True):
                 error = {"message": "the gateway failed to run the job", "code": "internal"}
-                await self.db.call(self._finish, job, "failed", 500, None, error, None)
-                self._ended(job)
+                await self._end(job, "failed", 500, None, error, None)
         finally:
             del self._scopes[job.id]
             self.wake()
@@ -172,11 +173,11 @@ class Jobs:
     ) -> None:
         node = headers.get(NODE_HEADER)
         if status < 400:
-            await self.db.call(self._finish, job, "done", status, body, None, node)
-            self._ended(job)
+            await self._end(job, "done", status, body, None, node)
             return
-        error = body.get("error") if isinstance(body.get("error"), dict) else {}
-        assert isinstance(error, dict)
+        error = body.get("error")
+        if not isinstance(error, dict):
+            error = {}
         wait = self._wait(status, error.get("code"), headers)
         if wait is not None:
             await self.db.call(self._requeue, job, wait, True)
@@ -185,8 +186,7 @@ class Jobs:
             logger.info("job %s: try %d failed (%s), trying again", job.id, job.attempts, status)
             await self.db.call(self._requeue, job, 0.0, False)
             return
-        await self.db.call(self._finish, job, "failed", status, None, error, node)
-        self._ended(job)
+        await self._end(job, "failed", status, None, error, node)
 
     def _wait(self, status: int, code: object, headers: httpx.Headers) -> float | None:
         """Seconds to wait before trying again a call turned away before it began, the
@@ -200,7 +200,7 @@ class Jobs:
             return NO_PEER_WAIT
         return None
 
-    def _finish(
+    async def _end(
         self,
         job: Job,
         state: State,
@@ -208,16 +208,24 @@ class Jobs:
         result: dict[str, Any] | None,
         error: dict[str, Any] | None,
         node: str | None,
-    ) -> bool:
-        return self.store.finish(
-            job,
-            state,
-            status,
-            result=result,
-            error=error,
-            node=node,
-            keep_for=self.keep_for,
+    ) -> None:
+        """End a running job (unless it was cancelled meanwhile), then tell whoever hears."""
+        ended = await self.db.call(
+            partial(
+                self.store.finish,
+                job,
+                state,
+                status,
+                result=result,
+                error=error,
+                node=node,
+                keep_for=self.keep_for,
+            )
         )
+        if ended:
+            for hook in self.on_end:
+                hook(state)
+        self._ended(job)
 
     def _requeue(self, job: Job, after: float, refund: bool) -> bool:
         return self.store.requeue(job, after=after, refund=refund)

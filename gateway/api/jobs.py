@@ -149,7 +149,10 @@ def install(app: FastAPI) -> None:
         cancelled = await jobs.db.call(jobs.store.cancel, job_id, claims.sub, jobs.keep_for)
         jobs.cancel_running(job_id)
         jobs.wake()  # another gateway running it sees the cancel within a second
-        assert cancelled is not None  # the user's own job, found above
+        if cancelled is None:  # deleted (expired) in between
+            raise ApiError(404, f"no job {job_id!r} (finished jobs expire)", "not_found")
+        if job.state != "cancelled":
+            s.metrics.jobs_ended.labels("cancelled").inc()
         return await jobs.view(cancelled)
 
     @app.get("/v1/auth/webhook-secret")

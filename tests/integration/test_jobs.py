@@ -134,6 +134,10 @@ def test_jobs_over_http_and_the_cli(
     assert "already ended" in capsys.readouterr().err
     assert main(["jobs", "status", "job_nope", *cli]) == 1
 
+    exported = httpx.get(f"{url}/metrics").text
+    assert 'bitinglip_gateway_jobs_ended_total{state="done"} 2.0' in exported
+    assert 'bitinglip_gateway_jobs_ended_total{state="cancelled"} 1.0' in exported
+
 
 def test_a_restarted_gateway_finishes_its_jobs_charged_once(
     swarm: LocalSwarmFixture, tmp_path: Path

@@ -107,12 +107,15 @@ async def test_an_answer_is_kept_with_its_node_and_the_call_ran_as_the_submitter
 
 async def test_a_failed_node_gets_one_more_try(runner: tuple[Jobs, Scripted]) -> None:
     jobs, api = runner
+    states: list[str] = []
+    jobs.on_end.append(states.append)
     flaky = await ended(jobs, await submit(jobs, "flaky"))
     assert (flaky.state, flaky.attempts) == ("done", 2)
     broken = await ended(jobs, await submit(jobs, "broken"))
     assert (broken.state, broken.status, broken.attempts) == ("failed", 502, 2)
     assert broken.error == {"message": "node lost", "code": "unavailable"}
     assert api.calls["broken"] == 2
+    assert states == ["done", "failed"]  # the retries are not endings
 
 
 async def test_a_bad_request_fails_at_once(runner: tuple[Jobs, Scripted]) -> None:
