@@ -2,13 +2,13 @@
 
 A call is deterministic when it samples greedily (``temperature`` 0) or with a fixed
 ``seed``: the same model build then gives the same answer. The key is a SHA-256 of the
-canonical request (model, messages or prompt, every sampling parameter), the build
-(``advertised_revision``: what the nodes serving the model say about it) and, unless the
-operator shares entries between users, the user. What is kept is the answer as it was
-forwarded, piece by piece (text, logprobs, tool calls), with why it ended and its token
-counts: a hit is rendered
-afresh for the asking route, whole or streamed chunk by chunk, and a plain call and a
-streamed one share entries.
+canonical request (model, messages or prompt, every sampling parameter, whether it
+streams), the build (``advertised_revision``: what the nodes serving the model say about
+it) and, unless the operator shares entries between users, the user. What is kept is the
+answer as it was forwarded, piece by piece (text, logprobs, tool calls), with why it ended
+and its token counts: a hit is rendered afresh for the asking route, a streamed one chunk
+for chunk as the node sent them. (A plain answer comes from its node in one piece, so a
+streamed call is not answered from it: streamed and plain calls keep entries apart.)
 
 It lives in memory (a restart empties it) and is bounded in bytes, least recently used
 first out; each entry expires after ``ttl`` seconds.
@@ -67,9 +67,8 @@ def deterministic(params: GenerateParams) -> bool:
 
 def cache_key(owner: str, kind: str, revision: str, params: GenerateParams) -> str:
     """The key of ``params`` asked by ``owner`` (a user, or "*" for entries all share)."""
-    wire = params.to_wire() | {"stream": True}  # streamed or not, the same answer
     canonical = json.dumps(
-        {"owner": owner, "kind": kind, "revision": revision, "params": wire},
+        {"owner": owner, "kind": kind, "revision": revision, "params": params.to_wire()},
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
