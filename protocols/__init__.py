@@ -21,7 +21,7 @@ from protocols.events import (
     event_to_wire,
 )
 from protocols.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
-from protocols.generation import ChatMessage, GenerateParams, ImageParams
+from protocols.generation import ChatMessage, GenerateParams, ImageParams, ImageStep
 from protocols.identity import peer_id_of
 from protocols.membership import (
     ADMIT_PROTOCOL,
@@ -93,6 +93,7 @@ __all__ = [
     "Hardware",
     "Hello",
     "ImageParams",
+    "ImageStep",
     "Load",
     "LocalProtocolError",
     "Message",

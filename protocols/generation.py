@@ -24,6 +24,8 @@ MAX_IMAGE_PROMPT_CHARS = 4000
 # 1024x1024 keeps even an incompressible RGB PNG (~3.2 MB) inside one 4 MiB RPC frame.
 MIN_IMAGE_SIDE, MAX_IMAGE_SIDE, IMAGE_SIDE_STEP = 64, 1024, 8
 MAX_IMAGE_STEPS = 100
+# The most steps a scheduler may turn MAX_IMAGE_STEPS into (second-order ones take two each).
+MAX_SCHEDULED_STEPS = 2 * MAX_IMAGE_STEPS
 MAX_GUIDANCE = 30.0
 MAX_SEED = 2**63 - 1
 
@@ -256,6 +258,8 @@ class ImageParams(PeerParams):
     seed: int | None = None
     # What the images should not show; empty: nothing in particular.
     negative_prompt: str = ""
+    # True: the node sends an ``ImageStep`` chunk after each denoising step, before the images.
+    progress: bool = False
 
     def _problem(self) -> str | None:
         if not self.prompt:
@@ -289,7 +293,32 @@ class ImageParams(PeerParams):
             seed=None if body.get("seed") is None else exact(body.get("seed"), int, "seed"),
             # Absent from a gateway older than the field.
             negative_prompt=exact(body.get("negative_prompt", ""), str, "negative_prompt"),
+            progress=exact(body.get("progress", False), bool, "progress"),
         )
+
+
+@dataclass(frozen=True)
+class ImageStep:
+    """A denoising step done: ``step`` of ``steps``. Some schedulers take more steps than the
+    call asked for (Heun's, two a step), so ``steps`` may exceed ``ImageParams.steps``."""
+
+    step: int
+    steps: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.step <= self.steps <= MAX_SCHEDULED_STEPS:
+            raise ValueError(f"step {self.step} of {self.steps} is out of range")
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"step": self.step, "steps": self.steps}
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> ImageStep:
+        """Parse a step chunk sent by a node."""
+        try:
+            return cls(required(body, "step", int), required(body, "steps", int))
+        except ValueError as exc:
+            raise RemoteProtocolError(f"bad image step: {exc}") from exc
 
 
 def side_problem(side: int) -> str | None:

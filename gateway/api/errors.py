@@ -81,7 +81,8 @@ def routing_error(exc: Exception) -> ApiError:
     if isinstance(exc, UnknownModel):
         return ApiError(404, str(exc), "model_not_found", "model")
     if isinstance(exc, NoPeerReady):
-        return ApiError(503, node_text(str(exc)), "no_peer_ready")
+        wait = {"Retry-After": str(exc.retry_after)}
+        return ApiError(503, node_text(str(exc)), "no_peer_ready", headers=wait)
     if isinstance(exc, UpstreamError):
         status = {ErrorCode.BAD_REQUEST: 400, ErrorCode.DEADLINE_EXCEEDED: 504}.get(exc.code, 502)
         message = upstream_message(exc)

@@ -4,6 +4,12 @@ Images come back inline (``b64_json``) or as URLs on this gateway (``url``). A U
 name is 128 random bits, the only thing guarding the image, so fetching one needs no
 token; like OpenAI's, a URL works for an hour (``image_ttl``), after which the file is
 deleted (``gateway.api.image_store``).
+
+With ``stream: true`` the answer is server-sent events in the shape of OpenAI's image
+streams: an ``image_generation.progress`` event after each denoising step (ours: OpenAI
+sends partial images instead), then one ``image_generation.completed`` per image, inline;
+a node that fails half-way ends the stream with an ``error`` event. Leaving early cancels
+the call on its node.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 import base64
 import re
 import time
+from collections.abc import AsyncGenerator
+from contextlib import AsyncExitStack
 from typing import Any, Literal
 
 import trio
@@ -18,13 +26,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from gateway.accounts.metering import rate_headers
+import keys
+from gateway.accounts.metering import Outcome, rate_headers
+from gateway.api import openai_api as oa
 from gateway.api.auth import User
 from gateway.api.bodies import json_body, parse
-from gateway.api.errors import ApiError
-from gateway.api.inference import NODE_HEADER, routed
-from gateway.api.services import services
-from protocols import ImageParams
+from gateway.api.errors import ApiError, upstream_message
+from gateway.api.inference import NODE_HEADER, EventStream, opened, routed
+from gateway.api.services import ImageBackend, services
+from gateway.routing.router import Drawing, UpstreamError
+from protocols import ImageParams, ImageStep
 from protocols.generation import (
     MAX_GUIDANCE,
     MAX_IMAGE_PROMPT_CHARS,
@@ -51,6 +62,8 @@ class ImageGenerationRequest(BaseModel):
     steps: int = Field(default=30, ge=1, le=MAX_IMAGE_STEPS)
     guidance_scale: float = Field(default=7.5, ge=0.0, le=MAX_GUIDANCE)
     negative_prompt: str = Field(default="", max_length=MAX_IMAGE_PROMPT_CHARS)
+    # Server-sent events: each step as it is done, then the images (always inline).
+    stream: bool = False
 
     @field_validator("size")
     @classmethod
@@ -75,6 +88,7 @@ class ImageGenerationRequest(BaseModel):
             guidance=self.guidance_scale,
             seed=self.seed,
             negative_prompt=self.negative_prompt,
+            progress=self.stream,
         )
 
 
@@ -84,10 +98,10 @@ def install(app: FastAPI) -> None:
         response_model=None,
         openapi_extra=json_body(app, ImageGenerationRequest),
     )
-    async def generate_images(request: Request, claims: User) -> JSONResponse:
+    async def generate_images(request: Request, claims: User) -> Response:
         s = services(request)
         body = await parse(request, ImageGenerationRequest, any_type=True)  # behind a token
-        if body.response_format == "url" and s.image_store is None:
+        if body.response_format == "url" and s.image_store is None and not body.stream:
             raise ApiError(
                 400,
                 "this gateway keeps no images: ask for response_format b64_json",
@@ -101,6 +115,8 @@ def install(app: FastAPI) -> None:
         backend = s.image_backend
         if backend is None:
             raise ApiError(503, "this gateway does not route image generation", "no_peer_ready")
+        if body.stream:
+            return await _streamed(request, claims, backend, params)
         async with routed(request, claims, body.model, "image", images=params.n) as outcome:
             result = await backend.generate_image(params, s.request_timeout)
             outcome.peer_id = result.peer_id
@@ -125,3 +141,53 @@ def install(app: FastAPI) -> None:
             if data is not None:
                 return Response(data, media_type="image/png")
         raise ApiError(404, "no such image (image URLs expire)", "not_found")
+
+
+async def _streamed(
+    request: Request, claims: keys.Claims, backend: ImageBackend, params: ImageParams
+) -> Response:
+    s = services(request)
+    admitted = routed(request, claims, params.model, "image", images=params.n)
+    stack, outcome, drawing = await opened(
+        admitted, lambda: backend.draw(params, s.request_timeout)
+    )
+    outcome.peer_id = drawing.peer_id
+    headers = {NODE_HEADER: drawing.peer_id} | rate_headers(s.meters, claims)
+    return EventStream(_events(stack, outcome, drawing, params), stack, headers)
+
+
+async def _events(
+    stack: AsyncExitStack, outcome: Outcome, drawing: Drawing, params: ImageParams
+) -> AsyncGenerator[bytes, None]:
+    """The steps as they are done, then the images. The call is recorded (charged for the
+    images) before they go out, as a text stream's is before its last events."""
+    created = int(time.time())
+    async with stack:
+        try:
+            async for event in drawing.events():
+                if isinstance(event, ImageStep):
+                    step = {"step": event.step, "total_steps": event.steps, "created_at": created}
+                    yield oa.sse({"type": "image_generation.progress"} | step)
+        except UpstreamError as exc:
+            outcome.status = 502
+            failure = oa.error_body(502, upstream_message(exc), exc.code.value.lower())
+            closing = [{"type": "error"} | failure]
+        else:
+            outcome.images = len(drawing.images)
+            closing = [
+                {
+                    "type": "image_generation.completed",
+                    "b64_json": base64.b64encode(image).decode(),
+                    "created_at": int(time.time()),
+                    "size": f"{params.width}x{params.height}",
+                    "output_format": "png",
+                    "quality": "auto",
+                    "background": "opaque",
+                    # Beyond OpenAI's event: which image of ``n``, and the seed that repeats it.
+                    "image_index": index,
+                    "seed": drawing.seed,
+                }
+                for index, image in enumerate(drawing.images)
+            ]
+    for last in closing:
+        yield oa.sse(last)

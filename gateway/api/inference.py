@@ -11,7 +11,7 @@ import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 from fastapi import Request
@@ -32,6 +32,8 @@ from protocols import GenerateParams, VisionParams
 NODE_HEADER = oa.NODE_HEADER
 # What a node may say about why it stopped; anything else reads as "stop".
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls"})
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -117,18 +119,28 @@ async def start(
 ) -> Started:
     """Admit the call and route it to a node."""
     s = services(request)
+    admitted = routed(request, claims, params.model, kind, tokens=charges.budget(params))
+    stack, outcome, generation = await opened(admitted, lambda: _open(s, params))
+    outcome.peer_id = generation.peer_id
+    headers = {NODE_HEADER: generation.peer_id} | rate_headers(s.meters, claims)
+    return Started(generation, outcome, stack, headers, params)
+
+
+async def opened(
+    admitted: AbstractAsyncContextManager[Outcome],
+    call: Callable[[], AbstractAsyncContextManager[T]],
+) -> tuple[AsyncExitStack, Outcome, T]:
+    """The call admitted, then opened on a node, both held by the stack returned (which the
+    answer exits once it is sent)."""
     stack = AsyncExitStack()
     try:
-        admitted = routed(request, claims, params.model, kind, tokens=charges.budget(params))
         outcome = await stack.enter_async_context(admitted)
-        generation = await stack.enter_async_context(_open(s, params))
+        opened = await stack.enter_async_context(call())
     except BaseException:
         # Let the meters see the failure (and its status) before it propagates.
         await stack.__aexit__(*sys.exc_info())
         raise
-    outcome.peer_id = generation.peer_id
-    headers = {NODE_HEADER: generation.peer_id} | rate_headers(s.meters, claims)
-    return Started(generation, outcome, stack, headers, params)
+    return stack, outcome, opened
 
 
 def _settle(started: Started, forwarded: str) -> dict[str, int]:
@@ -212,17 +224,20 @@ async def answer(started: Started, render: Renderer, stream: bool) -> Response:
     return JSONResponse(body, headers=started.headers)
 
 
-class _EventStream(StreamingResponse):
-    """Ends its call however the response ends. A client that hangs up while an event is
-    being sent leaves the events suspended, and one that hangs up before the first leaves
-    them unstarted: either way the call must be charged and its slot freed now, not
-    whenever the garbage collector finalizes them, or never."""
+class EventStream(StreamingResponse):
+    """Server-sent ``events`` that end their call (``stack``) however the response ends. A
+    client that hangs up while an event is being sent leaves the events suspended, and one
+    that hangs up before the first leaves them unstarted: either way the call must be
+    charged and its slot freed now, not whenever the garbage collector finalizes them, or
+    never."""
 
-    def __init__(self, started: Started, render: Renderer) -> None:
-        self._events = stream(started, render)
-        self._stack = started.stack
-        headers = started.headers | {"Cache-Control": "no-cache"}
-        super().__init__(self._events, media_type="text/event-stream", headers=headers)
+    def __init__(
+        self, events: AsyncGenerator[bytes, None], stack: AsyncExitStack, headers: dict[str, str]
+    ) -> None:
+        self._events = events
+        self._stack = stack
+        headers = headers | {"Cache-Control": "no-cache"}
+        super().__init__(events, media_type="text/event-stream", headers=headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -237,7 +252,7 @@ class _EventStream(StreamingResponse):
 
 def event_stream(started: Started, render: Renderer) -> StreamingResponse:
     """The streamed answer as a response: server-sent events, rate-limit headers included."""
-    return _EventStream(started, render)
+    return EventStream(stream(started, render), started.stack, started.headers)
 
 
 async def stream(started: Started, render: Renderer) -> AsyncGenerator[bytes, None]:

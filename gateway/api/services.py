@@ -23,7 +23,7 @@ from gateway.api.job_runner import Jobs
 from gateway.api.metrics import GatewayMetrics
 from gateway.api.response_cache import ResponseCache
 from gateway.media import MediaLimits
-from gateway.routing.router import Generation, Heard, Images, Speech
+from gateway.routing.router import Drawing, Generation, Heard, Images, Speech
 from protocols import GenerateParams, ImageParams, SpeechParams, TranscribeParams, VisionParams
 
 
@@ -43,6 +43,10 @@ class ImageBackend(Protocol):
     """Image generation on the swarm side (a ``Router`` in production)."""
 
     async def generate_image(self, params: ImageParams, timeout: float) -> Images: ...
+
+    def draw(self, params: ImageParams, timeout: float) -> AbstractAsyncContextManager[Drawing]:
+        """The call opened on a node, to follow step by step."""
+        ...
 
 
 class MediaBackend(Protocol):

@@ -5,7 +5,8 @@ first reply is skipped and the next one tried, transparently: the user is charge
 for the call that answered. A failure after the first token ends that stream with an
 error, since the tokens already sent cannot be taken back. Image calls take the same
 path; a node sends its first image only once all are made, so one that dies while
-making them has answered nothing yet and is passed over like one that cannot be reached.
+making them has answered nothing yet and is passed over like one that cannot be reached,
+unless the call asked for its steps: then the first step is the first reply.
 Speech streams like text (its first audio chunk is its first reply), a window of speech
 to transcribe is answered whole, and a chat with pictures streams exactly as text does.
 
@@ -19,8 +20,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,7 @@ from protocols import (
     ErrorCode,
     GenerateParams,
     ImageParams,
+    ImageStep,
     RemoteProtocolError,
     SpeechParams,
     TokenLogprob,
@@ -60,8 +62,23 @@ class UnknownModel(RoutingError):
         self.available = available
 
 
+# How long a caller turned away should wait before trying again (Retry-After), by why no
+# node could take the call. A rough guess, meant to keep clients from hammering the gateway:
+# a node busy with other calls frees a slot as soon as one ends; loading a model takes
+# seconds (a small one) to minutes; a node draining or not answering is replaced, or gone
+# from the table, within its record's TTL.
+WAIT_BUSY = 2
+WAIT_LOADING = 15
+WAIT_AWAY = 5
+
+
 class NoPeerReady(RoutingError):
-    """The model exists in the swarm but no node can take the call now."""
+    """The model exists in the swarm but no node can take the call now; ``retry_after``:
+    seconds after which one may (an estimate)."""
+
+    def __init__(self, message: str, retry_after: int = WAIT_AWAY) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class UpstreamError(RoutingError):
@@ -129,6 +146,63 @@ def _piece(chunk: dict[str, Any]) -> Piece:
     except ValueError as exc:
         raise UpstreamError(ErrorCode.INTERNAL, f"node sent a malformed answer: {exc}") from exc
     return Piece(str(chunk.get("text", "")), logprobs, calls)
+
+
+@dataclass
+class Drawing:
+    """An image call a node has begun: ``events()`` yields its steps (when the call asked for
+    them), then its images, which it also keeps; ``seed`` is the seed the node used."""
+
+    peer_id: str
+    call: Call
+    first: dict[str, Any] | None
+    n: int
+    images: list[bytes] = field(default_factory=list)
+
+    @property
+    def seed(self) -> int | None:
+        seed = (self.call.result or {}).get("seed")
+        return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+    async def events(self) -> AsyncIterator[ImageStep | bytes]:
+        with _mid_answer():
+            chunks = self.call if self.first is None else _after(self.first, self.call)
+            async for chunk in chunks:
+                image = chunk.get("image")
+                if isinstance(image, bytes) and len(self.images) < self.n:
+                    self.images.append(image)
+                    yield image
+                elif self.images:  # a step after an image, or one image too many
+                    raise self._malformed()
+                else:
+                    try:
+                        yield ImageStep.from_wire(chunk)
+                    except RemoteProtocolError as exc:
+                        raise self._malformed() from exc
+        if len(self.images) != self.n:
+            raise self._malformed()
+
+    def _malformed(self) -> UpstreamError:
+        return UpstreamError(
+            ErrorCode.INTERNAL, f"node {self.peer_id[-8:]} sent a malformed answer"
+        )
+
+
+async def _after(first: dict[str, Any], rest: Call) -> AsyncIterator[dict[str, Any]]:
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
+@contextmanager
+def _mid_answer() -> Iterator[None]:
+    """A node's failure once it has begun to answer, as the ``UpstreamError`` it is."""
+    try:
+        yield
+    except RemoteError as exc:
+        raise UpstreamError(exc.code, f"node failed mid-answer: {exc.message}") from exc
+    except ConnectionLost as exc:
+        raise UpstreamError(ErrorCode.UNAVAILABLE, f"node lost mid-answer: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -248,6 +322,24 @@ class Router:
         ]
         return f"no node can take {model!r} now ({'; '.join(states) or 'none connected'})"
 
+    def _wait(self, model: str) -> int:
+        """Seconds until some node may take ``model``: the soonest of each node's guess."""
+        now = time.time()
+        waits = [
+            WAIT_LOADING
+            if m.state == "loading"
+            else WAIT_BUSY
+            if m.state == "ready"
+            and not e.load.draining
+            and not e.suspect(now)
+            and e.peer_id in self.tracker.clients
+            else WAIT_AWAY
+            for e in self.table.models().get(model, [])
+            for m in e.record.models
+            if m.id == model
+        ]
+        return min(waits, default=WAIT_AWAY)
+
     def _ended(self, peer: str) -> None:
         entry = self.table.entries.get(peer)
         if entry is not None:
@@ -263,28 +355,21 @@ class Router:
         async with opened as (peer, call, first):
             yield Generation(peer, call, first)
 
-    async def generate_image(self, params: ImageParams, timeout: float) -> Images:
-        """Generate images on the best node that takes the call."""
+    @asynccontextmanager
+    async def draw(self, params: ImageParams, timeout: float) -> AsyncIterator[Drawing]:
+        """Generate images on the best node that takes the call, step by step."""
         opened = self._answered(
             "generate_image", params.model, "text-to-image", params.to_wire(), timeout
         )
         async with opened as (peer, call, first):
-            try:
-                chunks = [first] if first is not None else []
-                chunks += [chunk async for chunk in call]
-            except RemoteError as exc:
-                raise UpstreamError(exc.code, f"node failed mid-answer: {exc.message}") from exc
-            except ConnectionLost as exc:
-                raise UpstreamError(ErrorCode.UNAVAILABLE, f"node lost mid-answer: {exc}") from exc
-        images: list[bytes] = []
-        for chunk in chunks:
-            image = chunk.get("image")
-            if isinstance(image, bytes):
-                images.append(image)
-        seed = (call.result or {}).get("seed")
-        if len(images) != len(chunks) or len(images) != params.n:
-            raise UpstreamError(ErrorCode.INTERNAL, f"node {peer[-8:]} sent a malformed answer")
-        return Images(peer, images, seed if isinstance(seed, int) else None)
+            yield Drawing(peer, call, first, params.n)
+
+    async def generate_image(self, params: ImageParams, timeout: float) -> Images:
+        """Generate images on the best node that takes the call."""
+        async with self.draw(params, timeout) as drawing:
+            async for _ in drawing.events():
+                pass
+        return Images(drawing.peer_id, drawing.images, drawing.seed)
 
     @asynccontextmanager
     async def speak(self, params: SpeechParams, timeout: float) -> AsyncIterator[Speech]:
@@ -363,4 +448,5 @@ class Router:
             self.retries += 1
             logger.info("node %s did not take the call (%s); trying another", peer[-8:], last_error)
         reason = self._why_none(model)
-        raise NoPeerReady(f"{reason}; last error: {last_error}" if last_error else reason)
+        message = f"{reason}; last error: {last_error}" if last_error else reason
+        raise NoPeerReady(message, self._wait(model))

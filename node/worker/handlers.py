@@ -2,13 +2,14 @@
 watch, record, and the operator's load_model and unload_model.
 
 ``generate`` streams text deltas as chunks, each with the token counts so far, and ends
-with usage; ``generate_image`` sends
-each image as its own chunk (one PNG per frame keeps frames under the size cap) and ends
-with the count and the seed used; ``speak`` streams audio chunks as the model makes them
-and ends with the seconds made; ``transcribe`` answers one window of speech with its
-transcript; ``describe`` (pictures in a chat) streams text exactly as ``generate`` does;
-``watch`` streams the node's live load whenever it changes (coalesced) and at least every
-second, which is how gateways see load far fresher than the DHT record can carry it.
+with usage; ``generate_image`` sends each denoising step as a chunk when asked to
+(``progress``), then each image as its own chunk (one PNG per frame keeps frames under the
+size cap) and ends with the count and the seed used; ``speak`` streams audio chunks as
+the model makes them and ends with the seconds made; ``transcribe`` answers one window of
+speech with its transcript; ``describe`` (pictures in a chat) streams text exactly as
+``generate`` does; ``watch`` streams the node's live load whenever it changes (coalesced)
+and at least every second, which is how gateways see load far fresher than the DHT record
+can carry it.
 ``load_model`` streams the loading's progress and ends with the model's description; both
 operator methods refuse anyone but a caller with the ``operator`` role.
 """
@@ -36,8 +37,10 @@ from node.worker.runners.base import (
     ImageRunner,
     Runner,
     SpeechRunner,
+    Steps,
     TranscriptionRunner,
     VisionRunner,
+    no_steps,
 )
 from node.worker.scheduler import Draining, Overloaded, Scheduler
 from node.worker.threads import drain, in_thread, pump
@@ -46,6 +49,7 @@ from protocols import (
     ErrorCode,
     GenerateParams,
     ImageParams,
+    ImageStep,
     Load,
     RemoteProtocolError,
     SpeechParams,
@@ -252,11 +256,30 @@ class NodeService:
         runner, scheduler = self._runner(request.model, _is_image, "images")
         if request.seed is None:  # chosen here so the caller learns it and can repeat the images
             request = replace(request, seed=secrets.randbelow(MAX_SEED + 1))
-        try:
-            async with _slot(scheduler, request.model):
-                images = await in_thread(lambda flag: runner.generate_images(request, flag))
-        except ValueError as exc:
-            raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
+        send, receive = trio.open_memory_channel[ImageStep](math.inf)
+        steps = _from_thread(send) if request.progress else no_steps
+        made: list[list[bytes]] = []
+        failure: list[Exception] = []
+
+        async def make() -> None:
+            with send:  # closed once the model is done: the relay sends what is left, and ends
+                try:
+                    made.append(
+                        await in_thread(lambda flag: runner.generate_images(request, flag, steps))
+                    )
+                except Exception as exc:  # raised below: inside the nursery it would be grouped
+                    failure.append(exc)
+
+        async with _slot(scheduler, request.model), trio.open_nursery() as nursery:
+            nursery.start_soon(make)
+            async for first in receive:
+                # Steps that came while one was being sent fold into the latest.
+                await emit([first, *drain(receive)][-1].to_wire())
+        if failure:
+            if isinstance(failure[0], ValueError):
+                raise RpcError(ErrorCode.BAD_REQUEST, str(failure[0])) from failure[0]
+            raise failure[0]
+        images = made[0]
         for image in images:
             await emit({"image": image})
         return {"images": len(images), "seed": request.seed}
@@ -368,6 +391,22 @@ def _is_transcriber(runner: object) -> TypeGuard[TranscriptionRunner]:
 
 def _is_vision(runner: object) -> TypeGuard[VisionRunner]:
     return isinstance(runner, VisionRunner)
+
+
+def _from_thread(send: trio.MemorySendChannel[ImageStep]) -> Steps:
+    """A ``Steps`` for the runner's thread that hands each step to this trio loop, in order
+    (callbacks run FIFO, all before the thread's own completion)."""
+    token = trio.lowlevel.current_trio_token()
+
+    def put(step: ImageStep) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            send.send_nowait(step)
+
+    def steps(step: int, of: int) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(put, ImageStep(step, of))
+
+    return steps
 
 
 def _joined(deltas: list[Delta]) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 import trio
 
 from node.p2p.rpc_server import RpcError
-from node.worker.runners.base import Delta
 from node.worker.runners.engine_wire import EngineUnavailable
 from protocols import ErrorCode
 
@@ -96,8 +95,9 @@ async def pump(
     await trio.to_thread.run_sync(pump, abandon_on_cancel=True)
 
 
-def drain(receive: trio.MemoryReceiveChannel[Delta | Exception]) -> list[Delta | Exception]:
-    items: list[Delta | Exception] = []
+def drain(receive: trio.MemoryReceiveChannel[T]) -> list[T]:
+    """Whatever ``receive`` holds now, without waiting."""
+    items: list[T] = []
     while True:
         try:
             items.append(receive.receive_nowait())

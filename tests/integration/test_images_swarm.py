@@ -63,6 +63,19 @@ def test_openai_client_through_a_real_swarm(swarm: LocalSwarmFixture, tmp_path: 
     stored = list((swarm.data_dir / "peers" / "gateway" / "images").iterdir())
     assert [p.read_bytes() for p in stored] == [png]
 
+    # Streamed: the node's steps in order, then the very same image.
+    stream = client.images.generate(
+        model=model, prompt="a red cat", size=cast(Any, "64x64"), stream=True, extra_body=knobs
+    )
+    *steps, done = list(stream)
+    assert done.type == "image_generation.completed"
+    assert base64.b64decode(done.b64_json) == png
+    assert {e.type for e in steps} == {"image_generation.progress"}
+    counted = [(e.model_extra or {})["step"] for e in steps]
+    # Steps done while one was being sent fold into the newest: in order, ending at the last.
+    assert counted == sorted(set(counted)) and counted[-1] == 2
+    assert {(e.model_extra or {})["total_steps"] for e in steps} == {2}
+
     # A text route does not reach an image model.
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])

@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, Request, ViewportSize, expect
 
+from gateway.routing.router import WAIT_AWAY
 from tests.integration.axe import blocking
 from tests.integration.conftest import LocalSwarmFixture
 from tests.integration.test_dashboard import PASSWORD, browser, open_page
@@ -69,7 +70,7 @@ def played(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Played]:
         boot = [swarm.addr("gateway")]
         echo = ["--echo-delay", str(WORD_DELAY), "--metrics-port", "0"]
         swarm.start_node("echo", boot, ["echo"], echo)
-        swarm.start_node("media", boot, [sd, vits, whisper, llava])
+        swarm.start_node("media", boot, [sd, vits, whisper, llava], ["--metrics-port", "0"])
         swarm.wait_ready(["echo", "media"])
         wanted = {"echo": "text-generation", sd: "text-to-image", vits: "text-to-speech"}
         wanted |= {whisper: "speech-to-text", llava: "image-to-text"}
@@ -98,11 +99,19 @@ def session_token(page: Page) -> str:
     return str(page.evaluate("JSON.parse(sessionStorage.getItem('bitinglip.session')).token"))
 
 
-def cancelled_on_node(played: Played) -> float:
-    metrics = httpx.get(str(played.swarm.local.status("echo")["metrics_url"]), timeout=10)
+def cancelled_on_node(played: Played, node: str = "echo", method: str = "generate") -> float:
+    metrics = httpx.get(str(played.swarm.local.status(node)["metrics_url"]), timeout=10)
     return value(
-        parse(metrics.text), "bitinglip_node_requests_total", method="generate", status="cancelled"
+        parse(metrics.text), "bitinglip_node_requests_total", method=method, status="cancelled"
     )
+
+
+def wait_cancelled(played: Played, node: str = "echo", method: str = "generate") -> None:
+    """Until the node counts one call cancelled (the gateway passes a hang-up on at once)."""
+    deadline = time.monotonic() + 10
+    while cancelled_on_node(played, node, method) < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert cancelled_on_node(played, node, method) == 1
 
 
 def test_chat_streams_keeps_the_conversation_stops_and_copies_as_code(
@@ -161,10 +170,7 @@ def test_chat_streams_keeps_the_conversation_stops_and_copies_as_code(
     chat.get_by_role("button", name="Stop").click()
     expect(meta).to_have_text("Stopped: the call was cancelled on its node.")
     expect(chat.get_by_role("button", name="Send")).to_be_enabled()
-    deadline = time.monotonic() + 10
-    while cancelled_on_node(played) < 1 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert cancelled_on_node(played) == 1
+    wait_cancelled(played)
     stopped = answers.last.inner_text()
     time.sleep(3 * WORD_DELAY)
     assert answers.last.inner_text() == stopped and "word299" not in stopped
@@ -200,6 +206,14 @@ def test_image_tab_draws_and_offers_the_picture(
     panel.get_by_label("Size").select_option("64x64")
     panel.get_by_label("Steps").fill("2")
     panel.get_by_label("Seed").fill("3")
+    # Every step the page shows, to see them counted.
+    page.evaluate("""() => {
+        window.steps = [];
+        new MutationObserver(() => window.steps.push(
+            [document.getElementById('image-status').textContent,
+             document.getElementById('image-bar').getAttribute('value')]))
+          .observe(document.getElementById('image-status'), {childList: true, characterData: true});
+    }""")
     panel.get_by_role("button", name="Generate").click()
     expect(page.locator("#image-progress")).to_be_visible()
     picture = page.get_by_role("img", name="a red cat")
@@ -207,6 +221,11 @@ def test_image_tab_draws_and_offers_the_picture(
     assert picture.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [64, 64]
     expect(page.locator("#image-meta")).to_contain_text("Seed 3")
     expect(page.locator("#image-progress")).to_be_hidden()
+    seen = [tuple(s) for s in page.evaluate("window.steps")]
+    # Steps done while one was being sent fold into the newest: the last is always shown.
+    assert ("Step 2 of 2", "2") in seen and all(
+        text == "Waiting for a node…" or re.fullmatch(r"Step [12] of 2", text) for text, _ in seen
+    ), seen
     download = page.get_by_role("link", name="Download PNG")
     assert download.get_attribute("download") == "image-3.png"
     with page.expect_download() as caught:
@@ -215,6 +234,19 @@ def test_image_tab_draws_and_offers_the_picture(
     caught.value.save_as(saved)
     assert Image.open(saved).size == (64, 64)
     page.screenshot(path=tmp_path / "playground-image.png", full_page=True)
+
+    # Stop aborts the stream half-way, and the gateway cancels the call on its node.
+    assert cancelled_on_node(played, "media", "generate_image") == 0
+    panel.get_by_label("Size").select_option("256x256")
+    panel.get_by_label("Steps").fill("100")
+    panel.get_by_role("button", name="Generate").click()
+    status = page.locator("#image-status")
+    expect(status).to_have_text(re.compile(r"Step ([2-9]|[1-9][0-9]) of 100"), timeout=60_000)
+    panel.get_by_role("button", name="Stop").click()
+    expect(status).to_have_text("Stopped: the call was cancelled on its node.")
+    expect(panel.get_by_role("button", name="Generate")).to_be_enabled()
+    wait_cancelled(played, "media", "generate_image")
+    expect(page.locator("#image-error")).to_be_hidden()
     assert problems == []
 
 
@@ -329,4 +361,39 @@ def test_keyboard_phone_width_and_accessibility(
     box = send.bounding_box()
     assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
     assert blocking(page) == []
+
+    # The dark scheme is audited as well: its colours are the page's own, not the light ones.
+    page.emulate_media(color_scheme="dark")
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(15, 18, 22)"
+    for name in ["Chat", "Image", "Speech", "Vision"]:
+        tab(page, name)
+        found = blocking(page)
+        assert found == [], f"{name}, dark:\n" + "\n".join(found)
+    page.screenshot(path=tmp_path / "playground-phone-dark.png", full_page=True)
     assert problems == []
+
+
+def test_a_model_no_node_can_serve_reads_as_a_sentence_with_the_wait(
+    swarm: LocalSwarmFixture, browser: Browser
+) -> None:
+    """On a swarm of its own: it stops the echo node."""
+    swarm.start_gateway()
+    swarm.start_node("echo", [swarm.addr("gateway")], ["echo"])
+    swarm.wait_ready(["echo"])
+    wait_tasks(swarm.url(), swarm.token(), {"echo": "text-generation"})
+    problems: list[str] = []
+    page = signed_in(browser, swarm.url(), "waiter", problems)
+    swarm.kill("echo")
+    page.get_by_label("Message", exact=True).fill("anyone there?")
+    page.get_by_role("button", name="Send").click()
+    error = page.locator("#chat-error")
+    expect(error).to_contain_text("No node can answer now: no node can take 'echo' now")
+    expect(error).to_contain_text(re.compile(r"Try again in [1-9][0-9]* s\.$"))
+    # The page's wait is the gateway's estimate, sent as Retry-After.
+    headers = {"Authorization": f"Bearer {session_token(page)}"}
+    body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+    refused = httpx.post(f"{swarm.url()}/v1/chat/completions", json=body, headers=headers)
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "no_peer_ready"
+    assert refused.headers["Retry-After"] == str(WAIT_AWAY)  # the node is gone, not busy
+    # The browser logs the refusal the test provoked; nothing else.
+    assert problems == ["Failed to load resource: the server responded with a status of 503 ()"]

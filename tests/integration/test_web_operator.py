@@ -15,6 +15,7 @@ from playwright.sync_api import Browser, Page, expect
 import keys
 from gateway.accounts.users import create_user
 from tests.integration import test_dashboard as dashboard
+from tests.integration.axe import blocking
 from tests.integration.conftest import LocalSwarmFixture
 from tests.integration.test_dashboard import PASSWORD, chat, open_page
 from tests.integration.test_swarm import wait_nodes
@@ -68,7 +69,7 @@ def test_an_admin_manages_users_keys_and_sees_usage(
 ) -> None:
     url = start(swarm, tmp_path)
     problems: list[str] = []
-    page = open_page(browser, url, problems)
+    page = open_page(browser, url, problems, audited=True)
 
     def shot(name: str) -> None:
         page.screenshot(path=tmp_path / f"operator-{name}.png", full_page=True)
@@ -130,6 +131,7 @@ def test_an_admin_manages_users_keys_and_sees_usage(
 
     page.set_viewport_size({"width": 390, "height": 844})
     assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+    assert blocking(page) == []  # the operator views too, at phone width
     assert problems == []
 
 

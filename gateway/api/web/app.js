@@ -110,12 +110,12 @@ export function el(tag, props = {}, ...children) {
   return node;
 }
 
-// A table in a scrolling box: a header row of [label, class?], then rows, or one muted
-// line saying there are none.
+// A table in a scrolling box, reachable by keyboard so a narrow screen can scroll it: a
+// header row of [label, class?], then rows, or one muted line saying there are none.
 function table(caption, headers, rows, empty) {
   const head = el("tr", {}, ...headers.map(([label, cls]) => el("th", { scope: "col", class: cls, text: label })));
   const body = rows.length ? rows : [el("tr", {}, el("td", { colspan: headers.length, class: "muted", text: empty }))];
-  return el("div", { class: "table-wrap" },
+  return el("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": caption },
     el("table", {}, el("caption", { class: "sr-only", text: caption }), el("thead", {}, head), el("tbody", {}, ...body)));
 }
 
@@ -711,6 +711,4 @@ function start() {
 
 start();
 
-export {
-  api, ApiError, el, explain, handle, logout, meter, notice, numbers, shortId, show, signedIn, table, when,
-};
+export { api, logout, meter, notice, numbers, shortId, signedIn, table, when };

@@ -378,35 +378,53 @@ async function generateImage(event) {
     return;
   }
   const body = {
-    model, prompt, size: form.size.value, steps, seed, response_format: "b64_json",
+    model, prompt, size: form.size.value, steps, seed, stream: true,
     negative_prompt: form.negative_prompt.value.trim() || undefined,
   };
   const signal = imageRun.begin();
   const started = performance.now();
   const status = $("image-status");
-  const tick = setInterval(() => {
-    status.textContent = `Generating ${steps ?? 30} steps… ${Math.round((performance.now() - started) / 1000)} s`;
-  }, 1000);
-  $("image-bar").removeAttribute("value"); // indeterminate until the answer
+  const bar = $("image-bar");
+  bar.removeAttribute("value"); // indeterminate until the first step
+  bar.hidden = false;
   status.textContent = "Waiting for a node…";
   $("image-progress").hidden = false;
+  let stopped = false;
   try {
     const response = await call("/v1/images/generations", { json: body, signal });
-    const reply = await response.json();
-    const png = `data:image/png;base64,${reply.data[0].b64_json}`;
+    const peer = response.headers.get(NODE_HEADER) || "";
+    let done = null;
+    for await (const event of events(response)) {
+      if (event.type === "error") {
+        throw new ApiError(502, event.error.message || "the node failed", event.error.code);
+      }
+      if (event.type === "image_generation.progress") {
+        bar.max = event.total_steps;
+        bar.value = event.step;
+        status.textContent = `Step ${event.step} of ${event.total_steps}`;
+      } else if (event.type === "image_generation.completed") {
+        done ||= event;
+      }
+    }
+    if (!done) throw new ApiError(502, "the node sent no picture");
+    const png = `data:image/png;base64,${done.b64_json}`;
     $("image-out").src = png;
     $("image-out").alt = prompt;
     $("image-download").href = png;
-    $("image-download").download = `image-${reply.seed ?? "random"}.png`;
+    $("image-download").download = `image-${done.seed ?? "random"}.png`;
     const seconds = ((performance.now() - started) / 1000).toFixed(1);
-    $("image-meta").textContent =
-      `Seed ${reply.seed} · made by node ${shortPeer(response.headers.get(NODE_HEADER) || "")} in ${seconds} s · `;
+    $("image-meta").textContent = `Seed ${done.seed} · made by node ${shortPeer(peer)} in ${seconds} s · `;
     $("image-result").hidden = false;
   } catch (error) {
+    stopped = error.name === "AbortError";
     failed(error, where, "make the picture");
   } finally {
-    clearInterval(tick);
-    $("image-progress").hidden = true;
+    if (stopped) {
+      bar.hidden = true;
+      status.textContent = "Stopped: the call was cancelled on its node.";
+    } else {
+      $("image-progress").hidden = true;
+    }
     imageRun.end();
   }
 }
@@ -558,7 +576,7 @@ let visionRun;
 function start() {
   tabs();
   chatRun = new Running($("chat-send"), $("chat-stop"));
-  imageRun = new Running($("image-go"), null);
+  imageRun = new Running($("image-go"), $("image-stop"));
   speechRun = new Running($("speech-go"), null);
   listenRun = new Running($("listen-go"), null);
   visionRun = new Running($("vision-go"), $("vision-stop"));

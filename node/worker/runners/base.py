@@ -41,6 +41,14 @@ def no_progress(message: str, fraction: float | None) -> None:
     """A ``Progress`` that reports nothing."""
 
 
+# A denoising step done: (step, of steps). Called from the runner's thread.
+Steps = Callable[[int, int], None]
+
+
+def no_steps(step: int, steps: int) -> None:
+    """A ``Steps`` that reports nothing."""
+
+
 @dataclass(frozen=True)
 class Delta:
     """A piece of generated text, with token counts so far.
@@ -87,8 +95,11 @@ class ImageRunner(Protocol):
         """What the node advertises about this model."""
         ...
 
-    def generate_images(self, params: ImageParams, cancelled: threading.Event) -> list[bytes]:
-        """Generate ``params.n`` images, each as PNG bytes.
+    def generate_images(
+        self, params: ImageParams, cancelled: threading.Event, steps: Steps = no_steps
+    ) -> list[bytes]:
+        """Generate ``params.n`` images, each as PNG bytes, calling ``steps`` after each
+        denoising step.
 
         Raises ``GenerationCancelled`` once ``cancelled`` is set.
         """

@@ -5,8 +5,8 @@ holding a ``model_index.json`` (Stable Diffusion and its kin), one generation at
 
 Noise comes from a per-request ``torch.Generator`` on the CPU rather than the global RNG,
 so a seeded request gives the same images again even while other models run in other
-threads, and every backend can seed it. A ``callback_on_step_end`` checks the cancel flag
-between denoising steps, so a caller that goes away stops the work within one step.
+threads, and every backend can seed it. A ``callback_on_step_end`` reports each denoising
+step and checks the cancel flag, so a caller that goes away stops the work within one step.
 """
 
 from __future__ import annotations
@@ -18,7 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from node.worker.runners.base import GenerationCancelled, Progress, free_device_memory
+from node.worker.runners.base import (
+    GenerationCancelled,
+    Progress,
+    Steps,
+    free_device_memory,
+    no_steps,
+)
 from protocols import ImageParams, ModelInfo
 
 logger = logging.getLogger(__name__)
@@ -64,8 +70,11 @@ class DiffusersRunner:
     def info(self) -> ModelInfo:
         return ModelInfo(self._model_id, "text-to-image", self._dtype, CONTEXT_LENGTH, 1, "ready")
 
-    def generate_images(self, params: ImageParams, cancelled: threading.Event) -> list[bytes]:
-        """Generate ``params.n`` images from ``params.prompt``, each as PNG bytes.
+    def generate_images(
+        self, params: ImageParams, cancelled: threading.Event, steps: Steps = no_steps
+    ) -> list[bytes]:
+        """Generate ``params.n`` images from ``params.prompt``, each as PNG bytes, calling
+        ``steps(step, of)`` after every denoising step.
 
         Raises ``GenerationCancelled`` as soon as ``cancelled`` is set (checked before
         the first step and after every step).
@@ -73,8 +82,11 @@ class DiffusersRunner:
         import torch
 
         def check(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> Any:
+            # The scheduler's own count: some take more steps than were asked for.
+            total = max(int(getattr(pipeline, "num_timesteps", 0) or 0), params.steps, step + 1)
             if cancelled.is_set():
-                raise GenerationCancelled(f"cancelled after {step + 1} of {params.steps} steps")
+                raise GenerationCancelled(f"cancelled after {step + 1} of {total} steps")
+            steps(step + 1, total)
             return tensors
 
         with self._busy:

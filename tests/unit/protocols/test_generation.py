@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from protocols import ChatMessage, GenerateParams, ImageParams, RemoteProtocolError
+from protocols import ChatMessage, GenerateParams, ImageParams, ImageStep, RemoteProtocolError
 from protocols.generation import (
     IMAGE_SIDE_STEP,
     MAX_GUIDANCE,
@@ -31,8 +31,8 @@ from protocols.generation import (
         ({"prompt": "x", "messages": [ChatMessage("user", "x")]}, "give exactly one of"),
         ({"messages": []}, "messages must not be empty"),
         (
-            {"messages": [ChatMessage("user", "x"), ChatMessage("tool", "x")]},
-            "message roles must be one of system, user, assistant",
+            {"messages": [ChatMessage("user", "x"), ChatMessage("robot", "x")]},
+            "message roles must be one of system, user, assistant, tool",
         ),
         ({"prompt": "x" * 200_001}, "prompt is longer than 200000 characters"),
         ({"prompt": "x", "max_tokens": 0}, "max_tokens must be between 1 and 8192"),
@@ -80,6 +80,14 @@ def test_the_wire_form_is_every_field() -> None:
         "stop": [],
         "seed": None,
         "stream": False,
+        "tools": [],
+        "tool_choice": "auto",
+        "tool_name": None,
+        "parallel_tool_calls": True,
+        "response_format": "text",
+        "json_schema": None,
+        "logprobs": False,
+        "top_logprobs": 0,
     }
 
 
@@ -254,6 +262,7 @@ def test_image_params_round_trip_through_the_wire() -> None:
         "guidance": 1,
         "seed": 11,
         "negative_prompt": "dog",
+        "progress": False,
     }
     back = ImageParams.from_wire(params.to_wire())
     assert back == params
@@ -270,6 +279,36 @@ def test_image_from_wire_of_an_older_gateway_has_no_negative_prompt() -> None:
     body = image().to_wire()
     del body["negative_prompt"]
     assert ImageParams.from_wire(body).negative_prompt == ""
+
+
+def test_image_from_wire_of_an_older_gateway_asks_for_no_progress() -> None:
+    body = image(progress=True).to_wire()
+    assert ImageParams.from_wire(body).progress is True
+    del body["progress"]
+    assert ImageParams.from_wire(body).progress is False
+
+
+def test_image_steps_round_trip() -> None:
+    assert ImageStep.from_wire(ImageStep(3, 20).to_wire()) == ImageStep(3, 20)
+    assert ImageStep.from_wire({"step": 1, "steps": 1}) == ImageStep(1, 1)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"steps": 20}, "step is missing"),
+        ({"step": 1}, "steps is missing"),
+        ({"step": True, "steps": 20}, "step should be an integer"),
+        ({"step": 1, "steps": 2.0}, "steps should be an integer"),
+        ({"step": 0, "steps": 20}, "step 0 of 20 is out of range"),
+        ({"step": 21, "steps": 20}, "step 21 of 20 is out of range"),
+        ({"step": 1, "steps": 10**9}, f"step 1 of {10**9} is out of range"),
+    ],
+)
+def test_image_steps_refuse_what_no_node_could_mean(body: dict[str, Any], message: str) -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        ImageStep.from_wire(body)
+    assert str(caught.value) == f"bad image step: {message}"
 
 
 def _image_wire(**changes: Any) -> dict[str, Any]:
@@ -291,6 +330,7 @@ def _image_wire(**changes: Any) -> dict[str, Any]:
         (_image_wire(seed="1"), "seed should be an integer"),
         (_image_wire(seed=True), "seed should be an integer"),
         (_image_wire(negative_prompt=None), "negative_prompt should be a string"),
+        (_image_wire(progress=1), "progress should be a boolean"),
         (_image_wire(n=9), "n must be between 1 and 4"),
         (_image_wire(guidance=10**400), "int too large to convert to float"),
     ],

@@ -295,7 +295,7 @@ def test_generate_params_accepts_the_edges(kwargs: dict[str, Any]) -> None:
         ({}, "exactly one"),
         ({"prompt": "hi", "messages": _chat("hi")}, "exactly one"),
         ({"messages": []}, "must not be empty"),
-        ({"messages": _chat("hi", role="tool")}, "roles"),
+        ({"messages": _chat("hi", role="robot")}, "roles"),
         ({"messages": _chat("hi", role="developer")}, "roles"),
         ({"prompt": "x" * (MAX_PROMPT_CHARS + 1)}, "longer than"),
         ({"messages": _chat("x" * MAX_PROMPT_CHARS, "y")}, "longer than"),

@@ -28,7 +28,13 @@ from gateway.api.app import create_app
 from gateway.api.auth import Authenticator
 from gateway.api.inference import NODE_HEADER
 from gateway.api.services import Services
-from gateway.routing.router import Generation, NoPeerReady, UnknownModel, UpstreamError
+from gateway.routing.router import (
+    WAIT_AWAY,
+    Generation,
+    NoPeerReady,
+    UnknownModel,
+    UpstreamError,
+)
 from keys.tokens import ALGORITHM, ISSUER
 from node.p2p.rpc_client import Call
 from protocols import Chunk, End, Error, ErrorCode, GenerateParams, Message
@@ -439,6 +445,7 @@ async def test_unknown_model_is_404_naming_available_models(client: httpx.AsyncC
 async def test_no_peer_ready_is_503(client: httpx.AsyncClient) -> None:
     response = await client.post("/v1/chat/completions", json=chat("busy"), headers=auth())
     assert "draining" in assert_error(response, 503, "server_error", "no_peer_ready")
+    assert response.headers["Retry-After"] == str(WAIT_AWAY)  # the router's estimate
 
 
 @pytest.mark.parametrize(

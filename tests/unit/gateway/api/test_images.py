@@ -12,18 +12,22 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
+import json
+import math
 import os
 import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
 import httpx
 import openai
 import pytest
+import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from PIL import Image
 from starlette.types import ASGIApp
@@ -37,8 +41,16 @@ from gateway.api.image_store import DEFAULT_TTL as IMAGE_TTL
 from gateway.api.image_store import ImageStore
 from gateway.api.inference import NODE_HEADER
 from gateway.api.services import ImageBackend, Services
-from gateway.routing.router import Generation, Images, NoPeerReady, UnknownModel, UpstreamError
-from protocols import ErrorCode, GenerateParams, ImageParams
+from gateway.routing.router import (
+    Drawing,
+    Generation,
+    Images,
+    NoPeerReady,
+    UnknownModel,
+    UpstreamError,
+)
+from node.p2p.rpc_client import Call
+from protocols import Chunk, End, Error, ErrorCode, GenerateParams, ImageParams, ImageStep, Message
 from protocols.generation import MAX_SEED
 from tests.unit.gateway.api.test_http import http
 
@@ -65,6 +77,25 @@ class FakeImages:
         self.seeds: list[int] = []  # the seed each call used
 
     async def generate_image(self, params: ImageParams, timeout: float) -> Images:
+        return self._made(params, timeout)
+
+    @asynccontextmanager
+    async def draw(self, params: ImageParams, timeout: float) -> AsyncIterator[Drawing]:
+        """The frames a node sends for the call, through a real ``Call``: each step, then
+        the images; ``late`` fails after two steps."""
+        late = params.model == "late"
+        made = self._made(replace(params, model="pics") if late else params, timeout)
+        send, receive = trio.open_memory_channel[Message](math.inf)
+        for step in range(1, (2 if late else params.steps) + 1):
+            send.send_nowait(Chunk(0, ImageStep(step, params.steps).to_wire()))
+        if late:
+            send.send_nowait(Error(0, ErrorCode.NO_MEMORY, "out of memory at step 3"))
+        for image in made.images:
+            send.send_nowait(Chunk(0, {"image": image}))
+        send.send_nowait(End(0, {"images": params.n, "seed": made.seed}))
+        yield Drawing(PEER, Call(0, receive), None, params.n)
+
+    def _made(self, params: ImageParams, timeout: float) -> Images:
         self.calls.append((params, timeout))
         if params.model == "busy":
             raise NoPeerReady("no node can take 'busy' now (a1b2c3d4: loading)")
@@ -323,6 +354,59 @@ async def test_openapi_documents_the_route(client: httpx.AsyncClient) -> None:
     assert "/v1/images/{name}.png" in spec["paths"]
 
 
+# --- streamed ---------------------------------------------------------------------------------
+
+
+def sse_events(response: httpx.Response) -> list[dict[str, Any]]:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+    blocks = [b for b in response.text.split("\n\n") if b]
+    assert all(b.startswith("data: ") for b in blocks), blocks
+    return [json.loads(b.removeprefix("data: ")) for b in blocks]
+
+
+async def test_streamed_steps_then_the_images(
+    client: httpx.AsyncClient, backend: FakeImages, meter: RecordingMeter
+) -> None:
+    # response_format is moot: streamed images come inline, as OpenAI's do.
+    body = request(n=2, size="96x64", steps=3, seed=5, stream=True, response_format="url")
+    response = await client.post("/v1/images/generations", json=body, headers=AUTH)
+    events = sse_events(response)
+    assert response.headers[NODE_HEADER] == PEER
+    steps = [e for e in events if e["type"] == "image_generation.progress"]
+    assert [(e["step"], e["total_steps"]) for e in steps] == [(1, 3), (2, 3), (3, 3)]
+    done = events[len(steps) :]
+    assert [e["type"] for e in done] == ["image_generation.completed"] * 2
+    assert [(e["image_index"], e["seed"], e["size"]) for e in done] == [
+        (0, 5, "96x64"),
+        (1, 5, "96x64"),
+    ]
+    assert [decoded(base64.b64decode(e["b64_json"])).size for e in done] == [(96, 64)] * 2
+    assert backend.calls[0][0].progress is True
+    [outcome] = meter.outcomes
+    assert (outcome.images, outcome.status, outcome.peer_id) == (2, 200, PEER)
+
+
+async def test_a_node_failing_half_way_ends_the_stream_with_an_error(
+    client: httpx.AsyncClient, meter: RecordingMeter
+) -> None:
+    body = request(model="late", steps=5, stream=True)
+    events = sse_events(await client.post("/v1/images/generations", json=body, headers=AUTH))
+    assert [e["type"] for e in events] == ["image_generation.progress"] * 2 + ["error"]
+    assert events[-1]["error"]["code"] == "no_memory"
+    assert "node" in events[-1]["error"]["message"]
+    [outcome] = meter.outcomes
+    assert (outcome.images, outcome.status) == (0, 502)  # no image: none charged
+
+
+async def test_a_streamed_call_no_node_takes_is_refused_before_any_event(
+    client: httpx.AsyncClient,
+) -> None:
+    body = request(model="busy", stream=True)
+    response = await client.post("/v1/images/generations", json=body, headers=AUTH)
+    assert error_of(response, 503)["code"] == "no_peer_ready"
+
+
 # --- serving stored images -------------------------------------------------------------------
 
 
@@ -419,3 +503,21 @@ async def test_openai_sdk_image_calls_in_process(backend: FakeImages, image_dir:
         with pytest.raises(openai.BadRequestError) as bad:
             await client.images.generate(model="pics", prompt="x", size=cast(Any, "huge"))
         assert "size" in bad.value.message
+
+
+async def test_openai_sdk_streams_images_in_process(backend: FakeImages, image_dir: Path) -> None:
+    async with openai_client(make_app(backend, image_dir)) as client:
+        stream = await client.images.generate(
+            model="pics", prompt="a red square", size=cast(Any, "64x64"), stream=True,
+            extra_body={"steps": 2, "seed": 4},
+        )  # fmt: skip
+        events = [event async for event in stream]
+    assert [e.type for e in events] == [
+        "image_generation.progress",
+        "image_generation.progress",
+        "image_generation.completed",
+    ]
+    assert events[1].model_extra == {"step": 2, "total_steps": 2}
+    completed = events[-1]
+    assert completed.type == "image_generation.completed"
+    assert decoded(base64.b64decode(completed.b64_json)).size == (64, 64)

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import cast
 
 import pytest
@@ -22,7 +23,17 @@ from node.p2p.streams import TrioByteStream
 from node.worker.handlers import NodeService
 from node.worker.roster import Roster
 from node.worker.runners import EchoRunner, ModelRunner
-from protocols import ErrorCode, GenerateParams, Hardware, ImageParams, Load, ModelInfo, NodeRecord
+from node.worker.runners.base import Steps, no_steps
+from protocols import (
+    ErrorCode,
+    GenerateParams,
+    Hardware,
+    ImageParams,
+    ImageStep,
+    Load,
+    ModelInfo,
+    NodeRecord,
+)
 
 
 class Squares:
@@ -37,8 +48,12 @@ class Squares:
     def info(self) -> ModelInfo:
         return ModelInfo(self.model_id, "text-to-image", "none", 77, 1, "ready")
 
-    def generate_images(self, params: ImageParams, cancelled: threading.Event) -> list[bytes]:
+    def generate_images(
+        self, params: ImageParams, cancelled: threading.Event, steps: Steps = no_steps
+    ) -> list[bytes]:
         self.calls += 1
+        for step in range(1, params.steps + 1):
+            steps(step, params.steps)
         return [b"png-%d" % i for i in range(params.n - self.short)]
 
     def close(self) -> None:
@@ -136,3 +151,19 @@ async def test_router_without_a_free_node() -> None:
         busy.roster.drain()
         with pytest.raises(NoPeerReady, match="draining"):
             await router.generate_image(image_params(), 10)
+
+
+async def test_a_drawing_yields_its_steps_then_its_images() -> None:
+    async with swarm_of({"peer-a": node({"pics": Squares()})}) as router:
+        params = replace(image_params(), steps=3, progress=True)
+        async with router.draw(params, 10) as drawing:
+            events = [event async for event in drawing.events()]
+        *steps, first, second = events
+        # Steps done while one was being sent fold into the newest: in order, ending at 3.
+        numbers = [s.step if isinstance(s, ImageStep) else 0 for s in steps]
+        assert steps[-1] == ImageStep(3, 3) and numbers == sorted(set(numbers)) and 0 not in numbers
+        assert [first, second] == [b"png-0", b"png-1"]
+        assert (drawing.peer_id, drawing.images, drawing.seed) == ("peer-a", [first, second], 9)
+        # Not asked for, no steps: the images alone, as before.
+        async with router.draw(image_params(), 10) as drawing:
+            assert [event async for event in drawing.events()] == [b"png-0", b"png-1"]

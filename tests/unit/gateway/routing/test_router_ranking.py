@@ -19,6 +19,9 @@ from gateway.config import Policy
 from gateway.routing.peer_table import PeerEntry, PeerTable
 from gateway.routing.router import (
     MAX_ATTEMPTS,
+    WAIT_AWAY,
+    WAIT_BUSY,
+    WAIT_LOADING,
     Images,
     NoPeerReady,
     Router,
@@ -283,6 +286,7 @@ async def test_at_most_max_attempts_nodes_are_tried(
     assert MAX_ATTEMPTS == 3
     assert router.retries == MAX_ATTEMPTS
     assert str(caught.value).endswith(f"; last error: full {MAX_ATTEMPTS - 1}")
+    assert caught.value.retry_after == WAIT_BUSY  # full now; a slot frees when a call ends
     assert all(e.local_delta == 0 for e in table.entries.values())
 
 
@@ -365,6 +369,19 @@ async def test_no_ready_node_says_why_for_each_node(
         "cccccccc: ready (not responding))"
     )
     assert router.retries == 0
+    # The soonest guess: a node draining or silent is gone from the table sooner than a
+    # model loads.
+    assert caught.value.retry_after == WAIT_AWAY
+
+
+async def test_a_model_still_loading_asks_for_a_longer_wait(
+    router: Router, table: PeerTable, tracker: FakeTracker
+) -> None:
+    add(table, tracker, "peer-0000aaaaaaaa", models={"m": "loading"})
+    with pytest.raises(NoPeerReady) as caught:
+        async with router.generate(chat(), timeout=1):
+            pass
+    assert caught.value.retry_after == WAIT_LOADING > WAIT_AWAY > WAIT_BUSY
 
 
 # --- what the caller reads ----------------------------------------------------------------

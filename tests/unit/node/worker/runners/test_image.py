@@ -35,8 +35,9 @@ from node.worker.runners import (
     Runner,
     no_progress,
 )
+from node.worker.runners.base import Steps, no_steps
 from node.worker.runners.image import DiffusersRunner
-from protocols import ErrorCode, GenerateParams, ImageParams, ModelInfo
+from protocols import ErrorCode, GenerateParams, ImageParams, ImageStep, ModelInfo
 from protocols.operator import ModelSpec
 from tests.stand_in_directml import stand_in_directml
 from tests.tiny_models import build_tiny_sd
@@ -126,6 +127,14 @@ class CancelAfter(threading.Event):
         return self.looks >= self.checks
 
 
+def test_each_step_is_reported_in_order(runner: DiffusersRunner) -> None:
+    seen: list[tuple[int, int]] = []
+    images = runner.generate_images(
+        params(steps=3), threading.Event(), lambda step, of: seen.append((step, of))
+    )
+    assert seen == [(1, 3), (2, 3), (3, 3)] and len(images) == 1
+
+
 def test_cancellation_stops_between_steps(runner: DiffusersRunner) -> None:
     cancelled = CancelAfter(4)
     with pytest.raises(GenerationCancelled, match="after 3 of 100 steps"):
@@ -183,12 +192,15 @@ class SlowImages:
     def info(self) -> ModelInfo:
         return ModelInfo("slow", "text-to-image", "none", 77, 1, "ready")
 
-    def generate_images(self, params: ImageParams, cancelled: threading.Event) -> list[bytes]:
-        for _ in range(params.steps):
+    def generate_images(
+        self, params: ImageParams, cancelled: threading.Event, steps: Steps = no_steps
+    ) -> list[bytes]:
+        for step in range(1, params.steps + 1):
             if cancelled.is_set():
                 self.stopped.set()
                 raise GenerationCancelled("cancelled")
             time.sleep(self.delay)
+            steps(step, params.steps)
         return [f"{params.seed}/{i}".encode() for i in range(params.n)]
 
     def close(self) -> None:
@@ -226,6 +238,33 @@ async def test_rpc_sends_each_image_as_a_chunk(runner: DiffusersRunner) -> None:
             chunks = [chunk async for chunk in call]
         assert [decode(c["image"]).size for c in chunks] == [(64, 64), (64, 64)]
         assert call.result == {"images": 2, "seed": 7}
+
+
+async def test_rpc_sends_the_steps_before_the_images_when_asked(runner: DiffusersRunner) -> None:
+    async with node({"tiny-sd": runner}) as (client, _):
+        async with client.open_call("generate_image", wire("tiny-sd", steps=3)) as call:
+            quiet = [chunk async for chunk in call]
+        assert [list(c) for c in quiet] == [["image"]]  # no steps unless asked for
+        body = wire("tiny-sd", steps=3, progress=True)
+        async with client.open_call("generate_image", body) as call:
+            chunks = [chunk async for chunk in call]
+    *steps, image = chunks
+    assert [ImageStep.from_wire(s) for s in steps] == [ImageStep(i, 3) for i in (1, 2, 3)]
+    assert decode(image["image"]).size == (64, 64)
+    assert image["image"] == quiet[0]["image"]  # the same seed, the same picture
+
+
+async def test_steps_arrive_in_order_and_end_at_the_last() -> None:
+    # 100 steps with no delay: those done while a chunk is written fold into the newest.
+    body = wire(steps=100, progress=True)
+    async with (
+        node({"slow": SlowImages()}) as (client, _),
+        client.open_call("generate_image", body) as call,
+    ):
+        chunks = [chunk async for chunk in call]
+    steps = [ImageStep.from_wire(c) for c in chunks[:-1]]
+    assert [s.step for s in steps] == sorted({s.step for s in steps})
+    assert steps[-1] == ImageStep(100, 100) and "image" in chunks[-1]
 
 
 async def test_rpc_picks_and_reports_a_seed() -> None:
