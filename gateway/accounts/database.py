@@ -1,4 +1,4 @@
-"""The gateway's own database: users, API keys, revoked token ids and usage, in SQLite.
+"""The gateway's own database: users, API keys, revoked token ids, usage and jobs, in SQLite.
 
 One file, ``<data_dir>/gateway.db``, in WAL mode with ``synchronous=NORMAL``: a write that
 returned is in the operating system's hands and survives the gateway being killed (only an
@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import astuple, dataclass
 from functools import partial
 from pathlib import Path
@@ -105,6 +105,40 @@ _MIGRATIONS = [
         ended_at REAL
     );
     CREATE INDEX sessions_by_user ON sessions(user);
+    """,
+    # Jobs (gateway.accounts.jobs) and each user's secret that signs their webhooks.
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        user TEXT NOT NULL COLLATE NOCASE,
+        key_id TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        token_exp REAL NOT NULL,
+        kind TEXT NOT NULL,
+        model TEXT NOT NULL,
+        request TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        webhook TEXT,
+        base_url TEXT NOT NULL,
+        state TEXT NOT NULL,
+        owner TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        not_before REAL NOT NULL DEFAULT 0,
+        created REAL NOT NULL,
+        started REAL,
+        finished REAL,
+        expires_at REAL,
+        status INTEGER,
+        result TEXT,
+        error TEXT,
+        node TEXT
+    );
+    CREATE INDEX jobs_by_user ON jobs(user, created);
+    CREATE INDEX jobs_waiting ON jobs(state, priority, created);
+    CREATE TABLE webhook_secrets (
+        user TEXT PRIMARY KEY COLLATE NOCASE,
+        secret TEXT NOT NULL
+    );
     """,
 ]
 
@@ -308,6 +342,14 @@ class Store:
     def _read(self, sql: str, params: Iterable[object] = ()) -> list[Any]:
         with self._lock:
             return self._db.execute(sql, tuple(params)).fetchall()
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One write transaction, for the areas that keep their own tables here (jobs)."""
+        return self._transaction()
+
+    def query(self, sql: str, params: Iterable[object] = ()) -> list[Any]:
+        """Rows of one read, for the areas that keep their own tables here."""
+        return self._read(sql, params)
 
     def data_version(self) -> int:
         """Changes whenever another connection (the operator's CLI) commits."""

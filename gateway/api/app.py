@@ -16,6 +16,7 @@ from gateway.api import (
     completions,
     dashboard,
     images,
+    jobs,
     metrics,
     openapi,
     peers,
@@ -31,6 +32,7 @@ from gateway.api.uploads import MEDIA_PATHS, ByPath
 AREAS = [
     chat,
     completions,
+    jobs,
     peers,
     metrics,
     dashboard,
