@@ -83,13 +83,24 @@ class Accounts:
 
     # --- what every request consults -----------------------------------------------------
 
-    def check(self, claims: keys.Claims) -> None:
-        """The ``Guard`` the authenticator runs on every valid signature."""
+    async def check(self, claims: keys.Claims) -> None:
+        """The ``Guard`` the authenticator runs on every valid signature: the token must
+        name an enabled user of the table who existed when it was issued. Operator-issued
+        tokens are stored nowhere, so this is what ends them with the account."""
         if claims.jti in self._revoked:
             raise keys.TokenError("token has been revoked")
         user = self._users.get(claims.sub.casefold())
-        if user is not None and user.disabled:
-            raise keys.TokenError(f"user {claims.sub!r} is disabled")
+        if user is None:  # maybe added by another process since the last reload
+            found = await self.store.call(self.store.user, claims.sub)
+            user = None if found is None else self.remember(found)
+        if user is None:
+            raise keys.TokenError(f"user {claims.sub!r} has no account on this gateway")
+        if user.disabled:
+            raise keys.TokenError(f"user {user.name!r} is disabled")
+        # iat is in whole seconds: a token issued in the second the account was made passes.
+        if claims.iat < math.floor(user.created):
+            # The name was deleted and taken again: the token was the old account's.
+            raise keys.TokenError(f"token was issued before the account {user.name!r} was made")
         self.sessions.seen(claims)
 
     def plan_of(self, user: str) -> Plan:
@@ -250,9 +261,10 @@ class Accounts:
         _check_strength(password)  # before taking a hashing thread
         return await self._hashing.run(_hash_new_password, password, self._cost)
 
-    def remember(self, user: UserRecord) -> None:
-        """Take a change to ``user`` made here into the caches at once."""
-        self._users[user.name.casefold()] = _public(user)
+    def remember(self, user: UserRecord) -> UserRecord:
+        """Take a change to ``user`` made here into the caches at once; the cached record."""
+        cached = self._users[user.name.casefold()] = _public(user)
+        return cached
 
     def forget(self, name: str) -> None:
         self._users.pop(name.casefold(), None)
@@ -286,7 +298,7 @@ class Accounts:
     ) -> tuple[KeyRecord, str]:
         """A new API key; its token is returned here once and never stored."""
         account = await self.store.call(self.store.user, user)
-        if account is None:  # an operator-issued session token: nobody to own the key
+        if account is None:  # deleted since its token was checked
             raise Refused(f"{user!r} has no account on this gateway", "no_account", status_hint=403)
         user = account.name
         ttl = min(DEFAULT_KEY_DAYS * DAY, self.max_token_ttl) if days is None else days * DAY
