@@ -136,7 +136,9 @@ class Accounts:
         revoked = await self.store.call(self.store.revocations, time.time() - keys.LEEWAY)
         fresh = {jti: math.inf if exp is None else exp for jti, exp in revoked.items()}
         new = [(jti, exp) for jti, exp in fresh.items() if jti not in self._revoked]
-        self._users.update({u.name.casefold(): _public(u) for u in users})
+        # Replaced, so a user deleted elsewhere is gone here too; one added here while this
+        # ran is looked up again on its next use (``check``).
+        self._users = {u.name.casefold(): _public(u) for u in users}
         # Merged, never replaced: a revocation made while this ran must not be forgotten.
         self._revoked.update(fresh)
         if announce:

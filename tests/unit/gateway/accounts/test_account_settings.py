@@ -266,6 +266,22 @@ async def test_an_operator_token_dies_with_its_account(gw: Gateway) -> None:
     assert await refused(gw, issued) == "token was issued before the account 'alice' was made"
 
 
+async def test_a_gateway_sharing_the_database_forgets_a_deleted_user(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as a, gateway(tmp_path, signer=a.signer) as b:
+        session = (await a.register())["token"]
+        issued = operator_token(a.store, a.signer, "alice", 3600)
+        assert await works(b, session) and await works(b, issued)
+        await a.client.post("/v1/auth/delete", json={"password": PASSWORD}, headers=bearer(session))
+        with trio.fail_after(2):  # B reloads when the file changes, every 50 ms here
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(b.accounts.run, 0.05)
+                while await works(b, issued):
+                    await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+        assert "revoked" in await refused(b, session)
+        assert await refused(b, issued) == "user 'alice' has no account on this gateway"
+
+
 async def test_a_deleted_account_stays_deleted_after_a_restart(gw: Gateway) -> None:
     session = (await gw.register())["token"]
     await gw.client.post("/v1/auth/delete", json={"password": PASSWORD}, headers=bearer(session))

@@ -91,9 +91,12 @@ async def gateway(
     plans: Plans | None = None,
     backend: FakeBackend | None = None,
     clock: Any = time.time,
+    signer: Ed25519PrivateKey | None = None,
     **options: Any,
 ) -> AsyncIterator[Gateway]:
-    signer = Ed25519PrivateKey.generate()
+    """A gateway on the database in ``tmp_path``; ``signer``: the swarm's token key (a new
+    one by default)."""
+    signer = signer or Ed25519PrivateKey.generate()
     store = Store.open(tmp_path)
     # Open registration and a cheap hash for speed: the defaults have tests of their own.
     options = {"registration": "open", "cost": TEST_COST, **options}
