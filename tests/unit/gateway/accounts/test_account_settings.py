@@ -18,7 +18,7 @@ from gateway.accounts.database import Store
 from gateway.accounts.errors import Refused
 from gateway.accounts.settings import DELETED_PREFIX
 from gateway.accounts.throttle import SignInThrottle
-from gateway.accounts.users import operator_token
+from gateway.accounts.tokens import operator_token
 from tests.unit.gateway.accounts.test_accounts import PASSWORD, Gateway, bearer, gateway
 from tests.unit.gateway.api.test_http import assert_error, chat
 

@@ -23,8 +23,9 @@ from starlette.types import ASGIApp
 import keys
 from gateway.accounts.database import Store
 from gateway.accounts.limits import Limiter, Plan, Plans
+from gateway.accounts.tokens import operator_token
 from gateway.accounts.usage import UsageMeter
-from gateway.accounts.users import Accounts, operator_token
+from gateway.accounts.users import Accounts
 from gateway.api.app import create_app
 from gateway.api.auth import Authenticator
 from gateway.api.services import Services
@@ -431,7 +432,7 @@ async def test_a_user_another_process_just_added_is_accepted_before_the_reload(
 
 
 async def test_live_keys_are_capped(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("gateway.accounts.users.MAX_KEYS", 2)
+    monkeypatch.setattr("gateway.accounts.api_keys.MAX_KEYS", 2)
     session = (await gw.register())["token"]
     first = await gw.new_key(session)
     await gw.new_key(session)

@@ -19,7 +19,6 @@ import pytest
 
 import keys
 from gateway.accounts.database import (
-    _MIGRATIONS,
     FILENAME,
     DayTotal,
     KeyRecord,
@@ -28,7 +27,8 @@ from gateway.accounts.database import (
     UsageRecord,
     UserExists,
 )
-from gateway.accounts.users import audience_of
+from gateway.accounts.database.schema import MIGRATIONS
+from gateway.accounts.tokens import audience_of
 from node.cli.admin import gateway_dir
 from node.cli.main import main
 
@@ -42,7 +42,7 @@ def test_new_database_is_private_wal_and_versioned(tmp_path: Path) -> None:
         assert store._read("PRAGMA foreign_keys")[0][0] == 1
     raw = sqlite3.connect(tmp_path / FILENAME)
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == len(_MIGRATIONS)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     raw.close()
 
 
@@ -56,7 +56,7 @@ def test_each_database_names_itself_once(tmp_path: Path) -> None:
 
 def test_a_first_version_file_is_upgraded_in_place(tmp_path: Path) -> None:
     raw = sqlite3.connect(tmp_path / FILENAME)
-    raw.executescript(_MIGRATIONS[0] + "PRAGMA user_version = 1;")
+    raw.executescript(MIGRATIONS[0] + "PRAGMA user_version = 1;")
     raw.execute("INSERT INTO users VALUES ('alice', NULL, 'default', 0, 1.0)")
     raw.commit()
     raw.close()

@@ -17,7 +17,8 @@ import keys
 from gateway.accounts.database import Store
 from gateway.accounts.errors import Refused
 from gateway.accounts.limits import Plans
-from gateway.accounts.users import Accounts, audience_of, create_user, operator_token
+from gateway.accounts.tokens import audience_of, operator_token
+from gateway.accounts.users import Accounts, create_user
 from gateway.api.auth import Authenticator
 from gateway.config import GatewayConfig
 from gateway.runtime import watch_token_keys
