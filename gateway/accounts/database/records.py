@@ -84,9 +84,10 @@ class DayTotal:
 
 @dataclass(frozen=True)
 class UsageSum:
-    """Calls summed over one user, one model or one day (``key``)."""
+    """Calls summed over one group: a user, a model, a day, or a model on a day (``key``,
+    one value per column of the group)."""
 
-    key: str
+    key: tuple[str, ...]
     requests: int
     prompt_tokens: int
     completion_tokens: int
@@ -94,8 +95,13 @@ class UsageSum:
     audio_seconds: int
 
 
-# What usage may be summed by, and the column that holds it.
-USAGE_GROUPS = {"user": "user", "model": "model", "date": "day"}
+# What usage may be summed by, and the columns that hold it.
+USAGE_GROUPS = {
+    "user": ("user",),
+    "model": ("model",),
+    "date": ("day",),
+    "date,model": ("day", "model"),
+}
 
 
 def check_username(name: str) -> None:

@@ -39,17 +39,23 @@ class UsageTables(Connection):
         )
         return [UsageTotal(*row) for row in rows]
 
-    def usage_by(self, since_day: str, group: str) -> list[UsageSum]:
-        """Calls from ``since_day`` on summed by ``group`` (a key of ``USAGE_GROUPS``), the
-        most tokens first: one row per user, model or day however many calls there were."""
-        column = USAGE_GROUPS[group]
+    def usage_by(self, since_day: str, group: str, user: str | None = None) -> list[UsageSum]:
+        """Calls from ``since_day`` on (``user``'s only, if given) summed by ``group`` (a key
+        of ``USAGE_GROUPS``), the most tokens first: one row per user, model, day or model
+        and day, however many calls there were."""
+        columns = USAGE_GROUPS[group]
+        names = ", ".join(columns)
+        where, params = "day >= ?", [since_day]
+        if user is not None:
+            where, params = where + " AND user = ?", [since_day, user]
         rows = self._read(
-            f"SELECT {column}, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(images),"
-            f" SUM(audio_seconds) FROM usage WHERE day >= ? GROUP BY {column}"
-            " ORDER BY SUM(prompt_tokens + completion_tokens) DESC, COUNT(*) DESC, 1",
-            (since_day,),
+            f"SELECT {names}, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(images),"
+            f" SUM(audio_seconds) FROM usage WHERE {where} GROUP BY {names}"
+            f" ORDER BY SUM(prompt_tokens + completion_tokens) DESC, COUNT(*) DESC, {names}",
+            params,
         )
-        return [UsageSum(*row) for row in rows]
+        n = len(columns)
+        return [UsageSum(tuple(row[:n]), *row[n:]) for row in rows]
 
     def day_totals(self, day: str) -> dict[str, DayTotal]:
         """What each user used on ``day``."""

@@ -20,6 +20,7 @@ import pytest
 import keys
 from gateway.accounts.database import (
     FILENAME,
+    USAGE_GROUPS,
     DayTotal,
     KeyRecord,
     SchemaTooNew,
@@ -168,6 +169,40 @@ def test_usage_sums(tmp_path: Path) -> None:
         totals_by_user = {u.lower(): v for u, v in store.day_totals("2026-01-02").items()}
         assert totals_by_user == {"alice": DayTotal(17, 1, 0), "bob": DayTotal(2, 4, 7)}
         assert [r.audio_seconds for r in store.usage_records("bob")] == [0, 7]
+
+
+def test_usage_summed_by_groups_from_the_index_alone(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as store:
+        store.add_usage(
+            [
+                _usage("2026-01-01", "alice", "echo", 10),
+                _usage("2026-01-02", "alice", "echo", 10),
+                _usage("2026-01-02", "alice", "sd", 0, images=2),
+                _usage("2026-01-02", "bob", "echo", 30),
+            ]
+        )
+        sums = {s.key: s.requests for s in store.usage_by("2026-01-01", "date,model")}
+        assert sums == {
+            ("2026-01-01", "echo"): 1,
+            ("2026-01-02", "echo"): 2,
+            ("2026-01-02", "sd"): 1,
+        }
+        alice = store.usage_by("2026-01-02", "model", "ALICE")
+        assert [(s.key, s.requests, s.images) for s in alice] == [
+            (("echo",), 1, 0),
+            (("sd",), 1, 2),
+        ]
+        assert [s.key for s in store.usage_by("2026-01-01", "model")] == [("echo",), ("sd",)]
+        # Every sum reads a covering index: no row of the table is visited.
+        for group in USAGE_GROUPS:
+            names = ", ".join(USAGE_GROUPS[group])
+            for where in ("day >= 'x'", "day >= 'x' AND user = 'y'"):
+                plan = store._read(
+                    f"EXPLAIN QUERY PLAN SELECT {names}, COUNT(*), SUM(prompt_tokens),"
+                    " SUM(completion_tokens), SUM(images), SUM(audio_seconds)"
+                    f" FROM usage WHERE {where} GROUP BY {names}"
+                )
+                assert "COVERING INDEX" in plan[0][3], (group, where, plan)
 
 
 def test_safe_from_many_threads(tmp_path: Path) -> None:
