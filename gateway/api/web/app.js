@@ -712,5 +712,5 @@ function start() {
 start();
 
 export {
-  api, ApiError, el, explain, handle, logout, meter, notice, numbers, shortId, show, signedIn, table, when,
+  api, ApiError, el, explain, handle, logout, meter, notice, numbers, shortId, show, signedIn, svg, table, when,
 };
