@@ -711,6 +711,4 @@ function start() {
 
 start();
 
-export {
-  api, ApiError, el, explain, handle, logout, meter, notice, numbers, shortId, show, signedIn, svg, table, when,
-};
+export { api, logout, meter, notice, numbers, shortId, signedIn, svg, table, when };
