@@ -72,8 +72,10 @@ class Job:
 
     @property
     def claims(self) -> keys.Claims:
-        """The submitter's token as it was: the call runs as them, on their plan."""
-        return keys.Claims(self.user, self.key_id, self.scope, self.token_exp)
+        """The submitter's token as it was: the call runs as them, on their plan. Issued, as
+        far as the account checks go, when the job was submitted (with a token then valid):
+        a job cannot outlive its account, nor run for a new account of the same name."""
+        return keys.Claims(self.user, self.key_id, self.scope, self.token_exp, self.created)
 
 
 def new_job_id() -> str:

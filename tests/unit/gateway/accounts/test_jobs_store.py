@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,8 @@ def test_jobs_are_claimed_by_priority_then_age(jobs: JobStore) -> None:
     running = order[0]
     assert running is not None
     assert (running.state, running.owner, running.attempts) == ("running", "gw-1", 1)
-    assert running.claims == claims()
+    # The submitter's token, issued (for the account checks) when the job was submitted.
+    assert running.claims == replace(claims(), iat=urgent.created)
     assert running.request == BODY
 
 
