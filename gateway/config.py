@@ -58,6 +58,20 @@ class GatewayConfig:
     password_hashers: int = 2  # passwords hashed at once; a few more wait, the rest get 503
     auth_per_address: int = 20  # login and register attempts a minute per client address
     auth_per_user: int = 10  # ... and per user name
+    # Jobs (POST /v1/jobs): how many run at once on this gateway, and how long a finished
+    # job and its result are kept (seconds).
+    jobs_running: int = 4
+    job_ttl: float = 86400.0
+    # Whether a job may name a webhook to call when it ends. Only public hosts are called,
+    # unless webhook_private_hosts lets webhooks reach the operator's own network.
+    webhooks: bool = False
+    webhook_private_hosts: bool = False
+    webhook_timeout: float = 10.0
+    # The response cache (in memory): bytes it holds at most, seconds an answer is kept, and
+    # whether one user may be answered from another's call (off: each their own entries).
+    cache_bytes: int = 64 << 20
+    cache_ttl: float = 600.0
+    cache_shared: bool = False
 
     routing: Policy = "expected-wait"
     # Calls that find every node busy wait in a fair queue (docs/design.md): how long at most
@@ -84,6 +98,10 @@ class GatewayConfig:
             raise ValueError("max_queue_wait must be above 0 and at most request_timeout")
         if self.queue_limit < 1 or self.queue_per_user < 1 or self.node_queue < 0:
             raise ValueError("queue_limit and queue_per_user must be at least 1, node_queue 0")
+        if self.jobs_running < 1:
+            raise ValueError("jobs_running must be at least 1")
+        if self.cache_bytes < 0 or self.cache_ttl < 0 or self.job_ttl <= 0:
+            raise ValueError("cache_bytes and cache_ttl may not be negative, job_ttl must be > 0")
 
     @property
     def accounts_dir(self) -> Path:

@@ -16,6 +16,7 @@ from hypercorn.typing import ASGIFramework
 
 import keys
 from gateway.accounts.database import Store
+from gateway.accounts.jobs import JobStore
 from gateway.accounts.limits import Limiter, Plans
 from gateway.accounts.throttle import PasswordWork, SignInThrottle
 from gateway.accounts.usage import UsageMeter
@@ -24,10 +25,14 @@ from gateway.api import peers as peers_api
 from gateway.api.app import create_app
 from gateway.api.auth import Authenticator
 from gateway.api.image_store import ImageStore
+from gateway.api.job_eta import eta_seconds
+from gateway.api.job_runner import Jobs, Webhooks
 from gateway.api.metrics import metrics_app
+from gateway.api.response_cache import ResponseCache, advertised_revision
 from gateway.api.services import Services
 from gateway.config import GatewayConfig
 from gateway.media import MediaLimits
+from gateway.media.fetch import resolve_any, resolve_public
 from gateway.mesh.events import MeshEvents
 from gateway.mesh.record import GATEWAY_RECORD_TTL, gateway_record
 from gateway.mesh.subscriptions import MeshSubscriptions
@@ -87,6 +92,15 @@ async def run_gateway(config: GatewayConfig) -> None:
         max_queued=config.queue_limit,
         max_queued_per_user=config.queue_per_user,
     )
+    hooks = resolve_any if config.webhook_private_hosts else resolve_public
+    jobs = Jobs(
+        JobStore(store),
+        owner=host.peer_id,
+        running=config.jobs_running,
+        keep_for=config.job_ttl,
+        webhooks=Webhooks(hooks, config.webhook_timeout) if config.webhooks else None,
+        eta=partial(eta_seconds, table),
+    )
     share = MeshEvents()
     services = Services(
         backend=router,
@@ -111,6 +125,10 @@ async def run_gateway(config: GatewayConfig) -> None:
         accounts=accounts,
         limiter=limiter,
         queue=router,
+        cache=ResponseCache(config.cache_bytes, config.cache_ttl) if config.cache_bytes else None,
+        cache_shared=config.cache_shared,
+        revision=partial(advertised_revision, table),
+        jobs=jobs,
     )
     services.metrics.observe_swarm(table, lambda: router.retries)
     apart = config.metrics_port is not None
@@ -120,6 +138,8 @@ async def run_gateway(config: GatewayConfig) -> None:
         max_upload_bytes=config.max_upload_bytes,
         metrics_route=not apart,
     )
+    jobs.app = app
+    jobs.on_end.append(lambda state: services.metrics.jobs_ended.labels(state).inc())
     sync = MeshSubscriptions(
         host, accounts.audience, apply=share.apply, forget=tracker.forget_gateway
     )
@@ -161,6 +181,7 @@ async def run_gateway(config: GatewayConfig) -> None:
                 partial(publish_demand, router.dispatcher.demand, lambda: tracker.clients),
             )
             nursery.start_soon(partial(supervised, "accounts", accounts.run, takes_status=True))
+            nursery.start_soon(partial(supervised, "jobs", jobs.run, takes_status=True))
             nursery.start_soon(
                 supervised, "token keys", partial(watch_token_keys, config, auth, accounts)
             )

@@ -38,6 +38,7 @@ class Claims:
     jti: str
     scope: str
     exp: float
+    iat: float = 0.0  # when it was issued
 
 
 def fingerprint(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
@@ -136,7 +137,11 @@ def verify(
     if max_ttl is not None and _number(body["exp"]) - _number(body["iat"]) > max_ttl:
         raise TokenError(f"token lives longer than this gateway allows ({describe_ttl(max_ttl)})")
     return Claims(
-        str(body["sub"]), str(body["jti"]), str(body.get("scope", "")), float(body["exp"])
+        str(body["sub"]),
+        str(body["jti"]),
+        str(body.get("scope", "")),
+        float(body["exp"]),
+        _number(body["iat"]),
     )
 
 

@@ -158,7 +158,8 @@ def bench_token(data_dir: Path, accounts: Path, user: str = "bench") -> str:
     ``accounts``, as the operator issues one."""
     import keys
     from gateway.accounts.database import Store
-    from gateway.accounts.users import create_user, operator_token
+    from gateway.accounts.tokens import operator_token
+    from gateway.accounts.users import create_user
 
     signing = keys.jwt_keys(data_dir).private
     assert signing is not None

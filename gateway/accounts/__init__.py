@@ -10,8 +10,9 @@ from gateway.accounts.limits import Limiter, Plan, Plans
 from gateway.accounts.metering import Meter, Outcome, metered
 from gateway.accounts.sessions import Sessions
 from gateway.accounts.throttle import PasswordWork, SignInThrottle
+from gateway.accounts.tokens import operator_token
 from gateway.accounts.usage import UsageMeter
-from gateway.accounts.users import Accounts, create_user, operator_token
+from gateway.accounts.users import Accounts, create_user
 
 __all__ = [
     "Accounts",

@@ -35,9 +35,13 @@ DEFAULT_PLAN = "default"
 WINDOW = 60.0  # seconds: requests_per_minute is counted over a sliding minute
 
 
+# Settings where 0 means something (off, free) rather than "nothing allowed".
+_MAY_BE_ZERO = frozenset({"job_priority", "response_cache", "cache_hit_percent"})
+
+
 @dataclass(frozen=True)
 class Plan:
-    """What one user may do; every limit is a positive number."""
+    """What one user may do; every limit is a positive number (``_MAY_BE_ZERO`` aside)."""
 
     name: str = DEFAULT_PLAN
     requests_per_minute: int = 60
@@ -49,6 +53,14 @@ class Plan:
     audio_seconds_per_day: int = 3600
     # Calls waiting for a busy model go in priority order: a higher class before a lower.
     priority: int = 1
+    # Jobs: the highest priority a job may ask for (0 up to this), and how many jobs are
+    # kept (waiting, running or with a result) at once.
+    job_priority: int = 10
+    jobs_kept: int = 100
+    # The response cache: 1 answers repeated deterministic calls from it, 0 never; a hit is
+    # charged this percent of the tokens the answer first took (it always counts a request).
+    response_cache: int = 1
+    cache_hit_percent: int = 0
 
     @classmethod
     def from_table(cls, name: str, table: Mapping[str, Any]) -> Plan:
@@ -58,8 +70,12 @@ class Plan:
         if unknown:
             raise ValueError(f"plan {name!r}: unknown settings {', '.join(sorted(unknown))}")
         for key, value in table.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"plan {name!r}: {key} must be a positive integer")
+            least = 0 if key in _MAY_BE_ZERO else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                kind = "a whole number, 0 or more" if least == 0 else "a positive integer"
+                raise ValueError(f"plan {name!r}: {key} must be {kind}")
+        if table.get("response_cache", 1) > 1:
+            raise ValueError(f"plan {name!r}: response_cache is 1 (on) or 0 (off)")
         return cls(name, **table)
 
     def as_json(self) -> dict[str, Any]:

@@ -1,11 +1,10 @@
-"""Users and their API keys, and the checks every token meets (routes: ``gateway.api.accounts``).
+"""Users, and the checks every token meets (routes: ``gateway.api.accounts``).
 
 ``Accounts`` keeps in memory what each request must consult (revoked token ids, disabled
 users, each user's plan), loaded from the store at start and reloaded when another process
-(the operator's CLI) changes the database. Tokens are issued here, signed with the
-gateway's copy of the token key and bound to this database (their audience names it), so
-no other gateway's users pass here: a login gets a ``session`` token, an API key is an
-``inference`` token whose ``jti`` is the key's id. Revoking a token refuses it at once.
+(the operator's CLI) changes the database. A login gets a ``session`` token; API keys are
+in ``api_keys``, how tokens are signed and bound to this database in ``tokens``. Revoking
+a token refuses it at once.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -21,9 +19,9 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import keys
+from gateway.accounts.api_keys import ApiKeys
 from gateway.accounts.database import (
     InviteInvalid,
-    KeyRecord,
     Store,
     UserExists,
     UserRecord,
@@ -34,15 +32,11 @@ from gateway.accounts.invites import invite_hash, new_invite
 from gateway.accounts.limits import Plan, Plans
 from gateway.accounts.sessions import Sessions
 from gateway.accounts.throttle import PasswordWork, SignInThrottle
+from gateway.accounts.tokens import DAY, MAX_TOKEN_TTL, Signer, audience_of
 from gateway.config import Registration
 from keys.passwords import check_strength
 
 logger = logging.getLogger(__name__)
-
-DAY = 86400.0
-DEFAULT_KEY_DAYS = 365
-MAX_KEYS = 100  # live keys per user
-MAX_TOKEN_TTL = 365 * DAY  # the longest any token may live, unless configured otherwise
 
 # Told of each revocation made here: (token id, expiry; inf when unknown).
 RevokeHook = Callable[[str, float], None]
@@ -69,7 +63,7 @@ class Accounts:
         self.on_revoke: list[RevokeHook] = []
         self.audience = audience_of(store)
         self.max_token_ttl = max_token_ttl
-        self._signer = signer
+        self._signer = Signer(signer, self.audience)
         self._session_ttl = session_ttl
         self._registration = registration
         self._cost = cost
@@ -80,16 +74,28 @@ class Accounts:
         self._unsaved: list[tuple[str, float]] = []  # revocations heard from other gateways
         self._version = -1
         self.sessions = Sessions(store, self.revoke)
+        self.api_keys = ApiKeys(store, self._signer, self.revoke, max_token_ttl)
 
     # --- what every request consults -----------------------------------------------------
 
-    def check(self, claims: keys.Claims) -> None:
-        """The ``Guard`` the authenticator runs on every valid signature."""
+    async def check(self, claims: keys.Claims) -> None:
+        """The ``Guard`` the authenticator runs on every valid signature: the token must
+        name an enabled user of the table who existed when it was issued. Operator-issued
+        tokens are stored nowhere, so this is what ends them with the account."""
         if claims.jti in self._revoked:
             raise keys.TokenError("token has been revoked")
         user = self._users.get(claims.sub.casefold())
-        if user is not None and user.disabled:
-            raise keys.TokenError(f"user {claims.sub!r} is disabled")
+        if user is None:  # maybe added by another process since the last reload
+            found = await self.store.call(self.store.user, claims.sub)
+            user = None if found is None else self.remember(found)
+        if user is None:
+            raise keys.TokenError(f"user {claims.sub!r} has no account on this gateway")
+        if user.disabled:
+            raise keys.TokenError(f"user {user.name!r} is disabled")
+        # iat is in whole seconds: a token issued in the second the account was made passes.
+        if claims.iat < math.floor(user.created):
+            # The name was deleted and taken again: the token was the old account's.
+            raise keys.TokenError(f"token was issued before the account {user.name!r} was made")
         self.sessions.seen(claims)
 
     def plan_of(self, user: str) -> Plan:
@@ -125,7 +131,9 @@ class Accounts:
         revoked = await self.store.call(self.store.revocations, time.time() - keys.LEEWAY)
         fresh = {jti: math.inf if exp is None else exp for jti, exp in revoked.items()}
         new = [(jti, exp) for jti, exp in fresh.items() if jti not in self._revoked]
-        self._users.update({u.name.casefold(): _public(u) for u in users})
+        # Replaced, so a user deleted elsewhere is gone here too; one added here while this
+        # ran is looked up again on its next use (``check``).
+        self._users = {u.name.casefold(): _public(u) for u in users}
         # Merged, never replaced: a revocation made while this ran must not be forgotten.
         self._revoked.update(fresh)
         if announce:
@@ -196,7 +204,7 @@ class Accounts:
     ) -> UserRecord:
         """A new user, as the ``registration`` setting allows; ``address`` is the client's,
         for the sign-in throttle."""
-        self._signing_key()
+        self._signer.key()
         if self._registration == "closed":
             raise Refused(
                 "registration is closed on this gateway: ask its operator for an account",
@@ -222,7 +230,7 @@ class Accounts:
         return user
 
     async def login(self, name: str, password: str, address: str | None = None) -> UserRecord:
-        self._signing_key()
+        self._signer.key()
         user = await self.check_password(name, password, address)
         if user is None:
             raise Refused("wrong username or password", "invalid_credentials", status_hint=401)
@@ -250,9 +258,10 @@ class Accounts:
         _check_strength(password)  # before taking a hashing thread
         return await self._hashing.run(_hash_new_password, password, self._cost)
 
-    def remember(self, user: UserRecord) -> None:
-        """Take a change to ``user`` made here into the caches at once."""
-        self._users[user.name.casefold()] = _public(user)
+    def remember(self, user: UserRecord) -> UserRecord:
+        """Take a change to ``user`` made here into the caches at once; the cached record."""
+        cached = self._users[user.name.casefold()] = _public(user)
+        return cached
 
     def forget(self, name: str) -> None:
         self._users.pop(name.casefold(), None)
@@ -271,7 +280,7 @@ class Accounts:
     ) -> tuple[str, keys.Claims]:
         """A session token for ``user``, with its claims, recorded as a login from ``agent``
         (the client's User-Agent) at ``address``."""
-        token, claims = self._issue(user, self._session_ttl, "session")
+        token, claims = self._signer.issue(user, self._session_ttl, "session")
         await self.sessions.start(claims, agent, address)
         return token, claims
 
@@ -279,65 +288,9 @@ class Accounts:
         """A new single-use invite code and when it expires."""
         return await self.store.call(new_invite, self.store, ttl, time.time())
 
-    # --- API keys ------------------------------------------------------------------------
-
-    async def create_key(
-        self, user: str, name: str, days: int | None = None
-    ) -> tuple[KeyRecord, str]:
-        """A new API key; its token is returned here once and never stored."""
-        account = await self.store.call(self.store.user, user)
-        if account is None:  # an operator-issued session token: nobody to own the key
-            raise Refused(f"{user!r} has no account on this gateway", "no_account", status_hint=403)
-        user = account.name
-        ttl = min(DEFAULT_KEY_DAYS * DAY, self.max_token_ttl) if days is None else days * DAY
-        if ttl > self.max_token_ttl:
-            most = self.max_token_ttl // DAY
-            raise Refused(f"a key may live at most {most:g} days here", "ttl_too_long", "ttl_days")
-        now = time.time()
-        live = [
-            k
-            for k in await self.store.call(self.store.keys, user)
-            if k.revoked_at is None and k.expires_at > now
-        ]
-        if len(live) >= MAX_KEYS:
-            raise Refused(f"at most {MAX_KEYS} live keys per user", "too_many_keys")
-        token, claims = self._issue(user, ttl, "inference", uuid.uuid4().hex)
-        record = KeyRecord(claims.jti, user, name, now, claims.exp, None)
-        await self.store.call(self.store.add_key, record)
-        return record, token
-
-    async def keys_of(self, user: str) -> list[KeyRecord]:
-        return await self.store.call(self.store.keys, user)
-
-    async def revoke_key(self, user: str, key_id: str) -> KeyRecord:
-        key = await self.store.call(self.store.key, key_id)
-        if key is None or key.user.casefold() != user.casefold():
-            raise Refused(f"no key {key_id!r}", "key_not_found", "id", status_hint=404)
-        await self.revoke(key.jti, key.expires_at)
-        return key
-
     def use_signer(self, signer: Ed25519PrivateKey | None) -> None:
         """Sign new tokens with ``signer`` from now on (the token key was rotated)."""
-        self._signer = signer
-
-    def _signing_key(self) -> Ed25519PrivateKey:
-        if self._signer is None:
-            message = "this gateway holds no token signing key (jwt.key)"
-            raise Refused(message, "signing_unavailable", status_hint=503)
-        return self._signer
-
-    def _issue(
-        self, user: str, ttl: float, scope: str, jti: str | None = None
-    ) -> tuple[str, keys.Claims]:
-        signer = self._signing_key()
-        token = keys.issue(signer, user, ttl, scope, jti, audience=self.audience)
-        return token, keys.verify(token, signer.public_key(), audience=self.audience)
-
-
-def audience_of(store: Store) -> str:
-    """The audience of tokens for the users of ``store``: gateways sharing the database
-    file accept each other's tokens, and no other gateway does."""
-    return f"bitinglip:accounts:{store.accounts_id()}"
+        self._signer.use(signer)
 
 
 def add_user(
@@ -375,41 +328,6 @@ def create_user(
     _check_username(name)
     hashed = None if password is None else _hash_new_password(password, cost)
     return add_user(store, name, hashed, plan, now, admin=admin)
-
-
-def operator_token(
-    store: Store,
-    signer: Ed25519PrivateKey,
-    user: str,
-    ttl: float,
-    scope: str = "inference",
-    *,
-    max_ttl: float = MAX_TOKEN_TTL,
-) -> str:
-    """A token the operator issues from the shell, bound to ``store``'s users. The user must
-    be in the table (so nobody can register the name later and be taken for them) and
-    enabled; an admin token needs a user marked admin. Blocking."""
-    found = store.user(user)
-    if found is None:
-        raise Refused(
-            f"no user {user!r} in {store.path}: add one with `bitinglip users add {user}`",
-            "no_account",
-            status_hint=404,
-        )
-    if found.disabled:
-        raise Refused(f"user {found.name!r} is disabled", "account_disabled", status_hint=403)
-    if scope == "admin" and not found.admin:
-        raise Refused(
-            f"{found.name} is not an admin here: run `bitinglip users admin {found.name}` first",
-            "not_admin",
-            status_hint=403,
-        )
-    try:
-        return keys.issue(
-            signer, found.name, ttl, scope, audience=audience_of(store), max_ttl=max_ttl
-        )
-    except ValueError as exc:
-        raise Refused(str(exc), "ttl_too_long", "ttl") from exc
 
 
 def _check_username(name: str) -> None:

@@ -96,18 +96,18 @@ def install(app: FastAPI) -> None:
 
     @app.get("/v1/keys")
     async def list_keys(request: Request, claims: Session) -> dict[str, Any]:
-        return {"data": [key_json(k) for k in await accounts(request).keys_of(claims.sub)]}
+        return {"data": [key_json(k) for k in await accounts(request).api_keys.of(claims.sub)]}
 
     @app.post("/v1/keys", status_code=201, openapi_extra=json_body(app, NewKey))
     async def create_key(request: Request, claims: Session) -> dict[str, Any]:
         found = accounts(request)
         body = await parse(request, NewKey)
-        key, token = await found.create_key(claims.sub, body.name, body.ttl_days)
+        key, token = await found.api_keys.create(claims.sub, body.name, body.ttl_days)
         return {"id": key.jti, "name": key.name, "key": token, "expires_at": int(key.expires_at)}
 
     @app.delete("/v1/keys/{key_id}")
     async def revoke_key(request: Request, key_id: str, claims: Session) -> dict[str, Any]:
-        key = await accounts(request).revoke_key(claims.sub, key_id)
+        key = await accounts(request).api_keys.revoke(claims.sub, key_id)
         return {"id": key.jti, "revoked": True}
 
     @app.post("/v1/admin/invites", status_code=201, openapi_extra=json_body(app, NewInvite))

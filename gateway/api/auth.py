@@ -2,11 +2,11 @@
 
 A valid signature is not the whole story: the token must be bound to this gateway's
 accounts (its audience) and live no longer than they allow, and guards (the accounts, with
-their revoked token ids and disabled users) may still refuse it. Scopes: ``inference``
-(API keys), ``session`` (a login; manages the user's keys and account, and the admin routes
-for an admin), ``admin`` (operator-issued). Admin routes serve only a user this gateway's
-table marks admin: anyone holding the signing key can write the scope, only this gateway's
-operator can mark the user.
+their revoked token ids, disabled users and users no longer in the table) may still refuse
+it. Scopes: ``inference`` (API keys), ``session`` (a login; manages the user's keys and
+account, and the admin routes for an admin), ``admin`` (operator-issued). Admin routes
+serve only a user this gateway's table marks admin: anyone holding the signing key can
+write the scope, only this gateway's operator can mark the user.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ VERIFIED_CACHE = 4096
 
 
 class Guard(Protocol):
-    def check(self, claims: keys.Claims) -> None:
+    async def check(self, claims: keys.Claims) -> None:
         """Raise ``keys.TokenError`` to refuse a token whose signature is good."""
         ...
 
@@ -60,7 +60,7 @@ class Authenticator:
         self._public_key = public_key
         self._verified.clear()
 
-    def verify(self, token: str) -> keys.Claims:
+    async def verify(self, token: str) -> keys.Claims:
         """The token's claims, or ``keys.TokenError`` saying why it is refused."""
         claims = self._verified.get(token)
         if claims is None or claims.exp <= time.time():
@@ -71,8 +71,13 @@ class Authenticator:
             self._verified[token] = claims
             if len(self._verified) > VERIFIED_CACHE:
                 self._verified.popitem(last=False)
+        return await self.check(claims)
+
+    async def check(self, claims: keys.Claims) -> keys.Claims:
+        """``claims`` if the guards still let them in (a user disabled or a key revoked
+        since they were verified is refused), else ``keys.TokenError``."""
         for guard in self._guards:
-            guard.check(claims)
+            await guard.check(claims)
         return claims
 
 
@@ -86,11 +91,19 @@ def bearer(request: Request) -> str:
     return token.strip()
 
 
+# A call the gateway makes on a user's behalf (a job, ``gateway.api.job_runner``) carries
+# their claims here, in the ASGI scope: only code in this process can put them there.
+ON_BEHALF = "bitinglip.on_behalf_of"
+
+
 # async: FastAPI would run a plain function in a worker thread, a hop per request.
 async def require_user(request: Request) -> keys.Claims:
     auth: Authenticator = request.app.state.services.auth
+    on_behalf = request.scope.get(ON_BEHALF)
     try:
-        return auth.verify(bearer(request))
+        if isinstance(on_behalf, keys.Claims):
+            return await auth.check(on_behalf)
+        return await auth.verify(bearer(request))
     except keys.TokenError as exc:
         raise ApiError(401, str(exc), "invalid_api_key") from exc
 

@@ -61,11 +61,17 @@ async def parse(request: Request, model: type[M], *, any_type: bool = False) -> 
         raise ApiError(400, "request body is nested too deeply", "invalid_json") from exc
     if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object", "invalid_request")
+    return validated(model, data)
+
+
+def validated(model: type[M], data: dict[str, Any], within: tuple[str, ...] = ()) -> M:
+    """``data`` as ``model``, else a 400 naming the first bad field (under the fields
+    ``within``, for a body inside a body)."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
+        where = ".".join([*within, *(str(p) for p in first.get("loc", ()))])
         raise ApiError(
             400, f"{where}: {first.get('msg')}", "invalid_request", where or None
         ) from exc

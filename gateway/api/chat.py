@@ -13,8 +13,9 @@ from gateway.api import openai_api as oa
 from gateway.api import vision
 from gateway.api.auth import User
 from gateway.api.bodies import json_body, parse
+from gateway.api.cached import respond
 from gateway.api.errors import NODE_FIELDS, ApiError
-from gateway.api.inference import Renderer, answer, start
+from gateway.api.inference import Renderer, answer
 from gateway.api.services import services
 from gateway.routing.router import Piece
 from protocols import ChatMessage, GenerateParams, ToolCall, assembled
@@ -44,10 +45,11 @@ def install(app: FastAPI) -> None:
             new = oa.REPLACED_FIELDS[old]
             raise ApiError(400, f"{old} is not supported: send {new}", "invalid_request", old)
         params = _params(body)
-        started = await vision.start_if_shown(request, claims, body, params.engine_field())
-        started = started or await start(request, claims, params, "chat", body.stream)
         render = _ChatChunks(oa.completion_id(), body.model, body.include_usage())
-        return await answer(started, render, body.stream)
+        started = await vision.start_if_shown(request, claims, body, params.engine_field())
+        if started is not None:
+            return await answer(started, render, body.stream)
+        return await respond(request, claims, params, "chat", render, body.stream)
 
 
 def model_entry(model: str, peers: list[dict[str, Any]]) -> dict[str, Any]:

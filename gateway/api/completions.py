@@ -12,8 +12,9 @@ from fastapi.responses import Response
 from gateway.api import openai_api as oa
 from gateway.api.auth import User
 from gateway.api.bodies import json_body, parse
+from gateway.api.cached import respond
 from gateway.api.errors import ApiError
-from gateway.api.inference import Renderer, answer, start
+from gateway.api.inference import Renderer
 from gateway.routing.router import Piece
 from protocols import GenerateParams
 
@@ -34,10 +35,9 @@ def install(app: FastAPI) -> None:
             )
         except ValueError as exc:
             raise ApiError(400, str(exc), "invalid_request") from exc
-        started = await start(request, claims, params, "completion", body.stream)
         id_ = f"cmpl-{uuid.uuid4().hex[:24]}"
         render = _TextChunks(id_, body.model, body.include_usage(), prompt if body.echo else "")
-        return await answer(started, render, body.stream)
+        return await respond(request, claims, params, "completion", render, body.stream)
 
 
 @dataclass

@@ -27,12 +27,13 @@ from gateway.accounts.limits import Plan
 from gateway.accounts.metering import Outcome, metered, rate_headers
 from gateway.api import openai_api as oa
 from gateway.api.errors import ApiError, refusal, routing_error, upstream_message
+from gateway.api.response_cache import Answer
 from gateway.api.services import Queue, Services, services
 from gateway.routing.dispatch import Ticket, Wait
 from gateway.routing.router import Generation, NoPeerReady, Piece, UnknownModel, UpstreamError
 from protocols import GenerateParams, VisionParams, merged
 
-NODE_HEADER = "X-BitingLip-Node"
+NODE_HEADER = oa.NODE_HEADER
 # How long the call waited in the gateway's queue for a node, in seconds.
 QUEUE_WAIT_HEADER = "X-Queue-Wait"
 # The longest a client will wait in the queue, in seconds (at most the gateway's own limit).
@@ -64,6 +65,9 @@ class Started:
     def answered(self) -> Generation:
         assert self.generation is not None, "the call has not been sent to a node yet"
         return self.generation
+
+    # Called with the answer once the call ended normally (the response cache keeps it).
+    keep: Callable[[Answer], None] | None = None
 
 
 @dataclass
@@ -285,6 +289,18 @@ def _choices(started: Started) -> int:
     return charges.choices(started.params)
 
 
+def _kept(started: Started, pieces: list[Piece], usage: dict[str, int]) -> None:
+    """Hand a call that the node finished to ``keep``."""
+    if started.keep is not None and started.answered.finished:
+        answer = Answer(
+            tuple(pieces),
+            _finish_reasons(started)[0],
+            usage["prompt_tokens"],
+            usage["completion_tokens"],
+        )
+        started.keep(answer)
+
+
 def forwarded_text(pieces: list[Piece]) -> str:
     """What ``pieces`` put in front of the caller, tool calls included (what the tokens
     charged for them must fit in)."""
@@ -315,6 +331,7 @@ async def collect(started: Started) -> tuple[list[Piece], dict[str, int]]:
                 raise routing_error(exc) from exc
             finally:
                 usage = _settle(started, forwarded_text(pieces))
+            _kept(started, pieces, usage)
             by_choice = [[p for p in pieces if p.index == i] for i in range(_choices(started))]
             return [joined(choice) for choice in by_choice], usage
     except ApiError as exc:
@@ -413,6 +430,7 @@ async def stream(started: Started, render: Renderer) -> AsyncGenerator[bytes, No
         finally:
             usage = _settle(started, forwarded_text(forwarded))
     if not closing:
+        _kept(started, forwarded, usage)
         closing = render.closing(_finish_reasons(started), usage)
     for event in closing:
         yield oa.sse(event)

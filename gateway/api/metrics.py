@@ -80,6 +80,18 @@ class GatewayMetrics:
             ["kind", "model"],
             registry=self.registry,
         )
+        self.jobs_ended = Counter(
+            "bitinglip_gateway_jobs_ended",
+            "Jobs that ended on this gateway, by state: done, failed or cancelled",
+            ["state"],
+            registry=self.registry,
+        )
+        self.response_cache = Counter(
+            "bitinglip_gateway_response_cache",
+            "Cacheable text calls by how the response cache answered: hit, miss or bypass",
+            ["result"],
+            registry=self.registry,
+        )
 
     def observe_swarm(self, table: PeerTable, retries: Callable[[], int]) -> None:
         """Export the peers in ``table`` and the ``retries`` count, read at each scrape."""

@@ -14,6 +14,9 @@ from protocols import CallPart, TokenLogprob, Tool, ToolCall
 from protocols.answer import MAX_TOP_LOGPROBS
 from protocols.generation import MAX_CHOICES, MAX_NEW_TOKENS
 
+# Names the node that answered (or "cache"), on every inference answer.
+NODE_HEADER = "X-BitingLip-Node"
+
 
 class ContentPart(BaseModel):
     type: Literal["text"]

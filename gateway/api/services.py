@@ -14,12 +14,14 @@ from typing import Any, Protocol
 from fastapi import Request
 
 from gateway.accounts.database import Store
-from gateway.accounts.limits import Limiter
+from gateway.accounts.limits import Limiter, Plan
 from gateway.accounts.metering import Meter
 from gateway.accounts.users import Accounts
 from gateway.api.auth import Authenticator
 from gateway.api.image_store import ImageStore
+from gateway.api.job_runner import Jobs
 from gateway.api.metrics import GatewayMetrics
+from gateway.api.response_cache import ResponseCache
 from gateway.media import MediaLimits
 from gateway.routing.dispatch import Ticket, Wait
 from gateway.routing.router import Drawing, Embeddings, Generation, Heard, Images, Speech
@@ -123,6 +125,17 @@ class Services:
     limiter: Limiter | None = None
     # None: calls are not queued here (they go to a node, or fail, at once).
     queue: Queue | None = None
+    # Deterministic text answers kept in memory; None: every call goes to a node.
+    cache: ResponseCache | None = None
+    cache_shared: bool = False  # whether users are answered from each other's calls
+    # A model's build as the nodes advertise it: part of every cache key.
+    revision: Callable[[str], str] = field(default=lambda model: "")
+    # Jobs: queued calls answered later; None: this gateway takes no jobs.
+    jobs: Jobs | None = None
+
+    def plan_of(self, user: str) -> Plan:
+        """``user``'s plan; the built-in default where this gateway keeps no accounts."""
+        return self.accounts.plan_of(user) if self.accounts is not None else Plan()
 
 
 def services(request: Request) -> Services:

@@ -1,5 +1,5 @@
 """``GET /v1/usage`` and ``GET /v1/admin/usage``: usage summed up per day and model, or for
-the operator by one of user, model or day."""
+the operator by user, model, day, or model and day, of everyone or of one user."""
 
 from __future__ import annotations
 
@@ -60,9 +60,10 @@ async def _usage(request: Request, days: int, user: str | None) -> list[UsageTot
 
 
 def _sums(sums: list[UsageSum], by: str) -> list[dict[str, Any]]:
+    names = by.split(",")
     return [
-        {
-            by: s.key,
+        dict(zip(names, s.key, strict=True))
+        | {
             "requests": s.requests,
             "prompt_tokens": s.prompt_tokens,
             "completion_tokens": s.completion_tokens,
@@ -95,16 +96,14 @@ def install(app: FastAPI) -> None:
         days: Days = 30,
         user: str | None = None,
         by: Annotated[
-            Literal["user", "model", "date"] | None,
-            Query(description="sum by this alone: one row per user, model or day"),
+            Literal["user", "model", "date", "date,model"] | None,
+            Query(description="sum by this alone: one row per user, model, day, or model and day"),
         ] = None,
     ) -> dict[str, Any]:
         if by is None:
             totals = await _usage(request, days, user)
             data = _rows(totals, with_user=True)
             return {"object": "list", "data": data, "totals": _totals(totals)}
-        if user is not None:
-            raise ApiError(400, "by and user do not go together", "invalid_request", "by")
         store = _store(request)
-        sums = await store.call(store.usage_by, _since(days), by)
+        sums = await store.call(store.usage_by, _since(days), by, user)
         return {"object": "list", "data": _sums(sums, by), "totals": _totals(sums)}

@@ -229,6 +229,26 @@ class GatewayClient:
         """``GET /v1/peers``: every peer the gateway knows."""
         return _list(self._request("GET", "/v1/peers"), "data")
 
+    def submit_job(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /v1/jobs``: the job as queued (``id``, ``state``, ``position``...)."""
+        return _job(self._request("POST", "/v1/jobs", body))
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """``GET /v1/jobs/{id}``: its state, and its result once done."""
+        return _job(self._request("GET", f"/v1/jobs/{job_id}"))
+
+    def jobs(self, limit: int = 20, before: str | None = None) -> dict[str, Any]:
+        """``GET /v1/jobs``: a page of own jobs, newest first (``data``, ``has_more``,
+        ``next``)."""
+        params: dict[str, Any] = {"limit": limit} | ({"before": before} if before else {})
+        body = self._request("GET", "/v1/jobs", params=params)
+        _list(body, "data")
+        return body
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        """``DELETE /v1/jobs/{id}``: the job, cancelled."""
+        return _job(self._request("DELETE", f"/v1/jobs/{job_id}"))
+
     def login(self, username: str, password: str) -> dict[str, Any]:
         """``POST /v1/auth/login``: ``{"user", "token", "expires_at"}``."""
         try:
@@ -326,6 +346,12 @@ def _list(body: dict[str, Any], name: str) -> list[dict[str, Any]]:
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
         raise BadResponse(f"the gateway's answer has no list of objects in {name!r}")
     return items
+
+
+def _job(body: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(body.get("id"), str) or not isinstance(body.get("state"), str):
+        raise BadResponse("the gateway's answer is not a job")
+    return body
 
 
 def _seconds(value: str | None) -> float | None:

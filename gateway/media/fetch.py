@@ -1,4 +1,5 @@
-"""Fetching a picture that a caller names by an http(s) URL, where the operator allows it.
+"""Fetching a picture that a caller names by an http(s) URL, where the operator allows it
+(and, with ``send_pinned``, any request the gateway makes to a URL a caller gave: webhooks).
 
 A caller's URL makes the gateway open a connection on the caller's behalf, so only public
 hosts are reached: the name is resolved first, every address it has must be a global one
@@ -27,15 +28,20 @@ MAX_REDIRECTS = 3
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 
-async def resolve_public(host: str, port: int) -> list[str]:
-    """Every address ``host`` has; ``BadMedia`` unless all of them are public."""
+async def resolve_any(host: str, port: int) -> list[str]:
+    """Every address ``host`` has, public or not (for hosts the operator trusts)."""
     try:
         found = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
-        raise BadMedia(f"the picture's host {host} cannot be found") from exc
-    addresses = sorted({str(info[4][0]) for info in found})
+        raise BadMedia(f"the host {host} cannot be found") from exc
+    return sorted({str(info[4][0]) for info in found})
+
+
+async def resolve_public(host: str, port: int) -> list[str]:
+    """Every address ``host`` has; ``BadMedia`` unless all of them are public."""
+    addresses = await resolve_any(host, port)
     if not addresses or not all(_public(a) for a in addresses):
-        raise BadMedia(f"the picture's host {host} is not a public address")
+        raise BadMedia(f"the host {host} is not a public address")
     return addresses
 
 
@@ -70,28 +76,51 @@ async def _get(
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise BadMedia("a picture's URL must be a data URL, or http(s) where the gateway fetches")
-    if parts.username or parts.password:
-        raise BadMedia("a picture's URL must not carry a user name or password")
-    host = parts.hostname
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError as exc:
-        raise BadMedia("a picture's URL has a bad port") from exc
-    address = (await resolve(host, port))[0]
-    literal = f"[{address}]" if ":" in address else address
-    pinned = parts._replace(netloc=f"{literal}:{port}").geturl()
-    # Identity: the limit counts the bytes as they will be decoded, not compressed ones.
-    headers = {"Host": parts.netloc, "Accept": "image/*", "Accept-Encoding": "identity"}
-    extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
-    try:
-        request = client.build_request("GET", pinned, headers=headers, extensions=extensions)
-        response = await client.send(request, stream=True)
-    except httpx.HTTPError as exc:
-        raise BadMedia(f"the picture cannot be fetched: {exc}") from exc
+    headers = {"Accept": "image/*", "Accept-Encoding": "identity"}
+    response = await send_pinned(client, "GET", url, resolve, headers=headers)
     try:
         return await _body(response, url, max_bytes)
     finally:
         await response.aclose()
+
+
+async def send_pinned(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    resolve: Resolver,
+    *,
+    headers: dict[str, str],
+    content: bytes | None = None,
+) -> httpx.Response:
+    """Send ``method`` to ``url`` (http or https) at the address ``resolve`` checked, with the
+    response's body still to read; ``BadMedia`` with the reason for a URL it will not reach.
+    (Identity encoding: a size limit counts the bytes as they will be decoded.)"""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadMedia("the URL must be http(s) with a host name")
+    if parts.username or parts.password:
+        raise BadMedia("the URL must not carry a user name or password")
+    host = parts.hostname
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise BadMedia("the URL has a bad port") from exc
+    address = (await resolve(host, port))[0]
+    literal = f"[{address}]" if ":" in address else address
+    pinned = parts._replace(netloc=f"{literal}:{port}").geturl()
+    extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
+    try:
+        request = client.build_request(
+            method,
+            pinned,
+            headers={"Host": parts.netloc} | headers,
+            content=content,
+            extensions=extensions,
+        )
+        return await client.send(request, stream=True)
+    except httpx.HTTPError as exc:
+        raise BadMedia(f"{url} cannot be reached: {exc}") from exc
 
 
 async def _body(response: httpx.Response, url: str, max_bytes: int) -> bytes | str:

@@ -24,7 +24,8 @@ import keys
 from gateway.accounts.database import FILENAME, KeyRecord, Store, UserRecord
 from gateway.accounts.errors import Refused
 from gateway.accounts.invites import new_invite
-from gateway.accounts.users import create_user, operator_token
+from gateway.accounts.tokens import operator_token
+from gateway.accounts.users import create_user
 from gateway.client import columns
 from gateway.client.columns import Column
 from gateway.client.terminal import cell

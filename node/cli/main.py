@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from node.cli import admin, login, models, operator, peers, repl, start, up
+from node.cli import admin, jobs, login, models, operator, peers, repl, start, up
 
 # In the order ``bitinglip --help`` lists them.
 REGISTER = [
@@ -18,6 +18,7 @@ REGISTER = [
     peers.register,
     repl.register,
     login.register,
+    jobs.register,
     admin.register,
     models.register,
 ]

@@ -23,7 +23,7 @@ from schemathesis.schemas import BaseSchema
 from starlette.testclient import TestClient
 
 import keys
-from gateway.accounts.users import audience_of
+from gateway.accounts.tokens import audience_of
 from gateway.api.app import create_app
 from gateway.api.auth import Authenticator
 from gateway.api.services import Backend, Services

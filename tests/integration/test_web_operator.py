@@ -81,6 +81,7 @@ def test_an_admin_manages_users_keys_and_sees_usage(
     expect(plans.filter(has_text="pro")).to_contain_text("600")
     node = page.locator(f'#op-nodes-list tr[data-peer-id="{swarm.peer_id("node-0")}"]')
     expect(node).to_contain_text("echo · ready")
+    expect(node.locator(".model-states")).to_have_text("1 ready")
     expect(node).to_contain_text(f"bitinglip node unload echo --peer {swarm.peer_id('node-0')}")
 
     # A new user, who then signs in, makes a key and uses it.
@@ -116,6 +117,11 @@ def test_an_admin_manages_users_keys_and_sees_usage(
     by_user = page.locator('#op-usage-tables tr[data-name="carol"]')
     expect(by_user).to_contain_text("1")
     expect(page.locator('#op-usage-tables tr[data-name="echo"]')).to_be_visible()
+    # The chart of tokens by model over time has today's bar, named in its legend.
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    expect(page.locator(f'#op-usage-chart g[data-date="{today}"] title')).to_contain_text("echo")
+    expect(page.locator(f'#op-usage-chart g[data-date="{today}"] rect.bar.m0')).to_have_count(1)
+    expect(page.locator("#op-usage-legend")).to_contain_text("echo")
     page.get_by_label("Period").select_option("7")
     expect(by_user).to_be_visible()
     shot("2-keys-usage")

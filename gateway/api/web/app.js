@@ -711,4 +711,4 @@ function start() {
 
 start();
 
-export { api, logout, meter, notice, numbers, shortId, signedIn, table, when };
+export { api, logout, meter, notice, numbers, shortId, signedIn, svg, table, when };

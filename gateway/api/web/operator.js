@@ -2,7 +2,7 @@
 // with their models, and usage across users and models (docs/api.md, "/v1/admin"). Built
 // only when the profile says admin, and removed at sign-out; the gateway checks every call.
 
-import { api, el, handle, meter, notice, numbers, shortId, show, signedIn, table, when } from "./app.js";
+import { api, el, handle, meter, notice, numbers, shortId, show, signedIn, svg, table, when } from "./app.js";
 
 const ROOT = "operator";
 const $ = (id) => document.getElementById(id);
@@ -48,15 +48,19 @@ function build() {
     part("op-keys", "All API keys", el("div", { id: "op-keys-list" })),
     part("op-plans", "Plans", el("div", { id: "op-plans-list" })),
     part("op-nodes", "Nodes and models",
-      el("p", { class: "muted small", text: "This gateway holds no operator certificate, so it cannot load or "
-        + "unload models itself. Run the command shown on a machine with the operator key "
-        + "(bitinglip keys init made it), in the swarm's data dir." }),
+      el("p", { class: "muted small", text: "This gateway holds no operator certificate, so it cannot load, "
+        + "unload or drain anything itself. Run the command shown on a machine with the operator key "
+        + "(bitinglip keys init made it), in the swarm's data dir. Unloading a model drains its calls "
+        + "first; a whole node drains when its process is stopped (Ctrl-C or SIGTERM on its host): nodes "
+        + "take no operator call for that." }),
       el("div", { id: "op-nodes-list" })),
     part("op-usage", "Usage by user and model",
       el("form", { class: "inline", onsubmit: (e) => e.preventDefault() },
         el("label", { for: "op-usage-days", class: "small muted", text: "Period" }),
         el("select", { id: "op-usage-days", onchange: loadUsage },
           ...[7, 30, 90].map((d) => el("option", { value: d, selected: d === 30, text: `${d} days` })))),
+      el("figure", { class: "chart" }, el("div", { id: "op-usage-chart" }),
+        el("figcaption", { id: "op-usage-legend", class: "legend" })),
       el("div", { id: "op-usage-tables", class: "usage-split" })),
   );
 }
@@ -211,13 +215,21 @@ function command(text) {
   return el("code", { class: "command", text });
 }
 
+// "2 ready, 1 loading": how many of a node's models are in each state.
+function modelStates(models) {
+  const counts = new Map();
+  for (const m of models) counts.set(m.state, (counts.get(m.state) || 0) + 1);
+  return [...counts].map(([state, n]) => `${n} ${state}`).join(", ") || "no models";
+}
+
 function nodeRow(node) {
   const load = node.load;
   let state = ["ok", "healthy"];
   if (load && load.draining) state = ["warn", "draining"];
   else if (!node.healthy) state = ["bad", "not responding"];
-  const models = (node.models || []).map((m) => el("div", { class: "stack start" },
-    el("span", { class: `chip state-${m.state}`, text: `${m.id} · ${m.state}` }),
+  const models = (node.models || []).map((m) => el("div", { class: "stack start", "data-model": m.id },
+    el("span", { class: `chip state-${m.state}`, title: [m.task, m.dtype].filter(Boolean).join(", "),
+      text: `${m.id} · ${m.state}` }),
     command(`bitinglip node unload ${m.id} --peer ${node.peer_id}`)));
   return el("tr", { "data-peer-id": node.peer_id },
     el("td", {}, el("code", { title: node.peer_id, text: shortId(node.peer_id) })),
@@ -226,7 +238,8 @@ function nodeRow(node) {
       ? el("div", { class: "stack" }, meter(load.inflight, load.capacity, "slots in use"),
         el("small", { text: `${load.inflight}/${load.capacity} running · ${load.queued} queued` }))
       : "—"),
-    el("td", {}, el("span", { class: `badge ${state[0]}`, text: state[1] })));
+    el("td", {}, el("div", { class: "stack start" }, el("span", { class: `badge ${state[0]}`, text: state[1] }),
+      el("small", { class: "model-states", text: modelStates(node.models || []) }))));
 }
 
 async function loadNodes() {
@@ -255,12 +268,67 @@ function usageTable(caption, label, field, rows) {
     table(caption, [[label], ["Requests", "num"], ["Tokens", "num"], ["Images", "num"]], body, "No usage yet."));
 }
 
-// The gateway sums the usage (one row per user, model or day), however many calls there were.
+const COLOURS = 6; // the last one stands for every model past the first five
+const DAY_MS = 86400000;
+
+// Tokens per day, a stacked bar per day and a colour per model (the most used first), from
+// the gateway's sums by model and day. Drawn by hand like the account's chart.
+function drawModelChart(rows, models, days) {
+  const named = models.slice(0, COLOURS - 1).map((m) => m.model);
+  if (models.length > named.length) named.push("other models");
+  const colour = (model) => (named.includes(model) ? named.indexOf(model) : named.length - 1);
+  const today = Date.UTC(new Date().getUTCFullYear(), new Date().getUTCMonth(), new Date().getUTCDate());
+  const dates = Array.from({ length: days }, (_, i) => new Date(today - (days - 1 - i) * DAY_MS).toISOString().slice(0, 10));
+  const perDay = new Map(dates.map((d) => [d, new Array(named.length).fill(0)]));
+  for (const r of rows) {
+    const day = perDay.get(r.date);
+    if (day) day[colour(r.model)] += r.prompt_tokens + r.completion_tokens;
+  }
+  const width = Math.max(320, Math.floor($("op-usage-chart").clientWidth) || 720);
+  const height = 200;
+  const pad = { top: 10, right: 8, bottom: 24, left: 48 };
+  const plotH = height - pad.top - pad.bottom;
+  const slot = (width - pad.left - pad.right) / days;
+  const barW = Math.max(2, Math.min(24, slot * 0.7));
+  const top = Math.max(1, ...[...perDay.values()].map((d) => d.reduce((a, b) => a + b, 0)));
+  const y = (v) => pad.top + plotH - (v / top) * plotH;
+  const sum = [...perDay.values()].flat().reduce((a, b) => a + b, 0);
+  const label = `Tokens per day by model, ${days} days: ${numbers.format(sum)} in all`;
+  const chart = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": label, class: "chart-svg" });
+  chart.append(svg("title", {}, label),
+    svg("line", { x1: pad.left, x2: width - pad.right, y1: y(0), y2: y(0), class: "grid" }),
+    svg("text", { x: pad.left - 6, y: y(top) + 4, class: "axis", "text-anchor": "end" }, numbers.format(top)));
+  dates.forEach((date, i) => {
+    const x = pad.left + i * slot + (slot - barW) / 2;
+    const counts = perDay.get(date);
+    const group = svg("g", { class: "day", "data-date": date });
+    const parts = named.map((m, c) => `${m} ${numbers.format(counts[c])}`).filter((_, c) => counts[c] > 0);
+    group.append(svg("title", {}, `${date}: ${parts.join(", ") || "no tokens"}`));
+    let base = 0;
+    counts.forEach((v, c) => {
+      if (v > 0) group.append(svg("rect", { x, width: barW, y: y(base + v), height: Math.max(1, y(base) - y(base + v)), class: `bar m${c}` }));
+      base += v;
+    });
+    group.append(svg("rect", { x: pad.left + i * slot, width: slot, y: pad.top, height: plotH, class: "hit" }));
+    chart.append(group);
+    if ((days - 1 - i) % Math.ceil(days / 8) === 0) {
+      chart.append(svg("text", { x: x + barW / 2, y: height - 6, class: "axis", "text-anchor": "middle" }, date.slice(5)));
+    }
+  });
+  $("op-usage-chart").replaceChildren(chart);
+  $("op-usage-legend").replaceChildren(...named.map((m, c) =>
+    el("span", { class: "key" }, el("span", { class: `swatch m${c}`, "aria-hidden": "true" }), m)));
+}
+
+// The gateway sums the usage (one row per user, model, day, or model and day), however many
+// calls there were.
 async function loadUsage() {
   const days = Number($("op-usage-days").value) || 30;
   const by = (field) => api(`/v1/admin/usage?days=${days}&by=${field}`).then((r) => r.data || []);
   try {
-    const [users, models, dates] = await Promise.all([by("user"), by("model"), by("date")]);
+    const [users, models, dates, perDay] = await Promise.all(
+      [by("user"), by("model"), by("date"), by("date,model")]);
+    drawModelChart(perDay, models, days);
     dates.sort((a, b) => (a.date < b.date ? 1 : -1)); // newest first
     $("op-usage-tables").replaceChildren(
       usageTable("By user", "User", "user", users),

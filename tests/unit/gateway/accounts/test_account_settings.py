@@ -3,6 +3,7 @@ ended, the password changed, the account deleted; and what each leaves refused."
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from gateway.accounts.database import Store
 from gateway.accounts.errors import Refused
 from gateway.accounts.settings import DELETED_PREFIX
 from gateway.accounts.throttle import SignInThrottle
+from gateway.accounts.tokens import operator_token
 from tests.unit.gateway.accounts.test_accounts import PASSWORD, Gateway, bearer, gateway
 from tests.unit.gateway.api.test_http import assert_error, chat
 
@@ -246,6 +248,38 @@ async def test_deleting_the_account_refuses_its_tokens_and_keeps_usage_anonymous
     fresh = (await gw.register("alice"))["token"]
     assert (await gw.client.get("/v1/usage", headers=bearer(fresh))).json()["data"] == []
     assert "revoked" in await refused(gw, key)
+
+
+async def test_an_operator_token_dies_with_its_account(gw: Gateway) -> None:
+    session = (await gw.register())["token"]
+    issued = operator_token(gw.store, gw.signer, "alice", 3600)  # `bitinglip tokens issue`
+    assert await works(gw, issued)
+    await gw.client.post("/v1/auth/delete", json={"password": PASSWORD}, headers=bearer(session))
+
+    assert await refused(gw, issued) == "user 'alice' has no account on this gateway"
+    response = await gw.client.post("/v1/chat/completions", json=chat(), headers=bearer(issued))
+    assert_error(response, 401, "authentication_error", "invalid_api_key")
+    assert gw.store.usage_records("alice") == []  # nothing billed to the name again
+    # Whoever takes the name next is a new account: the old token is not theirs.
+    await trio.sleep(math.ceil(time.time()) - time.time() + 0.01)  # iat is whole seconds
+    await gw.register("alice")
+    assert await refused(gw, issued) == "token was issued before the account 'alice' was made"
+
+
+async def test_a_gateway_sharing_the_database_forgets_a_deleted_user(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as a, gateway(tmp_path, signer=a.signer) as b:
+        session = (await a.register())["token"]
+        issued = operator_token(a.store, a.signer, "alice", 3600)
+        assert await works(b, session) and await works(b, issued)
+        await a.client.post("/v1/auth/delete", json={"password": PASSWORD}, headers=bearer(session))
+        with trio.fail_after(2):  # B reloads when the file changes, every 50 ms here
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(b.accounts.run, 0.05)
+                while await works(b, issued):
+                    await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+        assert "revoked" in await refused(b, session)
+        assert await refused(b, issued) == "user 'alice' has no account on this gateway"
 
 
 async def test_a_deleted_account_stays_deleted_after_a_restart(gw: Gateway) -> None:

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp
 import keys
 from gateway.accounts.database import Store
 from gateway.accounts.limits import Limiter, Plan, Plans
+from gateway.accounts.tokens import operator_token
 from gateway.accounts.usage import UsageMeter
 from gateway.accounts.users import Accounts
 from gateway.api.app import create_app
@@ -49,12 +50,16 @@ class Gateway:
     revoked: list[tuple[str, float]] = field(default_factory=list)
 
     def operator_token(self, user: str, scope: str = "inference") -> dict[str, str]:
-        """A token signed with the swarm's key for this gateway's accounts; ``user`` need
-        not be in the table, except for an admin token (the user is then made an admin)."""
+        """A token signed with the swarm's key for this gateway's accounts, as the operator
+        issues one: ``user`` is added to the table first if need be (an admin, for an
+        admin token)."""
+        if self.store.user(user) is None:
+            self.store.add_user(user, None, "default", time.time())
         if scope == "admin":
-            if self.store.user(user) is None:
-                self.store.add_user(user, None, "default", time.time())
             self.store.set_admin(user, True)
+        found = self.store.user(user)
+        assert found is not None
+        self.accounts.remember(found)  # as the gateway's reload would within a second
         audience = self.accounts.audience
         return bearer(keys.issue(self.signer, user, 3600, scope, audience=audience))
 
@@ -87,9 +92,12 @@ async def gateway(
     plans: Plans | None = None,
     backend: FakeBackend | None = None,
     clock: Any = time.time,
+    signer: Ed25519PrivateKey | None = None,
     **options: Any,
 ) -> AsyncIterator[Gateway]:
-    signer = Ed25519PrivateKey.generate()
+    """A gateway on the database in ``tmp_path``; ``signer``: the swarm's token key (a new
+    one by default)."""
+    signer = signer or Ed25519PrivateKey.generate()
     store = Store.open(tmp_path)
     # Open registration and a cheap hash for speed: the defaults have tests of their own.
     options = {"registration": "open", "cost": TEST_COST, **options}
@@ -232,7 +240,7 @@ def _database_files(directory: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in directory.glob("gateway.db*")}
 
 
-async def test_me_for_an_operator_token_without_an_account(gw: Gateway) -> None:
+async def test_me_for_a_token_only_user(gw: Gateway) -> None:
     response = await gw.client.get("/v1/auth/me", headers=gw.operator_token("ops-bot"))
     assert response.json() == {
         "username": "ops-bot",
@@ -324,7 +332,7 @@ async def test_keys_survive_a_restart(tmp_path: Path) -> None:
     accounts = Accounts(store, Plans(), g.signer)
     await accounts.load()
     with pytest.raises(keys.TokenError, match="revoked"):
-        accounts.check(claims)
+        await accounts.check(claims)
     store.close()
 
 
@@ -398,19 +406,33 @@ async def test_expired_revocations_are_forgotten(gw: Gateway) -> None:
     gw.accounts.revoke_remote("old", time.time() - 10)
     await gw.accounts.refresh()
     assert await gw.store.call(gw.store.revocations, time.time()) == {}
-    claims = keys.Claims("alice", "old", "inference", time.time() + 60)
-    gw.accounts.check(claims)  # no longer listed (it could not verify anyway)
+    await gw.register("alice")
+    claims = keys.Claims("alice", "old", "inference", time.time() + 60, time.time())
+    await gw.accounts.check(claims)  # no longer listed (it could not verify anyway)
 
 
-async def test_keys_belong_to_accounts(gw: Gateway) -> None:
-    session = gw.operator_token("no-account", "session")
-    response = await gw.client.post("/v1/keys", json={"name": "k"}, headers=session)
-    assert_error(response, 403, "permission_error", "no_account")
-    assert (await gw.client.get("/v1/keys", headers=session)).json() == {"data": []}
+async def test_a_token_naming_nobody_in_the_table_is_refused(gw: Gateway) -> None:
+    audience = gw.accounts.audience
+    for scope in ("inference", "session", "admin"):
+        nobody = bearer(keys.issue(gw.signer, "no-account", 3600, scope, audience=audience))
+        for method, path in (("GET", "/v1/auth/me"), ("POST", "/v1/chat/completions")):
+            response = await gw.client.request(method, path, json=chat(), headers=nobody)
+            message = assert_error(response, 401, "authentication_error", "invalid_api_key")
+            assert message == "user 'no-account' has no account on this gateway"
+    assert gw.store.usage_records() == []
+
+
+async def test_a_user_another_process_just_added_is_accepted_before_the_reload(
+    gw: Gateway, tmp_path: Path
+) -> None:
+    with Store.open(tmp_path) as cli:  # `bitinglip users add`, then `tokens issue`
+        cli.add_user("ops-bot", None, "default", time.time())
+        token = operator_token(cli, gw.signer, "ops-bot", 600)
+    assert (await gw.client.get("/v1/auth/me", headers=bearer(token))).status_code == 200
 
 
 async def test_live_keys_are_capped(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("gateway.accounts.users.MAX_KEYS", 2)
+    monkeypatch.setattr("gateway.accounts.api_keys.MAX_KEYS", 2)
     session = (await gw.register())["token"]
     first = await gw.new_key(session)
     await gw.new_key(session)

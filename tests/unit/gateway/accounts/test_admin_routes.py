@@ -179,10 +179,10 @@ async def test_plans_are_listed_with_their_limits(gw: Gateway) -> None:
 
 async def test_usage_summed_by_user_model_or_day(gw: Gateway) -> None:
     root = await admin(gw)
-    for name, calls in (("alice", 2), ("bobby", 1)):
+    for name, called in (("alice", ["echo", "long"]), ("bobby", ["echo"])):
         key = bearer((await gw.new_key((await gw.register(name))["token"]))["key"])
-        for _ in range(calls):
-            response = await gw.client.post("/v1/chat/completions", json=chat(), headers=key)
+        for model in called:
+            response = await gw.client.post("/v1/chat/completions", json=chat(model), headers=key)
             assert response.status_code == 200
 
     async def by(field: str) -> dict[str, Any]:
@@ -197,12 +197,25 @@ async def test_usage_summed_by_user_model_or_day(gw: Gateway) -> None:
     per_call = users["data"][1]["prompt_tokens"]
     assert users["data"][0]["prompt_tokens"] == 2 * per_call > 0
     models = await by("model")
-    assert [(r["model"], r["requests"]) for r in models["data"]] == [("echo", 3)]
+    assert sorted((r["model"], r["requests"]) for r in models["data"]) == [("echo", 2), ("long", 1)]
+    today = utc_day(time.time())
     days = await by("date")
-    assert [(r["date"], r["requests"]) for r in days["data"]] == [(utc_day(time.time()), 3)]
+    assert [(r["date"], r["requests"]) for r in days["data"]] == [(today, 3)]
     assert days["totals"] == users["totals"] == models["totals"]
+    # Per model per day (the operator's chart), and any of them for one user.
+    per_day = await by("date,model")
+    assert sorted((r["date"], r["model"], r["requests"]) for r in per_day["data"]) == [
+        (today, "echo", 2),
+        (today, "long", 1),
+    ]
+    assert per_day["totals"] == users["totals"]
+    bobby = await by("model&user=bobby")
+    assert [(r["model"], r["requests"]) for r in bobby["data"]] == [("echo", 1)]
+    assert bobby["totals"]["requests"] == 1
+    alice = await by("date,model&user=alice")
+    assert sorted((r["model"], r["requests"]) for r in alice["data"]) == [("echo", 1), ("long", 1)]
 
-    for query in ("by=peer", "by=user&user=alice", "by=user&days=0"):
+    for query in ("by=peer", "by=model,date", "by=date,user", "by=user&days=0"):
         response = await gw.client.get(f"/v1/admin/usage?{query}", headers=root)
         assert response.status_code == 400, (query, response.text)
     user = await gw.client.get("/v1/admin/usage?by=user", headers=bearer(await login(gw, "x")))

@@ -19,8 +19,8 @@ import pytest
 
 import keys
 from gateway.accounts.database import (
-    _MIGRATIONS,
     FILENAME,
+    USAGE_GROUPS,
     DayTotal,
     KeyRecord,
     SchemaTooNew,
@@ -28,7 +28,8 @@ from gateway.accounts.database import (
     UsageRecord,
     UserExists,
 )
-from gateway.accounts.users import audience_of
+from gateway.accounts.database.schema import MIGRATIONS
+from gateway.accounts.tokens import audience_of
 from node.cli.admin import gateway_dir
 from node.cli.main import main
 
@@ -42,7 +43,7 @@ def test_new_database_is_private_wal_and_versioned(tmp_path: Path) -> None:
         assert store._read("PRAGMA foreign_keys")[0][0] == 1
     raw = sqlite3.connect(tmp_path / FILENAME)
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == len(_MIGRATIONS)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     raw.close()
 
 
@@ -56,7 +57,7 @@ def test_each_database_names_itself_once(tmp_path: Path) -> None:
 
 def test_a_first_version_file_is_upgraded_in_place(tmp_path: Path) -> None:
     raw = sqlite3.connect(tmp_path / FILENAME)
-    raw.executescript(_MIGRATIONS[0] + "PRAGMA user_version = 1;")
+    raw.executescript(MIGRATIONS[0] + "PRAGMA user_version = 1;")
     raw.execute("INSERT INTO users VALUES ('alice', NULL, 'default', 0, 1.0)")
     raw.commit()
     raw.close()
@@ -168,6 +169,40 @@ def test_usage_sums(tmp_path: Path) -> None:
         totals_by_user = {u.lower(): v for u, v in store.day_totals("2026-01-02").items()}
         assert totals_by_user == {"alice": DayTotal(17, 1, 0), "bob": DayTotal(2, 4, 7)}
         assert [r.audio_seconds for r in store.usage_records("bob")] == [0, 7]
+
+
+def test_usage_summed_by_groups_from_the_index_alone(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as store:
+        store.add_usage(
+            [
+                _usage("2026-01-01", "alice", "echo", 10),
+                _usage("2026-01-02", "alice", "echo", 10),
+                _usage("2026-01-02", "alice", "sd", 0, images=2),
+                _usage("2026-01-02", "bob", "echo", 30),
+            ]
+        )
+        sums = {s.key: s.requests for s in store.usage_by("2026-01-01", "date,model")}
+        assert sums == {
+            ("2026-01-01", "echo"): 1,
+            ("2026-01-02", "echo"): 2,
+            ("2026-01-02", "sd"): 1,
+        }
+        alice = store.usage_by("2026-01-02", "model", "ALICE")
+        assert [(s.key, s.requests, s.images) for s in alice] == [
+            (("echo",), 1, 0),
+            (("sd",), 1, 2),
+        ]
+        assert [s.key for s in store.usage_by("2026-01-01", "model")] == [("echo",), ("sd",)]
+        # Every sum reads a covering index: no row of the table is visited.
+        for group in USAGE_GROUPS:
+            names = ", ".join(USAGE_GROUPS[group])
+            for where in ("day >= 'x'", "day >= 'x' AND user = 'y'"):
+                plan = store._read(
+                    f"EXPLAIN QUERY PLAN SELECT {names}, COUNT(*), SUM(prompt_tokens),"
+                    " SUM(completion_tokens), SUM(images), SUM(audio_seconds)"
+                    f" FROM usage WHERE {where} GROUP BY {names}"
+                )
+                assert "COVERING INDEX" in plan[0][3], (group, where, plan)
 
 
 def test_safe_from_many_threads(tmp_path: Path) -> None:

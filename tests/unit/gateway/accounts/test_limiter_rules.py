@@ -88,6 +88,10 @@ def test_plan_defaults_and_json() -> None:
         "max_choices": 4,
         "audio_seconds_per_day": 3600,
         "priority": 1,
+        "job_priority": 10,
+        "jobs_kept": 100,
+        "response_cache": 1,
+        "cache_hit_percent": 0,
     }
 
 

@@ -17,7 +17,8 @@ import keys
 from gateway.accounts.database import Store
 from gateway.accounts.errors import Refused
 from gateway.accounts.limits import Plans
-from gateway.accounts.users import Accounts, audience_of, create_user, operator_token
+from gateway.accounts.tokens import audience_of, operator_token
+from gateway.accounts.users import Accounts, create_user
 from gateway.api.auth import Authenticator
 from gateway.config import GatewayConfig
 from gateway.runtime import watch_token_keys
@@ -135,7 +136,7 @@ async def test_logout_revokes_the_session_for_good(gw: Gateway, tmp_path: Path) 
     restarted = Accounts(gw.store, Plans(), gw.signer, cost=TEST_COST)
     await restarted.load()
     with pytest.raises(keys.TokenError, match="revoked"):
-        restarted.check(gw.claims(session["Authorization"].split()[1]))
+        await restarted.check(gw.claims(session["Authorization"].split()[1]))
 
 
 async def test_only_a_session_logs_out(gw: Gateway) -> None:
@@ -150,17 +151,18 @@ async def test_a_revoked_token_stays_refused_through_the_leeway(gw: Gateway) -> 
     auth = Authenticator(
         keys.KeySet.of(gw.signer.public_key()), [gw.accounts], audience=gw.accounts.audience
     )
+    await gw.register("alice")
     # Expired two seconds ago: the verifier's leeway still lets its signature pass.
     token = keys.issue(gw.signer, "alice", -2, audience=gw.accounts.audience)
-    claims = auth.verify(token)
+    claims = await auth.verify(token)
     await gw.accounts.revoke(claims.jti, claims.exp)
     await gw.accounts.refresh()  # forgets revocations of tokens that can no longer verify
     with pytest.raises(keys.TokenError, match="revoked"):
-        auth.verify(token)
+        await auth.verify(token)
     restarted = Accounts(gw.store, Plans(), gw.signer, cost=TEST_COST)
     await restarted.load()
     with pytest.raises(keys.TokenError, match="revoked"):
-        restarted.check(claims)
+        await restarted.check(claims)
 
 
 # --- lifetimes ------------------------------------------------------------------------------
@@ -236,7 +238,7 @@ async def test_a_running_gateway_refuses_a_retired_key_within_a_second(
         accounts = Accounts(store, Plans(), keys.jwt_keys(tmp_path).private)
         auth = Authenticator(keys.jwt_keyset(tmp_path), [accounts], audience=accounts.audience)
         before = keys.issue(old, "alice", 600, audience=accounts.audience)
-        assert auth.verify(before).sub == "alice"
+        assert (await auth.verify(before)).sub == "alice"
         config = GatewayConfig(data_dir=tmp_path)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_token_keys, config, auth, accounts)
@@ -247,5 +249,5 @@ async def test_a_running_gateway_refuses_a_retired_key_within_a_second(
             )
             await trio.sleep(1.5)
             with pytest.raises(keys.TokenError, match="unknown key"):
-                auth.verify(before)
+                await auth.verify(before)
             nursery.cancel_scope.cancel()

@@ -224,8 +224,9 @@ async def test_own_usage_by_day_and_model_with_totals_and_limits(tmp_path: Path)
                    "audio_seconds": 0},
         "limits": {"name": "default", "requests_per_minute": 7, "tokens_per_day": 1000,
                    "images_per_day": 9, "concurrent": 2, "max_choices": 4,
-                   "audio_seconds_per_day": 3600, "priority": 1, "requests_this_minute": 0,
-                   "tokens_today": 0,
+                   "audio_seconds_per_day": 3600, "priority": 1, "job_priority": 10,
+                   "jobs_kept": 100, "response_cache": 1,
+                   "cache_hit_percent": 0, "requests_this_minute": 0, "tokens_today": 0,
                    "images_today": 0, "audio_seconds_today": 0, "inflight": 0,
                    "tokens_held": 0, "images_held": 0, "audio_seconds_held": 0},
     }  # fmt: skip

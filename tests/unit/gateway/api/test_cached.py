@@ -1,0 +1,61 @@
+"""The response cache on the HTTP app in process, with the accounts stack on a real SQLite
+file: what a hit is charged by the plan, and that it is recorded, after its answer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+import keys
+from gateway.accounts.database import Store
+from gateway.accounts.limits import Limiter, Plan, Plans
+from gateway.accounts.usage import UsageMeter
+from gateway.accounts.users import Accounts
+from gateway.api.app import create_app
+from gateway.api.auth import Authenticator
+from gateway.api.response_cache import ResponseCache
+from gateway.api.services import Services
+from tests.unit.gateway.api.test_http import PEER, FakeBackend, chat
+
+
+async def test_a_hit_is_charged_the_plan_s_share_and_recorded(tmp_path: Path) -> None:
+    signer = Ed25519PrivateKey.generate()
+    plans = Plans({"half": Plan("half", cache_hit_percent=50)}, "half")
+    backend = FakeBackend()
+    with Store.open(tmp_path) as store:
+        accounts = Accounts(store, plans, signer, cost=keys.ScryptCost(2**14))
+        await accounts.load()
+        limiter = Limiter(accounts.plan_of)
+        services = Services(
+            backend=backend,
+            auth=Authenticator(keys.KeySet.of(signer.public_key()), audience=accounts.audience),
+            meters=[limiter, UsageMeter(store)],
+            store=store,
+            accounts=accounts,
+            limiter=limiter,
+            cache=ResponseCache(1 << 20, 60),
+        )
+        token = keys.issue(signer, "ann", 3600, "inference", audience=accounts.audience)
+        headers = {"Authorization": f"Bearer {token}"}
+        transport = httpx.ASGITransport(app=create_app(services))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            asked = chat(text="one two three four", temperature=0)
+            first = await client.post("/v1/chat/completions", json=asked, headers=headers)
+            again = await client.post("/v1/chat/completions", json=asked, headers=headers)
+        rows = store.usage_records("ann")
+    assert (first.headers["x-cache"], again.headers["x-cache"]) == ("miss", "hit")
+    assert len(backend.calls) == 1
+    assert again.json()["choices"] == first.json()["choices"]
+    # The body tells the answer's own counts; the hit is charged half of them.
+    assert again.json()["usage"] == first.json()["usage"]
+    assert [(r.peer, r.prompt_tokens, r.completion_tokens, r.status) for r in rows] == [
+        (PEER, 18, 4, 200),
+        ("cache", 9, 2, 200),
+    ]
+    assert limiter.status("ann")["tokens_today"] == 18 + 4 + 9 + 2
+    assert limiter.status("ann")["requests_this_minute"] == 2
+    exported = services.metrics.exposition().decode()
+    assert 'bitinglip_gateway_response_cache_total{result="hit"} 1.0' in exported
+    assert 'bitinglip_gateway_response_cache_total{result="miss"} 1.0' in exported
