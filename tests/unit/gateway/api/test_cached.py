@@ -3,6 +3,9 @@ file: what a hit is charged by the plan, and that it is recorded, after its answ
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -20,10 +23,11 @@ from gateway.api.services import Services
 from tests.unit.gateway.api.test_http import PEER, FakeBackend, chat
 
 
-async def test_a_hit_is_charged_the_plan_s_share_and_recorded(tmp_path: Path) -> None:
+@asynccontextmanager
+async def cached_gateway(tmp_path: Path, backend: FakeBackend) -> AsyncIterator[Gateway]:
+    """A gateway app with the response cache, ann's plan charging hits half their tokens."""
     signer = Ed25519PrivateKey.generate()
     plans = Plans({"half": Plan("half", cache_hit_percent=50)}, "half")
-    backend = FakeBackend()
     with Store.open(tmp_path) as store:
         accounts = Accounts(store, plans, signer, cost=keys.ScryptCost(2**14))
         await accounts.load()
@@ -40,11 +44,28 @@ async def test_a_hit_is_charged_the_plan_s_share_and_recorded(tmp_path: Path) ->
         token = keys.issue(signer, "ann", 3600, "inference", audience=accounts.audience)
         headers = {"Authorization": f"Bearer {token}"}
         transport = httpx.ASGITransport(app=create_app(services))
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-            asked = chat(text="one two three four", temperature=0)
-            first = await client.post("/v1/chat/completions", json=asked, headers=headers)
-            again = await client.post("/v1/chat/completions", json=asked, headers=headers)
-        rows = store.usage_records("ann")
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://gw", headers=headers
+        ) as client:
+            yield Gateway(client, store, limiter, services)
+
+
+@dataclass
+class Gateway:
+    client: httpx.AsyncClient
+    store: Store
+    limiter: Limiter
+    services: Services
+
+
+async def test_a_hit_is_charged_the_plan_s_share_and_recorded(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    async with cached_gateway(tmp_path, backend) as gw:
+        asked = chat(text="one two three four", temperature=0)
+        first = await gw.client.post("/v1/chat/completions", json=asked)
+        again = await gw.client.post("/v1/chat/completions", json=asked)
+        rows = gw.store.usage_records("ann")
+    limiter, services = gw.limiter, gw.services
     assert (first.headers["x-cache"], again.headers["x-cache"]) == ("miss", "hit")
     assert len(backend.calls) == 1
     assert again.json()["choices"] == first.json()["choices"]
@@ -59,3 +80,14 @@ async def test_a_hit_is_charged_the_plan_s_share_and_recorded(tmp_path: Path) ->
     exported = services.metrics.exposition().decode()
     assert 'bitinglip_gateway_response_cache_total{result="hit"} 1.0' in exported
     assert 'bitinglip_gateway_response_cache_total{result="miss"} 1.0' in exported
+
+
+async def test_several_choices_are_not_cached(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    async with cached_gateway(tmp_path, backend) as gw:
+        asked = chat(text="one two", temperature=0) | {"n": 2}
+        answers = [await gw.client.post("/v1/chat/completions", json=asked) for _ in range(2)]
+    assert [a.status_code for a in answers] == [200, 200]
+    assert all("x-cache" not in a.headers for a in answers)
+    assert len(backend.calls) == 2
+    assert [c["index"] for c in answers[1].json()["choices"]] == [0, 1]
