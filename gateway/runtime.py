@@ -37,6 +37,7 @@ from gateway.routing.tracker import Tracker
 from node.p2p.admission import serve_rpc
 from node.p2p.advertise import Advertiser
 from node.p2p.host import PeerHost
+from node.p2p.lan import discover_on_lan, on_lan
 from node.p2p.readiness import StatusFile
 from node.p2p.tasks import supervised
 
@@ -140,6 +141,8 @@ async def run_gateway(config: GatewayConfig) -> None:
             await nursery.start(partial(supervised, "gateway sync", sync.run, takes_status=True))
             await nursery.start(partial(supervised, "discovery", tracker.run, takes_status=True))
             nursery.start_soon(supervised, "advertiser", advertiser.run)
+            if config.mdns and on_lan(config.listen):
+                nursery.start_soon(supervised, "mdns", partial(discover_on_lan, host))
             nursery.start_soon(partial(supervised, "accounts", accounts.run, takes_status=True))
             nursery.start_soon(
                 supervised, "token keys", partial(watch_token_keys, config, auth, accounts)
