@@ -9,15 +9,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
+@pytest.mark.timeout(600)
 def test_a_small_simulated_swarm_converges_and_forgets_its_dead() -> None:
     command = [
         sys.executable, str(ROOT / "scripts" / "simulate"), "--peers", "7", "--gateways", "2",
         "--per-process", "1", "--idle-s", "2", "--json", "--no-write",
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=580, cwd=ROOT)
     assert done.returncode in (0, 2), done.stderr[-3000:]
     result = json.loads(done.stdout)
     assert result["nodes"] == 5 and result["node_processes"] == 5
