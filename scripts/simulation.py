@@ -168,7 +168,9 @@ class Sim:
             sys.executable, "-m", "scripts.simworker", "probe", "--data", str(self.data),
             "--bootstrap", str(status["addrs"][0]), "--look-up", *peers,
         ]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:  # reported with the rest: the other measures still count
+            return {"lookups": [], "error": done.stderr[-2000:]}
         result: dict[str, Any] = json.loads(done.stdout)
         return result
 
@@ -271,7 +273,8 @@ def run(peers: int, gateways: int, per_process: int, idle_s: float) -> dict[str,
             after_ready = time.monotonic() - last_ready
             least = min(len(sim.routed(url) & everyone) for url in sim.urls)
             sample = random.sample(sorted(everyone), min(LOOKUPS, nodes))
-            lookups = sim.probe(sample)["lookups"]
+            probed = sim.probe(sample)
+            lookups = probed["lookups"]
             idle = sim.idle()
             dead = {ids[i] for i in sim.kill_tenth()}
             forgotten = sim.until(lambda routed: not routed & dead, 120)
@@ -289,6 +292,7 @@ def run(peers: int, gateways: int, per_process: int, idle_s: float) -> dict[str,
         "converged_after_last_ready_s": round(after_ready, 2) if math.isfinite(converged) else None,
         "least_routed_by_a_gateway": least,
         "lookup_found": f"{len(found)}/{len(lookups)}",
+        "lookup_error": probed.get("error"),
         "lookup_p50_ms": round(percentile([x["seconds"] for x in found], 50) * 1000, 1)
         if found
         else None,
