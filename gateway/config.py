@@ -27,6 +27,7 @@ class GatewayConfig:
     metrics_host: str = "127.0.0.1"
     listen: list[str] = dataclasses.field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/4002"])
     bootstrap: list[str] = dataclasses.field(default_factory=list)
+    mdns: bool = True  # announce on the LAN and join the peers heard there (node.p2p.lan)
     max_body_bytes: int = 1 << 20  # every request body, chats with pictures included
     max_upload_bytes: int = 25 << 20  # an audio file to transcribe or translate
     max_audio_seconds: float = 1800.0  # the longest audio transcribed in one call

@@ -44,6 +44,7 @@ from node.p2p import logs
 from node.p2p.admission import serve_rpc
 from node.p2p.advertise import Advertiser
 from node.p2p.host import PeerHost
+from node.p2p.lan import discover_on_lan, on_lan
 from node.p2p.readiness import StatusFile
 from node.p2p.tasks import supervised
 
@@ -180,6 +181,8 @@ async def run_gateway(config: GatewayConfig) -> None:
                 "demand",
                 partial(publish_demand, router.dispatcher.demand, lambda: tracker.clients),
             )
+            if config.mdns and on_lan(config.listen):
+                nursery.start_soon(supervised, "mdns", partial(discover_on_lan, host))
             nursery.start_soon(partial(supervised, "accounts", accounts.run, takes_status=True))
             nursery.start_soon(partial(supervised, "jobs", jobs.run, takes_status=True))
             nursery.start_soon(

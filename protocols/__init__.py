@@ -40,6 +40,7 @@ from protocols.membership import (
 from protocols.peers import PeerHardware, PeerLoad, PeerModel, PeerStatus, Summary
 from protocols.records import (
     DHT_NAMESPACE,
+    GATEWAYS_KEY,
     Certificate,
     Hardware,
     Load,
@@ -79,6 +80,7 @@ __all__ = [
     "ADMIT_PROTOCOL",
     "DEFAULT_MAX_FRAME",
     "DHT_NAMESPACE",
+    "GATEWAYS_KEY",
     "HELLO_MAX_FRAME",
     "MAX_REQUEST_ID",
     "REVOKED_KEY",

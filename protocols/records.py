@@ -25,6 +25,8 @@ T = TypeVar("T")
 
 NODE_KEY_PREFIX = "/bitinglip/node/"
 MODEL_KEY_PREFIX = "/bitinglip/model/"
+# Provided by every gateway: nodes look its providers up to reach the gateways.
+GATEWAYS_KEY = "/bitinglip/gateways"
 DHT_NAMESPACE = "bitinglip"
 
 ROLES = ("node", "gateway", "client", "operator")

@@ -64,8 +64,17 @@ class LocalSwarm:
         self.roles: dict[Path, str] = {}  # each peer directory and its role
 
     def spawn(
-        self, name: str, role: str, extra: list[str], env: dict[str, str] | None = None
+        self,
+        name: str,
+        role: str,
+        extra: list[str],
+        env: dict[str, str] | None = None,
+        *,
+        listen: str = "/ip4/127.0.0.1/tcp/0",
+        wrap: list[str] | None = None,
     ) -> None:
+        """Start peer ``name``; ``wrap`` prefixes the command (``ip netns exec NS``: run
+        it on another network)."""
         peer_dir = self.data_dir / "peers" / name
         keys.provision(peer_dir, self.data_dir, role)
         self.roles[peer_dir] = role
@@ -74,9 +83,9 @@ class LocalSwarm:
         log = (self.data_dir / "logs").joinpath(f"{name}.log")
         log.parent.mkdir(parents=True, exist_ok=True)
         command = [
-            sys.executable, "-m", "node.cli", role, "start",
+            *(wrap or []), sys.executable, "-m", "node.cli", role, "start",
             "--data-dir", str(peer_dir),
-            "--listen", "/ip4/127.0.0.1/tcp/0",
+            "--listen", listen,
             "--ready-file", str(status),
             *extra,
         ]  # fmt: skip

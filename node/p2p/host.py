@@ -173,16 +173,31 @@ class PeerHost:
 
         try:
             info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
-            if str(info.peer_id) == self.peer_id:
-                return False
+        except Exception as exc:  # a bad address: report, keep going
+            logger.warning("cannot reach %s: %s", addr, exc)
+            return False
+        return await self._connect(info, addr)
+
+    async def connect_known(self, peer: str) -> bool:
+        """Connect to ``peer`` at the addresses the peerstore holds for it (a provider
+        lookup puts them there); whether it answered and was admitted."""
+        from libp2p.peer.id import ID
+
+        peer_id = ID.from_base58(peer)
+        return await self._connect(self.host.get_peerstore().peer_info(peer_id), peer[-8:])
+
+    async def _connect(self, info: Any, shown: str) -> bool:
+        if str(info.peer_id) == self.peer_id:
+            return False
+        try:
             self.host.get_peerstore().add_addrs(info.peer_id, info.addrs, 3600)
             with trio.fail_after(10):
                 await self.host.connect(info)
-        except Exception as exc:  # unreachable or bad address: report, keep going
-            logger.warning("cannot reach %s: %s", addr, exc)
+        except Exception as exc:  # unreachable: report, keep going
+            logger.warning("cannot reach %s: %s", shown, exc)
             return False
         if await self.admission.wait(str(info.peer_id), ADMIT_TIMEOUT) is None:
-            logger.warning("%s is not a member of this swarm", addr)
+            logger.warning("%s is not a member of this swarm", shown)
             return False
         await self.dht.routing_table.add_peer(info.peer_id)
         return True

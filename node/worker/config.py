@@ -15,6 +15,7 @@ class NodeConfig:
     data_dir: Path = dataclasses.field(default_factory=default_data_dir)
     listen: list[str] = dataclasses.field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/4001"])
     bootstrap: list[str] = dataclasses.field(default_factory=list)
+    mdns: bool = True  # announce on the LAN and join the peers heard there (node.p2p.lan)
     # Model ids, or [[node.models]] tables: id, and optionally dtype, slots, device.
     models: list[str | dict[str, Any]] = dataclasses.field(default_factory=list)
     # [[node.engines]] tables: models served by vLLM, llama-server or SGLang (docs/engines.md)

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ from keys.files import raw_public
 from node.p2p import logs
 from node.p2p.admission import serve_rpc
 from node.p2p.advertise import Advertiser
+from node.p2p.gateways import keep_reaching
 from node.p2p.host import PeerHost
+from node.p2p.lan import discover_on_lan, on_lan
 from node.p2p.readiness import StatusFile
 from node.p2p.tasks import supervised
 from node.p2p.version import VERSION
@@ -410,6 +413,9 @@ class Node:
                 logger.info("metrics on %s", url)
             # An unexpected error in either is logged and the task started again.
             nursery.start_soon(supervised, "advertiser", self.advertiser.run)
+            nursery.start_soon(supervised, "gateway reach", partial(keep_reaching, self.host))
+            if config.mdns and on_lan(config.listen):
+                nursery.start_soon(supervised, "mdns", partial(discover_on_lan, self.host))
             nursery.start_soon(supervised, "memory refresh", self._refresh_hardware)
             if self.policy.enabled:
                 await self._look_at_store()

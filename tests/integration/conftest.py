@@ -40,6 +40,8 @@ class LocalSwarmFixture:
         registration: str = "open",
         env: dict[str, str] | None = None,
         config: Path | None = None,
+        listen: str = "/ip4/127.0.0.1/tcp/0",
+        wrap: list[str] | None = None,
     ) -> dict[str, object]:
         """A gateway as ``bitinglip up`` starts one (registration open), hashing passwords
         at the lowest cost it allows, so tests that register stay fast."""
@@ -49,17 +51,24 @@ class LocalSwarmFixture:
         env = {"BITINGLIP_GATEWAY_SCRYPT_N": str(2**14)} | (env or {})
         if "BITINGLIP_GATEWAY_DATABASE_DIR" in env:
             self.databases[name] = Path(env["BITINGLIP_GATEWAY_DATABASE_DIR"])
-        self.local.spawn(name, "gateway", extra, env)
+        self.local.spawn(name, "gateway", extra, env, listen=listen, wrap=wrap)
         self.local.wait([name], "ready", 60)
         return self.local.status(name)
 
     def start_node(
-        self, name: str, bootstrap: list[str], models: list[str], extra: list[str] | None = None
+        self,
+        name: str,
+        bootstrap: list[str],
+        models: list[str],
+        extra: list[str] | None = None,
+        *,
+        listen: str = "/ip4/127.0.0.1/tcp/0",
+        wrap: list[str] | None = None,
     ) -> None:
         args = [x for b in bootstrap for x in ("--bootstrap", b)]
         args += [x for m in models for x in ("--model", m)]
         args += ["--model-store", str(self.data_dir), *(extra or [])]
-        self.local.spawn(name, "node", args)
+        self.local.spawn(name, "node", args, listen=listen, wrap=wrap)
 
     def wait_ready(self, names: list[str], timeout: float = 120) -> None:
         self.local.wait(names, "ready", timeout)

@@ -118,8 +118,10 @@ def test_a_key_for_a_user_without_an_account_is_refused(gateway: Gateway) -> Non
         headers=gateway.headers("session", user="no-account"),
         timeout=30,
     )
-    # Found by fuzzing with an operator-issued token: this was a 500 (a foreign key).
-    assert response.status_code == 403, response.text
+    # Found by fuzzing with an operator-issued token: this was a 500 (a foreign key), then a
+    # 403; a token naming no account is now refused at the door, like any invalid key.
+    assert response.status_code == 401, response.text
+    assert "has no account on this gateway" in response.json()["error"]["message"]
 
 
 def test_a_method_not_allowed_says_which_are(gateway: Gateway) -> None:

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from gateway.routing.peer_table import SUSPECT_AFTER, PeerEntry, PeerTable
+from gateway.routing.peer_table import SLOT_SECONDS, SUSPECT_AFTER, PeerEntry, PeerTable
 from protocols import Hardware, Load, ModelInfo, NodeRecord
 
 T0 = 1_000_000.0
@@ -144,6 +144,18 @@ def test_ties_break_on_rtt_then_peer_id() -> None:
     live(table, "b", load())
     live(table, "a", load()).rtt = 0.5
     assert ranked(table) == ["b", "c", "a"]
+
+
+def test_a_near_idle_node_ranks_before_a_far_idle_one_but_not_before_a_busy_one() -> None:
+    table = PeerTable()
+    far = live(table, "far", load(capacity=4))
+    far.rtt = 0.100
+    near = live(table, "near", load(capacity=4))
+    near.rtt = 0.001
+    assert ranked(table) == ["near", "far"]
+    assert far.rank() == pytest.approx(far.expected_wait() + 0.100 / SLOT_SECONDS)
+    near.local_delta = 1  # one call ahead on the near node: a quarter of a slot
+    assert ranked(table) == ["far", "near"]
 
 
 def test_draining_node_is_excluded() -> None:
