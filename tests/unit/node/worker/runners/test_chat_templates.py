@@ -93,9 +93,10 @@ def test_a_forced_call_parses_whatever_the_template(runner: TextRunner) -> None:
     assert deltas[-1].finish_reason == "tool_calls"
 
 
+# Only Llama 3.1's template takes one call per turn (and refuses two).
+@pytest.mark.parametrize("runner", ["llama3"], indirect=True)
 def test_a_conversation_the_template_refuses_is_a_clear_error(runner: TextRunner) -> None:
-    if runner.tool_format != "llama3":
-        pytest.skip("only Llama 3.1's template takes one call per turn")
+    assert runner.tool_format == "llama3"
     two = [*TURN[:2], ChatMessage("assistant", "", [CALL, CALL])]
     with pytest.raises(ValueError, match=r"^messages: the chat template of llama3 refuses"):
         runner.generate(ask(messages=two), threading.Event())
