@@ -49,11 +49,15 @@ def node_config(data: Path, index: int, bootstrap: str) -> NodeConfig:
     )
 
 
-def make_nodes(data: Path, first: int, count: int, bootstrap: list[str]) -> list[Node]:
-    return [
+async def run_nodes(data: Path, first: int, count: int, bootstrap: list[str]) -> None:
+    nodes = [
         Node(node_config(data, i, bootstrap[i % len(bootstrap)]))
         for i in range(first, first + count)
     ]
+    async with trio.open_nursery() as nursery:
+        for node in nodes:
+            nursery.start_soon(node.run)
+            await trio.sleep(JOIN_SPREAD_S)
 
 
 class _Counted:
@@ -112,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     # Echo nodes need no device: skip the probe's torch import (hundreds of MB a process).
     runtime._probe = hardware._cpu
     if args.mode == "nodes":
-        nodes = make_nodes(args.data, args.first, args.count, args.bootstrap)
-        trio.run(runtime.run_nodes, nodes, JOIN_SPREAD_S)
+        trio.run(run_nodes, args.data, args.first, args.count, args.bootstrap)
     else:
         print(json.dumps(trio.run(probe, args.data, args.bootstrap[0], args.look_up)))
     return 0

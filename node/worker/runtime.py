@@ -373,21 +373,19 @@ class Node:
 
     async def run(self) -> None:
         """Serve until SIGINT or SIGTERM: drain if serving, stop at once if still starting."""
-        await run_nodes([self])
-
-    async def run_until(self, stop: trio.Event) -> None:
-        """Serve until ``stop`` is set: drain if serving, stop at once if still starting."""
         self.status.update(role="node", state="starting", pid=os.getpid())
-        async with trio.open_nursery() as top:
-            serving = trio.Event()
-            top.start_soon(self._stop_when, stop, serving, top.cancel_scope)
-            await self._serve(serving)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as top:
+                serving = trio.Event()
+                top.start_soon(self._stop_on_signal, signals, serving, top.cancel_scope)
+                await self._serve(serving)
         self.status.update(state="stopped")
 
-    async def _stop_when(
-        self, stop: trio.Event, serving: trio.Event, everything: trio.CancelScope
+    async def _stop_on_signal(
+        self, signals: Any, serving: trio.Event, everything: trio.CancelScope
     ) -> None:
-        await stop.wait()
+        async for _ in signals:
+            break
         if serving.is_set():
             await self.drain()
         else:  # nothing to drain, and a model still loading must not hold up the exit
@@ -467,29 +465,6 @@ class Node:
         while True:
             await trio.sleep(5)
             await self._refresh_now()
-
-
-async def run_nodes(nodes: list[Node], spread_s: float = 0.0) -> None:
-    """Run ``nodes`` in this process, started ``spread_s`` apart, until SIGINT or SIGTERM
-    stops them all.
-
-    One receiver for all: trio hands a signal only to the receiver opened last, so a
-    receiver per node would stop one node and leave the others serving.
-    """
-    stop = trio.Event()
-
-    async def relay(signals: Any) -> None:
-        async for _ in signals:
-            stop.set()
-
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as outer:
-            outer.start_soon(relay, signals)
-            async with trio.open_nursery() as running:
-                for node in nodes:
-                    running.start_soon(node.run_until, stop)
-                    await trio.sleep(spread_s)
-            outer.cancel_scope.cancel()
 
 
 def _engine_maker(spec: EngineSpec) -> Callable[[Progress], ModelRunner]:
