@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from gateway.api import app as api_app
+from gateway.api import chat as chat_api
 from tests.unit.gateway.api.test_http import FakeBackend, auth, chat, http, make_app
 
 
@@ -65,7 +65,7 @@ async def test_a_handler_that_fails_is_a_500_and_the_gateway_keeps_serving(
     async def broken(request: Any, claims: Any) -> Any:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(api_app.chat, "chat_completions", broken)
+    monkeypatch.setattr(chat_api, "chat_completions", broken)
     async with http(make_app(FakeBackend())) as client:
         reply = await client.post("/v1/chat/completions", json=chat(), headers=auth())
         assert reply.status_code == 500
