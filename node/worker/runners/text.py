@@ -137,6 +137,12 @@ class TextRunner:
         )
 
     @property
+    def engine(self) -> BatchEngine | None:
+        """The batch every generation runs in; None once closed. Benchmarks submit token
+        ids to it directly, without the text around them."""
+        return self._engine
+
+    @property
     def tokens_per_s(self) -> float:
         """Recent decode speed of the whole batch: what one more request shares."""
         engine = self._engine
