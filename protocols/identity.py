@@ -2,14 +2,13 @@
 
 A libp2p peer id of an Ed25519 key is the base58btc identity multihash of the
 protobuf-encoded public key; knowing that lets a verifier bind a signed record to the
-peer id it claims with nothing but the record's bytes. The base58 encoding is done here:
-a dozen lines spare every importer (a GPU host running only the worker, say) a package.
+peer id it claims with nothing but the record's bytes.
 """
 
 from __future__ import annotations
 
-# Bitcoin's alphabet, as libp2p's base58btc uses.
-_BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+import base58
+
 # protobuf PublicKey{Type: Ed25519 (1), Data: 32 bytes}, wrapped in an identity multihash.
 _PROTOBUF_ED25519 = bytes([0x08, 0x01, 0x12, 0x20])
 _IDENTITY_MULTIHASH = bytes([0x00, 4 + 32])
@@ -19,15 +18,4 @@ def peer_id_of(public_key: bytes) -> str:
     """The base58 peer id of a raw 32-byte Ed25519 public key."""
     if len(public_key) != 32:
         raise ValueError("an Ed25519 public key has 32 bytes")
-    return _base58(_IDENTITY_MULTIHASH + _PROTOBUF_ED25519 + public_key)
-
-
-def _base58(data: bytes) -> str:
-    number = int.from_bytes(data, "big")
-    digits: list[str] = []
-    while number:
-        number, digit = divmod(number, 58)
-        digits.append(_BASE58[digit])
-    # Each leading zero byte is written as the alphabet's zero, "1".
-    zeros = len(data) - len(data.lstrip(b"\0"))
-    return "1" * zeros + "".join(reversed(digits))
+    return base58.b58encode(_IDENTITY_MULTIHASH + _PROTOBUF_ED25519 + public_key).decode()
