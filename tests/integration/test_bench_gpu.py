@@ -1,6 +1,6 @@
 """``scripts/bench_gpu --device cpu --tiny``: the GPU benchmark runs to the end on a host that
-has only what a bare GPU machine has (no trio, libp2p, jwt, hypercorn, fastapi, xgrammar,
-diffusers, cryptography, base58, httpx or gguf), and reports every figure. Speeds are not
+has only what a bare GPU machine has, and base58 (no trio, libp2p, jwt, hypercorn, fastapi,
+xgrammar, diffusers, cryptography, httpx or gguf), and reports every figure. Speeds are not
 asserted: they mean little on a CPU."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent.parent
 ABSENT = (
     "trio", "libp2p", "jwt", "hypercorn", "fastapi", "xgrammar", "diffusers", "cryptography",
-    "base58", "httpx", "gguf",
+    "httpx", "gguf",
 )  # fmt: skip
 # Loaded at start-up by every Python process with this directory on PYTHONPATH (the node's
 # hardware probe runs in a child process too).
