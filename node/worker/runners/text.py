@@ -110,6 +110,8 @@ class TextRunner:
         progress(f"loading weights of {model_id} ({dtype})", 0.1)
         model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
         progress(f"moving {model_id} to {device}", 0.8)
+        if device.startswith("cuda"):
+            use_fixed_attention_kernels()
         model.to(device)
         model.eval()
         logger.info(
@@ -444,6 +446,17 @@ def reads_tools(template: object) -> bool:
     if isinstance(template, dict):
         return "tool_use" in template or any(reads_tools(t) for t in template.values())
     return isinstance(template, str) and re.search(r"\btools\b", template) is not None
+
+
+def use_fixed_attention_kernels() -> None:
+    """Keep SDPA off its cuDNN backend (process-wide). That backend builds a plan for each new
+    attention shape, and decoding makes a new one every step (the cache grows by a token):
+    on an H200 a Llama-3.2-1B-shaped model decoded 8 sequences at 17-22 steps/s with it and
+    87 without (``scripts/bench_gpu``, docs/benchmarks.md). Flash and memory-efficient
+    attention need no plan."""
+    import torch
+
+    torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 def default_dtype(device: str) -> str:

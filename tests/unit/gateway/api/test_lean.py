@@ -73,4 +73,3 @@ async def test_a_handler_that_fails_is_a_500_and_the_gateway_keeps_serving(
         body = {"model": "echo", "prompt": "still here"}
         reply = await client.post("/v1/completions", json=body, headers=auth())
         assert reply.json()["choices"][0]["text"] == "still here"
-
