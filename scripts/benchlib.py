@@ -147,7 +147,13 @@ AMPLE_PLAN = (
 
 def gateway_config(path: Path, settings: dict[str, str] | None = None) -> Path:
     """A gateway config whose default plan never refuses: benchmarks measure the path."""
-    lines = ["[gateway]", 'default_plan = "bench"']
+    # One user drives every connection: no waiting line of the gateway's may refuse it.
+    lines = [
+        "[gateway]",
+        'default_plan = "bench"',
+        "queue_limit = 100000",
+        "queue_per_user = 100000",
+    ]
     lines += [f"{key} = {json.dumps(value)}" for key, value in (settings or {}).items()]
     path.write_text("\n".join(lines) + "\n\n[gateway.plans.bench]\n" + AMPLE_PLAN)
     return path
