@@ -9,6 +9,7 @@ multistream-select reads are bounded (``node.p2p.multistream``).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 from collections.abc import AsyncIterator, Callable
@@ -102,6 +103,7 @@ def _make_host(identity: Ed25519PrivateKey) -> Any:
         connection_config=ConnectionConfig(max_connections_per_peer=3),
     )
     _without_auto_connector(host.get_network())
+    _without_inbound_slot_leak(host.get_network())
     return host
 
 
@@ -117,6 +119,14 @@ def _without_auto_connector(network: Any) -> None:
         pass
 
     network.auto_connector.start = stay_off
+
+
+def _without_inbound_slot_leak(network: Any) -> None:
+    """py-libp2p takes an inbound slot (250 of them) for each connection accepted and gives
+    it back only when the whole host stops: a gateway that had accepted 250 connections,
+    closed or not, reset every dial after that, and nodes joining a 100-peer swarm through
+    it could not reach it. The cap on live connections (``max_connections``) stays."""
+    network._inbound_limiter = trio.CapacityLimiter(math.inf)
 
 
 class PeerHost:
