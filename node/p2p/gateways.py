@@ -7,14 +7,14 @@ about 20 peers per distance bucket: in a swarm of hundreds most nodes never do, 
 gateway's lookups of the ones that do grow with the swarm. Instead every gateway provides
 ``GATEWAYS_KEY``, and a node connects to each provider it is not connected to.
 
-Finding them is cheap first: the peers a node is connected to (its bootstrap gateway at
-least) are asked which providers they hold, one request each. Only when that names no
-gateway we have not reached does the node walk the DHT, which dials tens of peers: a
-swarm's worth of nodes doing so the moment they start kept each other's admissions
-queued past their deadline. A gateway found but not reached (a dial or an admission that
-failed while the swarm was busy) is tried again after ``RETRY_FIRST``, then twice as long
-each time, up to ``RETRY_MAX``; once every gateway found is reached, the node looks
-again every ``REACH_INTERVAL`` (gateways come and go).
+Finding them is cheap at first: the peers a node is connected to (its bootstrap gateway
+at least) are asked which providers they hold, one request each. Only when they name none
+does the node walk the DHT, which dials tens of peers: a swarm's worth of nodes doing so
+the moment they start kept each other's admissions queued past their deadline. A gateway
+found but not reached (a dial or an admission that failed while the swarm was busy) is
+tried again after ``RETRY_FIRST``, then twice as long each time, up to ``RETRY_MAX``; once
+every gateway found is reached, the node walks the DHT for them every ``REACH_INTERVAL``
+(gateways come and go).
 """
 
 from __future__ import annotations
@@ -36,11 +36,14 @@ LOOKUP_TIMEOUT = 10.0
 
 
 async def find(host: PeerHost, walk: bool) -> set[str]:
-    """The gateways our peers name, and those a DHT lookup finds if ``walk`` or if our
-    peers name none."""
-    found = await host.providers_nearby(GATEWAYS_KEY)
-    if found and not walk:
-        return found
+    """The gateways the peers we are connected to name; with ``walk``, or when they name
+    none, the gateways a DHT lookup finds instead (once connected to tens of peers, asking
+    each would cost more than the walk)."""
+    found: set[str] = set()
+    if not walk:
+        found = await host.providers_nearby(GATEWAYS_KEY)
+        if found:
+            return found
     try:
         with trio.move_on_after(LOOKUP_TIMEOUT):
             found |= await host.providers(GATEWAYS_KEY)
