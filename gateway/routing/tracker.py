@@ -55,6 +55,9 @@ class Tracker:
         self.table = table
         self.clients: dict[str, RpcClient] = {}
         self._connecting: set[str] = set()
+        # Nodes met on a connection whose record is being asked for: no DHT lookup for
+        # them meanwhile (a swarm joining at once would cost a walk per node per gateway).
+        self._adopting: set[str] = set()
         # Peers with no node record: when to look again, and the wait after that.
         self._not_nodes: dict[str, tuple[float, float]] = {}
         self._nursery: trio.Nursery | None = None
@@ -77,12 +80,19 @@ class Tracker:
 
     def _met(self, peer: str, cert: Certificate) -> None:
         """A peer was admitted on a connection: if it is a node, adopt it now."""
-        tracked = peer in self.clients or peer in self._connecting
+        tracked = peer in self.clients or peer in self._connecting or peer in self._adopting
         if cert.role == "node" and not tracked and self._nursery is not None:
+            self._adopting.add(peer)
             self._nursery.start_soon(self._adopt, peer)
 
     async def _adopt(self, peer: str) -> None:
         """Ask a node just met for its signed record, and track it like one found."""
+        try:
+            await self._ask_record(peer)
+        finally:
+            self._adopting.discard(peer)
+
+    async def _ask_record(self, peer: str) -> None:
         with trio.move_on_after(ADOPT_FOR):
             try:
                 stream = await self.host.open_stream(peer, [], RPC_PROTOCOL)
@@ -116,6 +126,7 @@ class Tracker:
             for p in self.host.known_peers()
             if p not in self.clients
             and p not in self._connecting
+            and p not in self._adopting
             and p not in self.gateways
             and now >= self._not_nodes.get(p, (now, RETRY_FIRST))[0]
         ]

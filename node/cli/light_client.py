@@ -215,5 +215,8 @@ async def open_light_client(
         if not host.host.get_connected_peers():
             tried = ", ".join(bootstrap) or "none given"
             raise Unreachable(f"cannot reach the swarm: no bootstrap peer answers (tried {tried})")
+        # One passing client, not a swarm joining at once: fill the routing table now, so
+        # the nodes its lookups need are known (peers leave that to their staggered upkeep).
+        await host.refresh()
         yield LightClient(host, nursery)
         nursery.cancel_scope.cancel()

@@ -98,6 +98,7 @@ def make_dht(host: Any, validator: RecordValidator) -> KadDHT:
 def guard(dht: Any, member: Callable[[str], Certificate | None]) -> None:
     """Put the quotas and the routing-table rule in front of ``dht``."""
     _name_senders(dht)
+    _own_refresh_only(dht)
     _limit_records(dht.value_store)
     _limit_providers(dht.provider_store)
     _admit_to_routing_table(dht.routing_table, member)
@@ -114,6 +115,18 @@ def _name_senders(dht: Any) -> None:
             SENDER.reset(token)
 
     dht.host.set_stream_handler(PROTOCOL_ID, handle)
+
+
+def _own_refresh_only(dht: Any) -> None:
+    """The DHT's service loop refreshes the routing table the moment it starts, which is
+    the moment the peer joins: every peer of a swarm started together then walks the DHT at
+    once, dialling tens of peers each. The host refreshes on its own staggered schedule
+    (``refresh``, which calls ``peer_routing.refresh_routing_table`` itself)."""
+
+    async def left_to_the_host() -> None:
+        pass
+
+    dht.refresh_routing_table = left_to_the_host
 
 
 def _limit_records(store: Any) -> None:

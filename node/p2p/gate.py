@@ -45,7 +45,9 @@ from protocols import (
 
 logger = logging.getLogger(__name__)
 
-ADMIT_TIMEOUT = 5.0
+# Generous for a busy peer: thirty peers joining at once on one core queued exchanges past
+# 5 s, and each connection closed for it was dialled again, which kept the core busy.
+ADMIT_TIMEOUT = 10.0
 SWEEP_INTERVAL = 1.0  # how often expired members are looked for
 RENEW_INTERVAL = 60.0  # how often our own certificate is looked at for a renewal
 NEGOTIATE_TIMEOUT = 10

@@ -5,15 +5,22 @@ A gateway adopts a node the moment the node is admitted on a connection
 joined through another peer only once the node enters its DHT routing table, which holds
 about 20 peers per distance bucket: in a swarm of hundreds most nodes never do, and the
 gateway's lookups of the ones that do grow with the swarm. Instead every gateway provides
-``GATEWAYS_KEY``; a node looks up its providers once it has joined, and again every
-``REACH_INTERVAL`` (gateways come and go), and connects to each it is not connected to.
-The cost is one provider lookup per interval per node, and one connection per (gateway,
-node) pair, which the gateway needs anyway to route to the node.
+``GATEWAYS_KEY``, and a node connects to each provider it is not connected to.
+
+Finding them is cheap at first: the peers a node is connected to (its bootstrap gateway
+at least) are asked which providers they hold, one request each. Only when they name none
+does the node walk the DHT, which dials tens of peers: a swarm's worth of nodes doing so
+the moment they start kept each other's admissions queued past their deadline. A gateway
+found but not reached (a dial or an admission that failed while the swarm was busy) is
+tried again after ``RETRY_FIRST``, then twice as long each time, up to ``RETRY_MAX``; once
+every gateway found is reached, the node walks the DHT for them every ``REACH_INTERVAL``
+(gateways come and go).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 
 import trio
 
@@ -23,29 +30,47 @@ from protocols import GATEWAYS_KEY
 logger = logging.getLogger(__name__)
 
 REACH_INTERVAL = 30.0
-# A node that joins before any gateway has provided: look again soon, not in 30 s.
-RETRY_EMPTY = 2.0
+RETRY_FIRST = 1.0
+RETRY_MAX = 8.0  # also how late a node that started before any gateway finds one
 LOOKUP_TIMEOUT = 10.0
 
 
-async def reach(host: PeerHost) -> int:
-    """Connect to every gateway the DHT lists that we are not connected to; return how
-    many we are connected to now."""
+async def find(host: PeerHost, walk: bool) -> set[str]:
+    """The gateways the peers we are connected to name; with ``walk``, or when they name
+    none, the gateways a DHT lookup finds instead (once connected to tens of peers, asking
+    each would cost more than the walk)."""
     found: set[str] = set()
+    if not walk:
+        found = await host.providers_nearby(GATEWAYS_KEY)
+        if found:
+            return found
     try:
         with trio.move_on_after(LOOKUP_TIMEOUT):
-            found = await host.providers(GATEWAYS_KEY)
+            found |= await host.providers(GATEWAYS_KEY)
     except Exception as exc:  # a DHT hiccup: try again next round
         logger.debug("gateway lookup failed: %r", exc)
-    fresh = found - host.connected_members()
+    return found
+
+
+async def reach(host: PeerHost, walk: bool = True) -> tuple[int, int]:
+    """Connect to every gateway found (``find``) that we are not connected to; return how
+    many were found and how many of those we are connected to now."""
+    found = await find(host, walk)
     async with trio.open_nursery() as nursery:
-        for peer in fresh:
+        for peer in found - host.connected_members():
             nursery.start_soon(host.connect_known, peer)
-    return len(found & host.connected_members())
+    return len(found), len(found & host.connected_members())
 
 
 async def keep_reaching(host: PeerHost) -> None:
-    """``reach`` the gateways now and every ``REACH_INTERVAL``."""
+    """``reach`` the gateways now, again soon while some are missing, and every
+    ``REACH_INTERVAL`` once all are reached."""
+    wait, walk = RETRY_FIRST, False
     while True:
-        reached = await reach(host)
-        await trio.sleep(REACH_INTERVAL if reached else RETRY_EMPTY)
+        found, reached = await reach(host, walk)
+        if found and reached == found:
+            wait, walk = RETRY_FIRST, True
+            await trio.sleep(REACH_INTERVAL * random.uniform(0.8, 1.2))
+        else:  # jittered: nodes that failed together do not retry together
+            await trio.sleep(wait * random.uniform(0.5, 1.5))
+            wait = min(RETRY_MAX, wait * 2)

@@ -9,6 +9,7 @@ multistream-select reads are bounded (``node.p2p.multistream``).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 from collections.abc import AsyncIterator, Callable
@@ -40,6 +41,12 @@ from protocols import (
 logger = logging.getLogger(__name__)
 
 MAINTAIN_INTERVAL = 15.0
+REJOIN_FIRST = 1.0  # a peer with no member connected joins again after 1 s, 2, 4, ...
+# A refresh walks the DHT several times: 21 idle peers in one process refreshing every 15 s
+# kept 50-70 % of a core busy. Lookups and stores fill the table between refreshes too.
+REFRESH_INTERVAL = 60.0
+NEARBY_TIMEOUT = 5.0
+IDENTIFY_POLL = 0.1
 
 
 class NotMember(Exception):
@@ -85,13 +92,41 @@ def _make_host(identity: Ed25519PrivateKey) -> Any:
 
     key_pair = _libp2p_key_pair(identity)
     noise = NoiseTransport(key_pair, noise_privkey=new_x25519().private_key)
-    return new_host(
+    host = new_host(
         key_pair=key_pair,
         sec_opt={NOISE_ID: noise},
         muxer_preference="YAMUX",
-        # One connection per peer: avoids a ~250 ms "happy eyeballs" wait on every dial.
-        connection_config=ConnectionConfig(max_connections_per_peer=1),
+        # Not one connection per peer: with a limit of one, thirty peers joining at once
+        # left half of them unadmitted at the gateways after 40 s (two peers dialing each
+        # other at once hold two connections); with three they converged in 6 s. The cost
+        # is a 250 ms "happy eyeballs" wait on a peer's first dial.
+        connection_config=ConnectionConfig(max_connections_per_peer=3),
     )
+    _without_auto_connector(host.get_network())
+    _without_inbound_slot_leak(host.get_network())
+    return host
+
+
+def _without_auto_connector(network: Any) -> None:
+    """Our peers choose whom they connect to: bootstrap peers, gateways, DHT lookups.
+
+    py-libp2p's auto-connector aims every host at 200 connections, dialling every peer in
+    its peerstore every 10 s and after every disconnect: a swarm of N peers on one machine
+    heads for N² connections, and thirty peers joining together spent the CPU on those
+    handshakes while their admissions timed out."""
+
+    async def stay_off() -> None:
+        pass
+
+    network.auto_connector.start = stay_off
+
+
+def _without_inbound_slot_leak(network: Any) -> None:
+    """py-libp2p takes an inbound slot (250 of them) for each connection accepted and gives
+    it back only when the whole host stops: a gateway that had accepted 250 connections,
+    closed or not, reset every dial after that, and nodes joining a 100-peer swarm through
+    it could not reach it. The cap on live connections (``max_connections``) stays."""
+    network._inbound_limiter = trio.CapacityLimiter(math.inf)
 
 
 class PeerHost:
@@ -128,6 +163,7 @@ class PeerHost:
         self.gate.revocations = saved
         self.peer_id = str(self.host.get_id())
         self._bootstrap: list[str] = []
+        self._nursery: trio.Nursery | None = None
         # Told of each peer admitted on a connection, with its certificate: a gateway
         # adopts a node it meets at once instead of waiting to find its record.
         self.on_member: Callable[[str, Certificate], None] | None = None
@@ -157,6 +193,7 @@ class PeerHost:
         self._bootstrap = list(bootstrap)
         async with trio.open_nursery() as nursery:
             self.gate.install(nursery)  # before the first connection can arrive
+            self._nursery = nursery
             async with self.host.run(listen_addrs=[multiaddr.Multiaddr(a) for a in listen]):
                 nursery.start_soon(self.host.get_peerstore().start_cleanup_task, 60)
                 nursery.start_soon(self.gate.run)
@@ -191,6 +228,9 @@ class PeerHost:
             return False
         try:
             self.host.get_peerstore().add_addrs(info.peer_id, info.addrs, 3600)
+            # py-libp2p refuses for 60 s to redial a peer whose dial failed: a dial we ask
+            # for by name (a bootstrap or gateway retry) is tried again all the same.
+            self.host.get_network().unblock_peer(info.peer_id)
             with trio.fail_after(10):
                 await self.host.connect(info)
         except Exception as exc:  # unreachable: report, keep going
@@ -203,34 +243,54 @@ class PeerHost:
         return True
 
     async def join(self) -> None:
-        """Connect to the bootstrap peers, then fill the routing table from them."""
-        connected = [await self.connect(a) for a in self._bootstrap]
-        if any(connected):
-            await self.refresh()
-            await self._fetch_revocations()
+        """Connect to the bootstrap peers; ``_maintain`` fills the routing table later.
+
+        Not at once: a refresh or a DHT lookup dials tens of peers, each a Noise handshake
+        and an admission exchange, and a swarm's worth of peers doing so the moment they
+        start queue so many that admissions time out, connections are dropped and
+        redialled, and the swarm never settles."""
+        for addr in self._bootstrap:
+            await self.connect(addr)
 
     async def refresh(self) -> None:
+        """Fill the routing table: a DHT walk towards us and towards each bucket."""
         try:
             with trio.move_on_after(10):
-                await self.dht.refresh_routing_table()
+                await self.dht.peer_routing.refresh_routing_table()
         except Exception as exc:
             logger.debug("routing table refresh failed: %r", exc)
 
     async def _maintain(self) -> None:
+        """Join again soon while no member is connected; refresh the routing table now and
+        then; drop expired records."""
         # Staggered: many peers refreshing at once exhaust each other's inbound streams.
-        await trio.sleep(random.uniform(0.2, 1.0) * MAINTAIN_INTERVAL)
+        refresh_at = trio.current_time() + random.uniform(0.2, 1.0) * REFRESH_INTERVAL
+        rejoin = REJOIN_FIRST
+        fetched = False
         while True:
-            if not self.host.get_connected_peers():
-                await self.join()
-            else:
-                await self.refresh()
             prune_expired(self.dht.value_store)
+            if not self.connected_members():  # the join failed (a busy or absent bootstrap
+                # peer) or every peer left: try again after 1 s, 2, 4, ... (jittered)
+                await trio.sleep(rejoin * random.uniform(0.5, 1.5))
+                rejoin = min(MAINTAIN_INTERVAL, rejoin * 2)
+                await self.join()
+                continue
+            rejoin = REJOIN_FIRST
             await trio.sleep(MAINTAIN_INTERVAL * random.uniform(0.8, 1.2))
+            if trio.current_time() >= refresh_at:
+                refresh_at = trio.current_time() + REFRESH_INTERVAL * random.uniform(0.8, 1.2)
+                await self.refresh()
+                if not fetched:  # a list published while we were away (newer ones are
+                    fetched = True  # pushed to us on admission)
+                    await self._fetch_revocations()
 
     def connected_members(self) -> set[str]:
         """Members we hold a connection to."""
+        return {peer for peer, _ in self._connected_certificates()}
+
+    def _connected_certificates(self) -> list[tuple[str, Certificate]]:
         connected = (str(p) for p in self.host.get_connected_peers())
-        return {p for p in connected if self.admission.member(p) is not None}
+        return [(p, cert) for p in connected if (cert := self.admission.member(p)) is not None]
 
     def known_peers(self) -> set[str]:
         """Members we are connected to, and peers in the routing table."""
@@ -279,6 +339,36 @@ class PeerHost:
 
     async def providers(self, key: str) -> set[str]:
         infos = await self.dht.find_providers(key)
+        return self._take_providers(infos)
+
+    async def providers_nearby(self, key: str) -> set[str]:
+        """The providers of ``key`` that we and the DHT servers we are connected to hold:
+        one request to each, where ``providers`` walks the DHT and dials tens of peers."""
+        from libp2p.kad_dht.kad_dht import _encode_key
+        from libp2p.peer.id import ID
+
+        encoded = _encode_key(key)  # as ``dht.provide`` stores it
+        store = self.dht.provider_store
+        infos = list(store.get_providers(encoded))
+        servers = [p for p, cert in self._connected_certificates() if cert.role in SERVER_ROLES]
+
+        async def ask(peer: str) -> None:
+            try:
+                with trio.move_on_after(NEARBY_TIMEOUT):
+                    # py-libp2p's one-peer GET_PROVIDERS, as its own lookup asks each peer.
+                    held, _ = await store._get_providers_from_peer_with_closers(
+                        ID.from_base58(peer), encoded
+                    )
+                    infos.extend(held)
+            except Exception as exc:  # gone or busy: the others still answer
+                logger.debug("providers of %s from %s: %r", key, peer[-8:], exc)
+
+        async with trio.open_nursery() as nursery:
+            for peer in servers:
+                nursery.start_soon(ask, peer)
+        return self._take_providers(infos)
+
+    def _take_providers(self, infos: list[Any]) -> set[str]:
         for info in infos:
             self.host.get_peerstore().add_addrs(info.peer_id, info.addrs, 3600)
         return {str(i.peer_id) for i in infos} - {self.peer_id}
@@ -307,12 +397,26 @@ class PeerHost:
             logger.debug("no revocation list from the DHT: %r", exc)
 
     async def _admitted(self, peer: str, cert: Certificate) -> None:
-        from libp2p.peer.id import ID
-
-        if cert.role in SERVER_ROLES:
-            await self.dht.routing_table.add_peer(ID.from_base58(peer))
+        if cert.role in SERVER_ROLES and self._nursery is not None:
+            self._nursery.start_soon(self._to_routing_table, peer)
         if self.on_member is not None:
             self.on_member(peer, cert)
+
+    async def _to_routing_table(self, peer: str) -> None:
+        """Put a member that serves the DHT (its certificate says so) in the routing table
+        once its addresses are known: a peer that dialled us tells them by identify, a
+        moment after it is admitted."""
+        from libp2p.peer.id import ID
+
+        peer_id = ID.from_base58(peer)
+        store = self.host.get_peerstore()
+        for _ in range(int(ADMIT_TIMEOUT / IDENTIFY_POLL)):  # py-libp2p signals no identify
+            if self.admission.member(peer) is None:
+                return
+            if store.has_peer(peer_id) and store.peer_info(peer_id).addrs:
+                await self.dht.routing_table.add_peer(peer_id, skip_server_mode_check=True)
+                return
+            await trio.sleep(IDENTIFY_POLL)
 
     def _removed(self, peer: str) -> None:
         from libp2p.peer.id import ID
