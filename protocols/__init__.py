@@ -41,6 +41,7 @@ from protocols.peers import PeerHardware, PeerLoad, PeerModel, PeerStatus, Summa
 from protocols.records import (
     DHT_NAMESPACE,
     GATEWAYS_KEY,
+    RELAYS_KEY,
     Certificate,
     Hardware,
     Load,
@@ -83,6 +84,7 @@ __all__ = [
     "GATEWAYS_KEY",
     "HELLO_MAX_FRAME",
     "MAX_REQUEST_ID",
+    "RELAYS_KEY",
     "REVOKED_KEY",
     "REVOKED_PROTOCOL",
     "RPC_PROTOCOL",

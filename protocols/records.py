@@ -27,6 +27,8 @@ NODE_KEY_PREFIX = "/bitinglip/node/"
 MODEL_KEY_PREFIX = "/bitinglip/model/"
 # Provided by every gateway: nodes look its providers up to reach the gateways.
 GATEWAYS_KEY = "/bitinglip/gateways"
+# Provided by every peer that relays for others: peers behind a NAT reserve slots at them.
+RELAYS_KEY = "/bitinglip/relays"
 DHT_NAMESPACE = "bitinglip"
 
 ROLES = ("node", "gateway", "client", "operator")
