@@ -28,11 +28,9 @@ class GatewayConfig:
     listen: list[str] = dataclasses.field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/4002"])
     bootstrap: list[str] = dataclasses.field(default_factory=list)
     mdns: bool = True  # announce on the LAN and join the peers heard there (node.p2p.lan)
-    # NAT traversal (node.p2p.relay): whether this peer relays for other members, with how
-    # many slots and what cap on each relayed connection; and whether others can dial it
-    # ("private": it takes slots at relays and advertises circuit addresses instead).
+    # NAT traversal (node.p2p.relay): whether this gateway relays for the members behind
+    # NATs, with how many slots and what cap on each relayed connection.
     relay: bool = True
-    reachability: str = "public"
     relay_reservations: int = 128
     relay_circuit_seconds: int = 3600
     relay_circuit_bytes: int = 1 << 30

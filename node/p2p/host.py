@@ -150,7 +150,7 @@ class PeerHost:
     def addrs(self) -> list[str]:
         """Where others reach us, each ending in ``/p2p/<peer id>``: a private peer's
         circuit addresses once a relay holds a slot for it, else the direct ones."""
-        if self.nat.settings.private and self.nat.reserved:
+        if self.nat.private and self.nat.reserved:
             return self.nat.addrs()
         return self.direct_addrs()
 

@@ -9,9 +9,10 @@ yet (or cannot: no route to it), an operator's CLI, a DHT lookup. So:
   ``reservations`` slots, and cuts each relayed connection after ``circuit_seconds`` or
   ``circuit_bytes``. Its streams pass the gate (``node.p2p.gate``) like any other, so
   only swarm members may reserve or connect through it.
-* A peer that is not publicly reachable (``reachability = "private"``) reserves a slot
-  at relays (``node.p2p.relays``) and advertises ``/p2p/<relay>/p2p-circuit/p2p/<self>``
-  in place of its own addresses, which nobody could dial.
+* A peer that is not publicly reachable (``reachability = "private"``, or ``"auto"`` and
+  no relay could dial it back: ``node.p2p.dialback``) reserves a slot at relays
+  (``node.p2p.relays``) and advertises ``/p2p/<relay>/p2p-circuit/p2p/<self>`` in place
+  of its own addresses, which nobody could dial.
 * A peer that cannot dial another directly dials it through a relay it names. Noise runs
   end to end over the relayed stream, so the relay sees ciphertext and cannot pose as
   either side: the dialer checks the peer id it meant, the gate checks the certificate.
@@ -28,9 +29,15 @@ from typing import Any, Literal, Protocol, cast, get_args
 
 import trio
 
+from node.p2p import dialback
+from node.p2p.dialback import ASK_TIMEOUT
+from node.p2p.streams import Libp2pByteStream, StreamBroken
+from protocols import RemoteProtocolError
+from protocols.reachability import DIALBACK_PROTOCOL
+
 logger = logging.getLogger(__name__)
 
-Reachability = Literal["public", "private"]
+Reachability = Literal["auto", "public", "private"]
 REACHABILITIES: tuple[Reachability, ...] = get_args(Reachability)
 
 CIRCUIT = "/p2p-circuit"
@@ -61,26 +68,22 @@ class RelaySettings:
             if getattr(self, name) < 0:
                 raise ValueError(f"relay {name} must not be negative")
 
-    @property
-    def private(self) -> bool:
-        return self.reachability == "private"
-
 
 class RelayConfig(Protocol):
-    """The settings of a node's or a gateway's config that ``RelaySettings`` is made of."""
+    """The relay settings of a node's or a gateway's config (a node's also says whether it
+    can be dialled: ``reachability``)."""
 
     relay: bool
-    reachability: str
     relay_reservations: int
     relay_circuit_seconds: int
     relay_circuit_bytes: int
 
 
-def settings_of(config: RelayConfig) -> RelaySettings:
+def settings_of(config: RelayConfig, reachability: str = "public") -> RelaySettings:
     """``config``'s relay settings; ``ValueError`` saying which one is wrong."""
     return RelaySettings(
         serve=config.relay,
-        reachability=cast(Reachability, config.reachability),
+        reachability=cast(Reachability, reachability),
         reservations=config.relay_reservations,
         circuit_seconds=config.relay_circuit_seconds,
         circuit_bytes=config.relay_circuit_bytes,
@@ -134,6 +137,7 @@ class NatTraversal:
         self._transport = CircuitV2Transport(host, self._protocol, config)
         self._dcutr = DCUtRProtocol(host)
         self.reserved: dict[str, float] = {}  # relay -> when its slot expires (unix time)
+        self.reachable: bool | None = None  # what dial-backs said last ("auto"); None: none
         self.circuits = 0  # connections we made through a relay
         self.hole_punches: dict[str, int] = {"direct": 0, "failed": 0}
         self._nursery: trio.Nursery | None = None
@@ -148,8 +152,46 @@ class NatTraversal:
             trio.open_nursery() as nursery,
         ):
             self._nursery = nursery
+            if self.settings.serve:
+                self._host.set_stream_handler(DIALBACK_PROTOCOL, self._answer_dialback)
             task_status.started()
             await trio.sleep_forever()
+
+    @property
+    def private(self) -> bool:
+        """Whether others cannot dial us: so configured, or so found out ("auto")."""
+        if self.settings.reachability == "auto":
+            return self.reachable is False
+        return self.settings.reachability == "private"
+
+    async def _answer_dialback(self, stream: Any) -> None:
+        # Through a relay, the address seen is the relay's: nothing to try.
+        address = None if _is_relayed(stream.muxed_conn) else stream.get_remote_address()
+        wrapped = Libp2pByteStream(stream)
+        try:
+            with trio.fail_after(ASK_TIMEOUT):
+                await dialback.answer(wrapped, address[0] if address else None)
+        except (RemoteProtocolError, StreamBroken, trio.TooSlowError) as exc:
+            logger.debug("dial-back for %s failed: %r", wrapped.remote_peer[-8:], exc)
+        finally:
+            await wrapped.close()
+
+    async def check(self, relay: str, addrs: list[str]) -> list[str] | None:
+        """Which of our ``addrs`` ``relay`` can open a connection to; ``None`` if it did
+        not say."""
+        from libp2p.peer.id import ID
+
+        try:
+            with trio.fail_after(ASK_TIMEOUT):
+                stream = await self._host.new_stream(ID.from_base58(relay), [DIALBACK_PROTOCOL])
+                wrapped = Libp2pByteStream(stream)
+                try:
+                    return await dialback.ask(wrapped, addrs)
+                finally:
+                    await wrapped.close()
+        except Exception as exc:  # not a relay, gone, or it broke the protocol
+            logger.debug("no dial-back from %s: %r", relay[-8:], exc)
+            return None
 
     def addrs(self) -> list[str]:
         """Our circuit addresses: one for each relay that holds a slot for us now."""

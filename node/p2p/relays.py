@@ -4,7 +4,9 @@ Relays provide ``RELAYS_KEY`` (``node.p2p.advertise``). A peer with ``reachabili
 "private"`` looks them up once it has joined, and every ``RESERVE_INTERVAL`` after: it
 renews the slots it holds, drops relays that no longer answer, and takes slots at others
 until ``WANTED`` relays hold one. Whenever the set changes, its record is published again
-with the new circuit addresses (``PeerHost.addrs``).
+with the new circuit addresses (``PeerHost.addrs``). With ``"auto"``, each round first asks
+up to ``ASKED`` relays to dial it back (``node.p2p.dialback``): private if none can, while
+the relays answer; public, holding no slots, as soon as one can.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from collections.abc import Callable
 import trio
 
 from node.p2p.host import PeerHost
+from node.p2p.lan import lan_addrs
 from protocols import RELAYS_KEY
 
 logger = logging.getLogger(__name__)
 
 WANTED = 2  # one relay may restart; the second keeps us reachable meanwhile
+ASKED = 2  # relays asked to dial us back each round ("auto")
 RESERVE_INTERVAL = 30.0
 RETRY_NONE = 2.0  # no relay yet: look again soon
 LOOKUP_TIMEOUT = 10.0
@@ -34,6 +38,11 @@ async def reserve(host: PeerHost) -> set[str]:
             found = await host.providers(RELAYS_KEY)
     except Exception as exc:  # a DHT hiccup: renew what we hold, look again next round
         logger.debug("relay lookup failed: %r", exc)
+    if host.nat.settings.reachability == "auto":
+        await find_out(host, found)
+    if not host.nat.private:
+        host.nat.reserved.clear()  # slots we held lapse at their relays by themselves
+        return set()
     now = time.time()
     for relay, expires in list(host.nat.reserved.items()):
         if expires <= now:
@@ -51,6 +60,28 @@ async def reserve(host: PeerHost) -> set[str]:
         elif relay in held:
             logger.warning("relay %s no longer holds our slot", relay[-8:])
     return set(host.nat.reserved)
+
+
+async def find_out(host: PeerHost, relays: set[str]) -> None:
+    """Ask up to ``ASKED`` of ``relays`` to dial us back, and note whether any could."""
+    addrs = lan_addrs([a.split("/p2p/")[0] for a in host.direct_addrs()])
+    answers: list[list[str]] = []
+    for relay in sorted(relays):
+        if len(answers) >= ASKED:
+            break
+        if relay in host.connected_members() or await host.connect_known(relay):
+            reached = await host.nat.check(relay, addrs)
+            if reached is not None:
+                answers.append(reached)
+    if not answers:
+        return  # no relay said: as we were
+    reachable = any(answers)
+    if reachable != host.nat.reachable:
+        if reachable:
+            logger.info("a relay dialled us back: public, advertising our own addresses")
+        else:
+            logger.info("no relay can dial us back: private, reached through relays")
+    host.nat.reachable = reachable
 
 
 async def keep_reserved(host: PeerHost, changed: Callable[[], None]) -> None:

@@ -8,8 +8,9 @@ forwarder in the router (``slow_link`` with no delay) that opens its own connect
 the first gateway: the gateway sees the router's address and an ephemeral port, as
 behind a NAT. Home cannot reach the second gateway at all.
 
-The node is ``reachability = "private"``: it takes a slot at the first gateway (a relay
-by default) and advertises only its circuit address. The second gateway finds it in the
+The node is ``reachability = "auto"``: the first gateway (a relay by default) cannot dial
+it back, as it comes from the router's address, so it takes a slot there and advertises
+only its circuit address. The second gateway finds it in the
 DHT, connects through the relay, and streams a chat call over the relayed connection.
 DCUtR is then tried, and fails, as it must here: the forwarder carries whole TCP streams
 to one place, so no packet from the second gateway can ever reach home (a hole punch
@@ -105,7 +106,7 @@ def test_a_node_behind_a_nat_answers_a_gateway_it_never_dialled_through_the_rela
             ["--echo-delay", "0.05"],
             listen=f"/ip4/{home_ip}/tcp/0",
             wrap=net.run_in("home"),
-            env={"BITINGLIP_NODE_REACHABILITY": "private"},
+            env={"BITINGLIP_NODE_REACHABILITY": "auto"},
         )
         swarm.wait_ready(["home"])
         home = swarm.peer_id("home")
@@ -126,6 +127,7 @@ def test_a_node_behind_a_nat_answers_a_gateway_it_never_dialled_through_the_rela
         assert seen["healthy"] and seen["addrs"] == [circuit], seen  # its circuit, only
 
         logs = swarm.data_dir / "logs"
+        wait_log(logs / "home.log", "no relay can dial us back: private")
         # gw2 reached the node through gw1, never directly (it has no route to it) ...
         assert relay[-8:] in wait_log(logs / "gw2.log", f"connected to {home[-8:]} through")
         # ... tried DCUtR, which cannot succeed here, and calls keep to the relay.

@@ -19,7 +19,7 @@ from keys import Membership
 from node.p2p.admission import serve_rpc
 from node.p2p.host import PeerHost
 from node.p2p.relay import RelaySettings, circuit_addr
-from node.p2p.relays import reserve
+from node.p2p.relays import find_out, reserve
 from node.p2p.rpc_server import Caller, Emit
 from tests.integration.test_swarm_admission import (
     LISTEN,
@@ -112,3 +112,17 @@ async def test_a_relay_serves_members_only_and_caps_its_slots() -> None:
             await stranger.connect(relay.addrs()[0])
             assert not await stranger.nat.reserve(relay.peer_id)
             assert relay.admission.member(stranger.peer_id) is None
+
+
+async def test_an_auto_peer_that_a_relay_can_dial_back_stays_public() -> None:
+    auto = RelaySettings(reachability="auto")
+    async with peer(RELAY, role="gateway") as relay, peer(auto, (relay,)) as reachable:
+        await provided(relay)
+        assert await reserve(reachable) == set()  # dialled back at 127.0.0.1: no slots
+        assert reachable.nat.reachable is True and not reachable.nat.private
+        assert reachable.addrs() == reachable.direct_addrs()
+        # A peer that is not a relay answers no dial-back: nothing is concluded from it.
+        async with peer(bootstrap=(relay,)) as plain:
+            reachable.nat.reachable = None
+            await find_out(reachable, {plain.peer_id})
+            assert reachable.nat.reachable is None

@@ -23,9 +23,10 @@ PEER = "12D3KooWC4EjkcVwy2CUfqApSmBhdE2HBoVw3LPGNkakj3UoYst4"
 
 def test_gateways_relay_and_nodes_do_not_by_default_and_both_are_public() -> None:
     gateway = settings_of(load(GatewayConfig, "gateway", {}))
-    node = settings_of(load(NodeConfig, "node", {}))
+    node_config = load(NodeConfig, "node", {})
+    node = settings_of(node_config, node_config.reachability)
     assert gateway.serve and not node.serve
-    assert not gateway.private and not node.private
+    assert gateway.reachability == node.reachability == "public"
 
 
 def test_a_node_is_made_private_and_a_relay_capped_from_its_file_or_environment(
@@ -34,17 +35,18 @@ def test_a_node_is_made_private_and_a_relay_capped_from_its_file_or_environment(
     file = tmp_path / "node.toml"
     file.write_text("[node]\nrelay = true\nrelay_reservations = 4\nrelay_circuit_bytes = 1000\n")
     monkeypatch.setenv("BITINGLIP_NODE_REACHABILITY", "private")
-    settings = settings_of(load(NodeConfig, "node", {}, file))
+    config = load(NodeConfig, "node", {}, file)
+    settings = settings_of(config, config.reachability)
     assert settings == RelaySettings(
         serve=True, reachability="private", reservations=4, circuit_bytes=1000
     )
-    assert settings.private
+    assert host(settings).nat.private
 
 
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
-        ({"reachability": "hidden"}, "reachability must be one of public, private, not 'hidden'"),
+        ({"reachability": "hidden"}, "must be one of auto, public, private, not 'hidden'"),
         ({"relay_reservations": 0}, "relay reservations must be at least 1"),
         ({"relay_circuit_seconds": -1}, "relay circuit_seconds must not be negative"),
         ({"relay_circuit_bytes": -5}, "relay circuit_bytes must not be negative"),
@@ -52,7 +54,8 @@ def test_a_node_is_made_private_and_a_relay_capped_from_its_file_or_environment(
 )
 def test_a_wrong_relay_setting_is_named(setting: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        settings_of(load(NodeConfig, "node", setting))
+        config = load(NodeConfig, "node", setting)
+        settings_of(config, config.reachability)
 
 
 def test_a_circuit_address_names_the_relay_and_the_peer() -> None:
@@ -89,3 +92,13 @@ def test_a_private_peer_advertises_its_circuits_once_a_relay_holds_a_slot() -> N
     public = host(RelaySettings())
     public.nat.reserved[RELAY] = time.time() + 60
     assert public.addrs() == public.direct_addrs()
+
+
+def test_an_auto_peer_is_private_only_once_no_relay_could_dial_it_back() -> None:
+    auto = host(RelaySettings(reachability="auto"))
+    assert not auto.nat.private  # nothing known: it advertises its own addresses
+    auto.nat.reachable = False
+    auto.nat.reserved[RELAY] = time.time() + 60
+    assert auto.nat.private and auto.addrs() == [circuit_addr(RELAY, auto.peer_id)]
+    auto.nat.reachable = True
+    assert not auto.nat.private and auto.addrs() == auto.direct_addrs()
