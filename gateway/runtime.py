@@ -110,7 +110,9 @@ async def run_gateway(config: GatewayConfig) -> None:
         peer_id=host.peer_id,
         request_timeout=config.request_timeout,
         health=lambda: {"nodes": len(tracker.clients), "routing_retries": router.retries},
-        peers=lambda: peers_api.snapshot(table, host.peer_id, host.addrs(), time.time()),
+        peers=lambda: peers_api.snapshot(
+            table, host.peer_id, host.addrs(), time.time(), host.nat.relayed
+        ),
         image_backend=router,
         image_store=ImageStore(
             config.data_dir / "images", config.image_ttl, config.image_store_bytes

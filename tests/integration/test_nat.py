@@ -123,8 +123,10 @@ def test_a_node_behind_a_nat_answers_a_gateway_it_never_dialled_through_the_rela
         text, times = first_stream(client)
         assert text.split() == WORDS.split()
         assert len(times) >= 10 and times[-1] - times[0] > 0.5, times  # word by word
-        seen = peers(url, swarm.token("admin", scope="admin", gateway="gw2"))[home]
+        admin = swarm.token("admin", scope="admin", gateway="gw2")
+        seen = peers(url, admin)[home]
         assert seen["healthy"] and seen["addrs"] == [circuit], seen  # its circuit, only
+        assert seen["relayed"] is True, seen
 
         logs = swarm.data_dir / "logs"
         wait_log(logs / "home.log", "no relay can dial us back: private")
@@ -135,6 +137,7 @@ def test_a_node_behind_a_nat_answers_a_gateway_it_never_dialled_through_the_rela
         text, times = stream(client)
         assert text.split() == WORDS.split()
         assert len(times) >= 10 and times[-1] - times[0] > 0.5, times
+        assert peers(url, admin)[home]["relayed"] is True
     finally:
         swarm.local.stop()
         if forwarder is not None:

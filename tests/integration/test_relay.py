@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from keys import Membership
@@ -126,3 +127,34 @@ async def test_an_auto_peer_that_a_relay_can_dial_back_stays_public() -> None:
             reachable.nat.reachable = None
             await find_out(reachable, {plain.peer_id})
             assert reachable.nat.reachable is None
+
+
+async def test_a_relay_cannot_hand_a_caller_to_another_peer_than_the_one_it_asked_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from libp2p.peer.id import ID
+
+    async with (
+        peer(RELAY, role="gateway") as relay,
+        peer(PRIVATE, (relay,)) as hidden,
+        peer(PRIVATE, (relay,)) as other,
+    ):
+        assert await hidden.nat.reserve(relay.peer_id)
+        assert await other.nat.reserve(relay.peer_id)
+        # A dishonest relay: asked for ``hidden``, it connects the caller to ``other``.
+        protocol = relay.nat._protocol
+        honest = protocol._handle_connect
+
+        async def misroute(stream: Any, message: Any) -> None:
+            message.peer.id = ID.from_base58(other.peer_id).to_bytes()
+            await honest(stream, message)
+
+        monkeypatch.setattr(protocol, "_handle_connect", misroute)
+        async with peer() as caller:
+            known(caller, relay)
+            # Noise, end to end, finds the wrong key at the other end: the call fails, and
+            # the relayed connection is torn down. (The caller may meet either peer later,
+            # directly, each as itself: the relay passed on their signed addresses.)
+            assert await status_from(caller, hidden) is None
+            assert caller.nat.circuits == 0
+            assert not any(caller.nat.relayed(str(p)) for p in caller.host.get_connected_peers())
