@@ -20,6 +20,7 @@ calls keep streaming through the relay after it.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -34,6 +35,7 @@ from tests.integration.netns import Lan, lan, unavailable
 from tests.integration.test_lan import EVERYWHERE, public_url
 from tests.integration.test_wan import WORDS, peers, stream
 
+ROOT = Path(__file__).resolve().parent.parent.parent
 WHY = unavailable()
 pytestmark = pytest.mark.skipif(WHY is not None, reason=WHY or "")
 
@@ -58,12 +60,14 @@ def wait_log(path: Path, text: str, timeout: float = 60) -> str:
     raise AssertionError(f"{path.name} never said {text!r}")
 
 
-def first_stream(client: openai.OpenAI, timeout: float = 90) -> tuple[str, list[float]]:
+def first_stream(
+    client: openai.OpenAI, model: str = "echo", timeout: float = 90
+) -> tuple[str, list[float]]:
     """``stream``, again while no node serves the model yet (503) or the call fails."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return stream(client)
+            return stream(client, model)
         except openai.APIError as exc:
             assert time.monotonic() < deadline, f"no node answered: {exc}"
             time.sleep(1)
@@ -138,6 +142,17 @@ def test_a_node_behind_a_nat_answers_a_gateway_it_never_dialled_through_the_rela
         assert text.split() == WORDS.split()
         assert len(times) >= 10 and times[-1] - times[0] > 0.5, times
         assert peers(url, admin)[home]["relayed"] is True
+
+        # The operator's CLI, on a LAN machine with no route to home, loads a model there:
+        # it finds the node among those reached through relays, and calls it through one.
+        load = [*net.run_in("gw2"), sys.executable, "-m", "node.cli", "node", "load", "echo-b"]
+        load += ["--peer", home[-6:], "--json", "--data-dir", str(swarm.data_dir)]
+        load += ["--bootstrap", f"/ip4/{relay_ip}/tcp/{port}/p2p/{relay}"]
+        done = subprocess.run(load, capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["peer"] == home
+        text, _ = first_stream(client, model="echo-b")
+        assert text.split() == WORDS.split()
     finally:
         swarm.local.stop()
         if forwarder is not None:
