@@ -199,28 +199,39 @@ class NatTraversal:
         return [circuit_addr(relay, me) for relay in sorted(self.reserved)]
 
     async def reserve(self, relay: str) -> bool:
-        """Take (or renew) a slot at ``relay``, a connected member; whether it gave one."""
+        """Take (or renew) a slot at ``relay``, a connected member; whether it gave one.
+
+        The caller renews (``node.p2p.relays``), so this takes py-libp2p's reservation
+        exchange without its refresher, which would go on renewing slots given up."""
         from libp2p.peer.id import ID
         from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID
 
-        assert self._nursery is not None, "NatTraversal.run must be started first"
         relay_id = ID.from_base58(relay)
         try:
             with trio.fail_after(DIAL_TIMEOUT):
                 stream = await self._host.new_stream(relay_id, [PROTOCOL_ID])
                 try:
-                    taken = await self._transport.reserve(stream, relay_id, self._nursery)
+                    taken = await self._transport._make_reservation(stream, relay_id)
                 finally:
                     await stream.close()
         except Exception as exc:  # not a relay, or gone: the caller tries others
             logger.debug("no reservation at %s: %r", relay, exc)
             taken = False
+        # py-libp2p keeps the expiry the relay granted only there.
         expiry = self._transport._reservations.get(relay_id) if taken else None
-        if expiry:
-            self.reserved[relay] = float(expiry)
-        else:
-            self.reserved.pop(relay, None)
-        return bool(expiry)
+        if not expiry:
+            self.release(relay)
+            return False
+        self.reserved[relay] = float(expiry)
+        return True
+
+    def release(self, relay: str) -> None:
+        """Stop counting on a slot at ``relay`` (it lapses there by itself)."""
+        from libp2p.peer.id import ID
+
+        self.reserved.pop(relay, None)
+        self._transport._reservations.pop(ID.from_base58(relay), None)
+        self._transport._reservation_proofs.pop(ID.from_base58(relay), None)
 
     async def dial(self, peer: str, circuits: list[str]) -> None:
         """Connect to ``peer`` through the first relay in ``circuits`` that carries us there,

@@ -30,40 +30,42 @@ RETRY_NONE = 2.0  # no relay yet: look again soon
 LOOKUP_TIMEOUT = 10.0
 
 
+async def _providers(host: PeerHost, key: str) -> set[str]:
+    """The providers of ``key``; none where the lookup fails or takes too long (a DHT
+    hiccup: the next round looks again)."""
+    try:
+        with trio.move_on_after(LOOKUP_TIMEOUT):
+            return await host.providers(key)
+    except Exception as exc:
+        logger.debug("lookup of %s failed: %r", key, exc)
+    return set()
+
+
 async def relayed_peers(host: PeerHost) -> set[str]:
     """The peers reached through relays (``RELAYED_KEY``): routing tables never hold them,
     so whoever lists the swarm's nodes asks for them here."""
-    try:
-        with trio.move_on_after(LOOKUP_TIMEOUT):
-            return await host.providers(RELAYED_KEY)
-    except Exception as exc:  # a DHT hiccup: they are missing from one listing
-        logger.debug("lookup of relayed peers failed: %r", exc)
-    return set()
+    return await _providers(host, RELAYED_KEY)
 
 
 async def reserve(host: PeerHost) -> set[str]:
     """Renew our slots and take new ones up to ``WANTED``; return the relays holding one."""
-    found: set[str] = set()
-    try:
-        with trio.move_on_after(LOOKUP_TIMEOUT):
-            found = await host.providers(RELAYS_KEY)
-    except Exception as exc:  # a DHT hiccup: renew what we hold, look again next round
-        logger.debug("relay lookup failed: %r", exc)
+    found = await _providers(host, RELAYS_KEY)
     if host.nat.settings.reachability == "auto":
         await find_out(host, found)
     if not host.nat.private:
-        host.nat.reserved.clear()  # slots we held lapse at their relays by themselves
+        for relay in list(host.nat.reserved):
+            host.nat.release(relay)
         return set()
     now = time.time()
     for relay, expires in list(host.nat.reserved.items()):
         if expires <= now:
-            del host.nat.reserved[relay]
+            host.nat.release(relay)
     held = sorted(host.nat.reserved)
     for relay in held + sorted(found - set(held)):
         if relay not in held and len(host.nat.reserved) >= WANTED:
             break
         if relay not in host.connected_members() and not await host.connect_known(relay):
-            host.nat.reserved.pop(relay, None)
+            host.nat.release(relay)
             continue
         if await host.nat.reserve(relay):
             if relay not in held:

@@ -158,3 +158,18 @@ async def test_a_relay_cannot_hand_a_caller_to_another_peer_than_the_one_it_aske
             assert await status_from(caller, hidden) is None
             assert caller.nat.circuits == 0
             assert not any(caller.nat.relayed(str(p)) for p in caller.host.get_connected_peers())
+
+
+async def test_a_private_peer_lets_go_of_a_relay_that_is_gone() -> None:
+    async with peer(RELAY, role="gateway") as first, peer(PRIVATE, (first,)) as hidden:
+        await provided(first)
+        assert await reserve(hidden) == {first.peer_id}
+        async with peer(RELAY, (first,), role="gateway") as second:
+            await hidden.connect(second.addrs()[0])
+            assert await hidden.nat.reserve(second.peer_id)
+            assert sorted(hidden.addrs()) == sorted(
+                circuit_addr(r.peer_id, hidden.peer_id) for r in (first, second)
+            )
+        # The second relay is gone: the next round renews the first alone.
+        assert await reserve(hidden) == {first.peer_id}
+        assert hidden.addrs() == [circuit_addr(first.peer_id, hidden.peer_id)]
