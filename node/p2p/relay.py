@@ -165,14 +165,17 @@ class NatTraversal:
         return self.settings.reachability == "private"
 
     async def _answer_dialback(self, stream: Any) -> None:
-        # Through a relay, the address seen is the relay's: nothing to try.
-        address = None if _is_relayed(stream.muxed_conn) else stream.get_remote_address()
         wrapped = Libp2pByteStream(stream)
         try:
+            # Through a relay, the address seen is the relay's: nothing to try.
+            relayed = _is_relayed(stream.muxed_conn)
+            address = None if relayed else stream.get_remote_address()
             with trio.fail_after(ASK_TIMEOUT):
                 await dialback.answer(wrapped, address[0] if address else None)
         except (RemoteProtocolError, StreamBroken, trio.TooSlowError) as exc:
             logger.debug("dial-back for %s failed: %r", wrapped.remote_peer[-8:], exc)
+        except Exception:  # a handler's exception would end the process: log, go on
+            logger.exception("dial-back for %s failed", wrapped.remote_peer[-8:])
         finally:
             await wrapped.close()
 
@@ -242,6 +245,8 @@ class NatTraversal:
 
         last: Exception = ConnectionError(f"no circuit address for {peer}")
         for addr in circuits:
+            if not addr.endswith(f"{CIRCUIT}/p2p/{peer}"):  # a circuit to someone else
+                continue
             try:
                 relay = ID.from_base58(relay_of(addr))
                 if not self._host.get_network().get_connections(relay):

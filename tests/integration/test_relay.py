@@ -152,6 +152,9 @@ async def test_a_relay_cannot_hand_a_caller_to_another_peer_than_the_one_it_aske
         monkeypatch.setattr(protocol, "_handle_connect", misroute)
         async with peer() as caller:
             known(caller, relay)
+            # A circuit address that leads to another peer is not even tried.
+            with pytest.raises(ConnectionError, match="no circuit address"):
+                await caller.nat.dial(hidden.peer_id, [circuit_addr(relay.peer_id, other.peer_id)])
             # Noise, end to end, finds the wrong key at the other end: the call fails, and
             # the relayed connection is torn down. (The caller may meet either peer later,
             # directly, each as itself: the relay passed on their signed addresses.)
