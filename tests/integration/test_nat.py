@@ -1,21 +1,24 @@
-"""A node behind a NAT, reached through a circuit relay by a gateway it never dialled.
+"""A node behind a NAT, reached through a circuit relay, and upgraded off it where it can be.
 
-What is emulated, with network namespaces and no packet filter (this kernel has neither
-iptables nor nftables): two gateways on a LAN, the public side; a ``home`` machine on a
-link of its own to the root namespace, the router. Nothing on the LAN has a route to
-home, so nothing can open a connection to it. Home's only way out is a user-space TCP
-forwarder in the router (``slow_link`` with no delay) that opens its own connection to
-the first gateway: the gateway sees the router's address and an ephemeral port, as
-behind a NAT. Home cannot reach the second gateway at all.
+With network namespaces and no netfilter (this kernel has neither iptables nor nftables),
+two NATs are emulated, each faithful to one side of a real one:
 
-The node is ``reachability = "auto"``: the first gateway (a relay by default) cannot dial
-it back, as it comes from the router's address, so it takes a slot there and advertises
-only its circuit address. The second gateway finds it in the
-DHT, connects through the relay, and streams a chat call over the relayed connection.
-DCUtR is then tried, and fails, as it must here: the forwarder carries whole TCP streams
-to one place, so no packet from the second gateway can ever reach home (a hole punch
-needs a NAT that maps home's own outgoing packets). The test shows the attempt, and that
-calls keep streaming through the relay after it.
+* A NAT that translates, and lets nothing through unasked. Two gateways on a LAN, the
+  public side; a ``home`` machine on a link of its own to the root namespace, the router.
+  Nothing on the LAN has a route to home, so nothing can open a connection to it. Home's
+  only way out is a user-space TCP forwarder in the router (``slow_link`` with no delay)
+  that opens its own connection to the first gateway: the gateway sees the router's
+  address and an ephemeral port. Home cannot reach the second gateway at all. No hole can
+  be punched here: the forwarder carries whole TCP streams to one place, never home's own
+  packets, so DCUtR is tried and fails, and calls stay on the relay.
+* A NAT's filtering, in the kernel: home behind a router machine that forwards its
+  packets both ways but drops every TCP connection attempt on its way in (``syn_filter``,
+  an eBPF program on the router's inside interface). Home dials out freely, nobody dials
+  in; its own address is routed, as behind a NAT that keeps ports. Here DCUtR leaves a
+  direct connection, opened from inside.
+
+The node is ``reachability = "auto"``: the relay cannot dial it back, so it takes a slot
+there and advertises only its circuit address.
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ from pathlib import Path
 import openai
 import pytest
 
+import keys
 from tests.integration.conftest import LocalSwarmFixture
 from tests.integration.netns import Lan, lan, unavailable
+from tests.integration.syn_filter import attach
 from tests.integration.test_lan import EVERYWHERE, public_url
 from tests.integration.test_wan import WORDS, peers, stream
 
@@ -83,6 +88,9 @@ def reaches(net: Lan, machine: str, ip: str, port: str) -> bool:
 def test_a_node_behind_a_nat_answers_a_gateway_it_never_dialled_through_the_relay(
     swarm: LocalSwarmFixture, net: Lan
 ) -> None:
+    """Behind the translating NAT: the second gateway (no route to home) finds the node,
+    streams calls through the first gateway's relay, and keeps doing so after DCUtR fails;
+    the operator's CLI there loads a model on it the same way."""
     relay_ip = net.add("gw1")
     other_ip = net.add("gw2")
     home_ip, router_ip = net.isolated("home", f"10.{net.subnet.split('.')[1]}.250")
@@ -158,3 +166,50 @@ def test_a_node_behind_a_nat_answers_a_gateway_it_never_dialled_through_the_rela
         if forwarder is not None:
             forwarder.kill()
             forwarder.wait()
+
+
+def test_a_node_behind_a_nat_filter_is_upgraded_from_the_relay_to_a_direct_connection(
+    swarm: LocalSwarmFixture, net: Lan, tmp_path: Path
+) -> None:
+    """The NAT's filtering, in the kernel: ``home`` sits behind a router machine that
+    forwards its packets both ways but drops every TCP connection attempt (SYN without ACK)
+    on its way in (``syn_filter``, eBPF). Home dials out freely; nobody dials in. There is
+    no address translation: home's own address is routed, as with a NAT that keeps ports.
+
+    A public peer that home never dialled calls it through the relay; DCUtR then leaves a
+    direct connection, opened from inside (home dials the caller), and the next call goes
+    over it."""
+    relay_ip = net.add("gw1")
+    caller_ip = net.add("peer")
+    home_ip, _ = net.behind_router("home", f"10.{net.subnet.split('.')[1]}.251")
+    attach(net.machines["homegw"], "inside")
+    swarm.start_gateway("gw1", listen=EVERYWHERE, wrap=net.run_in("gw1"), env=HTTP_EVERYWHERE)
+    port = swarm.addr("gw1").split("/tcp/")[1].split("/")[0]
+    gw1 = f"/ip4/{relay_ip}/tcp/{port}/p2p/{swarm.peer_id('gw1')}"
+    swarm.start_node(
+        "home",
+        [gw1],
+        ["echo"],
+        listen=f"/ip4/{home_ip}/tcp/0",
+        wrap=net.run_in("home"),
+        env={"BITINGLIP_NODE_REACHABILITY": "auto"},
+    )
+    swarm.wait_ready(["home"])
+    home = swarm.peer_id("home")
+    home_port = swarm.addr("home").split("/tcp/")[1].split("/")[0]
+    assert not reaches(net, "peer", home_ip, home_port)  # nobody dials in
+    assert reaches(net, "home", relay_ip, port)  # home dials out
+    wait_log(swarm.data_dir / "logs" / "home.log", "no relay can dial us back: private")
+
+    caller = tmp_path / "caller"
+    keys.provision(caller, swarm.data_dir, "client")
+    run = [sys.executable, "-m", "tests.integration.nat_caller", str(caller), gw1]
+    run += [f"/ip4/{caller_ip}/tcp/0", home]
+    done = subprocess.run(
+        [*net.run_in("peer"), *run], capture_output=True, text=True, timeout=240, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen["first"] == {"answered": True, "relayed": True}, seen
+    assert seen["second"] == {"answered": True, "relayed": False}, seen
+    assert seen["hole_punches"]["direct"] == 1, seen
