@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
+import shutil
 import struct
 import subprocess
 import sys
@@ -24,7 +26,7 @@ BPF_PROG_LOAD, BPF_OBJ_PIN = 5, 6
 SCHED_CLS = 3
 SKB_LOAD_BYTES = 26  # bpf_skb_load_bytes(skb, offset, to, len)
 TC_ACT_OK, TC_ACT_SHOT = 0, 2
-SYSCALL_BPF = 321  # x86_64
+SYSCALL_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
 
 
 def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
@@ -76,6 +78,8 @@ def program() -> bytes:
 
 
 def _bpf(command: int, attr: ctypes.Array[ctypes.c_char]) -> int:
+    if SYSCALL_BPF is None:
+        raise OSError(f"no bpf syscall number known for {platform.machine()}")
     libc = ctypes.CDLL(None, use_errno=True)
     result = int(libc.syscall(SYSCALL_BPF, command, attr, len(attr)))
     if result < 0:
@@ -83,7 +87,8 @@ def _bpf(command: int, attr: ctypes.Array[ctypes.c_char]) -> int:
     return result
 
 
-def load_and_pin(path: str) -> None:
+def load() -> int:
+    """Load the program; its file descriptor."""
     code = ctypes.create_string_buffer(program())
     license_ = ctypes.create_string_buffer(b"GPL")
     log = ctypes.create_string_buffer(1 << 16)
@@ -94,13 +99,29 @@ def load_and_pin(path: str) -> None:
         ctypes.addressof(license_), 1, len(log), ctypes.addressof(log),
     )  # fmt: skip
     try:
-        fd = _bpf(BPF_PROG_LOAD, attr)
+        return _bpf(BPF_PROG_LOAD, attr)
     except OSError as exc:
         raise OSError(f"{exc}: {log.value.decode(errors='replace')}") from exc
+
+
+def load_and_pin(path: str) -> None:
+    fd = load()
     name = ctypes.create_string_buffer(path.encode())
     pin = ctypes.create_string_buffer(128)
     struct.pack_into("<QI", pin, 0, ctypes.addressof(name), fd)
     _bpf(BPF_OBJ_PIN, pin)
+
+
+def unavailable() -> str | None:
+    """Why the filter cannot be used here, or ``None`` if it can."""
+    for tool in ("tc", "unshare"):
+        if shutil.which(tool) is None:
+            return f"no `{tool}` command"
+    try:
+        os.close(load())
+    except OSError as exc:
+        return f"cannot load an eBPF program: {exc}"
+    return None
 
 
 def attach(namespace: str, interface: str) -> None:
