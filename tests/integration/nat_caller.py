@@ -6,8 +6,9 @@ It joins through ``BOOTSTRAP`` as a ``client`` listening on ``LISTEN``, reads th
 signed record from the DHT (once it names a relay), calls its ``status`` (through the
 relay its circuit address names), waits up to ``UPGRADE_WAIT`` for DCUtR to leave it a
 direct connection (and for its own attempt to end), and calls ``status`` again. It prints
-``{"first": ..., "second": ..., "hole_punches": ...}``, each call as ``{"answered": bool,
-"relayed": bool | null}``.
+``{"first": ..., "second": ..., "hole_punches": ..., "s": ...}``, each call as
+``{"answered": bool, "relayed": bool | null}``, and ``s``, how long after the first call
+a direct connection was there.
 """
 
 from __future__ import annotations
@@ -60,11 +61,15 @@ async def main(peer_dir: Path, bootstrap: str, listen: str, node: str) -> None:
     async with host.running([listen], [bootstrap]):
         record = await record_of(host, node, keys.operator_public(peer_dir))
         first = await call(host, record)
+        started, direct = trio.current_time(), None
         with trio.move_on_after(UPGRADE_WAIT):  # DCUtR's outcome, and its connection
-            while host.nat.relayed(node) is not False or not any(host.nat.hole_punches.values()):
-                await trio.sleep(0.2)
+            while direct is None or not any(host.nat.hole_punches.values()):
+                if direct is None and host.nat.relayed(node) is False:
+                    direct = round(trio.current_time() - started, 1)
+                await trio.sleep(0.1)
         second = await call(host, record)
-        print(json.dumps({"first": first, "second": second, "hole_punches": host.nat.hole_punches}))
+        punches = host.nat.hole_punches
+        print(json.dumps({"first": first, "second": second, "hole_punches": punches, "s": direct}))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import openai
@@ -172,7 +172,10 @@ def test_a_node_behind_a_nat_answers_a_gateway_it_never_dialled_through_the_rela
 
 @pytest.mark.skipif(NO_FILTER is not None, reason=NO_FILTER or "")
 def test_a_node_behind_a_nat_filter_is_upgraded_from_the_relay_to_a_direct_connection(
-    swarm: LocalSwarmFixture, net: Lan, tmp_path: Path
+    swarm: LocalSwarmFixture,
+    net: Lan,
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
 ) -> None:
     """The NAT's filtering, in the kernel: ``home`` sits behind a router machine that
     forwards its packets both ways but drops every TCP connection attempt (SYN without ACK)
@@ -216,3 +219,5 @@ def test_a_node_behind_a_nat_filter_is_upgraded_from_the_relay_to_a_direct_conne
     assert seen["first"] == {"answered": True, "relayed": True}, seen
     assert seen["second"] == {"answered": True, "relayed": False}, seen
     assert seen["hole_punches"]["direct"] == 1, seen
+    record_property("upgrade_s", seen["s"])  # from the first relayed call (-rP shows it)
+    print(f"upgraded to a direct connection {seen['s']} s after the first relayed call")
