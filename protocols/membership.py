@@ -13,8 +13,7 @@ the list, answered ``End``), each peer passing a newer list on to its own peers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typing import TYPE_CHECKING
 
 from protocols.codec import pack, unpack_map
 from protocols.errors import RemoteProtocolError
@@ -25,6 +24,9 @@ from protocols.records import (
     verify_certificate,
 )
 from protocols.validate import exact, finite, required
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 ADMIT_PROTOCOL = "/bitinglip/admit/1.0.0"
 REVOKED_PROTOCOL = "/bitinglip/revoked/1.0.0"

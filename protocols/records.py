@@ -11,15 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from protocols.codec import pack, unpack_map
 from protocols.errors import RemoteProtocolError
 from protocols.identity import peer_id_of
 from protocols.validate import exact, finite, flat, required
+
+if TYPE_CHECKING:
+    # Imported where a signature is checked: a process that only reads records' fields
+    # (a worker measuring its GPU) need not have cryptography installed.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 T = TypeVar("T")
 
@@ -231,6 +233,9 @@ def open_envelope(blob: bytes, public_key: bytes) -> bytes:
     body, sig = envelope.get("body"), envelope.get("sig")
     if not isinstance(body, bytes) or not isinstance(sig, bytes):
         raise RemoteProtocolError("malformed signed envelope")
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(sig, body)
     except (InvalidSignature, ValueError) as exc:

@@ -15,6 +15,7 @@ starts from the usage written, with nothing held).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -111,7 +112,13 @@ class Plans:
 
 
 def utc_day(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d")
+    return _day_name(int(at // 86400))
+
+
+@functools.lru_cache(maxsize=4)
+def _day_name(day: int) -> str:
+    # Asked on every call; formatting a date each time cost more than the limit check.
+    return datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
 
 
 def seconds_to_midnight(at: float) -> int:

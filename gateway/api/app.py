@@ -25,6 +25,7 @@ from gateway.api import (
     usage,
 )
 from gateway.api.errors import BodyLimit, install_error_handlers
+from gateway.api.lean import LeanRoutes
 from gateway.api.request_ids import RequestIds
 from gateway.api.services import Services
 from gateway.api.uploads import MEDIA_PATHS, ByPath
@@ -66,7 +67,12 @@ def create_app(
     install_error_handlers(app)
     for area in AREAS:
         area.install(app)
+    # The calls served most skip FastAPI's routing and middleware (same handlers, same checks).
+    lean = LeanRoutes(
+        app,
+        {"/v1/chat/completions": chat.chat_completions, "/v1/completions": completions.completions},
+    )
     # Audio uploads take larger bodies than the rest.
     larger = BodyLimit(app, max(max_body_bytes, max_upload_bytes))
     # Outermost: a refusal for size, too, names its request.
-    return RequestIds(ByPath(BodyLimit(app, max_body_bytes), dict.fromkeys(MEDIA_PATHS, larger)))
+    return RequestIds(ByPath(BodyLimit(lean, max_body_bytes), dict.fromkeys(MEDIA_PATHS, larger)))

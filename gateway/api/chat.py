@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+import keys
 from gateway.api import openai_api as oa
 from gateway.api import vision
 from gateway.api.auth import User
@@ -39,17 +40,22 @@ def install(app: FastAPI) -> None:
         return {"object": "list", "data": [model_entry(m, p) for m, p in sorted(serving.items())]}
 
     @app.post("/v1/chat/completions", openapi_extra=json_body(app, oa.ChatCompletionRequest))
-    async def chat_completions(request: Request, claims: User) -> Response:
-        body = await parse(request, oa.ChatCompletionRequest, any_type=True)  # behind a token
-        if (old := body.replaced()) is not None:
-            new = oa.REPLACED_FIELDS[old]
-            raise ApiError(400, f"{old} is not supported: send {new}", "invalid_request", old)
-        params = _params(body)
-        render = _ChatChunks(oa.completion_id(), body.model, body.include_usage())
-        started = await vision.start_if_shown(request, claims, body, params.engine_field())
-        if started is not None:
-            return await answer(started, render, body.stream)
-        return await respond(request, claims, params, "chat", render, body.stream)
+    async def chat_route(request: Request, claims: User) -> Response:
+        return await chat_completions(request, claims)
+
+
+async def chat_completions(request: Request, claims: keys.Claims) -> Response:
+    """``POST /v1/chat/completions``; served by ``gateway.api.lean``, documented above."""
+    body = await parse(request, oa.ChatCompletionRequest, any_type=True)  # behind a token
+    if (old := body.replaced()) is not None:
+        new = oa.REPLACED_FIELDS[old]
+        raise ApiError(400, f"{old} is not supported: send {new}", "invalid_request", old)
+    params = _params(body)
+    render = _ChatChunks(oa.completion_id(), body.model, body.include_usage())
+    started = await vision.start_if_shown(request, claims, body, params.engine_field())
+    if started is not None:
+        return await answer(started, render, body.stream)
+    return await respond(request, claims, params, "chat", render, body.stream)
 
 
 def model_entry(model: str, peers: list[dict[str, Any]]) -> dict[str, Any]:

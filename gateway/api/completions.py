@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+import keys
 from gateway.api import openai_api as oa
 from gateway.api.auth import User
 from gateway.api.bodies import json_body, parse
@@ -21,23 +22,28 @@ from protocols import GenerateParams
 
 def install(app: FastAPI) -> None:
     @app.post("/v1/completions", openapi_extra=json_body(app, oa.CompletionRequest))
-    async def completions(request: Request, claims: User) -> Response:
-        body = await parse(request, oa.CompletionRequest, any_type=True)  # behind a token
-        try:
-            prompt = body.text()
-            params = GenerateParams(
-                prompt=prompt,
-                max_tokens=body.max_tokens,
-                n=body.n,
-                logprobs=body.logprobs is not None,
-                top_logprobs=body.logprobs or 0,
-                **body.sampling(),
-            )
-        except ValueError as exc:
-            raise ApiError(400, str(exc), "invalid_request") from exc
-        id_ = f"cmpl-{uuid.uuid4().hex[:24]}"
-        render = _TextChunks(id_, body.model, body.include_usage(), prompt if body.echo else "")
-        return await respond(request, claims, params, "completion", render, body.stream)
+    async def completions_route(request: Request, claims: User) -> Response:
+        return await completions(request, claims)
+
+
+async def completions(request: Request, claims: keys.Claims) -> Response:
+    """``POST /v1/completions``; served by ``gateway.api.lean``, documented above."""
+    body = await parse(request, oa.CompletionRequest, any_type=True)  # behind a token
+    try:
+        prompt = body.text()
+        params = GenerateParams(
+            prompt=prompt,
+            max_tokens=body.max_tokens,
+            n=body.n,
+            logprobs=body.logprobs is not None,
+            top_logprobs=body.logprobs or 0,
+            **body.sampling(),
+        )
+    except ValueError as exc:
+        raise ApiError(400, str(exc), "invalid_request") from exc
+    id_ = f"cmpl-{uuid.uuid4().hex[:24]}"
+    render = _TextChunks(id_, body.model, body.include_usage(), prompt if body.echo else "")
+    return await respond(request, claims, params, "completion", render, body.stream)
 
 
 @dataclass

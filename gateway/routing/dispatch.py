@@ -224,6 +224,8 @@ class Dispatcher:
         if served and ticket.dispatched_at is not None:
             now = trio.current_time()
             held = now - ticket.dispatched_at
+            if entry is not None:
+                entry.note_held(model, held)
             last = self._hold.get(model)
             self._hold[model] = held if last is None else 0.8 * last + 0.2 * held
             self._ends.setdefault(model, deque(maxlen=ENDS_KEPT)).append(now)

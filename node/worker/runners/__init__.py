@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from node.worker.runners.base import (
     Delta,
     GenerationCancelled,
@@ -12,7 +14,9 @@ from node.worker.runners.base import (
     no_progress,
 )
 from node.worker.runners.echo import EchoRunner
-from node.worker.runners.engine import EngineRunner, EngineSpec
+
+if TYPE_CHECKING:
+    from node.worker.runners.engine import EngineRunner, EngineSpec
 
 __all__ = [
     "Delta",
@@ -26,3 +30,13 @@ __all__ = [
     "Runner",
     "no_progress",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The external-engine runner speaks HTTP (httpx): imported when first asked for, so a
+    # worker that serves only local models (a bare GPU host) runs without httpx.
+    if name in ("EngineRunner", "EngineSpec"):
+        from node.worker.runners import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

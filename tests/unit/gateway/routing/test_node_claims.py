@@ -8,7 +8,12 @@ from typing import cast
 
 import pytest
 
-from gateway.routing.peer_table import MAX_RANKED_CAPACITY, MAX_RANKED_TOKENS_PER_S, PeerTable
+from gateway.routing.peer_table import (
+    MAX_RANKED_CAPACITY,
+    MAX_RANKED_TOKENS_PER_S,
+    SLOT_SECONDS,
+    PeerTable,
+)
 from gateway.routing.router import Router
 from gateway.routing.tracker import Tracker
 from tests.unit.gateway.routing.test_peer_table import T0, live, load, ranked
@@ -23,8 +28,9 @@ def test_absurd_capacity_and_speed_rank_as_the_caps() -> None:
     table = PeerTable()
     liar = live(table, "liar", LIAR)
     capped = live(table, "capped", load(capacity=MAX_RANKED_CAPACITY, tokens_per_s=1e3))
-    assert liar.expected_wait() == capped.expected_wait()
-    assert capped.expected_wait() == 1 / MAX_RANKED_CAPACITY / (1 + MAX_RANKED_TOKENS_PER_S / 100)
+    assert liar.expected_wait(1.0) == capped.expected_wait(1.0) == 1 / MAX_RANKED_CAPACITY
+    fastest = SLOT_SECONDS / (1 + MAX_RANKED_TOKENS_PER_S / 100)
+    assert liar.call_seconds("m", None) == capped.call_seconds("m", None) == fastest
 
 
 def test_a_node_that_says_it_is_idle_is_ranked_by_the_calls_it_holds() -> None:
@@ -32,7 +38,7 @@ def test_a_node_that_says_it_is_idle_is_ranked_by_the_calls_it_holds() -> None:
     liar = live(table, "liar", load(capacity=2))
     liar.open_calls = 5
     table.update_load("liar", load(capacity=2), now=T0)  # "nothing running here"
-    assert liar.expected_wait() == (5 + 1) / 2
+    assert liar.expected_wait(1.0) == (5 + 1) / 2
 
 
 def test_a_lying_node_does_not_draw_every_call() -> None:

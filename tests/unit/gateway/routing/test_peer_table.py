@@ -89,13 +89,15 @@ def test_expected_wait_formula() -> None:
     table = PeerTable()
     entry = live(table, "a", load(inflight=2, queued=1, capacity=2, tokens_per_s=100.0))
     entry.local_delta = 1
-    assert entry.expected_wait() == pytest.approx((2 + 1 + 1 + 1) / 2 / 2.0)
+    assert entry.expected_wait(0.5) == pytest.approx((2 + 1 + 1 + 1) / 2 * 0.5)
+    # Untimed anywhere: the node's claimed speed (100 tokens/s) halves the guess.
+    assert entry.call_seconds("m", None) == pytest.approx(SLOT_SECONDS / 2.0)
 
 
 def test_zero_capacity_counts_as_one_slot() -> None:
     table = PeerTable()
     entry = live(table, "a", load(inflight=1, capacity=0))
-    assert entry.expected_wait() == pytest.approx(2.0)
+    assert entry.expected_wait(1.0) == pytest.approx(2.0)
 
 
 def test_faster_node_wins_at_equal_load() -> None:
@@ -118,7 +120,7 @@ def test_negative_local_delta_never_makes_work_negative() -> None:
     table = PeerTable()
     a = live(table, "a", load(capacity=1))
     a.local_delta = -5
-    assert a.expected_wait() == pytest.approx(1.0)
+    assert a.expected_wait(1.0) == pytest.approx(1.0)
 
 
 def test_load_update_resets_local_delta_and_marks_seen() -> None:
@@ -153,9 +155,36 @@ def test_a_near_idle_node_ranks_before_a_far_idle_one_but_not_before_a_busy_one(
     near = live(table, "near", load(capacity=4))
     near.rtt = 0.001
     assert ranked(table) == ["near", "far"]
-    assert far.rank() == pytest.approx(far.expected_wait() + 0.100 / SLOT_SECONDS)
+    assert far.rank("m") == pytest.approx(far.expected_wait(SLOT_SECONDS) + 0.100)
     near.local_delta = 1  # one call ahead on the near node: a quarter of a slot
     assert ranked(table) == ["far", "near"]
+
+
+def test_timed_calls_rank_a_node_whatever_speed_it_claims() -> None:
+    table = PeerTable()
+    boaster = live(table, "boaster", load(capacity=1, tokens_per_s=400.0))
+    modest = live(table, "modest", load(capacity=1, tokens_per_s=10.0))
+    assert ranked(table) == ["boaster", "modest"]
+    boaster.note_held("m", 0.300)
+    modest.note_held("m", 0.100)
+    assert ranked(table) == ["modest", "boaster"]
+    # A node three times faster keeps taking calls until three are ahead of the next one.
+    modest.local_delta = 1
+    assert ranked(table) == ["modest", "boaster"]
+    modest.local_delta = 3
+    assert ranked(table) == ["boaster", "modest"]
+
+
+def test_an_untimed_node_is_ranked_as_the_fastest_timed_one_so_it_gets_tried() -> None:
+    table = PeerTable()
+    fast = live(table, "fast", load(capacity=1))
+    fast.note_held("m", 0.1)
+    live(table, "new", load(capacity=1))  # its own guess would be 2 s a call
+    assert ranked(table) == ["fast", "new"]  # 0.1 s each: a tie, broken by name
+    fast.local_delta = 1
+    assert ranked(table) == ["new", "fast"]  # 0.1 s against 2 x 0.1 s
+    fast.note_held("m", 0.6)
+    assert fast.held["m"] == pytest.approx(0.1 + 0.2 * (0.6 - 0.1))  # a moving average
 
 
 def test_draining_node_is_excluded() -> None:

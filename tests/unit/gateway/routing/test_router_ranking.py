@@ -171,6 +171,16 @@ async def test_a_call_counts_against_its_node_until_it_ends(
     assert entry.local_delta == 0
 
 
+async def test_a_served_call_times_its_node_for_the_ranking(
+    router: Router, table: PeerTable, tracker: FakeTracker
+) -> None:
+    entry = add(table, tracker, "peer-a", FakeNode(answer("x")))
+    async with router.generate(chat(), timeout=1) as generation:
+        await generation.text()
+        await trio.sleep(0.05)
+    assert entry.held["m"] >= 0.05
+
+
 async def test_a_node_gone_from_the_table_mid_call_is_no_error(
     router: Router, table: PeerTable, tracker: FakeTracker
 ) -> None:

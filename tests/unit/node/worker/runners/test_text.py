@@ -256,3 +256,27 @@ async def test_several_choices_run_in_one_batch_each_with_its_own_seed(tiny: Tex
     assert [c["completion_tokens"] for c in sampled["choices"]] == [8, 8, 8]
     assert sampled["completion_tokens"] == 24
     assert same["choices"][0]["text"] == same["choices"][1]["text"]
+
+
+@pytest.mark.parametrize(("device", "cudnn_after"), [("cpu", True), ("cuda", False)])
+def test_a_model_loaded_on_cuda_keeps_attention_off_the_cudnn_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: str, cudnn_after: bool
+) -> None:
+    # Its per-shape plans made every decoding step a new plan (docs/benchmarks.md, GPU).
+    moved: list[str] = []
+
+    def to(self: torch.nn.Module, where: str) -> torch.nn.Module:
+        moved.append(where)  # nowhere, in fact: this host has no GPU
+        return self
+
+    monkeypatch.setattr(torch.nn.Module, "to", to)
+    enabled = torch.backends.cuda.cudnn_sdp_enabled()  # type: ignore[no-untyped-call]
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    try:
+        path = build_tiny_llama(tmp_path)
+        runner = TextRunner.load("tiny", path, device, "float32", 2, no_progress)
+        runner.close()
+        assert torch.backends.cuda.cudnn_sdp_enabled() is cudnn_after  # type: ignore[no-untyped-call]
+        assert moved == [device]
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(enabled)
