@@ -88,7 +88,7 @@ def reaches(net: Lan, machine: str, ip: str, port: str) -> bool:
 
 
 def test_a_node_behind_a_nat_answers_a_gateway_it_never_dialled_through_the_relay(
-    swarm: LocalSwarmFixture, net: Lan
+    swarm: LocalSwarmFixture, net: Lan, record_property: Callable[[str, object], None]
 ) -> None:
     """Behind the translating NAT: the second gateway (no route to home) finds the node,
     streams calls through the first gateway's relay, and keeps doing so after DCUtR fails;
@@ -141,6 +141,9 @@ def test_a_node_behind_a_nat_answers_a_gateway_it_never_dialled_through_the_rela
         seen = peers(url, admin)[home]
         assert seen["healthy"] and seen["addrs"] == [circuit], seen  # its circuit, only
         assert seen["relayed"] is True, seen
+        # The round trip of the node's load updates, relayed (-rP shows it).
+        record_property("relayed_rtt_ms", seen["rtt_ms"])
+        print(f"gw2 to the node through the relay: {seen['rtt_ms']} ms round trip")
 
         logs = swarm.data_dir / "logs"
         wait_log(logs / "home.log", "no relay can dial us back: private")
