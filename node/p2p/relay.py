@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Any, Literal, Protocol, cast, get_args
 
 import trio
@@ -138,6 +139,7 @@ class NatTraversal:
         self._dcutr = DCUtRProtocol(host)
         self.reserved: dict[str, float] = {}  # relay -> when its slot expires (unix time)
         self.reachable: bool | None = None  # what dial-backs said last ("auto"); None: none
+        self.checked_at = -math.inf  # when they last said it (time.monotonic)
         self.circuits = 0  # connections we made through a relay
         self.hole_punches: dict[str, int] = {"direct": 0, "failed": 0}
         self._nursery: trio.Nursery | None = None

@@ -4,9 +4,9 @@ Relays provide ``RELAYS_KEY`` (``node.p2p.advertise``). A peer with ``reachabili
 "private"`` looks them up once it has joined, and every ``RESERVE_INTERVAL`` after: it
 renews the slots it holds, drops relays that no longer answer, and takes slots at others
 until ``WANTED`` relays hold one. Whenever the set changes, its record is published again
-with the new circuit addresses (``PeerHost.addrs``). With ``"auto"``, each round first asks
-up to ``ASKED`` relays to dial it back (``node.p2p.dialback``): private if none can, while
-the relays answer; public, holding no slots, as soon as one can.
+with the new circuit addresses (``PeerHost.addrs``). With ``"auto"``, a round first asks
+up to ``ASKED`` relays to dial it back (``node.p2p.dialback``), until they answer and then
+every ``RECHECK_INTERVAL``: private if none can; public, holding no slots, if one can.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from protocols import RELAYED_KEY, RELAYS_KEY
 logger = logging.getLogger(__name__)
 
 WANTED = 2  # one relay may restart; the second keeps us reachable meanwhile
-ASKED = 2  # relays asked to dial us back each round ("auto")
+ASKED = 2  # relays asked to dial us back ("auto")
+RECHECK_INTERVAL = 300.0  # a known answer is asked again this often (addresses change)
 RESERVE_INTERVAL = 30.0
 RETRY_NONE = 2.0  # no relay yet: look again soon
 LOOKUP_TIMEOUT = 10.0
@@ -50,7 +51,8 @@ async def relayed_peers(host: PeerHost) -> set[str]:
 async def reserve(host: PeerHost) -> set[str]:
     """Renew our slots and take new ones up to ``WANTED``; return the relays holding one."""
     found = await _providers(host, RELAYS_KEY)
-    if host.nat.settings.reachability == "auto":
+    due = time.monotonic() - host.nat.checked_at >= RECHECK_INTERVAL
+    if host.nat.settings.reachability == "auto" and (host.nat.reachable is None or due):
         await find_out(host, found)
     if not host.nat.private:
         for relay in list(host.nat.reserved):
@@ -87,7 +89,8 @@ async def find_out(host: PeerHost, relays: set[str]) -> None:
             if reached is not None:
                 answers.append(reached)
     if not answers:
-        return  # no relay said: as we were
+        return  # no relay said: as we were, and ask again next round
+    host.nat.checked_at = time.monotonic()
     reachable = any(answers)
     if reachable != host.nat.reachable:
         if reachable:

@@ -122,6 +122,9 @@ async def test_an_auto_peer_that_a_relay_can_dial_back_stays_public() -> None:
         assert await reserve(reachable) == set()  # dialled back at 127.0.0.1: no slots
         assert reachable.nat.reachable is True and not reachable.nat.private
         assert reachable.addrs() == reachable.direct_addrs()
+        checked = reachable.nat.checked_at
+        assert await reserve(reachable) == set()  # the answer holds: nobody is asked again
+        assert reachable.nat.checked_at == checked
         # A peer that is not a relay answers no dial-back: nothing is concluded from it.
         async with peer(bootstrap=(relay,)) as plain:
             reachable.nat.reachable = None
