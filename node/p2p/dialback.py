@@ -2,8 +2,8 @@
 
 A relay answers on ``DIALBACK_PROTOCOL`` behind the admission gate, so only members ask; a
 question that arrives through another relay is answered with nothing (its IP is the
-relay's). ``probe`` is how the relay tries an address: a plain TCP connection, closed at
-once, within ``PROBE_TIMEOUT``.
+relay's). ``tcp_probe`` is how the relay tries an address: a plain TCP connection, closed
+at once, within ``PROBE_TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -48,22 +48,35 @@ async def read_addrs(stream: ByteStream) -> list[str]:
             return decode_addrs(frames[0])
 
 
-async def answer(stream: ByteStream, observed_ip: str | None, probe: Probe = tcp_probe) -> None:
-    """Read a peer's addresses, try those at ``observed_ip`` (all at once), and answer
-    with the ones that took a connection. ``observed_ip`` is ``None`` where the question
-    came through a relay: nothing is tried."""
-    addrs = await read_addrs(stream)
-    reached: list[str] = []
+class Answers:
+    """A relay's side: one dial-back at a time per asker, so no member can make the relay
+    open connections faster than one question's probes take; a second question while the
+    first is being answered is answered with nothing tried."""
 
-    async def attempt(addr: str, ip: str, port: int) -> None:
-        if await probe(ip, port):
-            reached.append(addr)
+    def __init__(self, probe: Probe = tcp_probe) -> None:
+        self._probe = probe
+        self._asking: set[str] = set()
 
-    if observed_ip is not None:
-        async with trio.open_nursery() as nursery:
-            for addr, ip, port in dialable(addrs, observed_ip):
-                nursery.start_soon(attempt, addr, ip, port)
-    await stream.write(encode_addrs(sorted(reached)))
+    async def answer(self, stream: ByteStream, peer: str, observed_ip: str | None) -> None:
+        """Read ``peer``'s addresses, try those at ``observed_ip`` (all at once), and
+        answer with the ones that took a connection. ``observed_ip`` is ``None`` where the
+        question came through a relay: nothing is tried."""
+        addrs = await read_addrs(stream)
+        reached: list[str] = []
+
+        async def attempt(addr: str, ip: str, port: int) -> None:
+            if await self._probe(ip, port):
+                reached.append(addr)
+
+        if observed_ip is not None and peer not in self._asking:
+            self._asking.add(peer)
+            try:
+                async with trio.open_nursery() as nursery:
+                    for addr, ip, port in dialable(addrs, observed_ip):
+                        nursery.start_soon(attempt, addr, ip, port)
+            finally:
+                self._asking.discard(peer)
+        await stream.write(encode_addrs(sorted(reached)))
 
 
 async def ask(stream: ByteStream, addrs: list[str]) -> list[str]:

@@ -137,6 +137,7 @@ class NatTraversal:
         self._protocol = CircuitV2Protocol(host, limits=limits, allow_hop=settings.serve)
         self._transport = CircuitV2Transport(host, self._protocol, config)
         self._dcutr = DCUtRProtocol(host)
+        self._answers = dialback.Answers()
         self.reserved: dict[str, float] = {}  # relay -> when its slot expires (unix time)
         self.reachable: bool | None = None  # what dial-backs said last ("auto"); None: none
         self.checked_at = -math.inf  # when they last said it (time.monotonic)
@@ -173,7 +174,9 @@ class NatTraversal:
             relayed = _is_relayed(stream.muxed_conn)
             address = None if relayed else stream.get_remote_address()
             with trio.fail_after(ASK_TIMEOUT):
-                await dialback.answer(wrapped, address[0] if address else None)
+                await self._answers.answer(
+                    wrapped, wrapped.remote_peer, address[0] if address else None
+                )
         except (RemoteProtocolError, StreamBroken, trio.TooSlowError) as exc:
             logger.debug("dial-back for %s failed: %r", wrapped.remote_peer[-8:], exc)
         except Exception:  # a handler's exception would end the process: log, go on

@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from node.p2p.dialback import answer, ask, read_addrs, tcp_probe
+from node.p2p.dialback import Answers, ask, read_addrs, tcp_probe
 from node.p2p.streams import TrioByteStream
 from protocols import RemoteProtocolError
 from protocols.codec import pack
@@ -80,7 +80,7 @@ async def exchange(addrs: list[str], observed: str | None) -> tuple[list[str], l
 
     left, right = trio.testing.memory_stream_pair()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(answer, TrioByteStream(right), observed, probe)
+        nursery.start_soon(Answers(probe).answer, TrioByteStream(right), "asker", observed)
         heard = await ask(TrioByteStream(left), addrs)
     return heard, tried
 
@@ -94,6 +94,35 @@ async def test_the_asker_hears_which_of_its_addresses_took_a_connection() -> Non
 
 async def test_a_question_through_a_relay_is_answered_with_nothing_tried() -> None:
     assert await exchange(HOME, None) == ([], [])
+
+
+async def test_one_question_at_a_time_per_asker_is_tried() -> None:
+    release = trio.Event()
+    tried: list[int] = []
+
+    async def slow(ip: str, port: int) -> bool:
+        tried.append(port)
+        await release.wait()
+        return True
+
+    answers = Answers(slow)
+    addrs = ["/ip4/203.0.113.7/tcp/4001"]
+    first, second, other = (trio.testing.memory_stream_pair() for _ in range(3))
+    heard: dict[str, list[str]] = {}
+
+    async def asking(name: str, pair: tuple[trio.abc.Stream, trio.abc.Stream], peer: str) -> None:
+        nursery.start_soon(answers.answer, TrioByteStream(pair[1]), peer, "203.0.113.7")
+        heard[name] = await ask(TrioByteStream(pair[0]), addrs)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(asking, "first", first, "asker")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(asking, "second", second, "asker")  # while the first is tried
+        nursery.start_soon(asking, "other", other, "someone else")
+        await trio.testing.wait_all_tasks_blocked()
+        release.set()
+    assert heard == {"first": addrs, "second": [], "other": addrs}
+    assert tried == [4001, 4001]
 
 
 async def test_garbage_or_an_oversized_frame_is_a_protocol_error() -> None:
