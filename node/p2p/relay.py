@@ -3,7 +3,7 @@
 A node dials out to every gateway it finds (``node.p2p.gateways``), so a gateway routes
 to a node behind a NAT over the connection the node opened. A relay is for the peers that
 must reach a node and cannot ride such a connection: a gateway the node has not reached
-yet (or cannot: no route to it), an operator's CLI, a DHT lookup. So:
+yet (or cannot: no route to it), an operator's CLI. So:
 
 * A relay (a gateway, or any peer with ``relay = true``) runs the hop service: it holds
   ``reservations`` slots, and cuts each relayed connection after ``circuit_seconds`` or
