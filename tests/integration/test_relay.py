@@ -103,6 +103,10 @@ async def test_a_relay_serves_members_only_and_caps_its_slots() -> None:
         assert await second.nat.reserve(relay.peer_id)
         assert not await third.nat.reserve(relay.peer_id)  # two slots, both taken
         assert await first.nat.reserve(relay.peer_id)  # a holder renews its own
+        # A peer that does not relay (``relay = false``) holds no slots for anyone.
+        assert await third.connect(second.direct_addrs()[0])
+        assert not await third.nat.reserve(second.peer_id)
+        assert await third.nat.check(second.peer_id, third.direct_addrs()) is None
         # A peer whose certificate is not its own is held at the gate, then cut off: it
         # asks for a slot at once, while it is still connected, and gets none.
         key = Ed25519PrivateKey.generate()
