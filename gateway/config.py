@@ -28,6 +28,12 @@ class GatewayConfig:
     listen: list[str] = dataclasses.field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/4002"])
     bootstrap: list[str] = dataclasses.field(default_factory=list)
     mdns: bool = True  # announce on the LAN and join the peers heard there (node.p2p.lan)
+    # NAT traversal (node.p2p.relay): whether this gateway relays for the members behind
+    # NATs, with how many slots and what cap on each relayed connection.
+    relay: bool = True
+    relay_reservations: int = 128
+    relay_circuit_seconds: int = 3600
+    relay_circuit_bytes: int = 1 << 30
     max_body_bytes: int = 1 << 20  # every request body, chats with pictures included
     max_upload_bytes: int = 25 << 20  # an audio file to transcribe or translate
     max_audio_seconds: float = 1800.0  # the longest audio transcribed in one call

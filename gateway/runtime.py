@@ -46,6 +46,7 @@ from node.p2p.advertise import Advertiser
 from node.p2p.host import PeerHost
 from node.p2p.lan import discover_on_lan, on_lan
 from node.p2p.readiness import StatusFile
+from node.p2p.relay import settings_of
 from node.p2p.tasks import supervised
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ async def run_gateway(config: GatewayConfig) -> None:
     status = StatusFile(config.ready_file)
     status.update(role="gateway", state="starting", pid=os.getpid())
     identity = keys.identity(config.data_dir)
-    host = PeerHost.of(config.data_dir, "gateway")
+    host = PeerHost.of(config.data_dir, "gateway", settings_of(config))
     logs.set_peer(host.peer_id)
     token_keys = keys.jwt_keys(config.data_dir)
     store = Store.open(config.accounts_dir)
@@ -109,7 +110,9 @@ async def run_gateway(config: GatewayConfig) -> None:
         peer_id=host.peer_id,
         request_timeout=config.request_timeout,
         health=lambda: {"nodes": len(tracker.clients), "routing_retries": router.retries},
-        peers=lambda: peers_api.snapshot(table, host.peer_id, host.addrs(), time.time()),
+        peers=lambda: peers_api.snapshot(
+            table, host.peer_id, host.addrs(), time.time(), host.nat.relayed
+        ),
         image_backend=router,
         image_store=ImageStore(
             config.data_dir / "images", config.image_ttl, config.image_store_bytes

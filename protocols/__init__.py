@@ -41,6 +41,8 @@ from protocols.peers import PeerHardware, PeerLoad, PeerModel, PeerStatus, Summa
 from protocols.records import (
     DHT_NAMESPACE,
     GATEWAYS_KEY,
+    RELAYED_KEY,
+    RELAYS_KEY,
     Certificate,
     Hardware,
     Load,
@@ -83,6 +85,8 @@ __all__ = [
     "GATEWAYS_KEY",
     "HELLO_MAX_FRAME",
     "MAX_REQUEST_ID",
+    "RELAYED_KEY",
+    "RELAYS_KEY",
     "REVOKED_KEY",
     "REVOKED_PROTOCOL",
     "RPC_PROTOCOL",

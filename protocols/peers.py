@@ -64,6 +64,9 @@ class PeerStatus:
     last_seen: float
     healthy: bool
     rtt_ms: float | None = None
+    # Whether the gateway reaches this node through a relay only (it is behind a NAT and
+    # no direct connection has been made); None: not connected, or the gateway itself.
+    relayed: bool | None = None
 
     @classmethod
     def from_record(
@@ -73,6 +76,7 @@ class PeerStatus:
         last_seen: float,
         healthy: bool,
         rtt_ms: float | None = None,
+        relayed: bool | None = None,
     ) -> PeerStatus:
         """A peer's status from its verified record and, for a node, its live load."""
         base = cls(
@@ -86,6 +90,7 @@ class PeerStatus:
             last_seen=max(0.0, last_seen),
             healthy=healthy,
             rtt_ms=rtt_ms,
+            relayed=relayed,
         )
         if record.role != "node":  # a gateway's record has no hardware or load to speak of
             return base
@@ -115,6 +120,7 @@ class PeerStatus:
         if not isinstance(body, dict):
             raise ValueError("a peer entry must be an object")
         hardware, load, rtt = body.get("hardware"), body.get("load"), body.get("rtt_ms")
+        relayed = body.get("relayed")
         models = exact(body.get("models"), list, "models")
         addrs = exact(body.get("addrs"), list, "addrs")
         return cls(
@@ -128,6 +134,7 @@ class PeerStatus:
             last_seen=finite(body.get("last_seen"), "last_seen"),
             healthy=exact(body.get("healthy"), bool, "healthy"),
             rtt_ms=None if rtt is None else finite(rtt, "rtt_ms"),
+            relayed=None if relayed is None else exact(relayed, bool, "relayed"),
         )
 
 

@@ -29,6 +29,11 @@ NODE_KEY_PREFIX = "/bitinglip/node/"
 MODEL_KEY_PREFIX = "/bitinglip/model/"
 # Provided by every gateway: nodes look its providers up to reach the gateways.
 GATEWAYS_KEY = "/bitinglip/gateways"
+# Provided by every peer that relays for others: peers behind a NAT reserve slots at them.
+RELAYS_KEY = "/bitinglip/relays"
+# Provided by every peer reached through relays: nobody can dial it to put it in their
+# routing table, so those who list the swarm's nodes look here too.
+RELAYED_KEY = "/bitinglip/relayed"
 DHT_NAMESPACE = "bitinglip"
 
 ROLES = ("node", "gateway", "client", "operator")

@@ -6,6 +6,7 @@ empty list, so a user cannot map the swarm's hosts to reach them around the gate
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -26,17 +27,25 @@ def install(app: FastAPI) -> None:
         return {"object": "list", "data": peers}
 
 
-def node_status(entry: PeerEntry, now: float) -> PeerStatus:
+# Whether this gateway reaches a peer through a relay only (``NatTraversal.relayed``).
+Relayed = Callable[[str], bool | None]
+
+
+def node_status(entry: PeerEntry, now: float, relayed: Relayed | None = None) -> PeerStatus:
+    connected = entry.connected
     return PeerStatus.from_record(
         entry.record,
-        entry.load if entry.connected else None,
+        entry.load if connected else None,
         now - entry.last_seen,
         healthy=not entry.suspect(now),
-        rtt_ms=round(entry.rtt * 1000, 2) if entry.connected else None,
+        rtt_ms=round(entry.rtt * 1000, 2) if connected else None,
+        relayed=relayed(entry.record.peer_id) if connected and relayed is not None else None,
     )
 
 
-def snapshot(table: PeerTable, peer_id: str, addrs: list[str], now: float) -> list[dict[str, Any]]:
+def snapshot(
+    table: PeerTable, peer_id: str, addrs: list[str], now: float, relayed: Relayed | None = None
+) -> list[dict[str, Any]]:
     """This gateway and the nodes in its table, as ``/v1/peers`` lists them."""
     gateway = PeerStatus(
         peer_id=peer_id,
@@ -49,5 +58,5 @@ def snapshot(table: PeerTable, peer_id: str, addrs: list[str], now: float) -> li
         last_seen=0.0,
         healthy=True,
     )
-    nodes = [node_status(e, now) for e in table.entries.values()]
+    nodes = [node_status(e, now, relayed) for e in table.entries.values()]
     return [p.to_json() for p in sorted([gateway, *nodes], key=sort_key)]

@@ -41,7 +41,11 @@ def short_id(peer_id: str) -> str:
 
 
 def short_addr(addr: str) -> str:
-    """``/ip4/10.0.0.5/tcp/4001/p2p/…`` as ``10.0.0.5:4001``; other forms unchanged."""
+    """``/ip4/10.0.0.5/tcp/4001/p2p/…`` as ``10.0.0.5:4001``, a circuit through a relay as
+    ``relay <its short id>``; other forms unchanged."""
+    if "/p2p-circuit" in addr:
+        relay = addr.split("/p2p-circuit")[0].rsplit("/p2p/", 1)[-1]
+        return f"relay {short_id(relay)}"
     parts = addr.split("/p2p/")[0].strip("/").split("/")
     if len(parts) == 4 and parts[2] in ("tcp", "udp"):
         host = f"[{parts[1]}]" if parts[0] == "ip6" else parts[1]

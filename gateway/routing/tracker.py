@@ -2,12 +2,13 @@
 
 Discovery: every peer the DHT knows about is looked up under ``/bitinglip/node/<id>``,
 all at once with a short timeout each (``node.p2p.discovery``), so peers that are gone
-cannot delay finding the ones that are here; a record that verifies and names a node
-that is not revoked gets a connection. A node admitted on a connection of this gateway's
-own is adopted at once instead: its record is asked for over RPC as soon as it is admitted,
-with no DHT round trip or wait for the next look. Each connection is one
-reused RPC stream carrying both the node's ``watch`` load updates and this gateway's
-calls. A node whose stream breaks leaves routing at once; a node that goes silent is
+cannot delay finding the ones that are here; so is every node behind a NAT, listed every
+30 s under ``RELAYED_KEY`` (``node.p2p.relays``), which no routing table holds. A record
+that verifies and names a node that is not revoked gets a connection. A node admitted on a
+connection of this gateway's own is adopted at once instead: its record is asked for over
+RPC as soon as it is admitted, with no DHT round trip or wait for the next look. Each
+connection is one reused RPC stream carrying both the node's ``watch`` load updates and
+this gateway's calls. A node whose stream breaks leaves routing at once; a node that goes silent is
 suspect after three missed heartbeats and gone when its record expires.
 """
 
@@ -23,6 +24,7 @@ from gateway.routing.peer_table import PeerTable
 from node.p2p.discovery import look_up
 from node.p2p.host import PeerHost
 from node.p2p.logs import outside_calls
+from node.p2p.relays import relayed_peers
 from node.p2p.rpc_client import CallFailed, RpcClient
 from protocols import (
     RPC_PROTOCOL,
@@ -47,6 +49,7 @@ ADOPT_FOR = 5.0
 RETRY_FIRST = 1.0
 RETRY_MAX = 30.0
 DHT_TIMEOUT = 5.0
+RELAYED_INTERVAL = 30.0
 
 
 class Tracker:
@@ -73,10 +76,19 @@ class Tracker:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
+            nursery.start_soon(self._discover_relayed)
             while True:
                 await self.discover()
                 self.table.expire(time.time())
                 await trio.sleep(DISCOVER_INTERVAL)
+
+    async def _discover_relayed(self) -> None:
+        """Look up the nodes behind NATs (no routing table holds them) every
+        ``RELAYED_INTERVAL``."""
+        while True:
+            fresh = await relayed_peers(self.host) - set(self.clients) - self._connecting
+            await self._look_up(sorted(fresh - self.gateways))
+            await trio.sleep(RELAYED_INTERVAL)
 
     def _met(self, peer: str, cert: Certificate) -> None:
         """A peer was admitted on a connection: if it is a node, adopt it now."""

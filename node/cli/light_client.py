@@ -21,6 +21,7 @@ import trio
 import keys
 from node.p2p.discovery import LOOKUP_TIMEOUT, look_up
 from node.p2p.host import PeerHost
+from node.p2p.relays import relayed_peers
 from node.p2p.rpc_client import RpcClient
 from protocols import (
     RPC_PROTOCOL,
@@ -80,10 +81,11 @@ class LightClient:
             await self.host.join()
             if not self.host.host.get_connected_peers():
                 raise Unreachable("cannot reach the swarm: no bootstrap peer answers")
+        relayed = await relayed_peers(self.host)  # no routing table holds these
         now = time.time()
         due = [
             peer_id
-            for peer_id in self.host.known_peers()
+            for peer_id in self.host.known_peers() | relayed
             if now - self._no_record.get(peer_id, -RETRY_NO_RECORD) >= RETRY_NO_RECORD
             and not self._open(peer_id)
         ]

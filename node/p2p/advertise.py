@@ -4,7 +4,9 @@ The record lives under ``/bitinglip/node/<peer id>`` with an expiry inside the s
 body (DHT values themselves live 24 h); it is re-put with a higher seq every third of
 its TTL, so a dead node's record stops verifying within one TTL without anyone
 deleting it. A node also provides ``/bitinglip/model/<id>`` for each ready model; a
-gateway provides ``GATEWAYS_KEY``, through which nodes reach it (``node.p2p.gateways``).
+gateway provides ``GATEWAYS_KEY``, through which nodes reach it (``node.p2p.gateways``);
+a relay ``RELAYS_KEY``, where peers behind a NAT find it (``node.p2p.relays``); a peer
+reached through relays ``RELAYED_KEY``, where gateways and clients listing nodes find it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,15 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from node.p2p.host import PeerHost
-from protocols import GATEWAYS_KEY, NodeRecord, model_key, node_key, sign_record
+from protocols import (
+    GATEWAYS_KEY,
+    RELAYED_KEY,
+    RELAYS_KEY,
+    NodeRecord,
+    model_key,
+    node_key,
+    sign_record,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +68,10 @@ class Advertiser:
                 await self._host.provide(model_key(model))
             if record.role == "gateway":
                 await self._host.provide(GATEWAYS_KEY)
+            if self._host.nat.settings.serve:
+                await self._host.provide(RELAYS_KEY)
+            if self._host.nat.private and self._host.nat.reserved:
+                await self._host.provide(RELAYED_KEY)
             self.published += 1
         except Exception as exc:  # a DHT hiccup must not stop the node; retry next round
             logger.warning("could not publish record: %r", exc)

@@ -28,6 +28,7 @@ from node.p2p.admission import Admission, StreamHandler
 from node.p2p.dht import RecordValidator, guard, make_dht, prune_expired
 from node.p2p.gate import ADMIT_TIMEOUT, Gate
 from node.p2p.multistream import bound_multistream_reads
+from node.p2p.relay import DIAL_TIMEOUT, NatTraversal, RelaySettings, is_circuit
 from node.p2p.streams import Libp2pByteStream
 from protocols import (
     REVOKED_KEY,
@@ -141,8 +142,10 @@ class PeerHost:
         operator_public: bytes,
         membership: Membership,
         data_dir: Path | None = None,
+        relay: RelaySettings | None = None,
     ) -> None:
         self.host = _make_host(identity)
+        self.nat = NatTraversal(self.host, relay or RelaySettings())
         self.membership = membership
         self._data_dir = data_dir
         saved = _saved_revocations(data_dir, operator_public)
@@ -169,10 +172,11 @@ class PeerHost:
         self.on_member: Callable[[str, Certificate], None] | None = None
 
     @classmethod
-    def of(cls, data_dir: Path, role: str) -> PeerHost:
+    def of(cls, data_dir: Path, role: str, relay: RelaySettings | None = None) -> PeerHost:
         """The host of the peer whose keys are in ``data_dir``, admitted as ``role``."""
         membership = Membership.load(data_dir, role)  # first: it says how to get admitted
-        return cls(keys.identity(data_dir), keys.operator_public(data_dir), membership, data_dir)
+        identity, operator = keys.identity(data_dir), keys.operator_public(data_dir)
+        return cls(identity, operator, membership, data_dir, relay)
 
     @property
     def certificate(self) -> bytes:
@@ -180,7 +184,14 @@ class PeerHost:
         return self.membership.certificate
 
     def addrs(self) -> list[str]:
-        """Dialable addresses, each ending in ``/p2p/<peer id>``."""
+        """Where others reach us, each ending in ``/p2p/<peer id>``: a private peer's
+        circuit addresses once a relay holds a slot for it, else the direct ones."""
+        if self.nat.private and self.nat.reserved:
+            return self.nat.addrs()
+        return self.direct_addrs()
+
+    def direct_addrs(self) -> list[str]:
+        """The addresses we listen on, each ending in ``/p2p/<peer id>``."""
         suffix = f"/p2p/{self.peer_id}"
         return [a if a.endswith(suffix) else a + suffix for a in map(str, self.host.get_addrs())]
 
@@ -197,6 +208,7 @@ class PeerHost:
             async with self.host.run(listen_addrs=[multiaddr.Multiaddr(a) for a in listen]):
                 nursery.start_soon(self.host.get_peerstore().start_cleanup_task, 60)
                 nursery.start_soon(self.gate.run)
+                await nursery.start(self.nat.run)
                 async with background_trio_service(self.dht):
                     await self.join()
                     nursery.start_soon(self._maintain)
@@ -317,15 +329,32 @@ class PeerHost:
         from libp2p.peer.id import ID
 
         peer_id = ID.from_base58(peer)
-        usable = [multiaddr.Multiaddr(a.split("/p2p/")[0]) for a in addrs]
-        if usable:
-            self.host.get_peerstore().add_addrs(peer_id, usable, 3600)
+        direct = [multiaddr.Multiaddr(a.split("/p2p/")[0]) for a in addrs if not is_circuit(a)]
+        if direct:
+            self.host.get_peerstore().add_addrs(peer_id, direct, 3600)
+        await self._reach(peer_id, addrs)
         with trio.fail_after(10):
             stream = Libp2pByteStream(await self.host.new_stream(peer_id, [protocol]))
         if await self.admission.wait(peer, ADMIT_TIMEOUT) is None:
             await stream.reset()
             raise NotMember(f"{peer} is not a member of this swarm")
         return stream
+
+    async def _reach(self, peer_id: Any, addrs: list[str]) -> None:
+        """Connect to ``peer_id`` through a relay when ``addrs`` name one and its direct
+        addresses (if any) do not answer; ``new_stream`` dials direct addresses itself."""
+        circuits = [a for a in addrs if is_circuit(a)]
+        network = self.host.get_network()
+        if not circuits or network.get_connections(peer_id):
+            return
+        if len(circuits) < len(addrs):
+            try:
+                with trio.fail_after(DIAL_TIMEOUT):
+                    await network.dial_peer(peer_id)
+                return
+            except Exception as exc:  # behind a NAT after all: the relay it names
+                logger.debug("no direct connection to %s: %r", str(peer_id)[-8:], exc)
+        await self.nat.dial(str(peer_id), circuits)
 
     async def put(self, key: str, value: bytes) -> None:
         await self.dht.put_value(key, value)

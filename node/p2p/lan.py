@@ -82,7 +82,7 @@ async def discover_on_lan(host: PeerHost) -> None:
     peerDiscovery.register_peer_discovered_handler(heard)
     mdns = None
     try:
-        addrs = lan_addrs([a.split("/p2p/")[0] for a in host.addrs()])
+        addrs = lan_addrs([a.split("/p2p/")[0] for a in host.direct_addrs()])
         mdns = await trio.to_thread.run_sync(
             lambda: MDNSDiscovery(
                 host.host.get_network(),

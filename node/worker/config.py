@@ -16,6 +16,15 @@ class NodeConfig:
     listen: list[str] = dataclasses.field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/4001"])
     bootstrap: list[str] = dataclasses.field(default_factory=list)
     mdns: bool = True  # announce on the LAN and join the peers heard there (node.p2p.lan)
+    # NAT traversal (node.p2p.relay): whether others can dial this node ("private": it
+    # takes slots at relays and advertises circuit addresses instead; "auto": it does so
+    # when no relay can dial it back); whether it relays for other members, with how many
+    # slots and what cap on each relayed connection.
+    reachability: str = "public"
+    relay: bool = False
+    relay_reservations: int = 128
+    relay_circuit_seconds: int = 3600
+    relay_circuit_bytes: int = 1 << 30
     # Model ids, or [[node.models]] tables: id, and optionally dtype, slots, device.
     models: list[str | dict[str, Any]] = dataclasses.field(default_factory=list)
     # [[node.engines]] tables: models served by vLLM, llama-server or SGLang (docs/engines.md)

@@ -30,6 +30,8 @@ from node.p2p.gateways import keep_reaching
 from node.p2p.host import PeerHost
 from node.p2p.lan import discover_on_lan, on_lan
 from node.p2p.readiness import StatusFile
+from node.p2p.relay import settings_of
+from node.p2p.relays import keep_reserved
 from node.p2p.tasks import supervised
 from node.p2p.version import VERSION
 from node.worker import memory
@@ -102,7 +104,7 @@ class Node:
         self.engines = [EngineSpec.from_config(table) for table in config.engines]
         self.status = StatusFile(config.ready_file)
         self.identity = keys.identity(config.data_dir)
-        self.host = PeerHost.of(config.data_dir, "node")
+        self.host = PeerHost.of(config.data_dir, "node", settings_of(config, config.reachability))
         logs.set_peer(self.host.peer_id)
         self.roster = Roster(config.max_queue, config.capacity)
         self.hardware = Hardware("cpu", "unknown", "RAM", 0, 0)
@@ -414,6 +416,9 @@ class Node:
             # An unexpected error in either is logged and the task started again.
             nursery.start_soon(supervised, "advertiser", self.advertiser.run)
             nursery.start_soon(supervised, "gateway reach", partial(keep_reaching, self.host))
+            if self.host.nat.settings.reachability != "public":
+                reserved = partial(keep_reserved, self.host, self.advertiser.republish_soon)
+                nursery.start_soon(supervised, "relay slots", reserved)
             if config.mdns and on_lan(config.listen):
                 nursery.start_soon(supervised, "mdns", partial(discover_on_lan, self.host))
             nursery.start_soon(supervised, "memory refresh", self._refresh_hardware)

@@ -64,11 +64,12 @@ class LocalSwarmFixture:
         *,
         listen: str = "/ip4/127.0.0.1/tcp/0",
         wrap: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         args = [x for b in bootstrap for x in ("--bootstrap", b)]
         args += [x for m in models for x in ("--model", m)]
         args += ["--model-store", str(self.data_dir), *(extra or [])]
-        self.local.spawn(name, "node", args, listen=listen, wrap=wrap)
+        self.local.spawn(name, "node", args, env, listen=listen, wrap=wrap)
 
     def wait_ready(self, names: list[str], timeout: float = 120) -> None:
         self.local.wait(names, "ready", timeout)

@@ -86,6 +86,42 @@ class Lan:
         _ip("-n", ns, "link", "set", "eth0", "up")
         return f"{subnet}.1", f"{subnet}.254"
 
+    def behind_router(self, name: str, subnet: str) -> tuple[str, str]:
+        """A machine on a link of its own (``subnet`` like ``10.9.9``) to a router machine
+        ``<name>-gw`` on the LAN, which forwards between the two; every LAN machine added so
+        far routes ``subnet`` through it. Its address, and the router's on the LAN."""
+        router_ip = self.add(f"{name}gw")
+        router, ns = self.machines[f"{name}gw"], self._namespace(name)
+        _ip(
+            "-n",
+            router,
+            "link",
+            "add",
+            "inside",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns,
+        )
+        _ip("-n", router, "addr", "add", f"{subnet}.254/24", "dev", "inside")
+        _ip("-n", router, "link", "set", "inside", "up")
+        _ip("-n", ns, "addr", "add", f"{subnet}.1/24", "dev", "eth0")
+        _ip("-n", ns, "link", "set", "eth0", "up")
+        _ip("-n", ns, "route", "add", "default", "via", f"{subnet}.254")
+        subprocess.run(  # this namespace's own setting, not the machine's
+            [*self.run_in(f"{name}gw"), "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+            check=True,
+            capture_output=True,
+            timeout=10,
+        )
+        for other, other_ns in self.machines.items():
+            if other not in (name, f"{name}gw"):
+                _ip("-n", other_ns, "route", "add", f"{subnet}.0/24", "via", router_ip)
+        return f"{subnet}.1", router_ip
+
     def run_in(self, name: str) -> list[str]:
         """The command prefix that runs a program on machine ``name``."""
         return ["ip", "netns", "exec", self.machines[name]]

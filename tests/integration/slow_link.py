@@ -59,8 +59,8 @@ class Link:
             async with client, server, trio.open_nursery() as nursery:
                 nursery.start_soon(self.carry, client, server)
                 nursery.start_soon(self.carry, server, client)
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # one side went away: so does the other
+        except* (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # one side went away (both directions may say so at once): so does the other
 
 
 def _address(text: str) -> tuple[str, int]:

@@ -43,13 +43,13 @@ def peers(url: str, token: str) -> dict[str, dict[str, Any]]:
     return {p["peer_id"]: p for p in reply.json()["data"]}
 
 
-def stream(client: openai.OpenAI) -> tuple[str, list[float]]:
+def stream(client: openai.OpenAI, model: str = "echo") -> tuple[str, list[float]]:
     """A streamed echo of ``WORDS``: its text and when each piece arrived."""
     started = time.monotonic()
     pieces: list[str] = []
     times: list[float] = []
     chunks = client.chat.completions.create(
-        model="echo", messages=[{"role": "user", "content": WORDS}], stream=True
+        model=model, messages=[{"role": "user", "content": WORDS}], stream=True
     )
     for chunk in chunks:
         if chunk.choices and chunk.choices[0].delta.content:

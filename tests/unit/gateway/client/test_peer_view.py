@@ -297,6 +297,8 @@ def test_short_forms() -> None:
     assert short_addr("/ip4/10.0.0.5/tcp/4001/p2p/12D3KooWx") == "10.0.0.5:4001"
     assert short_addr("/ip6/::1/tcp/4001") == "[::1]:4001"
     assert short_addr("/dns4/example.org/tcp/4001/ws") == "/dns4/example.org/tcp/4001/ws"
+    circuit = "/p2p/12D3KooWRelay0012345678/p2p-circuit/p2p/12D3KooWNode"
+    assert short_addr(circuit) == "relay 12345678"
     assert [ago(s) for s in (0.4, 12, 185, 7300)] == ["now", "12s ago", "3m05s ago", "2h01m ago"]
 
 
