@@ -232,8 +232,15 @@ class PeerHost:
         lookup puts them there); whether it answered and was admitted."""
         from libp2p.peer.id import ID
 
+        from libp2p.peer.peerstore import PeerStoreError
+
         peer_id = ID.from_base58(peer)
-        return await self._connect(self.host.get_peerstore().peer_info(peer_id), peer[-8:])
+        try:
+            info = self.host.get_peerstore().peer_info(peer_id)
+        except PeerStoreError:  # never heard of: nowhere to dial
+            logger.debug("no address known for %s", peer[-8:])
+            return False
+        return await self._connect(info, peer[-8:])
 
     async def _connect(self, info: Any, shown: str) -> bool:
         if str(info.peer_id) == self.peer_id:

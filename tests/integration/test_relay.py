@@ -63,6 +63,13 @@ def known(host: PeerHost, other: PeerHost) -> None:
     host.host.get_peerstore().add_addrs(info.peer_id, info.addrs, 3600)
 
 
+def _stranger_id() -> str:
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.peer.id import ID
+
+    return ID.from_pubkey(create_new_key_pair().public_key).to_base58()
+
+
 async def provided(relay: PeerHost) -> None:
     """``relay`` provides the relays key, as its advertiser does."""
     from protocols import RELAYS_KEY
@@ -131,6 +138,8 @@ async def test_an_auto_peer_that_a_relay_can_dial_back_stays_public() -> None:
         assert reachable.nat.checked_at == checked
         # A peer that is not a relay answers no dial-back: nothing is concluded from it.
         async with peer(bootstrap=(relay,)) as plain:
+            assert not await reachable.connect_known(_stranger_id())  # no address: no dial
+            assert await reachable.connect(plain.addrs()[0])
             reachable.nat.reachable = None
             await find_out(reachable, {plain.peer_id})
             assert reachable.nat.reachable is None
