@@ -231,7 +231,6 @@ class PeerHost:
         """Connect to ``peer`` at the addresses the peerstore holds for it (a provider
         lookup puts them there); whether it answered and was admitted."""
         from libp2p.peer.id import ID
-
         from libp2p.peer.peerstore import PeerStoreError
 
         peer_id = ID.from_base58(peer)
