@@ -109,8 +109,12 @@ class Dispatcher:
         node_queue: int = 2,
         max_total: int = 1024,
         max_per_user: int = 64,
+        wait_for_best: bool = False,
     ) -> None:
         self.table = table
+        # Whether the order is by when a call would end: then a call waits for the first
+        # node rather than take a later one that has room (round-robin and random take any).
+        self.wait_for_best = wait_for_best
         self._usable = usable  # connected, and routable by this gateway
         self._order = order  # the routing policy: nodes in the order to try, for a call's turn
         self._asked = 0
@@ -262,9 +266,15 @@ class Dispatcher:
         ready = [
             e for e in self.table.candidates(model, self._wall(), ticket.avoid) if self._usable(e)
         ]
-        ordered = self._order(ready, ticket.turn)
-        roomy = (e.peer_id for e in ordered if e.room(model, self.node_queue) > 0)
-        return next(roomy, None)
+        for entry in self._order(ready, ticket.turn):
+            if entry.room(model, self.node_queue) > 0:
+                return entry.peer_id
+            ours = entry.open_by_model.get(model, 0)
+            if self.wait_for_best and ours and model not in entry.refused:
+                # Where the call would end first is full of this gateway's own calls: one
+                # ends soon and pumps the queue. A slower node with room would end it later.
+                return None
+        return None
 
     def _grant(self, ticket: Ticket, peer: str) -> None:
         entry = self.table.entries[peer]

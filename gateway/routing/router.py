@@ -305,6 +305,7 @@ class Router:
             max_total=max_queued,
             max_per_user=max_queued_per_user,
             wall=lambda: time.time(),
+            wait_for_best=self.policy == "expected-wait",
         )
         tracker.on_change.append(self.dispatcher.changed)
 

@@ -1,4 +1,5 @@
-"""The gateway's peer table: ranking, health, freshness. Pure: times are passed in."""
+"""The gateway's peer table: ranking, health, freshness, and the dispatcher's use of the
+ranking. Pure: times are passed in."""
 
 from __future__ import annotations
 
@@ -291,3 +292,26 @@ def test_remove_is_idempotent() -> None:
     table.remove("a")
     table.remove("a")
     assert table.entries == {}
+
+
+@pytest.mark.parametrize(("wait_for_best", "second_goes_to"), [(True, "fast"), (False, "slow")])
+async def test_a_call_waits_for_the_node_where_it_ends_first_rather_than_take_a_slower_one(
+    wait_for_best: bool, second_goes_to: str
+) -> None:
+    from gateway.routing.dispatch import Dispatcher, Wait
+
+    table = PeerTable()
+    fast = live(table, "fast", load(capacity=1))
+    fast.note_held("m", 0.04)
+    live(table, "slow", load(capacity=1)).note_held("m", 0.12)
+    dispatcher = Dispatcher(
+        table, lambda e: True, wall=lambda: T0, node_queue=0, wait_for_best=wait_for_best
+    )
+    first = dispatcher.ask("m", Wait("ann"))
+    assert first.peer == "fast"
+    # Full, but a call there ends at 2 x 40 ms, before one on the idle slow node (120 ms).
+    second = dispatcher.ask("m", Wait("bob"))
+    if wait_for_best:
+        assert second.peer is None and dispatcher.queue.waiting("m") == 1
+        dispatcher.release(first, served=True)  # its first call ends: the second goes there
+    assert second.peer == second_goes_to
