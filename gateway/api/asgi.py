@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+import trio
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class HttpMiddleware:
@@ -20,3 +21,23 @@ class HttpMiddleware:
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         raise NotImplementedError
+
+
+class StatusSeen:
+    """A ``send`` that passes messages on and remembers the response's status (0 until the
+    response starts)."""
+
+    def __init__(self, send: Send) -> None:
+        self.status = 0
+        self._send = send
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+        await self._send(message)
+
+    def failed(self, exc: BaseException) -> None:
+        """What the client got when ``exc`` ended the request before a response started:
+        the server's 500, or nothing (499) if it left."""
+        if not self.status:
+            self.status = 499 if isinstance(exc, trio.Cancelled) else 500

@@ -14,15 +14,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
-import trio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 import keys
 from gateway.accounts.errors import Refused
 from gateway.api import openai_api as oa
-from gateway.api.asgi import HttpMiddleware
+from gateway.api.asgi import HttpMiddleware, StatusSeen
 from gateway.api.auth import require_user
 from gateway.api.errors import ApiError, error_response, refusal
 
@@ -44,14 +43,7 @@ class LeanRoutes(HttpMiddleware):
             return
         scope["app"] = self.api  # what ``request.app`` (the services) reads
         started = time.monotonic()
-        status = 0
-
-        async def sending(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
+        sending = StatusSeen(send)
         try:
             response = await _answer(handler, Request(scope, receive))
             await response(scope, receive, sending)
@@ -59,15 +51,15 @@ class LeanRoutes(HttpMiddleware):
             # As the app's own server-error layer does: the client gets a 500, the log
             # the traceback; the gateway keeps serving.
             logger.exception("%s failed", scope["path"])
-            if not status:
+            if not sending.status:
                 failed = JSONResponse(oa.error_body(500, "internal error"), status_code=500)
                 await failed(scope, receive, sending)
         except BaseException as exc:
-            status = status or (499 if isinstance(exc, trio.Cancelled) else 500)
+            sending.failed(exc)
             raise
         finally:
             metrics = self.api.state.services.metrics
-            metrics.http_done(scope["path"], "POST", status, time.monotonic() - started)
+            metrics.http_done(scope["path"], "POST", sending.status, time.monotonic() - started)
 
 
 async def _answer(handler: Handler, request: Request) -> Response:

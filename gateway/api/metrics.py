@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Collection, Iterable
 from functools import partial
 
-import trio
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import (
@@ -30,11 +29,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from starlette.applications import Starlette
 from starlette.requests import Request as StarletteRequest
 from starlette.routing import BaseRoute, Match, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 import keys
 from gateway.accounts.metering import Outcome
-from gateway.api.asgi import HttpMiddleware
+from gateway.api.asgi import HttpMiddleware, StatusSeen
 from gateway.routing.peer_table import PeerTable
 from node.p2p.metrics import model_counters, peer_registry
 
@@ -214,26 +213,17 @@ class _Instrumented(HttpMiddleware):
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.monotonic()
-        status = 0
         asked = dict(scope)  # routing rewrites the path and root path as it goes
-
-        async def sending(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
+        sending = StatusSeen(send)
         try:
             await self.app(scope, receive, sending)
         except BaseException as exc:
-            if not status:
-                # What the client gets: the server's 500, or nothing (499) if it left.
-                status = 499 if isinstance(exc, trio.Cancelled) else 500
+            sending.failed(exc)
             raise
         finally:
             method = str(scope.get("method", ""))
             route = self._route(scope.get("route"), asked)
-            self.metrics.http_done(route, method, status, time.monotonic() - started)
+            self.metrics.http_done(route, method, sending.status, time.monotonic() - started)
 
     def _route(self, route: BaseRoute | None, asked: Scope) -> str:
         """The matched route's template, never the path a client sent."""

@@ -80,6 +80,24 @@ def first_stream(
             time.sleep(1)
 
 
+def start_home(
+    swarm: LocalSwarmFixture, net: Lan, ip: str, bootstrap: str, extra: list[str] | None = None
+) -> tuple[str, str]:
+    """The echo node behind the NAT, in namespace ``home`` at ``ip``, finding out whether
+    it is reachable (``auto``): its peer id and TCP port."""
+    swarm.start_node(
+        "home",
+        [bootstrap],
+        ["echo"],
+        extra,
+        listen=f"/ip4/{ip}/tcp/0",
+        wrap=net.run_in("home"),
+        env={"BITINGLIP_NODE_REACHABILITY": "auto"},
+    )
+    swarm.wait_ready(["home"])
+    return swarm.peer_id("home"), swarm.addr("home").split("/tcp/")[1].split("/")[0]
+
+
 def reaches(net: Lan, machine: str, ip: str, port: str) -> bool:
     """Whether ``machine`` can open a TCP connection to ``ip:port``."""
     probe = f"import socket; socket.create_connection(({ip!r}, {port}), timeout=3).close()"
@@ -113,18 +131,8 @@ def test_a_node_behind_a_nat_answers_a_gateway_it_never_dialled_through_the_rela
             [sys.executable, "-m", "tests.integration.slow_link", *router], stdout=subprocess.PIPE
         )
         assert forwarder.stdout is not None and forwarder.stdout.readline().strip() == b"ready"
-        swarm.start_node(
-            "home",
-            [f"/ip4/{router_ip}/tcp/{port}/p2p/{relay}"],
-            ["echo"],
-            ["--echo-delay", "0.05"],
-            listen=f"/ip4/{home_ip}/tcp/0",
-            wrap=net.run_in("home"),
-            env={"BITINGLIP_NODE_REACHABILITY": "auto"},
-        )
-        swarm.wait_ready(["home"])
-        home = swarm.peer_id("home")
-        home_port = swarm.addr("home").split("/tcp/")[1].split("/")[0]
+        bootstrap = f"/ip4/{router_ip}/tcp/{port}/p2p/{relay}"
+        home, home_port = start_home(swarm, net, home_ip, bootstrap, ["--echo-delay", "0.05"])
         assert not reaches(net, "gw2", home_ip, home_port)  # the NAT: nobody dials in
         assert reaches(net, "home", router_ip, port)  # home dials out through the router
         circuit = f"/p2p/{relay}/p2p-circuit/p2p/{home}"
@@ -195,17 +203,7 @@ def test_a_node_behind_a_nat_filter_is_upgraded_from_the_relay_to_a_direct_conne
     swarm.start_gateway("gw1", listen=EVERYWHERE, wrap=net.run_in("gw1"), env=HTTP_EVERYWHERE)
     port = swarm.addr("gw1").split("/tcp/")[1].split("/")[0]
     gw1 = f"/ip4/{relay_ip}/tcp/{port}/p2p/{swarm.peer_id('gw1')}"
-    swarm.start_node(
-        "home",
-        [gw1],
-        ["echo"],
-        listen=f"/ip4/{home_ip}/tcp/0",
-        wrap=net.run_in("home"),
-        env={"BITINGLIP_NODE_REACHABILITY": "auto"},
-    )
-    swarm.wait_ready(["home"])
-    home = swarm.peer_id("home")
-    home_port = swarm.addr("home").split("/tcp/")[1].split("/")[0]
+    home, home_port = start_home(swarm, net, home_ip, gw1)
     assert not reaches(net, "peer", home_ip, home_port)  # nobody dials in
     assert reaches(net, "home", relay_ip, port)  # home dials out
     wait_log(swarm.data_dir / "logs" / "home.log", "no relay can dial us back: private")
