@@ -174,11 +174,18 @@ class Gate:
             if not isinstance(message, Hello):
                 raise RemoteProtocolError("send hello first")
             cert = self._admission.check(message.certificate, peer)
-        except (ProtocolError, StreamBroken, trio.TooSlowError) as exc:
-            reason = str(exc) or "no certificate in time"
-            logger.info("refusing %s: %s", peer, reason)
-            await _answer(messages, Error(0, ErrorCode.UNAUTHORIZED, reason))
+        except ProtocolError as exc:  # a certificate that does not admit it: out
+            logger.info("refusing %s: %s", peer, exc)
+            await _answer(messages, Error(0, ErrorCode.UNAUTHORIZED, str(exc)))
             await self.remove(peer)
+            return
+        except (StreamBroken, trio.TooSlowError) as exc:
+            # No verdict: the exchange broke (the presenter gave up on a busy peer). A
+            # member stays one, and a peer never admitted is closed by ``connected``'s
+            # deadline; closing every connection of a member here, its gateway streams
+            # with them, made a busy swarm drop and redial its members over and over.
+            logger.debug("no certificate from %s on this exchange: %r", peer, exc)
+            await _answer(messages, Error(0, ErrorCode.UNAUTHORIZED, "no certificate in time"))
             return
         self._admission.admit(peer, cert)
         await _answer(messages, End(0, {}))

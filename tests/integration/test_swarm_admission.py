@@ -29,6 +29,7 @@ from node.p2p.host import PeerHost, _make_host
 from node.p2p.rpc_client import RpcClient
 from node.p2p.rpc_server import Caller, Emit
 from protocols import (
+    ADMIT_PROTOCOL,
     RPC_PROTOCOL,
     Certificate,
     Hardware,
@@ -133,6 +134,19 @@ async def test_a_peer_that_never_presents_a_certificate_is_disconnected() -> Non
         assert silent_id in connected(member)
         await until(lambda: silent_id not in connected(member))
         assert silent_id not in in_table(member)
+
+
+async def test_a_broken_admission_exchange_does_not_cut_off_a_member() -> None:
+    """A member that gives up on one exchange (it found us too slow) keeps its connections:
+    closing them all made a busy swarm drop and redial its members over and over."""
+    async with peer() as member, peer(bootstrap=(member,)) as other:
+        await until(lambda: member.admission.member(other.peer_id) is not None)
+        stream = await other.host.new_stream(ID.from_base58(member.peer_id), [ADMIT_PROTOCOL])
+        await stream.close()  # no certificate sent on this one
+        await trio.sleep(1)
+        assert member.admission.member(other.peer_id) is not None
+        assert other.peer_id in connected(member)
+        assert await status_from(other, member) == {"caller": other.peer_id}
 
 
 async def test_a_revoked_member_is_disconnected_by_every_peer_within_seconds() -> None:
