@@ -43,11 +43,21 @@ logger = logging.getLogger(__name__)
 
 MAINTAIN_INTERVAL = 15.0
 REJOIN_FIRST = 1.0  # a peer with no member connected joins again after 1 s, 2, 4, ...
-# A refresh walks the DHT several times: 21 idle peers in one process refreshing every 15 s
-# kept 50-70 % of a core busy. Lookups and stores fill the table between refreshes too.
-REFRESH_INTERVAL = 60.0
+# A refresh walks the DHT once per non-empty bucket, a few hundred requests in a swarm of
+# hundreds: 21 idle peers in one process refreshing every 15 s kept 50-70 % of a core
+# busy. The first comes within a minute of joining (a joining peer's table holds only its
+# bootstrap peers), then every ten minutes as go-libp2p does; lookups and stores fill the
+# table between refreshes too.
+FIRST_REFRESH = 60.0
+REFRESH_INTERVAL = 600.0
 NEARBY_TIMEOUT = 5.0
 IDENTIFY_POLL = 0.1
+# A gateway holds a connection to every node it routes to: py-libp2p's default limit
+# (go-libp2p's 300) refused every node past the 300th. Past ``PRUNE_ABOVE`` connections
+# py-libp2p closes idle ones (no stream open, older than 20 s: a DHT walk's leftovers,
+# never a gateway's node, whose RPC stream stays open) down to half of it.
+MAX_CONNECTIONS = 8192
+PRUNE_ABOVE = 1024
 
 
 class NotMember(Exception):
@@ -101,7 +111,12 @@ def _make_host(identity: Ed25519PrivateKey) -> Any:
         # left half of them unadmitted at the gateways after 40 s (two peers dialing each
         # other at once hold two connections); with three they converged in 6 s. The cost
         # is a 250 ms "happy eyeballs" wait on a peer's first dial.
-        connection_config=ConnectionConfig(max_connections_per_peer=3),
+        connection_config=ConnectionConfig(
+            max_connections_per_peer=3,
+            max_connections=MAX_CONNECTIONS,
+            high_watermark=PRUNE_ABOVE,
+            low_watermark=PRUNE_ABOVE // 2,
+        ),
     )
     _without_auto_connector(host.get_network())
     _without_inbound_slot_leak(host.get_network())
@@ -282,7 +297,7 @@ class PeerHost:
         """Join again soon while no member is connected; refresh the routing table now and
         then; drop expired records."""
         # Staggered: many peers refreshing at once exhaust each other's inbound streams.
-        refresh_at = trio.current_time() + random.uniform(0.2, 1.0) * REFRESH_INTERVAL
+        refresh_at = trio.current_time() + random.uniform(0.2, 1.0) * FIRST_REFRESH
         rejoin = REJOIN_FIRST
         fetched = False
         while True:
