@@ -37,6 +37,7 @@ from protocols.peers import PeerStatus
 logger = logging.getLogger(__name__)
 
 ASK_TIMEOUT = 3.0
+ASK_SELF_TIMEOUT = 1.0  # a lookup's first second: the DHT has the rest
 # A snapshot waits this long for records: peers met first are asked first, a lookup that
 # times out waits RETRY_NO_RECORD, and those not reached are asked in the next snapshot.
 LOOKUP_WAIT = LOOKUP_TIMEOUT + 0.5
@@ -109,6 +110,22 @@ class LightClient:
         return known is not None and known.client is not None and not known.client.closed
 
     async def _record_of(self, peer: str) -> bytes | None:
+        """The peer's record as the peer itself serves it, else as the DHT holds it.
+
+        Asking the peer is one request where a DHT lookup walks to tens of peers, its
+        answer is the freshest, and a node that just started serves its record seconds
+        before its first DHT write (``node.p2p.advertise``). Gateways and clients serve no
+        record: the DHT answers for them."""
+        with trio.move_on_after(ASK_SELF_TIMEOUT):
+            try:
+                stream = await self.host.open_stream(peer, [], RPC_PROTOCOL)
+                async with RpcClient(stream, self.host.certificate).running() as client:
+                    reply = await client.call("record", {}, timeout=ASK_SELF_TIMEOUT)
+                value = reply.get("record")
+                if isinstance(value, bytes) and value:
+                    return value
+            except Exception as exc:  # not a node, or not answering: the DHT may know it
+                logger.debug("%s serves no record: %r", peer[-8:], exc)
         return await self.host.get(node_key(peer))
 
     def _take(self, peer: str, value: bytes | None) -> None:

@@ -34,7 +34,10 @@ class NodeConfig:
     capacity: int = 0  # 0: the models' own batch sizes
     slots: int = 0  # generations per text model at once; 0: from its size and free memory
     max_queue: int = 16
-    record_ttl: float = 30.0
+    # How long the node's DHT record verifies; re-put every third of it and on every change.
+    # Liveness does not wait on it: a gateway drops a node whose stream breaks at once, and
+    # one that falls silent within 3 s (docs/design.md, "Records live two minutes").
+    record_ttl: float = 120.0
     echo_delay: float = 0.0
     ready_file: Path | None = None
     log_level: str = "info"

@@ -111,7 +111,8 @@ class Node:
         # Memory promised to models still loading, not yet visible as used.
         self._promised = 0
         self._promising = threading.Lock()
-        self.advertiser = Advertiser(self.host, self.identity, self._record, config.record_ttl)
+        ttl = config.record_ttl
+        self.advertiser = Advertiser(self.host, self.identity, self._record, ttl, spread=ttl / 3)
         self.policy = Policy.from_table(config.placement)
         self.placement = Placement(self.policy)
         self.board = Board()

@@ -77,3 +77,50 @@ async def test_a_snapshot_takes_one_lookup_timeout_however_many_peers_are_silent
         assert trio.current_time() - started <= LOOKUP_WAIT
         nursery.cancel_scope.cancel()
     assert [s.peer_id for s in statuses] == [peer]
+
+
+class NodeNotInTheDht(SwarmWithJunk):
+    """A node that serves its record over RPC (in memory) before the DHT holds it."""
+
+    def __init__(self, peer: str, record: bytes) -> None:
+        super().__init__(peer, record, junk=0)
+        self.nursery: trio.Nursery | None = None
+        self.lookups = 0
+
+    async def get(self, key: str) -> bytes | None:
+        self.lookups += 1
+        return None
+
+    async def open_stream(self, peer: str, addrs: list[str], protocol: str) -> Any:
+        import trio.testing
+
+        from node.p2p.rpc_server import Caller, RpcServer
+        from node.p2p.streams import TrioByteStream
+
+        async def record(params: Any, caller: Any, emit: Any) -> dict[str, Any]:
+            return {"seq": 1, "record": self.record[1]}
+
+        async def status(params: Any, caller: Any, emit: Any) -> dict[str, Any]:
+            return {"inflight": 0, "queued": 0, "capacity": 1}
+
+        left, right = trio.testing.memory_stream_pair()
+        server = RpcServer(
+            {"record": record, "status": status}, lambda cert, peer: Caller(peer, "client")
+        )
+        assert self.nursery is not None
+        self.nursery.start_soon(server.serve, TrioByteStream(right), "client")
+        return TrioByteStream(left)
+
+
+async def test_a_node_is_listed_from_its_own_answer_before_its_first_dht_write(
+    autojump_clock: Any,
+) -> None:
+    peer, record = node()
+    host = NodeNotInTheDht(peer, record)
+    async with trio.open_nursery() as nursery:
+        host.nursery = nursery
+        client = LightClient(cast(PeerHost, host), nursery)
+        statuses = await client.snapshot()
+        nursery.cancel_scope.cancel()
+    assert [(s.peer_id, s.healthy) for s in statuses] == [(peer, True)]
+    assert host.lookups == 0  # no DHT walk for a peer that answered
