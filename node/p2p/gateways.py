@@ -12,9 +12,13 @@ at least) are asked which providers they hold, one request each. Only when they 
 does the node walk the DHT, which dials tens of peers: a swarm's worth of nodes doing so
 the moment they start kept each other's admissions queued past their deadline. A gateway
 found but not reached (a dial or an admission that failed while the swarm was busy) is
-tried again after ``RETRY_FIRST``, then twice as long each time, up to ``RETRY_MAX``; once
-every gateway found is reached, the node walks the DHT for them every ``REACH_INTERVAL``
-(gateways come and go).
+tried again after ``RETRY_FIRST``, then twice as long each time, up to ``RETRY_MAX``, and
+so is one whose connection is lost (a node looks at its own connections every
+``CHECK_INTERVAL``). Once every gateway found is reached, the node walks the DHT for new
+ones every ``REACH_INTERVAL``
+(gateways come and go). Not more often: py-libp2p's walk asks most of a swarm of a hundred
+(a probe's lookups asked 100 peers each), and a gateway that starts later finds the nodes
+itself meanwhile (``gateway.routing.tracker``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from protocols import GATEWAYS_KEY
 
 logger = logging.getLogger(__name__)
 
-REACH_INTERVAL = 30.0
+REACH_INTERVAL = 300.0
+CHECK_INTERVAL = 1.0  # a look at our own connections, which costs nothing on the wire
 RETRY_FIRST = 1.0
 RETRY_MAX = 8.0  # also how late a node that started before any gateway finds one
 LOOKUP_TIMEOUT = 10.0
@@ -52,25 +57,23 @@ async def find(host: PeerHost, walk: bool) -> set[str]:
     return found
 
 
-async def reach(host: PeerHost, walk: bool = True) -> tuple[int, int]:
-    """Connect to every gateway found (``find``) that we are not connected to; return how
-    many were found and how many of those we are connected to now."""
-    found = await find(host, walk)
-    async with trio.open_nursery() as nursery:
-        for peer in found - host.connected_members():
-            nursery.start_soon(host.connect_known, peer)
-    return len(found), len(found & host.connected_members())
-
-
 async def keep_reaching(host: PeerHost) -> None:
-    """``reach`` the gateways now, again soon while some are missing, and every
-    ``REACH_INTERVAL`` once all are reached."""
-    wait, walk = RETRY_FIRST, False
+    """Stay connected to every gateway: find them (``find``), connect to those we are not
+    connected to, look again every ``CHECK_INTERVAL`` (our own connections: no request)
+    and reconnect at once to one we lost, retrying after ``RETRY_FIRST``, then twice as
+    long up to ``RETRY_MAX``; walk the DHT for new gateways every ``REACH_INTERVAL``."""
+    known: set[str] = set()
+    wait, walk, walk_at = RETRY_FIRST, False, 0.0
     while True:
-        found, reached = await reach(host, walk)
-        if found and reached == found:
+        if not known or trio.current_time() >= walk_at:
+            known = await find(host, walk) or known
+            walk_at = trio.current_time() + REACH_INTERVAL * random.uniform(0.8, 1.2)
+        async with trio.open_nursery() as nursery:
+            for peer in known - host.connected_members():
+                nursery.start_soon(host.connect_known, peer)
+        if known and known <= host.connected_members():
             wait, walk = RETRY_FIRST, True
-            await trio.sleep(REACH_INTERVAL * random.uniform(0.8, 1.2))
+            await trio.sleep(CHECK_INTERVAL)
         else:  # jittered: nodes that failed together do not retry together
             await trio.sleep(wait * random.uniform(0.5, 1.5))
             wait = min(RETRY_MAX, wait * 2)

@@ -1,0 +1,65 @@
+"""A node stays connected to every gateway, and walks the DHT for them only now and then."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import trio
+
+from node.p2p.gateways import CHECK_INTERVAL, REACH_INTERVAL, RETRY_MAX, keep_reaching
+from node.p2p.host import PeerHost
+
+GATEWAYS = {"gateway-a", "gateway-b"}
+
+
+class FakeHost:
+    """Gateways named by the peers we are connected to; connections that can be lost."""
+
+    def __init__(self) -> None:
+        self.connected: set[str] = {"gateway-a"}  # the bootstrap peer
+        self.walks = 0
+        self.dials: list[tuple[float, str]] = []
+
+    def connected_members(self) -> set[str]:
+        return set(self.connected)
+
+    async def providers_nearby(self, key: str) -> set[str]:
+        return set(GATEWAYS)
+
+    async def providers(self, key: str) -> set[str]:
+        self.walks += 1
+        return set(GATEWAYS)
+
+    async def connect_known(self, peer: str) -> bool:
+        self.dials.append((trio.current_time(), peer))
+        self.connected.add(peer)
+        return True
+
+
+async def test_a_lost_gateway_is_reconnected_within_seconds_without_a_walk(
+    autojump_clock: Any,
+) -> None:
+    host = FakeHost()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(keep_reaching, cast(PeerHost, host))
+        await trio.sleep(1)
+        assert host.connected == GATEWAYS  # the other gateway, named by the bootstrap peer
+        assert host.walks == 0
+        await trio.sleep(60)
+        host.connected.discard("gateway-b")  # its connection dropped
+        lost = trio.current_time()
+        await trio.sleep(CHECK_INTERVAL + RETRY_MAX)
+        nursery.cancel_scope.cancel()
+    assert host.connected == GATEWAYS
+    again = [t for t, peer in host.dials if peer == "gateway-b" and t >= lost]
+    assert again and again[0] - lost <= CHECK_INTERVAL
+    assert host.walks == 0  # the gateways known were enough
+
+
+async def test_the_dht_is_walked_for_new_gateways_every_few_minutes(autojump_clock: Any) -> None:
+    host = FakeHost()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(keep_reaching, cast(PeerHost, host))
+        await trio.sleep(REACH_INTERVAL * 3.7)
+        nursery.cancel_scope.cancel()
+    assert 2 <= host.walks <= 4
