@@ -111,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", nargs="+", required=True)
     parser.add_argument("--look-up", nargs="*", default=[])
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    # Who disconnects whom, and why: the first thing to read when a swarm does not settle.
+    logging.getLogger("node.p2p.gate").setLevel(logging.INFO)
     quiet_libp2p_logs()
     # Echo nodes need no device: skip the probe's torch import (hundreds of MB a process).
     runtime._probe = hardware._cpu
