@@ -13,8 +13,8 @@ Measured:
 
 - convergence: from the start of the first node process, and from the last node's
   ``ready``, until every gateway's ``/v1/peers`` lists every node healthy with ``echo``;
-- DHT lookups: once every node has written its record (a node's first write waits up to a
-  third of the record's TTL), a fresh peer joins and looks up 20 node records it does not
+- DHT lookups: once every node has written its record (a node's first write waits up to half
+  the record's TTL), a fresh peer joins and looks up 20 node records it does not
   hold;
 - idle cost over ``--idle-s`` seconds: CPU and resident memory per peer (node processes,
   gateway processes), and TCP bytes per peer per second (kernel socket counters, ``ss -ti``);
@@ -275,9 +275,9 @@ def run(peers: int, gateways: int, per_process: int, idle_s: float) -> dict[str,
             converged = sim.until(lambda routed: everyone <= routed, CONVERGE_TIMEOUT_S)
             after_ready = time.monotonic() - last_ready
             least = min(len(sim.routed(url) & everyone) for url in sim.urls)
-            # Every node's first DHT write has happened (each waits up to a third of its
-            # record's TTL: node.p2p.advertise) before a lookup is timed.
-            time.sleep(max(0.0, last_ready + NodeConfig.record_ttl / 3 + 2 - time.monotonic()))
+            # Every node's first DHT write has happened (each waits up to half its record's
+            # TTL: node.p2p.advertise) before a lookup is timed.
+            time.sleep(max(0.0, last_ready + NodeConfig.record_ttl / 2 + 2 - time.monotonic()))
             sample = random.sample(sorted(everyone), min(LOOKUPS, nodes))
             probed = sim.probe(sample)
             lookups = probed["lookups"]

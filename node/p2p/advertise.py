@@ -9,18 +9,22 @@ gateway provides ``GATEWAYS_KEY``, through which nodes reach it (``node.p2p.gate
 a relay ``RELAYS_KEY``, where peers behind a NAT find it (``node.p2p.relays``); a peer
 reached through relays ``RELAYED_KEY``, where gateways and clients listing nodes find it.
 
-A node's first DHT write waits a random time within ``spread`` (a node passes a third of
-its TTL). Writing costs a walk to the key's closest peers and a connection to each of
-them, tens of connections for a node that just joined, and a swarm starting together
-would otherwise make them all at once: at a hundred peers on two cores they kept the
-gateways' admissions queued past their deadline. Nobody waits for it meanwhile: the
+A node's first DHT write waits a random time within ``spread`` (a node passes the eighth
+to the half of its TTL), unless ``publish_now`` ends the wait (a node behind a NAT that
+holds a relay slot: its circuit address is how anyone reaches it). Writing costs a walk
+to the key's closest peers and a connection to each of them, tens of connections for a
+node that just joined, and a swarm starting together would otherwise make them all at
+once: at a hundred peers on two cores they kept the gateways' admissions queued past
+their deadline. Nobody waits for it meanwhile: the
 record is signed at once and served over RPC, and a node reaches the gateways itself
 (``node.p2p.gateways``), which adopt it from that answer.
 
-A key is provided once, and again only after ``PROVIDE_AGAIN``: the DHT keeps provider
-records for 48 h, and providing walks to the key's closest peers and stores at twenty of
-them, as a put does. Providing at every put cost each node of an idle swarm of a hundred
-several DHT requests a second, most of the swarm's idle CPU.
+A key is provided once, and again only after ``provide_again`` (``PROVIDE_AGAIN`` unless
+told): the DHT keeps provider records for 48 h, and providing walks to the key's closest
+peers and stores at twenty of them, as a put does. Providing at every put cost each node
+of an idle swarm of a hundred several DHT requests a second, most of the swarm's idle CPU.
+Gateways are few and provide at every put: the first gateway of a swarm provides when it
+is alone, and nodes find the gateways by asking the ones they meet for these providers.
 """
 
 from __future__ import annotations
@@ -60,7 +64,8 @@ class Advertiser:
         identity: Ed25519PrivateKey,
         build: RecordFactory,
         ttl: float,
-        spread: float = 0.0,
+        spread: tuple[float, float] = (0.0, 0.0),
+        provide_again: float = PROVIDE_AGAIN,
     ) -> None:
         self._host = host
         self._identity = identity
@@ -72,6 +77,8 @@ class Advertiser:
         self.seq = 0
         self.signed = b""  # the last signed record: served over RPC, written to the DHT
         self._provided: dict[str, float] = {}  # key: when (trio's clock) it was provided
+        self._urgent = False
+        self._provide_again = provide_again
 
     def record(self) -> NodeRecord:
         # Milliseconds since the epoch: higher after a restart too, without saved state.
@@ -106,17 +113,23 @@ class Advertiser:
 
     async def _provide(self, key: str) -> None:
         last = self._provided.get(key)
-        if last is None or trio.current_time() - last >= PROVIDE_AGAIN:
+        if last is None or trio.current_time() - last >= self._provide_again:
             await self._host.provide(key)
             self._provided[key] = trio.current_time()
 
     def republish_soon(self) -> None:
-        """Publish now rather than at the next interval (models or state changed)."""
+        """Publish now rather than at the next interval (models or state changed); before
+        the first DHT write, only sign again."""
+        self._wake.set()
+
+    def publish_now(self) -> None:
+        """Publish now, even before the first DHT write was due."""
+        self._urgent = True
         self._wake.set()
 
     async def run(self) -> None:
-        first_put = trio.current_time() + random.uniform(0.0, self.spread)
-        while trio.current_time() < first_put:
+        first_put = trio.current_time() + random.uniform(*self.spread)
+        while trio.current_time() < first_put and not self._urgent:
             self.sign()
             with trio.move_on_at(first_put):
                 await self._wake.wait()

@@ -112,7 +112,8 @@ class Node:
         self._promised = 0
         self._promising = threading.Lock()
         ttl = config.record_ttl
-        self.advertiser = Advertiser(self.host, self.identity, self._record, ttl, spread=ttl / 3)
+        spread = (ttl / 8, ttl / 2)  # after the joins of a swarm started together
+        self.advertiser = Advertiser(self.host, self.identity, self._record, ttl, spread)
         self.policy = Policy.from_table(config.placement)
         self.placement = Placement(self.policy)
         self.board = Board()
@@ -418,7 +419,7 @@ class Node:
             nursery.start_soon(supervised, "advertiser", self.advertiser.run)
             nursery.start_soon(supervised, "gateway reach", partial(keep_reaching, self.host))
             if self.host.nat.settings.reachability != "public":
-                reserved = partial(keep_reserved, self.host, self.advertiser.republish_soon)
+                reserved = partial(keep_reserved, self.host, self.advertiser.publish_now)
                 nursery.start_soon(supervised, "relay slots", reserved)
             if config.mdns and on_lan(config.listen):
                 nursery.start_soon(supervised, "mdns", partial(discover_on_lan, self.host))
