@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Container
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -45,10 +45,10 @@ MAINTAIN_INTERVAL = 15.0
 REJOIN_FIRST = 1.0  # a peer with no member connected joins again after 1 s, 2, 4, ...
 # A refresh walks the DHT once per non-empty bucket, a few hundred requests in a swarm of
 # hundreds: 21 idle peers in one process refreshing every 15 s kept 50-70 % of a core
-# busy. The first comes within a minute of joining (a joining peer's table holds only its
-# bootstrap peers), then every ten minutes as go-libp2p does; lookups and stores fill the
-# table between refreshes too.
-FIRST_REFRESH = 60.0
+# busy, and a hundred peers refreshing within a minute of joining closed 1,300 connections
+# whose admission the busy peers could not answer in time. Every ten minutes, as go-libp2p
+# does, the first at a random time within them: lookups and stores fill the table too, and
+# a walk starts from the connected peers while the table is nearly empty.
 REFRESH_INTERVAL = 600.0
 NEARBY_TIMEOUT = 5.0
 IDENTIFY_POLL = 0.1
@@ -297,7 +297,7 @@ class PeerHost:
         """Join again soon while no member is connected; refresh the routing table now and
         then; drop expired records."""
         # Staggered: many peers refreshing at once exhaust each other's inbound streams.
-        refresh_at = trio.current_time() + random.uniform(0.2, 1.0) * FIRST_REFRESH
+        refresh_at = trio.current_time() + random.uniform(0.1, 1.0) * REFRESH_INTERVAL
         rejoin = REJOIN_FIRST
         fetched = False
         while True:
@@ -391,16 +391,17 @@ class PeerHost:
         infos = await self.dht.find_providers(key)
         return self._take_providers(infos)
 
-    async def providers_nearby(self, key: str) -> set[str]:
-        """The providers of ``key`` that we and the DHT servers we are connected to hold:
-        one request to each, where ``providers`` walks the DHT and dials tens of peers."""
+    async def providers_nearby(self, key: str, roles: Container[str] = SERVER_ROLES) -> set[str]:
+        """The providers of ``key`` that we and the DHT servers we are connected to (those
+        in ``roles``) hold: one request to each, where ``providers`` walks the DHT and dials
+        tens of peers."""
         from libp2p.kad_dht.kad_dht import _encode_key
         from libp2p.peer.id import ID
 
         encoded = _encode_key(key)  # as ``dht.provide`` stores it
         store = self.dht.provider_store
         infos = list(store.get_providers(encoded))
-        servers = [p for p, cert in self._connected_certificates() if cert.role in SERVER_ROLES]
+        servers = [p for p, cert in self._connected_certificates() if cert.role in roles]
 
         async def ask(peer: str) -> None:
             try:
@@ -417,6 +418,17 @@ class PeerHost:
             for peer in servers:
                 nursery.start_soon(ask, peer)
         return self._take_providers(infos)
+
+    def hold_provider(self, key: str, peer: str, addrs: list[str]) -> None:
+        """Keep ``peer`` as a provider of ``key`` in our own store, as if it had provided
+        to us: ``providers_nearby`` asked of us names it."""
+        import multiaddr
+        from libp2p.kad_dht.kad_dht import _encode_key
+        from libp2p.peer.id import ID
+        from libp2p.peer.peerinfo import PeerInfo
+
+        info = PeerInfo(ID.from_base58(peer), [multiaddr.Multiaddr(a) for a in addrs])
+        self.dht.provider_store.add_provider(_encode_key(key), info)
 
     def _take_providers(self, infos: list[Any]) -> set[str]:
         for info in infos:
