@@ -48,6 +48,7 @@ from node.p2p.lan import discover_on_lan, on_lan
 from node.p2p.readiness import StatusFile
 from node.p2p.relay import settings_of
 from node.p2p.tasks import supervised
+from protocols import GATEWAYS_KEY, NodeRecord
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +148,14 @@ async def run_gateway(config: GatewayConfig) -> None:
     sync = MeshSubscriptions(
         host, accounts.audience, apply=share.apply, forget=tracker.forget_gateway
     )
-    tracker.on_gateway = sync.connect_soon
+
+    def met_gateway(record: NodeRecord) -> None:
+        # A node that asks us for the gateways learns of every one we know, whether or not
+        # its provider record was stored here (they go to the key's closest peers).
+        host.hold_provider(GATEWAYS_KEY, record.peer_id, record.addrs)
+        sync.connect_soon(record)
+
+    tracker.on_gateway = met_gateway
     share.publish = sync.publish
     share.on_usage.append(limiter.note_remote)
     share.on_revoke.append(accounts.revoke_remote)
@@ -157,7 +165,11 @@ async def run_gateway(config: GatewayConfig) -> None:
         )
     )
     accounts.on_revoke.append(share.revoked)
-    advertiser = Advertiser(host, identity, gateway_record(host, identity), GATEWAY_RECORD_TTL)
+    # Providing GATEWAYS_KEY at every put: the gateways that joined after this one learn of
+    # it, and name it to the nodes they meet (node.p2p.gateways).
+    advertiser = Advertiser(
+        host, identity, gateway_record(host, identity), GATEWAY_RECORD_TTL, provide_again=0.0
+    )
     http = HypercornConfig()
     http.bind = [f"{config.host}:{config.port}"]
     http.accesslog = None

@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 REACH_INTERVAL = 300.0
 CHECK_INTERVAL = 1.0  # a look at our own connections, which costs nothing on the wire
+ASK_INTERVAL = 30.0
 RETRY_FIRST = 1.0
 RETRY_MAX = 8.0  # also how late a node that started before any gateway finds one
 LOOKUP_TIMEOUT = 10.0
@@ -61,18 +62,28 @@ async def keep_reaching(host: PeerHost) -> None:
     """Stay connected to every gateway: find them (``find``), connect to those we are not
     connected to, look again every ``CHECK_INTERVAL`` (our own connections: no request)
     and reconnect at once to one we lost, retrying after ``RETRY_FIRST``, then twice as
-    long up to ``RETRY_MAX``; walk the DHT for new gateways every ``REACH_INTERVAL``."""
+    long up to ``RETRY_MAX``. Every ``ASK_INTERVAL`` the gateways we are connected to are
+    asked which gateways they know (one request each: a gateway names every gateway it
+    has met); every ``REACH_INTERVAL`` the DHT is walked for them."""
     known: set[str] = set()
-    wait, walk, walk_at = RETRY_FIRST, False, 0.0
+    wait = RETRY_FIRST
+    asked = walked = trio.current_time()
+    walk_every = REACH_INTERVAL * random.uniform(0.8, 1.2)
     while True:
-        if not known or trio.current_time() >= walk_at:
-            known = await find(host, walk) or known
-            walk_at = trio.current_time() + REACH_INTERVAL * random.uniform(0.8, 1.2)
+        now = trio.current_time()
+        if not known:
+            known, asked = await find(host, walk=False), now
+        elif now - walked >= walk_every:
+            known = await find(host, walk=True) or known
+            walked, walk_every = now, REACH_INTERVAL * random.uniform(0.8, 1.2)
+        elif now - asked >= ASK_INTERVAL:
+            known |= await host.providers_nearby(GATEWAYS_KEY, roles=("gateway",))
+            asked = now
         async with trio.open_nursery() as nursery:
             for peer in known - host.connected_members():
                 nursery.start_soon(host.connect_known, peer)
         if known and known <= host.connected_members():
-            wait, walk = RETRY_FIRST, True
+            wait = RETRY_FIRST
             await trio.sleep(CHECK_INTERVAL)
         else:  # jittered: nodes that failed together do not retry together
             await trio.sleep(wait * random.uniform(0.5, 1.5))

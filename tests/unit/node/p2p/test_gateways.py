@@ -6,7 +6,13 @@ from typing import Any, cast
 
 import trio
 
-from node.p2p.gateways import CHECK_INTERVAL, REACH_INTERVAL, RETRY_MAX, keep_reaching
+from node.p2p.gateways import (
+    ASK_INTERVAL,
+    CHECK_INTERVAL,
+    REACH_INTERVAL,
+    RETRY_MAX,
+    keep_reaching,
+)
 from node.p2p.host import PeerHost
 
 GATEWAYS = {"gateway-a", "gateway-b"}
@@ -18,17 +24,20 @@ class FakeHost:
     def __init__(self) -> None:
         self.connected: set[str] = {"gateway-a"}  # the bootstrap peer
         self.walks = 0
+        self.asked: list[tuple[str, ...]] = []
+        self.named = set(GATEWAYS)  # what the gateways we meet name
         self.dials: list[tuple[float, str]] = []
 
     def connected_members(self) -> set[str]:
         return set(self.connected)
 
-    async def providers_nearby(self, key: str) -> set[str]:
-        return set(GATEWAYS)
+    async def providers_nearby(self, key: str, roles: Any = ()) -> set[str]:
+        self.asked.append(tuple(roles))
+        return set(self.named)
 
     async def providers(self, key: str) -> set[str]:
         self.walks += 1
-        return set(GATEWAYS)
+        return set(self.named)
 
     async def connect_known(self, peer: str) -> bool:
         self.dials.append((trio.current_time(), peer))
@@ -63,3 +72,20 @@ async def test_the_dht_is_walked_for_new_gateways_every_few_minutes(autojump_clo
         await trio.sleep(REACH_INTERVAL * 3.7)
         nursery.cancel_scope.cancel()
     assert 2 <= host.walks <= 4
+
+
+async def test_a_gateway_named_later_by_a_gateway_is_reached_without_a_walk(
+    autojump_clock: Any,
+) -> None:
+    host = FakeHost()
+    host.named = {"gateway-a"}  # the bootstrap gateway had not met the other yet
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(keep_reaching, cast(PeerHost, host))
+        await trio.sleep(1)
+        assert host.connected == {"gateway-a"}
+        host.named = set(GATEWAYS)  # now it has
+        await trio.sleep(ASK_INTERVAL + CHECK_INTERVAL)
+        nursery.cancel_scope.cancel()
+    assert host.connected == GATEWAYS
+    assert host.walks == 0
+    assert ("gateway",) in host.asked  # only gateways are asked, one request each
