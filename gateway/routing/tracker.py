@@ -103,6 +103,8 @@ class Tracker:
             await self._ask_record(peer)
         finally:
             self._adopting.discard(peer)
+            if peer not in self.clients and peer not in self._connecting:
+                self._take(peer, None)  # not now: asked again after a growing wait
 
     async def _ask_record(self, peer: str) -> None:
         with trio.move_on_after(ADOPT_FOR):
@@ -131,7 +133,9 @@ class Tracker:
         return record if record.role in ("node", "gateway") else None
 
     async def discover(self) -> None:
-        """Look up every known peer we do not track yet."""
+        """Adopt every node we hold a connection to but do not track (its RPC stream broke
+        while another connection stayed, so no new admission will tell us of it); look up
+        every other known peer we do not track yet."""
         now = time.time()
         fresh = [
             p
@@ -142,6 +146,12 @@ class Tracker:
             and p not in self.gateways
             and now >= self._not_nodes.get(p, (now, RETRY_FIRST))[0]
         ]
+        connected = self.host.connected_members()
+        for peer in [p for p in fresh if p in connected]:
+            cert = self.host.admission.member(peer)
+            if cert is not None and cert.role == "node":
+                fresh.remove(peer)
+                self._met(peer, cert)
         await self._look_up(fresh)
 
     async def _look_up(self, peers: list[str]) -> None:

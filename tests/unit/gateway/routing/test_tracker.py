@@ -218,3 +218,22 @@ async def test_a_node_met_on_a_connection_is_adopted_without_the_dht(
     client_met = Certificate(peer, "client", time.time(), time.time() + 60)
     other = Tracker(cast(PeerHost, MeetingHost(peer, record, 0)), PeerTable())
     other._met(peer, client_met)  # a client is not adopted (and no nursery is needed)
+
+
+async def test_a_connected_node_whose_stream_broke_is_adopted_again_without_the_dht(
+    autojump_clock: Any,
+) -> None:
+    peer, record = node_record()
+    host = MeetingHost(peer, record, unpublished=0)
+    cert = Certificate(peer, "node", time.time(), time.time() + 3600)
+    host.admission.admit(peer, cert)  # connected and admitted long ago: no new admission
+    tracker = Tracker(cast(PeerHost, host), PeerTable())
+    connecting: list[str] = []
+    tracker._connect_soon = lambda record: connecting.append(record.peer_id)  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        host.nursery = nursery
+        await nursery.start(tracker.run)
+        await trio.sleep(DISCOVER_INTERVAL * 2)
+        nursery.cancel_scope.cancel()
+    assert connecting == [peer]
+    assert host.lookups == 0
