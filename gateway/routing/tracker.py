@@ -63,6 +63,9 @@ class Tracker:
         self._adopting: set[str] = set()
         # Peers with no node record: when to look again, and the wait after that.
         self._not_nodes: dict[str, tuple[float, float]] = {}
+        # Connected nodes that did not answer for their record: when (trio's clock) to ask
+        # again, and the wait after that.
+        self._readopt: dict[str, tuple[float, float]] = {}
         self._nursery: trio.Nursery | None = None
         # Other gateways are handed to ``on_gateway`` (usage and revocation sharing) and
         # skipped by discovery until ``forget_gateway`` says their connection ended.
@@ -103,8 +106,11 @@ class Tracker:
             await self._ask_record(peer)
         finally:
             self._adopting.discard(peer)
-            if peer not in self.clients and peer not in self._connecting:
-                self._take(peer, None)  # not now: asked again after a growing wait
+            if peer in self.clients or peer in self._connecting:
+                self._readopt.pop(peer, None)
+            else:  # not now: asked again after 1 s, 2, 4, ... (a client is never adopted)
+                wait = self._readopt.get(peer, (0.0, RETRY_FIRST))[1]
+                self._readopt[peer] = (trio.current_time() + wait, min(RETRY_MAX, wait * 2))
 
     async def _ask_record(self, peer: str) -> None:
         with trio.move_on_after(ADOPT_FOR):
@@ -135,8 +141,12 @@ class Tracker:
     async def discover(self) -> None:
         """Adopt every node we hold a connection to but do not track (its RPC stream broke
         while another connection stayed, so no new admission will tell us of it); look up
-        every other known peer we do not track yet."""
-        now = time.time()
+        every known peer we do not track yet."""
+        now, clock = time.time(), trio.current_time()
+        for peer in self.host.connected_members() - self.gateways:
+            cert = self.host.admission.member(peer)
+            if cert is not None and clock >= self._readopt.get(peer, (clock, RETRY_FIRST))[0]:
+                self._met(peer, cert)
         fresh = [
             p
             for p in self.host.known_peers()
@@ -146,12 +156,6 @@ class Tracker:
             and p not in self.gateways
             and now >= self._not_nodes.get(p, (now, RETRY_FIRST))[0]
         ]
-        connected = self.host.connected_members()
-        for peer in [p for p in fresh if p in connected]:
-            cert = self.host.admission.member(peer)
-            if cert is not None and cert.role == "node":
-                fresh.remove(peer)
-                self._met(peer, cert)
         await self._look_up(fresh)
 
     async def _look_up(self, peers: list[str]) -> None:

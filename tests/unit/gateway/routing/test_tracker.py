@@ -229,7 +229,12 @@ async def test_a_connected_node_whose_stream_broke_is_adopted_again_without_the_
     host.admission.admit(peer, cert)  # connected and admitted long ago: no new admission
     tracker = Tracker(cast(PeerHost, host), PeerTable())
     connecting: list[str] = []
-    tracker._connect_soon = lambda record: connecting.append(record.peer_id)  # type: ignore[method-assign]
+
+    def connect_soon(record: NodeRecord) -> None:
+        connecting.append(record.peer_id)
+        tracker._connecting.add(record.peer_id)  # as the real one does
+
+    tracker._connect_soon = connect_soon  # type: ignore[method-assign]
     async with trio.open_nursery() as nursery:
         host.nursery = nursery
         await nursery.start(tracker.run)
