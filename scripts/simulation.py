@@ -6,8 +6,8 @@ and how fast it forgets nodes that die.
 
 Gateways are real ``bitinglip gateway start`` processes sharing one accounts database; the
 other peers are echo nodes, ``--per-process`` to a process (``scripts/simworker.py``: one
-trio run holding many hosts; default one, ~100 MB each). Thirty peers started together
-converge; a hundred do not yet on two cores (docs/benchmarks.md, Swarm simulation). Node
+trio run holding many hosts; default one, ~100 MB each). A hundred peers started together
+converge on two cores in 20 s to 100 s (docs/benchmarks.md, Swarm simulation). Node
 ``i`` joins through gateway ``i mod G`` (gateways are the published bootstrap peers).
 Measured:
 
