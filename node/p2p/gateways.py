@@ -14,11 +14,12 @@ the moment they start kept each other's admissions queued past their deadline. A
 found but not reached (a dial or an admission that failed while the swarm was busy) is
 tried again after ``RETRY_FIRST``, then twice as long each time, up to ``RETRY_MAX``, and
 so is one whose connection is lost (a node looks at its own connections every
-``CHECK_INTERVAL``). Once every gateway found is reached, the node walks the DHT for new
-ones every ``REACH_INTERVAL``
-(gateways come and go). Not more often: py-libp2p's walk asks most of a swarm of a hundred
-(a probe's lookups asked 100 peers each), and a gateway that starts later finds the nodes
-itself meanwhile (``gateway.routing.tracker``).
+``CHECK_INTERVAL``). Once every gateway found is reached, the node asks the gateways it
+is connected to for the others every ``ASK_INTERVAL`` (a gateway names every gateway it
+has met) and walks the DHT for new ones every ``REACH_INTERVAL`` (gateways come and go).
+Not more often: py-libp2p's walk asks most of a swarm of a hundred (a probe's lookups
+asked 70 to 100 peers each), and a gateway that starts later finds the nodes itself
+meanwhile (``gateway.routing.tracker``).
 """
 
 from __future__ import annotations
