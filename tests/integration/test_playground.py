@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -376,14 +377,30 @@ def test_keyboard_phone_width_and_accessibility(
 def test_a_model_no_node_can_serve_reads_as_a_sentence_with_the_wait(
     swarm: LocalSwarmFixture, browser: Browser
 ) -> None:
-    """On a swarm of its own: it stops the echo node."""
+    """On a swarm of its own: its echo node stops answering (SIGSTOP), so the gateway holds
+    it as not responding."""
     swarm.start_gateway()
     swarm.start_node("echo", [swarm.addr("gateway")], ["echo"])
     swarm.wait_ready(["echo"])
     wait_tasks(swarm.url(), swarm.token(), {"echo": "text-generation"})
     problems: list[str] = []
     page = signed_in(browser, swarm.url(), "waiter", problems)
-    swarm.kill("echo")
+    node = swarm.local.procs["echo"].pid
+    os.kill(node, signal.SIGSTOP)
+    try:
+        _refused_with_the_wait(swarm, page, problems)
+    finally:
+        os.kill(node, signal.SIGCONT)
+
+
+def _refused_with_the_wait(swarm: LocalSwarmFixture, page: Page, problems: list[str]) -> None:
+    token = {"Authorization": f"Bearer {swarm.token()}"}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # out of routing once it misses three updates
+        peers = httpx.get(f"{swarm.url()}/v1/peers", headers=token).json()["data"]
+        if not any(p["healthy"] for p in peers if p.get("role") != "gateway"):
+            break
+        time.sleep(0.2)
     page.get_by_label("Message", exact=True).fill("anyone there?")
     page.get_by_role("button", name="Send").click()
     error = page.locator("#chat-error")
@@ -394,6 +411,6 @@ def test_a_model_no_node_can_serve_reads_as_a_sentence_with_the_wait(
     body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
     refused = httpx.post(f"{swarm.url()}/v1/chat/completions", json=body, headers=headers)
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "no_peer_ready"
-    assert refused.headers["Retry-After"] == str(WAIT_AWAY)  # the node is gone, not busy
+    assert refused.headers["Retry-After"] == str(WAIT_AWAY)  # not responding, not busy
     # The browser logs the refusal the test provoked; nothing else.
     assert problems == ["Failed to load resource: the server responded with a status of 503 ()"]
