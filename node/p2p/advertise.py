@@ -4,10 +4,10 @@ The record lives under ``/bitinglip/node/<peer id>`` with an expiry inside the s
 body (DHT values themselves live 24 h); it is re-put with a higher seq every third of
 its TTL and whenever it changes, so a dead node's record stops verifying within one TTL
 without anyone deleting it. A node also provides ``/bitinglip/model/<id>`` for each ready
-model; a
-gateway provides ``GATEWAYS_KEY``, through which nodes reach it (``node.p2p.gateways``);
-a relay ``RELAYS_KEY``, where peers behind a NAT find it (``node.p2p.relays``); a peer
-reached through relays ``RELAYED_KEY``, where gateways and clients listing nodes find it.
+model; a gateway provides ``GATEWAYS_KEY``, through which nodes reach it
+(``node.p2p.gateways``); a relay ``RELAYS_KEY``, where peers behind a NAT find it
+(``node.p2p.relays``); a peer reached through relays ``RELAYED_KEY``, where gateways and
+clients listing nodes find it.
 
 A node's first DHT write waits a random time within ``spread`` (a node passes the eighth
 to the half of its TTL), unless ``publish_now`` ends the wait (a node behind a NAT that
@@ -15,9 +15,9 @@ holds a relay slot: its circuit address is how anyone reaches it). Writing costs
 to the key's closest peers and a connection to each of them, tens of connections for a
 node that just joined, and a swarm starting together would otherwise make them all at
 once: at a hundred peers on two cores they kept the gateways' admissions queued past
-their deadline. Nobody waits for it meanwhile: the
-record is signed at once and served over RPC, and a node reaches the gateways itself
-(``node.p2p.gateways``), which adopt it from that answer.
+their deadline. Nobody waits for it meanwhile: the record is signed at once and served
+over RPC, and a node reaches the gateways itself (``node.p2p.gateways``), which adopt it
+from that answer.
 
 A key is provided once, and again only after ``provide_again`` (``PROVIDE_AGAIN`` unless
 told): the DHT keeps provider records for 48 h, and providing walks to the key's closest
