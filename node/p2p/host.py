@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 from collections.abc import AsyncIterator, Callable, Container
 from contextlib import asynccontextmanager
@@ -30,6 +29,7 @@ from node.p2p.gate import ADMIT_TIMEOUT, Gate
 from node.p2p.multistream import bound_multistream_reads
 from node.p2p.relay import DIAL_TIMEOUT, NatTraversal, RelaySettings, is_circuit
 from node.p2p.streams import Libp2pByteStream
+from node.p2p.yamux_window import release_window_lazily
 from protocols import (
     REVOKED_KEY,
     SERVER_ROLES,
@@ -86,15 +86,9 @@ def _libp2p_key_pair(identity: Ed25519PrivateKey) -> Any:
     return KeyPair(private, private.get_public_key())
 
 
-# py-libp2p's yamux sends a window update after every read by default; go-yamux waits until
-# half the window is read. Each update is a Noise-encrypted socket write, one or more per
-# RPC: waiting as go-yamux does served 19-27% more calls through a gateway here.
-YAMUX_RELEASE_ON_READ = "PY_YAMUX_RELEASE_ON_READ"
-
-
 def _make_host(identity: Ed25519PrivateKey) -> Any:
     bound_multistream_reads()
-    os.environ.setdefault(YAMUX_RELEASE_ON_READ, "0")  # an operator's own setting wins
+    release_window_lazily()
     from libp2p import new_host
     from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
     from libp2p.network.config import ConnectionConfig
