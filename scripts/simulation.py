@@ -2,7 +2,7 @@
 and how fast it forgets nodes that die.
 
     scripts/simulate --peers 100 [--gateways 3] [--per-process 1] [--idle-s 10] [--json]
-                     [--no-write]
+                     [--no-write] [--keep]
 
 Gateways are real ``bitinglip gateway start`` processes sharing one accounts database; the
 other peers are echo nodes, ``--per-process`` to a process (``scripts/simworker.py``: one
@@ -27,6 +27,7 @@ Results go to the ``## Swarm simulation`` section of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -58,6 +59,7 @@ from scripts.benchlib import (
 from scripts.simworker import peer_dir
 
 POLL_S = 0.25
+PROGRESS_S = 5.0
 LOOKUPS = 20
 CONVERGE_TIMEOUT_S = 300.0
 KILL_FRACTION = 0.1
@@ -155,10 +157,15 @@ class Sim:
 
     def until(self, done: Callable[[set[str]], bool], timeout: float) -> float:
         """Seconds until ``done`` holds for what every gateway routes to."""
-        started = time.monotonic()
+        started = shown = time.monotonic()
         while time.monotonic() - started < timeout:
-            if all(done(self.routed(url)) for url in self.urls):
+            routed = [self.routed(url) for url in self.urls]
+            if all(done(r) for r in routed):
                 return time.monotonic() - started
+            if time.monotonic() - shown >= PROGRESS_S:  # long waits show where they are
+                took, counts = time.monotonic() - started, " ".join(str(len(r)) for r in routed)
+                print(f"{took:6.1f} s: gateways route {counts}", file=sys.stderr)
+                shown = time.monotonic()
             time.sleep(POLL_S)
         return math.inf
 
@@ -259,9 +266,18 @@ def _sent_since(before: dict[tuple[str, str], int], after: dict[tuple[str, str],
     return sum(n - before.get(socket, 0) for socket, n in after.items())
 
 
-def run(peers: int, gateways: int, per_process: int, idle_s: float) -> dict[str, Any]:
+def run(
+    peers: int, gateways: int, per_process: int, idle_s: float, keep: bool = False
+) -> dict[str, Any]:
     nodes = peers - gateways
-    with tempfile.TemporaryDirectory(prefix="simulate-") as tmp:
+    place = (
+        contextlib.nullcontext(tempfile.mkdtemp(prefix="simulate-"))
+        if keep
+        else tempfile.TemporaryDirectory(prefix="simulate-")
+    )
+    with place as tmp:
+        if keep:
+            print(f"keys, status files and logs stay in {tmp}", file=sys.stderr)
         data = Path(tmp)
         keys.init_operator(data)
         sim = Sim(data, gateways, nodes, per_process, idle_s)
@@ -324,12 +340,15 @@ def main() -> int:
     parser.add_argument("--idle-s", type=float, default=10.0, help="idle cost window")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--no-write", action="store_true", help="do not touch docs/")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the swarm's directory (logs) when done"
+    )
     args = parser.parse_args()
     if args.peers <= args.gateways:
         parser.error("--peers must be more than --gateways")
     per_process = max(1, args.per_process)
     host = machine()
-    result = run(args.peers, args.gateways, per_process, args.idle_s)
+    result = run(args.peers, args.gateways, per_process, args.idle_s, args.keep)
     target = targets(args.peers)
     took = result["converged_from_start_s"]
     met = took is not None and took <= target
