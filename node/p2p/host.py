@@ -28,6 +28,7 @@ from node.p2p.dht import RecordValidator, guard, make_dht, prune_expired
 from node.p2p.gate import ADMIT_TIMEOUT, Gate
 from node.p2p.multistream import bound_multistream_reads
 from node.p2p.relay import DIAL_TIMEOUT, NatTraversal, RelaySettings, is_circuit
+from node.p2p.replicas import Replicas
 from node.p2p.streams import Libp2pByteStream
 from node.p2p.yamux_window import release_window_lazily
 from protocols import (
@@ -164,6 +165,7 @@ class PeerHost:
         validator = RecordValidator(operator_public, self.admission.revoked)
         self.dht = make_dht(self.host, validator)
         guard(self.dht, self.admission.member)
+        self.replicas = Replicas(self.dht.value_store._store_at_peer, self._closest)
         self.gate = Gate(
             self.host,
             self.admission,
@@ -372,7 +374,22 @@ class PeerHost:
         await self.nat.dial(str(peer_id), circuits)
 
     async def put(self, key: str, value: bytes) -> None:
-        await self.dht.put_value(key, value)
+        """``put_value``'s checks and local store, then the value goes where it went last
+        time (``node.p2p.replicas``) rather than where a fresh walk says."""
+        validator = self.dht.validator
+        assert validator is not None  # make_dht sets ours
+        validator.validate(key, value)
+        encoded = key.encode()
+        held = self.dht.value_store.get(encoded)
+        if held is not None and held.value != value and validator.select(key, [value, held.value]):
+            raise ValueError("refusing to replace a newer value with an older one")
+        self.dht.value_store.put(encoded, value)
+        await self.replicas.put(encoded, value)
+
+    async def _closest(self, key: bytes) -> list[Any]:
+        """The key's closest peers but us, found by walking the DHT."""
+        found = await self.dht.peer_routing.find_closest_peers_network(key)
+        return [p for p in found if p != self.host.get_id()]
 
     async def get(self, key: str) -> bytes | None:
         value = await self.dht.get_value(key)
