@@ -113,8 +113,12 @@ class Tracker:
                 self._readopt[peer] = (trio.current_time() + wait, min(RETRY_MAX, wait * 2))
 
     async def _ask_record(self, peer: str) -> None:
-        with trio.move_on_after(ADOPT_FOR):
-            try:
+        # The handler is outside the deadline's scope: a stream that breaks as the deadline
+        # passes raises the break and the deadline's cancellation together, and only the
+        # scope's exit turns that pair into an error a handler inside it never sees (it
+        # ended the whole tracker, every node's connection with it, in a swarm of 1,000).
+        try:
+            with trio.move_on_after(ADOPT_FOR):
                 stream = await self.host.open_stream(peer, [], RPC_PROTOCOL)
                 client = RpcClient(stream, self.host.certificate)
                 async with client.running():
@@ -125,8 +129,8 @@ class Tracker:
                             self._take(peer, value)
                             return
                         await trio.sleep(ADOPT_EVERY)  # not published yet
-            except Exception as exc:  # gone, or not serving yet: discovery finds it later
-                logger.debug("could not adopt node %s: %r", peer[-8:], exc)
+        except Exception as exc:  # gone, or not serving yet: discovery finds it later
+            logger.debug("could not adopt node %s: %r", peer[-8:], exc)
 
     def _verify(self, value: bytes) -> NodeRecord | None:
         try:

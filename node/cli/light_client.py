@@ -116,16 +116,18 @@ class LightClient:
         answer is the freshest, and a node that just started serves its record seconds
         before its first DHT write (``node.p2p.advertise``). Gateways and clients serve no
         record: the DHT answers for them."""
-        with trio.move_on_after(ASK_SELF_TIMEOUT):
-            try:
+        # Handlers outside the deadline's scope, as in the tracker (gateway.routing.tracker):
+        # a stream breaking as the deadline passes only becomes an Exception on its exit.
+        try:
+            with trio.move_on_after(ASK_SELF_TIMEOUT):
                 stream = await self.host.open_stream(peer, [], RPC_PROTOCOL)
                 async with RpcClient(stream, self.host.certificate).running() as client:
                     reply = await client.call("record", {}, timeout=ASK_SELF_TIMEOUT)
                 value = reply.get("record")
                 if isinstance(value, bytes) and value:
                     return value
-            except Exception as exc:  # not a node, or not answering: the DHT may know it
-                logger.debug("%s serves no record: %r", peer[-8:], exc)
+        except Exception as exc:  # not a node, or not answering: the DHT may know it
+            logger.debug("%s serves no record: %r", peer[-8:], exc)
         return await self.host.get(node_key(peer))
 
     def _take(self, peer: str, value: bytes | None) -> None:
@@ -157,17 +159,16 @@ class LightClient:
         """Refresh what ``peer`` says about itself, or mark it as not answering."""
         peer.healthy, peer.rtt_ms = False, None
         # A host that vanished without a word costs a dial timeout: bound the whole look.
-        with trio.move_on_after(ASK_TIMEOUT):
-            try:
+        try:
+            with trio.move_on_after(ASK_TIMEOUT):
                 client = await self._client(peer)
                 if peer.record.role == "node":
                     await self._status(peer, client)
                 elif client.closed:
                     return
-            except Exception as exc:  # refused, gone, or a dial error of libp2p's own kind
-                logger.debug("%s does not answer: %r", peer.record.peer_id, exc)
-                return
-            peer.healthy, peer.answered = True, time.time()
+                peer.healthy, peer.answered = True, time.time()
+        except Exception as exc:  # refused, gone, or a dial error of libp2p's own kind
+            logger.debug("%s does not answer: %r", peer.record.peer_id, exc)
 
     async def _status(self, peer: _Peer, client: RpcClient) -> None:
         started = time.monotonic()

@@ -4,6 +4,8 @@ peers that are gone or silent cannot delay finding the nodes that are here."""
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from itertools import pairwise
 from types import SimpleNamespace
 from typing import Any, cast
@@ -18,6 +20,7 @@ from keys.files import raw_public
 from node.p2p.admission import Admission
 from node.p2p.discovery import LOOKUP_TIMEOUT, MAX_LOOKUPS
 from node.p2p.host import PeerHost
+from node.p2p.rpc_client import ConnectionLost
 from protocols import (
     Certificate,
     Hardware,
@@ -242,3 +245,43 @@ async def test_a_connected_node_whose_stream_broke_is_adopted_again_without_the_
         nursery.cancel_scope.cancel()
     assert connecting == [peer]
     assert host.lookups == 0
+
+
+class BreaksAtTheDeadline:
+    """An RPC client whose stream breaks just as the adoption's deadline cancels it: the
+    break and the cancellation leave its nursery together."""
+
+    def __init__(self, stream: Any, certificate: bytes) -> None:
+        pass
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[BreaksAtTheDeadline]:
+        async def reader() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                raise ConnectionLost("connection to peer lost")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            yield self
+
+    async def call(self, method: str, params: Any, timeout: float) -> dict[str, Any]:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+async def test_a_stream_that_breaks_at_the_adoption_deadline_does_not_end_discovery(
+    autojump_clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    peer, record = node_record()
+    host = MeetingHost(peer, record, unpublished=0)
+
+    async def open_stream(peer: str, addrs: list[str], protocol: str) -> object:
+        return object()  # BreaksAtTheDeadline never reads it
+
+    host.open_stream = open_stream  # type: ignore[method-assign]
+    monkeypatch.setattr("gateway.routing.tracker.RpcClient", BreaksAtTheDeadline)
+    tracker = Tracker(cast(PeerHost, host), PeerTable())
+    await tracker._adopt(peer)  # raised an ExceptionGroup out of the tracker before
+    assert peer in tracker._readopt and peer not in tracker._adopting
