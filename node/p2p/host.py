@@ -27,9 +27,11 @@ from node.p2p.admission import Admission, StreamHandler
 from node.p2p.dht import RecordValidator, guard, make_dht, prune_expired
 from node.p2p.gate import ADMIT_TIMEOUT, Gate
 from node.p2p.multistream import bound_multistream_reads
+from node.p2p.peerstore import keep_swept
 from node.p2p.relay import DIAL_TIMEOUT, NatTraversal, RelaySettings, is_circuit
 from node.p2p.replicas import Replicas
 from node.p2p.streams import Libp2pByteStream
+from node.p2p.tasks import supervised
 from node.p2p.yamux_window import release_window_lazily
 from protocols import (
     REVOKED_KEY,
@@ -217,7 +219,7 @@ class PeerHost:
             self.gate.install(nursery)  # before the first connection can arrive
             self._nursery = nursery
             async with self.host.run(listen_addrs=[multiaddr.Multiaddr(a) for a in listen]):
-                nursery.start_soon(self.host.get_peerstore().start_cleanup_task, 60)
+                nursery.start_soon(supervised, "peerstore sweep", self._keep_swept)
                 nursery.start_soon(self.gate.run)
                 await nursery.start(self.nat.run)
                 async with background_trio_service(self.dht):
@@ -225,6 +227,9 @@ class PeerHost:
                     nursery.start_soon(self._maintain)
                     yield self
             nursery.cancel_scope.cancel()
+
+    async def _keep_swept(self) -> None:
+        await keep_swept(self.host.get_peerstore())
 
     async def connect(self, addr: str) -> bool:
         """Connect to the peer at ``addr``; whether it answered and was admitted."""
