@@ -112,10 +112,13 @@ class RpcClient:
         return len(self._calls)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Send hello, then read replies until the stream ends; then fail pending calls."""
+        """Send hello, then read replies until the stream ends; then fail pending calls.
+        ``ConnectionLost`` if the hello cannot be sent (the stream broke at once)."""
+        started = False
         try:
             await self._send(Hello(self._certificate))
             task_status.started()
+            started = True
             while (messages := await self._messages.receive()) is not None:
                 for message in messages:
                     self._dispatch(message)
@@ -123,6 +126,8 @@ class RpcClient:
             self.closed_reason = self.closed_reason or "peer closed the stream"
         except (StreamBroken, ProtocolError) as exc:
             self.closed_reason = self.closed_reason or str(exc) or type(exc).__name__
+            if not started:  # returning unstarted reads as a bug ("child exited without ...")
+                raise ConnectionLost(self.closed_reason) from exc
         finally:
             self._closed = True
             for send in self._calls.values():

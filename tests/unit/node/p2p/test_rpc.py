@@ -259,3 +259,13 @@ async def test_unstreamed_answer_comes_whole_in_the_end_frame() -> None:
         assert chunks == []
         assert call.result is not None and call.result["text"] == "one two three"
         assert call.result["completion_tokens"] == 3
+
+
+async def test_a_stream_broken_before_the_hello_is_a_lost_connection() -> None:
+    left, right = trio.testing.memory_stream_pair()
+    await right.aclose()
+    await left.aclose()
+    with pytest.raises(ExceptionGroup) as info:  # a RuntimeError of trio's before
+        async with RpcClient(TrioByteStream(left), CERT).running():
+            raise AssertionError("never running")
+    assert info.group_contains(ConnectionLost)
