@@ -242,13 +242,22 @@ class Sim:
 def _cpu(pids: list[int]) -> float:
     total = 0
     for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # it exited: counted as lost, not measured
+            continue
         total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / CLOCK_TICKS
 
 
 def _rss(pids: list[int]) -> int:
-    return sum(int(Path(f"/proc/{p}/statm").read_text().split()[1]) * PAGE for p in pids)
+    total = 0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+        except FileNotFoundError:
+            continue
+    return total
 
 
 def _tcp_bytes(pids: set[int]) -> dict[tuple[str, str], int]:
@@ -307,6 +316,7 @@ def run(
             probed = sim.probe(sample)
             lookups = probed["lookups"]
             idle = sim.idle()
+            lost = sum(p.poll() is not None for p, _ in sim.workers)
             dead = {ids[i] for i in sim.kill_tenth()}
             forgotten = sim.until(lambda routed: not routed & dead, 120)
         finally:
@@ -338,6 +348,7 @@ def run(
         if lookups
         else None,
         "idle": idle,
+        "node_processes_lost": lost,  # exited by themselves before the kill
         "killed": len(dead),
         "killed_out_s": round(forgotten, 2) if math.isfinite(forgotten) else None,
     }
@@ -408,6 +419,7 @@ def _section(
     lines += [
         "| idle gateway CPU per tracked node | "
         f"{idle['gateway']['cpu_percent_per_tracked_node']} % | flat |",
+        f"| node processes that exited by themselves | {result['node_processes_lost']} | 0 |",
         f"| {result['killed']} nodes SIGKILLed at once → no gateway routes to any of them | "
         f"{result['killed_out_s']} s | |",
         "",

@@ -27,6 +27,7 @@ def test_a_small_simulated_swarm_converges_and_forgets_its_dead() -> None:
     assert result["least_routed_by_a_gateway"] == 5
     assert result["converged_from_start_s"] is not None
     assert result["join_cpu_s"] > 0
+    assert result["node_processes_lost"] == 0
     assert result["killed"] == 1  # one process: at least a tenth
     assert result["killed_out_s"] is not None
     assert result["lookup_queries_mean"] is not None
