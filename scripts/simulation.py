@@ -6,9 +6,10 @@ and how fast it forgets nodes that die.
 
 Gateways are real ``bitinglip gateway start`` processes sharing one accounts database; the
 other peers are echo nodes, ``--per-process`` to a process (``scripts/simworker.py``: one
-trio run holding many hosts; default one, ~100 MB each). A hundred peers started together
-converge on two cores in 20 s to 100 s (docs/benchmarks.md, Swarm simulation). Node
-``i`` joins through gateway ``i mod G`` (gateways are the published bootstrap peers).
+trio run holding many hosts, at nice 10; default one, ~100 MB each). A hundred peers
+started together converge on two cores in 20 to 25 s (docs/benchmarks.md, Swarm
+simulation). Node ``i`` joins through gateway ``i mod G`` (gateways are the published
+bootstrap peers).
 Measured:
 
 - convergence: from the start of the first node process, and from the last node's
