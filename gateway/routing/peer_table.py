@@ -110,10 +110,15 @@ class PeerEntry:
 @dataclass
 class PeerTable:
     entries: dict[str, PeerEntry] = field(default_factory=dict)
+    # Nodes whose connection ended, by id: their last record and when they left, kept until
+    # the record expires. A call for a model only they served is "not responding, try again"
+    # (a node restarting, or a network blip) rather than "no such model".
+    departed: dict[str, tuple[NodeRecord, float]] = field(default_factory=dict)
 
     def upsert(self, record: NodeRecord, now: float | None = None) -> PeerEntry:
         """Add or refresh a node from a verified record; never go back to an older seq."""
         now = time.time() if now is None else now
+        self.departed.pop(record.peer_id, None)
         entry = self.entries.get(record.peer_id)
         if entry is None:
             entry = PeerEntry(record, record.load, now)
@@ -147,15 +152,34 @@ class PeerTable:
             for e in self.entries.values()
         )
 
-    def remove(self, peer_id: str) -> None:
+    def remove(self, peer_id: str, now: float | None = None) -> None:
+        entry = self.entries.pop(peer_id, None)
+        if entry is not None:
+            self.departed[peer_id] = (entry.record, time.time() if now is None else now)
+
+    def forget(self, peer_id: str) -> None:
+        """Drop a node without keeping it as departed (it was revoked)."""
         self.entries.pop(peer_id, None)
+        self.departed.pop(peer_id, None)
 
     def expire(self, now: float) -> list[str]:
         """Drop nodes whose record passed its TTL; return their ids."""
         gone = [p for p, e in self.entries.items() if now > e.record.expires_at]
         for peer_id in gone:
             del self.entries[peer_id]
+        for peer_id in [p for p, (r, _) in self.departed.items() if now > r.expires_at]:
+            del self.departed[peer_id]
         return gone
+
+    def departed_serving(self, model: str, task: str | None, now: float) -> list[tuple[str, float]]:
+        """The departed nodes whose unexpired record lists ``model`` (for ``task``, when
+        given): id and seconds gone."""
+        return [
+            (peer_id, now - left)
+            for peer_id, (record, left) in self.departed.items()
+            if now <= record.expires_at
+            and any(m.id == model and task in (None, m.task) for m in record.models)
+        ]
 
     def models(self) -> dict[str, list[PeerEntry]]:
         """Every advertised model id, with the entries that list it."""

@@ -348,6 +348,9 @@ class Router:
         if model not in self.models(task) and not self.table.loadable(model):
             await self.tracker.find_model(model)
             if model not in self.models(task) and not self.table.loadable(model):
+                if away := self.table.departed_serving(model, task, time.time()):
+                    left = ", ".join(f"{p[-8:]}: not responding for {s:.0f} s" for p, s in away)
+                    raise NoPeerReady(f"no node can take {model!r} now ({left})", WAIT_AWAY)
                 raise UnknownModel(model, self.models(task))
         try:
             return self.dispatcher.ask(model, wait)

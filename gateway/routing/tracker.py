@@ -232,6 +232,8 @@ class Tracker:
             self._connecting.discard(peer)
             self.clients.pop(peer, None)
             self.table.remove(peer)
+            if self.host.admission.revoked(peer):  # out for good, not away for a while
+                self.table.forget(peer)
             self._bump()
 
     async def _watch(self, peer: str, client: RpcClient) -> None:

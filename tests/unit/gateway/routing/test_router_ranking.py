@@ -767,3 +767,34 @@ async def test_before_a_call_is_timed_the_eta_comes_from_the_nodes_speed(
     assert router.where(first) == (0, 0.5)
     router.cancel(first)
     router.cancel(second)
+
+
+async def test_a_model_whose_only_node_left_is_not_responding_until_its_record_expires(
+    router: Router, table: PeerTable, tracker: FakeTracker
+) -> None:
+    entry = add(table, tracker, "peer-0000aaaaaaaa", models={"m": "ready"})
+    table.remove("peer-0000aaaaaaaa", now=T0 - 3)
+    del tracker.clients["peer-0000aaaaaaaa"]
+    with pytest.raises(NoPeerReady) as caught:  # "not served by any node" (404) before
+        async with router.generate(chat(), timeout=1):
+            pass
+    assert str(caught.value) == "no node can take 'm' now (aaaaaaaa: not responding for 3 s)"
+    assert caught.value.retry_after == WAIT_AWAY
+    table.expire(entry.record.expires_at + 1)
+    with pytest.raises(UnknownModel):
+        async with router.generate(chat(), timeout=1):
+            pass
+    table.upsert(entry.record, now=T0)  # back before it expired: no longer departed
+    assert table.departed == {}
+
+
+async def test_a_revoked_node_is_forgotten_rather_than_away(
+    router: Router, table: PeerTable, tracker: FakeTracker
+) -> None:
+    add(table, tracker, "peer-0000aaaaaaaa", models={"m": "ready"})
+    table.remove("peer-0000aaaaaaaa")
+    table.forget("peer-0000aaaaaaaa")
+    del tracker.clients["peer-0000aaaaaaaa"]
+    with pytest.raises(UnknownModel):
+        async with router.generate(chat(), timeout=1):
+            pass
