@@ -109,8 +109,7 @@ class Tracker:
             if peer in self.clients or peer in self._connecting:
                 self._readopt.pop(peer, None)
             else:  # not now: asked again after 1 s, 2, 4, ... (a client is never adopted)
-                wait = self._readopt.get(peer, (0.0, RETRY_FIRST))[1]
-                self._readopt[peer] = (trio.current_time() + wait, min(RETRY_MAX, wait * 2))
+                _back_off(self._readopt, peer, trio.current_time())
 
     async def _ask_record(self, peer: str) -> None:
         # The handler is outside the deadline's scope: a stream that breaks as the deadline
@@ -172,8 +171,7 @@ class Tracker:
         """Verify what a lookup of ``peer`` found; track it if it is a node."""
         record = self._verify(value) if value else None
         if record is None or record.peer_id != peer:
-            wait = self._not_nodes.get(peer, (0.0, RETRY_FIRST))[1]
-            self._not_nodes[peer] = (time.time() + wait, min(RETRY_MAX, wait * 2))
+            _back_off(self._not_nodes, peer, time.time())
             return
         self._not_nodes.pop(peer, None)
         if record.role == "gateway":
@@ -231,9 +229,10 @@ class Tracker:
         finally:
             self._connecting.discard(peer)
             self.clients.pop(peer, None)
-            self.table.remove(peer)
             if self.host.admission.revoked(peer):  # out for good, not away for a while
                 self.table.forget(peer)
+            else:
+                self.table.remove(peer)
             self._bump()
 
     async def _watch(self, peer: str, client: RpcClient) -> None:
@@ -266,3 +265,10 @@ class Tracker:
         self.changed = trio.Event()
         for hear in self.on_change:
             hear()
+
+
+def _back_off(waits: dict[str, tuple[float, float]], peer: str, now: float) -> None:
+    """Ask ``peer`` again after 1 s, then 2, 4, ... up to ``RETRY_MAX``: ``waits`` holds,
+    per peer, when to ask next (on the clock ``now`` reads) and the wait after that."""
+    wait = waits.get(peer, (0.0, RETRY_FIRST))[1]
+    waits[peer] = (now + wait, min(RETRY_MAX, wait * 2))

@@ -37,7 +37,6 @@ class Replicas:
         self._walk = walk
         # Per key: the peers that took it last time, and when (trio's clock) to walk again.
         self._holders: dict[bytes, tuple[list[Any], float]] = {}
-        self.walks = 0
 
     async def put(self, key: bytes, value: bytes) -> int:
         """Store ``value`` at the key's closest peers; return how many took it."""
@@ -48,7 +47,6 @@ class Replicas:
                 self._holders[key] = (took, walk_at)
                 return len(took)
             logger.debug("%d of %d holders took %r: walking", len(took), len(held), key)
-        self.walks += 1
         took = await self._store_all(await self._walk(key), key, value)
         rewalk = trio.current_time() + REWALK_AFTER * random.uniform(0.75, 1.25)
         self._holders[key] = (took, rewalk)
