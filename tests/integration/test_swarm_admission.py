@@ -32,10 +32,7 @@ from protocols import (
     ADMIT_PROTOCOL,
     RPC_PROTOCOL,
     Certificate,
-    Hardware,
     Hello,
-    Load,
-    NodeRecord,
     Request,
     Revocations,
     encode,
@@ -45,6 +42,7 @@ from protocols import (
     peer_id_of,
     sign_record,
 )
+from tests.swarm_fakes import node_record
 
 OPERATOR = Ed25519PrivateKey.generate()
 OPERATOR_PUBLIC = raw_public(OPERATOR)
@@ -252,18 +250,4 @@ async def _raw_status(sender: PeerHost, callee: PeerHost) -> bytes:
 
 def _record(cert: bytes, key: Ed25519PrivateKey) -> bytes:
     """A node record of ``key``'s peer, signed by it, carrying ``cert``."""
-    now = time.time()
-    record = NodeRecord(
-        peer_id=peer_id_of(raw_public(key)),
-        public_key=raw_public(key),
-        role="node",
-        version="test",
-        addrs=[],
-        hardware=Hardware("cpu", "test", "RAM", 1, 1),
-        models=[],
-        load=Load(0, 0, 1, 0.0, 1),
-        seq=1,
-        issued_at=now,
-        ttl=3600,
-    )
-    return sign_record(key, record, cert)
+    return sign_record(key, node_record(key, models=[]), cert)

@@ -23,9 +23,6 @@ from node.p2p.host import PeerHost
 from node.p2p.rpc_client import ConnectionLost
 from protocols import (
     Certificate,
-    Hardware,
-    Load,
-    ModelInfo,
     NodeRecord,
     Revocations,
     issue_certificate,
@@ -33,6 +30,7 @@ from protocols import (
     peer_id_of,
     sign_record,
 )
+from tests import swarm_fakes
 
 OPERATOR = Ed25519PrivateKey.generate()
 
@@ -102,21 +100,8 @@ def node_record(revoked: bool = False) -> tuple[str, bytes]:
     key = Ed25519PrivateKey.generate()
     peer = peer_id_of(raw_public(key))
     now = time.time()
-    record = NodeRecord(
-        peer_id=peer,
-        public_key=raw_public(key),
-        role="node",
-        version="test",
-        addrs=[],
-        hardware=Hardware("cpu", "test", "RAM", 1, 1),
-        models=[ModelInfo("echo", "text-generation", "float32", 1, 1, "ready")],
-        load=Load(0, 0, 1, 0.0, 1),
-        seq=1,
-        issued_at=now,
-        ttl=3600,
-    )
     cert = issue_certificate(OPERATOR, Certificate(peer, "node", now, now + 3600))
-    return peer, sign_record(key, record, cert)
+    return peer, sign_record(key, swarm_fakes.node_record(key, issued_at=now), cert)
 
 
 def junk(count: int) -> list[str]:
@@ -178,21 +163,12 @@ class MeetingHost(FakeHost):
         self.nursery: trio.Nursery | None = None
 
     async def open_stream(self, peer: str, addrs: list[str], protocol: str) -> Any:
-        import trio.testing
-
-        from node.p2p.rpc_server import Caller, RpcServer
-        from node.p2p.streams import TrioByteStream
-
         async def record(params: Any, caller: Any, emit: Any) -> dict[str, Any]:
             self.asked += 1
             published = self.asked > self.unpublished
             return {"seq": 1 if published else 0, "record": self.record if published else b""}
 
-        left, right = trio.testing.memory_stream_pair()
-        server = RpcServer({"record": record}, lambda cert, peer: Caller(peer, "gateway"))
-        assert self.nursery is not None
-        self.nursery.start_soon(server.serve, TrioByteStream(right), "gateway")
-        return TrioByteStream(left)
+        return swarm_fakes.serve_in_memory(self.nursery, {"record": record}, "gateway")
 
 
 async def test_a_node_met_on_a_connection_is_adopted_without_the_dht(

@@ -15,14 +15,12 @@ from node.p2p.admission import Admission
 from node.p2p.host import PeerHost
 from protocols import (
     Certificate,
-    Hardware,
-    Load,
-    NodeRecord,
     issue_certificate,
     node_key,
     peer_id_of,
     sign_record,
 )
+from tests.swarm_fakes import node_record, serve_in_memory
 
 OPERATOR = Ed25519PrivateKey.generate()
 
@@ -31,10 +29,7 @@ def node() -> tuple[str, bytes]:
     key = Ed25519PrivateKey.generate()
     peer = peer_id_of(raw_public(key))
     now = time.time()
-    record = NodeRecord(
-        peer, raw_public(key), "node", "t", [], Hardware("cpu", "t", "RAM", 1, 1), [],
-        Load(0, 0, 1, 0.0, 1), 1, now, 3600,
-    )  # fmt: skip
+    record = node_record(key, issued_at=now, models=[])
     cert = issue_certificate(OPERATOR, Certificate(peer, "node", now, now + 3600))
     return peer, sign_record(key, record, cert)
 
@@ -92,24 +87,13 @@ class NodeNotInTheDht(SwarmWithJunk):
         return None
 
     async def open_stream(self, peer: str, addrs: list[str], protocol: str) -> Any:
-        import trio.testing
-
-        from node.p2p.rpc_server import Caller, RpcServer
-        from node.p2p.streams import TrioByteStream
-
         async def record(params: Any, caller: Any, emit: Any) -> dict[str, Any]:
             return {"seq": 1, "record": self.record[1]}
 
         async def status(params: Any, caller: Any, emit: Any) -> dict[str, Any]:
             return {"inflight": 0, "queued": 0, "capacity": 1}
 
-        left, right = trio.testing.memory_stream_pair()
-        server = RpcServer(
-            {"record": record, "status": status}, lambda cert, peer: Caller(peer, "client")
-        )
-        assert self.nursery is not None
-        self.nursery.start_soon(server.serve, TrioByteStream(right), "client")
-        return TrioByteStream(left)
+        return serve_in_memory(self.nursery, {"record": record, "status": status}, "client")
 
 
 async def test_a_node_is_listed_from_its_own_answer_before_its_first_dht_write(

@@ -14,8 +14,6 @@ from node.p2p.advertise import PROVIDE_AGAIN, Advertiser
 from node.p2p.host import PeerHost
 from protocols import (
     Certificate,
-    Hardware,
-    Load,
     ModelInfo,
     NodeRecord,
     issue_certificate,
@@ -24,6 +22,7 @@ from protocols import (
     peer_id_of,
     verify_record,
 )
+from tests.swarm_fakes import node_record
 
 OPERATOR = Ed25519PrivateKey.generate()
 KEY = Ed25519PrivateKey.generate()
@@ -49,19 +48,8 @@ class FakeHost:
 
 def build(state: list[str]) -> Any:
     def record(seq: int, now: float) -> NodeRecord:
-        return NodeRecord(
-            peer_id=PEER,
-            public_key=raw_public(KEY),
-            role="node",
-            version="test",
-            addrs=[],
-            hardware=Hardware("cpu", "test", "RAM", 1, 1),
-            models=[ModelInfo("echo", "text-generation", "float32", 1, 1, state[0])],
-            load=Load(0, 0, 1, 0.0, 1),
-            seq=seq,
-            issued_at=now,
-            ttl=TTL,
-        )
+        models = [ModelInfo("echo", "text-generation", "float32", 1, 1, state[0])]
+        return node_record(KEY, seq=seq, issued_at=now, ttl=TTL, models=models)
 
     return record
 
