@@ -31,7 +31,8 @@ VERSIONED = ("hypercorn", "fastapi", "libp2p", "httpx", "trio")
 
 def reexec_in_venv(script: str) -> None:
     """Run ``script`` under the project's venv whatever ``python3`` started it."""
-    if not VENV_PYTHON.exists() or Path(sys.prefix).resolve() == VENV_PYTHON.parent.parent:
+    venv = VENV_PYTHON.parent.parent.resolve()  # the venv may be a link to another one
+    if not VENV_PYTHON.exists() or Path(sys.prefix).resolve() == venv:
         return
     os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), str(Path(script).resolve()), *sys.argv[1:]])
 

@@ -1,15 +1,17 @@
-"""The benchmark scripts' shared helpers: percentiles, the docs section they replace, and the
-gateway config they write."""
+"""The benchmark scripts' shared helpers: percentiles, the docs section they replace, the
+gateway config they write, and the venv they run in."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
+import scripts.benchlib
 from gateway.config import GatewayConfig
 from node.p2p.config import load
-from scripts.benchlib import Stats, gateway_config, percentile, write_section
+from scripts.benchlib import Stats, gateway_config, percentile, reexec_in_venv, write_section
 
 
 def test_percentiles_interpolate_between_closest_ranks() -> None:
@@ -74,3 +76,18 @@ def test_the_gateway_config_never_refuses_and_carries_settings(tmp_path: Path) -
     assert config.routing == "round-robin"
     assert config.default_plan == "bench"
     assert config.plans["bench"]["concurrent"] >= 256
+
+
+def test_a_venv_that_is_a_link_to_the_running_one_is_not_started_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A checkout whose .venv links to the venv running now: exec'ing its python would land
+    # here again, for ever.
+    (tmp_path / ".venv").symlink_to(Path(sys.prefix).resolve())
+    monkeypatch.setattr(scripts.benchlib, "VENV_PYTHON", tmp_path / ".venv" / "bin" / "python")
+
+    def no_exec(*args: object) -> None:
+        raise AssertionError(f"started again: {args}")
+
+    monkeypatch.setattr("os.execv", no_exec)
+    reexec_in_venv(__file__)
