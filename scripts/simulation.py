@@ -1,15 +1,18 @@
 """A swarm of N real libp2p peers on this machine: how fast it converges, what it costs idle,
 and how fast it forgets nodes that die.
 
-    scripts/simulate --peers 100 [--gateways 3] [--per-process 1] [--idle-s 10] [--json]
-                     [--no-write] [--keep]
+    scripts/simulate --peers 100 [--gateways 3] [--per-process 25] [--join-rate R]
+                     [--idle-s 10] [--json] [--no-write] [--keep]
 
 Gateways are real ``bitinglip gateway start`` processes sharing one accounts database; the
 other peers are echo nodes, ``--per-process`` to a process (``scripts/simworker.py``: one
-trio run holding many hosts, at nice 10; default one, ~100 MB each). A hundred peers
-started together converge on two cores in 20 to 25 s (docs/benchmarks.md, Swarm
-simulation). Node ``i`` joins through gateway ``i mod G`` (gateways are the published
-bootstrap peers).
+trio run holding many hosts, at nice 10), joining as fast as their processes start them or
+``--join-rate`` nodes a second in all. Twenty-five to a process by default: a process costs
+~1 s of CPU to import and ~100 MB before its first node, which a real node pays on a
+machine of its own, and ten processes for a hundred nodes spent a third of the swarm's
+CPU until convergence on imports. A hundred peers started together converge on two cores
+in about 10 s (docs/benchmarks.md, Swarm simulation). Node ``i`` joins through gateway
+``i mod G`` (gateways are the published bootstrap peers).
 Measured:
 
 - convergence: from the start of the first node process, and from the last node's
@@ -78,7 +81,13 @@ def targets(peers: int) -> float:
 
 class Sim:
     def __init__(
-        self, data: Path, gateways: int, nodes: int, per_process: int, idle_s: float
+        self,
+        data: Path,
+        gateways: int,
+        nodes: int,
+        per_process: int,
+        idle_s: float,
+        join_rate: float = 0.0,
     ) -> None:
         self.data = data
         self.idle_s = idle_s
@@ -86,6 +95,7 @@ class Sim:
         self.gateways = [f"gateway-{g}" for g in range(gateways)]
         self.nodes = nodes
         self.per_process = per_process
+        self.join_rate = join_rate
         self.workers: list[tuple[subprocess.Popen[bytes], range]] = []
         self.urls: list[str] = []
         self.token = ""
@@ -120,6 +130,9 @@ class Sim:
                 sys.executable, "-m", "scripts.simworker", "nodes", "--data", str(self.data),
                 "--first", str(first), "--count", str(count), "--bootstrap", *order,
             ]  # fmt: skip
+            if self.join_rate > 0:  # the processes start together: each takes its share
+                processes = math.ceil(self.nodes / self.per_process)
+                command += ["--spread", str(processes / self.join_rate)]
             proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
             self.workers.append((proc, range(first, first + count)))
 
@@ -285,7 +298,12 @@ def _sent_since(before: dict[tuple[str, str], int], after: dict[tuple[str, str],
 
 
 def run(
-    peers: int, gateways: int, per_process: int, idle_s: float, keep: bool = False
+    peers: int,
+    gateways: int,
+    per_process: int,
+    idle_s: float,
+    keep: bool = False,
+    join_rate: float = 0.0,
 ) -> dict[str, Any]:
     nodes = peers - gateways
     place = (
@@ -298,7 +316,7 @@ def run(
             print(f"keys, status files and logs stay in {tmp}", file=sys.stderr)
         data = Path(tmp)
         keys.init_operator(data)
-        sim = Sim(data, gateways, nodes, per_process, idle_s)
+        sim = Sim(data, gateways, nodes, per_process, idle_s, join_rate)
         try:
             sim.start_gateways()
             started, gateway_cpu = time.monotonic(), sim.cpu_seconds()
@@ -328,6 +346,7 @@ def run(
         "gateways": gateways,
         "nodes": nodes,
         "node_processes": math.ceil(nodes / per_process),
+        "join_rate": join_rate or None,
         "converged_from_start_s": round(converged + (last_ready - started), 2)
         if math.isfinite(converged)
         else None,
@@ -360,9 +379,15 @@ def main() -> int:
     parser.add_argument("--peers", type=int, default=100)
     parser.add_argument("--gateways", type=int, default=3)
     parser.add_argument(
-        "--per-process", type=int, default=1, help="nodes per process (see docs/benchmarks.md)"
+        "--per-process", type=int, default=25, help="nodes per process (see docs/benchmarks.md)"
     )
     parser.add_argument("--idle-s", type=float, default=10.0, help="idle cost window")
+    parser.add_argument(
+        "--join-rate",
+        type=float,
+        default=0.0,
+        help="nodes joining per second, all processes together (default: as fast as they start)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--no-write", action="store_true", help="do not touch docs/")
     parser.add_argument(
@@ -373,7 +398,7 @@ def main() -> int:
         parser.error("--peers must be more than --gateways")
     per_process = max(1, args.per_process)
     host = machine()
-    result = run(args.peers, args.gateways, per_process, args.idle_s, args.keep)
+    result = run(args.peers, args.gateways, per_process, args.idle_s, args.keep, args.join_rate)
     target = targets(args.peers)
     took = result["converged_from_start_s"]
     met = took is not None and took <= target

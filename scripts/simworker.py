@@ -1,13 +1,15 @@
 """One process of ``scripts/simulate``: many real peers in one trio run.
 
     python -m scripts.simworker nodes --data DIR --first 0 --count 100 --bootstrap ADDR...
+        [--spread S]
     python -m scripts.simworker probe --data DIR --bootstrap ADDR --look-up PEER...
 
 ``nodes`` runs ``count`` echo nodes (``node.worker.runtime.Node``, each its own libp2p host,
 DHT, RPC service and advertiser, exactly as ``bitinglip node start`` runs one), node ``i``
-joining through ``bootstrap[i % len(bootstrap)]``; each writes its status file to
-``DIR/run/node-<i>.json``. ``probe`` joins one fresh peer and looks up node records it does
-not hold, printing, as JSON, each lookup's latency and how many peers it asked.
+joining through ``bootstrap[i % len(bootstrap)]``, ``S`` seconds after the one before;
+each writes its status file to ``DIR/run/node-<i>.json``. ``probe`` joins one fresh peer
+and looks up node records it does not hold, printing, as JSON, each lookup's latency and
+how many peers it asked.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from node.worker.runtime import Node
 from protocols import node_key
 
 # Joins are spread out a little: a thousand dials at the same instant only measure the
-# listen backlog of the bootstrap peers.
+# listen backlog of the bootstrap peers. ``--spread`` paces them further.
 JOIN_SPREAD_S = 0.02
 NODE_NICE = 10
 
@@ -51,7 +53,9 @@ def node_config(data: Path, index: int, bootstrap: str) -> NodeConfig:
     )
 
 
-async def run_nodes(data: Path, first: int, count: int, bootstrap: list[str]) -> None:
+async def run_nodes(
+    data: Path, first: int, count: int, bootstrap: list[str], spread: float = JOIN_SPREAD_S
+) -> None:
     nodes = [
         Node(node_config(data, i, bootstrap[i % len(bootstrap)]))
         for i in range(first, first + count)
@@ -59,7 +63,7 @@ async def run_nodes(data: Path, first: int, count: int, bootstrap: list[str]) ->
     async with trio.open_nursery() as nursery:
         for node in nodes:
             nursery.start_soon(node.run)
-            await trio.sleep(JOIN_SPREAD_S)
+            await trio.sleep(spread)
 
 
 class _Counted:
@@ -113,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=1)
     parser.add_argument("--bootstrap", nargs="+", required=True)
     parser.add_argument("--look-up", nargs="*", default=[])
+    parser.add_argument("--spread", type=float, default=JOIN_SPREAD_S, help="s between joins")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     # Who disconnects whom, and why: the first thing to read when a swarm does not settle.
@@ -125,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         # share of the CPU against each node process's (twenty of them for 1,000 nodes)
         # and could admit a node only as fast as that share allows.
         os.nice(NODE_NICE)
-        trio.run(run_nodes, args.data, args.first, args.count, args.bootstrap)
+        trio.run(run_nodes, args.data, args.first, args.count, args.bootstrap, args.spread)
     else:
         print(json.dumps(trio.run(probe, args.data, args.bootstrap[0], args.look_up)))
     return 0
