@@ -18,12 +18,13 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 def test_a_small_simulated_swarm_converges_and_forgets_its_dead() -> None:
     command = [
         sys.executable, str(ROOT / "scripts" / "simulate"), "--peers", "7", "--gateways", "2",
-        "--per-process", "1", "--idle-s", "2", "--json", "--no-write",
+        "--per-process", "1", "--join-rate", "20", "--idle-s", "2", "--json", "--no-write",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=580, cwd=ROOT)
     assert done.returncode in (0, 2), done.stderr[-3000:]
     result = json.loads(done.stdout)
     assert result["nodes"] == 5 and result["node_processes"] == 5
+    assert result["join_rate"] == 20
     assert result["least_routed_by_a_gateway"] == 5
     assert result["converged_from_start_s"] is not None
     assert result["join_cpu_s"] > 0
