@@ -389,8 +389,10 @@ async def test_no_ready_node_says_why_for_each_node(
 
 
 async def test_a_model_still_loading_asks_for_a_longer_wait(
-    router: Router, table: PeerTable, tracker: FakeTracker
+    table: PeerTable, tracker: FakeTracker
 ) -> None:
+    # A call waits for the load up to the router's limit (60 s by default): a short one here.
+    router = Router(table, cast(Tracker, tracker), max_wait=0.2)
     add(table, tracker, "peer-0000aaaaaaaa", models={"m": "loading"})
     with pytest.raises(NoPeerReady) as caught:
         async with router.generate(chat(), timeout=1):
