@@ -2,7 +2,7 @@
 and how fast it forgets nodes that die.
 
     scripts/simulate --peers 100 [--gateways 3] [--per-process 25] [--join-rate R]
-                     [--idle-s 10] [--json] [--no-write] [--keep]
+                     [--record-ttl 120] [--idle-s 10] [--json] [--no-write] [--keep]
 
 Gateways are real ``bitinglip gateway start`` processes sharing one accounts database; the
 other peers are echo nodes, ``--per-process`` to a process (``scripts/simworker.py``: one
@@ -88,6 +88,7 @@ class Sim:
         per_process: int,
         idle_s: float,
         join_rate: float = 0.0,
+        record_ttl: float = NodeConfig.record_ttl,
     ) -> None:
         self.data = data
         self.idle_s = idle_s
@@ -96,6 +97,7 @@ class Sim:
         self.nodes = nodes
         self.per_process = per_process
         self.join_rate = join_rate
+        self.record_ttl = record_ttl
         self.workers: list[tuple[subprocess.Popen[bytes], range]] = []
         self.urls: list[str] = []
         self.token = ""
@@ -133,6 +135,8 @@ class Sim:
             if self.join_rate > 0:  # the processes start together: each takes its share
                 processes = math.ceil(self.nodes / self.per_process)
                 command += ["--spread", str(processes / self.join_rate)]
+            if self.record_ttl != NodeConfig.record_ttl:
+                command += ["--record-ttl", str(self.record_ttl)]
             proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
             self.workers.append((proc, range(first, first + count)))
 
@@ -304,6 +308,7 @@ def run(
     idle_s: float,
     keep: bool = False,
     join_rate: float = 0.0,
+    record_ttl: float = NodeConfig.record_ttl,
 ) -> dict[str, Any]:
     nodes = peers - gateways
     place = (
@@ -316,7 +321,7 @@ def run(
             print(f"keys, status files and logs stay in {tmp}", file=sys.stderr)
         data = Path(tmp)
         keys.init_operator(data)
-        sim = Sim(data, gateways, nodes, per_process, idle_s, join_rate)
+        sim = Sim(data, gateways, nodes, per_process, idle_s, join_rate, record_ttl)
         try:
             sim.start_gateways()
             started, gateway_cpu = time.monotonic(), sim.cpu_seconds()
@@ -330,7 +335,7 @@ def run(
             least = min(len(sim.routed(url) & everyone) for url in sim.urls)
             # Every node's first DHT write has happened (each waits up to half its record's
             # TTL: node.p2p.advertise) before a lookup is timed.
-            time.sleep(max(0.0, last_ready + NodeConfig.record_ttl / 2 + 2 - time.monotonic()))
+            time.sleep(max(0.0, last_ready + record_ttl / 2 + 2 - time.monotonic()))
             sample = random.sample(sorted(everyone), min(LOOKUPS, nodes))
             probed = sim.probe(sample)
             lookups = probed["lookups"]
@@ -347,6 +352,7 @@ def run(
         "nodes": nodes,
         "node_processes": math.ceil(nodes / per_process),
         "join_rate": join_rate or None,
+        "record_ttl_s": record_ttl,
         "converged_from_start_s": round(converged + (last_ready - started), 2)
         if math.isfinite(converged)
         else None,
@@ -388,6 +394,13 @@ def main() -> int:
         default=0.0,
         help="nodes joining per second, all processes together (default: as fast as they start)",
     )
+    parser.add_argument(
+        "--record-ttl",
+        type=float,
+        default=NodeConfig.record_ttl,
+        help="seconds a node's DHT record lives (default a real node's); the lookups wait for"
+        " half of it, the longest a node waits to write its record first",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--no-write", action="store_true", help="do not touch docs/")
     parser.add_argument(
@@ -398,7 +411,15 @@ def main() -> int:
         parser.error("--peers must be more than --gateways")
     per_process = max(1, args.per_process)
     host = machine()
-    result = run(args.peers, args.gateways, per_process, args.idle_s, args.keep, args.join_rate)
+    result = run(
+        args.peers,
+        args.gateways,
+        per_process,
+        args.idle_s,
+        args.keep,
+        args.join_rate,
+        args.record_ttl,
+    )
     target = targets(args.peers)
     took = result["converged_from_start_s"]
     met = took is not None and took <= target

@@ -1,15 +1,15 @@
 """One process of ``scripts/simulate``: many real peers in one trio run.
 
     python -m scripts.simworker nodes --data DIR --first 0 --count 100 --bootstrap ADDR...
-        [--spread S]
+        [--spread S] [--record-ttl T]
     python -m scripts.simworker probe --data DIR --bootstrap ADDR --look-up PEER...
 
 ``nodes`` runs ``count`` echo nodes (``node.worker.runtime.Node``, each its own libp2p host,
 DHT, RPC service and advertiser, exactly as ``bitinglip node start`` runs one), node ``i``
-joining through ``bootstrap[i % len(bootstrap)]``, ``S`` seconds after the one before;
-each writes its status file to ``DIR/run/node-<i>.json``. ``probe`` joins one fresh peer
-and looks up node records it does not hold, printing, as JSON, each lookup's latency and
-how many peers it asked.
+joining through ``bootstrap[i % len(bootstrap)]``, ``S`` seconds after the one before, its
+DHT record living ``T`` seconds (default a real node's); each writes its status file to
+``DIR/run/node-<i>.json``. ``probe`` joins one fresh peer and looks up node records it does
+not hold, printing, as JSON, each lookup's latency and how many peers it asked.
 """
 
 from __future__ import annotations
@@ -43,21 +43,29 @@ def peer_dir(data: Path, name: str) -> Path:
     return data / "peers" / name
 
 
-def node_config(data: Path, index: int, bootstrap: str) -> NodeConfig:
+def node_config(
+    data: Path, index: int, bootstrap: str, record_ttl: float = NodeConfig.record_ttl
+) -> NodeConfig:
     return NodeConfig(
         data_dir=peer_dir(data, f"node-{index}"),
         listen=["/ip4/127.0.0.1/tcp/0"],
         bootstrap=[bootstrap],
         models=["echo"],
         ready_file=data / "run" / f"node-{index}.json",
+        record_ttl=record_ttl,
     )
 
 
 async def run_nodes(
-    data: Path, first: int, count: int, bootstrap: list[str], spread: float = JOIN_SPREAD_S
+    data: Path,
+    first: int,
+    count: int,
+    bootstrap: list[str],
+    spread: float = JOIN_SPREAD_S,
+    record_ttl: float = NodeConfig.record_ttl,
 ) -> None:
     nodes = [
-        Node(node_config(data, i, bootstrap[i % len(bootstrap)]))
+        Node(node_config(data, i, bootstrap[i % len(bootstrap)], record_ttl))
         for i in range(first, first + count)
     ]
     async with trio.open_nursery() as nursery:
@@ -118,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", nargs="+", required=True)
     parser.add_argument("--look-up", nargs="*", default=[])
     parser.add_argument("--spread", type=float, default=JOIN_SPREAD_S, help="s between joins")
+    parser.add_argument("--record-ttl", type=float, default=NodeConfig.record_ttl)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     # Who disconnects whom, and why: the first thing to read when a swarm does not settle.
@@ -130,7 +139,15 @@ def main(argv: list[str] | None = None) -> int:
         # share of the CPU against each node process's (twenty of them for 1,000 nodes)
         # and could admit a node only as fast as that share allows.
         os.nice(NODE_NICE)
-        trio.run(run_nodes, args.data, args.first, args.count, args.bootstrap, args.spread)
+        trio.run(
+            run_nodes,
+            args.data,
+            args.first,
+            args.count,
+            args.bootstrap,
+            args.spread,
+            args.record_ttl,
+        )
     else:
         print(json.dumps(trio.run(probe, args.data, args.bootstrap[0], args.look_up)))
     return 0

@@ -19,12 +19,14 @@ def test_a_small_simulated_swarm_converges_and_forgets_its_dead() -> None:
     command = [
         sys.executable, str(ROOT / "scripts" / "simulate"), "--peers", "7", "--gateways", "2",
         "--per-process", "1", "--join-rate", "20", "--idle-s", "2", "--json", "--no-write",
+        # Records that live 20 s: the lookups wait 12 s for every first write, not 62 s.
+        "--record-ttl", "20",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=580, cwd=ROOT)
     assert done.returncode in (0, 2), done.stderr[-3000:]
     result = json.loads(done.stdout)
     assert result["nodes"] == 5 and result["node_processes"] == 5
-    assert result["join_rate"] == 20
+    assert result["join_rate"] == 20 and result["record_ttl_s"] == 20
     assert result["least_routed_by_a_gateway"] == 5
     assert result["converged_from_start_s"] is not None
     assert result["join_cpu_s"] > 0
