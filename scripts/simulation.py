@@ -87,8 +87,8 @@ class Sim:
         nodes: int,
         per_process: int,
         idle_s: float,
-        join_rate: float = 0.0,
-        record_ttl: float = NodeConfig.record_ttl,
+        join_rate: float,
+        record_ttl: float,
     ) -> None:
         self.data = data
         self.idle_s = idle_s
@@ -96,6 +96,7 @@ class Sim:
         self.gateways = [f"gateway-{g}" for g in range(gateways)]
         self.nodes = nodes
         self.per_process = per_process
+        self.processes = math.ceil(nodes / per_process)
         self.join_rate = join_rate
         self.record_ttl = record_ttl
         self.workers: list[tuple[subprocess.Popen[bytes], range]] = []
@@ -131,12 +132,10 @@ class Sim:
             command = [
                 sys.executable, "-m", "scripts.simworker", "nodes", "--data", str(self.data),
                 "--first", str(first), "--count", str(count), "--bootstrap", *order,
+                "--record-ttl", str(self.record_ttl),
             ]  # fmt: skip
             if self.join_rate > 0:  # the processes start together: each takes its share
-                processes = math.ceil(self.nodes / self.per_process)
-                command += ["--spread", str(processes / self.join_rate)]
-            if self.record_ttl != NodeConfig.record_ttl:
-                command += ["--record-ttl", str(self.record_ttl)]
+                command += ["--spread", str(self.processes / self.join_rate)]
             proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
             self.workers.append((proc, range(first, first + count)))
 
@@ -306,9 +305,9 @@ def run(
     gateways: int,
     per_process: int,
     idle_s: float,
-    keep: bool = False,
-    join_rate: float = 0.0,
-    record_ttl: float = NodeConfig.record_ttl,
+    keep: bool,
+    join_rate: float,
+    record_ttl: float,
 ) -> dict[str, Any]:
     nodes = peers - gateways
     place = (
@@ -350,7 +349,7 @@ def run(
         "peers": peers,
         "gateways": gateways,
         "nodes": nodes,
-        "node_processes": math.ceil(nodes / per_process),
+        "node_processes": sim.processes,
         "join_rate": join_rate or None,
         "record_ttl_s": record_ttl,
         "converged_from_start_s": round(converged + (last_ready - started), 2)
@@ -416,9 +415,9 @@ def main() -> int:
         args.gateways,
         per_process,
         args.idle_s,
-        args.keep,
-        args.join_rate,
-        args.record_ttl,
+        keep=args.keep,
+        join_rate=args.join_rate,
+        record_ttl=args.record_ttl,
     )
     target = targets(args.peers)
     took = result["converged_from_start_s"]

@@ -43,9 +43,7 @@ def peer_dir(data: Path, name: str) -> Path:
     return data / "peers" / name
 
 
-def node_config(
-    data: Path, index: int, bootstrap: str, record_ttl: float = NodeConfig.record_ttl
-) -> NodeConfig:
+def node_config(data: Path, index: int, bootstrap: str, record_ttl: float) -> NodeConfig:
     return NodeConfig(
         data_dir=peer_dir(data, f"node-{index}"),
         listen=["/ip4/127.0.0.1/tcp/0"],
@@ -61,8 +59,8 @@ async def run_nodes(
     first: int,
     count: int,
     bootstrap: list[str],
-    spread: float = JOIN_SPREAD_S,
-    record_ttl: float = NodeConfig.record_ttl,
+    spread: float,
+    record_ttl: float,
 ) -> None:
     nodes = [
         Node(node_config(data, i, bootstrap[i % len(bootstrap)], record_ttl))
